@@ -1,0 +1,42 @@
+"""Command-line interface: parse arguments, call the library, turn errors into one-line messages.
+
+Heavy modules (torch, timm) are imported by the subcommands, so ``plantpheno --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from plantpheno import __version__
+from plantpheno.errors import PlantPhenoError
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from plantpheno.cli import config_cmd, data_cmd, evaluate_cmd, train_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="plantpheno",
+        description="Train, evaluate and track plant-phenotyping image models from one YAML config.",
+    )
+    parser.add_argument("--version", action="version", version=f"plantpheno {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (INFO level)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (train_cmd, evaluate_cmd, data_cmd, config_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except PlantPhenoError as exc:
+        print(f"plantpheno: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

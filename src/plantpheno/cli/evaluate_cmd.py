@@ -1,0 +1,26 @@
+"""``plantpheno evaluate RUN_DIR [--split test]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on one of its splits",
+                       description="Evaluate a run's best checkpoint on its train, val or test split; writes "
+                                   "RUN_DIR/eval/SPLIT/ (metrics.json, reports, plots, predictions.csv).")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--device", default=None, help="override the run's device (auto, cpu, cuda, ...)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from plantpheno.pipeline import evaluate_run
+
+    m = evaluate_run(args.run_dir, split=args.split, device=args.device)
+    headline = m["headline_metric"]
+    print(f"{args.split} {headline}: {m[headline]:.4f} on {m['num_images']} images")
+    print(f"reports: {args.run_dir / 'eval' / args.split}")
+    return 0

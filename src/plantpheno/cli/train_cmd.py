@@ -1,0 +1,49 @@
+"""``plantpheno train CONFIG [key=value ...]`` and ``plantpheno train --resume RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from plantpheno.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it",
+                       description="Train a model from a YAML config (plus key.sub=value overrides), evaluate "
+                                   "its best checkpoint on the held-out split, and print the run directory.")
+    p.add_argument("config", nargs="?", type=Path, help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. training.epochs=5")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from plantpheno import pipeline
+    from plantpheno.config import load_config
+    from plantpheno.training.trainer import Interrupted
+
+    try:
+        if args.resume is not None:
+            if args.config is not None or args.overrides:
+                raise ConfigError("--resume RUN_DIR takes no config or overrides: a run resumes with its own config")
+            result = pipeline.resume(args.resume)
+        else:
+            if args.config is None:
+                raise ConfigError("give a CONFIG file (or --resume RUN_DIR)")
+            result = pipeline.train(load_config(args.config, args.overrides))
+    except Interrupted as exc:
+        run_dir = exc.run_dir
+        print(f"plantpheno: interrupted by {exc.reason} at epoch {exc.state.epoch + 1}, batch {exc.state.batch}; "
+              f"the last checkpoint is saved. Resume with: plantpheno train --resume {run_dir}", file=sys.stderr)
+        return 128 + getattr(signal, exc.reason, signal.SIGINT).value
+    m = result.metrics
+    headline = m["headline_metric"]
+    ci = m.get("confidence_interval")
+    ci_text = (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})"
+               if ci and ci.get("low") is not None else "")
+    print(f"{m['split']} {headline}: {m[headline]:.4f}{ci_text}")
+    print(f"run directory: {result.run_dir}")
+    return 0

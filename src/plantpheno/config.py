@@ -1,0 +1,366 @@
+"""Configuration schema and loading.
+
+``load_config(path, overrides)`` is the only place that sees raw dictionaries: it parses YAML,
+applies ``key.sub=value`` overrides, validates everything with pydantic and reports every problem at
+once as a :class:`~plantpheno.errors.ConfigError` naming the dotted field, the value and what was
+expected. The rest of the package receives frozen, typed :class:`Config` objects.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from plantpheno.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentations (evaluation never augments)."""
+
+    enabled: bool = Field(True, description="Turn all training augmentations on or off.")
+    crop_scale: tuple[float, float] = Field(
+        (0.6, 1.0), description="RandomResizedCrop area range (fractions of the image); [1, 1] disables cropping."
+    )
+    hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
+    vflip: float = Field(0.5, ge=0, le=1, description="Probability of a vertical flip (leaves have no 'up').")
+    rotation: float = Field(20.0, ge=0, le=180, description="Maximum random rotation in degrees.")
+    color_jitter: float = Field(
+        0.2, ge=0, le=1, description="Brightness/contrast/saturation jitter strength (0 disables)."
+    )
+    hue: float = Field(0.02, ge=0, le=0.5, description="Hue jitter (kept small: colour carries disease signal).")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        low, high = v
+        if not (0 < low <= high <= 1):
+            raise ValueError("0 < low <= high <= 1 (low first)")
+        return v
+
+
+class DataConfig(_Section):
+    """Where the images are and how they are split, loaded and augmented."""
+
+    root: Path | None = Field(None, description="Image folder (root/<class>/<image>), or base for manifest paths.")
+    manifest: Path | None = Field(
+        None,
+        description="CSV with columns path,label (classification) or path,value (regression); optional split, group.",
+    )
+    image_size: int = Field(224, ge=16, le=2048, description="Side of the square image fed to the model (pixels).")
+    batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process).")
+    num_workers: int | Literal["auto"] = Field("auto", description="DataLoader worker processes; auto = half the cores.")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Share of images for validation when no split is given.")
+    test_fraction: float = Field(0.15, ge=0, lt=1, description="Share of images for test when no split is given.")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="Unreadable images: error (list them all and stop) or skip (list them in the run dir)."
+    )
+    extensions: tuple[str, ...] = Field(
+        (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"),
+        description="File extensions that count as images in a folder dataset (case-insensitive).",
+    )
+    class_balanced_sampling: bool = Field(False, description="Sample training images with inverse class frequency.")
+    mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the backbone's.")
+    std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the backbone's.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_non_negative(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("an integer >= 0 or 'auto'")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError("three values > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _source_and_fractions(self) -> DataConfig:
+        if self.root is None and self.manifest is None:
+            raise ValueError("set data.root (an image folder) or data.manifest (a CSV file); both are missing")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"data.val_fraction + data.test_fraction must be < 1, got "
+                f"{self.val_fraction} + {self.test_fraction} = {self.val_fraction + self.test_fraction}"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """The network: a timm backbone with a task head."""
+
+    backbone: str = Field("resnet18", min_length=1, description="Any timm model name (see timm.list_models()).")
+    pretrained: bool | Path = Field(
+        False, description="false, true (timm's own download) or a path to a .pt/.pth/.safetensors weights file."
+    )
+    freeze_backbone: bool = Field(False, description="Train only the head; backbone weights and BN stats fixed.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop when the monitored metric stops improving; the best weights are restored either way."""
+
+    patience: int | None = Field(None, ge=1, description="Epochs without improvement before stopping; null = never.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class TrainingConfig(_Section):
+    """Optimisation."""
+
+    epochs: int = Field(10, ge=1, le=100000, description="Number of passes over the training split.")
+    learning_rate: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay (decoupled for AdamW).")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    scheduler: Literal["none", "cosine", "step", "plateau"] = Field(
+        "cosine", description="LR schedule: cosine (per step, with warmup), step, plateau (ReduceLROnPlateau), none."
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warmup length in epochs (cosine only).")
+    step_size: int = Field(10, ge=1, description="Epochs between LR drops (step scheduler).")
+    gamma: float = Field(0.1, gt=0, le=1, description="LR multiplier at each drop (step and plateau).")
+    plateau_patience: int = Field(3, ge=0, description="Epochs without improvement before a plateau LR drop.")
+    loss: Literal["auto", "cross_entropy", "focal", "mse", "huber"] = Field(
+        "auto", description="Loss; auto = cross_entropy (classification) or mse (regression)."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing for cross_entropy.")
+    focal_gamma: float = Field(2.0, ge=0, description="Focusing parameter of the focal loss.")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="Weight classification losses by inverse class frequency ('balanced')."
+    )
+    huber_delta: float = Field(1.0, gt=0, description="Huber loss threshold (in standardised target units).")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this value; null = off.")
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="Mixed precision on CUDA: auto = bf16 if supported else fp16; always off on CPU."
+    )
+    monitor: str = Field(
+        "auto", description="Metric for best checkpoint/early stopping, e.g. val/macro_f1; auto = val/macro_f1 or val/mae."
+    )
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    progress_bar: bool = Field(True, description="Show a progress bar (loss, metric, images/s).")
+
+
+class EvaluationConfig(_Section):
+    """Evaluation at the end of training (and defaults for `plantpheno evaluate`)."""
+
+    split: Literal["train", "val", "test"] = Field("test", description="Split evaluated at the end of training.")
+    bootstrap_samples: int = Field(1000, ge=0, le=100000, description="Bootstrap resamples for the CI; 0 = none.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap interval.")
+
+
+class Config(_Section):
+    """A complete plantpheno run configuration."""
+
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for splits, initialisation, sampling, augmentation.")
+    task: Literal["classification", "regression"] = Field("classification", description="What the model predicts.")
+    output_dir: Path = Field(Path("runs"), description="Runs go to OUTPUT_DIR/<experiment>/<run_name>/.")
+    experiment: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Experiment name.")
+    run_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run folder name; default: a timestamp."
+    )
+    device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps.")
+    deterministic: bool = Field(False, description="Use deterministic algorithms only (slower on GPU).")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _task_consistency(self) -> Config:
+        loss = self.training.loss
+        if self.task == "classification" and loss in ("mse", "huber"):
+            raise ValueError(f"training.loss={loss} is a regression loss but task=classification")
+        if self.task == "regression" and loss in ("cross_entropy", "focal"):
+            raise ValueError(f"training.loss={loss} is a classification loss but task=regression")
+        if self.task == "regression" and self.data.class_balanced_sampling:
+            raise ValueError("data.class_balanced_sampling needs task=classification")
+        return self
+
+    @property
+    def monitor(self) -> tuple[str, Literal["max", "min"]]:
+        """The monitored metric and whether larger is better."""
+        name = self.training.monitor
+        if name == "auto":
+            name = "val/macro_f1" if self.task == "classification" else "val/mae"
+        lower_is_better = name.endswith(("loss", "mae", "rmse", "abs_dic"))
+        return name, "min" if lower_is_better else "max"
+
+    @property
+    def loss_name(self) -> str:
+        if self.training.loss != "auto":
+            return self.training.loss
+        return "cross_entropy" if self.task == "classification" else "mse"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                base: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config file, apply ``key.sub=value`` overrides, validate.
+
+    Relative ``data.root``, ``data.manifest``, ``model.pretrained`` (a path) and ``output_dir`` in
+    the file are kept as written: they resolve against the current working directory, like the
+    paths a user types on the command line.
+
+    Raises:
+        ConfigError: listing every invalid field with its dotted name, value and expectation.
+    """
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_config(raw, source=str(path) if path is not None else "config")
+
+
+def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate an already-parsed mapping (e.g. a tuning trial's values applied to a config)."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, raw, source=source)) from None
+
+
+def config_to_yaml(config: Config) -> str:
+    """The resolved config as YAML text (loadable again by :func:`load_config`)."""
+    data = config.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. training.epochs=5)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            dotted = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override {item!r}: {dotted} is a value ({child!r}), not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source: str) -> str:
+    """One line per problem: ``field: got VALUE; expected ...``."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        field = ".".join(loc) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = _known_fields(loc[:-1])
+            lines.append(f"{field}: unknown field; expected one of: {', '.join(known)}")
+            continue
+        if kind == "missing":
+            lines.append(f"{field}: required field is missing")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        value = _lookup(raw, loc)
+        if kind == "value_error" and (not loc or isinstance(value, dict)):
+            lines.append(msg)  # a cross-field rule: its message names the fields itself
+            continue
+        lines.append(f"{field}: got {value!r}; expected {_expectation(msg)}")
+    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+
+
+def _expectation(msg: str) -> str:
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    return msg.removeprefix("input should be ").removeprefix("value should be ")
+
+
+def _lookup(raw: Any, loc: list[str]) -> Any:
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return "(default)" if node is not raw else None
+    return node
+
+
+def _known_fields(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def field_docs() -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, description) for every config field, for generated docs."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            dotted = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, dotted + ".")
+                continue
+            default = "required" if field.is_required() else _fmt_default(field.get_default(call_default_factory=True))
+            type_name = str(ann).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+            rows.append((dotted, type_name, default, field.description or ""))
+
+    walk(Config, "")
+    return rows
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

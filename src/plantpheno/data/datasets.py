@@ -1,0 +1,223 @@
+"""From a config to checked, split samples and to DataLoaders.
+
+Reproducibility by construction: the training order of an epoch and every sample's augmentation
+seed are drawn from a generator seeded with ``(seed, epoch)``. An epoch can therefore be replayed
+(or resumed half-way) exactly, whatever the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from plantpheno.atomic import atomic_write_text
+from plantpheno.config import Config
+from plantpheno.data.images import check_images, load_rgb
+from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
+from plantpheno.data.splits import assign_splits
+from plantpheno.data.transforms import eval_transform, train_transform
+from plantpheno.errors import DataError
+
+SPLIT_MANIFEST = "split.csv"
+DATASET_INFO = "dataset.json"
+BAD_IMAGES = "bad_images.csv"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Checked samples per split, class names, fingerprint, and the files that were skipped."""
+
+    task: str
+    splits: dict[str, list[Sample]]
+    class_names: list[str] | None
+    fingerprint: str
+    bad_files: list[tuple[Path, str]] = field(default_factory=list)
+
+    def targets(self, split: str) -> list[int] | list[float]:
+        """Class indices (classification) or float values (regression) of one split."""
+        if self.class_names is None:
+            return [float(s.target) for s in self.splits[split]]
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return [index[str(s.target)] for s in self.splits[split]]
+
+    def target_stats(self) -> tuple[float, float]:
+        """Mean and std of the training targets (regression outputs are learned standardised)."""
+        values = torch.tensor(self.targets("train"), dtype=torch.float64)
+        std = float(values.std(unbiased=False)) if len(values) > 1 else 1.0
+        return float(values.mean()), std if std > 0 else 1.0
+
+
+def prepare_data(config: Config, *, manifest_override: Path | None = None) -> PreparedData:
+    """Read the dataset, check every image, split it, fingerprint it.
+
+    ``manifest_override`` (a run's saved ``split.csv``) replaces the configured source, so a
+    resumed or re-evaluated run sees exactly the images and split it was trained with.
+    """
+    data = config.data
+    if manifest_override is not None:
+        samples = read_manifest(manifest_override, root=None, task=config.task)
+    elif data.manifest is not None:
+        samples = read_manifest(data.manifest, root=data.root, task=config.task)
+    else:
+        assert data.root is not None  # guaranteed by the config schema
+        samples = read_folder(data.root, extensions=data.extensions)
+    samples, bad, fingerprint = _check(samples, skip_bad=data.on_bad_image == "skip")
+    if all(s.split is not None for s in samples):
+        splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
+        missing = [name for name in SPLITS if not splits[name]]
+        if missing:
+            raise DataError(f"the split column has no {' or '.join(missing)} rows; each of train, val, test needs images")
+    else:
+        names = assign_splits([s.target for s in samples], [s.group for s in samples], task=config.task,
+                              val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=config.seed)
+        splits = {name: [s for s, n in zip(samples, names) if n == name] for name in SPLITS}
+    class_names = class_names_of(samples) if config.task == "classification" else None
+    if class_names is not None and len(class_names) < 2:
+        raise DataError(f"classification needs at least 2 classes, found {class_names}")
+    return PreparedData(config.task, splits, class_names, fingerprint, bad)
+
+
+def _check(samples: list[Sample], *, skip_bad: bool) -> tuple[list[Sample], list[tuple[Path, str]], str]:
+    checks = check_images([s.path for s in samples])
+    bad = [(c.path, c.problem) for c in checks if c.problem is not None]
+    if bad and not skip_bad:
+        listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
+        more = f"\n  ... and {len(bad) - 200} more" if len(bad) > 200 else ""
+        raise DataError(
+            f"{len(bad)} of {len(samples)} image(s) cannot be used (set data.on_bad_image=skip to skip them):\n  "
+            f"{listing}{more}"
+        )
+    good = [(s, c.sha256) for s, c in zip(samples, checks) if c.problem is None]
+    if not good:
+        raise DataError(f"none of the {len(samples)} images could be read")
+    base = Path(os.path.commonpath([str(s.path.parent) for s, _ in good]))
+    lines = sorted(f"{s.path.relative_to(base).as_posix()}\t{s.target}\t{sha}" for s, sha in good)
+    fingerprint = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint
+
+
+def write_data_files(prepared: PreparedData, run_dir: Path) -> None:
+    """Write the split manifest (reusable as ``data.manifest``), dataset summary and skipped files."""
+    target_col = "label" if prepared.class_names is not None else "value"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", target_col, "split", "group"])
+    for name in SPLITS:
+        for s in prepared.splits[name]:
+            writer.writerow([str(s.path.resolve()), s.target, name, s.group or ""])
+    atomic_write_text(run_dir / SPLIT_MANIFEST, buf.getvalue())
+    info = {
+        "fingerprint": prepared.fingerprint,
+        "task": prepared.task,
+        "class_names": prepared.class_names,
+        "num_images": {name: len(prepared.splits[name]) for name in SPLITS},
+        "class_counts": {
+            name: dict(sorted(Counter(str(s.target) for s in prepared.splits[name]).items()))
+            for name in SPLITS
+        } if prepared.class_names is not None else None,
+        "skipped_bad_images": len(prepared.bad_files),
+    }
+    atomic_write_text(run_dir / DATASET_INFO, json.dumps(info, indent=2) + "\n")
+    if prepared.bad_files:
+        rows = "".join(f'"{p}","{why.replace(chr(34), chr(39))}"\n' for p, why in prepared.bad_files)
+        atomic_write_text(run_dir / BAD_IMAGES, "path,problem\n" + rows)
+
+
+class ImageDataset(Dataset):
+    """Images and targets; an item is requested as ``(index, augmentation_seed)``."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform,
+                 *, regression: bool) -> None:
+        self.paths = list(paths)
+        self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        image = load_rgb(self.paths[index])
+        if torch.utils.data.get_worker_info() is not None:
+            torch.manual_seed(seed)  # a worker process's RNG serves only its augmentations
+            return self.transform(image), self.targets[index]
+        with torch.random.fork_rng(devices=[]):  # keep the main process's RNG stream untouched
+            torch.manual_seed(seed)
+            return self.transform(image), self.targets[index]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, augmentation_seed)``; order and seeds depend only on (seed, epoch).
+
+    ``weights`` switches to sampling with replacement (class-balanced sampling). ``start`` skips the
+    first samples of the epoch, to resume an interrupted epoch exactly.
+    """
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool, weights: torch.Tensor | None = None) -> None:
+        self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, *, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=gen)
+        elif self.shuffle:
+            order = torch.randperm(self.size, generator=gen)
+        else:
+            order = torch.arange(self.size)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=gen)
+        for pos in range(self.start, self.size):
+            yield int(order[pos]), int(seeds[pos])
+
+
+def resolve_num_workers(setting: int | str) -> int:
+    """``auto``: half the cores (the other half runs the model), at most 8."""
+    if isinstance(setting, int):
+        return setting
+    return max(0, min(8, (os.cpu_count() or 1) // 2))
+
+
+def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
+                  pin_memory: bool = False) -> dict[str, DataLoader]:
+    """A shuffled, augmented train loader and sequential val/test loaders."""
+    data = config.data
+    regression = prepared.class_names is None
+    workers = resolve_num_workers(data.num_workers)
+    loaders = {}
+    for name in SPLITS:
+        is_train = name == "train"
+        transform = (train_transform(data.image_size, mean, std, data.augment) if is_train
+                     else eval_transform(data.image_size, mean, std))
+        targets = prepared.targets(name)
+        dataset = ImageDataset([s.path for s in prepared.splits[name]], targets, transform, regression=regression)
+        weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
+        sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights)
+        # a last training batch of one image breaks BatchNorm: drop the ragged tail when training
+        drop_last = is_train and len(dataset) > data.batch_size
+        # Each iterator draws a base seed from `generator`; a private one keeps the global torch RNG (which
+        # drives dropout) untouched, so resuming mid-run replays the same random stream.
+        loaders[name] = DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
+                                   persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=drop_last,
+                                   generator=torch.Generator().manual_seed(config.seed))
+    return loaders
+
+
+def _balanced_weights(targets: Sequence[int]) -> torch.Tensor:
+    counts = Counter(targets)
+    return torch.tensor([1.0 / counts[t] for t in targets], dtype=torch.double)

@@ -1,0 +1,32 @@
+"""Exceptions raised by plantpheno.
+
+Every error a user can cause derives from :class:`PlantPhenoError`; the CLI turns it into a
+one-line message and exit status 2 (no traceback). Messages name what was wrong (file, field,
+value) and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class PlantPhenoError(Exception):
+    """Base class for errors caused by user input or environment, reported without traceback."""
+
+
+class ConfigError(PlantPhenoError):
+    """The configuration (YAML file or command-line override) is invalid."""
+
+
+class DataError(PlantPhenoError):
+    """The dataset (image folder, CSV manifest, image files) is invalid."""
+
+
+class ModelError(PlantPhenoError):
+    """The model cannot be built or its weights cannot be loaded."""
+
+
+class TrainingError(PlantPhenoError):
+    """Training cannot continue (non-finite loss, bad resume state, ...)."""
+
+
+class RunDirError(PlantPhenoError):
+    """A run directory is missing, incomplete or inconsistent."""

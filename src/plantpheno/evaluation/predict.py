@@ -1,0 +1,39 @@
+"""Running a model over a DataLoader: targets, predictions and (optionally) the mean loss."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from plantpheno.models import set_train_mode
+
+
+@dataclass(frozen=True)
+class Predictions:
+    targets: np.ndarray  # class indices or trait values
+    outputs: np.ndarray  # class probabilities (N, C) or trait values (N,)
+    loss: float | None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, *, task, device: torch.device,
+            loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> Predictions:
+    """Evaluate ``model`` on every batch of ``loader`` in order (eval mode, no gradients)."""
+    set_train_mode(model, False)
+    targets, outputs, loss_sum = [], [], 0.0
+    for images, target in loader:
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()):
+            raw = model(images)
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(raw.float(), task.loss_target(target))) * len(target)
+        targets.append(target.cpu())
+        outputs.append(task.predictions(raw).cpu())
+    y = torch.cat(targets).numpy() if targets else np.zeros(0)
+    out = torch.cat(outputs).numpy() if outputs else np.zeros(0)
+    return Predictions(y, out, loss_sum / len(y) if loss_fn is not None and len(y) else None)

@@ -1,0 +1,129 @@
+"""Models: any timm backbone with a task head, optionally initialised from pretrained weights."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from plantpheno.config import Config, ModelConfig
+from plantpheno.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def build_model(config: ModelConfig, *, num_outputs: int) -> nn.Module:
+    """Create ``config.backbone`` from timm with a head of ``num_outputs`` (classes, or 1 for a trait).
+
+    ``pretrained: true`` uses timm's own download; a path loads a local state_dict/safetensors file.
+    """
+    import timm  # imported here: `import plantpheno` and `plantpheno --help` stay fast
+
+    if not timm.is_model(config.backbone):
+        close = difflib.get_close_matches(config.backbone, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ModelError(f"model.backbone: {config.backbone!r} is not a timm model{hint}")
+    download = config.pretrained is True
+    try:
+        model = timm.create_model(config.backbone, pretrained=download, num_classes=num_outputs,
+                                  drop_rate=config.dropout)
+    except Exception as exc:  # noqa: BLE001 - timm/hub raise many kinds; all mean "no weights"
+        if not download:
+            raise
+        raise ModelError(
+            f"model.pretrained=true: could not get timm's pretrained weights for {config.backbone} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Offline? Set model.pretrained to a "
+            f"local weights file instead."
+        ) from None
+    if isinstance(config.pretrained, Path):
+        load_weights(model, config.pretrained)
+    if config.freeze_backbone:
+        freeze_backbone(model)
+    return model
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the classifier head's parameters (what a new task replaces)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is None:
+        return set()
+    head_ids = {id(p) for p in head.parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in head_ids}
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Only the head keeps ``requires_grad``; see :func:`set_train_mode` for BatchNorm statistics."""
+    head = head_parameter_names(model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in head)
+    model.plantpheno_frozen_backbone = True  # type: ignore[attr-defined]
+
+
+def set_train_mode(model: nn.Module, training: bool = True) -> None:
+    """``model.train(training)``, but a frozen backbone stays in eval mode (BatchNorm stats fixed)."""
+    model.train(training)
+    if training and getattr(model, "plantpheno_frozen_backbone", False):
+        head = model.get_classifier()
+        for module in model.modules():
+            if module is not model and not any(module is m for m in head.modules()):
+                module.eval()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file (safetensors, or a torch state_dict loaded with ``weights_only=True``)."""
+    if not path.is_file():
+        raise ModelError(f"model.pretrained: weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise many kinds
+        raise ModelError(f"model.pretrained: cannot read weights file {path}: {exc}") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"model.pretrained: {path} does not hold a state_dict of tensors")
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load ``path`` into ``model``; the head may differ (other class count), nothing else may."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    head = head_parameter_names(model)
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    bad_shape = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched if k not in head]
+    missing = [k for k in own if k not in state and k not in head and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if bad_shape or missing or unexpected:
+        parts = []
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {title}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
+        raise ModelError(f"model.pretrained: {path} does not fit this backbone's weights; " + "; ".join(parts))
+    usable = {k: v for k, v in state.items() if k not in mismatched}
+    model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(mismatched) | (head - set(usable)))
+    log.info("loaded %d tensors from %s; head left freshly initialised: %s", len(usable), path, skipped or "none")
+
+
+def normalization(model: nn.Module, config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the backbone's pretrained weights expect, unless the config sets them."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = config.data.mean or tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = config.data.std or tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)

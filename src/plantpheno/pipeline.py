@@ -1,0 +1,231 @@
+"""The one path from a config to a trained, evaluated run: ``train()`` and ``evaluate_run()``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from plantpheno import __version__
+from plantpheno.config import Config
+from plantpheno.data.datasets import (
+    DATASET_INFO,
+    SPLIT_MANIFEST,
+    PreparedData,
+    build_loaders,
+    prepare_data,
+    write_data_files,
+)
+from plantpheno.device import amp_dtype, resolve_device, seed_everything
+from plantpheno.errors import DataError, RunDirError, TrainingError
+from plantpheno.evaluation.predict import predict
+from plantpheno.evaluation.report import write_evaluation
+from plantpheno.models import build_model, normalization
+from plantpheno.rundir import (
+    CHECKPOINTS,
+    EVAL_DIR,
+    METRICS_LOG,
+    create_run_dir,
+    read_run_config,
+    write_environment,
+    write_run_config,
+    write_status,
+)
+from plantpheno.training.callbacks import BEST, LAST, Checkpointer, Console, EarlyStopping, MetricsLog
+from plantpheno.training.checkpoint import load_checkpoint, restore_rng
+from plantpheno.training.losses import build_loss
+from plantpheno.training.optim import build_optimizer, build_scheduler, steps_per_batch
+from plantpheno.training.tasks import Classification, Regression
+from plantpheno.training.trainer import Interrupted, NonFiniteLossError, TrainState, Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a finished run lives and its final evaluation metrics."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    state: TrainState
+
+
+@dataclass
+class _Setup:
+    config: Config
+    prepared: PreparedData
+    task: Classification | Regression
+    model: nn.Module
+    loaders: dict[str, DataLoader]
+    device: torch.device
+    meta: dict[str, Any]
+
+
+def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool) -> _Setup:
+    """Data, task, model and loaders, identically for a new run, a resumed run and an evaluation."""
+    prepared = prepare_data(config, manifest_override=manifest)
+    if prepared.class_names is not None:
+        task: Classification | Regression = Classification(prepared.class_names)
+    else:
+        task = Regression(*prepared.target_stats())
+    model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
+    model = build_model(model_cfg, num_outputs=task.num_outputs)
+    mean, std = normalization(model, config)
+    device = resolve_device(config.device)
+    loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda")
+    meta = {
+        "plantpheno_version": __version__, "task": task.name, "backbone": config.model.backbone,
+        "num_outputs": task.num_outputs, "class_names": prepared.class_names,
+        "target_mean": getattr(task, "mean", None), "target_std": getattr(task, "std", None),
+        "image_size": config.data.image_size, "mean": list(mean), "std": list(std),
+        "dataset_fingerprint": prepared.fingerprint,
+    }
+    return _Setup(config, prepared, task, model.to(device), loaders, device, meta)
+
+
+def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: bool = True) -> RunResult:
+    """Train a new run from ``config``, evaluate it, and return where it is."""
+    seed_everything(config.seed, deterministic=config.deterministic)
+    run_dir = create_run_dir(config)
+    write_run_config(run_dir, config)
+    write_status(run_dir, "preparing")
+    setup = _setup(config, manifest=None, load_pretrained=True)
+    write_data_files(setup.prepared, run_dir)
+    write_environment(run_dir, str(setup.device))
+    return _fit_and_evaluate(setup, run_dir, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
+
+
+def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: bool = True) -> RunResult:
+    """Continue an interrupted run from ``checkpoints/last.pt``, exactly where it stopped."""
+    config = read_run_config(run_dir)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINTS / LAST)
+    seed_everything(config.seed, deterministic=config.deterministic)
+    setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False)
+    _check_same_data(run_dir, setup.prepared)
+    return _fit_and_evaluate(setup, run_dir, checkpoint=checkpoint, callbacks=callbacks,
+                             handle_signals=handle_signals)
+
+
+def _check_same_data(run_dir: Path, prepared: PreparedData) -> None:
+    recorded = json.loads((run_dir / DATASET_INFO).read_text(encoding="utf-8"))["fingerprint"]
+    if recorded != prepared.fingerprint:
+        raise DataError(
+            f"the images of {run_dir} changed since the run started (dataset fingerprint {prepared.fingerprint[:12]} "
+            f"!= recorded {recorded[:12]}); start a new run instead of resuming"
+        )
+
+
+def _build_trainer(setup: _Setup, run_dir: Path, checkpoint: dict[str, Any] | None,
+                   callbacks: Sequence[object]) -> Trainer:
+    config, model = setup.config, setup.model
+    loss_fn = build_loss(config, train_targets=setup.prepared.targets("train"), num_classes=setup.task.num_outputs)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=len(setup.loaders["train"]))
+    dtype = amp_dtype(config, setup.device)
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=dtype == torch.float16)
+    state = TrainState()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = TrainState(**checkpoint["state"])
+        restore_rng(checkpoint["rng"])  # last: building the model above consumed random numbers
+    patience = config.training.early_stopping
+    builtin = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta),
+               Checkpointer(run_dir / CHECKPOINTS, meta=setup.meta), MetricsLog(run_dir / METRICS_LOG),
+               Console(progress_bar=config.training.progress_bar)]
+    return Trainer(model=model, task=setup.task, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                   step_scheduler_per_batch=steps_per_batch(config), scaler=scaler, loaders=setup.loaders,
+                   device=setup.device, epochs=config.training.epochs, monitor=config.monitor, amp_dtype=dtype,
+                   grad_clip_norm=config.training.grad_clip_norm, callbacks=[*builtin, *callbacks], state=state)
+
+
+def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any] | None,
+                      callbacks: Sequence[object], handle_signals: bool) -> RunResult:
+    trainer = _build_trainer(setup, run_dir, checkpoint, callbacks)
+    name, _ = trainer.monitor
+    if name.removeprefix("val/") not in trainer.validate_keys():
+        raise TrainingError(f"training.monitor: got {name!r}; expected one of "
+                            f"{', '.join('val/' + k for k in trainer.validate_keys())}")
+    write_status(run_dir, "running")
+    try:
+        use_signals = handle_signals and threading.current_thread() is threading.main_thread()
+        with _stop_on_signals(trainer) if use_signals else contextlib.nullcontext():
+            state = trainer.fit()
+    except Interrupted as exc:
+        exc.run_dir = run_dir
+        write_status(run_dir, "interrupted", epoch=exc.state.epoch, batch=exc.state.batch, reason=exc.reason)
+        raise
+    except NonFiniteLossError as exc:
+        write_status(run_dir, "failed", reason=str(exc))
+        last = run_dir / CHECKPOINTS / LAST
+        kept = f"the last good checkpoint is {last} (epoch {exc.epoch - 1})" if last.is_file() else "no epoch had completed"
+        raise TrainingError(f"{exc}; training stopped and {kept}. Lower training.learning_rate "
+                            f"or set training.grad_clip_norm.") from None
+    split = setup.config.evaluation.split
+    metrics = _evaluate(setup, run_dir, split=split, best_epoch=state.best_epoch)
+    write_status(run_dir, "completed", epochs=state.epoch, best_epoch=state.best_epoch,
+                 best_value=state.best_value, monitor=name, evaluation={split: _headline(metrics)})
+    return RunResult(run_dir, metrics, state)
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    key = metrics["headline_metric"]
+    return {key: metrics[key], "confidence_interval": metrics.get("confidence_interval")}
+
+
+def _evaluate(setup: _Setup, run_dir: Path, *, split: str, best_epoch: int | None) -> dict[str, Any]:
+    p = predict(setup.model, setup.loaders[split], task=setup.task, device=setup.device,
+                amp_dtype=amp_dtype(setup.config, setup.device))
+    ev = setup.config.evaluation
+    return write_evaluation(
+        run_dir / EVAL_DIR / split, targets=p.targets, outputs=p.outputs,
+        paths=[s.path for s in setup.prepared.splits[split]], class_names=setup.prepared.class_names,
+        bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=setup.config.seed,
+        extra={"split": split, "num_images": len(p.targets), "checkpoint_epoch": best_epoch},
+    )
+
+
+def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = None) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint (or its last, if no best exists) on one of its splits."""
+    config = read_run_config(run_dir)
+    if device is not None:
+        config = config.model_copy(update={"device": device})
+    ckpt_dir = run_dir / CHECKPOINTS
+    path = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no checkpoint yet ({ckpt_dir / BEST} and {ckpt_dir / LAST} are missing)")
+    checkpoint = load_checkpoint(path)
+    setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False)
+    _check_same_data(run_dir, setup.prepared)
+    setup.model.load_state_dict(checkpoint["model"])
+    return _evaluate(setup, run_dir, split=split, best_epoch=checkpoint["state"]["epoch"])
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT/SIGTERM: finish the current batch, save ``last``, stop. A second SIGINT stops at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_requested = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,56 @@
+"""Checkpoints: atomic writes of plain tensors/containers, loadable with ``torch.load(weights_only=True)``."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plantpheno.atomic import atomic_write_with
+from plantpheno.errors import RunDirError
+
+FORMAT = "plantpheno-checkpoint/1"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically: a crash mid-write leaves the previous file intact."""
+    atomic_write_with(path, lambda fh: torch.save({"format": FORMAT, **payload}, fh))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint without unpickling arbitrary code (``weights_only=True``)."""
+    if not path.is_file():
+        raise RunDirError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
+        raise RunDirError(f"checkpoint {path} cannot be read: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise RunDirError(f"checkpoint {path} is not a plantpheno checkpoint ({FORMAT})")
+    return payload
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random generator the training loop touches, as weights_only-safe values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,59 @@
+"""Optimizers and learning-rate schedules by name."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau, StepLR
+
+from plantpheno.config import Config
+
+
+def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (Nesterov momentum) over trainable parameters.
+
+    Biases and normalisation parameters get no weight decay (timm's parameter grouping).
+    """
+    from timm.optim import create_optimizer_v2
+
+    t = config.training
+    kwargs = {"momentum": t.momentum} if t.optimizer == "sgd" else {}
+    return create_optimizer_v2(model, opt=t.optimizer, lr=t.learning_rate, weight_decay=t.weight_decay, **kwargs)
+
+
+def cosine_with_warmup(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """LR factor: linear warmup from ~0 to 1, then half a cosine down to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _CosineFactor:
+    # A picklable callable (not a lambda) so the schedule can be rebuilt identically on resume.
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        return cosine_with_warmup(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, *,
+                    steps_per_epoch: int) -> LRScheduler | ReduceLROnPlateau | None:
+    """``cosine`` steps every batch; ``step`` and ``plateau`` every epoch; ``none`` -> None."""
+    t = config.training
+    if t.scheduler == "cosine":
+        warmup = round(t.warmup_epochs * steps_per_epoch)
+        return LambdaLR(optimizer, _CosineFactor(warmup, t.epochs * steps_per_epoch))
+    if t.scheduler == "step":
+        return StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
+    if t.scheduler == "plateau":
+        return ReduceLROnPlateau(optimizer, mode=config.monitor[1], factor=t.gamma, patience=t.plateau_patience)
+    return None
+
+
+def steps_per_batch(config: Config) -> bool:
+    """True when the scheduler advances every batch rather than every epoch."""
+    return config.training.scheduler == "cosine"

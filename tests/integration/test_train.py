@@ -1,0 +1,140 @@
+"""End-to-end training runs on tiny synthetic data (CPU, seconds each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from plantpheno import pipeline
+from plantpheno.errors import TrainingError
+from plantpheno.training.trainer import Interrupted
+
+VOLATILE = ("time/", "lr_")  # wall-clock figures differ between any two runs
+
+
+def _metrics_log(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_classification_run_leaves_a_complete_run_directory(make_config, disease_root):
+    config = make_config(data={"root": str(disease_root)})
+    result = pipeline.train(config)
+    run = result.run_dir
+    assert run == config.output_dir / "default" / "run"
+    for name in ("config.yaml", "split.csv", "dataset.json", "environment.json", "metrics.jsonl", "run.json",
+                 "checkpoints/best.pt", "checkpoints/last.pt", "eval/test/metrics.json",
+                 "eval/test/classification_report.txt", "eval/test/per_class.csv",
+                 "eval/test/confusion_matrix.png", "eval/test/predictions.csv"):
+        assert (run / name).is_file(), name
+    assert len(_metrics_log(run)) == 2
+    metrics = json.loads((run / "eval/test/metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "weighted_recall", "confidence_interval"):
+        assert key in metrics
+    ci = metrics["confidence_interval"]
+    assert ci["low"] <= metrics["accuracy"] <= ci["high"]
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    dataset = json.loads((run / "dataset.json").read_text())
+    assert sum(dataset["num_images"].values()) == 64 and len(dataset["fingerprint"]) == 64
+    predictions = (run / "eval/test/predictions.csv").read_text().splitlines()
+    assert predictions[0].startswith("path,label,predicted,confidence,p_blight")
+    assert len(predictions) - 1 == dataset["num_images"]["test"] == metrics["num_images"]
+
+
+class StopAt:
+    """Asks the trainer to stop after a given global step, as SIGINT would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, trainer, loss, images) -> None:
+        if trainer.state.global_step == self.step:
+            trainer.stop_requested = "SIGINT"
+
+
+@pytest.mark.parametrize("stop_step", [9, 6], ids=["mid-epoch", "epoch-end"])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(make_config, disease_root, stop_step):
+    # 48 training images, batch 8 -> 6 steps per epoch: step 9 is inside epoch 2, step 6 ends epoch 1.
+    sections = {"data": {"root": str(disease_root), "batch_size": 8},
+                "training": {"epochs": 3, "warmup_epochs": 0.5, "learning_rate": 0.003},
+                "model": {"backbone": "test_resnet", "dropout": 0.2}}
+    straight = pipeline.train(make_config(**sections))
+    assert json.loads((straight.run_dir / "dataset.json").read_text())["num_images"]["train"] == 48
+    config = make_config(run_name="interrupted", **sections)
+    with pytest.raises(Interrupted):
+        pipeline.train(config, callbacks=[StopAt(stop_step)])
+    run = config.output_dir / "default" / "interrupted"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    resumed = pipeline.resume(run)
+
+    for name in ("best.pt", "last.pt"):
+        a, b = _weights(straight.run_dir / "checkpoints" / name), _weights(resumed.run_dir / "checkpoints" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+    assert _metrics_log(straight.run_dir) == _metrics_log(resumed.run_dir)
+    drop = ("confidence_interval",)
+    assert {k: v for k, v in straight.metrics.items() if k not in drop} == {
+        k: v for k, v in resumed.metrics.items() if k not in drop}
+    assert straight.metrics["confidence_interval"] == resumed.metrics["confidence_interval"]
+
+
+class PoisonWeights:
+    """Sets one weight to NaN after a given step, so the next loss is NaN."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, trainer, loss, images) -> None:
+        if trainer.state.global_step == self.step:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("nan")
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(make_config, disease_root):
+    config = make_config(data={"root": str(disease_root)}, training={"epochs": 3})
+    with pytest.raises(TrainingError, match=r"training loss became nan at epoch 2, batch 2.*last good checkpoint"):
+        pipeline.train(config, callbacks=[PoisonWeights(7)])
+    run = config.output_dir / "default" / "run"
+    last = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert last["state"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def test_regression_run_reports_count_metrics(make_config, rosette_manifest):
+    config = make_config(task="regression", data={"manifest": str(rosette_manifest)},
+                         training={"epochs": 2, "monitor": "val/rmse"})
+    result = pipeline.train(config)
+    metrics = json.loads((result.run_dir / "eval/test/metrics.json").read_text())
+    for key in ("mae", "rmse", "r2", "dic", "abs_dic", "mean_error"):
+        assert key in metrics
+    assert metrics["confidence_interval"]["metric"] == "mae"
+    assert (result.run_dir / "eval/test/predicted_vs_true.png").is_file()
+    header = (result.run_dir / "eval/test/predictions.csv").read_text().splitlines()[0]
+    assert header == "path,value,predicted,error"
+    # every plant's three views stay in one split
+    rows = (result.run_dir / "split.csv").read_text().splitlines()[1:]
+    split_of_group: dict[str, set[str]] = {}
+    for row in rows:
+        _, _, split, group = row.rsplit(",", 3)
+        split_of_group.setdefault(group, set()).add(split)
+    assert all(len(s) == 1 for s in split_of_group.values())
+
+
+@pytest.mark.parametrize("training", [
+    {"loss": "focal", "class_weights": "balanced", "optimizer": "sgd", "scheduler": "step", "grad_clip_norm": 1.0},
+    {"label_smoothing": 0.1, "optimizer": "adam", "scheduler": "plateau"},
+    {"scheduler": "none", "early_stopping": {"patience": 1}, "epochs": 4},
+], ids=["focal-sgd-step", "smoothing-adam-plateau", "early-stop"])
+def test_training_options_run(make_config, disease_root, training):
+    config = make_config(data={"root": str(disease_root), "class_balanced_sampling": True}, training=training)
+    result = pipeline.train(config)
+    assert result.state.epoch >= 1
+    assert (result.run_dir / "eval/test/metrics.json").is_file()
