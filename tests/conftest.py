@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 # Offline and headless before anything imports timm/huggingface/matplotlib; fail fast, never download.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -53,6 +54,18 @@ def make_config(tmp_path: Path):
         return validate_config(tiny_config(tmp_path, **sections))
 
     return build
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a fast-run config (see ``tiny_config``) to a YAML file and return its path."""
+
+    def write(**sections: Any) -> Path:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(tiny_config(tmp_path, **sections)))
+        return path
+
+    return write
 
 
 def tiny_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""Config loading: shipped configs, overrides, and errors that name field, value and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plantpheno.config import config_to_yaml, load_config
+from plantpheno.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    names = {p.name for p in SHIPPED}
+    assert {"demo.yaml", "folder_classification.yaml", "trait_regression.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    config = load_config(path)
+    again = tmp_path / "resolved.yaml"
+    again.write_text(config_to_yaml(config))
+    assert load_config(again) == config
+
+
+def test_overrides_parse_values_and_nested_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: leaves}\n")
+    config = load_config(path, ["training.epochs=7", "data.augment.crop_scale=[0.5, 0.9]", "model.pretrained=w.pt",
+                                "training.early_stopping.patience=3", "model.dropout=0.25", "task=regression"])
+    assert config.training.epochs == 7
+    assert config.data.augment.crop_scale == (0.5, 0.9)
+    assert config.model.pretrained == Path("w.pt")
+    assert config.training.early_stopping.patience == 3
+    assert config.model.dropout == 0.25
+    assert config.task == "regression" and config.loss_name == "mse" and config.monitor == ("val/mae", "min")
+
+
+def test_all_errors_reported_at_once_with_field_value_and_expectation(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "task: classify\n"
+        "data: {root: x, image_size: -3, colour: red}\n"
+        "training: {epochs: ten, learning_rate: 0}\n"
+        "model: {backbon: resnet18}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["data.batch_size=0"])
+    message = str(info.value)
+    assert str(path) in message
+    expected = [
+        ("task", "'classify'", "'classification' or 'regression'"),
+        ("data.image_size", "-3", "greater than or equal to 16"),
+        ("data.batch_size", "0", "greater than or equal to 1"),
+        ("training.epochs", "'ten'", "integer"),
+        ("training.learning_rate", "0", "greater than 0"),
+    ]
+    for field, value, expectation in expected:
+        line = next((ln for ln in message.splitlines() if ln.strip().startswith(field + ":")), None)
+        assert line is not None, f"{field} not reported:\n{message}"
+        assert value in line and expectation in line, line
+    assert "data.colour: unknown field; expected one of: root, manifest" in message
+    assert "model.backbon: unknown field" in message and "backbone" in message
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["data.val_fraction=0.6", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction must be < 1"),
+    (["training.loss=mse"], "training.loss=mse is a regression loss but task=classification"),
+    (["data.augment.crop_scale=[0.9, 0.2]"], "data.augment.crop_scale: got [0.9, 0.2]; expected 0 < low <= high"),
+    (["device=gpu"], "device: got 'gpu'; expected auto, cpu, cuda, cuda:N or mps"),
+    (["experiment=../escape"], "experiment: got '../escape'"),
+    (["training"], "must look like key.sub=value"),
+    (["data.root.x=1"], "data.root is a value"),
+])
+def test_specific_errors(tmp_path, overrides, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: leaves}\n")
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(path, overrides)
+    assert fragment in str(info.value)
+
+
+def test_missing_data_source_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="set data.root .* or data.manifest"):
+        load_config(None, ["data.image_size=64"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listy)

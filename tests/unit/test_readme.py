@@ -1,0 +1,23 @@
+"""The README stays true: its set-up commands, and the config reference generated from the schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from plantpheno.cli.config_cmd import config_table
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+CI = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+
+
+def test_readme_opens_with_exactly_two_setup_commands_and_ci_runs_the_second():
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", README, re.S)
+    assert block is not None
+    commands = [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
+    assert commands == ["make demo", "make test"]
+    assert "make test" in CI
+
+
+def test_readme_documents_every_config_field():
+    assert config_table() in README, "README config reference is stale: paste `plantpheno config docs`"
