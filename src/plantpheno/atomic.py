@@ -28,6 +28,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as fh:
+            # mkstemp makes the file 0600; give it the mode a plain open() would (or keep the old file's).
+            os.chmod(tmp_name, _final_mode(target))
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -55,6 +57,22 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[IO[bytes]]
     """Atomically replace ``path`` with whatever ``writer(binary_file)`` writes (e.g. torch.save, savefig)."""
     with atomic_open(path, "wb") as fh:
         writer(fh)
+
+
+def _final_mode(target: Path) -> int:
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read the umask is to set it; restored at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import (os.umask is process-wide, not thread-safe)
 
 
 def _fsync_dir(folder: Path) -> None:

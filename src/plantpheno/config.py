@@ -78,6 +78,13 @@ class DataConfig(_Section):
             raise ValueError("an integer >= 0 or 'auto'")
         return v
 
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_extensions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or any(not e.startswith(".") or len(e) < 2 for e in v):
+            raise ValueError("a non-empty list of extensions starting with a dot, e.g. [.jpg, .png]")
+        return v
+
     @field_validator("std")
     @classmethod
     def _std_positive(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
@@ -148,6 +155,12 @@ class TrainingConfig(_Section):
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     progress_bar: bool = Field(True, description="Show a progress bar (loss, metric, images/s).")
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_training(self) -> TrainingConfig:
+        if self.scheduler == "cosine" and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"training.warmup_epochs ({self.warmup_epochs}) must be < training.epochs ({self.epochs})")
+        return self
 
 
 class EvaluationConfig(_Section):

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from plantpheno import __version__
-from plantpheno.config import Config
+from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import (
     DATASET_INFO,
     SPLIT_MANIFEST,
@@ -96,10 +96,10 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool) -> _
 def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: bool = True) -> RunResult:
     """Train a new run from ``config``, evaluate it, and return where it is."""
     seed_everything(config.seed, deterministic=config.deterministic)
+    # Data and model first: a bad image or backbone fails before any run folder exists.
+    setup = _setup(config, manifest=None, load_pretrained=True)
     run_dir = create_run_dir(config)
     write_run_config(run_dir, config)
-    write_status(run_dir, "preparing")
-    setup = _setup(config, manifest=None, load_pretrained=True)
     write_data_files(setup.prepared, run_dir)
     write_environment(run_dir, str(setup.device))
     return _fit_and_evaluate(setup, run_dir, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
@@ -202,7 +202,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
     """Evaluate a run's best checkpoint (or its last, if no best exists) on one of its splits."""
     config = read_run_config(run_dir)
     if device is not None:
-        config = config.model_copy(update={"device": device})
+        config = validate_config({**config_to_dict(config), "device": device}, source="--device")
     ckpt_dir = run_dir / CHECKPOINTS
     path = ckpt_dir / BEST if (ckpt_dir / BEST).is_file() else ckpt_dir / LAST
     if not path.is_file():

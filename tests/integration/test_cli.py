@@ -43,9 +43,10 @@ def test_bad_config_exits_2_with_one_message_per_field_and_no_traceback(tmp_path
 def test_missing_data_folder_and_resume_misuse_exit_2(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(f"data: {{root: {tmp_path / 'nowhere'}}}\nmodel: {{backbone: test_resnet}}\n")
-    result = plantpheno("train", str(path), "device=cpu")
+    result = plantpheno("train", str(path), "device=cpu", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"data.root {tmp_path / 'nowhere'} is not a folder" in result.stderr
+    assert not (tmp_path / "runs").exists(), "a failed start must not leave a run folder behind"
     result = plantpheno("train", str(path), "--resume", str(tmp_path))
     assert result.returncode == 2 and "takes no config or overrides" in result.stderr
     result = plantpheno("evaluate", str(tmp_path))

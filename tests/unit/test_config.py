@@ -73,6 +73,8 @@ def test_all_errors_reported_at_once_with_field_value_and_expectation(tmp_path):
     (["device=gpu"], "device: got 'gpu'; expected auto, cpu, cuda, cuda:N or mps"),
     (["experiment=../escape"], "experiment: got '../escape'"),
     (["training"], "must look like key.sub=value"),
+    (["training.warmup_epochs=3", "training.epochs=2"], "training.warmup_epochs (3.0) must be < training.epochs (2)"),
+    (["data.extensions=[jpg]"], "data.extensions: got ['jpg']; expected a non-empty list of extensions starting"),
     (["data.root.x=1"], "data.root is a value"),
 ])
 def test_specific_errors(tmp_path, overrides, fragment):

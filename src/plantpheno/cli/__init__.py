@@ -40,3 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlantPhenoError as exc:
         print(f"plantpheno: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or Ctrl-C elsewhere
+        print("plantpheno: aborted", file=sys.stderr)
+        return 130

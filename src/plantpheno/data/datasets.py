@@ -129,8 +129,10 @@ def write_data_files(prepared: PreparedData, run_dir: Path) -> None:
     }
     atomic_write_text(run_dir / DATASET_INFO, json.dumps(info, indent=2) + "\n")
     if prepared.bad_files:
-        rows = "".join(f'"{p}","{why.replace(chr(34), chr(39))}"\n' for p, why in prepared.bad_files)
-        atomic_write_text(run_dir / BAD_IMAGES, "path,problem\n" + rows)
+        bad = io.StringIO()
+        csv.writer(bad, lineterminator="\n").writerows([("path", "problem"), *((str(p), why) for p, why in
+                                                                              prepared.bad_files)])
+        atomic_write_text(run_dir / BAD_IMAGES, bad.getvalue())
 
 
 class ImageDataset(Dataset):

@@ -29,25 +29,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_rescale_to_uint8(np.asarray(img)), mode="L").convert("RGB")
+        return Image.fromarray(_rescale_to_uint8(np.asarray(img), sixteen_bit=mode.startswith("I;16")),
+                               mode="L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
     if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
+        rgba = (img.convert("LA") if mode == "La" else img).convert("RGBA")  # no direct La -> RGBA
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
 
 
-def _rescale_to_uint8(arr: np.ndarray) -> np.ndarray:
+def _rescale_to_uint8(arr: np.ndarray, *, sixteen_bit: bool = False) -> np.ndarray:
+    """16-bit images by their fixed range (a dark image stays dark); float in [0, 1] by 255; else by 8/16-bit range."""
+    is_float = arr.dtype.kind == "f"
     arr = arr.astype(np.float64)
-    if arr.dtype.kind == "f" and arr.size and np.nanmax(arr) <= 1.0 and np.nanmin(arr) >= 0.0:
+    if is_float and arr.size and np.nanmax(arr) <= 1.0 and np.nanmin(arr) >= 0.0:
         scaled = arr * 255.0
     else:
-        top = 65535.0 if np.nanmax(arr, initial=0) > 255 else 255.0
+        top = 65535.0 if sixteen_bit or np.nanmax(arr, initial=0) > 255 else 255.0
         scaled = arr * (255.0 / top)
-    return np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+    return np.rint(np.clip(np.nan_to_num(scaled), 0, 255)).astype(np.uint8)
 
 
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
@@ -87,8 +90,8 @@ def check_image(path: Path) -> ImageCheck:
                 return ImageCheck(path, digest, "image has no pixels")
     except UnidentifiedImageError:
         return ImageCheck(path, digest, "not an image (format not recognised)")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return ImageCheck(path, digest, f"truncated or corrupt image ({exc})")
+    except Exception as exc:  # noqa: BLE001 - decoders of corrupt files raise TypeError, struct.error, EOFError ...
+        return ImageCheck(path, digest, f"truncated or corrupt image ({str(exc) or type(exc).__name__})")
     return ImageCheck(path, digest, None)
 
 

@@ -75,8 +75,9 @@ def read_manifest(manifest: Path, *, root: Path | None,
             )
         has_split, has_group = "split" in columns, "group" in columns
         samples, problems = [], []
-        for line, row in enumerate(reader, start=2):
-            sample = _parse_row(row, line, base, target_col, has_split, has_group, problems)
+        for row in reader:
+            # the file's line number: blank lines are skipped by DictReader, and a quoted field may span lines
+            sample = _parse_row(row, reader.line_num, base, target_col, has_split, has_group, problems)
             if sample is not None:
                 samples.append(sample)
     if problems:

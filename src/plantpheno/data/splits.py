@@ -31,10 +31,15 @@ def assign_splits(targets: Sequence[str | float], groups: Sequence[str | None], 
     strata = _stratify(members, targets, task)
     rng = np.random.default_rng(seed)
     result = ["train"] * len(targets)
+    sizes = {stratum: sum(len(members[g]) for g in gids) for stratum, gids in strata.items()}
+    splittable = {stratum for stratum, gids in strata.items() if len(gids) > 1}  # one group stays in train
+    quotas = {name: _quotas(sizes, splittable, fraction, rng)
+              for name, fraction in (("test", test_fraction), ("val", val_fraction))}
     for stratum in sorted(strata):
         group_ids = sorted(strata[stratum])
         rng.shuffle(group_ids)
-        for group_id, split in _allocate(group_ids, members, val_fraction, test_fraction):
+        wanted = {name: quotas[name][stratum] for name in ("test", "val")}
+        for group_id, split in _allocate(group_ids, members, wanted):
             for i in members[group_id]:
                 result[i] = split
     _check_nonempty(result, val_fraction, test_fraction, len(members))
@@ -56,11 +61,26 @@ def _stratify(members: dict[str, list[int]], targets: Sequence[str | float],
     return strata
 
 
-def _allocate(group_ids: list[str], members: dict[str, list[int]], val_fraction: float,
-              test_fraction: float) -> list[tuple[str, str]]:
-    """Fill test, then val, up to their share of this stratum's images; the rest is train."""
-    total = sum(len(members[g]) for g in group_ids)
-    targets = {"test": test_fraction * total, "val": val_fraction * total}
+def _quotas(sizes: dict[str, int], splittable: set[str], fraction: float,
+            rng: np.random.Generator) -> dict[str, int]:
+    """Images per stratum for one split: each stratum's share rounded down, and the images this leaves
+    of the overall share go to the strata with the largest remainders (ties at random). Rounding each
+    stratum on its own would starve a split when there are many small classes: 100 classes of 3
+    images would give 0 test images for a 15 % test fraction instead of 45."""
+    names = sorted(sizes)
+    exact = {name: fraction * sizes[name] for name in names}
+    quota = {name: int(np.floor(exact[name] + 1e-9)) for name in names}
+    extra = int(round(fraction * sum(sizes.values()))) - sum(quota.values())
+    tiebreak = dict(zip(names, rng.random(len(names))))
+    candidates = sorted((n for n in names if n in splittable), key=lambda n: (quota[n] - exact[n], tiebreak[n]))
+    for name in candidates[:max(extra, 0)]:
+        quota[name] += 1
+    return quota
+
+
+def _allocate(group_ids: list[str], members: dict[str, list[int]],
+              targets: dict[str, float]) -> list[tuple[str, str]]:
+    """Fill test, then val, up to their target number of images; the rest is train."""
     filled = {"test": 0, "val": 0}
     out = []
     for position, gid in enumerate(group_ids):

@@ -48,12 +48,16 @@ def build_model(config: ModelConfig, *, num_outputs: int) -> nn.Module:
     return model
 
 
+def _head_modules(model: nn.Module) -> list[nn.Module]:
+    # Distilled models (deit_*_distilled, levit, efficientformer, swiftformer, ...) return a tuple of heads.
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    heads = head if isinstance(head, (tuple, list)) else (head,)
+    return [h for h in heads if isinstance(h, nn.Module)]
+
+
 def head_parameter_names(model: nn.Module) -> set[str]:
     """Names of the classifier head's parameters (what a new task replaces)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if head is None:
-        return set()
-    head_ids = {id(p) for p in head.parameters()}
+    head_ids = {id(p) for head in _head_modules(model) for p in head.parameters()}
     return {name for name, p in model.named_parameters() if id(p) in head_ids}
 
 
@@ -69,9 +73,9 @@ def set_train_mode(model: nn.Module, training: bool = True) -> None:
     """``model.train(training)``, but a frozen backbone stays in eval mode (BatchNorm stats fixed)."""
     model.train(training)
     if training and getattr(model, "plantpheno_frozen_backbone", False):
-        head = model.get_classifier()
+        head_ids = {id(m) for head in _head_modules(model) for m in head.modules()}
         for module in model.modules():
-            if module is not model and not any(module is m for m in head.modules()):
+            if module is not model and id(module) not in head_ids:
                 module.eval()
 
 

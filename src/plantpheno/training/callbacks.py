@@ -82,7 +82,8 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        record = {**metrics, "best": trainer.state.best_epoch == trainer.state.epoch}
+        record = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+        record["best"] = trainer.state.best_epoch == trainer.state.epoch
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -101,7 +102,8 @@ class Console:
 
         loader = trainer.loaders["train"]
         total = len(loader) + trainer.state.batch
-        self.bar = tqdm(total=total, initial=trainer.state.batch, leave=False, file=self.stream,
+        # disable=None: no bar when the stream is not a terminal (CI logs, files)
+        self.bar = tqdm(total=total, initial=trainer.state.batch, leave=False, file=self.stream, disable=None,
                         desc=f"epoch {trainer.state.epoch + 1}/{trainer.epochs}", unit="batch", dynamic_ncols=True)
 
     def on_batch_end(self, trainer: Trainer, loss: float, images: int) -> None:
