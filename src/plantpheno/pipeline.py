@@ -28,6 +28,7 @@ from plantpheno.data.datasets import (
 )
 from plantpheno.device import amp_dtype, resolve_device, seed_everything
 from plantpheno.errors import DataError, RunDirError, TrainingError
+from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.predict import predict
 from plantpheno.evaluation.report import write_evaluation
 from plantpheno.models import build_model, normalization
@@ -174,11 +175,19 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
         kept = f"the last good checkpoint is {last} (epoch {exc.epoch - 1})" if last.is_file() else "no epoch had completed"
         raise TrainingError(f"{exc}; training stopped and {kept}. Lower training.learning_rate "
                             f"or set training.grad_clip_norm.") from None
+    _plot_history(run_dir)
     split = setup.config.evaluation.split
     metrics = _evaluate(setup, run_dir, split=split, best_epoch=state.best_epoch)
     write_status(run_dir, "completed", epochs=state.epoch, best_epoch=state.best_epoch,
                  best_value=state.best_value, monitor=name, evaluation={split: _headline(metrics)})
     return RunResult(run_dir, metrics, state)
+
+
+def _plot_history(run_dir: Path) -> None:
+    lines = (run_dir / METRICS_LOG).read_text(encoding="utf-8").splitlines()
+    history = [{k: v for k, v in json.loads(line).items() if k == "epoch" or k.startswith(("train/", "val/"))}
+               for line in lines]
+    plot_training_curves(history, run_dir / "training_curves.png")
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def test_classification_run_leaves_a_complete_run_directory(make_config, disease
     run = result.run_dir
     assert run == config.output_dir / "default" / "run"
     for name in ("config.yaml", "split.csv", "dataset.json", "environment.json", "metrics.jsonl", "run.json",
+                 "training_curves.png",
                  "checkpoints/best.pt", "checkpoints/last.pt", "eval/test/metrics.json",
                  "eval/test/classification_report.txt", "eval/test/per_class.csv",
                  "eval/test/confusion_matrix.png", "eval/test/predictions.csv"):
