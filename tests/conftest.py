@@ -24,8 +24,11 @@ TINY_BACKBONE = "test_resnet"  # timm's ~0.4 M parameter test model: fast on 2 C
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tool folders (caches, configs) go to a temporary HOME so tests leave nothing behind."""
     home = tmp_path_factory.mktemp("home")
-    for var in ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+    for var in ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "WANDB_CONFIG_DIR",
+                "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "MPLCONFIGDIR"):
         monkeypatch.setenv(var, str(home))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("WANDB_SILENT", "true")
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +89,14 @@ def tiny_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         else:
             raw[key] = value
     return raw
+
+
+class StopAt:
+    """Trainer callback: asks the trainer to stop after a given global step, as SIGINT would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, trainer, loss, images) -> None:
+        if trainer.state.global_step == self.step:
+            trainer.stop_requested = "SIGINT"

@@ -171,6 +171,46 @@ class EvaluationConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap interval.")
 
 
+class MlflowConfig(_Section):
+    """MLflow: an embedded sqlite store under output_dir by default, or a team's tracking server."""
+
+    uri: str | None = Field(
+        None, description="Tracking URI (http://host:5000, sqlite:///path.db); null = sqlite:///OUTPUT_DIR/mlflow.db."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name; null = the config's experiment.")
+
+
+class WandbConfig(_Section):
+    """Weights & Biases."""
+
+    project: str = Field("plantpheno", min_length=1, description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (user or team); null = your default.")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online, offline (sync later with `wandb sync`), or disabled."
+    )
+
+
+class TrackingConfig(_Section):
+    """Experiment trackers. A plain local log in the run directory is always written."""
+
+    backends: tuple[Literal["mlflow", "wandb", "tensorboard"], ...] = Field(
+        (), description="Any of mlflow, wandb, tensorboard (several at once is fine)."
+    )
+    system_metrics_interval: float = Field(
+        10.0, ge=0, description="Seconds between CPU/RAM/GPU samples during training; 0 = off."
+    )
+    log_checkpoint: bool = Field(True, description="Upload the best checkpoint as an artifact.")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @field_validator("backends")
+    @classmethod
+    def _no_repeats(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("each backend at most once")
+        return v
+
+
 class Config(_Section):
     """A complete plantpheno run configuration."""
 
@@ -187,6 +227,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("device")
     @classmethod
@@ -262,6 +303,18 @@ def config_to_yaml(config: Config) -> str:
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     return config.model_dump(mode="json")
+
+
+def flatten_dict(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the dotted names overrides use); lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_dict(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

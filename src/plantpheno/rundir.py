@@ -59,12 +59,17 @@ def read_run_config(run_dir: Path) -> Config:
     return load_config(path)
 
 
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` as a dict (empty if the run never got that far)."""
+    path = run_dir / STATUS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:
     """``run.json``: status (running/interrupted/failed/completed) plus a short summary."""
-    path = run_dir / STATUS_FILE
-    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    current = read_status(run_dir)
     current.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields)
-    atomic_write_text(path, json.dumps(current, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / STATUS_FILE, json.dumps(current, indent=2, default=str) + "\n")
 
 
 def environment(device: str) -> dict[str, Any]:

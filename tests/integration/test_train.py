@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import StopAt
 from plantpheno import pipeline
 from plantpheno.errors import TrainingError
 from plantpheno.training.trainer import Interrupted
@@ -47,17 +48,6 @@ def test_classification_run_leaves_a_complete_run_directory(make_config, disease
     predictions = (run / "eval/test/predictions.csv").read_text().splitlines()
     assert predictions[0].startswith("path,label,predicted,confidence,p_blight")
     assert len(predictions) - 1 == dataset["num_images"]["test"] == metrics["num_images"]
-
-
-class StopAt:
-    """Asks the trainer to stop after a given global step, as SIGINT would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_batch_end(self, trainer, loss, images) -> None:
-        if trainer.state.global_step == self.step:
-            trainer.stop_requested = "SIGINT"
 
 
 @pytest.mark.parametrize("stop_step", [9, 5], ids=["mid-epoch", "epoch-end"])

@@ -13,11 +13,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY_BACKBONE
 from plantpheno.atomic import atomic_open, atomic_write_bytes, atomic_write_text, atomic_write_with
 from plantpheno.errors import RunDirError
 from plantpheno.training.checkpoint import FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-
-from conftest import TINY_BACKBONE
 
 
 class _Boom(RuntimeError):

@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau, StepLR
 
+from conftest import TINY_BACKBONE
 from plantpheno.config import TrainingConfig
 from plantpheno.training.losses import LOSSES, FocalLoss, balanced_class_weights, build_loss
 from plantpheno.training.optim import build_optimizer, build_scheduler, cosine_with_warmup, steps_per_batch
-
-from conftest import TINY_BACKBONE
 
 OPTIMIZERS = get_args(TrainingConfig.model_fields["optimizer"].annotation)
 SCHEDULERS = get_args(TrainingConfig.model_fields["scheduler"].annotation)

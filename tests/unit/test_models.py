@@ -11,12 +11,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import TINY_BACKBONE
 from plantpheno.errors import ModelError
 from plantpheno.models import build_model, head_parameter_names, normalization, set_train_mode
 from plantpheno.training.checkpoint import save_checkpoint
 from plantpheno.training.optim import build_optimizer
-
-from conftest import TINY_BACKBONE
 
 HEAD = {"fc.weight", "fc.bias"}  # test_resnet's classifier
 

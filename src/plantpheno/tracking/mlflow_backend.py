@@ -1,0 +1,86 @@
+"""MLflow through the explicit ``MlflowClient`` and a run id (no global "active run" state)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from plantpheno.config import Config
+
+_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+_MAX_PARAM = 6000  # MLflow's limit on a param value's length
+
+
+def default_uri(output_dir: Path) -> str:
+    """The embedded store: a sqlite file under the output folder."""
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+class MlflowTracker:
+    """A run in an MLflow experiment; by default a local sqlite store with artifacts beside it."""
+
+    name = "mlflow"
+
+    def __init__(self, config: Config, run_dir: Path) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow import MlflowClient
+
+        settings = config.tracking.mlflow
+        self.uri = settings.uri or default_uri(config.output_dir)
+        # a remote server decides where artifacts go; the embedded store keeps them next to it
+        self.artifact_location = None if settings.uri else (config.output_dir / "mlartifacts").resolve().as_uri()
+        self.experiment = settings.experiment or config.experiment
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.run_id: str | None = None
+
+    @property
+    def ui_hint(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.uri}"
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        except MlflowException:  # another process created it between our two calls
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def start(self, *, run_name: str, resume_id: str | None) -> str | None:
+        if resume_id is not None:
+            self.client.update_run(resume_id, status="RUNNING")
+            self.run_id = resume_id
+        else:
+            self.run_id = self.client.create_run(self._experiment_id(), run_name=run_name).info.run_id
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int, axis: str = "epoch") -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, *, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
+    def finish(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=_STATUS[status])

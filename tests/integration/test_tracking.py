@@ -1,0 +1,174 @@
+"""Real trackers, read back: MLflow on sqlite, W&B offline, TensorBoard event files, the local log."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import StopAt
+from plantpheno import pipeline
+from plantpheno.tracking.mlflow_backend import default_uri
+from plantpheno.training.trainer import Interrupted
+
+mlflow = pytest.importorskip("mlflow", reason="mlflow is a test dependency (pip install -e '.[test]')")
+
+
+def _tracked(make_config, disease_root, backends, **sections):
+    return make_config(data={"root": str(disease_root)},
+                       tracking={"backends": backends, "wandb": {"mode": "offline"}, "system_metrics_interval": 0.05},
+                       **sections)
+
+
+def _mlflow_run(output_dir: Path):
+    client = mlflow.MlflowClient(default_uri(output_dir))
+    experiment = client.get_experiment_by_name("default")
+    runs = client.search_runs([experiment.experiment_id])
+    return client, runs
+
+
+def wandb_records(run_dir: Path) -> list:
+    """Decode W&B's offline transaction logs (LevelDB log framing around protobuf Records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        data, pos, buf = path.read_bytes(), 7, b""
+        assert data[:4] == b":W&B"
+        while pos + 7 <= len(data):
+            space = 32768 - pos % 32768
+            if space < 7:
+                pos += space
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):
+                out.append(pb.Record.FromString(buf + chunk if kind == 4 else chunk))
+            elif kind in (2, 3):
+                buf = chunk if kind == 2 else buf + chunk
+            else:
+                break
+    return out
+
+
+def _wandb_history(records) -> list[dict[str, float]]:
+    rows = []
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+    return rows
+
+
+def test_every_backend_records_params_metrics_system_artifacts_tags(make_config, disease_root):
+    config = _tracked(make_config, disease_root, ["mlflow", "wandb", "tensorboard"])
+    result = pipeline.train(config)
+    run_dir = result.run_dir
+    fingerprint = json.loads((run_dir / "dataset.json").read_text())["fingerprint"]
+
+    # MLflow
+    client, runs = _mlflow_run(config.output_dir)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params["training.learning_rate"] == "0.003"
+    assert run.data.params["model.backbone"] == "test_resnet" and run.data.params["data.num_classes"] == "4"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "system/cpu_percent")) >= 1
+    for key in ("lr", "time/epoch_s", "time/images_per_s", "train/accuracy", "val/macro_f1", "test/accuracy",
+                "test/accuracy_ci_low"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["test/accuracy"] == pytest.approx(result.metrics["accuracy"])
+    tags = run.data.tags
+    assert tags["dataset_fingerprint"] == fingerprint and tags["git_commit"] and tags["device"] == "cpu"
+    assert {"plantpheno_version", "torch_version", "timm_version", "git_dirty"} <= set(tags)
+    artifacts = {a.path for folder in ("run", "eval/test", "checkpoints")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"run/config.yaml", "run/split.csv", "eval/test/confusion_matrix.png", "eval/test/predictions.csv",
+            "eval/test/classification_report.txt", "checkpoints/best.pt"} <= artifacts
+    assert json.loads((run_dir / "run.json").read_text())["tracking"]["mlflow"] == run.info.run_id
+
+    # Weights & Biases (offline)
+    records = wandb_records(run_dir)
+    history = _wandb_history(records)
+    epochs = [row["epoch"] for row in history if "val/loss" in row]
+    assert epochs == [1, 2]
+    assert any("system/cpu_percent" in row and "global_step" in row for row in history)
+    assert any("test/accuracy" in row for row in history)
+    config_keys = {u.key for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update}
+    assert {"training.learning_rate", "tag/dataset_fingerprint"} <= config_keys
+    assert any(r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model" for r in records)
+
+    # TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
+    assert "system/cpu_percent" in events.Tags()["scalars"]
+    assert "eval/test/confusion_matrix" in events.Tags()["images"]
+    hparams = [p for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")]
+    assert any(b"hparams" in p.read_bytes() for p in hparams)
+
+    # the local log is always there
+    local = run_dir / "tracking"
+    assert json.loads((local / "params.json").read_text())["training.learning_rate"] == "0.003"
+    assert json.loads((local / "tags.json").read_text())["dataset_fingerprint"] == fingerprint
+    logged = [json.loads(line)["key"] for line in (local / "metrics.jsonl").read_text().splitlines()]
+    assert "val/loss" in logged and "system/cpu_percent" in logged and "test/accuracy" in logged
+
+
+def test_resumed_run_continues_the_same_tracker_runs(make_config, disease_root):
+    config = _tracked(make_config, disease_root, ["mlflow", "wandb"], training={"epochs": 3})
+    with pytest.raises(Interrupted):
+        pipeline.train(config, callbacks=[StopAt(8)])  # 5 steps per epoch: stops inside epoch 2
+    run_dir = config.output_dir / "default" / "run"
+    ids = json.loads((run_dir / "run.json").read_text())["tracking"]
+    client, runs = _mlflow_run(config.output_dir)
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+    pipeline.resume(run_dir)
+    assert json.loads((run_dir / "run.json").read_text())["tracking"] == ids
+    client, runs = _mlflow_run(config.output_dir)
+    assert len(runs) == 1 and runs[0].info.run_id == ids["mlflow"] and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(ids["mlflow"], "val/loss")] == [1, 2, 3]
+    records = wandb_records(run_dir)
+    run_ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
+    assert run_ids == {ids["wandb"]}
+    assert sorted(row["epoch"] for row in _wandb_history(records) if "val/loss" in row) == [1, 2, 3]
+
+
+def test_unreachable_tracking_server_does_not_stop_training(make_config, disease_root, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    config = make_config(data={"root": str(disease_root)},
+                         tracking={"backends": ["mlflow", "tensorboard"], "mlflow": {"uri": "http://127.0.0.1:9"},
+                                   "system_metrics_interval": 0})
+    result = pipeline.train(config)
+    err = capsys.readouterr().err
+    assert err.count("tracking backend mlflow failed") == 1
+    assert json.loads((result.run_dir / "run.json").read_text())["status"] == "completed"
+    logged = (result.run_dir / "tracking" / "metrics.jsonl").read_text()
+    assert "val/loss" in logged and "test/accuracy" in logged
+    assert (result.run_dir / "tensorboard").is_dir()
+
+
+def test_tracking_leaves_nothing_outside_its_folders(tmp_path, disease_root, write_config):
+    work, home, tmp = tmp_path / "work", tmp_path / "home", tmp_path / "tmp"
+    for folder in (work, home, tmp):
+        folder.mkdir()
+    config = write_config(data={"root": str(disease_root)}, output_dir=str(work / "runs"),
+                          training={"epochs": 1},
+                          tracking={"backends": ["mlflow", "wandb", "tensorboard"], "wandb": {"mode": "offline"}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XDG_", "MPLCONFIGDIR"))}
+    env.update(HOME=str(home), TMPDIR=str(tmp), HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true")
+    result = subprocess.run([sys.executable, "-m", "plantpheno", "train", str(config)], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["runs"]
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["default", "mlartifacts", "mlflow.db"]
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stderr

@@ -1,0 +1,54 @@
+"""TrackerSet: a failing backend is reported once and dropped; the others and training go on."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from plantpheno.config import validate_config
+from plantpheno.errors import ConfigError
+from plantpheno.tracking import flatten
+from plantpheno.tracking.session import TrackerSet, build_trackers
+
+
+class Recorder:
+    def __init__(self, name: str, fail_on: str | None = None) -> None:
+        self.name, self.fail_on, self.calls = name, fail_on, []
+
+    def __getattr__(self, method):
+        def call(*args, **kwargs):
+            self.calls.append(method)
+            if method == self.fail_on:
+                raise OSError("No space left on device")
+            return f"{self.name}-id" if method == "start" else None
+        return call
+
+
+def test_failing_backend_is_warned_once_and_dropped():
+    warnings = []
+    good, bad = Recorder("good"), Recorder("bad", fail_on="log_metrics")
+    trackers = TrackerSet([good, bad], warn=warnings.append)
+    assert trackers.start(run_name="r") == {"good": "good-id", "bad": "bad-id"}
+    for step in range(3):
+        trackers.log_metrics({"val/loss": 1.0, "nan": float("nan")}, step=step)
+    trackers.finish("completed")
+    assert good.calls == ["start", "log_metrics", "log_metrics", "log_metrics", "finish"]
+    assert bad.calls == ["start", "log_metrics"]
+    assert len(warnings) == 1 and "bad failed in log_metrics (OSError: No space left on device)" in warnings[0]
+    assert trackers.failed == {"bad": "OSError: No space left on device"}
+
+
+@pytest.mark.parametrize("backend, module", [("wandb", "wandb"), ("mlflow", "mlflow"),
+                                             ("tensorboard", "torch.utils.tensorboard")])
+def test_missing_library_is_a_config_error_before_training(tmp_path, monkeypatch, backend, module):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the library were not installed
+    config = validate_config({"data": {"root": str(tmp_path)}, "output_dir": str(tmp_path),
+                              "tracking": {"backends": [backend]}})
+    with pytest.raises(ConfigError, match=rf"tracking.backends includes {backend} .*pip install 'plantpheno\[{backend}\]'"):
+        build_trackers(config, tmp_path)
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": True}) == {
+        "a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "true"}
