@@ -178,6 +178,7 @@ class MlflowConfig(_Section):
         None, description="Tracking URI (http://host:5000, sqlite:///path.db); null = sqlite:///OUTPUT_DIR/mlflow.db."
     )
     experiment: str | None = Field(None, description="MLflow experiment name; null = the config's experiment.")
+    parent_run_id: str | None = Field(None, description="Nest this run under an MLflow parent run (tuning studies).")
 
 
 class WandbConfig(_Section):
@@ -188,6 +189,7 @@ class WandbConfig(_Section):
     mode: Literal["online", "offline", "disabled"] = Field(
         "online", description="online, offline (sync later with `wandb sync`), or disabled."
     )
+    group: str | None = Field(None, description="W&B run group; null = the config's experiment.")
 
 
 class TrackingConfig(_Section):

@@ -52,7 +52,7 @@ from plantpheno.training.checkpoint import load_checkpoint, restore_rng
 from plantpheno.training.losses import build_loss
 from plantpheno.training.optim import build_optimizer, build_scheduler, steps_per_batch
 from plantpheno.training.tasks import Classification, Regression
-from plantpheno.training.trainer import Interrupted, NonFiniteLossError, Trainer, TrainState
+from plantpheno.training.trainer import EarlyExit, Interrupted, NonFiniteLossError, Trainer, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,9 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
     trainer.callbacks.append(tracking)
     try:
         state = _fit(trainer, run_dir, handle_signals=handle_signals)
-    except Interrupted:
+    except (Interrupted, EarlyExit) as exc:
+        if isinstance(exc, EarlyExit):
+            write_status(run_dir, exc.status, reason=str(exc))
         trackers.finish("interrupted")
         raise
     except BaseException:

@@ -130,3 +130,26 @@ def test_training_options_run(make_config, disease_root, training):
     result = pipeline.train(config)
     assert result.state.epoch >= 1
     assert (result.run_dir / "eval/test/metrics.json").is_file()
+
+
+class Prune:
+    """Ends the run after epoch 1, as a tuning pruner would."""
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        from plantpheno.training.trainer import EarlyExit
+
+        class Pruned(EarlyExit):
+            status = "pruned"
+
+        raise Pruned(f"pruned at epoch {metrics['epoch']}")
+
+
+def test_callback_can_end_a_run_early_with_a_status(make_config, disease_root):
+    from plantpheno.training.trainer import EarlyExit
+
+    config = make_config(data={"root": str(disease_root)}, training={"epochs": 3})
+    with pytest.raises(EarlyExit, match="pruned at epoch 1"):
+        pipeline.train(config, callbacks=[Prune()])
+    status = json.loads((config.output_dir / "default" / "run" / "run.json").read_text())
+    assert status["status"] == "pruned" and status["reason"] == "pruned at epoch 1"
+    assert len(_metrics_log(config.output_dir / "default" / "run")) == 1

@@ -32,6 +32,7 @@ class MlflowTracker:
         # a remote server decides where artifacts go; the embedded store keeps them next to it
         self.artifact_location = None if settings.uri else (config.output_dir / "mlartifacts").resolve().as_uri()
         self.experiment = settings.experiment or config.experiment
+        self.parent_run_id = settings.parent_run_id
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None
 
@@ -55,7 +56,8 @@ class MlflowTracker:
             self.client.update_run(resume_id, status="RUNNING")
             self.run_id = resume_id
         else:
-            self.run_id = self.client.create_run(self._experiment_id(), run_name=run_name).info.run_id
+            tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
+            self.run_id = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags).info.run_id
         return self.run_id
 
     def log_params(self, params: Mapping[str, str]) -> None:

@@ -19,7 +19,7 @@ class WandbTracker:
         import wandb  # noqa: F401 - fail at set-up, not mid-run, when W&B is not installed
 
         self.settings = config.tracking.wandb
-        self.group = config.experiment
+        self.group = self.settings.group or config.experiment
         self.run_dir = run_dir
         self.run = None
 

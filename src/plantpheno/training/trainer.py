@@ -57,6 +57,16 @@ class NonFiniteLossError(TrainingError):
         super().__init__(f"training loss became {value} at epoch {epoch}, batch {batch}")
 
 
+class EarlyExit(Exception):
+    """Raised by a callback to end a run early on purpose (e.g. a pruned tuning trial).
+
+    The pipeline records ``status`` in ``run.json``, closes tracker runs as interrupted and re-raises;
+    ``checkpoints/last.pt`` holds the last completed epoch.
+    """
+
+    status = "stopped"
+
+
 class Interrupted(Exception):
     """Raised after a stop request (SIGINT/SIGTERM) once ``last`` has been saved."""
 
