@@ -1,0 +1,38 @@
+"""``plantpheno predict MODEL IMAGES_OR_FOLDER ... [--out preds.csv]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict classes or trait values for images with a registered or trained model",
+                       description="Predict with NAME, NAME@alias, NAME/VERSION (from the registry), a model "
+                                   "package folder, or a run directory. Writes path, predicted class, confidence "
+                                   "and per-class probabilities (or the trait value) per image; unreadable files "
+                                   "are listed, not fatal.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGES_OR_FOLDER")
+    p.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--registry", default=None, metavar="URI",
+                   help="registry URI; default $PLANTPHENO_REGISTRY_URI, else sqlite:///runs/mlflow.db")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from contextlib import ExitStack
+
+    from plantpheno.registry.predict import Predictor, collect_images, open_model, write_predictions
+
+    paths = collect_images(args.images)
+    with ExitStack() as stack:
+        predictor = Predictor(open_model(args.model, stack, registry_uri=args.registry), device=args.device)
+        results, bad = predictor.predict_files(paths, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    write_predictions(predictor, results, bad, args.out)
+    if args.out is not None:
+        print(f"wrote {len(results)} prediction(s) to {args.out}", file=sys.stderr)
+    return 0

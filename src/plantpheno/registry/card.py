@@ -1,0 +1,57 @@
+"""The model card: what a model is for, what it was trained and tested on, and how well it did."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plantpheno.registry.package import ModelPackage
+
+
+def model_card(package: ModelPackage, *, run_dir: Path) -> str:
+    """Markdown: model, data, metrics with CI, intended use, limits, lineage."""
+    m = package.meta
+    dataset = json.loads((run_dir / "dataset.json").read_text()) if (run_dir / "dataset.json").is_file() else {}
+    counts = dataset.get("num_images", {})
+    what = (f"{len(m['class_names'])} classes: {', '.join(m['class_names'])}" if m["task"] == "classification"
+            else f"a numeric trait (training mean {m['target_mean']:.4g}, std {m['target_std']:.4g})")
+    lines = [
+        f"# Model card: {m['backbone']} ({m['task']})", "",
+        "## Model", f"- Backbone: `{m['backbone']}` (timm {m['timm_version']}), predicts {what}.",
+        f"- Input: RGB, resized (shorter side) to {m['image_size']} px and centre-cropped; normalised with "
+        f"mean {m['mean']} and std {m['std']}.",
+        f"- Weights: checkpoint `{m['checkpoint']}` from epoch {m['checkpoint_epoch']}.", "",
+        "## Data",
+        f"- Dataset fingerprint `{m['dataset_fingerprint']}`; images per split: "
+        + (", ".join(f"{k} {v}" for k, v in counts.items()) or "unknown") + ".", "",
+        "## Evaluation (held-out test split)",
+    ]
+    lines += _metric_lines(m)
+    lines += [
+        "", "## Intended use",
+        "Research and decision support on images like the training images (same crops, camera, background "
+        "and lighting). Check predictions against expert judgement before acting on them.", "",
+        "## Limits",
+        "- Accuracy on photos taken in other conditions (field vs. lab, other cameras, other cultivars) is "
+        "unknown until measured; lab datasets such as PlantVillage carry background cues that do not transfer.",
+        "- Classes not in the list above are forced into one of them.", "",
+        "## Lineage",
+        f"- Run directory: `{m['source_run_dir']}`; MLflow run: `{m.get('mlflow_run_id') or 'none'}`.",
+        f"- Config SHA-256 `{m['config_sha256']}`; git commit `{m['git_commit']}` (dirty: {m['git_dirty']}).",
+        f"- plantpheno {m['plantpheno_version']}.", "",
+    ]
+    return "\n".join(lines)
+
+
+def _metric_lines(meta: dict) -> list[str]:
+    metrics = meta.get("test_metrics") or {}
+    if not metrics:
+        return ["No test evaluation was recorded."]
+    lines = [f"- {k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))]
+    ci = meta.get("confidence_interval") or {}
+    if ci.get("low") is not None:
+        lines.append(f"- {ci['confidence']:.0%} bootstrap CI of {ci['metric']}: {ci['low']:.4f} to {ci['high']:.4f} "
+                     f"({ci['n_resamples']} resamples)")
+    return lines

@@ -1,0 +1,144 @@
+"""Export to ONNX or TorchScript, with a parity check against the PyTorch model.
+
+The exported graph takes resized, centre-cropped RGB images in [0, 1] (N, 3, S, S) and contains the
+normalisation and the output conversion (softmax probabilities, or the trait in its own units), so a
+deployment only has to resize. The parity check runs the exported file and the PyTorch reference on
+the same images (the package's stored test images, else seeded random ones) and fails loudly when the
+outputs differ beyond the tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from plantpheno.errors import ExportError
+from plantpheno.registry.package import ModelPackage
+
+Format = Literal["onnx", "torchscript"]
+TOLERANCE = 1e-4  # max |difference| in probabilities (or in standardised trait units)
+
+
+class DeployableModel(nn.Module):
+    """Normalisation + network + output conversion, as one module."""
+
+    def __init__(self, model: nn.Module, package: ModelPackage, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        m = package.meta
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean or m["mean"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std or m["std"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.classification = m["task"] == "classification"
+        self.target_mean = float(m.get("target_mean") or 0.0)
+        self.target_std = float(m.get("target_std") or 1.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model((images - self.mean) / self.std)
+        if self.classification:
+            return out.softmax(dim=1)
+        return out[:, 0] * self.target_std + self.target_mean
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    format: str
+    max_abs_diff: float
+    top1_agreement: float | None
+    num_images: int
+    tolerance: float
+
+    def summary(self) -> str:
+        agree = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
+        return (f"{self.format} export {self.path}: max |difference| vs PyTorch {self.max_abs_diff:.2e} "
+                f"(tolerance {self.tolerance:.0e}) on {self.num_images} images{agree}")
+
+
+def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: float = TOLERANCE,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ExportReport:
+    """Export, check parity, and only then move the file to ``out`` (a failed export leaves nothing).
+
+    ``mean``/``std`` replace the stored normalisation in the exported graph (for testing that the check
+    catches a broken export); the reference always uses the package's own.
+    """
+    images = _check_images(package)
+    reference = DeployableModel(package.build_model(), package).eval()
+    exported_module = DeployableModel(package.build_model(), package, mean=mean, std=std).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        run = _export_onnx(exported_module, images, tmp) if fmt == "onnx" else _export_torchscript(
+            exported_module, images, tmp)
+        with torch.no_grad():
+            expected = reference(images).numpy()
+        report = _compare(expected, run(images.numpy()), out, fmt, tolerance, package)
+        os.replace(tmp, out)
+        return report
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_images(package: ModelPackage) -> torch.Tensor:
+    images = package.sample_inputs()
+    if images is None:
+        size = int(package.meta["image_size"])
+        images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return images.float()
+
+
+def _export_torchscript(module: nn.Module, images: torch.Tensor, path: Path):
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated upstream but still what many C++/mobile deployments load
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(module, images[:1])
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return loaded(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def _export_onnx(module: nn.Module, images: torch.Tensor, path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc}): pip install 'plantpheno[export]'") from None
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(module, (images[:1],), str(path), input_names=["images"], output_names=["outputs"],
+                      dynamic_shapes={"images": {0: batch}}, dynamo=True, external_data=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {"images": x.astype(np.float32)})[0]
+
+    return run
+
+
+def _compare(expected: np.ndarray, actual: np.ndarray, out: Path, fmt: str, tolerance: float,
+             package: ModelPackage) -> ExportReport:
+    if expected.shape != actual.shape:
+        raise ExportError(f"{fmt} export output shape {actual.shape} differs from PyTorch's {expected.shape}")
+    diff = float(np.max(np.abs(expected - actual)))
+    agreement = None
+    if package.meta["task"] == "classification":
+        agreement = float(np.mean(expected.argmax(axis=1) == actual.argmax(axis=1)))
+    report = ExportReport(out, fmt, diff, agreement, len(expected), tolerance)
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ExportError(f"parity check failed: {report.summary()}; the export was not written")
+    return report

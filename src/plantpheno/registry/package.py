@@ -1,0 +1,158 @@
+"""A model package: everything needed to use a trained model without its training config or code.
+
+Folder layout (also what a registry version stores):
+  plantpheno_model.json   backbone, task, class names / trait scaling, preprocessing, lineage
+  model.safetensors       weights (loading never unpickles code)
+  sample_inputs.safetensors  a few preprocessed test images (export parity checks)
+  MODEL_CARD.md, config.yaml, metrics.json, dataset.json
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plantpheno.atomic import atomic_write_text
+from plantpheno.errors import RegistryError, RunDirError
+
+META_FILE = "plantpheno_model.json"
+WEIGHTS_FILE = "model.safetensors"
+SAMPLES_FILE = "sample_inputs.safetensors"
+CARD_FILE = "MODEL_CARD.md"
+FORMAT = "plantpheno-model/1"
+NUM_SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A model package folder, read and validated."""
+
+    folder: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, folder: Path) -> ModelPackage:
+        path = folder / META_FILE
+        if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+            raise RegistryError(f"{folder} is not a plantpheno model package (needs {META_FILE} and {WEIGHTS_FILE})")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise RegistryError(f"{path}: unsupported package format {meta.get('format')!r}; expected {FORMAT}")
+        return cls(folder, meta)
+
+    @property
+    def task(self):
+        """The task adapter that turns outputs into probabilities or trait values."""
+        from plantpheno.training.tasks import Classification, Regression
+
+        if self.meta["task"] == "classification":
+            return Classification(list(self.meta["class_names"]))
+        return Regression(float(self.meta["target_mean"]), float(self.meta["target_std"]))
+
+    def build_model(self) -> nn.Module:
+        """The network with its weights, in eval mode (no pretrained download, strict load)."""
+        import timm
+        from safetensors.torch import load_file
+
+        model = timm.create_model(self.meta["backbone"], pretrained=False, num_classes=int(self.meta["num_outputs"]))
+        model.load_state_dict(load_file(str(self.folder / WEIGHTS_FILE)), strict=True)
+        return model.eval()
+
+    def sample_inputs(self) -> torch.Tensor | None:
+        """Preprocessed but unnormalised sample images, ``(N, 3, S, S)`` in [0, 1], if stored."""
+        from safetensors.torch import load_file
+
+        path = self.folder / SAMPLES_FILE
+        return load_file(str(path))["images"] if path.is_file() else None
+
+
+def package_run(run_dir: Path, out: Path) -> ModelPackage:
+    """Write the package of a run's best checkpoint (its last, if it has no best) into ``out``."""
+    from safetensors.torch import save_file
+
+    from plantpheno.rundir import CHECKPOINTS, CONFIG_FILE
+    from plantpheno.training.checkpoint import load_checkpoint
+
+    ckpt_dir = run_dir / CHECKPOINTS
+    path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no checkpoint to register (expected {ckpt_dir / 'best.pt'})")
+    checkpoint = load_checkpoint(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in checkpoint["model"].items()}, str(out / WEIGHTS_FILE))
+    for name in (CONFIG_FILE, "dataset.json", "environment.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+    metrics = _test_metrics(run_dir)
+    if metrics:
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    meta = _package_meta(run_dir, checkpoint, path, metrics)
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
+    _write_samples(run_dir, meta, out / SAMPLES_FILE)
+    package = ModelPackage(out, meta)
+    from plantpheno.registry.card import model_card
+
+    atomic_write_text(out / CARD_FILE, model_card(package, run_dir=run_dir))
+    return package
+
+
+def _test_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "eval" / "test" / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _package_meta(run_dir: Path, checkpoint: dict[str, Any], path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    import timm
+
+    env = _read_json(run_dir / "environment.json")
+    status = _read_json(run_dir / "run.json")
+    config_text = (run_dir / "config.yaml").read_bytes() if (run_dir / "config.yaml").is_file() else b""
+    headline = metrics.get("headline_metric")
+    return {
+        "format": FORMAT, **checkpoint["meta"], "timm_version": timm.__version__,
+        "checkpoint": path.name, "checkpoint_epoch": checkpoint["state"]["epoch"],
+        "source_run_dir": str(run_dir.resolve()), "config_sha256": hashlib.sha256(config_text).hexdigest(),
+        "git_commit": env.get("git_commit", "unknown"), "git_dirty": env.get("git_dirty"),
+        "mlflow_run_id": (status.get("tracking") or {}).get("mlflow"),
+        "test_metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "mae", "rmse", "r2") if k in metrics},
+        "headline_metric": headline, "confidence_interval": metrics.get("confidence_interval"),
+        "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def raw_transform(image_size: int):
+    """Resize + centre crop to [0, 1] tensors: the eval preprocessing without normalisation."""
+    from torchvision.transforms import v2 as T
+
+    return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToImage(),
+                      T.ToDtype(torch.float32, scale=True)])
+
+
+def _write_samples(run_dir: Path, meta: dict[str, Any], out: Path) -> None:
+    """A few test images, preprocessed, so an export can be checked without the dataset at hand."""
+    from safetensors.torch import save_file
+
+    from plantpheno.data.images import load_rgb
+
+    split = run_dir / "split.csv"
+    if not split.is_file():
+        return
+    with split.open(newline="", encoding="utf-8") as fh:
+        paths = [Path(row["path"]) for row in csv.DictReader(fh) if row["split"] == "test"][:NUM_SAMPLES]
+    transform = raw_transform(int(meta["image_size"]))
+    images = [transform(load_rgb(p)) for p in paths if p.is_file()]
+    if images:
+        save_file({"images": torch.stack(images).contiguous()}, str(out))
