@@ -1,0 +1,181 @@
+"""A tuning worker: takes waiting trials from the study until none is left, training one run per trial."""
+
+from __future__ import annotations
+
+import gc
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from plantpheno.errors import TrainingError, TuningError
+from plantpheno.training.trainer import EarlyExit, Interrupted
+from plantpheno.tuning.plan import StudyPlan
+from plantpheno.tuning.queue import Lease, claim_next, fail_stale_trials, top_up
+from plantpheno.tuning.storage import open_storage
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow run, parent of the trials' runs
+
+
+class TrialPruned(EarlyExit, optuna.TrialPruned):
+    """Ends a trial's training run early: the run is recorded as ``pruned``, the trial as PRUNED."""
+
+    status = "pruned"
+
+
+class PruningReporter:
+    """Trainer callback: reports the metric after every epoch, keeps its best value, prunes when told."""
+
+    def __init__(self, trial: optuna.Trial, *, metric: str, direction: str) -> None:
+        self.trial, self.metric, self.maximize = trial, metric, direction == "maximize"
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.epochs = 0
+
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        epoch, value = int(metrics["epoch"]), metrics.get(self.metric)
+        self.epochs = epoch
+        if value is None or not math.isfinite(value):
+            return
+        if self.best is None or (value > self.best if self.maximize else value < self.best):
+            self.best, self.best_epoch = float(value), epoch
+        self.trial.report(float(value), epoch)
+        # after the last epoch the run is complete: keep it (and its evaluation) rather than prune it
+        if epoch < trainer.epochs and self.trial.should_prune():
+            raise TrialPruned(f"pruned by the tuner after epoch {epoch} ({self.metric} {value:.4g})")
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did: trial numbers by final state."""
+
+    states: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, number: int, state: TrialState) -> None:
+        self.states.setdefault(state.name, []).append(number)
+
+
+def load_study(plan: StudyPlan, *, worker_index: int = 0) -> optuna.Study:
+    """Open the plan's study (it must exist) with this worker's sampler and pruner."""
+    storage = open_storage(plan.storage_url)
+    try:
+        study_id = storage.get_study_id_from_name(plan.name)
+    except KeyError:
+        raise TuningError(f"study {plan.name} does not exist in {plan.storage_url}; start it with "
+                          f"`plantpheno tune` without --worker") from None
+    n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+    return optuna.load_study(study_name=plan.name, storage=storage,
+                             sampler=_sampler(plan, worker_index, n_existing), pruner=_pruner(plan))
+
+
+def _sampler(plan: StudyPlan, worker_index: int, n_existing: int) -> optuna.samplers.BaseSampler:
+    # Distinct per worker and per restart, so workers and resumed studies do not repeat each other's draws.
+    seed = (int(plan.settings.seed or 0) * 1_000_003 + n_existing * 7919 + worker_index) % 2**32
+    if plan.settings.sampler == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=plan.settings.startup_trials,
+                                              constant_liar=True)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid trials are enqueued with all values fixed
+
+
+def _pruner(plan: StudyPlan) -> optuna.pruners.BasePruner:
+    s = plan.settings
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.min_epochs)
+    if s.pruner == "hyperband":
+        max_epochs = "auto" if "training.epochs" in plan.space.fields else plan.config.training.epochs
+        return optuna.pruners.HyperbandPruner(min_resource=s.min_epochs, max_resource=max_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def run_worker(plan: StudyPlan, *, worker_index: int = 0, deadline: float | None = None,
+               parent_run_id: str | None = None, handle_signals: bool = True) -> WorkerSummary:
+    """Run trials of the plan's study until its queue is empty or ``deadline`` (epoch seconds) passes.
+
+    A trial that fails (invalid values, NaN loss, out of memory, ...) is recorded as FAIL with its
+    error in ``user_attrs["error"]`` and the worker goes on. An interrupted trial (Ctrl-C, SIGTERM) is
+    recorded as FAIL to be retried, and :class:`~plantpheno.training.trainer.Interrupted` is re-raised.
+    """
+    study = load_study(plan, worker_index=worker_index)
+    parent_run_id = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
+    summary = WorkerSummary()
+    while deadline is None or time.time() < deadline:
+        fail_stale_trials(study, grace_period=plan.settings.grace_period)
+        top_up(study, plan)
+        trial = claim_next(study, plan)
+        if trial is None:
+            break
+        state = run_trial(plan, study, trial, parent_run_id=parent_run_id, handle_signals=handle_signals)
+        summary.add(trial.number, state)
+    return summary
+
+
+def run_trial(plan: StudyPlan, study: optuna.Study, trial: optuna.Trial, *, parent_run_id: str | None,
+              handle_signals: bool) -> TrialState:
+    """Train one trial's run and tell the study how it ended."""
+    from plantpheno import pipeline
+
+    started = time.time()
+    reporter = PruningReporter(trial, metric=plan.metric, direction=plan.direction)
+    value: float | None = None
+    with Lease(study, trial._trial_id, interval=plan.settings.heartbeat_interval):
+        try:
+            values = plan.space.suggest(trial)
+            config = plan.trial_config(values, number=trial.number, parent_run_id=parent_run_id)
+            trial.set_user_attr("run_dir", str(config.output_dir / config.experiment / str(config.run_name)))
+            pipeline.train(config, callbacks=[reporter], handle_signals=handle_signals)
+            if reporter.best is None:
+                raise TrainingError(f"{plan.metric} had no finite value in any epoch")
+            state, value = TrialState.COMPLETE, reporter.best
+        except TrialPruned as exc:
+            state = TrialState.PRUNED
+            trial.set_user_attr("pruned", str(exc))
+        except (Interrupted, KeyboardInterrupt) as exc:
+            _finish(study, trial, reporter, started, TrialState.FAIL, None,
+                    error=f"interrupted ({getattr(exc, 'reason', 'KeyboardInterrupt')}); retried when the study "
+                          f"is resumed", retry=True)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failing trial is recorded and the study goes on
+            state = TrialState.FAIL
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+            _release_memory()
+    _finish(study, trial, reporter, started, state, value)
+    return state
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, reporter: PruningReporter, started: float,
+            state: TrialState, value: float | None, *, error: str | None = None, retry: bool = False) -> None:
+    trial.set_user_attr("epochs", reporter.epochs)
+    trial.set_user_attr("best_epoch", reporter.best_epoch)
+    trial.set_user_attr("duration_s", round(time.time() - started, 3))
+    if error is not None:
+        trial.set_user_attr("error", error)
+    if retry:
+        trial.set_user_attr("retry", True)
+    study.tell(trial, value, state=state)
+    shown = f" {reporter.metric} {value:.4g}" if value is not None else ""
+    why = trial.user_attrs.get("error") if state == TrialState.FAIL else None
+    print(f"trial {trial.number}: {state.name}{shown} after {reporter.epochs} epoch(s), "
+          f"{time.time() - started:.1f} s {_params_text(trial.params)}" + (f": {why}" if why else ""),
+          file=sys.stderr, flush=True)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) + ")"
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001, S110 - best effort after an out-of-memory failure
+        pass

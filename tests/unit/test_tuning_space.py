@@ -1,0 +1,235 @@
+"""Search spaces, tuning settings and the study queue, without training anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plantpheno.cli import main
+from plantpheno.config import load_config
+from plantpheno.errors import ConfigError
+from plantpheno.tuning import (
+    TuneSettings,
+    check_space,
+    describe_plan,
+    load_tuning_file,
+    make_plan,
+    merge_settings,
+    parse_space,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TUNE_FILES = sorted((REPO / "configs" / "tune").glob("*.yaml"))
+
+
+def test_distributions_and_plain_lists_parse_in_order():
+    space = parse_space({
+        "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "data.batch_size": {"type": "int", "low": 8, "high": 32, "step": 8},
+        "training.optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]},
+        "model.dropout": [0.0, 0.2],
+    })
+    assert space.fields == ("training.learning_rate", "data.batch_size", "training.optimizer", "model.dropout")
+    assert parse_space(space.to_yaml()) == space
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"type": "float", "low": 0.1, "high": 0.01}, "low <= high must hold, but got (low=0.1, high=0.01)"),
+    ({"type": "float", "low": 0.0, "high": 0.1, "log": True}, "low > 0 for a log scale"),
+    ({"type": "int", "low": 8, "high": 30, "step": 8}, "high - low to be a multiple of step"),
+    ({"type": "int", "low": 1.5, "high": 3}, "low to be an integer"),
+    ({"type": "uniform", "low": 0, "high": 1}, "type: float, int or categorical"),
+    ({"type": "float", "low": 0, "high": 1, "lg": True}, "unknown: lg"),
+    ({"type": "categorical", "choices": []}, "a non-empty list of values"),
+    ([[0.5, 1.0]], "single values"),
+    (0.3, "a list of values, or a mapping"),
+])
+def test_malformed_distributions_name_field_value_and_expectation(spec, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_space({"model.dropout": spec})
+    message = str(info.value)
+    assert "space.model.dropout: got " in message and expected in message
+
+
+def test_space_is_checked_against_the_training_schema_with_every_problem_at_once(make_config):
+    space = parse_space({
+        "training.lr": {"type": "float", "low": 1e-4, "high": 1e-2},
+        "training.learning_rate": {"type": "float", "low": 1e-4, "high": 20.0, "log": True},
+        "training.optimizer": ["adamw", "adamx"],
+        "training.epochs": {"type": "float", "low": 1, "high": 10},  # a float range on an integer field
+        "run_name": ["a", "b"],
+        "model.dropout": [0.0, 0.5],
+    })
+    with pytest.raises(ConfigError) as info:
+        check_space(space, make_config(data={"root": "leaves"}))
+    lines = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert len(lines) == 5, lines
+    assert lines[0].startswith("space.training.lr: unknown config field; expected one of: training.epochs,")
+    assert "space.training.learning_rate: value 20.0" in lines[1]
+    assert "training.learning_rate: got 20.0; expected less than or equal to 10" in lines[1]
+    assert "space.training.optimizer: value 'adamx'" in lines[2] and "'adam', 'adamw' or 'sgd'" in lines[2]
+    assert "space.training.epochs: value" in lines[3] and "valid integer" in lines[3]
+    assert lines[4].startswith("space.run_name: set by the tuner")
+
+
+def test_grid_enumerates_every_combination_first_field_slowest():
+    space = parse_space({"model.dropout": [0.0, 0.5], "data.batch_size": {"type": "int", "low": 8, "high": 16,
+                                                                            "step": 4},
+                         "training.momentum": {"type": "float", "low": 0.8, "high": 0.9, "step": 0.05}})
+    grid = space.grid()
+    assert len(grid) == 2 * 3 * 3
+    assert grid[0] == {"model.dropout": 0.0, "data.batch_size": 8, "training.momentum": 0.8}
+    assert grid[-1] == {"model.dropout": 0.5, "data.batch_size": 16, "training.momentum": 0.9}
+    assert len({tuple(p.values()) for p in grid}) == len(grid)
+    with pytest.raises(ConfigError, match="space.training.learning_rate: got .*--sampler grid enumerates"):
+        parse_space({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}).grid()
+
+
+def test_plan_resolves_metric_direction_budget_and_folders(make_config):
+    config = make_config(data={"root": "leaves"})
+    space = parse_space({"model.dropout": [0.0, 0.2, 0.4]})
+    plan = make_plan(config, space, TuneSettings(study="s1", sampler="grid", trials=2))
+    assert (plan.metric, plan.direction, plan.n_trials) == ("val/macro_f1", "maximize", 2)
+    assert plan.grid == ({"model.dropout": 0.0}, {"model.dropout": 0.2})
+    assert plan.study_dir == config.output_dir / "default" / "s1"
+    assert plan.storage_url == f"journal://{(plan.study_dir / 'study.log').resolve()}"
+    trial = plan.trial_config({"model.dropout": 0.2}, number=7, parent_run_id="abc")
+    assert trial.model.dropout == 0.2 and trial.run_name == "trial-0007"
+    assert trial.output_dir / trial.experiment / trial.run_name == plan.study_dir / "trial-0007"
+    assert trial.tracking.wandb.group == "s1" and trial.tracking.mlflow.parent_run_id is None  # no mlflow backend
+    assert plan.best_config({"model.dropout": 0.4}) == config.model_copy(
+        update={"model": config.model.model_copy(update={"dropout": 0.4})})
+    random = make_plan(config, space, TuneSettings(sampler="random", metric="val/loss"))
+    assert (random.direction, random.n_trials, random.grid) == ("minimize", 20, None)
+    with pytest.raises(ConfigError, match=r"tuning.direction: got 'minimize'; expected 'maximize' for val/accuracy"):
+        make_plan(config, space, TuneSettings(metric="val/accuracy", direction="minimize"))
+    with pytest.raises(ConfigError, match=r"tuning.metric: got 'val/mae'; expected one of val/loss, val/accuracy"):
+        make_plan(config, space, TuneSettings(metric="val/mae"))
+
+
+def test_tuning_file_settings_and_command_line_overrides(tmp_path):
+    path = tmp_path / "my-space.yaml"
+    path.write_text("tuning: {sampler: random, trials: 5}\nspace: {model.dropout: [0.0, 0.1]}\n")
+    _, settings = load_tuning_file(path)
+    assert (settings.study, settings.sampler, settings.trials) == ("my-space", "random", 5)
+    merged = merge_settings(settings, {"trials": 9, "sampler": None, "pruner": "none"})
+    assert (merged.sampler, merged.trials, merged.pruner) == ("random", 9, "none")
+    path.write_text("tuning: {sampler: bayes, trails: 5}\nspace: {model.dropout: [0.0]}\nextra: 1\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_tuning_file(path)
+    path.write_text("tuning: {sampler: bayes, trails: 5}\nspace: {model.dropout: [0.0]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_tuning_file(path)
+    assert "tuning.sampler: got 'bayes'; expected 'grid', 'random' or 'tpe'" in str(info.value)
+    assert "tuning.trails: unknown setting; expected one of: study, sampler" in str(info.value)
+    with pytest.raises(ConfigError, match="tuning.trials: got 0"):
+        merge_settings(settings, {"trials": 0})
+
+
+@pytest.mark.parametrize("path", TUNE_FILES, ids=[p.name for p in TUNE_FILES])
+def test_shipped_tuning_files_fit_the_demo_config(path):
+    space, settings = load_tuning_file(path)
+    plan = make_plan(load_config(REPO / "configs" / "demo.yaml"), space, settings)
+    assert describe_plan(plan)
+
+
+def test_dry_run_prints_the_grid_and_an_invalid_space_fails_before_any_trial(write_config, tmp_path, capsys):
+    config = write_config(data={"root": str(tmp_path / "leaves")})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"space": {"model.dropout": [0.0, 0.3], "training.optimizer": ["adam", "sgd"]}}))
+    assert main(["tune", str(config), str(space), "--sampler", "grid", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "grid: 4 trials" in out and "model.dropout=0.3  training.optimizer='sgd'" in out
+    assert not (tmp_path / "runs").exists()
+    space.write_text(yaml.safe_dump({"space": {"training.learning_rate": {"type": "float", "low": 0.1,
+                                                                             "high": 0.01}}}))
+    assert main(["tune", str(config), str(space), "--trials", "3"]) == 2
+    assert "space.training.learning_rate: got" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue: exactly N trials whatever the number of workers; dead workers' trials retried.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def queue_plan(make_config, tmp_path):
+    def build(sampler: str = "random", trials: int = 3):
+        space = parse_space({"model.dropout": [0.0, 0.1, 0.2]})
+        return make_plan(make_config(data={"root": "leaves"}), space,
+                         TuneSettings(study="q", sampler=sampler, trials=trials, grace_period=60))
+    return build
+
+
+def _study(plan):
+    import optuna
+
+    from plantpheno.tuning.storage import open_storage
+
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(study_name=plan.name, storage=open_storage(plan.storage_url),
+                               direction=plan.direction, load_if_exists=True)
+
+
+def test_concurrent_top_ups_never_run_more_than_the_budget(queue_plan):
+    from optuna.trial import TrialState
+
+    from plantpheno.tuning.queue import claim_next, top_up
+
+    plan = queue_plan(trials=3)
+    study = _study(plan)
+    assert top_up(study, plan) == 3 and top_up(study, plan) == 0
+    study.enqueue_trial({})  # what a second launcher racing the first would have added
+    ran = []
+    while (trial := claim_next(study, plan)) is not None:
+        ran.append(trial.number)
+        study.tell(trial, plan.space.suggest(trial)["model.dropout"])
+    assert ran == [0, 1, 2]
+    surplus = study.get_trials()[3]
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"] is True
+
+
+def test_trials_of_a_dead_worker_fail_and_run_again_with_the_same_values(queue_plan):
+    from optuna.trial import TrialState
+
+    from plantpheno.tuning.queue import HEARTBEAT_ATTR, HOST, WORKER_ATTR, claim_next, fail_stale_trials, top_up
+
+    plan = queue_plan(sampler="grid")
+    study = _study(plan)
+    top_up(study, plan)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage = study._storage
+    for worker in ({"host": HOST, "pid": dead.pid, "started": time.time() - 5},  # this machine, process gone
+                   {"host": "elsewhere", "pid": 1, "started": 0.0}):  # another machine, heartbeat too old
+        trial = claim_next(study, plan)
+        plan.space.suggest(trial)
+        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+        storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 61)
+    assert fail_stale_trials(study, grace_period=plan.settings.grace_period) == [0, 1]
+    assert top_up(study, plan) == 2
+    trials = study.get_trials()
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL] * 2
+    assert "ended while the trial was running" in trials[0].user_attrs["error"]
+    assert "no heartbeat from worker 1 on elsewhere" in trials[1].user_attrs["error"]
+    retries = {t.user_attrs["retry_of"]: t.system_attrs["fixed_params"] for t in trials[3:]}
+    assert retries == {0: {"model.dropout": 0.0}, 1: {"model.dropout": 0.1}}
+
+
+@pytest.mark.parametrize(("pruner", "kind"), [("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),
+                                              ("none", "NopPruner")])
+def test_pruners_and_samplers_follow_the_settings(queue_plan, pruner, kind):
+    from plantpheno.tuning.worker import _pruner, _sampler
+
+    plan = queue_plan()
+    plan = make_plan(plan.config, plan.space, plan.settings.model_copy(update={"pruner": pruner, "sampler": "tpe"}))
+    assert type(_pruner(plan)).__name__ == kind
+    if pruner == "hyperband":
+        assert _pruner(plan)._max_resource == plan.config.training.epochs
+    assert type(_sampler(plan, 0, 0)).__name__ == "TPESampler"
