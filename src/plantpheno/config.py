@@ -67,6 +67,11 @@ class DataConfig(_Section):
         description="File extensions that count as images in a folder dataset (case-insensitive).",
     )
     class_balanced_sampling: bool = Field(False, description="Sample training images with inverse class frequency.")
+    cache: Literal["none", "memory", "disk"] = Field(
+        "none",
+        description="Decode and resize each image once and keep its uint8 pixels: none, memory (RAM, shared by "
+        "forked workers) or disk (memory-mapped file in OUTPUT_DIR/.cache, reused by later runs).",
+    )
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the backbone's.")
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the backbone's.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -108,8 +113,10 @@ class ModelConfig(_Section):
     """The network: a timm backbone with a task head."""
 
     backbone: str = Field("resnet18", min_length=1, description="Any timm model name (see timm.list_models()).")
-    pretrained: bool | Path = Field(
-        False, description="false, true (timm's own download) or a path to a .pt/.pth/.safetensors weights file."
+    pretrained: bool | Literal["bundled"] | Path = Field(
+        False,
+        description="false, true (timm's own download), bundled (offline ImageNet weights from "
+        "plantpheno[weights]: tf_efficientnet_lite0/1/2) or a path to a .pt/.pth/.safetensors weights file.",
     )
     freeze_backbone: bool = Field(False, description="Train only the head; backbone weights and BN stats fixed.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
@@ -155,6 +162,10 @@ class TrainingConfig(_Section):
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     progress_bar: bool = Field(True, description="Show a progress bar (loss, metric, images/s).")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="channels_last memory format: auto = on CUDA only (where it speeds up convolutions)."
+    )
+    compile: bool = Field(False, description="torch.compile the model (slower start, faster steps on GPU).")
 
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> TrainingConfig:
@@ -213,6 +224,24 @@ class TrackingConfig(_Section):
         return v
 
 
+class DistributedConfig(_Section):
+    """Data-parallel training under torchrun (ignored in a single process)."""
+
+    timeout_s: float = Field(300.0, gt=0, description="Timeout of collective operations: a hung rank ends the job.")
+    scale_lr: bool = Field(False, description="Linear scaling rule: learning rate x world size.")
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm across GPUs (CUDA/NCCL only).")
+
+
+class RegistryConfig(_Section):
+    """Register the model in the model registry when training completes."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                             description="Registered model name; null = do not register automatically.")
+    alias: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
+                              description="Alias to point at the new version (e.g. candidate).")
+    uri: str | None = Field(None, description="Registry URI; null = tracking.mlflow.uri, else OUTPUT_DIR/mlflow.db.")
+
+
 class Config(_Section):
     """A complete plantpheno run configuration."""
 
@@ -230,6 +259,8 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @field_validator("device")
     @classmethod

@@ -30,3 +30,15 @@ class TrainingError(PlantPhenoError):
 
 class RunDirError(PlantPhenoError):
     """A run directory is missing, incomplete or inconsistent."""
+
+
+class RegistryError(PlantPhenoError):
+    """A model name, version, alias or registry entry is invalid or missing."""
+
+
+class ExportError(PlantPhenoError):
+    """A model export failed or its outputs differ from the PyTorch model's."""
+
+
+class TuningError(PlantPhenoError):
+    """A study cannot run as asked (a study of that name made differently, a worker without its study, ...)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from plantpheno import __version__
+from plantpheno import __version__, distributed
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import (
     DATASET_INFO,
@@ -28,7 +28,8 @@ from plantpheno.data.datasets import (
     write_data_files,
 )
 from plantpheno.device import amp_dtype, resolve_device, seed_everything
-from plantpheno.errors import DataError, RunDirError, TrainingError
+from plantpheno.distributed import DistContext
+from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
 from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.predict import predict
 from plantpheno.evaluation.report import write_evaluation
@@ -75,9 +76,11 @@ class _Setup:
     loaders: dict[str, DataLoader]
     device: torch.device
     meta: dict[str, Any]
+    dist: DistContext
 
 
-def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool) -> _Setup:
+def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool,
+           dist: DistContext = DistContext()) -> _Setup:
     """Data, task, model and loaders, identically for a new run, a resumed run and an evaluation."""
     prepared = prepare_data(config, manifest_override=manifest)
     if prepared.class_names is not None:
@@ -88,7 +91,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool) -> _
     model = build_model(model_cfg, num_outputs=task.num_outputs)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
-    loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda")
+    loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
+                            rank=dist.rank, world=dist.world_size)
     meta = {
         "plantpheno_version": __version__, "task": task.name, "backbone": config.model.backbone,
         "num_outputs": task.num_outputs, "class_names": prepared.class_names,
@@ -96,30 +100,59 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool) -> _
         "image_size": config.data.image_size, "mean": list(mean), "std": list(std),
         "dataset_fingerprint": prepared.fingerprint,
     }
-    return _Setup(config, prepared, task, model.to(device), loaders, device, meta)
+    return _Setup(config, prepared, task, model.to(device), loaders, device, meta, dist)
 
 
 def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: bool = True) -> RunResult:
-    """Train a new run from ``config``, evaluate it, and return where it is."""
-    seed_everything(config.seed, deterministic=config.deterministic)
-    # Data and model first: a bad image or backbone fails before any run folder exists.
-    setup = _setup(config, manifest=None, load_pretrained=True)
-    run_dir = create_run_dir(config)
-    write_run_config(run_dir, config)
+    """Train a new run from ``config``, evaluate it, and return where it is.
+
+    Under torchrun every rank calls this; rank 0 creates the run directory and tells the others.
+    """
+    dist, config = _join_job(config)
+    try:
+        seed_everything(config.seed, deterministic=config.deterministic)
+        # Data and model first: a bad image or backbone fails before any run folder exists.
+        setup = _setup(config, manifest=None, load_pretrained=True, dist=dist)
+        run_dir = dist.broadcast(_new_run_dir(setup) if dist.is_main else None)
+        return _fit_and_evaluate(setup, run_dir, checkpoint=None, callbacks=callbacks,
+                                 handle_signals=handle_signals)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _new_run_dir(setup: _Setup) -> Path:
+    run_dir = create_run_dir(setup.config)
+    write_run_config(run_dir, setup.config)
     write_data_files(setup.prepared, run_dir)
     write_environment(run_dir, str(setup.device))
-    return _fit_and_evaluate(setup, run_dir, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
+    return run_dir
+
+
+def _join_job(config: Config) -> tuple[DistContext, Config]:
+    """Join the torchrun job, if this process is part of one; each rank gets its own device."""
+    dist, device = distributed.init(distributed.from_environment(), config.device,
+                                    timeout_s=config.distributed.timeout_s)
+    if dist.enabled and device != config.device:
+        config = validate_config({**config_to_dict(config), "device": device}, source="torchrun")
+    if config.distributed.sync_batchnorm and dist.enabled and not device.startswith("cuda"):
+        raise ConfigError("distributed.sync_batchnorm needs CUDA GPUs (NCCL); it does not work on CPU/gloo — "
+                          "set it to false for CPU runs")
+    return dist, config
 
 
 def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: bool = True) -> RunResult:
-    """Continue an interrupted run from ``checkpoints/last.pt``, exactly where it stopped."""
-    config = read_run_config(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINTS / LAST)
-    seed_everything(config.seed, deterministic=config.deterministic)
-    setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False)
-    _check_same_data(run_dir, setup.prepared)
-    return _fit_and_evaluate(setup, run_dir, checkpoint=checkpoint, callbacks=callbacks,
-                             handle_signals=handle_signals)
+    """Continue an interrupted run from ``checkpoints/last.pt``, exactly where it stopped (same world size),
+    on any number of processes."""
+    dist, config = _join_job(read_run_config(run_dir))
+    try:
+        checkpoint = load_checkpoint(run_dir / CHECKPOINTS / LAST)
+        seed_everything(config.seed, deterministic=config.deterministic)
+        setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False, dist=dist)
+        _check_same_data(run_dir, setup.prepared)
+        return _fit_and_evaluate(setup, run_dir, checkpoint=checkpoint, callbacks=callbacks,
+                                 handle_signals=handle_signals)
+    finally:
+        distributed.shutdown(dist)
 
 
 def _check_same_data(run_dir: Path, prepared: PreparedData) -> None:
@@ -133,29 +166,78 @@ def _check_same_data(run_dir: Path, prepared: PreparedData) -> None:
 
 def _build_trainer(setup: _Setup, run_dir: Path, checkpoint: dict[str, Any] | None,
                    callbacks: Sequence[object]) -> Trainer:
-    config, model = setup.config, setup.model
+    config, model, dist = setup.config, setup.model, setup.dist
     loss_fn = build_loss(config, train_targets=setup.prepared.targets("train"), num_classes=setup.task.num_outputs)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, world_size=dist.world_size)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch=len(setup.loaders["train"]))
     dtype = amp_dtype(config, setup.device)
     scaler = torch.amp.GradScaler(setup.device.type, enabled=dtype == torch.float16)
-    state = TrainState()
+    state = TrainState(world_size=dist.world_size)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        state = TrainState(**checkpoint["state"])
+        state = _resumed_state(checkpoint["state"], dist.world_size)
         restore_rng(checkpoint["rng"])  # last: building the model above consumed random numbers
     patience = config.training.early_stopping
-    builtin = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta),
-               Checkpointer(run_dir / CHECKPOINTS, meta=setup.meta), MetricsLog(run_dir / METRICS_LOG),
-               Console(progress_bar=config.training.progress_bar)]
+    builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta)]
+    if dist.enabled:
+        builtin.insert(0, ReplicaCheck(dist))
+    if dist.is_main:  # only rank 0 writes files and prints
+        builtin += [Checkpointer(run_dir / CHECKPOINTS, meta=setup.meta), MetricsLog(run_dir / METRICS_LOG),
+                    Console(progress_bar=config.training.progress_bar)]
+    channels_last = config.training.channels_last == "on" or (
+        config.training.channels_last == "auto" and setup.device.type == "cuda")
     return Trainer(model=model, task=setup.task, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                    step_scheduler_per_batch=steps_per_batch(config), scaler=scaler, loaders=setup.loaders,
                    device=setup.device, epochs=config.training.epochs, monitor=config.monitor, amp_dtype=dtype,
-                   grad_clip_norm=config.training.grad_clip_norm, callbacks=[*builtin, *callbacks], state=state)
+                   grad_clip_norm=config.training.grad_clip_norm, callbacks=[*builtin, *callbacks], state=state,
+                   dist=dist, train_model=_training_module(model, setup, channels_last),
+                   channels_last=channels_last)
+
+
+def _training_module(model: nn.Module, setup: _Setup, channels_last: bool) -> nn.Module:
+    """What the optimizer steps through: the model, in DDP when distributed, compiled if asked."""
+    dist, config = setup.dist, setup.config
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    module: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if config.distributed.sync_batchnorm:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        on_gpu = setup.device.type == "cuda"
+        module = DistributedDataParallel(module, device_ids=[setup.device.index] if on_gpu else None)
+    if config.training.compile:
+        module = torch.compile(module)
+    return module
+
+
+def _resumed_state(saved: dict[str, Any], world_size: int) -> TrainState:
+    """The saved loop state; a mid-epoch position is re-expressed for a different number of ranks."""
+    state = TrainState(**{"world_size": 1, **saved})
+    if state.world_size != world_size:
+        state.batch = (state.batch * state.world_size) // world_size
+        state.world_size = world_size
+    return state
+
+
+class ReplicaCheck:
+    """At the end of training, compare every rank's parameters (before rank 0 restores the best weights)."""
+
+    def __init__(self, dist: DistContext) -> None:
+        self.dist = dist
+        self.identical: bool | None = None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        digests = self.dist.all_gather(distributed.parameters_digest(trainer.model))
+        self.identical = len(set(digests)) == 1
+        if not self.identical:
+            raise TrainingError(f"model replicas diverged across ranks (parameter digests {digests}); "
+                                f"this is a bug, please report it")
 
 
 def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any] | None,
@@ -165,13 +247,14 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
     if name.removeprefix("val/") not in trainer.validate_keys():
         raise TrainingError(f"training.monitor: got {name!r}; expected one of "
                             f"{', '.join('val/' + k for k in trainer.validate_keys())}")
-    trackers = _open_tracking(setup, run_dir, resuming=checkpoint is not None)
-    tracking = TrackingCallback(trackers, system_interval=setup.config.tracking.system_metrics_interval)
-    trainer.callbacks.append(tracking)
+    main = setup.dist.is_main
+    trackers = _open_tracking(setup, run_dir, resuming=checkpoint is not None) if main else TrackerSet([])
+    tracking = TrackingCallback(trackers, system_interval=setup.config.tracking.system_metrics_interval if main else 0)
+    trainer.callbacks.insert(0, tracking)  # before user callbacks: a pruned trial's last epoch is still tracked
     try:
         state = _fit(trainer, run_dir, handle_signals=handle_signals)
     except (Interrupted, EarlyExit) as exc:
-        if isinstance(exc, EarlyExit):
+        if isinstance(exc, EarlyExit) and main:
             write_status(run_dir, exc.status, reason=str(exc))
         trackers.finish("interrupted")
         raise
@@ -180,6 +263,10 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
         raise
     finally:
         tracking.close()
+    if not main:  # the other ranks are done: rank 0 evaluates, reports and registers
+        return RunResult(run_dir, {}, state)
+    if setup.dist.enabled:
+        write_status(run_dir, "evaluating", distributed=_job_summary(setup, trainer))
     _plot_history(run_dir)
     split = setup.config.evaluation.split
     metrics = _evaluate(setup, run_dir, split=split, best_epoch=state.best_epoch)
@@ -187,21 +274,57 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
                  best_value=state.best_value, monitor=name, evaluation={split: _headline(metrics)})
     _log_results(trackers, setup.config, run_dir, metrics, split=split, step=state.epoch)
     trackers.finish("completed")
+    if setup.config.registry.name:
+        _register(setup.config, run_dir)
     return RunResult(run_dir, metrics, state)
 
 
+def _register(config: Config, run_dir: Path) -> None:
+    """Auto-registration; a failure here does not undo a completed run, so it warns with the manual command."""
+    from plantpheno.registry.store import ModelRegistry
+    from plantpheno.tracking.mlflow_backend import default_uri
+
+    reg = config.registry
+    uri = reg.uri or config.tracking.mlflow.uri or default_uri(config.output_dir)
+    try:
+        info = ModelRegistry(uri).register(run_dir, name=reg.name, alias=reg.alias)
+    except Exception as exc:  # noqa: BLE001 - the trained run stays valid whatever the registry does
+        print(f"plantpheno: warning: registering {reg.name} failed ({type(exc).__name__}: {exc}); retry with: "
+              f"plantpheno models register {run_dir} --name {reg.name} --registry {uri}", file=sys.stderr)
+        return
+    write_status(run_dir, "completed", registered={"name": info.name, "version": info.version, "uri": uri})
+    print(f"registered {info.name} version {info.version} in {uri}", file=sys.stderr)
+
+
+def _job_summary(setup: _Setup, trainer: Trainer) -> dict[str, Any]:
+    """Effective batch size and learning rate of a distributed run, and whether replicas stayed identical."""
+    from plantpheno.training.optim import effective_lr
+
+    check = next((cb for cb in trainer.callbacks if isinstance(cb, ReplicaCheck)), None)
+    dist, config = setup.dist, setup.config
+    return {"world_size": dist.world_size, "backend": dist.backend,
+            "per_rank_batch_size": config.data.batch_size,
+            "global_batch_size": config.data.batch_size * dist.world_size,
+            "learning_rate": effective_lr(config, dist.world_size), "scale_lr": config.distributed.scale_lr,
+            "replicas_identical": check.identical if check else None}
+
+
 def _fit(trainer: Trainer, run_dir: Path, *, handle_signals: bool) -> TrainState:
-    write_status(run_dir, "running")
+    main = trainer.dist.is_main
+    if main:
+        write_status(run_dir, "running")
     try:
         use_signals = handle_signals and threading.current_thread() is threading.main_thread()
         with _stop_on_signals(trainer) if use_signals else contextlib.nullcontext():
             return trainer.fit()
     except Interrupted as exc:
         exc.run_dir = run_dir
-        write_status(run_dir, "interrupted", epoch=exc.state.epoch, batch=exc.state.batch, reason=exc.reason)
+        if main:
+            write_status(run_dir, "interrupted", epoch=exc.state.epoch, batch=exc.state.batch, reason=exc.reason)
         raise
     except NonFiniteLossError as exc:
-        write_status(run_dir, "failed", reason=str(exc))
+        if main:
+            write_status(run_dir, "failed", reason=str(exc))
         last = run_dir / CHECKPOINTS / LAST
         kept = f"the last good checkpoint is {last} (epoch {exc.epoch - 1})" if last.is_file() else "no epoch had completed"
         raise TrainingError(f"{exc}; training stopped and {kept}. Lower training.learning_rate "

@@ -50,11 +50,12 @@ def test_classification_run_leaves_a_complete_run_directory(make_config, disease
     assert len(predictions) - 1 == dataset["num_images"]["test"] == metrics["num_images"]
 
 
-@pytest.mark.parametrize("stop_step", [9, 5], ids=["mid-epoch", "epoch-end"])
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(make_config, disease_root, stop_step):
+@pytest.mark.parametrize(("stop_step", "cache"), [(9, "none"), (5, "none"), (9, "disk")],
+                         ids=["mid-epoch", "epoch-end", "mid-epoch-disk-cache"])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(make_config, disease_root, stop_step, cache):
     # 44 training images, batch 8, ragged tail dropped -> 5 steps per epoch: step 9 is inside epoch 2,
-    # step 5 ends epoch 1.
-    sections = {"data": {"root": str(disease_root), "batch_size": 8},
+    # step 5 ends epoch 1. With data.cache=disk the resumed run reads the cache the first runs wrote.
+    sections = {"data": {"root": str(disease_root), "batch_size": 8, "cache": cache},
                 "training": {"epochs": 3, "warmup_epochs": 0.5, "learning_rate": 0.003},
                 "model": {"backbone": "test_resnet", "dropout": 0.2}}
     straight = pipeline.train(make_config(**sections))
@@ -75,6 +76,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(make_config, disea
     assert {k: v for k, v in straight.metrics.items() if k not in drop} == {
         k: v for k, v in resumed.metrics.items() if k not in drop}
     assert straight.metrics["confidence_interval"] == resumed.metrics["confidence_interval"]
+    if cache == "disk":  # one cache per split, shared by all three runs
+        assert len(list((config.output_dir / ".cache").glob("*.u8"))) == 3
 
 
 class PoisonWeights:

@@ -17,7 +17,16 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from plantpheno.cli import config_cmd, data_cmd, evaluate_cmd, runs_cmd, train_cmd
+    from plantpheno.cli import (
+        config_cmd,
+        data_cmd,
+        evaluate_cmd,
+        models_cmd,
+        predict_cmd,
+        runs_cmd,
+        train_cmd,
+        tune_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="plantpheno",
@@ -26,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"plantpheno {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (INFO level)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train_cmd, evaluate_cmd, data_cmd, config_cmd, runs_cmd):
+    for module in (train_cmd, evaluate_cmd, tune_cmd, predict_cmd, models_cmd, runs_cmd, data_cmd, config_cmd):
         module.register(sub)
     return parser
 

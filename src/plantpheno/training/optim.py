@@ -11,16 +11,23 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau, S
 from plantpheno.config import Config
 
 
-def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: Config, *, world_size: int = 1) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (Nesterov momentum) over trainable parameters.
 
-    Biases and normalisation parameters get no weight decay (timm's parameter grouping).
+    Biases and normalisation parameters get no weight decay (timm's parameter grouping). With
+    ``distributed.scale_lr`` the learning rate grows linearly with the world size (Goyal et al. 2017).
     """
     from timm.optim import create_optimizer_v2
 
     t = config.training
     kwargs = {"momentum": t.momentum} if t.optimizer == "sgd" else {}
-    return create_optimizer_v2(model, opt=t.optimizer, lr=t.learning_rate, weight_decay=t.weight_decay, **kwargs)
+    return create_optimizer_v2(model, opt=t.optimizer, lr=effective_lr(config, world_size),
+                               weight_decay=t.weight_decay, **kwargs)
+
+
+def effective_lr(config: Config, world_size: int) -> float:
+    scale = world_size if config.distributed.scale_lr else 1
+    return config.training.learning_rate * scale
 
 
 def cosine_with_warmup(step: int, *, warmup_steps: int, total_steps: int) -> float:

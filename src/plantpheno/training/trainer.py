@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from plantpheno.distributed import DistContext
 from plantpheno.errors import TrainingError
-from plantpheno.evaluation.predict import predict
+from plantpheno.evaluation.predict import Predictions, predict
 from plantpheno.models import set_train_mode
 from plantpheno.training.tasks import Task
 
@@ -35,6 +36,7 @@ class TrainState:
     best_value: float | None = None
     best_epoch: int = 0
     bad_epochs: int = 0
+    world_size: int = 1  # processes that shared `batch` (a mid-epoch position is per rank)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,8 +85,15 @@ class Trainer:
                  scheduler: Any, step_scheduler_per_batch: bool, scaler: torch.amp.GradScaler,
                  loaders: dict[str, DataLoader], device: torch.device, epochs: int, monitor: tuple[str, str],
                  amp_dtype: torch.dtype | None = None, grad_clip_norm: float | None = None,
-                 callbacks: list[object] = (), state: TrainState | None = None) -> None:
+                 callbacks: list[object] = (), state: TrainState | None = None,
+                 dist: DistContext | None = None, train_model: nn.Module | None = None,
+                 channels_last: bool = False) -> None:
         self.model, self.task, self.loss_fn = model, task, loss_fn.to(device)
+        # `train_model` is the DistributedDataParallel wrapper when distributed; `model` is always the plain
+        # network, whose state_dict (no "module." prefix) goes into checkpoints and serves evaluation.
+        self.train_model = train_model or model
+        self.dist = dist or DistContext()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.step_scheduler_per_batch = step_scheduler_per_batch
         self.loaders, self.device, self.epochs, self.monitor = loaders, device, epochs, monitor
@@ -93,6 +102,7 @@ class Trainer:
         self.state = state or TrainState()
         self.should_stop = False  # set by callbacks (early stopping)
         self.stop_requested: str | None = None  # set by signal handlers or tests: stop after this batch
+        self._stop_now = False  # the stop decision all ranks agreed on at the last step
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -116,20 +126,20 @@ class Trainer:
             self.state.batch = 0
             self.state.partial = {"loss": 0.0, "score": 0.0, "seen": 0.0, "time": 0.0}
             self._emit("on_epoch_end", metrics)
-            if self.stop_requested:
-                raise Interrupted(self.stop_requested, self.state)
+            if self.dist.any([bool(self.stop_requested)], self.device)[0]:
+                raise Interrupted(self.stop_requested or "a stop request on another rank", self.state)
         self._emit("on_fit_end")
         return self.state
 
     def train_epoch(self) -> dict[str, float]:
         loader, state = self.loaders["train"], self.state
-        loader.sampler.set_epoch(state.epoch, start=state.batch * loader.batch_size)
+        loader.sampler.set_epoch(state.epoch, start=state.batch * loader.batch_size * self.dist.world_size)
         set_train_mode(self.model, True)
         self._emit("on_epoch_start")
         acc = state.partial
         tick = time.perf_counter()
         for images, target in loader:
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             target = target.to(self.device, non_blocking=True)
             loss, outputs = self._train_step(images, target)
             n = len(target)
@@ -142,22 +152,27 @@ class Trainer:
             state.batch += 1
             state.global_step += 1
             self._emit("on_batch_end", loss, n)
-            if self.stop_requested:
+            # one process may stop as soon as asked; ranks of a job stop only at a step they agreed on
+            if self._stop_now or (not self.dist.enabled and self.stop_requested):
                 self._emit("on_interrupt")
-                raise Interrupted(self.stop_requested, state)
-        seen = max(acc["seen"], 1.0)
-        return {"train/loss": acc["loss"] / seen, f"train/{self.task.train_metric}": acc["score"] / seen,
-                "time/epoch_s": acc["time"], "time/images_per_s": acc["seen"] / max(acc["time"], 1e-9)}
+                raise Interrupted(self.stop_requested or "a stop request on another rank", state)
+        loss_sum, score, seen = self.dist.sum([acc["loss"], acc["score"], acc["seen"]], self.device)
+        seen = max(seen, 1.0)
+        return {"train/loss": loss_sum / seen, f"train/{self.task.train_metric}": score / seen,
+                "time/epoch_s": acc["time"], "time/images_per_s": seen / max(acc["time"], 1e-9)}
 
     def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())
         with autocast:
-            outputs = self.model(images)
+            outputs = self.train_model(images)
             loss = self.loss_fn(outputs.float(), self.task.loss_target(target))
         value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(value, self.state.epoch + 1, self.state.batch + 1)
+        # one small all-reduce per step: a NaN or a stop request on any rank stops every rank at this step
+        nonfinite, self._stop_now = self.dist.any([not math.isfinite(value), bool(self.stop_requested)], self.device)
+        if nonfinite:
+            raise NonFiniteLossError(value if not math.isfinite(value) else float("nan"), self.state.epoch + 1,
+                                     self.state.batch + 1)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip_norm is not None:
@@ -173,8 +188,14 @@ class Trainer:
         """Loss and task metrics over the whole split."""
         loader = self.loaders[split]
         loader.sampler.set_epoch(0)
+        self.dist.sync_buffers(self.model)
         p = predict(self.model, loader, task=self.task, device=self.device, loss_fn=self.loss_fn,
                     amp_dtype=self.amp_dtype)
+        if self.dist.enabled:  # each rank saw a shard: gather them, so every rank computes full-set metrics
+            shards = self.dist.all_gather((p.targets, p.outputs, (p.loss or 0.0) * len(p.targets)))
+            targets = np.concatenate([t for t, _, _ in shards])
+            outputs = np.concatenate([o for _, o, _ in shards])
+            p = Predictions(targets, outputs, sum(loss for _, _, loss in shards) / max(len(targets), 1))
         if not np.isfinite(p.outputs).all():
             raise TrainingError(f"the model's outputs on the {split} split became non-finite (NaN/inf) after "
                                 f"epoch {self.state.epoch + 1}; lower training.learning_rate")

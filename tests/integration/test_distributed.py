@@ -1,0 +1,97 @@
+"""torchrun DDP on CPU with gloo: one run directory, reduced metrics, identical replicas, resume anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from plantpheno.pipeline import evaluate_run
+
+pytestmark = pytest.mark.distributed
+
+
+def torchrun(config: Path, *overrides: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "plantpheno", "train", str(config), *overrides],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def test_two_process_ddp_run(tmp_path, disease_root, write_config):
+    config = write_config(data={"root": str(disease_root)}, tracking={"system_metrics_interval": 0})
+    proc = torchrun(config, cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("run directory:") == 1 and out.count("test accuracy:") == 1  # rank 0 alone reports
+    runs = tmp_path / "runs" / "default"
+    assert [p.name for p in runs.iterdir()] == ["run"]
+    run = runs / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "completed"
+    job = status["distributed"]
+    assert job["world_size"] == 2 and job["backend"] == "gloo" and job["global_batch_size"] == 16
+    assert job["replicas_identical"] is True
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in best["model"])
+    # the logged validation metrics are those of the whole validation set, not of rank 0's shard
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 2
+    at_best = next(r for r in log if r["epoch"] == best["state"]["epoch"])
+    single = evaluate_run(run, split="val")
+    assert single["num_images"] == json.loads((run / "dataset.json").read_text())["num_images"]["val"]
+    assert at_best["val/accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
+    assert at_best["val/macro_f1"] == pytest.approx(single["macro_f1"], abs=1e-12)
+
+
+def test_sigterm_stops_all_ranks_and_a_single_process_resumes(tmp_path, disease_root, write_config):
+    config = write_config(data={"root": str(disease_root)}, training={"epochs": 20},
+                          tracking={"system_metrics_interval": 0})
+    proc = torchrun(config, cwd=tmp_path)
+    run = tmp_path / "runs" / "default" / "run"
+    _wait_for(run / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to every worker
+    proc.communicate(timeout=120)
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "interrupted" and status["reason"] == "SIGTERM"
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert saved["world_size"] == 2 and saved["epoch"] < 20
+    result = subprocess.run([sys.executable, "-m", "plantpheno", "train", "--resume", str(run)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 21))
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_dead_rank_ends_the_job_quickly(tmp_path, disease_root, write_config):
+    config = write_config(data={"root": str(disease_root)}, training={"epochs": 500},
+                          tracking={"system_metrics_interval": 0})
+    proc = torchrun(config, cwd=tmp_path)
+    _wait_for(tmp_path / "runs" / "default" / "run" / "checkpoints" / "last.pt", proc)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "plantpheno" in " ".join(p.cmdline())]
+    assert len(workers) == 2
+    victim = next(w for w in workers if w.environ().get("RANK") == "1")
+    killed_at = time.monotonic()
+    victim.kill()
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - killed_at < 60, "the job should end soon after one rank dies"
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
