@@ -166,6 +166,9 @@ class TrainingConfig(_Section):
         "auto", description="channels_last memory format: auto = on CUDA only (where it speeds up convolutions)."
     )
     compile: bool = Field(False, description="torch.compile the model (slower start, faster steps on GPU).")
+    feature_cache: bool = Field(
+        False, description="With model.freeze_backbone: compute backbone features once, train the head on them."
+    )
 
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> TrainingConfig:
@@ -278,6 +281,9 @@ class Config(_Section):
             raise ValueError(f"training.loss={loss} is a classification loss but task=regression")
         if self.task == "regression" and self.data.class_balanced_sampling:
             raise ValueError("data.class_balanced_sampling needs task=classification")
+        if self.training.feature_cache and not self.model.freeze_backbone:
+            raise ValueError("training.feature_cache=true needs model.freeze_backbone=true (features of a "
+                             "backbone that trains change every step)")
         return self
 
     @property
@@ -314,7 +320,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = read_yaml_mapping(Path(path))
     for item in overrides:
         _apply_override(raw, item)
     return validate_config(raw, source=str(path) if path is not None else "config")
@@ -350,17 +356,18 @@ def flatten_dict(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, *, kind: str = "config file") -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file -> ``{}``); errors name the file."""
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"{kind} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of fields, got {type(data).__name__}")
+        raise ConfigError(f"{kind} {path} must hold a mapping of fields, got {type(data).__name__}")
     return data
 
 

@@ -190,12 +190,19 @@ def _build_trainer(setup: _Setup, run_dir: Path, checkpoint: dict[str, Any] | No
                     Console(progress_bar=config.training.progress_bar)]
     channels_last = config.training.channels_last == "on" or (
         config.training.channels_last == "auto" and setup.device.type == "cuda")
-    return Trainer(model=model, task=setup.task, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-                   step_scheduler_per_batch=steps_per_batch(config), scaler=scaler, loaders=setup.loaders,
+    loaders, net = setup.loaders, model
+    if config.training.feature_cache:  # the trainer sees a head on cached features; checkpoints the whole model
+        from plantpheno.training.features import CachedHead, feature_loaders
+
+        loaders = feature_loaders(setup.prepared, setup.loaders, model, config, mean=setup.meta["mean"],
+                                  std=setup.meta["std"], device=setup.device)
+        net, channels_last = CachedHead(model, dropout=config.model.dropout), False
+    return Trainer(model=net, task=setup.task, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                   step_scheduler_per_batch=steps_per_batch(config), scaler=scaler, loaders=loaders,
                    device=setup.device, epochs=config.training.epochs, monitor=config.monitor, amp_dtype=dtype,
                    grad_clip_norm=config.training.grad_clip_norm, callbacks=[*builtin, *callbacks], state=state,
-                   dist=dist, train_model=_training_module(model, setup, channels_last),
-                   channels_last=channels_last)
+                   dist=dist, train_model=_training_module(net, setup, channels_last),
+                   channels_last=channels_last, checkpoint_model=model)
 
 
 def _training_module(model: nn.Module, setup: _Setup, channels_last: bool) -> nn.Module:

@@ -44,7 +44,7 @@ class Checkpointer:
         self.folder, self.meta = folder, meta
 
     def payload(self, trainer: Trainer, *, full: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": trainer.model.state_dict(), "state": trainer.state.to_dict(),
+        out: dict[str, Any] = {"model": trainer.checkpoint_model.state_dict(), "state": trainer.state.to_dict(),
                                "meta": self.meta}
         if full:
             out.update(optimizer=trainer.optimizer.state_dict(), scaler=trainer.scaler.state_dict(),
@@ -62,7 +62,7 @@ class Checkpointer:
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if (self.folder / BEST).is_file():
-            trainer.model.load_state_dict(load_checkpoint(self.folder / BEST)["model"])
+            trainer.checkpoint_model.load_state_dict(load_checkpoint(self.folder / BEST)["model"])
 
 
 class MetricsLog:

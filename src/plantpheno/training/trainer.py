@@ -87,11 +87,13 @@ class Trainer:
                  amp_dtype: torch.dtype | None = None, grad_clip_norm: float | None = None,
                  callbacks: list[object] = (), state: TrainState | None = None,
                  dist: DistContext | None = None, train_model: nn.Module | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, checkpoint_model: nn.Module | None = None) -> None:
         self.model, self.task, self.loss_fn = model, task, loss_fn.to(device)
         # `train_model` is the DistributedDataParallel wrapper when distributed; `model` is always the plain
         # network, whose state_dict (no "module." prefix) goes into checkpoints and serves evaluation.
         self.train_model = train_model or model
+        # what checkpoints hold: the whole network, also when `model` is only a head on cached features
+        self.checkpoint_model = checkpoint_model or model
         self.dist = dist or DistContext()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from plantpheno.config import read_yaml_mapping
 from plantpheno.errors import ConfigError
 from plantpheno.tuning.space import SearchSpace, parse_space
 
@@ -64,14 +65,9 @@ def load_tuning_file(path: str | Path) -> tuple[SearchSpace, TuneSettings]:
         ConfigError: for a missing/invalid file, an unknown section, or invalid settings or space.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"tuning file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"tuning file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or "space" not in data:
-        raise ConfigError(f"tuning file {path}: got {type(data).__name__}; expected a mapping with a space: section "
+    data = read_yaml_mapping(path, kind="tuning file")
+    if "space" not in data:
+        raise ConfigError(f"tuning file {path}: no space: section; expected a mapping with a space: section "
                           f"(and optionally tuning:)")
     unknown = sorted(set(data) - {"tuning", "space"})
     if unknown:

@@ -1,0 +1,121 @@
+"""Time-to-accuracy on the PlantVillage subset (its own block split), three ways, same machine and run.
+
+    python benchmarks/time_to_accuracy.py [--classic-epochs 1] [--skip classic]
+
+(a) classic: a loop written like the seed's — full fine-tune of pretrained EfficientNet-Lite0 at
+    224 px, PIL decode + transforms every epoch, no cache (the bundled ImageNet weights, so only the
+    training method differs from (c));
+(b) plantpheno, the shipped configs/plantvillage.yaml (ResNet-10 from scratch, 96 px);
+(c) plantpheno with bundled Lite0 weights, frozen backbone and the feature cache (224 px).
+Wall time includes data checks, training and the test evaluation. Writes
+benchmarks/results/time_to_accuracy.{json,md}. Needs ../shared/data/plantvillage-subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "plantvillage-subset"
+
+
+def classic(epochs: int) -> tuple[float, float]:
+    """The seed-style baseline: Dataset over splits.csv, PIL every epoch, whole network trained."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from plantpheno.config import ModelConfig
+    from plantpheno.models import build_model
+
+    rows = list(csv.DictReader((DATA / "splits.csv").open()))
+    classes = sorted({r["label"] for r in rows})
+    norm = T.Normalize([0.5] * 3, [0.5] * 3)
+    train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    eval_tf = T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(), norm])
+
+    class Split(torch.utils.data.Dataset):
+        def __init__(self, split, tf):
+            self.items = [(DATA / r["path"], classes.index(r["label"])) for r in rows if r["split"] == split]
+            self.tf = tf
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            path, label = self.items[i]
+            return self.tf(Image.open(path).convert("RGB")), label
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=len(classes))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    train = torch.utils.data.DataLoader(Split("train", train_tf), batch_size=32, shuffle=True, num_workers=1)
+    for _ in range(epochs):
+        model.train()
+        for x, y in train:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(Split("test", eval_tf), batch_size=64, num_workers=1):
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return time.perf_counter() - start, correct / total
+
+
+def plantpheno_run(overrides: list[str], out: Path) -> tuple[float, float]:
+    from plantpheno.config import load_config
+    from plantpheno.pipeline import train
+
+    config = load_config(REPO / "configs" / "plantvillage.yaml",
+                         [f"data.manifest={DATA / 'splits.csv'}", f"output_dir={out}", "training.progress_bar=false",
+                          "tracking.system_metrics_interval=0", *overrides])
+    start = time.perf_counter()
+    result = train(config)
+    return time.perf_counter() - start, result.metrics["accuracy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classic-epochs", type=int, default=1)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["classic", "defaults", "cached"])
+    args = parser.parse_args()
+    if not (DATA / "splits.csv").is_file():
+        raise SystemExit(f"PlantVillage subset not found at {DATA}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "classic" not in args.skip:
+            results[f"(a) classic full fine-tune, Lite0 224 px, {args.classic_epochs} epoch(s)"] = classic(
+                args.classic_epochs)
+        if "defaults" not in args.skip:
+            results["(b) plantpheno configs/plantvillage.yaml (ResNet-10 scratch, 96 px)"] = plantpheno_run(
+                [], Path(tmp))
+        if "cached" not in args.skip:
+            results["(c) plantpheno bundled Lite0 + frozen + feature cache, 224 px"] = plantpheno_run(
+                ["model.backbone=tf_efficientnet_lite0", "model.pretrained=bundled", "model.freeze_backbone=true",
+                 "training.feature_cache=true", "data.image_size=224", "training.epochs=40",
+                 "training.learning_rate=0.003", "training.warmup_epochs=0", "data.augment.enabled=false"], Path(tmp))
+    lines = [f"# Time to accuracy, PlantVillage subset ({torch.get_num_threads()} threads)", "",
+             "| method | wall s | test accuracy |", "|---|---|---|"]
+    lines += [f"| {name} | {secs:.0f} | {acc:.4f} |" for name, (secs, acc) in results.items()]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "time_to_accuracy.md").write_text(text + "\n")
+    (out / "time_to_accuracy.json").write_text(json.dumps(
+        {name: {"wall_s": s, "test_accuracy": a} for name, (s, a) in results.items()}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

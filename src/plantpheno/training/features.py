@@ -1,0 +1,82 @@
+"""Frozen-backbone feature cache: run the backbone once, then train only the head on cached features.
+
+With ``model.freeze_backbone: true`` the backbone is a fixed function (eval mode, no gradients), so
+its pooled features can be computed once per image instead of once per image per epoch. The head
+then trains in seconds. The cached path reproduces the uncached frozen path: same sample order
+(the same :class:`~plantpheno.data.datasets.EpochSampler`), same dropout draws, same optimizer over
+the same parameters (the head here *is* the model's classifier). Training images are featurised
+without augmentation (the evaluation preprocessing): random augmentations would need one cache
+entry per view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from plantpheno.config import Config
+from plantpheno.data.datasets import EpochSampler, ImageDataset, PreparedData
+from plantpheno.data.transforms import eval_transform
+
+
+class CachedHead(nn.Module):
+    """Dropout + the model's own classifier (shared parameters), applied to cached pooled features."""
+
+    def __init__(self, model: nn.Module, *, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = model.get_classifier()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features))
+
+
+class FeatureDataset(Dataset):
+    """Cached features; items are requested as ``(index, seed)`` like :class:`ImageDataset`'s."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        self.features, self.targets = features, targets
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[item[0]], self.targets[item[0]]
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int, mean: Sequence[float],
+                     std: Sequence[float], batch_size: int, device: torch.device, num_workers: int) -> torch.Tensor:
+    """Pooled pre-logits features ``(N, D)`` of every image, in order, with the backbone in eval mode."""
+    was_training = model.training
+    model.eval()
+    dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std), regression=False)
+    # a private generator: the loader's base seed must not come from (and shift) the global RNG
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
+                        sampler=EpochSampler(len(paths), seed=0, shuffle=False))
+    chunks = [model.forward_head(model.forward_features(images.to(device)), pre_logits=True).float().cpu()
+              for images, _ in loader]
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def feature_loaders(prepared: PreparedData, image_loaders: dict[str, DataLoader], model: nn.Module,
+                    config: Config, *, mean: Sequence[float], std: Sequence[float],
+                    device: torch.device) -> dict[str, DataLoader]:
+    """Train/val loaders over cached features, with the image loaders' samplers (same order, same shards);
+    the test loader stays on images: the final evaluation runs the whole model."""
+    loaders = dict(image_loaders)
+    for split in ("train", "val"):
+        images = image_loaders[split]
+        features = extract_features(model, [s.path for s in prepared.splits[split]],
+                                    image_size=config.data.image_size, mean=mean, std=std,
+                                    batch_size=max(images.batch_size, 64), device=device,
+                                    num_workers=images.num_workers)
+        dataset = FeatureDataset(features, images.dataset.targets)
+        loaders[split] = DataLoader(dataset, batch_size=images.batch_size, sampler=images.sampler,
+                                    drop_last=images.drop_last, generator=torch.Generator().manual_seed(config.seed))
+    return loaders
