@@ -60,6 +60,17 @@ def make_config(tmp_path: Path):
 
 
 @pytest.fixture
+def cfg(make_config, tmp_path: Path):
+    """make_config with a data root filled in (the schema requires one; these tests never read it)."""
+
+    def build(**sections):
+        sections["data"] = {"root": str(tmp_path), **sections.get("data", {})}
+        return make_config(**sections)
+
+    return build
+
+
+@pytest.fixture
 def write_config(tmp_path: Path):
     """Write a fast-run config (see ``tiny_config``) to a YAML file and return its path."""
 

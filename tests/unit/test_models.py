@@ -20,17 +20,6 @@ from plantpheno.training.optim import build_optimizer
 HEAD = {"fc.weight", "fc.bias"}  # test_resnet's classifier
 
 
-@pytest.fixture
-def cfg(make_config, tmp_path: Path):
-    """make_config with a data root filled in (the schema requires one; these tests never read it)."""
-
-    def build(**sections):
-        sections["data"] = {"root": str(tmp_path), **sections.get("data", {})}
-        return make_config(**sections)
-
-    return build
-
-
 def _batch(n: int = 2) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 
