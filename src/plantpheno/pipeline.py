@@ -36,18 +36,16 @@ from plantpheno.evaluation.report import write_evaluation
 from plantpheno.models import build_model, normalization
 from plantpheno.rundir import (
     CHECKPOINTS,
-    ENVIRONMENT_FILE,
     EVAL_DIR,
     METRICS_LOG,
     create_run_dir,
     read_run_config,
-    read_status,
     write_environment,
     write_run_config,
     write_status,
 )
-from plantpheno.tracking import flatten
-from plantpheno.tracking.session import TrackerSet, TrackingCallback, build_trackers
+from plantpheno.tracking.lifecycle import log_run_results, open_run_tracking
+from plantpheno.tracking.session import TrackerSet, TrackingCallback
 from plantpheno.training.callbacks import BEST, LAST, Checkpointer, Console, EarlyStopping, MetricsLog
 from plantpheno.training.checkpoint import load_checkpoint, restore_rng
 from plantpheno.training.losses import build_loss
@@ -255,7 +253,8 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
         raise TrainingError(f"training.monitor: got {name!r}; expected one of "
                             f"{', '.join('val/' + k for k in trainer.validate_keys())}")
     main = setup.dist.is_main
-    trackers = _open_tracking(setup, run_dir, resuming=checkpoint is not None) if main else TrackerSet([])
+    trackers = (open_run_tracking(setup.config, run_dir, prepared=setup.prepared, task=setup.task,
+                                  resuming=checkpoint is not None) if main else TrackerSet([]))
     tracking = TrackingCallback(trackers, system_interval=setup.config.tracking.system_metrics_interval if main else 0)
     trainer.callbacks.insert(0, tracking)  # before user callbacks: a pruned trial's last epoch is still tracked
     try:
@@ -279,7 +278,7 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
     metrics = _evaluate(setup, run_dir, split=split, best_epoch=state.best_epoch)
     write_status(run_dir, "completed", epochs=state.epoch, best_epoch=state.best_epoch,
                  best_value=state.best_value, monitor=name, evaluation={split: _headline(metrics)})
-    _log_results(trackers, setup.config, run_dir, metrics, split=split, step=state.epoch)
+    log_run_results(trackers, setup.config, run_dir, metrics, split=split, step=state.epoch)
     trackers.finish("completed")
     if setup.config.registry.name:
         _register(setup.config, run_dir)
@@ -288,11 +287,10 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
 
 def _register(config: Config, run_dir: Path) -> None:
     """Auto-registration; a failure here does not undo a completed run, so it warns with the manual command."""
-    from plantpheno.registry.store import ModelRegistry
-    from plantpheno.tracking.mlflow_backend import default_uri
+    from plantpheno.registry.store import ModelRegistry, run_registry_uri
 
     reg = config.registry
-    uri = reg.uri or config.tracking.mlflow.uri or default_uri(config.output_dir)
+    uri = run_registry_uri(config)
     try:
         info = ModelRegistry(uri).register(run_dir, name=reg.name, alias=reg.alias)
     except Exception as exc:  # noqa: BLE001 - the trained run stays valid whatever the registry does
@@ -336,50 +334,6 @@ def _fit(trainer: Trainer, run_dir: Path, *, handle_signals: bool) -> TrainState
         kept = f"the last good checkpoint is {last} (epoch {exc.epoch - 1})" if last.is_file() else "no epoch had completed"
         raise TrainingError(f"{exc}; training stopped and {kept}. Lower training.learning_rate "
                             f"or set training.grad_clip_norm.") from None
-
-
-def _open_tracking(setup: _Setup, run_dir: Path, *, resuming: bool) -> TrackerSet:
-    """Start (or re-open, on resume) every tracker run; new runs log params and lineage tags."""
-    trackers = build_trackers(setup.config, run_dir)
-    previous = read_status(run_dir).get("tracking") if resuming else None
-    ids = trackers.start(run_name=run_dir.name, resume_ids=previous)
-    write_status(run_dir, "starting", tracking={**(previous or {}), **ids})
-    if not resuming:
-        params = flatten(config_to_dict(setup.config))
-        params.update({f"data.num_{k}": str(len(v)) for k, v in setup.prepared.splits.items()})
-        params["data.num_classes"] = str(setup.task.num_outputs if setup.prepared.class_names else 0)
-        trackers.log_params(params)
-        env = json.loads((run_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8"))
-        trackers.set_tags({
-            "dataset_fingerprint": setup.prepared.fingerprint, "git_commit": env["git_commit"],
-            "git_dirty": env["git_dirty"], "plantpheno_version": env["plantpheno"], "torch_version": env["torch"],
-            "timm_version": env["timm"], "device": env["device"], "task": setup.task.name,
-            "backbone": setup.config.model.backbone, "run_dir": str(run_dir.resolve()),
-        })
-    for hint in trackers.hints():
-        print(f"tracking: {hint}", file=sys.stderr)
-    return trackers
-
-
-_RUN_ARTIFACTS = ("config.yaml", "split.csv", "dataset.json", "environment.json", "metrics.jsonl",
-                  "training_curves.png", "bad_images.csv")
-
-
-def _log_results(trackers: TrackerSet, config: Config, run_dir: Path, metrics: dict[str, Any], *, split: str,
-                 step: int) -> None:
-    """Final evaluation metrics (``test/accuracy`` ...) and the run's files as artifacts."""
-    prefix = "test" if split == "test" else f"eval_{split}"
-    final = {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    ci = metrics.get("confidence_interval") or {}
-    if ci.get("low") is not None:
-        final[f"{prefix}/{ci['metric']}_ci_low"], final[f"{prefix}/{ci['metric']}_ci_high"] = ci["low"], ci["high"]
-    trackers.log_metrics(final, step=step)
-    for name in _RUN_ARTIFACTS:
-        trackers.log_artifact(run_dir / name, folder="run")
-    for path in sorted((run_dir / EVAL_DIR / split).iterdir()):
-        trackers.log_artifact(path, folder=f"{EVAL_DIR}/{split}")
-    if config.tracking.log_checkpoint:
-        trackers.log_artifact(run_dir / CHECKPOINTS / BEST, folder=CHECKPOINTS)
 
 
 def _plot_history(run_dir: Path) -> None:

@@ -15,8 +15,6 @@ from plantpheno.cli import main as cli
 from plantpheno.errors import ExportError, RegistryError
 from plantpheno.registry.refs import parse_ref
 
-pytest.importorskip("mlflow", reason="mlflow is a test dependency (pip install -e '.[test]')")
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, disease_root):

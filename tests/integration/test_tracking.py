@@ -9,14 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow  # a test dependency: a missing install must fail here, not skip
 import pytest
 
 from conftest import StopAt
 from plantpheno import pipeline
 from plantpheno.tracking.mlflow_backend import default_uri
 from plantpheno.training.trainer import Interrupted
-
-mlflow = pytest.importorskip("mlflow", reason="mlflow is a test dependency (pip install -e '.[test]')")
 
 
 def _tracked(make_config, disease_root, backends, **sections):

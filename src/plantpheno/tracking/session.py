@@ -16,9 +16,6 @@ from plantpheno.tracking import Axis, RunStatus, Tracker, create_tracker
 
 log = logging.getLogger(__name__)
 
-_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}
-
-
 class TrackerSet:
     """Calls every tracker in turn. A backend that raises (server down, disk full) is reported once and
     dropped; the others — always including the local log — carry on, and so does training."""
@@ -87,7 +84,7 @@ def build_trackers(config: Config, run_dir: Path) -> TrackerSet:
             trackers.append(create_tracker(name, config, run_dir))
         except ImportError as exc:
             raise ConfigError(f"tracking.backends includes {name} but it cannot be imported ({exc}); install it "
-                              f"with: pip install 'plantpheno[{_EXTRAS[name]}]'") from None
+                              f"with: pip install 'plantpheno[{name}]'") from None
     return TrackerSet(trackers)
 
 
