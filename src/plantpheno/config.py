@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from plantpheno.errors import ConfigError
 
@@ -169,6 +169,16 @@ class TrainingConfig(_Section):
     feature_cache: bool = Field(
         False, description="With model.freeze_backbone: compute backbone features once, train the head on them."
     )
+
+    @field_validator("mixed_precision", "channels_last", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML 1.1 reads a bare `off` / `on` as a boolean: map it back to the word the user wrote.
+        if value is False:
+            return "off"
+        if value is True and info.field_name == "channels_last":
+            return "on"
+        return value
 
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> TrainingConfig:

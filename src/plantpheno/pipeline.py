@@ -24,6 +24,7 @@ from plantpheno.data.datasets import (
     SPLIT_MANIFEST,
     PreparedData,
     build_loaders,
+    close_loaders,
     prepare_data,
     write_data_files,
 )
@@ -107,6 +108,7 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
     Under torchrun every rank calls this; rank 0 creates the run directory and tells the others.
     """
     dist, config = _join_job(config)
+    setup = None
     try:
         seed_everything(config.seed, deterministic=config.deterministic)
         # Data and model first: a bad image or backbone fails before any run folder exists.
@@ -114,6 +116,15 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
         run_dir = dist.broadcast(_new_run_dir(setup) if dist.is_main else None)
         return _fit_and_evaluate(setup, run_dir, checkpoint=None, callbacks=callbacks,
                                  handle_signals=handle_signals)
+    finally:
+        _release(setup, dist)
+
+
+def _release(setup: _Setup | None, dist: DistContext) -> None:
+    """End of a run, however it ended: stop the loader workers and leave the process group."""
+    try:
+        if setup is not None:
+            close_loaders(setup.loaders)
     finally:
         distributed.shutdown(dist)
 
@@ -142,6 +153,7 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
     """Continue an interrupted run from ``checkpoints/last.pt``, exactly where it stopped (same world size),
     on any number of processes."""
     dist, config = _join_job(read_run_config(run_dir))
+    setup = None
     try:
         checkpoint = load_checkpoint(run_dir / CHECKPOINTS / LAST)
         seed_everything(config.seed, deterministic=config.deterministic)
@@ -150,7 +162,7 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
         return _fit_and_evaluate(setup, run_dir, checkpoint=checkpoint, callbacks=callbacks,
                                  handle_signals=handle_signals)
     finally:
-        distributed.shutdown(dist)
+        _release(setup, dist)
 
 
 def _check_same_data(run_dir: Path, prepared: PreparedData) -> None:
@@ -371,9 +383,12 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
         raise RunDirError(f"{run_dir} has no checkpoint yet ({ckpt_dir / BEST} and {ckpt_dir / LAST} are missing)")
     checkpoint = load_checkpoint(path)
     setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False)
-    _check_same_data(run_dir, setup.prepared)
-    setup.model.load_state_dict(checkpoint["model"])
-    return _evaluate(setup, run_dir, split=split, best_epoch=checkpoint["state"]["epoch"])
+    try:
+        _check_same_data(run_dir, setup.prepared)
+        setup.model.load_state_dict(checkpoint["model"])
+        return _evaluate(setup, run_dir, split=split, best_epoch=checkpoint["state"]["epoch"])
+    finally:
+        close_loaders(setup.loaders)
 
 
 @contextlib.contextmanager

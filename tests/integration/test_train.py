@@ -156,3 +156,29 @@ def test_callback_can_end_a_run_early_with_a_status(make_config, disease_root):
     status = json.loads((config.output_dir / "default" / "run" / "run.json").read_text())
     assert status["status"] == "pruned" and status["reason"] == "pruned at epoch 1"
     assert len(_metrics_log(config.output_dir / "default" / "run")) == 1
+
+
+@pytest.mark.slow
+def test_compiled_channels_last_run_checkpoints_the_plain_network(make_config, disease_root):
+    # torch.compile wraps the module the optimizer steps through; checkpoints and evaluation use the plain
+    # network, so its weights carry no `_orig_mod.` prefix and load into an uncompiled model.
+    config = make_config(data={"root": str(disease_root)},
+                         training={"epochs": 1, "compile": True, "channels_last": "on", "warmup_epochs": 0})
+    result = pipeline.train(config)
+    weights = _weights(result.run_dir / "checkpoints" / "best.pt")
+    assert weights and not any(k.startswith(("_orig_mod.", "module.")) for k in weights)
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+
+
+def test_run_stops_its_loader_workers_when_it_ends(make_config, disease_root):
+    # Persistent DataLoader workers must not outlive the run (left to the garbage collector they stalled the
+    # next run in the same process by tens of seconds while it shut them down).
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    config = make_config(data={"root": str(disease_root), "num_workers": 2}, training={"epochs": 1})
+    result = pipeline.train(config)
+    pipeline.evaluate_run(result.run_dir, split="val")
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == []

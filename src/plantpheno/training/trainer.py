@@ -91,9 +91,9 @@ class Trainer:
         self.model, self.task, self.loss_fn = model, task, loss_fn.to(device)
         # `train_model` is the DistributedDataParallel wrapper when distributed; `model` is always the plain
         # network, whose state_dict (no "module." prefix) goes into checkpoints and serves evaluation.
-        self.train_model = train_model or model
+        self.train_model = train_model if train_model is not None else model  # no `or`: compiled modules refuse len()
         # what checkpoints hold: the whole network, also when `model` is only a head on cached features
-        self.checkpoint_model = checkpoint_model or model
+        self.checkpoint_model = checkpoint_model if checkpoint_model is not None else model
         self.dist = dist or DistContext()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
