@@ -36,6 +36,9 @@ class AugmentConfig(_Section):
         0.2, ge=0, le=1, description="Brightness/contrast/saturation jitter strength (0 disables)."
     )
     hue: float = Field(0.02, ge=0, le=0.5, description="Hue jitter (kept small: colour carries disease signal).")
+    batched: bool = Field(
+        True, description="Augment whole batches at once (one resampling, tensor colour ops); false = per image."
+    )
 
     @field_validator("crop_scale")
     @classmethod

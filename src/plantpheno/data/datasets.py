@@ -16,13 +16,15 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config
-from plantpheno.data.cache import ImageCache, split_cache
+from plantpheno.data.batch_augment import BatchAugment, augment_batch, center_square
+from plantpheno.data.cache import CacheSpec, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
@@ -144,16 +146,34 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform,
-                 *, regression: bool, cache: ImageCache | None = None) -> None:
+                 *, regression: bool, cache: ImageCache | None = None,
+                 batched: tuple[BatchAugment, CacheSpec] | None = None) -> None:
         self.paths = list(paths)
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
         self.transform = transform
         self.cache = cache
+        # (augmenter, stored size): whole batches are augmented at once, see plantpheno.data.batch_augment
+        self.batched = batched
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getitems__(self, items: Sequence[tuple[int, int]]) -> Any:
+        """A whole batch (the DataLoader calls this in its worker, then the collate function)."""
+        if self.batched is None:
+            return [self[item] for item in items]
+        augment, spec = self.batched
+        squares = []
+        for index, _ in items:
+            pixels = self.cache.array(index) if self.cache is not None else decode_resized(self.paths[index], spec)
+            squares.append(center_square(pixels, spec.short_side))
+        images = augment_batch(augment, squares, [seed for _, seed in items])
+        return _Batch((images, self.targets[torch.tensor([index for index, _ in items])]))
+
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batched is not None:
+            images, targets = self.__getitems__([item])
+            return images[0], targets[0]
         index, seed = item
         image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
         if torch.utils.data.get_worker_info() is not None:
@@ -162,6 +182,15 @@ class ImageDataset(Dataset):
         with torch.random.fork_rng(devices=[]):  # keep the main process's RNG stream untouched
             torch.manual_seed(seed)
             return self.transform(image), self.targets[index]
+
+
+class _Batch(tuple):
+    """(images, targets) already stacked by :meth:`ImageDataset.__getitems__`; :func:`collate` passes it on."""
+
+
+def collate(batch: Any) -> Any:
+    """The default collate, except for batches the dataset assembled itself."""
+    return tuple(batch) if isinstance(batch, _Batch) else default_collate(batch)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -229,7 +258,10 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         # filled here, before the workers start, so forked workers share one copy of the pixels
         cache = split_cache(paths, data, train=is_train, fingerprint=prepared.fingerprint,
                             output_dir=config.output_dir)
-        dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache)
+        batched = None
+        if is_train and data.augment.enabled and data.augment.batched:
+            batched = (BatchAugment(data.image_size, mean, std, data.augment), cache_spec(data, train=True))
+        dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
         sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights, **shard)
@@ -239,6 +271,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         # drives dropout) untouched, so resuming mid-run replays the same random stream.
         loaders[name] = DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
                                    persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=drop_last,
+                                   collate_fn=collate,
                                    generator=torch.Generator().manual_seed(config.seed))
     return loaders
 
