@@ -6,6 +6,8 @@ For each image size it iterates the training DataLoader for a few epochs with
   on the same training images (the classic baseline);
 * plantpheno's loader with ``data.cache`` = ``none``, ``memory``, ``disk`` (first run: it builds the
   cache) and ``disk-reused`` (a second run mapping that cache);
+* ``memory-per-sample``: the memory cache with ``data.augment.batched: false`` (torchvision's
+  per-image transforms; the other plantpheno rows augment whole batches);
 * ``memory-noaug``: the memory cache with augmentation off, i.e. what is left once the pixels are
   decoded: the ceiling the augmentations leave room for.
 
@@ -39,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "plantvillage-subset"
 RESULTS = REPO / "benchmarks" / "results"
-PIPELINES = ("imagefolder", "none", "memory", "disk", "disk-reused", "memory-noaug")
+PIPELINES = ("imagefolder", "none", "memory", "disk", "disk-reused", "memory-per-sample", "memory-noaug")
 
 
 class ProcessMeter:
@@ -92,13 +94,13 @@ class ProcessMeter:
 
 
 def _config(data_root: Path, output_dir: Path, *, size: int, batch: int, workers: int, cache: str,
-            augment: bool = True):
+            augment: bool = True, batched: bool = True):
     from plantpheno.config import validate_config
 
     return validate_config({
         "output_dir": str(output_dir), "device": "cpu",
         "data": {"root": str(data_root), "image_size": size, "batch_size": batch, "num_workers": workers,
-                 "cache": cache, "augment": {"enabled": augment}},
+                 "cache": cache, "augment": {"enabled": augment, "batched": batched}},
         "model": {"backbone": "tf_efficientnet_lite0"},
     })
 
@@ -136,9 +138,9 @@ def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: 
     """Build one pipeline's train loader and time its epochs."""
     from plantpheno.data.datasets import build_loaders
 
-    cache = {"none": "none", "imagefolder": "none", "memory-noaug": "memory"}.get(pipeline, pipeline.split("-")[0])
+    cache = {"none": "none", "imagefolder": "none"}.get(pipeline, pipeline.split("-")[0])
     config = _config(data_root, cache_dir, size=size, batch=batch, workers=workers, cache=cache,
-                     augment=pipeline != "memory-noaug")
+                     augment=pipeline != "memory-noaug", batched=pipeline != "memory-per-sample")
     meter = ProcessMeter()
     start = time.perf_counter()
     if pipeline == "imagefolder":

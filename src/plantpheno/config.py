@@ -172,6 +172,10 @@ class TrainingConfig(_Section):
     feature_cache: bool = Field(
         False, description="With model.freeze_backbone: compute backbone features once, train the head on them."
     )
+    feature_cache_views: int = Field(
+        1, ge=1, le=64, description="With feature_cache: views cached per training image (1 = as evaluated; more "
+        "adds fixed augmented views, one drawn per image per epoch)."
+    )
 
     @field_validator("mixed_precision", "channels_last", mode="before")
     @classmethod
@@ -297,6 +301,10 @@ class Config(_Section):
         if self.training.feature_cache and not self.model.freeze_backbone:
             raise ValueError("training.feature_cache=true needs model.freeze_backbone=true (features of a "
                              "backbone that trains change every step)")
+        if self.training.feature_cache_views > 1 and not (self.training.feature_cache and self.data.augment.enabled):
+            raise ValueError(f"training.feature_cache_views={self.training.feature_cache_views} needs "
+                             "training.feature_cache=true and data.augment.enabled=true (the extra views are "
+                             "augmented copies)")
         return self
 
     @property

@@ -28,6 +28,7 @@ from plantpheno.data.datasets import (
     prepare_data,
     write_data_files,
 )
+from plantpheno.data.sources import SPLITS
 from plantpheno.device import amp_dtype, resolve_device, seed_everything
 from plantpheno.distributed import DistContext
 from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
@@ -79,7 +80,7 @@ class _Setup:
 
 
 def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool,
-           dist: DistContext = DistContext()) -> _Setup:
+           dist: DistContext = DistContext(), splits: Sequence[str] = SPLITS) -> _Setup:
     """Data, task, model and loaders, identically for a new run, a resumed run and an evaluation."""
     prepared = prepare_data(config, manifest_override=manifest)
     if prepared.class_names is not None:
@@ -91,7 +92,7 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool,
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size)
+                            rank=dist.rank, world=dist.world_size, splits=splits)
     meta = {
         "plantpheno_version": __version__, "task": task.name, "backbone": config.model.backbone,
         "num_outputs": task.num_outputs, "class_names": prepared.class_names,
@@ -382,7 +383,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no checkpoint yet ({ckpt_dir / BEST} and {ckpt_dir / LAST} are missing)")
     checkpoint = load_checkpoint(path)
-    setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False)
+    setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False, splits=(split,))
     try:
         _check_same_data(run_dir, setup.prepared)
         setup.model.load_state_dict(checkpoint["model"])

@@ -42,3 +42,44 @@ def test_cached_features_match_the_uncached_frozen_path(make_config, disease_roo
 def test_feature_cache_needs_a_frozen_backbone(make_config, disease_root):
     with pytest.raises(ConfigError, match="training.feature_cache=true needs model.freeze_backbone=true"):
         make_config(data={"root": str(disease_root)}, training={"feature_cache": True})
+
+
+def test_augmented_views_are_cached_once_and_drawn_per_epoch(make_config, disease_root):
+    from plantpheno.training.features import FeatureDataset, feature_loaders
+
+    sections = dict(data={"root": str(disease_root)},
+                    model={"backbone": "test_resnet", "freeze_backbone": True},
+                    training={"epochs": 2, "learning_rate": 0.01, "feature_cache": True, "feature_cache_views": 3},
+                    tracking={"system_metrics_interval": 0})
+    config = make_config(**sections)
+    setup = pipeline._setup(config, manifest=None, load_pretrained=True)
+    loaders = feature_loaders(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta["mean"],
+                              std=setup.meta["std"], device=setup.device)
+    train = loaders["train"].dataset
+    assert isinstance(train, FeatureDataset) and train.features.shape[0] == 3
+    n = len(setup.prepared.splits["train"])
+    assert train.features.shape[1] == n and loaders["val"].dataset.features.shape[0] == 1
+    plain, view1, view2 = train.features
+    assert not torch.allclose(plain, view1) and not torch.allclose(view1, view2)  # augmented, each differently
+    # view 0 is the evaluation preprocessing: the same features the one-view cache holds
+    one = make_config(**{**sections, "training": {**sections["training"], "feature_cache_views": 1}})
+    single = feature_loaders(setup.prepared, setup.loaders, setup.model, one, mean=setup.meta["mean"],
+                             std=setup.meta["std"], device=setup.device)["train"].dataset
+    torch.testing.assert_close(single.features[0], plain)
+    # the same views again (fixed seeds), and epochs draw different views of an image
+    again = feature_loaders(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta["mean"],
+                            std=setup.meta["std"], device=setup.device)["train"].dataset
+    torch.testing.assert_close(again.features, train.features)
+    assert len({seed % 3 for _, seed in loaders["train"].sampler}) == 3
+    pipeline.close_loaders(setup.loaders)
+    result = pipeline.train(config)
+    assert (result.run_dir / "eval/test/metrics.json").is_file()
+
+
+def test_feature_views_need_the_cache_and_augmentation(make_config, disease_root):
+    model = {"backbone": "test_resnet", "freeze_backbone": True}
+    with pytest.raises(ConfigError, match="feature_cache_views=2 needs"):
+        make_config(data={"root": str(disease_root), "augment": {"enabled": False}}, model=model,
+                    training={"feature_cache": True, "feature_cache_views": 2})
+    with pytest.raises(ConfigError, match="feature_cache_views=2 needs"):
+        make_config(data={"root": str(disease_root)}, model=model, training={"feature_cache_views": 2})

@@ -182,3 +182,16 @@ def test_run_stops_its_loader_workers_when_it_ends(make_config, disease_root):
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE]
     assert left == []
+
+
+def test_evaluating_one_split_fills_only_that_splits_cache(make_config, disease_root):
+    import shutil
+
+    config = make_config(data={"root": str(disease_root), "cache": "disk"}, training={"epochs": 1})
+    result = pipeline.train(config)
+    cache_dir = config.output_dir / ".cache"
+    assert len(list(cache_dir.glob("*.u8"))) == 3  # train, val, test
+    shutil.rmtree(cache_dir)
+    metrics = pipeline.evaluate_run(result.run_dir, split="val")
+    assert metrics["split"] == "val"
+    assert len(list(cache_dir.glob("*.u8"))) == 1

@@ -5,21 +5,24 @@ its pooled features can be computed once per image instead of once per image per
 then trains in seconds. The cached path reproduces the uncached frozen path: same sample order
 (the same :class:`~plantpheno.data.datasets.EpochSampler`), same dropout draws, same optimizer over
 the same parameters (the head here *is* the model's classifier). Training images are featurised
-without augmentation (the evaluation preprocessing): random augmentations would need one cache
-entry per view.
+without augmentation (the evaluation preprocessing), and with ``training.feature_cache_views: V > 1``
+also ``V - 1`` times with the configured augmentations, each view drawn once from a seed fixed by
+(config seed, view, image); every epoch then takes one of an image's views, chosen by the sample's
+augmentation seed, so the head sees augmented features at the cost of ``V - 1`` extra passes once.
+With one view the cached path reproduces the uncached frozen path exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plantpheno.config import Config
-from plantpheno.data.datasets import EpochSampler, ImageDataset, PreparedData
+from plantpheno.data.datasets import EpochSampler, ImageDataset, PreparedData, collate
 from plantpheno.data.transforms import eval_transform
 
 
@@ -36,32 +39,66 @@ class CachedHead(nn.Module):
 
 
 class FeatureDataset(Dataset):
-    """Cached features; items are requested as ``(index, seed)`` like :class:`ImageDataset`'s."""
+    """Cached features ``(views, N, D)``; items are requested as ``(index, seed)`` like :class:`ImageDataset`'s,
+    and the seed picks the view."""
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
-        self.features, self.targets = features, targets
+        self.features = features if features.dim() == 3 else features.unsqueeze(0)
+        self.targets = targets
 
     def __len__(self) -> int:
-        return len(self.features)
+        return self.features.shape[1]
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.features[item[0]], self.targets[item[0]]
+        index, seed = item
+        return self.features[seed % self.features.shape[0], index], self.targets[index]
+
+
+class _Items(Sampler[tuple[int, int]]):
+    """``(index, seed)`` for every image in order: one fixed augmentation seed per image of a view."""
+
+    def __init__(self, seeds: torch.Tensor) -> None:
+        self.seeds = seeds
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(i, int(s)) for i, s in enumerate(self.seeds)])
+
+
+@torch.no_grad()
+def _featurise(model: nn.Module, loader: DataLoader, device: torch.device) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    chunks = [model.forward_head(model.forward_features(images.to(device)), pre_logits=True).float().cpu()
+              for images, _ in loader]
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int, seed: int, batch_size: int,
+                    num_workers: int, device: torch.device) -> list[torch.Tensor]:
+    """Features of ``views`` augmented passes over the training images (``train_images`` augments)."""
+    out = []
+    for view in range(views):
+        seeds = torch.randint(0, 2**62, (len(train_images),), generator=torch.Generator().manual_seed(
+            seed * 1_000_003 + 7_919 * (view + 1)))
+        loader = DataLoader(train_images, batch_size=batch_size, num_workers=num_workers, sampler=_Items(seeds),
+                            collate_fn=collate, generator=torch.Generator())
+        out.append(_featurise(model, loader, device))
+    return out
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int, mean: Sequence[float],
                      std: Sequence[float], batch_size: int, device: torch.device, num_workers: int) -> torch.Tensor:
     """Pooled pre-logits features ``(N, D)`` of every image, in order, with the backbone in eval mode."""
-    was_training = model.training
-    model.eval()
     dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std), regression=False)
     # a private generator: the loader's base seed must not come from (and shift) the global RNG
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
                         sampler=EpochSampler(len(paths), seed=0, shuffle=False))
-    chunks = [model.forward_head(model.forward_features(images.to(device)), pre_logits=True).float().cpu()
-              for images, _ in loader]
-    model.train(was_training)
-    return torch.cat(chunks)
+    return _featurise(model, loader, device)
 
 
 def feature_loaders(prepared: PreparedData, image_loaders: dict[str, DataLoader], model: nn.Module,
@@ -76,6 +113,12 @@ def feature_loaders(prepared: PreparedData, image_loaders: dict[str, DataLoader]
                                     image_size=config.data.image_size, mean=mean, std=std,
                                     batch_size=max(images.batch_size, 64), device=device,
                                     num_workers=images.num_workers)
+        views = config.training.feature_cache_views
+        if split == "train" and views > 1:
+            extra = augmented_views(model, images.dataset, views=views - 1, seed=config.seed,
+                                    batch_size=max(images.batch_size, 64), num_workers=images.num_workers,
+                                    device=device)
+            features = torch.stack([features, *extra])
         dataset = FeatureDataset(features, images.dataset.targets)
         loaders[split] = DataLoader(dataset, batch_size=images.batch_size, sampler=images.sampler,
                                     drop_last=images.drop_last, generator=torch.Generator().manual_seed(config.seed))
