@@ -169,6 +169,9 @@ class TrainingConfig(_Section):
         "auto", description="channels_last memory format: auto = on CUDA only (where it speeds up convolutions)."
     )
     compile: bool = Field(False, description="torch.compile the model (slower start, faster steps on GPU).")
+    threads: int | Literal["auto"] = Field(
+        "auto", description="torch CPU threads per process; auto = usable cores / training processes on this machine."
+    )
     feature_cache: bool = Field(
         False, description="With model.freeze_backbone: compute backbone features once, train the head on them."
     )
@@ -176,6 +179,13 @@ class TrainingConfig(_Section):
         1, ge=1, le=64, description="With feature_cache: views cached per training image (1 = as evaluated; more "
         "adds fixed augmented views, one drawn per image per epoch)."
     )
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a positive number of threads, or auto")
+        return v
 
     @field_validator("mixed_precision", "channels_last", mode="before")
     @classmethod

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,3 +54,47 @@ def seed_everything(seed: int, *, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use: its CPU affinity, capped by a container's CPU quota (cgroup v2
+    ``cpu.max`` or v1 ``cpu.cfs_quota_us``), which neither ``os.cpu_count`` nor torch's default honours."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup's quota, or None when unlimited or unknown."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def set_threads(setting: int | str, *, processes_per_machine: int = 1) -> int:
+    """Set torch's intra-op thread count and return it.
+
+    ``auto``: the usable cores (:func:`usable_cores`) shared evenly among this machine's training processes
+    (torchrun's local world), at least one each. torch's own default honours CPU affinity but not a
+    container's CPU quota (64 threads in a 2-CPU container on a 64-core host), and torchrun sets one
+    thread per process, which leaves cores idle.
+    """
+    threads = setting if isinstance(setting, int) else max(1, usable_cores() // max(1, processes_per_machine))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads

@@ -83,6 +83,11 @@ class DistContext:
         return [bool(v) for v in t.tolist()]
 
 
+def local_world_size() -> int:
+    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def from_environment() -> DistContext:
     """The context torchrun describes in the environment, or a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

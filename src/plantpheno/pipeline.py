@@ -29,7 +29,7 @@ from plantpheno.data.datasets import (
     write_data_files,
 )
 from plantpheno.data.sources import SPLITS
-from plantpheno.device import amp_dtype, resolve_device, seed_everything
+from plantpheno.device import amp_dtype, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
 from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
 from plantpheno.evaluation.plots import plot_training_curves
@@ -112,6 +112,7 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
     setup = None
     try:
         seed_everything(config.seed, deterministic=config.deterministic)
+        set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
         # Data and model first: a bad image or backbone fails before any run folder exists.
         setup = _setup(config, manifest=None, load_pretrained=True, dist=dist)
         run_dir = dist.broadcast(_new_run_dir(setup) if dist.is_main else None)
@@ -158,6 +159,7 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
     try:
         checkpoint = load_checkpoint(run_dir / CHECKPOINTS / LAST)
         seed_everything(config.seed, deterministic=config.deterministic)
+        set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
         setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False, dist=dist)
         _check_same_data(run_dir, setup.prepared)
         return _fit_and_evaluate(setup, run_dir, checkpoint=checkpoint, callbacks=callbacks,
@@ -383,6 +385,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no checkpoint yet ({ckpt_dir / BEST} and {ckpt_dir / LAST} are missing)")
     checkpoint = load_checkpoint(path)
+    set_threads(config.training.threads)
     setup = _setup(config, manifest=run_dir / SPLIT_MANIFEST, load_pretrained=False, splits=(split,))
     try:
         _check_same_data(run_dir, setup.prepared)

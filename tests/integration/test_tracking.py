@@ -169,5 +169,6 @@ def test_tracking_leaves_nothing_outside_its_folders(tmp_path, disease_root, wri
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in work.iterdir()) == ["runs"]
-    assert sorted(p.name for p in (work / "runs").iterdir()) == ["default", "mlartifacts", "mlflow.db"]
+    # .cache: the image check memo (see data.images.check_images)
+    assert sorted(p.name for p in (work / "runs").iterdir()) == [".cache", "default", "mlartifacts", "mlflow.db"]
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stderr

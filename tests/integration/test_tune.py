@@ -121,7 +121,8 @@ def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials
     assert main(["tune", str(config), str(tuning), "--workers", "2", "--trials", "4", "--storage", url]) == 0
     trials = _trials(url)
     assert [t.number for t in trials] == [0, 1, 2, 3]
-    assert all(t.state.name == "COMPLETE" for t in trials)
+    failed = [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials if t.state.name != "COMPLETE"]
+    assert not failed, "\n".join(map(str, failed))
     assert len({t.params["training.learning_rate"] for t in trials}) == 4
     assert len({t.user_attrs["run_dir"] for t in trials}) == 4
     assert all(t.system_attrs["plantpheno:worker"]["pid"] for t in trials)

@@ -111,3 +111,39 @@ def test_yaml_bare_on_off_mean_the_words(tmp_path):
     assert load_config(path, ["training.channels_last=off"]).training.channels_last == "off"
     with pytest.raises(ConfigError, match=r"training.mixed_precision: got True"):
         load_config(path, ["training.mixed_precision=on"])
+
+
+def test_threads_setting(tmp_path):
+    import torch
+
+    from plantpheno.device import set_threads, usable_cores
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data:\n  root: {tmp_path}\n")
+    assert load_config(path).training.threads == "auto"
+    assert load_config(path, ["training.threads=3"]).training.threads == 3
+    with pytest.raises(ConfigError, match="training.threads"):
+        load_config(path, ["training.threads=0"])
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_threads("auto") == usable_cores() == torch.get_num_threads()
+        assert set_threads("auto", processes_per_machine=4 * usable_cores()) == 1  # never below one
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_container_cpu_quota_is_read(tmp_path):
+    from plantpheno.device import _cgroup_cpu_quota
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(v1) == 2.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_cpu_quota(v1) is None

@@ -380,3 +380,39 @@ def test_prepare_data_without_bad_files_writes_no_bad_images_csv(make_config, di
     write_data_files(prepared, tmp_path)
     assert (tmp_path / SPLIT_MANIFEST).is_file() and (tmp_path / DATASET_INFO).is_file()
     assert not (tmp_path / BAD_IMAGES).exists()
+
+
+def test_check_memo_skips_unchanged_files_and_rechecks_changed_or_bad_ones(tmp_path, monkeypatch):
+    import os
+
+    import plantpheno.data.images as images
+
+    paths = [tmp_path / f"leaf{i}.jpg" for i in range(4)]
+    for i, path in enumerate(paths):
+        path.write_bytes(_jpeg_bytes(colour=(30 + 40 * i, 140, 40)))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    memo = tmp_path / "cache" / "image_checks.json"
+    first = check_images([*paths, bad], memo=memo)
+    assert first[-1].problem is not None and all(c.problem is None for c in first[:-1])
+    assert memo.is_file()
+
+    decoded: list[Path] = []
+    real = images.check_image
+    monkeypatch.setattr(images, "check_image", lambda p: decoded.append(p) or real(p))
+    again = check_images([*paths, bad], memo=memo)
+    assert [c.sha256 for c in again] == [c.sha256 for c in first]
+    assert decoded == [bad]  # passed files are not decoded again; a bad file is always re-checked
+
+    decoded.clear()
+    paths[1].write_bytes(_jpeg_bytes(size=(44, 30), colour=(200, 20, 20)))  # new content, size and mtime
+    os.utime(paths[2], ns=(paths[2].stat().st_atime_ns, paths[2].stat().st_mtime_ns + 10**9))  # touched only
+    third = check_images([*paths, bad], memo=memo)
+    assert set(decoded) == {paths[1], paths[2], bad}
+    assert third[1].sha256 != first[1].sha256 and third[2].sha256 == first[2].sha256
+
+    memo.write_text("{not json")  # an unreadable memo means: check everything, and write a new one
+    decoded.clear()
+    assert [c.sha256 for c in check_images(paths, memo=memo)] == [c.sha256 for c in third[:4]]
+    assert set(decoded) == set(paths)
+    assert json.loads(memo.read_text())["version"] == 1

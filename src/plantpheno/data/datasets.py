@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config
 from plantpheno.data.batch_augment import BatchAugment, augment_batch, center_square
-from plantpheno.data.cache import CacheSpec, ImageCache, cache_spec, decode_resized, split_cache
+from plantpheno.data.cache import CACHE_DIR, CacheSpec, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
@@ -36,6 +36,7 @@ from plantpheno.errors import DataError
 SPLIT_MANIFEST = "split.csv"
 DATASET_INFO = "dataset.json"
 BAD_IMAGES = "bad_images.csv"
+IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files already checked (size, mtime, hash)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
     else:
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
-    samples, bad, fingerprint = _check(samples, skip_bad=data.on_bad_image == "skip")
+    samples, bad, fingerprint = _check(samples, skip_bad=data.on_bad_image == "skip",
+                                       memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -92,8 +94,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
     return PreparedData(config.task, splits, class_names, fingerprint, bad)
 
 
-def _check(samples: list[Sample], *, skip_bad: bool) -> tuple[list[Sample], list[tuple[Path, str]], str]:
-    checks = check_images([s.path for s in samples])
+def _check(samples: list[Sample], *, skip_bad: bool,
+           memo: Path | None = None) -> tuple[list[Sample], list[tuple[Path, str]], str]:
+    checks = check_images([s.path for s in samples], memo=memo)
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
         listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 # Leaf photos from scanners and drones can be huge; a real bomb is still refused by PIL's check.
 Image.MAX_IMAGE_PIXELS = 400_000_000
@@ -95,10 +99,67 @@ def check_image(path: Path) -> ImageCheck:
     return ImageCheck(path, digest, None)
 
 
-def check_images(paths: Sequence[Path], *, workers: int | None = None) -> list[ImageCheck]:
-    """Check many files in parallel threads (decoding releases the GIL); results keep input order."""
+def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Path | None = None) -> list[ImageCheck]:
+    """Check many files in parallel threads (decoding releases the GIL); results keep input order.
+
+    With ``memo`` (a JSON file), a file that passed before and still has the same size and modification
+    time (ns) is not decoded again: its recorded hash is reused, and newly passed files are added. Files
+    with a problem are always checked afresh. Like make or rsync, this trusts size + mtime; delete the
+    memo file to force a full re-check.
+    """
+    known = _read_memo(memo) if memo is not None else {}
+    results: list[ImageCheck | None] = [None] * len(paths)
+    todo: list[int] = []
+    stats: dict[int, tuple[int, int]] = {}
+    for i, path in enumerate(paths):
+        try:
+            st = path.stat()
+        except OSError:
+            todo.append(i)
+            continue
+        stats[i] = (st.st_size, st.st_mtime_ns)
+        hit = known.get(str(path.absolute()))
+        if hit is not None and (hit[0], hit[1]) == stats[i]:
+            results[i] = ImageCheck(path, hit[2], None)
+        else:
+            todo.append(i)
+    for i, check in zip(todo, _check_all([paths[i] for i in todo], workers)):
+        results[i] = check
+    if memo is not None and todo:
+        for i in todo:
+            check = results[i]
+            if check is not None and check.problem is None and i in stats:
+                known[str(paths[i].absolute())] = [*stats[i], check.sha256]
+        _write_memo(memo, known)
+    return [r for r in results if r is not None]
+
+
+def _check_all(paths: Sequence[Path], workers: int | None) -> list[ImageCheck]:
     workers = workers or min(8, os.cpu_count() or 1)
     if len(paths) < 64 or workers == 1:
         return [check_image(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(check_image, paths, chunksize=32))
+
+
+def _read_memo(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: check everything (and rewrite it)
+    if not isinstance(data, dict) or data.get("version") != _MEMO_VERSION or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _write_memo(path: Path, files: dict[str, list]) -> None:
+    from plantpheno.atomic import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"version": _MEMO_VERSION, "files": files}))
+    except OSError as exc:  # a read-only output folder only costs the speed-up
+        log.warning("could not save the image check memo %s: %s", path, exc)
+
+
+_MEMO_VERSION = 1
