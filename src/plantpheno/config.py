@@ -39,6 +39,16 @@ class AugmentConfig(_Section):
     batched: bool = Field(
         True, description="Augment whole batches at once (one resampling, tensor colour ops); false = per image."
     )
+    on_device: Literal["auto", "on", "off"] = Field(
+        "auto", description="Run the batched augmentations on the training device (uint8 pixels leave the loader): "
+        "auto = on CUDA only."
+    )
+
+    @field_validator("on_device", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as a boolean: map it back to the word the user wrote.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("crop_scale")
     @classmethod

@@ -92,7 +92,7 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool,
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size, splits=splits)
+                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type)
     meta = {
         "plantpheno_version": __version__, "task": task.name, "backbone": config.model.backbone,
         "num_outputs": task.num_outputs, "class_names": prepared.class_names,

@@ -195,3 +195,28 @@ def test_evaluating_one_split_fills_only_that_splits_cache(make_config, disease_
     metrics = pipeline.evaluate_run(result.run_dir, split="val")
     assert metrics["split"] == "val"
     assert len(list(cache_dir.glob("*.u8"))) == 1
+
+
+def test_augmenting_on_the_device_matches_augmenting_in_the_loader(make_config, disease_root):
+    # data.augment.on_device ships uint8 pixels + per-sample parameters and augments in the training loop
+    # (on CUDA: on the GPU). Here on the CPU it must give the loader path's images and the same training run.
+    from plantpheno.data.batch_augment import Pending, loader_augment, to_device
+    from plantpheno.data.datasets import build_loaders, close_loaders, prepare_data
+
+    batches, results = {}, {}
+    for mode in ("off", "on"):
+        config = make_config(run_name=f"dev-{mode}", data={"root": str(disease_root), "num_workers": 1,
+                                                            "augment": {"on_device": mode}},
+                             training={"epochs": 2, "warmup_epochs": 0})
+        loaders = build_loaders(prepare_data(config), config, mean=(0.5,) * 3, std=(0.5,) * 3, splits=("train",))
+        loader = loaders["train"]
+        loader.sampler.set_epoch(3)
+        images, _ = next(iter(loader))
+        assert isinstance(images, Pending) == (mode == "on")
+        batches[mode] = to_device(images, torch.device("cpu"), augment=loader_augment(loader))
+        close_loaders(loaders)
+        results[mode] = pipeline.train(config)
+    torch.testing.assert_close(batches["on"], batches["off"], atol=1e-5, rtol=0)
+    for a, b in zip(_metrics_log(results["off"].run_dir), _metrics_log(results["on"].run_dir)):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key

@@ -104,8 +104,11 @@ def test_missing_data_source_and_bad_files(tmp_path):
 def test_yaml_bare_on_off_mean_the_words(tmp_path):
     # YAML 1.1 reads `off`/`on` as booleans; the user wrote the word, so the schema takes it as such.
     path = tmp_path / "c.yaml"
-    path.write_text(f"data:\n  root: {tmp_path}\ntraining:\n  mixed_precision: off\n  channels_last: on\n")
+    path.write_text(f"data:\n  root: {tmp_path}\n  augment:\n    on_device: on\n"
+                    "training:\n  mixed_precision: off\n  channels_last: on\n")
     config = load_config(path)
+    assert config.data.augment.on_device == "on"
+    assert load_config(path, ["data.augment.on_device=off"]).data.augment.on_device == "off"
     assert config.training.mixed_precision == "off"
     assert config.training.channels_last == "on"
     assert load_config(path, ["training.channels_last=off"]).training.channels_last == "off"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -148,10 +149,22 @@ def center_square(image: np.ndarray, side: int) -> np.ndarray:
     return square
 
 
-def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: Sequence[int]) -> torch.Tensor:
-    """Stack (S, S, 3) uint8 squares and augment them with each sample's parameters."""
+class Pending(NamedTuple):
+    """A batch whose augmentation runs later, on the training device: uint8 pixels and per-sample params."""
+
+    pixels: torch.Tensor  # (N, 3, S, S) uint8
+    params: torch.Tensor  # (N, NUM_PARAMS) float64
+
+
+def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: Sequence[int], *,
+                  defer: bool = False) -> torch.Tensor | Pending:
+    """Stack (S, S, 3) uint8 squares and augment them with each sample's parameters; with ``defer``, return
+    them as :class:`Pending` for :func:`to_device` to augment on the training device (4x fewer bytes cross
+    from the workers, and the GPU does the arithmetic)."""
     pixels = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2)  # a copy: squares may be read-only views
     params = torch.from_numpy(np.stack([augment.params(seed) for seed in seeds]))
+    if defer:
+        return Pending(pixels.contiguous(), params)
     size = augment.image_size
     out = torch.empty((len(squares), 3, size, size))
     # a few images at a time: small temporaries keep the worker's heap small (see
@@ -163,3 +176,20 @@ def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: S
 
 
 CHUNK = 8
+
+
+def to_device(images: torch.Tensor | Pending, device: torch.device, *, augment: BatchAugment | None,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Move a batch to ``device``; a :class:`Pending` batch is augmented there first."""
+    if isinstance(images, Pending):
+        if augment is None:
+            raise ValueError("a batch left for on-device augmentation reached a loop without an augmenter")
+        pixels = images.pixels.to(device, non_blocking=True)
+        return augment(pixels, images.params.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+    return images.to(device, non_blocking=True, memory_format=memory_format)
+
+
+def loader_augment(loader: object) -> BatchAugment | None:
+    """The augmenter of a loader whose dataset defers augmentation to the device, else None."""
+    batched = getattr(getattr(loader, "dataset", None), "batched", None)
+    return batched[0] if batched is not None and batched[2] else None

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config
-from plantpheno.data.batch_augment import BatchAugment, augment_batch, center_square
+from plantpheno.data.batch_augment import BatchAugment, Pending, augment_batch, center_square
 from plantpheno.data.cache import CACHE_DIR, CacheSpec, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
@@ -152,12 +152,13 @@ class ImageDataset(Dataset):
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform,
                  *, regression: bool, cache: ImageCache | None = None,
-                 batched: tuple[BatchAugment, CacheSpec] | None = None) -> None:
+                 batched: tuple[BatchAugment, CacheSpec, bool] | None = None) -> None:
         self.paths = list(paths)
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
         self.transform = transform
         self.cache = cache
-        # (augmenter, stored size): whole batches are augmented at once, see plantpheno.data.batch_augment
+        # (augmenter, stored size, on the device): whole batches are augmented at once, in the loader or
+        # (on the device) by the training loop; see plantpheno.data.batch_augment
         self.batched = batched
 
     def __len__(self) -> int:
@@ -167,17 +168,19 @@ class ImageDataset(Dataset):
         """A whole batch (the DataLoader calls this in its worker, then the collate function)."""
         if self.batched is None:
             return [self[item] for item in items]
-        augment, spec = self.batched
+        augment, spec, on_device = self.batched
         squares = []
         for index, _ in items:
             pixels = self.cache.array(index) if self.cache is not None else decode_resized(self.paths[index], spec)
             squares.append(center_square(pixels, spec.short_side))
-        images = augment_batch(augment, squares, [seed for _, seed in items])
+        images = augment_batch(augment, squares, [seed for _, seed in items], defer=on_device)
         return _Batch((images, self.targets[torch.tensor([index for index, _ in items])]))
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batched is not None:
             images, targets = self.__getitems__([item])
+            if isinstance(images, Pending):
+                return Pending(images.pixels[0], images.params[0]), targets[0]
             return images[0], targets[0]
         index, seed = item
         image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
@@ -245,7 +248,7 @@ def resolve_num_workers(setting: int | str) -> int:
 
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
                   pin_memory: bool = False, rank: int = 0, world: int = 1,
-                  splits: Sequence[str] = SPLITS) -> dict[str, DataLoader]:
+                  splits: Sequence[str] = SPLITS, device_type: str = "cpu") -> dict[str, DataLoader]:
     """A shuffled, augmented train loader and sequential val/test loaders (of ``splits``: only those are
     built, and only their image caches filled).
 
@@ -267,7 +270,8 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
                             output_dir=config.output_dir)
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
-            batched = (BatchAugment(data.image_size, mean, std, data.augment), cache_spec(data, train=True))
+            on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")
+            batched = (BatchAugment(data.image_size, mean, std, data.augment), cache_spec(data, train=True), on_device)
         dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}

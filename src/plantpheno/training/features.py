@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plantpheno.config import Config
+from plantpheno.data.batch_augment import loader_augment, to_device
 from plantpheno.data.datasets import EpochSampler, ImageDataset, PreparedData, collate
 from plantpheno.data.transforms import eval_transform
 
@@ -71,7 +72,9 @@ class _Items(Sampler[tuple[int, int]]):
 def _featurise(model: nn.Module, loader: DataLoader, device: torch.device) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    chunks = [model.forward_head(model.forward_features(images.to(device)), pre_logits=True).float().cpu()
+    augment = loader_augment(loader)
+    chunks = [model.forward_head(model.forward_features(to_device(images, device, augment=augment)),
+                                 pre_logits=True).float().cpu()
               for images, _ in loader]
     model.train(was_training)
     return torch.cat(chunks)

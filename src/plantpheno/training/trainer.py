@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from plantpheno.data.batch_augment import loader_augment, to_device
 from plantpheno.distributed import DistContext
 from plantpheno.errors import TrainingError
 from plantpheno.evaluation.predict import Predictions, predict
@@ -140,8 +141,9 @@ class Trainer:
         self._emit("on_epoch_start")
         acc = state.partial
         tick = time.perf_counter()
+        augment = loader_augment(loader)  # set when the augmentations run here, on the device
         for images, target in loader:
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            images = to_device(images, self.device, augment=augment, memory_format=self.memory_format)
             target = target.to(self.device, non_blocking=True)
             loss, outputs = self._train_step(images, target)
             n = len(target)
