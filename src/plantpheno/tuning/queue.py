@@ -12,11 +12,13 @@ the budget are failed as ``surplus`` when taken, before they run, and hidden fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -58,6 +60,30 @@ def top_up(study: optuna.Study, plan: StudyPlan) -> int:
     for values, retry_of in todo:
         study.enqueue_trial(values, user_attrs={"retry_of": retry_of} if retry_of is not None else None)
     return len(todo)
+
+
+@contextlib.contextmanager
+def queue_lock(plan: StudyPlan) -> Iterator[None]:
+    """Hold this machine's lock on the study's queue (an exclusive ``flock`` on ``STUDY_DIR/.queue.lock``).
+
+    Taking a waiting trial is a read-then-update in Optuna's storage. Journal files and server databases
+    make it atomic, but sqlite does not: two processes could both read trial 0 as WAITING and both run
+    it (seen here: the second one failed with "run directory trial-0000 already exists"). sqlite studies
+    live on one machine, so a local lock around every change to the queue closes that race; on other
+    storages it only serialises this machine's workers for a moment. A no-op where ``fcntl`` is missing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    with open(plan.study_dir / ".queue.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def claim_next(study: optuna.Study, plan: StudyPlan) -> optuna.Trial | None:

@@ -23,7 +23,7 @@ from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config, config_to_dict, config_to_yaml, flatten_dict
 from plantpheno.errors import TuningError
 from plantpheno.tuning.plan import StudyPlan, make_plan
-from plantpheno.tuning.queue import fail_stale_trials, top_up
+from plantpheno.tuning.queue import fail_stale_trials, queue_lock, top_up
 from plantpheno.tuning.report import TuneResult, write_reports
 from plantpheno.tuning.settings import TuneSettings, tuning_yaml
 from plantpheno.tuning.space import SearchSpace
@@ -78,8 +78,9 @@ def open_study(plan: StudyPlan, *, echo: bool = True) -> optuna.Study:
     study = optuna.create_study(study_name=plan.name, storage=open_storage(plan.storage_url),
                                 direction=plan.direction, load_if_exists=True)
     _check_same_study(plan, study, echo=echo)
-    fail_stale_trials(study, grace_period=plan.settings.grace_period)
-    top_up(study, plan)
+    with queue_lock(plan):
+        fail_stale_trials(study, grace_period=plan.settings.grace_period)
+        top_up(study, plan)
     atomic_write_text(plan.study_dir / WORKER_CONFIG, config_to_yaml(plan.config))
     atomic_write_text(plan.study_dir / WORKER_SPACE, tuning_yaml(plan.space, plan.settings))
     return study

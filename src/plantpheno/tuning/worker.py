@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from plantpheno.errors import TrainingError, TuningError
 from plantpheno.training.trainer import EarlyExit, Interrupted
 from plantpheno.tuning.plan import StudyPlan
-from plantpheno.tuning.queue import Lease, claim_next, fail_stale_trials, top_up
+from plantpheno.tuning.queue import Lease, claim_next, fail_stale_trials, queue_lock, top_up
 from plantpheno.tuning.storage import open_storage
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow run, parent of the trials' runs
@@ -106,9 +106,10 @@ def run_worker(plan: StudyPlan, *, worker_index: int = 0, deadline: float | None
     parent_run_id = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
     summary = WorkerSummary()
     while deadline is None or time.time() < deadline:
-        fail_stale_trials(study, grace_period=plan.settings.grace_period)
-        top_up(study, plan)
-        trial = claim_next(study, plan)
+        with queue_lock(plan):
+            fail_stale_trials(study, grace_period=plan.settings.grace_period)
+            top_up(study, plan)
+            trial = claim_next(study, plan)
         if trial is None:
             break
         state = run_trial(plan, study, trial, parent_run_id=parent_run_id, handle_signals=handle_signals)
