@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -20,6 +20,16 @@ from plantpheno.errors import ConfigError
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _bare_on_off(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """YAML 1.1 reads a bare `on` / `off` as a boolean: give back the word the user wrote, where the field
+    accepts it (so `mixed_precision: on` still fails, naming the value)."""
+    if isinstance(value, bool):
+        word = "on" if value else "off"
+        if word in get_args(cls.model_fields[info.field_name].annotation):
+            return word
+    return value
 
 
 class AugmentConfig(_Section):
@@ -46,9 +56,8 @@ class AugmentConfig(_Section):
 
     @field_validator("on_device", mode="before")
     @classmethod
-    def _yaml_on_off(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare `on` / `off` as a boolean: map it back to the word the user wrote.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    def _on_off(cls, value: Any, info: ValidationInfo) -> Any:
+        return _bare_on_off(cls, value, info)
 
     @field_validator("crop_scale")
     @classmethod
@@ -199,13 +208,8 @@ class TrainingConfig(_Section):
 
     @field_validator("mixed_precision", "channels_last", mode="before")
     @classmethod
-    def _yaml_on_off(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML 1.1 reads a bare `off` / `on` as a boolean: map it back to the word the user wrote.
-        if value is False:
-            return "off"
-        if value is True and info.field_name == "channels_last":
-            return "on"
-        return value
+    def _on_off(cls, value: Any, info: ValidationInfo) -> Any:
+        return _bare_on_off(cls, value, info)
 
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> TrainingConfig:

@@ -131,7 +131,8 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
             if check is not None and check.problem is None and i in stats:
                 known[str(paths[i].absolute())] = [*stats[i], check.sha256]
         _write_memo(memo, known)
-    return [r for r in results if r is not None]
+    assert all(r is not None for r in results)  # each path came from the memo or was checked
+    return results  # type: ignore[return-value]
 
 
 def _check_all(paths: Sequence[Path], workers: int | None) -> list[ImageCheck]:
