@@ -6,10 +6,11 @@
     224 px, PIL decode + transforms every epoch, no cache (the bundled ImageNet weights, so only the
     training method differs from (c));
 (b) plantpheno, the shipped configs/plantvillage.yaml (ResNet-10 from scratch, 96 px);
-(c) plantpheno with bundled Lite0 weights, frozen backbone and the feature cache (224 px): the shipped
-    configs/plantvillage_pretrained.yaml;
-(d) (c) plus a second, flipped view of each training image in the feature cache.
-``--seeds N`` repeats (c) and (d) with seeds 0..N-1 (head init and order; the split is fixed): the test
+(c) plantpheno with bundled Lite0 weights, frozen backbone, the feature cache and a short fine-tune of
+    the last two blocks on cached activations (224 px): the shipped configs/plantvillage_pretrained.yaml;
+(c0) (c) without the fine-tune phase (head on cached features only);
+(d) (c) plus a second, flipped view of each training image in the cache.
+``--seeds N`` repeats (c), (c0) and (d) with seeds 0..N-1 (head init and order; the split is fixed): the test
 split has 343 images, so one run's accuracy moves by a few tenths of a point with the seed.
 Wall time includes data checks, training and the test evaluation. Writes
 benchmarks/results/time_to_accuracy.{json,md}. Needs ../shared/data/plantvillage-subset.
@@ -92,8 +93,8 @@ def plantpheno_run(overrides: list[str], out: Path, config_name: str = "plantvil
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classic-epochs", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["classic", "defaults", "cached", "views"])
-    parser.add_argument("--seeds", type=int, default=1, help="repeat (c) and (d) with seeds 0..N-1")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["classic", "defaults", "cached", "head", "views"])
+    parser.add_argument("--seeds", type=int, default=1, help="repeat (c), (c0) and (d) with seeds 0..N-1")
     args = parser.parse_args()
     if not (DATA / "splits.csv").is_file():
         raise SystemExit(f"PlantVillage subset not found at {DATA}")
@@ -109,8 +110,12 @@ def main() -> None:
                  "data.augment.color_jitter=0", "data.augment.hue=0", "training.feature_cache_views=2"]
         for seed in range(args.seeds):
             if "cached" not in args.skip:  # the shipped recipe, as is
-                results[f"(c) configs/plantvillage_pretrained.yaml: bundled Lite0, frozen, feature cache, 224 px, "
-                        f"seed {seed}"] = plantpheno_run([f"seed={seed}"], Path(tmp), "plantvillage_pretrained.yaml")
+                results[f"(c) configs/plantvillage_pretrained.yaml: bundled Lite0, frozen, cache, head + 6 "
+                        f"fine-tune epochs of the last 2 blocks, 224 px, seed {seed}"] = plantpheno_run(
+                    [f"seed={seed}"], Path(tmp), "plantvillage_pretrained.yaml")
+            if "head" not in args.skip:
+                results[f"(c0) as (c) without the fine-tune phase, seed {seed}"] = plantpheno_run(
+                    [f"seed={seed}", "training.fine_tune.epochs=0"], Path(tmp), "plantvillage_pretrained.yaml")
             if "views" not in args.skip:
                 results[f"(d) as (c) + a cached flip view (feature_cache_views=2), seed {seed}"] = plantpheno_run(
                     [f"seed={seed}", *flips], Path(tmp), "plantvillage_pretrained.yaml")

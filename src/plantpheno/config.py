@@ -151,6 +151,17 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
+class FineTuneConfig(_Section):
+    """After the frozen-backbone head (model.freeze_backbone): unfreeze the last backbone blocks and train on."""
+
+    epochs: int = Field(0, ge=0, le=100000, description="Fine-tune epochs after training.epochs of head training; "
+                        "0 = no fine-tune phase. Starts from the best head.")
+    blocks: int = Field(1, ge=1, le=1000, description="Backbone blocks unfrozen, from the output end (timm's coarse "
+                        "groups: EfficientNet stages, ResNet layers, ViT blocks). BatchNorm statistics stay fixed.")
+    learning_rate: float = Field(5e-4, gt=0, le=10, description="Peak learning rate of the fine-tune phase (same "
+                                 "optimizer and scheduler kind as training, no warmup).")
+
+
 class TrainingConfig(_Section):
     """Optimisation."""
 
@@ -198,6 +209,7 @@ class TrainingConfig(_Section):
         1, ge=1, le=64, description="With feature_cache: views cached per training image (1 = as evaluated; more "
         "adds fixed augmented views, one drawn per image per epoch)."
     )
+    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
 
     @field_validator("threads")
     @classmethod
@@ -329,6 +341,10 @@ class Config(_Section):
             raise ValueError(f"training.feature_cache_views={self.training.feature_cache_views} needs "
                              "training.feature_cache=true and data.augment.enabled=true (the extra views are "
                              "augmented copies)")
+        if self.training.fine_tune.epochs and not self.model.freeze_backbone:
+            raise ValueError(f"training.fine_tune.epochs={self.training.fine_tune.epochs} needs "
+                             "model.freeze_backbone=true (the fine-tune phase follows head training on a frozen "
+                             "backbone; to train the whole network, set freeze_backbone: false instead)")
         return self
 
     @property

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class _Setup:
     device: torch.device
     meta: dict[str, Any]
     dist: DistContext
+    cached: dict[str, Any] = field(default_factory=dict)  # backbone outputs shared by the training phases
 
 
 def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool,
@@ -178,14 +179,24 @@ def _check_same_data(run_dir: Path, prepared: PreparedData) -> None:
 
 
 def _build_trainer(setup: _Setup, run_dir: Path, checkpoint: dict[str, Any] | None,
-                   callbacks: Sequence[object]) -> Trainer:
+                   callbacks: Sequence[object], *, fine_tune: bool = False, state: TrainState | None = None) -> Trainer:
+    """The trainer of one phase: head/whole-model training, or (``fine_tune``) the fine-tune phase that
+    continues ``state`` (or the checkpoint's) with the last backbone blocks unfrozen."""
     config, model, dist = setup.config, setup.model, setup.dist
+    ft = config.training.fine_tune
+    if fine_tune:
+        from plantpheno.training.fine_tune import unfreeze_last
+
+        unfreeze_last(model, ft.blocks)
+    phase_config = _fine_tune_config(config) if fine_tune else config
     loss_fn = build_loss(config, train_targets=setup.prepared.targets("train"), num_classes=setup.task.num_outputs)
-    optimizer = build_optimizer(model, config, world_size=dist.world_size)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=len(setup.loaders["train"]))
+    optimizer = build_optimizer(model, phase_config, world_size=dist.world_size)
+    train_loader = setup.loaders["train"]
+    train_loader.sampler.set_epoch(0)  # a whole epoch's length: a resumed epoch left the sampler part-way
+    scheduler = build_scheduler(optimizer, phase_config, steps_per_epoch=len(train_loader))
     dtype = amp_dtype(config, setup.device)
     scaler = torch.amp.GradScaler(setup.device.type, enabled=dtype == torch.float16)
-    state = TrainState(world_size=dist.world_size)
+    state = state or TrainState(world_size=dist.world_size)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -194,6 +205,8 @@ def _build_trainer(setup: _Setup, run_dir: Path, checkpoint: dict[str, Any] | No
         scaler.load_state_dict(checkpoint["scaler"])
         state = _resumed_state(checkpoint["state"], dist.world_size)
         restore_rng(checkpoint["rng"])  # last: building the model above consumed random numbers
+    elif fine_tune:  # the phase starts here: its own count of epochs without improvement
+        state.fine_tune_from, state.bad_epochs = state.epoch, 0
     patience = config.training.early_stopping
     builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta)]
     if dist.enabled:
@@ -204,18 +217,59 @@ def _build_trainer(setup: _Setup, run_dir: Path, checkpoint: dict[str, Any] | No
     channels_last = config.training.channels_last == "on" or (
         config.training.channels_last == "auto" and setup.device.type == "cuda")
     loaders, net = setup.loaders, model
-    if config.training.feature_cache:  # the trainer sees a head on cached features; checkpoints the whole model
-        from plantpheno.training.features import CachedHead, feature_loaders
-
-        loaders = feature_loaders(setup.prepared, setup.loaders, model, config, mean=setup.meta["mean"],
-                                  std=setup.meta["std"], device=setup.device)
-        net, channels_last = CachedHead(model, dropout=config.model.dropout), False
+    if config.training.feature_cache:  # the trainer sees the part after the cache; checkpoints the whole model
+        loaders, net = _cached_phase(setup, fine_tune=fine_tune)
+        channels_last = channels_last and net is model
+    epochs = config.training.epochs if not fine_tune else state.fine_tune_from + ft.epochs
     return Trainer(model=net, task=setup.task, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-                   step_scheduler_per_batch=steps_per_batch(config), scaler=scaler, loaders=loaders,
-                   device=setup.device, epochs=config.training.epochs, monitor=config.monitor, amp_dtype=dtype,
+                   step_scheduler_per_batch=steps_per_batch(phase_config), scaler=scaler, loaders=loaders,
+                   device=setup.device, epochs=epochs, monitor=config.monitor, amp_dtype=dtype,
                    grad_clip_norm=config.training.grad_clip_norm, callbacks=[*builtin, *callbacks], state=state,
                    dist=dist, train_model=_training_module(net, setup, channels_last),
                    channels_last=channels_last, checkpoint_model=model)
+
+
+def _fine_tune_config(config: Config) -> Config:
+    """The optimisation settings of the fine-tune phase: its epochs and learning rate, no warmup."""
+    ft = config.training.fine_tune
+    training = config.training.model_copy(update={"epochs": ft.epochs, "learning_rate": ft.learning_rate,
+                                                  "warmup_epochs": 0.0})
+    return config.model_copy(update={"training": training})
+
+
+def _cached_phase(setup: _Setup, *, fine_tune: bool) -> tuple[dict[str, DataLoader], nn.Module]:
+    """Loaders over cached backbone outputs and the module that trains on them.
+
+    Without a fine-tune phase (or when the backbone is not a plain chain of modules) the cache holds
+    pooled features and the head trains on them; the fine-tune phase then runs on images. With a
+    fine-tune phase on a chain backbone, the cache holds the activations where the unfrozen blocks begin:
+    the head phase pools its features from them, the fine-tune phase trains the blocks after the cut.
+    """
+    from plantpheno.training.features import CachedHead, cache_inputs, loaders_over, map_cached, pooled_features
+    from plantpheno.training.fine_tune import CutSuffix, Prefix, fine_tune_cut
+
+    config, model = setup.config, setup.model
+    ft = config.training.fine_tune
+    kwargs = {"mean": setup.meta["mean"], "std": setup.meta["std"], "device": setup.device}
+    found = fine_tune_cut(model, ft.blocks, config.data.image_size) if ft.epochs else None
+    if found is None:
+        if fine_tune:
+            log.info("fine-tuning %s on images: its features are not a plain chain of modules to cut",
+                     config.model.backbone)
+            return setup.loaders, model
+        pooled = cache_inputs(setup.prepared, setup.loaders, model, config, fn=pooled_features(model), **kwargs)
+        return loaders_over(pooled, setup.loaders, config), CachedHead(model, dropout=config.model.dropout)
+    trunk, cut = found
+    if "cut" not in setup.cached:  # activations at the cut: computed once, shared by both phases
+        setup.cached["cut"] = cache_inputs(setup.prepared, setup.loaders, model, config, fn=Prefix(trunk[:cut]),
+                                           **kwargs)
+    acts = setup.cached["cut"]
+    suffix = CutSuffix(model, trunk[cut:])
+    if fine_tune:
+        return loaders_over(acts, setup.loaders, config), suffix
+    pooled = map_cached(acts, lambda a: model.forward_head(suffix.forward_trunk(a), pre_logits=True), model,
+                        device=setup.device)
+    return loaders_over(pooled, setup.loaders, config), CachedHead(model, dropout=config.model.dropout)
 
 
 def _training_module(model: nn.Module, setup: _Setup, channels_last: bool) -> nn.Module:
@@ -262,7 +316,8 @@ class ReplicaCheck:
 
 def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any] | None,
                       callbacks: Sequence[object], handle_signals: bool) -> RunResult:
-    trainer = _build_trainer(setup, run_dir, checkpoint, callbacks)
+    fine_tuning = checkpoint is not None and checkpoint["state"].get("fine_tune_from") is not None
+    trainer = _build_trainer(setup, run_dir, checkpoint, callbacks, fine_tune=fine_tuning)
     name, _ = trainer.monitor
     if name.removeprefix("val/") not in trainer.validate_keys():
         raise TrainingError(f"training.monitor: got {name!r}; expected one of "
@@ -274,6 +329,11 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
     trainer.callbacks.insert(0, tracking)  # before user callbacks: a pruned trial's last epoch is still tracked
     try:
         state = _fit(trainer, run_dir, handle_signals=handle_signals)
+        if setup.config.training.fine_tune.epochs and trainer.state.fine_tune_from is None:
+            _share_best_weights(setup)  # the phase starts from the best head, on every rank
+            trainer = _build_trainer(setup, run_dir, None, callbacks, fine_tune=True, state=trainer.state)
+            trainer.callbacks.insert(0, tracking)
+            state = _fit(trainer, run_dir, handle_signals=handle_signals)
     except (Interrupted, EarlyExit) as exc:
         if isinstance(exc, EarlyExit) and main:
             write_status(run_dir, exc.status, reason=str(exc))
@@ -314,6 +374,14 @@ def _register(config: Config, run_dir: Path) -> None:
         return
     write_status(run_dir, "completed", registered={"name": info.name, "version": info.version, "uri": uri})
     print(f"registered {info.name} version {info.version} in {uri}", file=sys.stderr)
+
+
+def _share_best_weights(setup: _Setup) -> None:
+    """Rank 0 restored the best weights when the phase ended; the other ranks take them from it."""
+    if setup.dist.enabled:
+        state = setup.dist.broadcast({k: v.cpu() for k, v in setup.model.state_dict().items()}
+                                     if setup.dist.is_main else None)
+        setup.model.load_state_dict(state)
 
 
 def _job_summary(setup: _Setup, trainer: Trainer) -> dict[str, Any]:

@@ -67,8 +67,9 @@ class RunSummary:
 
     @property
     def epochs_planned(self) -> int | None:
-        """``training.epochs`` of the run's config."""
-        return _as_int(self.params.get("training.epochs"))
+        """``training.epochs`` of the run's config, plus its fine-tune phase's epochs."""
+        head = _as_int(self.params.get("training.epochs"))
+        return None if head is None else head + (_as_int(self.params.get("training.fine_tune.epochs")) or 0)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

@@ -14,7 +14,7 @@ With one view the cached path reproduces the uncached frozen path exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -40,12 +40,14 @@ class CachedHead(nn.Module):
 
 
 class FeatureDataset(Dataset):
-    """Cached features ``(views, N, D)``; items are requested as ``(index, seed)`` like :class:`ImageDataset`'s,
-    and the seed picks the view."""
+    """Cached features ``(views, N, ...)`` (pooled features, or activations at a cut); items are requested as
+    ``(index, seed)`` like :class:`ImageDataset`'s, and the seed picks the view."""
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
-        self.features = features if features.dim() == 3 else features.unsqueeze(0)
-        self.targets = targets
+        if features.dim() < 3 or features.shape[1] != len(targets):
+            raise ValueError(f"cached features of shape {tuple(features.shape)} for {len(targets)} targets; "
+                             f"expected (views, {len(targets)}, ...)")
+        self.features, self.targets = features, targets
 
     def __len__(self) -> int:
         return self.features.shape[1]
@@ -68,61 +70,103 @@ class _Items(Sampler[tuple[int, int]]):
         return iter([(i, int(s)) for i, s in enumerate(self.seeds)])
 
 
+def pooled_features(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images -> the backbone's pooled pre-logits features (what the head sees)."""
+    return lambda images: model.forward_head(model.forward_features(images), pre_logits=True)
+
+
 @torch.no_grad()
-def _featurise(model: nn.Module, loader: DataLoader, device: torch.device) -> torch.Tensor:
+def _featurise(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, loader: DataLoader,
+               device: torch.device) -> torch.Tensor:
+    """``fn`` over every batch of ``loader``, with ``model`` (whose modules ``fn`` runs) in eval mode."""
     was_training = model.training
     model.eval()
     augment = loader_augment(loader)
-    chunks = [model.forward_head(model.forward_features(to_device(images, device, augment=augment)),
-                                 pre_logits=True).float().cpu()
-              for images, _ in loader]
+    chunks = [fn(to_device(images, device, augment=augment)).float().cpu() for images, _ in loader]
     model.train(was_training)
     return torch.cat(chunks)
 
 
 def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int, seed: int, batch_size: int,
-                    num_workers: int, device: torch.device) -> list[torch.Tensor]:
-    """Features of ``views`` augmented passes over the training images (``train_images`` augments)."""
+                    num_workers: int, device: torch.device,
+                    fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Features (or ``fn``'s outputs) of ``views`` augmented passes over the training images
+    (``train_images`` augments)."""
     out = []
     for view in range(views):
         seeds = torch.randint(0, 2**62, (len(train_images),), generator=torch.Generator().manual_seed(
             seed * 1_000_003 + 7_919 * (view + 1)))
         loader = DataLoader(train_images, batch_size=batch_size, num_workers=num_workers, sampler=_Items(seeds),
                             collate_fn=collate, generator=torch.Generator())
-        out.append(_featurise(model, loader, device))
+        out.append(_featurise(fn or pooled_features(model), model, loader, device))
     return out
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int, mean: Sequence[float],
-                     std: Sequence[float], batch_size: int, device: torch.device, num_workers: int) -> torch.Tensor:
-    """Pooled pre-logits features ``(N, D)`` of every image, in order, with the backbone in eval mode."""
+                     std: Sequence[float], batch_size: int, device: torch.device, num_workers: int,
+                     fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Pooled pre-logits features ``(N, D)`` of every image (or ``fn``'s outputs), in order, with the
+    backbone in eval mode."""
     dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std), regression=False)
     # a private generator: the loader's base seed must not come from (and shift) the global RNG
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
                         sampler=EpochSampler(len(paths), seed=0, shuffle=False))
-    return _featurise(model, loader, device)
+    return _featurise(fn or pooled_features(model), model, loader, device)
+
+
+def cache_inputs(prepared: PreparedData, image_loaders: dict[str, DataLoader], model: nn.Module, config: Config, *,
+                 mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``fn`` (default: the pooled features) of every train and val image, ``(views, N, ...)``: view 0 with
+    the evaluation preprocessing, ``training.feature_cache_views - 1`` augmented views of the training images."""
+    cached = {}
+    for split in ("train", "val"):
+        images = image_loaders[split]
+        batch = max(images.batch_size, 64)
+        outputs = extract_features(model, [s.path for s in prepared.splits[split]], image_size=config.data.image_size,
+                                   mean=mean, std=std, batch_size=batch, device=device,
+                                   num_workers=images.num_workers, fn=fn)
+        views = config.training.feature_cache_views
+        extra = (augmented_views(model, images.dataset, views=views - 1, seed=config.seed, batch_size=batch,
+                                 num_workers=images.num_workers, device=device, fn=fn)
+                 if split == "train" and views > 1 else [])
+        cached[split] = torch.stack([outputs, *extra])
+    return cached
+
+
+@torch.no_grad()
+def map_cached(cached: dict[str, torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, *,
+               device: torch.device, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """``fn`` over cached tensors ``(views, N, ...)`` in batches (e.g. activations at a cut -> pooled features)."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split, tensor in cached.items():
+        flat = tensor.flatten(0, 1)
+        mapped = torch.cat([fn(flat[i:i + batch_size].to(device)).float().cpu()
+                            for i in range(0, len(flat), batch_size)])
+        out[split] = mapped.unflatten(0, tensor.shape[:2])
+    model.train(was_training)
+    return out
+
+
+def loaders_over(cached: dict[str, torch.Tensor], image_loaders: dict[str, DataLoader],
+                 config: Config) -> dict[str, DataLoader]:
+    """Train/val loaders over cached tensors, with the image loaders' samplers (same order, same shards);
+    the test loader stays on images: the final evaluation runs the whole model."""
+    loaders = dict(image_loaders)
+    for split, tensor in cached.items():
+        images = image_loaders[split]
+        loaders[split] = DataLoader(FeatureDataset(tensor, images.dataset.targets), batch_size=images.batch_size,
+                                    sampler=images.sampler, drop_last=images.drop_last,
+                                    generator=torch.Generator().manual_seed(config.seed))
+    return loaders
 
 
 def feature_loaders(prepared: PreparedData, image_loaders: dict[str, DataLoader], model: nn.Module,
                     config: Config, *, mean: Sequence[float], std: Sequence[float],
                     device: torch.device) -> dict[str, DataLoader]:
-    """Train/val loaders over cached features, with the image loaders' samplers (same order, same shards);
-    the test loader stays on images: the final evaluation runs the whole model."""
-    loaders = dict(image_loaders)
-    for split in ("train", "val"):
-        images = image_loaders[split]
-        features = extract_features(model, [s.path for s in prepared.splits[split]],
-                                    image_size=config.data.image_size, mean=mean, std=std,
-                                    batch_size=max(images.batch_size, 64), device=device,
-                                    num_workers=images.num_workers)
-        views = config.training.feature_cache_views
-        if split == "train" and views > 1:
-            extra = augmented_views(model, images.dataset, views=views - 1, seed=config.seed,
-                                    batch_size=max(images.batch_size, 64), num_workers=images.num_workers,
-                                    device=device)
-            features = torch.stack([features, *extra])
-        dataset = FeatureDataset(features, images.dataset.targets)
-        loaders[split] = DataLoader(dataset, batch_size=images.batch_size, sampler=images.sampler,
-                                    drop_last=images.drop_last, generator=torch.Generator().manual_seed(config.seed))
-    return loaders
+    """Train/val loaders over cached pooled features (see :func:`loaders_over`)."""
+    return loaders_over(cache_inputs(prepared, image_loaders, model, config, mean=mean, std=std, device=device),
+                        image_loaders, config)

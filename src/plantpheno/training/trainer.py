@@ -38,6 +38,7 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     world_size: int = 1  # processes that shared `batch` (a mid-epoch position is per rank)
+    fine_tune_from: int | None = None  # the epoch the fine-tune phase began at; None = not in that phase
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

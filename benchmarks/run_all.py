@@ -1,0 +1,103 @@
+"""Run the CPU benchmarks of issue 6 and write one summary table against their targets.
+
+    python benchmarks/run_all.py                 # all three (about 20-30 minutes on 2 cores)
+    python benchmarks/run_all.py --only trainer  # some of them: trainer, pipeline, accuracy
+    python benchmarks/run_all.py --summary-only  # rebuild the summary from benchmarks/results/*.json
+
+Each benchmark runs in its own process (as documented in its file) and writes its own
+benchmarks/results/<name>.{json,md}; this script then reads those and writes
+benchmarks/results/summary.{json,md}: per target, the measured figure, the setting and whether it is met.
+``make bench`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BENCHMARKS = {  # name -> (script and arguments, the JSON it writes)
+    "trainer": (["trainer_overhead.py"], "trainer_overhead.json"),
+    "pipeline": (["data_pipeline.py"], "data_pipeline.json"),
+    "accuracy": (["time_to_accuracy.py", "--seeds", "3", "--skip", "views", "head"], "time_to_accuracy.json"),
+}
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / BENCHMARKS[name][1]
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summarise() -> list[dict]:
+    """One row per target, from whatever result files exist."""
+    rows = []
+    trainer = _load("trainer")
+    if trainer:
+        a = trainer["args"]
+        rows.append({"target": "trainer step time vs a minimal loop <= 1.02x",
+                     "measured": f"{trainer['ratio']:.3f}x", "met": trainer["ratio"] <= 1.02,
+                     "setting": f"{a['backbone']}, {a['image_size']} px, batch {a['batch_size']}, {a['steps']} steps, "
+                                f"median of {a['repeats']}"})
+    pipeline = _load("pipeline")
+    if pipeline:
+        base = {r["image_size"]: r["later_img_s"] for r in pipeline["results"] if r["pipeline"] == "imagefolder"}
+        for r in pipeline["results"]:
+            if r["pipeline"] in ("memory", "disk-reused") and r["image_size"] in base:
+                ratio = r["later_img_s"] / base[r["image_size"]]
+                rss = r["peak_rss_mib_per_epoch"]
+                flat = max(rss) - min(rss) <= 0.05 * min(rss)
+                rows.append({"target": "cached pipeline epochs 2+ >= 5x ImageFolder, flat memory",
+                             "measured": f"{ratio:.2f}x; peak RSS {' / '.join(map(str, rss))} MiB",
+                             "met": ratio >= 5 and flat,
+                             "setting": f"{r['image_size']} px, data.cache={r['pipeline']}, "
+                                        f"{pipeline['meta']['settings']}"})
+    accuracy = _load("accuracy")
+    if accuracy:
+        for name, r in accuracy.items():
+            if name.startswith("(c)"):
+                rows.append({"target": "PlantVillage subset >= 97 % test accuracy in <= 180 s on 2 cores",
+                             "measured": f"{100 * r['test_accuracy']:.1f} % in {r['wall_s']:.0f} s",
+                             "met": r["test_accuracy"] >= 0.97 and r["wall_s"] <= 180, "setting": name})
+    return rows
+
+
+def write_summary(rows: list[dict], ran: dict[str, float]) -> str:
+    lines = ["# Benchmark summary (issue 6 targets)", "",
+             f"{platform.machine()}, Python {platform.python_version()}; "
+             + (f"ran now: {', '.join(f'{k} {v:.0f} s' for k, v in ran.items())}" if ran
+                else "from the result files already in benchmarks/results/"), "",
+             "| target | measured | met | setting |", "|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['measured']} | {'yes' if r['met'] else 'NO'} | {r['setting']} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "summary.md").write_text(text)
+    (RESULTS / "summary.json").write_text(json.dumps({"ran_s": ran, "rows": rows}, indent=2) + "\n")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--summary-only", action="store_true", help="do not run anything; summarise the results")
+    args = parser.parse_args()
+    ran: dict[str, float] = {}
+    if not args.summary_only:
+        for name in args.only:
+            script, *rest = BENCHMARKS[name][0]
+            print(f"== {name}: {script} {' '.join(rest)}", flush=True)
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, str(HERE / script), *rest], check=False)
+            if done.returncode:
+                raise SystemExit(f"benchmark {script} failed with exit status {done.returncode}")
+            ran[name] = time.perf_counter() - start
+    print(write_summary(summarise(), ran))
+
+
+if __name__ == "__main__":
+    main()
