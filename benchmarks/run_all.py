@@ -44,8 +44,8 @@ def summarise() -> list[dict]:
                      "measured": f"{trainer['ratio']:.3f}x", "met": trainer["ratio"] <= 1.02,
                      "setting": f"{a['backbone']}, {a['image_size']} px, batch {a['batch_size']}, {a['steps']} steps, "
                                 f"median of {a['repeats']}"})
-    pipeline = _load("pipeline")
-    if pipeline:
+    pipelines = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("data_pipeline*.json"))]
+    for pipeline in pipelines:  # data_pipeline.json, and runs on enlarged copies (--enlarge PX)
         base = {r["image_size"]: r["later_img_s"] for r in pipeline["results"] if r["pipeline"] == "imagefolder"}
         for r in pipeline["results"]:
             if r["pipeline"] in ("memory", "disk-reused") and r["image_size"] in base:

@@ -78,7 +78,9 @@ class DataConfig(_Section):
     )
     image_size: int = Field(224, ge=16, le=2048, description="Side of the square image fed to the model (pixels).")
     batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process).")
-    num_workers: int | Literal["auto"] = Field("auto", description="DataLoader worker processes; auto = half the cores.")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; auto = half the usable cores per training process, "
+        "at most 8.")
     val_fraction: float = Field(0.15, ge=0, lt=1, description="Share of images for validation when no split is given.")
     test_fraction: float = Field(0.15, ge=0, lt=1, description="Share of images for test when no split is given.")
     on_bad_image: Literal["error", "skip"] = Field(

@@ -263,6 +263,8 @@ def _cached_phase(setup: _Setup, *, fine_tune: bool) -> tuple[dict[str, DataLoad
     if "cut" not in setup.cached:  # activations at the cut: computed once, shared by both phases
         setup.cached["cut"] = cache_inputs(setup.prepared, setup.loaders, model, config, fn=Prefix(trunk[:cut]),
                                            **kwargs)
+        mib = sum(t.numel() * t.element_size() for t in setup.cached["cut"].values()) / 2**20
+        log.info("cached the frozen backbone's activations before module %d of %d: %.0f MiB", cut, len(trunk), mib)
     acts = setup.cached["cut"]
     suffix = CutSuffix(model, trunk[cut:])
     if fine_tune:
@@ -330,7 +332,8 @@ def _fit_and_evaluate(setup: _Setup, run_dir: Path, *, checkpoint: dict[str, Any
     try:
         state = _fit(trainer, run_dir, handle_signals=handle_signals)
         if setup.config.training.fine_tune.epochs and trainer.state.fine_tune_from is None:
-            _share_best_weights(setup)  # the phase starts from the best head, on every rank
+            # the phase starts from the best head, which rank 0 restored; the new DDP wrapper broadcasts
+            # rank 0's parameters and buffers to the other ranks when it is built
             trainer = _build_trainer(setup, run_dir, None, callbacks, fine_tune=True, state=trainer.state)
             trainer.callbacks.insert(0, tracking)
             state = _fit(trainer, run_dir, handle_signals=handle_signals)
@@ -374,14 +377,6 @@ def _register(config: Config, run_dir: Path) -> None:
         return
     write_status(run_dir, "completed", registered={"name": info.name, "version": info.version, "uri": uri})
     print(f"registered {info.name} version {info.version} in {uri}", file=sys.stderr)
-
-
-def _share_best_weights(setup: _Setup) -> None:
-    """Rank 0 restored the best weights when the phase ended; the other ranks take them from it."""
-    if setup.dist.enabled:
-        state = setup.dist.broadcast({k: v.cpu() for k, v in setup.model.state_dict().items()}
-                                     if setup.dist.is_main else None)
-        setup.model.load_state_dict(state)
 
 
 def _job_summary(setup: _Setup, trainer: Trainer) -> dict[str, Any]:

@@ -61,6 +61,27 @@ def test_two_process_ddp_run(tmp_path, disease_root, write_config):
     assert at_best["val/macro_f1"] == pytest.approx(single["macro_f1"], abs=1e-12)
 
 
+def test_ddp_fine_tune_phase_starts_every_rank_from_the_best_head(tmp_path, disease_root, write_config):
+    # rank 0 alone restores the best head when the head phase ends (here an early epoch's); the others take
+    # it from rank 0 through the new DDP wrapper, or the replicas would differ (ReplicaCheck compares them)
+    config = write_config(data={"root": str(disease_root)}, tracking={"system_metrics_interval": 0},
+                          model={"backbone": "test_resnet", "freeze_backbone": True},
+                          training={"epochs": 3, "learning_rate": 3.0, "scheduler": "none", "monitor": "val/loss",
+                                    "feature_cache": True, "fine_tune": {"epochs": 2, "blocks": 1}})
+    proc = torchrun(config, cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    run = tmp_path / "runs" / "default" / "run"
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "completed" and status["distributed"]["replicas_identical"] is True
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5]
+    head = [r["val/loss"] for r in log[:3]]
+    assert head.index(min(head)) < 2, f"the test needs a best head before the last head epoch: {head}"
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["state"]["fine_tune_from"] == 3
+
+
 def test_sigterm_stops_all_ranks_and_a_single_process_resumes(tmp_path, disease_root, write_config):
     config = write_config(data={"root": str(disease_root)}, training={"epochs": 20},
                           tracking={"system_metrics_interval": 0})

@@ -150,3 +150,15 @@ def test_container_cpu_quota_is_read(tmp_path):
     assert _cgroup_cpu_quota(v1) == 2.0
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert _cgroup_cpu_quota(v1) is None
+
+
+@pytest.mark.parametrize(("cores", "local_world", "expected"), [(2, 1, 1), (16, 1, 8), (64, 1, 8), (16, 2, 4),
+                                                                 (1, 1, 0), (4, 4, 0)])
+def test_auto_workers_take_half_of_each_process_share_of_usable_cores(monkeypatch, cores, local_world, expected):
+    import plantpheno.device
+    from plantpheno.data.datasets import resolve_num_workers
+
+    monkeypatch.setattr(plantpheno.device, "usable_cores", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    assert resolve_num_workers("auto") == expected
+    assert resolve_num_workers(3) == 3  # a number is taken as given

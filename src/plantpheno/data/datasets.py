@@ -239,11 +239,20 @@ class EpochSampler(Sampler[tuple[int, int]]):
             yield int(order[pos % self.size]), int(seeds[pos % self.size])
 
 
-def resolve_num_workers(setting: int | str) -> int:
-    """``auto``: half the cores (the other half runs the model), at most 8."""
+def resolve_num_workers(setting: int | str, *, processes_per_machine: int | None = None) -> int:
+    """``auto``: half of this process's share of the usable cores (the other half runs the model), at most 8.
+
+    The usable cores honour CPU affinity and a container's CPU quota (:func:`plantpheno.device.usable_cores`),
+    shared among the machine's training processes (torchrun's local world): a 2-CPU container on a 64-core
+    host gets 1 worker, not 8, and 2 ranks on 16 cores get 4 each.
+    """
     if isinstance(setting, int):
         return setting
-    return max(0, min(8, (os.cpu_count() or 1) // 2))
+    from plantpheno.device import usable_cores
+    from plantpheno.distributed import local_world_size
+
+    processes = processes_per_machine or local_world_size()
+    return max(0, min(8, usable_cores() // max(1, processes) // 2))
 
 
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],

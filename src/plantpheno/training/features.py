@@ -10,6 +10,10 @@ also ``V - 1`` times with the configured augmentations, each view drawn once fro
 (config seed, view, image); every epoch then takes one of an image's views, chosen by the sample's
 augmentation seed, so the head sees augmented features at the cost of ``V - 1`` extra passes once.
 With one view the cached path reproduces the uncached frozen path exactly.
+
+With a fine-tune phase (:mod:`plantpheno.training.fine_tune`) the cache may instead hold the frozen
+part's activations where the unfrozen blocks begin; :func:`map_cached` pools the head's features from
+them, and the fine-tune phase trains on them directly.
 """
 
 from __future__ import annotations
