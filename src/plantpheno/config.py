@@ -198,7 +198,8 @@ class TrainingConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     progress_bar: bool = Field(True, description="Show a progress bar (loss, metric, images/s).")
     channels_last: Literal["auto", "on", "off"] = Field(
-        "auto", description="channels_last memory format: auto = on CUDA only (where it speeds up convolutions)."
+        "auto", description="channels_last memory format: auto = on CUDA, and on CPU for BatchNorm CNNs without "
+        "LayerNorm (ResNet, MobileNet, EfficientNet: 1.2-1.6x faster there; ConvNeXt slower)."
     )
     compile: bool = Field(False, description="torch.compile the model (slower start, faster steps on GPU).")
     threads: int | Literal["auto"] = Field(

@@ -35,7 +35,7 @@ from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
 from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.predict import predict
 from plantpheno.evaluation.report import write_evaluation
-from plantpheno.models import build_model, normalization
+from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
 from plantpheno.rundir import (
     CHECKPOINTS,
     EVAL_DIR,
@@ -53,6 +53,7 @@ from plantpheno.training.checkpoint import load_checkpoint, restore_rng
 from plantpheno.training.losses import build_loss
 from plantpheno.training.optim import build_optimizer, build_scheduler, steps_per_batch
 from plantpheno.training.tasks import Classification, Regression
+from plantpheno.training.features import CachedHead
 from plantpheno.training.trainer import EarlyExit, Interrupted, NonFiniteLossError, Trainer, TrainState
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool,
     model = build_model(model_cfg, num_outputs=task.num_outputs)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
+    if wants_channels_last(config.training.channels_last, device, model):
+        to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
                             rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type)
     meta = {
@@ -214,18 +217,17 @@ def _build_trainer(setup: _Setup, run_dir: Path, checkpoint: dict[str, Any] | No
     if dist.is_main:  # only rank 0 writes files and prints
         builtin += [Checkpointer(run_dir / CHECKPOINTS, meta=setup.meta), MetricsLog(run_dir / METRICS_LOG),
                     Console(progress_bar=config.training.progress_bar)]
-    channels_last = config.training.channels_last == "on" or (
-        config.training.channels_last == "auto" and setup.device.type == "cuda")
     loaders, net = setup.loaders, model
     if config.training.feature_cache:  # the trainer sees the part after the cache; checkpoints the whole model
         loaders, net = _cached_phase(setup, fine_tune=fine_tune)
-        channels_last = channels_last and net is model
+    # inputs follow the model's format; a head on pooled (2-D) features has none
+    channels_last = input_format(net) == torch.channels_last and not isinstance(net, CachedHead)
     epochs = config.training.epochs if not fine_tune else state.fine_tune_from + ft.epochs
     return Trainer(model=net, task=setup.task, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                    step_scheduler_per_batch=steps_per_batch(phase_config), scaler=scaler, loaders=loaders,
                    device=setup.device, epochs=epochs, monitor=config.monitor, amp_dtype=dtype,
                    grad_clip_norm=config.training.grad_clip_norm, callbacks=[*builtin, *callbacks], state=state,
-                   dist=dist, train_model=_training_module(net, setup, channels_last),
+                   dist=dist, train_model=_training_module(net, setup),
                    channels_last=channels_last, checkpoint_model=model)
 
 
@@ -245,7 +247,7 @@ def _cached_phase(setup: _Setup, *, fine_tune: bool) -> tuple[dict[str, DataLoad
     fine-tune phase on a chain backbone, the cache holds the activations where the unfrozen blocks begin:
     the head phase pools its features from them, the fine-tune phase trains the blocks after the cut.
     """
-    from plantpheno.training.features import CachedHead, cache_inputs, loaders_over, map_cached, pooled_features
+    from plantpheno.training.features import cache_inputs, loaders_over, map_cached, pooled_features
     from plantpheno.training.fine_tune import CutSuffix, Prefix, fine_tune_cut
 
     config, model = setup.config, setup.model
@@ -274,11 +276,9 @@ def _cached_phase(setup: _Setup, *, fine_tune: bool) -> tuple[dict[str, DataLoad
     return loaders_over(pooled, setup.loaders, config), CachedHead(model, dropout=config.model.dropout)
 
 
-def _training_module(model: nn.Module, setup: _Setup, channels_last: bool) -> nn.Module:
+def _training_module(model: nn.Module, setup: _Setup) -> nn.Module:
     """What the optimizer steps through: the model, in DDP when distributed, compiled if asked."""
     dist, config = setup.dist, setup.config
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     module: nn.Module = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel

@@ -89,7 +89,8 @@ class PoisonWeights:
     def on_batch_end(self, trainer, loss, images) -> None:
         if trainer.state.global_step == self.step:
             with torch.no_grad():
-                next(trainer.model.parameters()).view(-1)[0] = float("nan")
+                weight = next(trainer.model.parameters())
+                weight[(0,) * weight.dim()] = float("nan")  # indexed: a channels_last weight has no flat view
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(make_config, disease_root):

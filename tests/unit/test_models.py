@@ -303,3 +303,22 @@ def test_freeze_backbone_with_a_distilled_two_headed_model(cfg, tmp_path) -> Non
     set_train_mode(model, True)
     assert model.head.training and model.head_dist.training
     assert not model.stem.training and not model.norm.training
+
+
+def test_channels_last_auto_picks_batchnorm_cnns_on_cpu_and_everything_on_cuda():
+    import timm
+    import torch
+
+    from plantpheno.models import input_format, to_channels_last, wants_channels_last
+
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    resnet, convnext, vit = (timm.create_model(n) for n in ("test_resnet", "test_convnext", "test_vit"))
+    assert wants_channels_last("auto", cpu, resnet)  # BatchNorm CNN: oneDNN's NHWC kernels are faster
+    assert not wants_channels_last("auto", cpu, convnext)  # LayerNorm over channels: no gain measured
+    assert not wants_channels_last("auto", cpu, vit)
+    assert wants_channels_last("auto", cuda, convnext) and not wants_channels_last("auto", mps, resnet)
+    assert wants_channels_last("on", cpu, vit) and not wants_channels_last("off", cuda, resnet)
+    assert input_format(resnet) == torch.contiguous_format
+    to_channels_last(resnet)
+    assert input_format(resnet) == torch.channels_last
+    assert resnet.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)

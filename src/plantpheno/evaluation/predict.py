@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from plantpheno.models import set_train_mode
+from plantpheno.models import input_format, set_train_mode
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,12 @@ def predict(model: nn.Module, loader: DataLoader, *, task, device: torch.device,
             loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> Predictions:
     """Evaluate ``model`` on every batch of ``loader`` in order (eval mode, no gradients)."""
     set_train_mode(model, False)
+    fmt = input_format(model)
     targets, outputs, loss_sum = [], [], 0.0
     for images, target in loader:
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=fmt)
         with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()):
             raw = model(images)
         if loss_fn is not None:

@@ -29,6 +29,7 @@ from plantpheno.config import Config
 from plantpheno.data.batch_augment import loader_augment, to_device
 from plantpheno.data.datasets import EpochSampler, ImageDataset, PreparedData, collate
 from plantpheno.data.transforms import eval_transform
+from plantpheno.models import input_format
 
 
 class CachedHead(nn.Module):
@@ -85,8 +86,9 @@ def _featurise(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, loa
     """``fn`` over every batch of ``loader``, with ``model`` (whose modules ``fn`` runs) in eval mode."""
     was_training = model.training
     model.eval()
-    augment = loader_augment(loader)
-    chunks = [fn(to_device(images, device, augment=augment)).float().cpu() for images, _ in loader]
+    augment, fmt = loader_augment(loader), input_format(model)
+    chunks = [fn(to_device(images, device, augment=augment, memory_format=fmt)).float().cpu().contiguous()
+              for images, _ in loader]
     model.train(was_training)
     return torch.cat(chunks)
 
