@@ -16,6 +16,7 @@ from plantpheno.atomic import atomic_write_text
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
+from plantpheno.models import input_format, to_channels_last, wants_channels_last
 from plantpheno.registry.package import ModelPackage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -28,6 +29,8 @@ class Predictor:
         self.package = package
         self.device = torch.device(device)
         self.model = package.build_model().to(self.device)
+        if wants_channels_last("auto", self.device, self.model):  # faster on CUDA and for BN CNNs on CPU
+            to_channels_last(self.model)
         self.task = package.task
         m = package.meta
         self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"])
@@ -49,7 +52,8 @@ class Predictor:
                 except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
                     bad.append((path, f"{type(exc).__name__}: {exc}"))
             if tensors:
-                outputs = self.task.predictions(self.model(torch.stack(tensors).to(self.device))).cpu()
+                batch = torch.stack(tensors).to(self.device).contiguous(memory_format=input_format(self.model))
+                outputs = self.task.predictions(self.model(batch)).cpu()
                 results.extend(zip(batch_paths, outputs))
             bar.update(len(paths[start:start + batch_size]))
         bar.close()
