@@ -79,7 +79,8 @@ class BatchAugment:
         x = images.float().div_(255)
         p = params.to(device=x.device, dtype=torch.float32)
         x = self._geometry(x, p)
-        x = self._colour(x, p)
+        if self.augment.color_jitter > 0 or self.augment.hue > 0:
+            return self._colour(x, p)  # normalises too
         return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))  # in place: one batch buffer fewer
 
     def _geometry(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -97,10 +98,9 @@ class BatchAugment:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def _colour(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast, saturation and hue folded into one 3x3 matrix and offset per image."""
-        a = self.augment
-        if a.color_jitter <= 0 and a.hue <= 0:
-            return x
+        """Brightness, contrast, saturation and hue folded into one 3x3 matrix and offset per image, and the
+        normalisation ``(y - mean) / std`` folded into them too; the clip to [0, 1] becomes a clip to each
+        channel's normalised bounds (the same thing: normalising is increasing in y). One pass over the pixels."""
         n = x.shape[0]
         b, c, s = (p[:, col].view(n, 1, 1) for col in (_BRIGHT, _CONTRAST, _SAT))
         eye = torch.eye(3, device=x.device).expand(n, 3, 3)
@@ -111,8 +111,9 @@ class BatchAugment:
         grey_mean = (x.mean(dim=(-2, -1)) @ luma).view(n, 1, 1)  # mean of the grey image, without making it
         # contrast blends b*x with its mean grey level b*m: c*b*x + (1-c)*b*m
         offset = matrix @ ((1 - c) * b * grey_mean).expand(n, 3, 1)
-        out = torch.baddbmm(offset, c * b * matrix, x.reshape(n, 3, -1))
-        return out.clamp_(0, 1).view_as(x)
+        mean, std = self.mean.to(x.device).view(1, 3, 1), self.std.to(x.device).view(1, 3, 1)
+        out = torch.baddbmm((offset - mean) / std, c * b * matrix / std, x.reshape(n, 3, -1))
+        return torch.clamp(out, (0 - mean) / std, (1 - mean) / std, out=out).view_as(x)
 
 
 # ITU-R 601-2 luma (torchvision's rgb_to_grayscale weights), and the NTSC RGB -> YIQ matrix
@@ -166,7 +167,14 @@ def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: S
     if defer:
         return Pending(pixels.contiguous(), params)
     size = augment.image_size
-    out = torch.empty((len(squares), 3, size, size))
+    shape = (len(squares), 3, size, size)
+    if torch.utils.data.get_worker_info() is not None:
+        # in a loader worker, fill a tensor in shared memory (as default_collate does), so sending it to the
+        # main process copies nothing
+        storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape), device="cpu")
+        out = torch.empty(0).new(storage).view(shape)
+    else:
+        out = torch.empty(shape)
     # a few images at a time: small temporaries keep the worker's heap small (see
     # plantpheno.data.datasets.fixed_malloc_mmap_threshold) and in cache; 224 px: ~2x the images/s of
     # whole-batch temporaries, and 0.1-0.2 GiB per worker instead of 0.65+ GiB and growing
