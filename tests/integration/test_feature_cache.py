@@ -83,3 +83,37 @@ def test_feature_views_need_the_cache_and_augmentation(make_config, disease_root
                     training={"feature_cache": True, "feature_cache_views": 2})
     with pytest.raises(ConfigError, match="feature_cache_views=2 needs"):
         make_config(data={"root": str(disease_root)}, model=model, training={"feature_cache_views": 2})
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["train-cache-at-eval-size", "train-cache-with-margin"])
+def test_features_come_from_the_decoded_image_cache(make_config, disease_root, monkeypatch, augment):
+    import plantpheno.data.datasets as datasets
+    from plantpheno.training.features import cache_inputs
+
+    def sections(cache):
+        return dict(data={"root": str(disease_root), "cache": cache, "num_workers": 0,
+                          "augment": {"enabled": augment}},
+                    model={"backbone": "test_resnet", "freeze_backbone": True},
+                    training={"feature_cache": True}, tracking={"system_metrics_interval": 0})
+
+    def features(config):
+        torch.manual_seed(0)  # the same random backbone both times
+        setup = pipeline._setup(config, manifest=None, load_pretrained=True)
+        decoded: list = []
+        real = datasets.load_rgb
+        monkeypatch.setattr(datasets, "load_rgb", lambda path: decoded.append(path) or real(path))
+        try:
+            out = cache_inputs(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta["mean"],
+                               std=setup.meta["std"], device=setup.device)
+        finally:
+            monkeypatch.setattr(datasets, "load_rgb", real)
+            pipeline.close_loaders(setup.loaders)
+        return out, len(decoded), {k: len(v) for k, v in setup.prepared.splits.items()}
+
+    from_disk, disk_decodes, sizes = features(make_config(run_name="disk", **sections("none")))
+    from_cache, cache_decodes, _ = features(make_config(run_name="memory", **sections("memory")))
+    assert disk_decodes == sizes["train"] + sizes["val"]
+    # val always reads the cache; train too when its cache holds the evaluation size (no random crops)
+    assert cache_decodes == (sizes["train"] if augment else 0)
+    for split in ("train", "val"):
+        torch.testing.assert_close(from_cache[split], from_disk[split])

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plantpheno.config import Config
 from plantpheno.data.batch_augment import loader_augment, to_device
+from plantpheno.data.cache import ImageCache, cache_spec
 from plantpheno.data.datasets import EpochSampler, ImageDataset, PreparedData, collate
 from plantpheno.data.transforms import eval_transform
 from plantpheno.models import input_format
@@ -111,10 +112,13 @@ def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int,
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int, mean: Sequence[float],
                      std: Sequence[float], batch_size: int, device: torch.device, num_workers: int,
-                     fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                     fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     cache: ImageCache | None = None) -> torch.Tensor:
     """Pooled pre-logits features ``(N, D)`` of every image (or ``fn``'s outputs), in order, with the
     backbone in eval mode."""
-    dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std), regression=False)
+    # ``cache``: the split's decoded pixels at the evaluation size (``data.cache``), else decoded from disk
+    dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std), regression=False,
+                           cache=cache)
     # a private generator: the loader's base seed must not come from (and shift) the global RNG
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
                         sampler=EpochSampler(len(paths), seed=0, shuffle=False))
@@ -130,9 +134,13 @@ def cache_inputs(prepared: PreparedData, image_loaders: dict[str, DataLoader], m
     for split in ("train", "val"):
         images = image_loaders[split]
         batch = max(images.batch_size, 64)
+        # the loader's decoded-image cache serves when it holds the evaluation size: always for val, and for
+        # train when training takes no random crops
+        same_size = split == "val" or cache_spec(config.data, train=True) == cache_spec(config.data, train=False)
         outputs = extract_features(model, [s.path for s in prepared.splits[split]], image_size=config.data.image_size,
                                    mean=mean, std=std, batch_size=batch, device=device,
-                                   num_workers=images.num_workers, fn=fn)
+                                   num_workers=images.num_workers, fn=fn,
+                                   cache=images.dataset.cache if same_size else None)
         views = config.training.feature_cache_views
         extra = (augmented_views(model, images.dataset, views=views - 1, seed=config.seed, batch_size=batch,
                                  num_workers=images.num_workers, device=device, fn=fn)
