@@ -11,6 +11,7 @@ import torch
 from conftest import StopAt
 from plantpheno import pipeline
 from plantpheno.errors import ConfigError, ModelError
+from plantpheno.runs import read_run
 from plantpheno.training.fine_tune import fine_tune_cut, sequential_trunk, unfreeze_last
 from plantpheno.training.trainer import Interrupted
 
@@ -50,6 +51,8 @@ def test_fine_tune_trains_only_the_last_blocks_after_the_head(make_config, disea
             assert not moved, f"{key} changed"
     assert (tuned.run_dir / "eval/test/metrics.json").is_file()
     assert json.loads((tuned.run_dir / "run.json").read_text())["status"] == "completed"
+    summary = read_run(tuned.run_dir)  # `plantpheno runs` counts both phases' epochs
+    assert (summary.epochs_done, summary.epochs_planned) == (4, 4)
 
 
 def test_cached_fine_tune_matches_fine_tuning_on_images(make_config, disease_root):
