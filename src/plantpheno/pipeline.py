@@ -91,6 +91,10 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool,
         task = Regression(*prepared.target_stats())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
     model = build_model(model_cfg, num_outputs=task.num_outputs)
+    if config.training.fine_tune.epochs:  # a bad block count fails here, not after the head phase
+        from plantpheno.training.fine_tune import last_groups
+
+        last_groups(model, config.training.fine_tune.blocks)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
     if wants_channels_last(config.training.channels_last, device, model):
@@ -247,20 +251,22 @@ def _cached_phase(setup: _Setup, *, fine_tune: bool) -> tuple[dict[str, DataLoad
     fine-tune phase on a chain backbone, the cache holds the activations where the unfrozen blocks begin:
     the head phase pools its features from them, the fine-tune phase trains the blocks after the cut.
     """
-    from plantpheno.training.features import cache_inputs, loaders_over, map_cached, pooled_features
+    from plantpheno.training.features import cache_inputs, feature_loaders, loaders_over, map_cached
     from plantpheno.training.fine_tune import CutSuffix, Prefix, fine_tune_cut
 
     config, model = setup.config, setup.model
     ft = config.training.fine_tune
     kwargs = {"mean": setup.meta["mean"], "std": setup.meta["std"], "device": setup.device}
-    found = fine_tune_cut(model, ft.blocks, config.data.image_size) if ft.epochs else None
+    if "trunk" not in setup.cached:  # found once (a probe pass), shared by both phases
+        setup.cached["trunk"] = fine_tune_cut(model, ft.blocks, config.data.image_size) if ft.epochs else None
+    found = setup.cached["trunk"]
     if found is None:
         if fine_tune:
             log.info("fine-tuning %s on images: its features are not a plain chain of modules to cut",
                      config.model.backbone)
             return setup.loaders, model
-        pooled = cache_inputs(setup.prepared, setup.loaders, model, config, fn=pooled_features(model), **kwargs)
-        return loaders_over(pooled, setup.loaders, config), CachedHead(model, dropout=config.model.dropout)
+        return (feature_loaders(setup.prepared, setup.loaders, model, config, **kwargs),
+                CachedHead(model, dropout=config.model.dropout))
     trunk, cut = found
     if "cut" not in setup.cached:  # activations at the cut: computed once, shared by both phases
         setup.cached["cut"] = cache_inputs(setup.prepared, setup.loaders, model, config, fn=Prefix(trunk[:cut]),

@@ -99,6 +99,13 @@ def test_fine_tune_needs_a_frozen_backbone(make_config, disease_root):
         make_config(data={"root": str(disease_root)}, training={"fine_tune": {"epochs": 2}})
 
 
+def test_too_many_blocks_fail_before_any_training(make_config, disease_root):
+    config = make_config(**_sections(disease_root, fine_tune={"epochs": 2, "blocks": 99}))
+    with pytest.raises(ModelError, match=r"fine_tune.blocks: 99 is more than the 5 blocks of ResNet; use 1 to 5"):
+        pipeline.train(config)
+    assert not (config.output_dir / "default").exists()  # no run folder left behind
+
+
 def test_backbones_that_are_no_chain_fine_tune_on_images(make_config, disease_root):
     sections = _sections(disease_root, feature_cache=True, fine_tune={"epochs": 1, "blocks": 1})
     sections["model"] = {"backbone": "test_vit", "freeze_backbone": True}

@@ -166,7 +166,4 @@ def to_channels_last(model: nn.Module) -> None:
 
 def input_format(model: nn.Module) -> torch.memory_format:
     """The memory format 4-D inputs of ``model`` should have (channels_last after :func:`to_channels_last`)."""
-    inner = getattr(model, "model", model)  # a wrapper around the network (the fine-tune phase's CutSuffix)
-    if getattr(model, "plantpheno_channels_last", False) or getattr(inner, "plantpheno_channels_last", False):
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.channels_last if getattr(model, "plantpheno_channels_last", False) else torch.contiguous_format

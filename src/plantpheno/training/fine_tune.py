@@ -119,6 +119,8 @@ class CutSuffix(nn.Module):
         super().__init__()
         self.model = model
         self._suffix = list(suffix)  # a plain list: the modules are already registered under `model`
+        # inputs take the network's memory format (plantpheno.models.input_format)
+        self.plantpheno_channels_last = getattr(model, "plantpheno_channels_last", False)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         for module in self._suffix:
