@@ -16,6 +16,7 @@ from plantpheno.data.batch_augment import (
     NUM_PARAMS,
     BatchAugment,
     _hue_matrix,
+    affine_grid,
     augment_batch,
     center_square,
 )
@@ -40,6 +41,14 @@ def _identity_params(n: int) -> torch.Tensor:
 
 def _as_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+
+@pytest.mark.parametrize("size", [1, 7, 32])
+def test_affine_grid_equals_torch(size):
+    gen = torch.Generator().manual_seed(size)
+    theta = torch.randn(5, 2, 3, generator=gen)
+    expected = torch.nn.functional.affine_grid(theta, [5, 3, size, size], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, size), expected, rtol=0, atol=1e-6)
 
 
 def test_no_augmentation_returns_the_normalised_pixels():

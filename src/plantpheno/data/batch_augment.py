@@ -94,8 +94,8 @@ class BatchAugment:
         identity = bool((theta - _IDENTITY.to(x.device)).abs().max() < 1e-12) and x.shape[-1] == size
         if identity:
             return x
-        grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return F.grid_sample(x, affine_grid(theta, size), mode="bilinear", padding_mode="reflection",
+                             align_corners=False)
 
     def _colour(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Brightness, contrast, saturation and hue folded into one 3x3 matrix and offset per image, and the
@@ -114,6 +114,20 @@ class BatchAugment:
         mean, std = self.mean.to(x.device).view(1, 3, 1), self.std.to(x.device).view(1, 3, 1)
         out = torch.baddbmm((offset - mean) / std, c * b * matrix / std, x.reshape(n, 3, -1))
         return torch.clamp(out, (0 - mean) / std, (1 - mean) / std, out=out).view_as(x)
+
+
+def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [N, C, size, size], align_corners=False)``, computed as two broadcast sums per
+    coordinate instead of a (N, size*size, 3) x (N, 3, 2) batched matmul: 0.018 instead of 0.10 ms per 128 px
+    image on one core, as much as the resampling itself took (equal to float rounding)."""
+    n = theta.shape[0]
+    base = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1  # pixel centres
+    grid = torch.empty(n, size, size, 2, dtype=theta.dtype, device=theta.device)
+    for k in range(2):  # output x, then y: theta[k] . (column, row, 1)
+        along_x = theta[:, k, 0, None, None] * base.view(1, 1, size)
+        along_y = theta[:, k, 1, None, None] * base.view(1, size, 1) + theta[:, k, 2, None, None]
+        torch.add(along_x, along_y, out=grid[..., k])
+    return grid
 
 
 # ITU-R 601-2 luma (torchvision's rgb_to_grayscale weights), and the NTSC RGB -> YIQ matrix
