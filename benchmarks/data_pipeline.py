@@ -120,13 +120,17 @@ def _imagefolder_loader(config, train_paths: set[str]) -> torch.utils.data.DataL
 
 def _epochs(loader: torch.utils.data.DataLoader, epochs: int, meter: ProcessMeter,
             set_epoch: bool) -> list[dict[str, float]]:
+    from plantpheno.data.batch_augment import loader_augment, to_device
+
+    augment, main_device = loader_augment(loader), torch.device("cpu")
     rows = []
     for epoch in range(1, epochs + 1):
         if set_epoch:
             loader.sampler.set_epoch(epoch)
         start, count = time.perf_counter(), 0
         for images, _ in loader:
-            count += len(images)
+            # as the trainer receives them: normalised float (batched augmentation sends uint8 from its workers)
+            count += len(to_device(images, main_device, augment=augment))
         wall = time.perf_counter() - start
         peak, cpu = meter.take()
         rows.append({"img_s": count / wall, "img_per_cpu_s": count / cpu, "rss_mib": peak / 2**20})

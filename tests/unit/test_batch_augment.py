@@ -19,6 +19,7 @@ from plantpheno.data.batch_augment import (
     affine_grid,
     augment_batch,
     center_square,
+    to_device,
 )
 
 NO_AUG = {"crop_scale": (1.0, 1.0), "rotation": 0.0, "hflip": 0.0, "vflip": 0.0, "color_jitter": 0.0, "hue": 0.0}
@@ -55,8 +56,27 @@ def test_no_augmentation_returns_the_normalised_pixels():
     images = _images(3, 32)
     aug = BatchAugment(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), AugmentConfig(**NO_AUG))
     out = augment_batch(aug, list(images), seeds=[1, 2, 3])
+    assert out.dtype == torch.uint8 and torch.equal(out, torch.from_numpy(images).permute(0, 3, 1, 2))
     mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
-    torch.testing.assert_close(out, (_as_float(images) - mean) / std)
+    normalised = to_device(out, torch.device("cpu"), augment=aug, memory_format=torch.channels_last)
+    assert normalised.dtype == torch.float32 and normalised.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(normalised, (_as_float(images) - mean) / std)
+    with pytest.raises(ValueError, match="without the loader's augmenter"):
+        to_device(out, torch.device("cpu"), augment=None)
+
+
+def test_augmented_pixels_are_rounded_to_the_nearest_level():
+    # a horizontal ramp sampled halfway between pixels: the mean of neighbours, rounded half up
+    ramp = torch.arange(0, 64, dtype=torch.uint8).mul(3).view(1, 1, 1, 64).expand(1, 3, 64, 64).contiguous()
+    aug = BatchAugment(32, (0, 0, 0), (1, 1, 1), AugmentConfig(**NO_AUG))
+    p = _identity_params(1)
+    p[0, 0] = 1 / 64  # shift the window by half a pixel: each output pixel reads 2 columns equally
+    p[0, 2] = p[0, 3] = 0.5
+    out = aug.pixels(ramp, p)
+    assert out.dtype == torch.uint8
+    # columns 16..47 at centres c + 0.5: (3c + 3(c+1)) / 2 = 3c + 1.5, rounded up
+    expected = (torch.arange(16, 48) * 3 + 2).to(torch.uint8)
+    assert torch.equal(out[0, 0, 5], expected)
 
 
 def test_flips_mirror_the_image_exactly():
@@ -126,6 +146,7 @@ def test_colour_jitter_agrees_with_torchvision(factors, mean_tolerance):
     x = images.float() / 255
     ref = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, brightness), contrast),
                                              saturation), hue)
+    ref = (ref * 255).round() / 255  # the augmenter rounds to uint8 levels, as torchvision does on uint8 images
     assert (out - ref).abs().mean() < mean_tolerance
     if hue:  # and the hue turns the way torchvision's does
         assert (out - ref).abs().mean() < 0.8 * (out - TF.adjust_hue(ref, -2 * hue)).abs().mean()

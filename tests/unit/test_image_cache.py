@@ -45,17 +45,18 @@ def odd_images(tmp_path: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("mode", ["memory", "disk"])
-@pytest.mark.parametrize("spec", [CacheSpec(32, upscale=True), CacheSpec(37, upscale=False)], ids=["eval", "train"])
+@pytest.mark.parametrize("spec", [CacheSpec(32), CacheSpec(37)], ids=["eval", "train"])
 def test_cache_holds_exactly_a_fresh_decode_and_resize(odd_images, tmp_path, mode, spec) -> None:
     cache = build_image_cache(odd_images, spec, mode=mode, fingerprint="f", directory=tmp_path / "c", workers=2)
     assert len(cache) == len(odd_images)
     for i, path in enumerate(odd_images):
         image = load_rgb(path)
         short = min(image.size)
-        fresh = T.Resize(spec.short_side, antialias=True)(image) if spec.upscale or short > spec.short_side else image
+        fresh = T.Resize(spec.short_side, antialias=True)(image)  # larger and smaller images alike
+        assert min(fresh.size) == spec.short_side and short != spec.short_side
         assert np.array_equal(cache.array(i), np.asarray(fresh)), path.name
         assert np.array_equal(np.asarray(cache.image(i)), np.asarray(fresh)), path.name
-        if spec.upscale:  # the eval cache: the whole evaluation transform gives the same tensor
+        if spec.short_side == 32:  # the eval cache: the whole evaluation transform gives the same tensor
             evaluate = eval_transform(spec.short_side, (0.5,) * 3, (0.5,) * 3)
             assert torch.equal(evaluate(cache.image(i)), evaluate(image)), path.name
     again = pickle.loads(pickle.dumps(cache))  # what a spawned DataLoader worker receives
@@ -85,7 +86,7 @@ def test_evaluation_pixels_are_identical_with_and_without_cache(make_config, dis
 
 def test_training_without_augmentation_sees_the_same_pixels_as_uncached(make_config, disease_root) -> None:
     no_crop = make_config(data={"root": str(disease_root), "image_size": 40, "augment": {"crop_scale": [1, 1]}})
-    assert cache_spec(no_crop.data, train=True) == CacheSpec(40, upscale=True)  # no margin without random crops
+    assert cache_spec(no_crop.data, train=True) == CacheSpec(40)  # no margin without random crops
     data = {"root": str(disease_root), "image_size": 40, "augment": {"enabled": False}}
     plain = _loaders(make_config(data=data))
     cached = _loaders(make_config(data={**data, "cache": "disk"}))

@@ -23,8 +23,9 @@ What differs from the per-sample path (``batched: false``):
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -76,12 +77,30 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """``images`` (N, 3, S, S) uint8 and ``params`` (N, NUM_PARAMS) -> normalised float (N, 3, size, size)."""
-        x = images.float().div_(255)
-        p = params.to(device=x.device, dtype=torch.float32)
-        x = self._geometry(x, p)
+        return self.normalise(self.pixels(images, params))
+
+    def pixels(self, images: torch.Tensor, params: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The augmented images as uint8 (N, 3, size, size), rounded to the nearest level, as torchvision's uint8
+        and PIL pipelines round after each step; written into ``out`` when given. A quarter of float32's bytes
+        to send from a loader worker (and to a GPU), normalised by :meth:`normalise` where they are used."""
+        p = params.to(device=images.device, dtype=torch.float32)
+        x = self._geometry(images.float(), p)  # in 0..255: resampling and colour matrices are linear
         if self.augment.color_jitter > 0 or self.augment.hue > 0:
-            return self._colour(x, p)  # normalises too
-        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))  # in place: one batch buffer fewer
+            x = self._colour(x, p)  # adds 0.5 and clamps to [0.5, 255.5]
+        else:
+            x = x.add_(0.5) if x.data_ptr() != images.data_ptr() else x + 0.5
+        if out is None:
+            out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+        return out.copy_(x)  # float -> uint8 truncates: round half up
+
+    def normalise(self, pixels: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+                  ) -> torch.Tensor:
+        """uint8 pixels (N, 3, H, W) -> ``(pixels / 255 - mean) / std`` as float32 in ``memory_format``."""
+        scale = (1 / (255 * self.std)).to(pixels.device)
+        shift = (-self.mean / self.std).to(pixels.device)
+        # in NCHW, then the layout: a (1, 3, 1, 1) broadcast over channels_last's innermost channels is 6x slower
+        x = pixels.to(dtype=torch.float32, memory_format=torch.contiguous_format).mul_(scale).add_(shift)
+        return x.contiguous(memory_format=memory_format)
 
     def _geometry(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -98,9 +117,9 @@ class BatchAugment:
                              align_corners=False)
 
     def _colour(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast, saturation and hue folded into one 3x3 matrix and offset per image, and the
-        normalisation ``(y - mean) / std`` folded into them too; the clip to [0, 1] becomes a clip to each
-        channel's normalised bounds (the same thing: normalising is increasing in y). One pass over the pixels."""
+        """Brightness, contrast, saturation and hue of 0..255 images folded into one 3x3 matrix and offset per
+        image; plus 0.5 and clamped to [0.5, 255.5], so that truncating to uint8 rounds the clipped value.
+        One pass over the pixels."""
         n = x.shape[0]
         b, c, s = (p[:, col].view(n, 1, 1) for col in (_BRIGHT, _CONTRAST, _SAT))
         eye = torch.eye(3, device=x.device).expand(n, 3, 3)
@@ -111,9 +130,8 @@ class BatchAugment:
         grey_mean = (x.mean(dim=(-2, -1)) @ luma).view(n, 1, 1)  # mean of the grey image, without making it
         # contrast blends b*x with its mean grey level b*m: c*b*x + (1-c)*b*m
         offset = matrix @ ((1 - c) * b * grey_mean).expand(n, 3, 1)
-        mean, std = self.mean.to(x.device).view(1, 3, 1), self.std.to(x.device).view(1, 3, 1)
-        out = torch.baddbmm((offset - mean) / std, c * b * matrix / std, x.reshape(n, 3, -1))
-        return torch.clamp(out, (0 - mean) / std, (1 - mean) / std, out=out).view_as(x)
+        out = torch.baddbmm(offset + 0.5, c * b * matrix, x.reshape(n, 3, -1))
+        return torch.clamp(out, 0.5, 255.5, out=out).view_as(x)
 
 
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
@@ -152,8 +170,8 @@ def _hue_matrix(shift: torch.Tensor) -> torch.Tensor:
 def center_square(image: np.ndarray, side: int) -> np.ndarray:
     """The centre square of an (H, W, 3) uint8 image at ``side`` x ``side`` (a view where no resize is needed).
 
-    For random-crop training the cache already stores the shorter side at ``side``, so this is a slice;
-    images stored smaller are resized up.
+    The training cache (and the uncached decode) already give the shorter side at ``side``, so this is a
+    slice; an image of another size is resized (slow: a PIL resize per image).
     """
     height, width = image.shape[:2]
     short = min(height, width)
@@ -180,20 +198,19 @@ def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: S
     params = torch.from_numpy(np.stack([augment.params(seed) for seed in seeds]))
     if defer:
         return Pending(pixels.contiguous(), params)
-    size = augment.image_size
-    shape = (len(squares), 3, size, size)
+    shape = (len(squares), 3, augment.image_size, augment.image_size)
     if torch.utils.data.get_worker_info() is not None:
         # in a loader worker, fill a tensor in shared memory (as default_collate does), so sending it to the
         # main process copies nothing
-        storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape), device="cpu")
-        out = torch.empty(0).new(storage).view(shape)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))
+        out = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
     else:
-        out = torch.empty(shape)
+        out = torch.empty(shape, dtype=torch.uint8)
     # a few images at a time: small temporaries keep the worker's heap small (see
     # plantpheno.data.datasets.fixed_malloc_mmap_threshold) and in cache; 224 px: ~2x the images/s of
     # whole-batch temporaries, and 0.1-0.2 GiB per worker instead of 0.65+ GiB and growing
     for start in range(0, len(squares), CHUNK):
-        out[start:start + CHUNK] = augment(pixels[start:start + CHUNK], params[start:start + CHUNK])
+        augment.pixels(pixels[start:start + CHUNK], params[start:start + CHUNK], out=out[start:start + CHUNK])
     return out
 
 
@@ -202,16 +219,45 @@ CHUNK = 8
 
 def to_device(images: torch.Tensor | Pending, device: torch.device, *, augment: BatchAugment | None,
               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Move a batch to ``device``; a :class:`Pending` batch is augmented there first."""
-    if isinstance(images, Pending):
+    """Move a batch to ``device`` as normalised float: a :class:`Pending` batch is augmented there, and the uint8
+    batches of :func:`augment_batch` are normalised there (with ``augment``'s mean and std)."""
+    if device.type == "cpu":
+        with one_thread():
+            return _to_device(images, device, augment=augment, memory_format=memory_format)
+    return _to_device(images, device, augment=augment, memory_format=memory_format)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a few small CPU tensor ops on one thread. Spread over the intra-op pool, a batch's conversion (~1 ms)
+    leaves the pool's threads spinning after each op, taking the cores the loader workers need: measured with
+    2 threads on 2 cores, the main process spent 0.52 CPU-s per epoch instead of 0.11, and the pipeline gave
+    2600 instead of 4500 images/s."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+def _to_device(images: torch.Tensor | Pending, device: torch.device, *, augment: BatchAugment | None,
+               memory_format: torch.memory_format) -> torch.Tensor:
+    if isinstance(images, Pending) or images.dtype == torch.uint8:
         if augment is None:
-            raise ValueError("a batch left for on-device augmentation reached a loop without an augmenter")
-        pixels = images.pixels.to(device, non_blocking=True)
-        return augment(pixels, images.params.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+            raise ValueError("a batch of uint8 pixels (augmented in the loader, or left for the device) reached a "
+                             "loop without the loader's augmenter to finish it (see loader_augment)")
+        if isinstance(images, Pending):
+            pixels = images.pixels.to(device, non_blocking=True)
+            return augment(pixels, images.params.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+        return augment.normalise(images.to(device, non_blocking=True), memory_format)
     return images.to(device, non_blocking=True, memory_format=memory_format)
 
 
 def loader_augment(loader: object) -> BatchAugment | None:
-    """The augmenter of a loader whose dataset defers augmentation to the device, else None."""
+    """The augmenter of a loader whose dataset augments whole batches (its batches need :func:`to_device` to
+    finish them), else None."""
     batched = getattr(getattr(loader, "dataset", None), "batched", None)
-    return batched[0] if batched is not None and batched[2] else None
+    return batched[0] if batched is not None else None

@@ -142,7 +142,7 @@ class Trainer:
         self._emit("on_epoch_start")
         acc = state.partial
         tick = time.perf_counter()
-        augment = loader_augment(loader)  # set when the augmentations run here, on the device
+        augment = loader_augment(loader)  # set when the batches come as uint8 (and maybe unaugmented)
         for images, target in loader:
             images = to_device(images, self.device, augment=augment, memory_format=self.memory_format)
             target = target.to(self.device, non_blocking=True)
