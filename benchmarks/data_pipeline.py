@@ -12,12 +12,13 @@ For each image size it iterates the training DataLoader for a few epochs with
   decoded: the ceiling the augmentations leave room for.
 
 It reports the setup time (building the loaders, which fills a cache), images/s of epoch 1 and of
-the later epochs (wall clock, and per CPU second of the main process + workers: steadier on a
+the later epochs (their median; wall clock, and per CPU second of the main process + workers: steadier on a
 shared machine), and the peak resident memory (main process + workers, summed; shared pages are
-counted once per process that touched them) per epoch. Results go to
+counted once per process that touched them) and the peak proportional set size (PSS: shared pages
+split among the processes; the memory really held) per epoch. Results go to
 ``benchmarks/results/data_pipeline.{json,md}``.
 
-    .venv/bin/python benchmarks/data_pipeline.py [--sizes 128 224] [--epochs 3] [--workers 2]
+    .venv/bin/python benchmarks/data_pipeline.py [--sizes 128 224] [--epochs 5] [--workers 2]
     .venv/bin/python benchmarks/data_pipeline.py --enlarge 1536 --limit 400 --sizes 224   # camera-sized photos
 """
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -45,14 +47,17 @@ PIPELINES = ("imagefolder", "none", "memory", "disk", "disk-reused", "memory-per
 
 
 class ProcessMeter:
-    """Samples this process and its children in a thread: peak summed RSS and CPU seconds used.
+    """Samples this process and its children in a thread: peak summed RSS, peak summed PSS and CPU seconds used.
 
-    ``take()`` returns (peak RSS, CPU seconds) since the previous call. CPU time is what the work
-    cost whatever else runs on the machine, so it is the steadier figure on a shared machine.
+    ``take()`` returns (peak RSS, peak PSS, CPU seconds) since the previous call. CPU time is what the work
+    cost whatever else runs on the machine, so it is the steadier figure on a shared machine. RSS counts a
+    shared page once per process that touched it: with a memory cache it grows while each worker first
+    reads cached images it had not read yet. PSS splits each shared page among the processes mapping it, so
+    the sum is the memory the job really holds: the figure for "memory stays flat".
     """
 
     def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self.peak_pss, self._stop = interval, 0, 0, threading.Event()
         self._cpu: dict[int, float] = {}  # last CPU seconds seen per process (workers exit later)
         self._cpu_taken = 0.0
         self._lock = threading.Lock()
@@ -63,30 +68,31 @@ class ProcessMeter:
 
     def _sample(self) -> None:
         me = psutil.Process()
-        total = 0
+        total = total_pss = 0
         for proc in (me, *me.children(recursive=True)):
             try:
                 with proc.oneshot():
-                    total += proc.memory_info().rss
+                    memory = proc.memory_full_info()
                     times = proc.cpu_times()
+                total, total_pss = total + memory.rss, total_pss + memory.pss
             except psutil.Error:
                 continue
             with self._lock:
                 self._cpu[proc.pid] = times.user + times.system
-        self.peak = max(self.peak, total)
+        self.peak, self.peak_pss = max(self.peak, total), max(self.peak_pss, total_pss)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._sample()
             time.sleep(self.interval)
 
-    def take(self) -> tuple[int, float]:
+    def take(self) -> tuple[int, int, float]:
         self._sample()
         with self._lock:
             cpu_now = sum(self._cpu.values())
-        peak, self.peak = self.peak, 0
+        peak, peak_pss, self.peak, self.peak_pss = self.peak, self.peak_pss, 0, 0
         cpu, self._cpu_taken = cpu_now - self._cpu_taken, cpu_now
-        return peak, cpu
+        return peak, peak_pss, cpu
 
     def close(self) -> None:
         self._stop.set()
@@ -132,8 +138,9 @@ def _epochs(loader: torch.utils.data.DataLoader, epochs: int, meter: ProcessMete
             # as the trainer receives them: normalised float (batched augmentation sends uint8 from its workers)
             count += len(to_device(images, main_device, augment=augment))
         wall = time.perf_counter() - start
-        peak, cpu = meter.take()
-        rows.append({"img_s": count / wall, "img_per_cpu_s": count / cpu, "rss_mib": peak / 2**20})
+        peak, peak_pss, cpu = meter.take()
+        rows.append({"img_s": count / wall, "img_per_cpu_s": count / cpu, "rss_mib": peak / 2**20,
+                     "pss_mib": peak_pss / 2**20})
     return rows
 
 
@@ -157,14 +164,15 @@ def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: 
     meter.close()
     del loader
 
-    def later(key: str) -> float | None:
-        return round(sum(r[key] for r in rows[1:]) / (len(rows) - 1), 1) if len(rows) > 1 else None
+    def later(key: str) -> float | None:  # the median: a burst from another job on the machine moves it least
+        return round(statistics.median(r[key] for r in rows[1:]), 1) if len(rows) > 1 else None
 
     return {"image_size": size, "pipeline": pipeline, "build_s": round(build_s, 2),
             "epoch1_img_s": round(rows[0]["img_s"], 1), "later_img_s": later("img_s"),
             "epoch1_img_per_cpu_s": round(rows[0]["img_per_cpu_s"], 1), "later_img_per_cpu_s": later("img_per_cpu_s"),
             "img_s_per_epoch": [round(r["img_s"], 1) for r in rows],
-            "peak_rss_mib_per_epoch": [round(r["rss_mib"]) for r in rows]}
+            "peak_rss_mib_per_epoch": [round(r["rss_mib"]) for r in rows],
+            "peak_pss_mib_per_epoch": [round(r["pss_mib"]) for r in rows]}
 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -173,8 +181,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"# Data pipeline benchmark ({meta['date']})", "",
              f"{meta['machine']}; {meta['settings']}. {meta['note']}", "",
              ("| size | pipeline | setup s | epoch 1 img/s | epochs 2+ img/s | vs ImageFolder | "
-             "epochs 2+ img/CPU-s | vs ImageFolder (CPU) | peak RSS MiB/epoch |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+             "epochs 2+ img/CPU-s | vs ImageFolder (CPU) | peak PSS MiB/epoch | peak RSS MiB/epoch |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def ratio(r: dict[str, Any], key: str) -> str:
         ref = base.get(r["image_size"], {}).get(key)
@@ -183,7 +191,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in results:
         lines.append(f"| {r['image_size']} | {r['pipeline']} | {r['build_s']} | {r['epoch1_img_s']} | "
                      f"{r['later_img_s']} | {ratio(r, 'later_img_s')} | {r['later_img_per_cpu_s']} | "
-                     f"{ratio(r, 'later_img_per_cpu_s')} | {' / '.join(map(str, r['peak_rss_mib_per_epoch']))} |")
+                     f"{ratio(r, 'later_img_per_cpu_s')} | {' / '.join(map(str, r['peak_pss_mib_per_epoch']))} | "
+                     f"{' / '.join(map(str, r['peak_rss_mib_per_epoch']))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +223,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)

@@ -103,7 +103,6 @@ class BatchAugment:
         return x.contiguous(memory_format=memory_format)
 
     def _geometry(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
         cos, sin = torch.cos(p[:, _ANGLE]), torch.sin(p[:, _ANGLE])
         fx = p[:, _SX] * (1 - 2 * p[:, _HFLIP])  # a flip mirrors the output axis
         fy = p[:, _SY] * (1 - 2 * p[:, _VFLIP])
