@@ -23,9 +23,8 @@ What differs from the per-sample path (``batched: false``):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -206,44 +205,30 @@ def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: S
     else:
         out = torch.empty(shape, dtype=torch.uint8)
     # a few images at a time: small temporaries keep the worker's heap small (see
-    # plantpheno.data.datasets.fixed_malloc_mmap_threshold) and in cache; 224 px: ~2x the images/s of
-    # whole-batch temporaries, and 0.1-0.2 GiB per worker instead of 0.65+ GiB and growing
-    for start in range(0, len(squares), CHUNK):
-        augment.pixels(pixels[start:start + CHUNK], params[start:start + CHUNK], out=out[start:start + CHUNK])
+    # plantpheno.data.datasets.fixed_malloc_mmap_threshold) and in cache
+    chunk = chunk_size(pixels.shape[-1], augment.image_size)
+    for start in range(0, len(squares), chunk):
+        augment.pixels(pixels[start:start + chunk], params[start:start + chunk], out=out[start:start + chunk])
     return out
 
 
-CHUNK = 8
+CHUNK_BYTES = 5 << 20
+
+
+def chunk_size(source: int, size: int) -> int:
+    """Images augmented together: as many as keep the float temporaries (source, grid, output: ~4 * (3 * source^2
+    + 5 * size^2) bytes an image) within ``CHUNK_BYTES``. Measured on this project's 2-core machine (2 MiB of L2
+    a core), grid_sample alone, ms an image: 128 px from 148 px, 8 at a time 0.114, 32 at a time 0.24; 224 px
+    from 258 px, 2 at a time 0.35, 8 at a time 0.58, 32 at a time 0.83. Whole batches at 224 px also grew each
+    worker's memory past 0.65 GiB."""
+    per_image = 4 * (3 * source * source + 5 * size * size)
+    return max(1, min(32, CHUNK_BYTES // per_image))
 
 
 def to_device(images: torch.Tensor | Pending, device: torch.device, *, augment: BatchAugment | None,
               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Move a batch to ``device`` as normalised float: a :class:`Pending` batch is augmented there, and the uint8
     batches of :func:`augment_batch` are normalised there (with ``augment``'s mean and std)."""
-    if device.type == "cpu":
-        with one_thread():
-            return _to_device(images, device, augment=augment, memory_format=memory_format)
-    return _to_device(images, device, augment=augment, memory_format=memory_format)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run a few small CPU tensor ops on one thread. Spread over the intra-op pool, a batch's conversion (~1 ms)
-    leaves the pool's threads spinning after each op, taking the cores the loader workers need: measured with
-    2 threads on 2 cores, the main process spent 0.52 CPU-s per epoch instead of 0.11, and the pipeline gave
-    2600 instead of 4500 images/s."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
-
-
-def _to_device(images: torch.Tensor | Pending, device: torch.device, *, augment: BatchAugment | None,
-               memory_format: torch.memory_format) -> torch.Tensor:
     if isinstance(images, Pending) or images.dtype == torch.uint8:
         if augment is None:
             raise ValueError("a batch of uint8 pixels (augmented in the loader, or left for the device) reached a "
