@@ -8,8 +8,9 @@ For each image size it iterates the training DataLoader for a few epochs with
   cache) and ``disk-reused`` (a second run mapping that cache);
 * ``memory-per-sample``: the memory cache with ``data.augment.batched: false`` (torchvision's
   per-image transforms; the other plantpheno rows augment whole batches);
-* ``memory-noaug``: the memory cache with augmentation off, i.e. what is left once the pixels are
-  decoded: the ceiling the augmentations leave room for.
+* ``memory-noaug``: the memory cache with augmentation off: each image goes through the evaluation
+  transforms one at a time (torchvision's centre crop, ``ToTensor`` and ``Normalize``). Since uint8
+  batches and per-chunk resampling, the batched augmentations deliver more images/s than this.
 
 It reports the setup time (building the loaders, which fills a cache), images/s of epoch 1 and of
 the later epochs (their median; wall clock, and per CPU second of the main process + workers: steadier on a

@@ -20,6 +20,7 @@ from plantpheno.data.batch_augment import (
     augment_batch,
     center_square,
     to_device,
+    uniforms,
 )
 
 NO_AUG = {"crop_scale": (1.0, 1.0), "rotation": 0.0, "hflip": 0.0, "vflip": 0.0, "color_jitter": 0.0, "hue": 0.0}
@@ -113,10 +114,21 @@ def test_a_sample_comes_out_the_same_in_any_batch():
     assert not torch.allclose(alone, other_seed)
 
 
+def test_uniform_draws_look_uniform_and_independent():
+    u = uniforms(np.arange(20_000), 29)  # consecutive seeds, as a user's small seeds would be
+    assert u.shape == (20_000, 29) and u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+    assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 0.095 * u.size
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.03  # draws of one sample
+    assert abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 0.03  # neighbouring seeds
+    assert np.array_equal(uniforms([5], 29), uniforms([9, 5], 29)[1:])
+
+
 def test_parameters_follow_the_config_ranges():
     config = AugmentConfig(crop_scale=(0.5, 0.8), rotation=15, hflip=0.5, vflip=0.0, color_jitter=0.3, hue=0.05)
     aug = BatchAugment(32, (0.5,) * 3, (0.5,) * 3, config)
-    p = np.stack([aug.params(seed) for seed in range(400)])
+    p = aug.params(range(400))
+    assert np.array_equal(aug.params([7, 3])[1], aug.params([3])[0])  # a row depends on its own seed only
     area = p[:, 2] * p[:, 3]
     assert area.min() >= 0.5 - 1e-9 and area.max() <= 0.8 + 1e-9
     assert (np.abs(p[:, 0]) + p[:, 2] <= 1 + 1e-9).all() and (np.abs(p[:, 1]) + p[:, 3] <= 1 + 1e-9).all()

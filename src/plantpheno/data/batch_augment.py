@@ -8,6 +8,11 @@ crop + rotation + flips in a single resampling, and brightness, contrast, satura
 batched tensor arithmetic. The result is deterministic per sample (it depends on the sample's seed, not
 on the batch it lands in or the number of workers), so exact resume keeps working.
 
+A loader worker sends the augmented batch as uint8, rounded to the nearest level (as torchvision's uint8
+and PIL pipelines round after each step), and :func:`to_device` normalises it where it is used: a quarter
+of float32's bytes to share between processes (allocating the shared block is most of the cost of sending
+a batch) and to copy to a GPU.
+
 What differs from the per-sample path (``batched: false``):
 
 * crops are taken inside the centre square of the image (the region the evaluation crop sees); for
@@ -39,6 +44,31 @@ _CX, _CY, _SX, _SY, _ANGLE, _HFLIP, _VFLIP, _BRIGHT, _CONTRAST, _SAT, _HUE = ran
 NUM_PARAMS = 11
 _LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # RandomResizedCrop's default aspect-ratio range
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+# the uniform draws of a sample: 10 crop tries (area, then aspect ratio), crop position, angle, flips, colour
+_CROP_TRIES = 10
+_U_AREA, _U_RATIO = slice(0, _CROP_TRIES), slice(_CROP_TRIES, 2 * _CROP_TRIES)
+_U_X, _U_Y, _U_ANGLE, _U_HFLIP, _U_VFLIP, _U_HUE = range(2 * _CROP_TRIES, 2 * _CROP_TRIES + 6)
+_U_COLOUR = slice(2 * _CROP_TRIES + 6, 2 * _CROP_TRIES + 9)
+_DRAWS = 2 * _CROP_TRIES + 9
+
+
+def uniforms(seeds: Sequence[int] | np.ndarray, count: int) -> np.ndarray:
+    """(N, count) float64 uniforms in [0, 1): draw k of sample i is SplitMix64's output for the state
+    ``mix(seeds[i]) + (k+1) * golden`` (a counter-based generator, as Java's SplittableRandom), so each row
+    depends on its own seed only; mixing the seed first keeps seeds a multiple of the golden step apart from
+    sharing draws."""
+    state = _mix64(np.asarray(seeds, dtype=np.uint64).reshape(-1, 1))
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+        z = _mix64(state + np.arange(1, count + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Stafford's variant 13) on uint64s."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 class BatchAugment:
@@ -50,28 +80,34 @@ class BatchAugment:
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
 
-    def params(self, seed: int) -> np.ndarray:
-        """One sample's parameters, from its seed alone (a float64 vector of :data:`NUM_PARAMS`)."""
-        a, rng = self.augment, np.random.default_rng(seed)
-        p = np.zeros(NUM_PARAMS)
+    def params(self, seeds: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Each sample's parameters from its seed alone: a float64 (N, :data:`NUM_PARAMS`) array. Row i depends
+        only on ``seeds[i]`` (its random numbers are a hash of the seed and a counter, :func:`uniforms`), and
+        the whole batch is drawn in a few array operations: 4 instead of 17 us an image."""
+        a = self.augment
+        u = uniforms(seeds, _DRAWS)
+        n = len(u)
+        p = np.zeros((n, NUM_PARAMS))
         low, high = a.crop_scale
-        w = h = 1.0  # crop size as fractions of the source square's side
-        if (low, high) != (1.0, 1.0):
-            for _ in range(10):  # RandomResizedCrop: area fraction and log aspect ratio, 10 tries
-                area, ratio = rng.uniform(low, high), math.exp(rng.uniform(*_LOG_RATIO))
-                cw, ch = math.sqrt(area * ratio), math.sqrt(area / ratio)
-                if cw <= 1 and ch <= 1:
-                    w, h = cw, ch
-                    break
-        x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+        w = h = np.ones(n)  # crop size as fractions of the source square's side
+        if (low, high) != (1.0, 1.0):  # RandomResizedCrop: area fraction and log aspect ratio, 10 tries
+            area = low + (high - low) * u[:, _U_AREA]
+            ratio = np.exp(_LOG_RATIO[0] + (_LOG_RATIO[1] - _LOG_RATIO[0]) * u[:, _U_RATIO])
+            cw, ch = np.sqrt(area * ratio), np.sqrt(area / ratio)
+            fits = (cw <= 1) & (ch <= 1)
+            first = fits.argmax(axis=1)  # the first try that fits; none fits: the whole square
+            rows = np.arange(n)
+            w = np.where(fits.any(axis=1), cw[rows, first], 1.0)
+            h = np.where(fits.any(axis=1), ch[rows, first], 1.0)
+        x0, y0 = u[:, _U_X] * (1 - w), u[:, _U_Y] * (1 - h)
         # grid_sample coordinates run from -1 to 1 across the source: centre and half-extent of the crop
-        p[_CX], p[_CY], p[_SX], p[_SY] = 2 * x0 + w - 1, 2 * y0 + h - 1, w, h
-        p[_ANGLE] = math.radians(rng.uniform(-a.rotation, a.rotation)) if a.rotation > 0 else 0.0
-        p[_HFLIP] = float(rng.random() < a.hflip)
-        p[_VFLIP] = float(rng.random() < a.vflip)
+        p[:, _CX], p[:, _CY], p[:, _SX], p[:, _SY] = 2 * x0 + w - 1, 2 * y0 + h - 1, w, h
+        p[:, _ANGLE] = np.radians(a.rotation * (2 * u[:, _U_ANGLE] - 1))
+        p[:, _HFLIP] = u[:, _U_HFLIP] < a.hflip
+        p[:, _VFLIP] = u[:, _U_VFLIP] < a.vflip
         c = a.color_jitter
-        p[_BRIGHT], p[_CONTRAST], p[_SAT] = (rng.uniform(max(0.0, 1 - c), 1 + c, size=3) if c > 0 else (1, 1, 1))
-        p[_HUE] = rng.uniform(-a.hue, a.hue) if a.hue > 0 else 0.0
+        p[:, [_BRIGHT, _CONTRAST, _SAT]] = max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[:, _U_COLOUR]
+        p[:, _HUE] = a.hue * (2 * u[:, _U_HUE] - 1)
         return p
 
     def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -193,7 +229,7 @@ def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: S
     them as :class:`Pending` for :func:`to_device` to augment on the training device (4x fewer bytes cross
     from the workers, and the GPU does the arithmetic)."""
     pixels = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2)  # a copy: squares may be read-only views
-    params = torch.from_numpy(np.stack([augment.params(seed) for seed in seeds]))
+    params = torch.from_numpy(augment.params(seeds))
     if defer:
         return Pending(pixels.contiguous(), params)
     shape = (len(squares), 3, augment.image_size, augment.image_size)
