@@ -158,7 +158,7 @@ def _epochs(loader: torch.utils.data.DataLoader, epochs: int, meter: ProcessMete
 def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: int, batch: int, workers: int,
             epochs: int) -> dict[str, Any]:
     """Build one pipeline's train loader and time its epochs."""
-    from plantpheno.data.datasets import build_loaders
+    from plantpheno.data.datasets import build_loaders, close_loaders
 
     cache = {"none": "none", "imagefolder": "none"}.get(pipeline, pipeline.split("-")[0])
     config = _config(data_root, cache_dir, size=size, batch=batch, workers=workers, cache=cache,
@@ -173,6 +173,8 @@ def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: 
     meter.take()
     rows = _epochs(loader, epochs, meter, set_epoch=pipeline != "imagefolder")
     meter.close()
+    # stop the workers now: left to the garbage collector they linger into the next pipeline's figures
+    close_loaders({"train": loader})
     del loader
 
     def later(key: str) -> float | None:  # the median: a burst from another job on the machine moves it least

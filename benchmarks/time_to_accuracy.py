@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "plantvillage-subset"
@@ -127,10 +128,12 @@ def main() -> None:
                 [], Path(tmp))
         flips = ["data.augment.enabled=true", "data.augment.crop_scale=[1,1]", "data.augment.rotation=0",
                  "data.augment.color_jitter=0", "data.augment.hue=0", "training.feature_cache_views=2"]
+        recipe = yaml.safe_load((REPO / "configs" / "plantvillage_pretrained.yaml").read_text())["training"]
         for seed in range(args.seeds):
             if "cached" not in args.skip:  # the shipped recipe, as is
-                results[f"(c) configs/plantvillage_pretrained.yaml: bundled Lite0, frozen, cache, head + 6 "
-                        f"fine-tune epochs of the last 2 blocks, 224 px, seed {seed}"] = plantpheno_run(
+                results[f"(c) configs/plantvillage_pretrained.yaml: bundled Lite0, frozen, cache, head + "
+                        f"{recipe['fine_tune']['epochs']} fine-tune epochs of the last "
+                        f"{recipe['fine_tune']['blocks']} blocks, 224 px, seed {seed}"] = plantpheno_run(
                     [f"seed={seed}"], Path(tmp), "plantvillage_pretrained.yaml")
             if "head" not in args.skip:
                 results[f"(c0) as (c) without the fine-tune phase, seed {seed}"] = plantpheno_run(
