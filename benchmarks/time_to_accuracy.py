@@ -139,7 +139,8 @@ def main() -> None:
                 results[f"(c0) as (c) without the fine-tune phase, seed {seed}"] = plantpheno_run(
                     [f"seed={seed}", "training.fine_tune.epochs=0"], Path(tmp), "plantvillage_pretrained.yaml")
             if "views" not in args.skip:
-                results[f"(d) as (c) + a cached flip view (feature_cache_views=2), seed {seed}"] = plantpheno_run(
+                results[f"(d) as (c) ({recipe['fine_tune']['epochs']} fine-tune epochs) + a cached flip view "
+                        f"(feature_cache_views=2), seed {seed}"] = plantpheno_run(
                     [f"seed={seed}", *flips], Path(tmp), "plantvillage_pretrained.yaml")
     out = Path(__file__).parent / "results"
     results = _merge_earlier(out / "time_to_accuracy.json", results)
