@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from torchvision.transforms import v2 as T
 
 from plantpheno import pipeline
 from plantpheno.data import cache as cache_module
-from plantpheno.data.cache import CACHE_DIR, CacheSpec, build_image_cache, cache_spec, decode_resized
+from plantpheno.data.cache import CACHE_DIR, CacheSpec, build_image_cache, cache_spec, decode_resized, shared_buffer
 from plantpheno.data.datasets import build_loaders, prepare_data
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform
@@ -174,3 +175,18 @@ def test_training_with_a_cache_completes_and_memory_stays_flat(make_config, dise
     assert len(probe.rss) == epochs
     growth = max(probe.rss[1:]) - probe.rss[1]
     assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB after epoch 2: {probe.rss}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked DataLoader workers are a POSIX thing")
+def test_memory_cache_pages_are_shared_with_forked_workers_not_copied() -> None:
+    # MAP_SHARED: a forked worker maps the very pages of the parent (a private array would be copy-on-write,
+    # and khugepaged copies such pages into each worker's own huge pages over time)
+    pixels = shared_buffer(1 << 20)
+    pixels[:] = 7
+    pid = os.fork()
+    if pid == 0:  # the child writes; only shared pages carry that back to the parent
+        pixels[123] = 42
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert pixels[123] == 42 and pixels[124] == 7
+    assert shared_buffer(0).size == 0

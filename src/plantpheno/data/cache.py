@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+import mmap
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +151,20 @@ class ImageCache:
         return state
 
 
+def shared_buffer(nbytes: int) -> np.ndarray:
+    """A uint8 array in anonymous shared memory (``MAP_SHARED``), for the memory cache.
+
+    Forked DataLoader workers then map the very same pages. A plain ``np.empty`` array is private
+    copy-on-write memory that NumPy marks for transparent huge pages (``MADV_HUGEPAGE`` on arrays of 4 MiB
+    and more). khugepaged then collapses the inherited pages into private huge pages in each worker, which
+    copies them. Measured at 128 px, PSS summed over the processes: it crept from 899 to 1001 MiB over 12
+    epochs, against a plateau at 932 MiB with the memory-mapped disk cache.
+    """
+    if nbytes == 0:
+        return np.empty(0, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.uint8)
+
+
 def build_image_cache(paths: Sequence[Path], spec: CacheSpec, *, mode: str, fingerprint: str,
                       directory: Path | None = None, workers: int | None = None) -> ImageCache:
     """Decode and resize ``paths`` once into an :class:`ImageCache` (``mode``: ``memory`` or ``disk``).
@@ -160,7 +175,7 @@ def build_image_cache(paths: Sequence[Path], spec: CacheSpec, *, mode: str, fing
     paths = [Path(p) for p in paths]
     if mode == "memory":
         shapes = _plan(paths, spec, workers)
-        pixels = np.empty(int((shapes[:, 0] * shapes[:, 1] * 3).sum()), dtype=np.uint8)
+        pixels = shared_buffer(int((shapes[:, 0] * shapes[:, 1] * 3).sum()))
         cache = ImageCache(shapes, pixels=pixels)
         _fill(pixels, cache, paths, spec, workers)
         return cache
