@@ -79,6 +79,8 @@ class BatchAugment:
         self.augment = augment
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+        # (pixels / 255 - mean) / std = pixels * scale + shift
+        self._scale, self._shift = 1 / (255 * self.std), -self.mean / self.std
 
     def params(self, seeds: Sequence[int] | np.ndarray) -> np.ndarray:
         """Each sample's parameters from its seed alone: a float64 (N, :data:`NUM_PARAMS`) array. Row i depends
@@ -119,11 +121,12 @@ class BatchAugment:
         and PIL pipelines round after each step; written into ``out`` when given. A quarter of float32's bytes
         to send from a loader worker (and to a GPU), normalised by :meth:`normalise` where they are used."""
         p = params.to(device=images.device, dtype=torch.float32)
-        x = self._geometry(images.float(), p)  # in 0..255: resampling and colour matrices are linear
+        # in 0..255 (resampling and colour matrices are linear), in a buffer of its own: changed in place below
+        x = self._geometry(images.to(torch.float32, copy=True), p)
         if self.augment.color_jitter > 0 or self.augment.hue > 0:
             x = self._colour(x, p)  # adds 0.5 and clamps to [0.5, 255.5]
         else:
-            x = x.add_(0.5) if x.data_ptr() != images.data_ptr() else x + 0.5
+            x = x.add_(0.5)
         if out is None:
             out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
         return out.copy_(x)  # float -> uint8 truncates: round half up
@@ -131,8 +134,7 @@ class BatchAugment:
     def normalise(self, pixels: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
                   ) -> torch.Tensor:
         """uint8 pixels (N, 3, H, W) -> ``(pixels / 255 - mean) / std`` as float32 in ``memory_format``."""
-        scale = (1 / (255 * self.std)).to(pixels.device)
-        shift = (-self.mean / self.std).to(pixels.device)
+        scale, shift = self._scale.to(pixels.device), self._shift.to(pixels.device)
         # in NCHW, then the layout: a (1, 3, 1, 1) broadcast over channels_last's innermost channels is 6x slower
         x = pixels.to(dtype=torch.float32, memory_format=torch.contiguous_format).mul_(scale).add_(shift)
         return x.contiguous(memory_format=memory_format)
