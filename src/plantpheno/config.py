@@ -456,11 +456,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 
 def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source: str) -> str:
     """One line per problem: ``field: got VALUE; expected ...``."""
-    lines = []
+    lines, union = [], {}  # union: field -> index of its line, to which other members' expectations are added
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
-        field = ".".join(loc) or "(top level)"
         kind = err["type"]
+        if kind not in ("extra_forbidden", "missing"):
+            loc, value = _locate(raw, loc)
+        field = ".".join(loc) or "(top level)"
         if kind == "extra_forbidden":
             known = _known_fields(loc[:-1])
             lines.append(f"{field}: unknown field; expected one of: {', '.join(known)}")
@@ -469,10 +471,13 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
             lines.append(f"{field}: required field is missing")
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        value = _lookup(raw, loc)
         if kind == "value_error" and (not loc or isinstance(value, dict)):
             lines.append(msg)  # a cross-field rule: its message names the fields itself
             continue
+        if field in union:  # another member of a union the value matched none of
+            lines[union[field]] += f", or {_expectation(msg)}"
+            continue
+        union[field] = len(lines)
         lines.append(f"{field}: got {value!r}; expected {_expectation(msg)}")
     return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
 
@@ -482,14 +487,19 @@ def _expectation(msg: str) -> str:
     return msg.removeprefix("input should be ").removeprefix("value should be ")
 
 
-def _lookup(raw: Any, loc: list[str]) -> Any:
+def _locate(raw: Any, loc: list[str]) -> tuple[list[str], Any]:
+    """The field an error is about and the value the config gave it ("(default)" when it gave none). Past a
+    given value that is not a mapping, the rest of pydantic's location names the union member tried (``int``,
+    ``literal['auto']``), not a field: the field ends there."""
     node = raw
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             node = node[part]
+        elif i and not isinstance(node, dict):
+            return loc[:i], node
         else:
-            return "(default)" if node is not raw else None
-    return node
+            return loc, ("(default)" if node is not raw else None)
+    return loc, node
 
 
 def _known_fields(loc: list[str]) -> list[str]:

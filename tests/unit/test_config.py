@@ -77,6 +77,9 @@ def test_all_errors_reported_at_once_with_field_value_and_expectation(tmp_path):
     (["training.warmup_epochs=3", "training.epochs=2"], "training.warmup_epochs (3.0) must be < training.epochs (2)"),
     (["data.extensions=[jpg]"], "data.extensions: got ['jpg']; expected a non-empty list of extensions starting"),
     (["data.root.x=1"], "data.root is a value"),
+    # a union field: one line naming the value given and every member's expectation, not "got '(default)'"
+    (["data.num_workers=lots"], "data.num_workers: got 'lots'; expected a valid integer, unable to parse string "
+                                "as an integer, or 'auto'"),
 ])
 def test_specific_errors(tmp_path, overrides, fragment):
     path = tmp_path / "c.yaml"
