@@ -136,10 +136,8 @@ def _imagefolder_loader(config, train_paths: set[str]) -> torch.utils.data.DataL
 
 
 def _epochs(loader: torch.utils.data.DataLoader, epochs: int, meter: ProcessMeter,
-            set_epoch: bool) -> list[dict[str, float]]:
-    from plantpheno.data.batch_augment import loader_augment, to_device
-
-    augment, main_device = loader_augment(loader), torch.device("cpu")
+            set_epoch: bool, finish) -> list[dict[str, float]]:
+    main_device = torch.device("cpu")
     rows = []
     for epoch in range(1, epochs + 1):
         if set_epoch:
@@ -147,7 +145,7 @@ def _epochs(loader: torch.utils.data.DataLoader, epochs: int, meter: ProcessMete
         start, count = time.perf_counter(), 0
         for images, _ in loader:
             # as the trainer receives them: normalised float (batched augmentation sends uint8 from its workers)
-            count += len(to_device(images, main_device, augment=augment))
+            count += len(finish(images, main_device))
         wall = time.perf_counter() - start
         peak, pss, cpu = meter.take()
         rows.append({"img_s": count / wall, "img_per_cpu_s": count / cpu, "rss_mib": peak / 2**20,
@@ -158,6 +156,7 @@ def _epochs(loader: torch.utils.data.DataLoader, epochs: int, meter: ProcessMete
 def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: int, batch: int, workers: int,
             epochs: int) -> dict[str, Any]:
     """Build one pipeline's train loader and time its epochs."""
+    from plantpheno.data.batch_augment import BatchFinish
     from plantpheno.data.datasets import build_loaders, close_loaders
 
     cache = {"none": "none", "imagefolder": "none"}.get(pipeline, pipeline.split("-")[0])
@@ -167,11 +166,13 @@ def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: 
     start = time.perf_counter()
     if pipeline == "imagefolder":
         loader = _imagefolder_loader(config, {str(s.path) for s in prepared.splits["train"]})
+        finish = BatchFinish()
     else:
-        loader = build_loaders(prepared, config, mean=(0.5,) * 3, std=(0.5,) * 3)["train"]
+        loaders = build_loaders(prepared, config, mean=(0.5,) * 3, std=(0.5,) * 3)
+        loader, finish = loaders["train"], loaders.finish
     build_s = time.perf_counter() - start
     meter.take()
-    rows = _epochs(loader, epochs, meter, set_epoch=pipeline != "imagefolder")
+    rows = _epochs(loader, epochs, meter, set_epoch=pipeline != "imagefolder", finish=finish)
     meter.close()
     # stop the workers now: left to the garbage collector they linger into the next pipeline's figures
     close_loaders({"train": loader})

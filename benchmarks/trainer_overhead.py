@@ -23,11 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from plantpheno.config import validate_config
-from plantpheno.data.datasets import EpochSampler
+from plantpheno.data.datasets import EpochSampler, Loaders
+from plantpheno.reporting import RecordingReporter
 from plantpheno.training.callbacks import Console, EarlyStopping
 from plantpheno.training.optim import build_optimizer, build_scheduler
 from plantpheno.training.tasks import Classification
-from plantpheno.training.trainer import Trainer
+from plantpheno.training.trainer import Networks, Optimization, Trainer
 
 
 class TensorSet(Dataset):
@@ -65,11 +66,13 @@ def minimal_loop(model: nn.Module, loader: DataLoader, config) -> float:
 def trainer_loop(model: nn.Module, loaders: dict[str, DataLoader], config) -> float:
     opt = build_optimizer(model, config)
     sched = build_scheduler(opt, config, steps_per_epoch=len(loaders["train"]))
-    trainer = Trainer(model=model, task=Classification([str(i) for i in range(10)]), loss_fn=nn.CrossEntropyLoss(),
-                      optimizer=opt, scheduler=sched, step_scheduler_per_batch=True,
-                      scaler=torch.amp.GradScaler("cpu", enabled=False), loaders=loaders, device=torch.device("cpu"),
-                      epochs=1, monitor=("val/loss", "min"),
-                      callbacks=[EarlyStopping(patience=None, min_delta=0), Console(progress_bar=False)])
+    trainer = Trainer(nets=Networks(model), task=Classification([str(i) for i in range(10)]),
+                      loss_fn=nn.CrossEntropyLoss(),
+                      optimization=Optimization(opt, sched, step_scheduler_per_batch=True,
+                                                scaler=torch.amp.GradScaler("cpu", enabled=False)),
+                      loaders=Loaders(loaders), device=torch.device("cpu"), epochs=1, monitor=("val/loss", "min"),
+                      callbacks=[EarlyStopping(patience=None, min_delta=0),
+                                 Console(RecordingReporter(), progress_bar=False)])
     start = time.perf_counter()
     trainer.train_epoch()  # the training loop alone (validation is not part of the comparison)
     return time.perf_counter() - start

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from plantpheno.errors import ConfigError
+from plantpheno.tasks import task_metrics
 
 
 class _Section(BaseModel):
@@ -344,6 +345,10 @@ class Config(_Section):
             raise ValueError(f"training.feature_cache_views={self.training.feature_cache_views} needs "
                              "training.feature_cache=true and data.augment.enabled=true (the extra views are "
                              "augmented copies)")
+        monitor = self.training.monitor
+        if monitor != "auto" and monitor not in task_metrics(self.task).monitor_choices():
+            raise ValueError(f"training.monitor: got {monitor!r}; expected auto or one of "
+                             f"{', '.join(task_metrics(self.task).monitor_choices())} (task={self.task})")
         if self.training.fine_tune.epochs and not self.model.freeze_backbone:
             raise ValueError(f"training.fine_tune.epochs={self.training.fine_tune.epochs} needs "
                              "model.freeze_backbone=true (the fine-tune phase follows head training on a frozen "
@@ -353,11 +358,7 @@ class Config(_Section):
     @property
     def monitor(self) -> tuple[str, Literal["max", "min"]]:
         """The monitored metric and whether larger is better."""
-        name = self.training.monitor
-        if name == "auto":
-            name = "val/macro_f1" if self.task == "classification" else "val/mae"
-        lower_is_better = name.endswith(("loss", "mae", "rmse", "abs_dic"))
-        return name, "min" if lower_is_better else "max"
+        return task_metrics(self.task).resolve_monitor(self.training.monitor)
 
     @property
     def loss_name(self) -> str:

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,207 @@ CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
 STATUS_FILE = "run.json"
 METRICS_LOG = "metrics.jsonl"
+SPLIT_MANIFEST = "split.csv"
+DATASET_INFO = "dataset.json"
+BAD_IMAGES = "bad_images.csv"
+TRAINING_CURVES = "training_curves.png"
 CHECKPOINTS = "checkpoints"
+BEST, LAST = "best.pt", "last.pt"
 EVAL_DIR = "eval"
+TRACKING_DIR = "tracking"
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"
 
 
-def create_run_dir(config: Config) -> Path:
+@dataclass(frozen=True)
+class EvalDir:
+    """``RUN_DIR/eval/<split>/``: one split's evaluation."""
+
+    path: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions.csv"
+
+    @property
+    def classification_report(self) -> Path:
+        return self.path / "classification_report.txt"
+
+    @property
+    def per_class(self) -> Path:
+        return self.path / "per_class.csv"
+
+    @property
+    def confusion_matrix(self) -> Path:
+        return self.path / "confusion_matrix.png"
+
+    @property
+    def predicted_vs_true(self) -> Path:
+        return self.path / "predicted_vs_true.png"
+
+
+@dataclass(frozen=True)
+class TrackingDir:
+    """``RUN_DIR/tracking/``: the always-on local tracking log (plain files, no tracking library needed)."""
+
+    path: Path
+
+    @property
+    def params(self) -> Path:
+        return self.path / "params.json"
+
+    @property
+    def tags(self) -> Path:
+        return self.path / "tags.json"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per logged value: key, value, step, axis, time."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / "artifacts.txt"
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory, ``OUTPUT_DIR/<experiment>/<run>/``: the one place that names its files.
+
+    Everything that reads or writes a run asks this type for the path (importable without torch)."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, run: RunDir | Path | str) -> RunDir:
+        return run if isinstance(run, RunDir) else cls(Path(run))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def experiment(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def config(self) -> Path:
+        """The resolved config the run was started with."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def status(self) -> Path:
+        """``run.json``: status, best epoch, headline metric, tracker run ids, registration."""
+        return self.path / STATUS_FILE
+
+    @property
+    def environment(self) -> Path:
+        return self.path / ENVIRONMENT_FILE
+
+    @property
+    def metrics_log(self) -> Path:
+        """One JSON line per epoch."""
+        return self.path / METRICS_LOG
+
+    @property
+    def split_manifest(self) -> Path:
+        """``split.csv``: every image with its target and split (reusable as ``data.manifest``)."""
+        return self.path / SPLIT_MANIFEST
+
+    @property
+    def dataset_info(self) -> Path:
+        return self.path / DATASET_INFO
+
+    @property
+    def bad_images(self) -> Path:
+        return self.path / BAD_IMAGES
+
+    @property
+    def training_curves(self) -> Path:
+        return self.path / TRAINING_CURVES
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / BEST
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST
+
+    def checkpoint_to_use(self) -> Path | None:
+        """The best checkpoint, else the last one, else None (no epoch finished)."""
+        for path in (self.best_checkpoint, self.last_checkpoint):
+            if path.is_file():
+                return path
+        return None
+
+    @property
+    def tracking(self) -> TrackingDir:
+        """The always-on local tracking log's folder."""
+        return TrackingDir(self.path / TRACKING_DIR)
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def wandb(self) -> Path:
+        return self.path / WANDB_DIR
+
+    def eval(self, split: str) -> EvalDir:
+        return EvalDir(self.path / EVAL_DIR / split)
+
+    def artifacts(self) -> tuple[Path, ...]:
+        """The run's own files that trackers keep as artifacts (those that exist)."""
+        files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
+                 self.training_curves, self.bad_images)
+        return tuple(p for p in files if p.is_file())
+
+    def is_run(self) -> bool:
+        """A folder is a run when it holds ``config.yaml`` or ``run.json``."""
+        return self.path.is_dir() and (self.config.is_file() or self.status.is_file())
+
+    # --- reading and writing ------------------------------------------------------------------
+
+    def write_config(self, config: Config) -> None:
+        atomic_write_text(self.config, config_to_yaml(config))
+
+    def read_config(self) -> Config:
+        """The resolved config the run was started with."""
+        if not self.config.is_file():
+            raise RunDirError(f"{self.path} is not a plantpheno run directory (no {CONFIG_FILE})")
+        return load_config(self.config)
+
+    def read_status(self) -> dict[str, Any]:
+        """``run.json`` as a dict (empty if the run never got that far)."""
+        return json.loads(self.status.read_text(encoding="utf-8")) if self.status.is_file() else {}
+
+    def write_status(self, status: str, **fields: Any) -> None:
+        """``run.json``: status (running/interrupted/failed/completed) plus a short summary."""
+        current = self.read_status()
+        current.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields)
+        atomic_write_text(self.status, json.dumps(current, indent=2, default=str) + "\n")
+
+    def write_environment(self, device: str) -> None:
+        atomic_write_text(self.environment, json.dumps(environment(device), indent=2) + "\n")
+
+    def read_dataset_info(self) -> dict[str, Any]:
+        return json.loads(self.dataset_info.read_text(encoding="utf-8")) if self.dataset_info.is_file() else {}
+
+
+def create_run_dir(config: Config) -> RunDir:
     """Make a new, empty run folder; a named run that already exists is an error (resume it instead)."""
     parent = config.output_dir / config.experiment
     if config.run_name is not None:
@@ -34,42 +231,17 @@ def create_run_dir(config: Config) -> Path:
                 f"or choose another run_name"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
+        return RunDir(run_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent.mkdir(parents=True, exist_ok=True)
     for suffix in range(1000):
         run_dir = parent / (stamp if suffix == 0 else f"{stamp}-{suffix}")
         try:
             run_dir.mkdir()  # atomic: two runs started in the same second get different folders
-            return run_dir
+            return RunDir(run_dir)
         except FileExistsError:
             continue
     raise RunDirError(f"cannot create a new run folder under {parent}")
-
-
-def write_run_config(run_dir: Path, config: Config) -> None:
-    atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(config))
-
-
-def read_run_config(run_dir: Path) -> Config:
-    """The resolved config a run was started with."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} is not a plantpheno run directory (no {CONFIG_FILE})")
-    return load_config(path)
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """``run.json`` as a dict (empty if the run never got that far)."""
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    """``run.json``: status (running/interrupted/failed/completed) plus a short summary."""
-    current = read_status(run_dir)
-    current.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields)
-    atomic_write_text(run_dir / STATUS_FILE, json.dumps(current, indent=2, default=str) + "\n")
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -88,10 +260,6 @@ def environment(device: str) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git_commit": commit, "git_dirty": dirty, "command": sys.argv, "cwd": os.getcwd(),
     }
-
-
-def write_environment(run_dir: Path, device: str) -> None:
-    atomic_write_text(run_dir / ENVIRONMENT_FILE, json.dumps(environment(device), indent=2) + "\n")
 
 
 def _git_state() -> tuple[str, bool | None]:

@@ -22,11 +22,11 @@ import yaml
 
 from plantpheno.config import flatten_dict
 from plantpheno.errors import RunDirError
-from plantpheno.rundir import CONFIG_FILE, ENVIRONMENT_FILE, EVAL_DIR, METRICS_LOG, STATUS_FILE
+from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
+from plantpheno.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-DATASET_FILE = "dataset.json"  # written by plantpheno.data.datasets.write_data_files (not imported: torch)
 UNKNOWN_STATUS = "unknown"  # a run that crashed before writing run.json
 # Bookkeeping counts in eval/<split>/metrics.json that are not metrics.
 _NOT_METRICS = frozenset({"num_samples", "num_images", "checkpoint_epoch"})
@@ -83,7 +83,7 @@ class RunSummary:
 
 def is_run_dir(path: Path) -> bool:
     """A folder is a run when it holds ``config.yaml`` or ``run.json``."""
-    return path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / STATUS_FILE).is_file())
+    return RunDir(path).is_run()
 
 
 def find_runs(output_dir: Path, *, experiment: str | None = None) -> list[RunSummary]:
@@ -115,24 +115,25 @@ def read_run(run_dir: Path) -> RunSummary:
     if not is_run_dir(run_dir):
         why = "no such folder" if not run_dir.exists() else f"no {CONFIG_FILE} or {STATUS_FILE}"
         raise RunDirError(f"{run_dir} is not a plantpheno run directory ({why})")
-    raw_config = _read_yaml(run_dir / CONFIG_FILE)
+    run = RunDir(run_dir)
+    raw_config = _read_yaml(run.config)
     params = flatten_dict(raw_config) if isinstance(raw_config, dict) else {}
-    status = _as_dict(_read_json(run_dir / STATUS_FILE))
-    history = _read_metrics_log(run_dir / METRICS_LOG)
+    status = _as_dict(_read_json(run.status))
+    history = _read_metrics_log(run.metrics_log)
     task = _as_str(params.get("task"))
     monitor = _as_str(status.get("monitor")) or _configured_monitor(params, task)
     best_epoch, best_value = _best(status, history, monitor)
     split = _as_str(params.get("evaluation.split")) or "test"
-    metrics, headline, interval = _evaluation(run_dir, split, status)
+    metrics, headline, interval = _evaluation(run, split, status)
     return RunSummary(
         path=run_dir, experiment=run_dir.parent.name, name=run_dir.name,
         status=_as_str(status.get("status")) or UNKNOWN_STATUS, task=task,
         backbone=_as_str(params.get("model.backbone")), epochs_done=_epochs_done(status, history),
         best_epoch=best_epoch, monitor=monitor, best_value=best_value, test_metrics=metrics, params=params,
-        updated=_as_str(status.get("updated")) or _mtime(run_dir), eval_split=split if metrics else None,
+        updated=_as_str(status.get("updated")) or _mtime(run), eval_split=split if metrics else None,
         headline_metric=headline, confidence_interval=interval,
-        dataset_fingerprint=_as_str(_as_dict(_read_json(run_dir / DATASET_FILE)).get("fingerprint")),
-        git_commit=_as_str(_as_dict(_read_json(run_dir / ENVIRONMENT_FILE)).get("git_commit")),
+        dataset_fingerprint=_as_str(_as_dict(_read_json(run.dataset_info)).get("fingerprint")),
+        git_commit=_as_str(_as_dict(_read_json(run.environment)).get("git_commit")),
         reason=_as_str(status.get("reason")),
     )
 
@@ -197,7 +198,8 @@ def _configured_monitor(params: dict[str, object], task: str | None) -> str | No
     """``training.monitor``, with ``auto`` resolved as ``Config.monitor`` does."""
     name = _as_str(params.get("training.monitor"))
     if name == "auto":
-        return {"classification": "val/macro_f1", "regression": "val/mae"}.get(task or "")
+        spec = TASKS.get(task or "")
+        return spec.default_monitor if spec is not None else None
     return name
 
 
@@ -224,13 +226,13 @@ def _epochs_done(status: dict[str, Any], history: list[dict[str, Any]]) -> int:
     return 0
 
 
-def _evaluation(run_dir: Path, split: str,
+def _evaluation(run: RunDir, split: str,
                 status: dict[str, Any]) -> tuple[dict[str, float], str | None, tuple[float, float] | None]:
     """Scalar metrics, headline metric name and its confidence interval for ``split``.
 
     ``eval/<split>/metrics.json`` has every metric; ``run.json`` keeps the headline one as a fallback.
     """
-    report = _as_dict(_read_json(run_dir / EVAL_DIR / split / "metrics.json"))
+    report = _as_dict(_read_json(run.eval(split).metrics))
     if not report:
         report = _as_dict(_as_dict(status.get("evaluation")).get(split))
     metrics = {key: float(value) for key, value in report.items()
@@ -243,12 +245,12 @@ def _evaluation(run_dir: Path, split: str,
     return metrics, headline, (low, high) if low is not None and high is not None else None
 
 
-def _mtime(run_dir: Path) -> str | None:
+def _mtime(run: RunDir) -> str | None:
     """When any of the run's summary files last changed (for runs without ``run.json``)."""
     stamps = []
-    for name in (CONFIG_FILE, METRICS_LOG, STATUS_FILE):
+    for path in (run.config, run.metrics_log, run.status):
         try:
-            stamps.append((run_dir / name).stat().st_mtime)
+            stamps.append(path.stat().st_mtime)
         except OSError:
             continue
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(max(stamps))) if stamps else None

@@ -79,7 +79,7 @@ def test_ddp_fine_tune_phase_starts_every_rank_from_the_best_head(tmp_path, dise
     head = [r["val/loss"] for r in log[:3]]
     assert head.index(min(head)) < 2, f"the test needs a best head before the last head epoch: {head}"
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert last["state"]["fine_tune_from"] == 3
+    assert last["state"]["phase"] == "fine_tune" and last["state"]["phase_start"] == 3
 
 
 def test_sigterm_stops_all_ranks_and_a_single_process_resumes(tmp_path, disease_root, write_config):

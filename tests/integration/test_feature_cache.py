@@ -9,6 +9,7 @@ import torch
 
 from plantpheno import pipeline
 from plantpheno.errors import ConfigError
+from plantpheno.reporting import RecordingReporter
 
 
 def _log(run_dir):
@@ -52,7 +53,7 @@ def test_augmented_views_are_cached_once_and_drawn_per_epoch(make_config, diseas
                     training={"epochs": 2, "learning_rate": 0.01, "feature_cache": True, "feature_cache_views": 3},
                     tracking={"system_metrics_interval": 0})
     config = make_config(**sections)
-    setup = pipeline._setup(config, manifest=None, load_pretrained=True)
+    setup = pipeline._setup(config, manifest=None, load_pretrained=True, reporter=RecordingReporter())
     loaders = feature_loaders(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta["mean"],
                               std=setup.meta["std"], device=setup.device)
     train = loaders["train"].dataset
@@ -98,7 +99,7 @@ def test_features_come_from_the_decoded_image_cache(make_config, disease_root, m
 
     def features(config):
         torch.manual_seed(0)  # the same random backbone both times
-        setup = pipeline._setup(config, manifest=None, load_pretrained=True)
+        setup = pipeline._setup(config, manifest=None, load_pretrained=True, reporter=RecordingReporter())
         decoded: list = []
         real = datasets.load_rgb
         monkeypatch.setattr(datasets, "load_rgb", lambda path: decoded.append(path) or real(path))

@@ -40,7 +40,7 @@ def test_fine_tune_trains_only_the_last_blocks_after_the_head(make_config, disea
     assert _log(head_only.run_dir) == log[:2]  # the head phase is unchanged by what follows it
     assert log[2]["lr"] == pytest.approx(0.003)  # the phase's own rate, fresh schedule, no warmup
     last = _weights(tuned.run_dir / "checkpoints/last.pt")
-    assert last["state"]["epoch"] == 4 and last["state"]["fine_tune_from"] == 2
+    assert last["state"]["epoch"] == 4 and last["state"]["phase"] == "fine_tune" and last["state"]["phase_start"] == 2
     before = _weights(head_only.run_dir / "checkpoints/last.pt")["model"]
     for key, value in last["model"].items():
         moved = not torch.equal(value, before[key])

@@ -142,12 +142,14 @@ def test_resumed_run_continues_the_same_tracker_runs(make_config, disease_root):
 
 
 def test_unreachable_tracking_server_does_not_stop_training(make_config, disease_root, monkeypatch, capsys):
+    from plantpheno.reporting import ConsoleReporter
+
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     config = make_config(data={"root": str(disease_root)},
                          tracking={"backends": ["mlflow", "tensorboard"], "mlflow": {"uri": "http://127.0.0.1:9"},
                                    "system_metrics_interval": 0})
-    result = pipeline.train(config)
+    result = pipeline.train(config, reporter=ConsoleReporter())  # what the command line shows
     err = capsys.readouterr().err
     assert err.count("tracking backend mlflow failed") == 1
     assert json.loads((result.run_dir / "run.json").read_text())["status"] == "completed"

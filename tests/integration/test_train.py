@@ -201,7 +201,7 @@ def test_evaluating_one_split_fills_only_that_splits_cache(make_config, disease_
 def test_augmenting_on_the_device_matches_augmenting_in_the_loader(make_config, disease_root):
     # data.augment.on_device ships uint8 pixels + per-sample parameters and augments in the training loop
     # (on CUDA: on the GPU). Here on the CPU it must give the loader path's images and the same training run.
-    from plantpheno.data.batch_augment import Pending, loader_augment, to_device
+    from plantpheno.data.batch_augment import Pending
     from plantpheno.data.datasets import build_loaders, close_loaders, prepare_data
 
     batches, results = {}, {}
@@ -214,7 +214,7 @@ def test_augmenting_on_the_device_matches_augmenting_in_the_loader(make_config, 
         loader.sampler.set_epoch(3)
         images, _ = next(iter(loader))
         assert isinstance(images, Pending) == (mode == "on")
-        batches[mode] = to_device(images, torch.device("cpu"), augment=loader_augment(loader))
+        batches[mode] = loaders.finish(images, torch.device("cpu"))
         close_loaders(loaders)
         results[mode] = pipeline.train(config)
     torch.testing.assert_close(batches["on"], batches["off"], atol=1e-5, rtol=0)

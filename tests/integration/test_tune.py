@@ -33,12 +33,16 @@ def _rows(study_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _trials(url: str, study: str = "space"):
+def _study(url: str, study: str = "space"):
     import optuna
 
     from plantpheno.tuning.storage import open_storage
 
-    return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials()
+    return optuna.load_study(study_name=study, storage=open_storage(url))
+
+
+def _trials(url: str, study: str = "space"):
+    return _study(url, study).get_trials()
 
 
 def _metric_values(run_dir: Path, metric: str = "val/macro_f1") -> list[float]:
@@ -129,7 +133,7 @@ def test_two_worker_processes_share_one_study_without_losing_or_repeating_trials
     assert not failed, "\n".join(map(str, failed))
     assert len({t.params["training.learning_rate"] for t in trials}) == 4
     assert len({t.user_attrs["run_dir"] for t in trials}) == 4
-    assert all(t.system_attrs["plantpheno:worker"]["pid"] for t in trials)
+    assert all(t.user_attrs["plantpheno:worker"]["pid"] for t in trials)
     assert len(_rows(tmp_path / "runs" / "default" / "space")) == 4
 
 
@@ -151,8 +155,11 @@ def test_a_killed_worker_is_resumed_by_running_the_same_command_again(write_conf
     assert json.loads((study_dir / "trial-0000" / "run.json").read_text())["status"] == "running"
 
     assert main(["tune", str(config), str(tuning)]) == 0
-    trials = _trials(f"journal://{study_dir / 'study.log'}")
-    assert trials[0].state.name == "FAIL" and "ended while the trial was running" in trials[0].user_attrs["error"]
+    from plantpheno.tuning.queue import trial_error
+
+    study = _study(f"journal://{study_dir / 'study.log'}")
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL" and "ended while the trial was running" in trial_error(study, trials[0])
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 0)
     assert retry.state.name == "COMPLETE" and retry.params == trials[0].params

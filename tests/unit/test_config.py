@@ -165,3 +165,22 @@ def test_auto_workers_take_half_of_each_process_share_of_usable_cores(monkeypatc
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
     assert resolve_num_workers("auto") == expected
     assert resolve_num_workers(3) == 3  # a number is taken as given
+
+
+@pytest.mark.parametrize(("task", "monitor", "direction"), [
+    ("classification", "auto", ("val/macro_f1", "max")), ("classification", "val/loss", ("val/loss", "min")),
+    ("classification", "val/accuracy", ("val/accuracy", "max")), ("regression", "auto", ("val/mae", "min")),
+    ("regression", "val/r2", ("val/r2", "max")), ("regression", "val/rmse", ("val/rmse", "min"))])
+def test_monitor_resolves_from_the_task(tmp_path, task, monitor, direction):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: leaves}\n")
+    assert load_config(path, [f"task={task}", f"training.monitor={monitor}"]).monitor == direction
+
+
+@pytest.mark.parametrize(("task", "monitor"), [("classification", "val/mae"), ("regression", "val/macro_f1"),
+                                               ("classification", "train/loss"), ("classification", "val/acc")])
+def test_a_monitor_the_task_does_not_compute_fails_when_the_config_loads(tmp_path, task, monitor):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {root: leaves}\n")
+    with pytest.raises(ConfigError, match=rf"training.monitor: got '{monitor}'; expected auto or one of val/loss"):
+        load_config(path, [f"task={task}", f"training.monitor={monitor}"])

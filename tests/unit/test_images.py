@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plantpheno.data.datasets import BAD_IMAGES, DATASET_INFO, SPLIT_MANIFEST, prepare_data, write_data_files
+from plantpheno.data.datasets import prepare_data, write_data_files
 from plantpheno.data.images import check_image, check_images, load_rgb, to_rgb
 from plantpheno.errors import DataError
+from plantpheno.rundir import RunDir
 
 ORIENTATION = 0x0112
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -359,16 +360,17 @@ def test_prepare_data_skip_keeps_good_samples_and_lists_bad_files(make_config, d
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    write_data_files(prepared, run_dir)
-    with (run_dir / BAD_IMAGES).open(newline="") as fh:
+    run = RunDir(run_dir)
+    write_data_files(prepared, run)
+    with run.bad_images.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {Path(r["path"]) for r in rows} == set(bad)
     for row in rows:
         assert bad[Path(row["path"])] in row["problem"]
-    with (run_dir / SPLIT_MANIFEST).open(newline="") as fh:
+    with run.split_manifest.open(newline="") as fh:
         split_rows = list(csv.DictReader(fh))
     assert {Path(r["path"]) for r in split_rows} == {p.resolve() for p in kept}
-    info = json.loads((run_dir / DATASET_INFO).read_text())
+    info = json.loads(run.dataset_info.read_text())
     assert info["skipped_bad_images"] == len(bad)
     assert sum(info["num_images"].values()) == len(kept)
     assert info["fingerprint"] == prepared.fingerprint
@@ -377,9 +379,10 @@ def test_prepare_data_skip_keeps_good_samples_and_lists_bad_files(make_config, d
 def test_prepare_data_without_bad_files_writes_no_bad_images_csv(make_config, disease_root, tmp_path):
     prepared = prepare_data(make_config(data={"root": str(disease_root), "on_bad_image": "skip"}))
     assert prepared.bad_files == []
-    write_data_files(prepared, tmp_path)
-    assert (tmp_path / SPLIT_MANIFEST).is_file() and (tmp_path / DATASET_INFO).is_file()
-    assert not (tmp_path / BAD_IMAGES).exists()
+    run = RunDir(tmp_path)
+    write_data_files(prepared, run)
+    assert run.split_manifest.is_file() and run.dataset_info.is_file()
+    assert not run.bad_images.exists()
 
 
 def test_check_memo_skips_unchanged_files_and_rechecks_changed_or_bad_ones(tmp_path, monkeypatch):

@@ -277,6 +277,8 @@ def test_classification_report_checks_name_count() -> None:
 
 
 def test_headline_metrics_exist() -> None:
-    assert M.HEADLINE_METRICS == {"classification": "accuracy", "regression": "mae"}
-    for name in M.HEADLINE_METRICS.values():
-        assert name in M.METRIC_FUNCTIONS
+    from plantpheno.tasks import TASKS
+
+    assert {name: t.headline for name, t in TASKS.items()} == {"classification": "accuracy", "regression": "mae"}
+    for task in TASKS.values():
+        assert task.headline in M.METRIC_FUNCTIONS

@@ -8,6 +8,8 @@ import pytest
 
 from plantpheno.config import validate_config
 from plantpheno.errors import ConfigError
+from plantpheno.reporting import RecordingReporter
+from plantpheno.rundir import RunDir
 from plantpheno.tracking import flatten
 from plantpheno.tracking.session import TrackerSet, build_trackers
 
@@ -26,15 +28,16 @@ class Recorder:
 
 
 def test_failing_backend_is_warned_once_and_dropped():
-    warnings = []
+    reporter = RecordingReporter()
     good, bad = Recorder("good"), Recorder("bad", fail_on="log_metrics")
-    trackers = TrackerSet([good, bad], warn=warnings.append)
+    trackers = TrackerSet([good, bad], reporter=reporter)
     assert trackers.start(run_name="r") == {"good": "good-id", "bad": "bad-id"}
     for step in range(3):
         trackers.log_metrics({"val/loss": 1.0, "nan": float("nan")}, step=step)
     trackers.finish("completed")
     assert good.calls == ["start", "log_metrics", "log_metrics", "log_metrics", "finish"]
     assert bad.calls == ["start", "log_metrics"]
+    warnings = [message for level, message in reporter.lines if level == "warning"]
     assert len(warnings) == 1 and "bad failed in log_metrics (OSError: No space left on device)" in warnings[0]
     assert trackers.failed == {"bad": "OSError: No space left on device"}
 
@@ -46,7 +49,7 @@ def test_missing_library_is_a_config_error_before_training(tmp_path, monkeypatch
     config = validate_config({"data": {"root": str(tmp_path)}, "output_dir": str(tmp_path),
                               "tracking": {"backends": [backend]}})
     with pytest.raises(ConfigError, match=rf"tracking.backends includes {backend} .*pip install 'plantpheno\[{backend}\]'"):
-        build_trackers(config, tmp_path)
+        build_trackers(config, RunDir(tmp_path))
 
 
 def test_flatten():

@@ -198,27 +198,35 @@ def test_concurrent_top_ups_never_run_more_than_the_budget(queue_plan):
 def test_trials_of_a_dead_worker_fail_and_run_again_with_the_same_values(queue_plan):
     from optuna.trial import TrialState
 
-    from plantpheno.tuning.queue import HEARTBEAT_ATTR, HOST, WORKER_ATTR, claim_next, fail_stale_trials, top_up
+    from plantpheno.tuning.queue import (
+        HEARTBEAT_ATTR,
+        HOST,
+        WORKER_ATTR,
+        claim_next,
+        fail_stale_trials,
+        top_up,
+        trial_error,
+        trial_values,
+    )
 
     plan = queue_plan(sampler="grid")
     study = _study(plan)
     top_up(study, plan)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    storage = study._storage
     for worker in ({"host": HOST, "pid": dead.pid, "started": time.time() - 5},  # this machine, process gone
                    {"host": "elsewhere", "pid": 1, "started": 0.0}):  # another machine, heartbeat too old
         trial = claim_next(study, plan)
         plan.space.suggest(trial)
-        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
-        storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 61)
+        trial.set_user_attr(WORKER_ATTR, worker)
+        trial.set_user_attr(HEARTBEAT_ATTR, time.time() - 61)
     assert fail_stale_trials(study, grace_period=plan.settings.grace_period) == [0, 1]
     assert top_up(study, plan) == 2
     trials = study.get_trials()
     assert [t.state for t in trials[:2]] == [TrialState.FAIL] * 2
-    assert "ended while the trial was running" in trials[0].user_attrs["error"]
-    assert "no heartbeat from worker 1 on elsewhere" in trials[1].user_attrs["error"]
-    retries = {t.user_attrs["retry_of"]: t.system_attrs["fixed_params"] for t in trials[3:]}
+    assert "ended while the trial was running" in trial_error(study, trials[0])
+    assert "no heartbeat from worker 1 on elsewhere" in trial_error(study, trials[1])
+    retries = {t.user_attrs["retry_of"]: trial_values(t) for t in trials[3:]}
     assert retries == {0: {"model.dropout": 0.0}, 1: {"model.dropout": 0.1}}
 
 

@@ -46,9 +46,9 @@ def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
     if args.registry:
         return ModelRegistry(args.registry)
     if run_dir is not None:
-        from plantpheno.rundir import read_run_config
+        from plantpheno.rundir import RunDir
 
-        return ModelRegistry(run_registry_uri(read_run_config(run_dir)))
+        return ModelRegistry(run_registry_uri(RunDir(run_dir).read_config()))
     return ModelRegistry(default_registry_uri())
 
 

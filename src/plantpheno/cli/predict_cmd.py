@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import sys
 from pathlib import Path
+
+from plantpheno.atomic import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from contextlib import ExitStack
 
-    from plantpheno.registry.predict import Predictor, collect_images, open_model, write_predictions
+    from plantpheno.registry.predict import Predictor, collect_images, open_model
 
     paths = collect_images(args.images)
     with ExitStack() as stack:
@@ -36,3 +41,20 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"wrote {len(results)} prediction(s) to {args.out}", file=sys.stderr)
     return 0
+
+
+def write_predictions(predictor, results, bad, out: Path | None) -> None:
+    """The CSV to ``out`` (atomically) or stdout; unreadable files listed on stderr (and beside ``out``)."""
+    text = predictor.to_csv(results)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+    if bad:
+        print(f"plantpheno: skipped {len(bad)} unreadable file(s):", file=sys.stderr)
+        for path, why in bad:
+            print(f"  {path}: {why}", file=sys.stderr)
+        if out is not None:
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows([("path", "problem"), *((str(p), w) for p, w in bad)])
+            atomic_write_text(out.with_name(out.stem + ".skipped.csv"), buf.getvalue())

@@ -30,18 +30,20 @@ def run(args: argparse.Namespace) -> int:
         return _launch_torchrun(args)
     from plantpheno import pipeline
     from plantpheno.config import load_config
+    from plantpheno.reporting import ConsoleReporter
     from plantpheno.training.trainer import Interrupted
 
     main_rank = os.environ.get("RANK", "0") == "0"
+    reporter = ConsoleReporter()
     try:
         if args.resume is not None:
             if args.config is not None or args.overrides:
                 raise ConfigError("--resume RUN_DIR takes no config or overrides: a run resumes with its own config")
-            result = pipeline.resume(args.resume)
+            result = pipeline.resume(args.resume, reporter=reporter)
         else:
             if args.config is None:
                 raise ConfigError("give a CONFIG file (or --resume RUN_DIR)")
-            result = pipeline.train(load_config(args.config, args.overrides))
+            result = pipeline.train(load_config(args.config, args.overrides), reporter=reporter)
     except Interrupted as exc:
         if main_rank:
             print(f"plantpheno: interrupted by {exc.reason} at epoch {exc.state.epoch + 1}, batch {exc.state.batch}; "

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(describe_plan(make_plan(config, space, settings))))
         return 0
     _quiet_optuna(verbose=getattr(args, "verbose", False))
+    from plantpheno.reporting import ConsoleReporter
     from plantpheno.training.trainer import Interrupted
 
     try:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from plantpheno.tuning import tune
 
-        result = tune(config, space, settings=settings, workers=args.workers)
+        result = tune(config, space, settings=settings, workers=args.workers, reporter=ConsoleReporter())
     except Interrupted as exc:
         print(f"plantpheno: tuning interrupted by {exc.reason}; the running trial is recorded as failed and will "
               f"run again: re-run the same command to continue the study", file=sys.stderr)
@@ -72,7 +73,9 @@ def _run_as_worker(plan, args: argparse.Namespace) -> None:
     from plantpheno.tuning import run_worker
 
     deadline = time.time() + args.timeout if args.timeout else None
-    run_worker(plan, worker_index=args.worker_index, deadline=deadline)
+    from plantpheno.reporting import ConsoleReporter
+
+    run_worker(plan, worker_index=args.worker_index, deadline=deadline, reporter=ConsoleReporter())
 
 
 def _quiet_optuna(*, verbose: bool) -> None:

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from plantpheno.config import AugmentConfig
+
+if TYPE_CHECKING:
+    from plantpheno.data.cache import CacheSpec
 
 # columns of the parameter matrix
 _CX, _CY, _SX, _SY, _ANGLE, _HFLIP, _VFLIP, _BRIGHT, _CONTRAST, _SAT, _HUE = range(11)
@@ -270,7 +274,7 @@ def to_device(images: torch.Tensor | Pending, device: torch.device, *, augment: 
     if isinstance(images, Pending) or images.dtype == torch.uint8:
         if augment is None:
             raise ValueError("a batch of uint8 pixels (augmented in the loader, or left for the device) reached a "
-                             "loop without the loader's augmenter to finish it (see loader_augment)")
+                             "loop without the loader's augmenter to finish it (see BatchFinish)")
         if isinstance(images, Pending):
             pixels = images.pixels.to(device, non_blocking=True)
             return augment(pixels, images.params.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
@@ -278,8 +282,25 @@ def to_device(images: torch.Tensor | Pending, device: torch.device, *, augment: 
     return images.to(device, non_blocking=True, memory_format=memory_format)
 
 
-def loader_augment(loader: object) -> BatchAugment | None:
-    """The augmenter of a loader whose dataset augments whole batches (its batches need :func:`to_device` to
-    finish them), else None."""
-    batched = getattr(getattr(loader, "dataset", None), "batched", None)
-    return batched[0] if batched is not None else None
+@dataclass(frozen=True)
+class BatchedAugmentation:
+    """How a training dataset augments whole batches: the augmenter, the stored image size it reads, and
+    whether the augmentation is left for the training device (``data.augment.on_device``)."""
+
+    augment: BatchAugment
+    spec: CacheSpec
+    on_device: bool
+
+
+@dataclass(frozen=True)
+class BatchFinish:
+    """The finishing step of a set of loaders: moves a batch to the training device as normalised float.
+
+    Loaders whose dataset augments whole batches send uint8 pixels (or a :class:`Pending` batch to augment
+    on the device); ``augment`` finishes them. Other batches (float images, cached features) only move."""
+
+    augment: BatchAugment | None = None
+
+    def __call__(self, images: torch.Tensor | Pending, device: torch.device, *,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        return to_device(images, device, augment=self.augment, memory_format=memory_format)

@@ -15,7 +15,7 @@ import json
 import os
 import platform
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config
-from plantpheno.data.batch_augment import BatchAugment, Pending, augment_batch, center_square
-from plantpheno.data.cache import CACHE_DIR, CacheSpec, ImageCache, cache_spec, decode_resized, split_cache
+from plantpheno.data.batch_augment import (
+    BatchAugment,
+    BatchedAugmentation,
+    BatchFinish,
+    Pending,
+    augment_batch,
+    center_square,
+)
+from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
 from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.errors import DataError
+from plantpheno.rundir import RunDir
 
-SPLIT_MANIFEST = "split.csv"
-DATASET_INFO = "dataset.json"
-BAD_IMAGES = "bad_images.csv"
 IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files already checked (size, mtime, hash)
 
 
@@ -114,7 +119,7 @@ def _check(samples: list[Sample], *, skip_bad: bool,
     return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint
 
 
-def write_data_files(prepared: PreparedData, run_dir: Path) -> None:
+def write_data_files(prepared: PreparedData, run: RunDir) -> None:
     """Write the split manifest (reusable as ``data.manifest``), dataset summary and skipped files."""
     target_col = "label" if prepared.class_names is not None else "value"
     buf = io.StringIO()
@@ -123,7 +128,7 @@ def write_data_files(prepared: PreparedData, run_dir: Path) -> None:
     for name in SPLITS:
         for s in prepared.splits[name]:
             writer.writerow([str(s.path.resolve()), s.target, name, s.group or ""])
-    atomic_write_text(run_dir / SPLIT_MANIFEST, buf.getvalue())
+    atomic_write_text(run.split_manifest, buf.getvalue())
     info = {
         "fingerprint": prepared.fingerprint,
         "task": prepared.task,
@@ -135,12 +140,12 @@ def write_data_files(prepared: PreparedData, run_dir: Path) -> None:
         } if prepared.class_names is not None else None,
         "skipped_bad_images": len(prepared.bad_files),
     }
-    atomic_write_text(run_dir / DATASET_INFO, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(run.dataset_info, json.dumps(info, indent=2) + "\n")
     if prepared.bad_files:
         bad = io.StringIO()
         csv.writer(bad, lineterminator="\n").writerows([("path", "problem"), *((str(p), why) for p, why in
                                                                               prepared.bad_files)])
-        atomic_write_text(run_dir / BAD_IMAGES, bad.getvalue())
+        atomic_write_text(run.bad_images, bad.getvalue())
 
 
 class ImageDataset(Dataset):
@@ -152,13 +157,13 @@ class ImageDataset(Dataset):
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform,
                  *, regression: bool, cache: ImageCache | None = None,
-                 batched: tuple[BatchAugment, CacheSpec, bool] | None = None) -> None:
+                 batched: BatchedAugmentation | None = None) -> None:
         self.paths = list(paths)
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
         self.transform = transform
         self.cache = cache
-        # (augmenter, stored size, on the device): whole batches are augmented at once, in the loader or
-        # (on the device) by the training loop; see plantpheno.data.batch_augment
+        # whole batches are augmented at once, in the loader or (on the device) by the training loop's
+        # finishing step; see plantpheno.data.batch_augment
         self.batched = batched
 
     def __len__(self) -> int:
@@ -168,12 +173,12 @@ class ImageDataset(Dataset):
         """A whole batch (the DataLoader calls this in its worker, then the collate function)."""
         if self.batched is None:
             return [self[item] for item in items]
-        augment, spec, on_device = self.batched
+        batched, spec = self.batched, self.batched.spec
         squares = []
         for index, _ in items:
             pixels = self.cache.array(index) if self.cache is not None else decode_resized(self.paths[index], spec)
             squares.append(center_square(pixels, spec.short_side))
-        images = augment_batch(augment, squares, [seed for _, seed in items], defer=on_device)
+        images = augment_batch(batched.augment, squares, [seed for _, seed in items], defer=batched.on_device)
         return _Batch((images, self.targets[torch.tensor([index for index, _ in items])]))
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,11 +260,35 @@ def resolve_num_workers(setting: int | str, *, processes_per_machine: int | None
     return max(0, min(8, usable_cores() // max(1, processes) // 2))
 
 
+@dataclass(frozen=True)
+class Loaders(Mapping[str, DataLoader]):
+    """The loaders of a run's splits (``loaders["train"]``) and the finishing step their batches need.
+
+    Every consumer moves a batch with ``loaders.finish(images, device)``: it normalises (or augments, on
+    the device) the uint8 batches of batched augmentation, and only moves other batches."""
+
+    by_split: dict[str, DataLoader]
+    finish: BatchFinish = field(default_factory=BatchFinish)
+
+    def __getitem__(self, split: str) -> DataLoader:
+        return self.by_split[split]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.by_split)
+
+    def __len__(self) -> int:
+        return len(self.by_split)
+
+    def replace(self, loaders: Mapping[str, DataLoader], *, finish: BatchFinish | None = None) -> Loaders:
+        """These loaders with some splits' loaders replaced (and their finishing step, if given)."""
+        return Loaders({**self.by_split, **loaders}, self.finish if finish is None else finish)
+
+
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
                   pin_memory: bool = False, rank: int = 0, world: int = 1,
-                  splits: Sequence[str] = SPLITS, device_type: str = "cpu") -> dict[str, DataLoader]:
+                  splits: Sequence[str] = SPLITS, device_type: str = "cpu") -> Loaders:
     """A shuffled, augmented train loader and sequential val/test loaders (of ``splits``: only those are
-    built, and only their image caches filled).
+    built, and only their image caches filled), with their finishing step.
 
     With ``world > 1`` the train split is sharded (padded to equal shards) and so is val (not padded: its
     predictions are gathered); test stays whole for the final evaluation on rank 0.
@@ -268,6 +297,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
     regression = prepared.class_names is None
     workers = resolve_num_workers(data.num_workers)
     loaders = {}
+    finish = BatchFinish()
     for name in splits:
         is_train = name == "train"
         transform = (train_transform(data.image_size, mean, std, data.augment) if is_train
@@ -280,7 +310,9 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
             on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")
-            batched = (BatchAugment(data.image_size, mean, std, data.augment), cache_spec(data, train=True), on_device)
+            batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment),
+                                          cache_spec(data, train=True), on_device)
+            finish = BatchFinish(batched.augment)
         dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
@@ -296,7 +328,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
                                    persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=drop_last,
                                    collate_fn=collate,
                                    generator=torch.Generator().manual_seed(config.seed))
-    return loaders
+    return Loaders(loaders, finish)
 
 
 def _balanced_weights(targets: Sequence[int]) -> torch.Tensor:
@@ -330,7 +362,7 @@ def fixed_malloc_mmap_threshold(_worker_id: int | None = None) -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 
 
-def close_loaders(loaders: dict[str, DataLoader]) -> None:
+def close_loaders(loaders: Mapping[str, DataLoader]) -> None:
     """Stop the loaders' persistent worker processes now.
 
     Left to the garbage collector, a finished run's workers (held by reference cycles) are shut down at

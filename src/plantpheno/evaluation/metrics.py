@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-HEADLINE_METRICS: dict[str, str] = {"classification": "accuracy", "regression": "mae"}
-
 # Bootstrap indices are drawn in blocks of about this many elements (16 MiB as int64).
 _BLOCK_ELEMENTS = 1 << 21
 

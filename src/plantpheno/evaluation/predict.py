@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from plantpheno.data.batch_augment import BatchFinish
 from plantpheno.models import input_format, set_train_mode
 
 
@@ -22,15 +23,17 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, *, task, device: torch.device,
-            loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> Predictions:
-    """Evaluate ``model`` on every batch of ``loader`` in order (eval mode, no gradients)."""
+            loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None,
+            finish: BatchFinish | None = None) -> Predictions:
+    """Evaluate ``model`` on every batch of ``loader`` in order (eval mode, no gradients); ``finish`` (the
+    loaders' finishing step) moves each batch to ``device``."""
     set_train_mode(model, False)
-    fmt = input_format(model)
+    fmt, finish = input_format(model), finish or BatchFinish()
     targets, outputs, loss_sum = [], [], 0.0
     for images, target in loader:
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        if images.dim() == 4:
-            images = images.contiguous(memory_format=fmt)
+        four_d = isinstance(images, torch.Tensor) and images.dim() == 4
+        images = finish(images, device, memory_format=fmt if four_d else torch.contiguous_format)
+        target = target.to(device, non_blocking=True)
         with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()):
             raw = model(images)
         if loss_fn is not None:

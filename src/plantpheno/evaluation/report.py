@@ -14,7 +14,6 @@ import numpy as np
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.evaluation.metrics import (
-    HEADLINE_METRICS,
     METRIC_FUNCTIONS,
     bootstrap_ci,
     classification_metrics,
@@ -22,59 +21,61 @@ from plantpheno.evaluation.metrics import (
     regression_metrics,
 )
 from plantpheno.evaluation.plots import plot_confusion_matrix, plot_predicted_vs_true
+from plantpheno.rundir import EvalDir
+from plantpheno.tasks import task_metrics
 
 
-def write_evaluation(out_dir: Path, *, targets: np.ndarray, outputs: np.ndarray, paths: Sequence[Path],
+def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, paths: Sequence[Path],
                      class_names: list[str] | None, bootstrap_samples: int, confidence: float,
                      seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compute metrics for one split and write every report file into ``out_dir``; return the metrics."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Compute metrics for one split and write every report file into ``out``; return the metrics."""
+    out.path.mkdir(parents=True, exist_ok=True)
     if class_names is not None:
-        metrics = _classification(out_dir, targets.astype(int), outputs, paths, class_names)
+        metrics = _classification(out, targets.astype(int), outputs, paths, class_names)
         task = "classification"
         predicted = outputs.argmax(axis=1)
     else:
-        metrics = _regression(out_dir, targets.astype(float), outputs.astype(float), paths)
+        metrics = _regression(out, targets.astype(float), outputs.astype(float), paths)
         task = "regression"
         predicted = outputs
-    headline = HEADLINE_METRICS[task]
+    headline = task_metrics(task).headline
     if bootstrap_samples > 0:
         ci = bootstrap_ci(METRIC_FUNCTIONS[headline], targets, predicted, n_resamples=bootstrap_samples,
                           confidence=confidence, seed=seed)
         metrics["confidence_interval"] = {"metric": headline, **ci}
     metrics = {"task": task, "headline_metric": headline, **metrics, **(extra or {})}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(_finite(metrics), indent=2) + "\n")
+    atomic_write_text(out.metrics, json.dumps(_finite(metrics), indent=2) + "\n")
     return metrics
 
 
-def _classification(out_dir: Path, y: np.ndarray, probs: np.ndarray, paths: Sequence[Path],
+def _classification(out: EvalDir, y: np.ndarray, probs: np.ndarray, paths: Sequence[Path],
                     class_names: list[str]) -> dict[str, Any]:
     pred = probs.argmax(axis=1)
     m = classification_metrics(y, pred, num_classes=len(class_names))
-    atomic_write_text(out_dir / "classification_report.txt", format_classification_report(m, class_names) + "\n")
+    atomic_write_text(out.classification_report, format_classification_report(m, class_names) + "\n")
     per_class = m["per_class"]
     rows = [["class", "precision", "recall", "f1", "support"]]
     rows += [[name, per_class["precision"][i], per_class["recall"][i], per_class["f1"][i], per_class["support"][i]]
              for i, name in enumerate(class_names)]
-    atomic_write_text(out_dir / "per_class.csv", _csv(rows))
-    plot_confusion_matrix(m["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
+    atomic_write_text(out.per_class, _csv(rows))
+    plot_confusion_matrix(m["confusion_matrix"], class_names, out.confusion_matrix)
     header = ["path", "label", "predicted", "confidence", *(f"p_{name}" for name in class_names)]
     pred_rows = [header] + [
         [str(p), class_names[t], class_names[k], f"{probs[i, k]:.6f}", *(f"{v:.6f}" for v in probs[i])]
         for i, (p, t, k) in enumerate(zip(paths, y, pred))
     ]
-    atomic_write_text(out_dir / "predictions.csv", _csv(pred_rows))
+    atomic_write_text(out.predictions, _csv(pred_rows))
     m["class_names"] = list(class_names)
     return m
 
 
-def _regression(out_dir: Path, y: np.ndarray, pred: np.ndarray, paths: Sequence[Path]) -> dict[str, Any]:
+def _regression(out: EvalDir, y: np.ndarray, pred: np.ndarray, paths: Sequence[Path]) -> dict[str, Any]:
     counts = bool(np.all(np.equal(np.mod(y, 1), 0)))  # integer targets: report counting metrics too
     m = regression_metrics(y, pred, counts=counts)
-    plot_predicted_vs_true(y, pred, out_dir / "predicted_vs_true.png", metrics=m)
+    plot_predicted_vs_true(y, pred, out.predicted_vs_true, metrics=m)
     rows = [["path", "value", "predicted", "error"]]
     rows += [[str(p), f"{t:g}", f"{v:.6f}", f"{v - t:.6f}"] for p, t, v in zip(paths, y, pred)]
-    atomic_write_text(out_dir / "predictions.csv", _csv(rows))
+    atomic_write_text(out.predictions, _csv(rows))
     return m
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from plantpheno.registry.package import ModelPackage
+    from plantpheno.rundir import RunDir
 
 
-def model_card(package: ModelPackage, *, run_dir: Path) -> str:
+def model_card(package: ModelPackage, *, run: RunDir) -> str:
     """Markdown: model, data, metrics with CI, intended use, limits, lineage."""
     m = package.meta
-    dataset = json.loads((run_dir / "dataset.json").read_text()) if (run_dir / "dataset.json").is_file() else {}
+    dataset = run.read_dataset_info()
     counts = dataset.get("num_images", {})
     what = (f"{len(m['class_names'])} classes: {', '.join(m['class_names'])}" if m["task"] == "classification"
             else f"a numeric trait (training mean {m['target_mean']:.4g}, std {m['target_std']:.4g})")

@@ -23,6 +23,8 @@ from torch import nn
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.errors import RegistryError, RunDirError
+from plantpheno.rundir import RunDir
+from plantpheno.tasks import task_metrics
 
 META_FILE = "plantpheno_model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -52,11 +54,9 @@ class ModelPackage:
     @property
     def task(self):
         """The task adapter that turns outputs into probabilities or trait values."""
-        from plantpheno.training.tasks import Classification, Regression
+        from plantpheno.training.tasks import task_from_meta
 
-        if self.meta["task"] == "classification":
-            return Classification(list(self.meta["class_names"]))
-        return Regression(float(self.meta["target_mean"]), float(self.meta["target_std"]))
+        return task_from_meta(self.meta)
 
     def build_model(self) -> nn.Module:
         """The network with its weights, in eval mode (no pretrained download, strict load)."""
@@ -79,51 +79,51 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     """Write the package of a run's best checkpoint (its last, if it has no best) into ``out``."""
     from safetensors.torch import save_file
 
-    from plantpheno.rundir import CHECKPOINTS, CONFIG_FILE
     from plantpheno.training.checkpoint import load_checkpoint
 
-    ckpt_dir = run_dir / CHECKPOINTS
-    path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} has no checkpoint to register (expected {ckpt_dir / 'best.pt'})")
+    run = RunDir.of(run_dir)
+    path = run.checkpoint_to_use()
+    if path is None:
+        raise RunDirError(f"{run.path} has no checkpoint to register (expected {run.best_checkpoint})")
     checkpoint = load_checkpoint(path)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in checkpoint["model"].items()}, str(out / WEIGHTS_FILE))
-    for name in (CONFIG_FILE, "dataset.json", "environment.json"):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out / name)
-    metrics = _test_metrics(run_dir)
+    for source in (run.config, run.dataset_info, run.environment):
+        if source.is_file():
+            shutil.copyfile(source, out / source.name)
+    metrics = _test_metrics(run)
     if metrics:
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    meta = _package_meta(run_dir, checkpoint, path, metrics)
+    meta = _package_meta(run, checkpoint, path, metrics)
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
-    _write_samples(run_dir, meta, out / SAMPLES_FILE)
+    _write_samples(run, meta, out / SAMPLES_FILE)
     package = ModelPackage(out, meta)
     from plantpheno.registry.card import model_card
 
-    atomic_write_text(out / CARD_FILE, model_card(package, run_dir=run_dir))
+    atomic_write_text(out / CARD_FILE, model_card(package, run=run))
     return package
 
 
-def _test_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "eval" / "test" / "metrics.json"
+def _test_metrics(run: RunDir) -> dict[str, Any]:
+    path = run.eval("test").metrics
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _package_meta(run_dir: Path, checkpoint: dict[str, Any], path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+def _package_meta(run: RunDir, checkpoint: dict[str, Any], path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     import timm
 
-    env = _read_json(run_dir / "environment.json")
-    status = _read_json(run_dir / "run.json")
-    config_text = (run_dir / "config.yaml").read_bytes() if (run_dir / "config.yaml").is_file() else b""
+    env = _read_json(run.environment)
+    status = _read_json(run.status)
+    config_text = run.config.read_bytes() if run.config.is_file() else b""
     headline = metrics.get("headline_metric")
+    summary = task_metrics(checkpoint["meta"]["task"]).summary_metrics
     return {
         "format": FORMAT, **checkpoint["meta"], "timm_version": timm.__version__,
         "checkpoint": path.name, "checkpoint_epoch": checkpoint["state"]["epoch"],
-        "source_run_dir": str(run_dir.resolve()), "config_sha256": hashlib.sha256(config_text).hexdigest(),
+        "source_run_dir": str(run.path.resolve()), "config_sha256": hashlib.sha256(config_text).hexdigest(),
         "git_commit": env.get("git_commit", "unknown"), "git_dirty": env.get("git_dirty"),
         "mlflow_run_id": (status.get("tracking") or {}).get("mlflow"),
-        "test_metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "mae", "rmse", "r2") if k in metrics},
+        "test_metrics": {k: metrics[k] for k in summary if k in metrics},
         "headline_metric": headline, "confidence_interval": metrics.get("confidence_interval"),
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -141,13 +141,13 @@ def raw_transform(image_size: int):
                       T.ToDtype(torch.float32, scale=True)])
 
 
-def _write_samples(run_dir: Path, meta: dict[str, Any], out: Path) -> None:
+def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     """A few test images, preprocessed, so an export can be checked without the dataset at hand."""
     from safetensors.torch import save_file
 
     from plantpheno.data.images import load_rgb
 
-    split = run_dir / "split.csv"
+    split = run.split_manifest
     if not split.is_file():
         return
     with split.open(newline="", encoding="utf-8") as fh:

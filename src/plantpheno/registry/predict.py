@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from plantpheno.atomic import atomic_write_text
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
@@ -96,28 +95,12 @@ def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None
     from plantpheno.registry.package import package_run
     from plantpheno.registry.refs import parse_ref
     from plantpheno.registry.store import ModelRegistry, default_registry_uri
+    from plantpheno.rundir import RunDir
 
     path = Path(source)
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
-    if path.is_dir() and (path / "config.yaml").is_file():
+    if RunDir(path).config.is_file():
         return package_run(path, tmp / "model")
     if path.is_dir():
         return ModelPackage.open(path)
     return ModelRegistry(registry_uri or default_registry_uri()).download(parse_ref(source), tmp)
-
-
-def write_predictions(predictor: Predictor, results, bad, out: Path | None) -> None:
-    """The CSV to ``out`` (atomically) or stdout; unreadable files listed on stderr (and beside ``out``)."""
-    text = predictor.to_csv(results)
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        atomic_write_text(out, text)
-    if bad:
-        print(f"plantpheno: skipped {len(bad)} unreadable file(s):", file=sys.stderr)
-        for path, why in bad:
-            print(f"  {path}: {why}", file=sys.stderr)
-        if out is not None:
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows([("path", "problem"), *((str(p), w) for p, w in bad)])
-            atomic_write_text(out.with_name(out.stem + ".skipped.csv"), buf.getvalue())

@@ -7,12 +7,12 @@ used, so ``import plantpheno`` stays light and a missing library only matters if
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, Protocol
 
 from plantpheno.config import Config, flatten_dict
+from plantpheno.rundir import RunDir
 
 RunStatus = Literal["completed", "failed", "interrupted"]
 Axis = Literal["epoch", "step"]
@@ -40,21 +40,43 @@ class Tracker(Protocol):
     def finish(self, status: RunStatus) -> None: ...
 
 
-# name -> "module:class"; modules are imported only when the backend is selected
-BACKENDS: dict[str, str] = {
-    "local": "plantpheno.tracking.local:LocalTracker",
-    "mlflow": "plantpheno.tracking.mlflow_backend:MlflowTracker",
-    "wandb": "plantpheno.tracking.wandb_backend:WandbTracker",
-    "tensorboard": "plantpheno.tracking.tensorboard_backend:TensorboardTracker",
+def _local(config: Config, run: RunDir) -> Tracker:
+    from plantpheno.tracking.local import LocalTracker
+
+    return LocalTracker(folder=run.tracking)
+
+
+def _mlflow(config: Config, run: RunDir) -> Tracker:
+    from plantpheno.tracking.mlflow_backend import MlflowTracker
+
+    return MlflowTracker(config.tracking.mlflow, experiment=config.experiment, output_dir=config.output_dir)
+
+
+def _wandb(config: Config, run: RunDir) -> Tracker:
+    from plantpheno.tracking.wandb_backend import WandbTracker
+
+    return WandbTracker(config.tracking.wandb, group=config.tracking.wandb.group or config.experiment,
+                        folder=run.path)
+
+
+def _tensorboard(config: Config, run: RunDir) -> Tracker:
+    from plantpheno.tracking.tensorboard_backend import TensorboardTracker
+
+    return TensorboardTracker(log_dir=run.tensorboard)
+
+
+# name -> factory; each backend's module (and library) is imported only when the backend is selected, and
+# the factory hands it the values it needs, never the whole config
+BACKENDS: dict[str, Callable[[Config, RunDir], Tracker]] = {
+    "local": _local, "mlflow": _mlflow, "wandb": _wandb, "tensorboard": _tensorboard,
 }
 
 
-def create_tracker(name: str, config: Config, run_dir: Path) -> Tracker:
+def create_tracker(name: str, config: Config, run: RunDir) -> Tracker:
     """Instantiate one backend by name (see :data:`BACKENDS`)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown tracking backend {name!r}; known: {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(config, run_dir)
+    return BACKENDS[name](config, run)
 
 
 def flatten(data: Mapping[str, object]) -> dict[str, str]:

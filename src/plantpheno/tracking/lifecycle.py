@@ -4,50 +4,42 @@ tags, and at the end log the final evaluation and the run's files as artifacts."
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from plantpheno.config import Config, config_to_dict
-from plantpheno.rundir import CHECKPOINTS, ENVIRONMENT_FILE, EVAL_DIR, read_status, write_status
+from plantpheno.reporting import Reporter
+from plantpheno.rundir import EVAL_DIR, RunDir
 from plantpheno.tracking import flatten
 from plantpheno.tracking.session import TrackerSet, build_trackers
-from plantpheno.training.callbacks import BEST
 
-if TYPE_CHECKING:
-    from plantpheno.data.datasets import PreparedData
-    from plantpheno.training.tasks import Task
 
-def open_run_tracking(config: Config, run_dir: Path, *, prepared: PreparedData, task: Task,
-                      resuming: bool) -> TrackerSet:
+def open_run_tracking(config: Config, run: RunDir, *, split_sizes: Mapping[str, int], num_classes: int,
+                      fingerprint: str, task: str, resuming: bool, reporter: Reporter) -> TrackerSet:
     """Start (or re-open, on resume) every tracker run; new runs log params and lineage tags."""
-    trackers = build_trackers(config, run_dir)
-    previous = read_status(run_dir).get("tracking") if resuming else None
-    ids = trackers.start(run_name=run_dir.name, resume_ids=previous)
-    write_status(run_dir, "starting", tracking={**(previous or {}), **ids})
+    trackers = build_trackers(config, run, reporter=reporter)
+    previous = run.read_status().get("tracking") if resuming else None
+    ids = trackers.start(run_name=run.name, resume_ids=previous)
+    run.write_status("starting", tracking={**(previous or {}), **ids})
     if not resuming:
         params = flatten(config_to_dict(config))
-        params.update({f"data.num_{k}": str(len(v)) for k, v in prepared.splits.items()})
-        params["data.num_classes"] = str(len(prepared.class_names or []))
+        params.update({f"data.num_{k}": str(n) for k, n in split_sizes.items()})
+        params["data.num_classes"] = str(num_classes)
         trackers.log_params(params)
-        env = json.loads((run_dir / ENVIRONMENT_FILE).read_text(encoding="utf-8"))
+        env = json.loads(run.environment.read_text(encoding="utf-8"))
         trackers.set_tags({
-            "dataset_fingerprint": prepared.fingerprint, "git_commit": env["git_commit"],
+            "dataset_fingerprint": fingerprint, "git_commit": env["git_commit"],
             "git_dirty": env["git_dirty"], "plantpheno_version": env["plantpheno"], "torch_version": env["torch"],
-            "timm_version": env["timm"], "device": env["device"], "task": task.name,
-            "backbone": config.model.backbone, "run_dir": str(run_dir.resolve()),
+            "timm_version": env["timm"], "device": env["device"], "task": task,
+            "backbone": config.model.backbone, "run_dir": str(run.path.resolve()),
         })
     for hint in trackers.hints():
-        print(f"tracking: {hint}", file=sys.stderr)
+        reporter.info(f"tracking: {hint}")
     return trackers
 
 
-_RUN_ARTIFACTS = ("config.yaml", "split.csv", "dataset.json", "environment.json", "metrics.jsonl",
-                  "training_curves.png", "bad_images.csv")
-
-
-def log_run_results(trackers: TrackerSet, config: Config, run_dir: Path, metrics: dict[str, Any], *, split: str,
-                 step: int) -> None:
+def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], *, split: str, step: int,
+                    log_checkpoint: bool) -> None:
     """Final evaluation metrics (``test/accuracy`` ...) and the run's files as artifacts."""
     prefix = "test" if split == "test" else f"eval_{split}"
     final = {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -55,9 +47,9 @@ def log_run_results(trackers: TrackerSet, config: Config, run_dir: Path, metrics
     if ci.get("low") is not None:
         final[f"{prefix}/{ci['metric']}_ci_low"], final[f"{prefix}/{ci['metric']}_ci_high"] = ci["low"], ci["high"]
     trackers.log_metrics(final, step=step)
-    for name in _RUN_ARTIFACTS:
-        trackers.log_artifact(run_dir / name, folder="run")
-    for path in sorted((run_dir / EVAL_DIR / split).iterdir()):
+    for path in run.artifacts():
+        trackers.log_artifact(path, folder="run")
+    for path in sorted(run.eval(split).path.iterdir()):
         trackers.log_artifact(path, folder=f"{EVAL_DIR}/{split}")
-    if config.tracking.log_checkpoint:
-        trackers.log_artifact(run_dir / CHECKPOINTS / BEST, folder=CHECKPOINTS)
+    if log_checkpoint:
+        trackers.log_artifact(run.best_checkpoint, folder=run.checkpoints.name)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from plantpheno.config import Config
+from plantpheno.config import MlflowConfig
 
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
@@ -23,15 +23,14 @@ class MlflowTracker:
 
     name = "mlflow"
 
-    def __init__(self, config: Config, run_dir: Path) -> None:
+    def __init__(self, settings: MlflowConfig, *, experiment: str, output_dir: Path) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
-        settings = config.tracking.mlflow
-        self.uri = settings.uri or default_uri(config.output_dir)
+        self.uri = settings.uri or default_uri(output_dir)
         # a remote server decides where artifacts go; the embedded store keeps them next to it
-        self.artifact_location = None if settings.uri else (config.output_dir / "mlartifacts").resolve().as_uri()
-        self.experiment = settings.experiment or config.experiment
+        self.artifact_location = None if settings.uri else (output_dir / "mlartifacts").resolve().as_uri()
+        self.experiment = settings.experiment or experiment
         self.parent_run_id = settings.parent_run_id
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None

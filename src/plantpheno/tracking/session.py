@@ -1,10 +1,9 @@
-"""Running several trackers as one: fan-out, failure containment, system metrics, trainer callback."""
+"""Running several trackers as one: fan-out, failure containment, system metrics."""
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 
 from plantpheno.config import Config
 from plantpheno.errors import ConfigError
+from plantpheno.reporting import Reporter, default_reporter
+from plantpheno.rundir import RunDir
 from plantpheno.tracking import Axis, RunStatus, Tracker, create_tracker
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,10 @@ class TrackerSet:
     """Calls every tracker in turn. A backend that raises (server down, disk full) is reported once and
     dropped; the others — always including the local log — carry on, and so does training."""
 
-    def __init__(self, trackers: list[Tracker], *, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, trackers: list[Tracker], *, reporter: Reporter | None = None) -> None:
         self.trackers = list(trackers)
         self.failed: dict[str, str] = {}
-        self._warn = warn or (lambda msg: print(f"plantpheno: warning: {msg}", file=sys.stderr, flush=True))
+        self.reporter = default_reporter(reporter)
         self._lock = threading.Lock()  # the system-metrics thread logs too
 
     def _safely(self, tracker: Tracker, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -32,7 +33,7 @@ class TrackerSet:
         except Exception as exc:  # noqa: BLE001 - any backend failure must not stop training
             self.trackers.remove(tracker)
             self.failed[tracker.name] = f"{type(exc).__name__}: {exc}"
-            self._warn(f"tracking backend {tracker.name} failed in {method} ({type(exc).__name__}: "
+            self.reporter.warning(f"tracking backend {tracker.name} failed in {method} ({type(exc).__name__}: "
                        f"{str(exc)[:300]}); it is switched off for this run, training goes on and the "
                        f"local log in the run directory stays complete")
             return None
@@ -76,27 +77,30 @@ class TrackerSet:
         return [t.ui_hint for t in self.trackers if getattr(t, "ui_hint", None)]
 
 
-def build_trackers(config: Config, run_dir: Path) -> TrackerSet:
+def build_trackers(config: Config, run: RunDir, *, reporter: Reporter | None = None) -> TrackerSet:
     """The local log plus every configured backend. A backend whose library is missing is a config error."""
-    trackers = [create_tracker("local", config, run_dir)]
+    trackers = [create_tracker("local", config, run)]
     for name in config.tracking.backends:
         try:
-            trackers.append(create_tracker(name, config, run_dir))
+            trackers.append(create_tracker(name, config, run))
         except ImportError as exc:
             raise ConfigError(f"tracking.backends includes {name} but it cannot be imported ({exc}); install it "
                               f"with: pip install 'plantpheno[{name}]'") from None
-    return TrackerSet(trackers)
+    return TrackerSet(trackers, reporter=reporter)
 
 
 class SystemMonitor:
     """Samples CPU %, RAM, process memory and (with CUDA) GPU utilisation/memory on a background thread."""
 
-    def __init__(self, trackers: TrackerSet, *, interval: float, step: Callable[[], int]) -> None:
-        self.trackers, self.interval, self.step = trackers, interval, step
+    def __init__(self, trackers: TrackerSet, *, interval: float) -> None:
+        self.trackers, self.interval = trackers, interval
+        self.step: Callable[[], int] = lambda: 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, step: Callable[[], int]) -> None:
+        """Sample every ``interval`` seconds until :meth:`stop`; ``step`` gives the optimizer step to log at."""
+        self.step = step
         if self.interval <= 0 or self._thread is not None:
             return
         import psutil
@@ -141,30 +145,3 @@ def _gpu_sample() -> dict[str, float]:
     except Exception:  # noqa: BLE001 - needs NVML (pynvml); memory figures still help
         pass
     return values
-
-
-class TrackingCallback:
-    """Trainer callback: per-epoch metrics to every tracker; system metrics while training."""
-
-    def __init__(self, trackers: TrackerSet, *, system_interval: float) -> None:
-        self.trackers = trackers
-        self.system_interval = system_interval
-        self.monitor: SystemMonitor | None = None
-
-    def on_fit_start(self, trainer: Any) -> None:
-        self.monitor = SystemMonitor(self.trackers, interval=self.system_interval,
-                                     step=lambda: trainer.state.global_step)
-        self.monitor.start()
-
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        self.trackers.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
-
-    def close(self) -> None:
-        if self.monitor is not None:
-            self.monitor.stop()
-
-    def on_interrupt(self, trainer: Any) -> None:
-        self.close()
-
-    def on_fit_end(self, trainer: Any) -> None:
-        self.close()

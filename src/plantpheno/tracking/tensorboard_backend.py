@@ -7,18 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from plantpheno.config import Config
-
 
 class TensorboardTracker:
     """Event files in ``RUN_DIR/tensorboard`` (``tensorboard --logdir OUTPUT_DIR`` shows all runs)."""
 
     name = "tensorboard"
 
-    def __init__(self, config: Config, run_dir: Path) -> None:
+    def __init__(self, *, log_dir: Path) -> None:
         import torch.utils.tensorboard  # noqa: F401 - needs the tensorboard package: fail at set-up
 
-        self.log_dir = run_dir / "tensorboard"
+        self.log_dir = log_dir
         self.writer = None
         self.params: dict[str, str] = {}
         self.final: dict[str, float] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from plantpheno.config import Config
+from plantpheno.config import WandbConfig
 
 _EXIT_CODE = {"completed": 0, "failed": 1, "interrupted": 130}
 
@@ -15,12 +15,11 @@ class WandbTracker:
 
     name = "wandb"
 
-    def __init__(self, config: Config, run_dir: Path) -> None:
+    def __init__(self, settings: WandbConfig, *, group: str, folder: Path) -> None:
         import wandb  # noqa: F401 - fail at set-up, not mid-run, when W&B is not installed
 
-        self.settings = config.tracking.wandb
-        self.group = self.settings.group or config.experiment
-        self.run_dir = run_dir
+        self.settings, self.group = settings, group
+        self.run_dir = folder  # W&B makes its own `wandb` folder inside
         self.run = None
 
     def start(self, *, run_name: str, resume_id: str | None) -> str | None:

@@ -1,18 +1,23 @@
-"""Callbacks: best-metric tracking with early stopping, checkpoints, the metrics log, the console."""
+"""Callbacks: best-metric tracking with early stopping, checkpoints, the metrics log, the console, trackers."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from plantpheno import distributed
 from plantpheno.atomic import atomic_write_text
+from plantpheno.errors import TrainingError
+from plantpheno.reporting import Progress, Reporter
+from plantpheno.rundir import RunDir
 from plantpheno.training.checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from plantpheno.training.trainer import Trainer
 
-BEST, LAST = "best.pt", "last.pt"
+if TYPE_CHECKING:
+    from plantpheno.tracking import Tracker
 
 
 class EarlyStopping:
@@ -40,29 +45,30 @@ class Checkpointer:
     """Writes ``best.pt`` when the monitored metric improves and ``last.pt`` after every epoch (and on
     interruption, mid-epoch); restores the best weights when training ends."""
 
-    def __init__(self, folder: Path, *, meta: dict[str, Any]) -> None:
-        self.folder, self.meta = folder, meta
+    def __init__(self, run: RunDir, *, meta: dict[str, Any]) -> None:
+        self.run, self.meta = run, meta
 
     def payload(self, trainer: Trainer, *, full: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": trainer.checkpoint_model.state_dict(), "state": trainer.state.to_dict(),
+        out: dict[str, Any] = {"model": trainer.nets.whole.state_dict(), "state": trainer.state.to_dict(),
                                "meta": self.meta}
         if full:
-            out.update(optimizer=trainer.optimizer.state_dict(), scaler=trainer.scaler.state_dict(),
-                       scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+            opt = trainer.optimization
+            out.update(optimizer=opt.optimizer.state_dict(), scaler=opt.scaler.state_dict(),
+                       scheduler=opt.scheduler.state_dict() if opt.scheduler is not None else None,
                        rng=capture_rng())
         return out
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if trainer.state.best_epoch == trainer.state.epoch:
-            save_checkpoint(self.folder / BEST, self.payload(trainer, full=False))
-        save_checkpoint(self.folder / LAST, self.payload(trainer, full=True))
+            save_checkpoint(self.run.best_checkpoint, self.payload(trainer, full=False))
+        save_checkpoint(self.run.last_checkpoint, self.payload(trainer, full=True))
 
     def on_interrupt(self, trainer: Trainer) -> None:
-        save_checkpoint(self.folder / LAST, self.payload(trainer, full=True))
+        save_checkpoint(self.run.last_checkpoint, self.payload(trainer, full=True))
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if (self.folder / BEST).is_file():
-            trainer.checkpoint_model.load_state_dict(load_checkpoint(self.folder / BEST)["model"])
+        if self.run.best_checkpoint.is_file():
+            trainer.nets.whole.load_state_dict(load_checkpoint(self.run.best_checkpoint)["model"])
 
 
 class MetricsLog:
@@ -89,22 +95,19 @@ class MetricsLog:
 
 
 class Console:
-    """A progress bar per epoch (loss, running metric, images/s) and one summary line per epoch."""
+    """A progress bar per epoch (loss, running metric, images/s) and one summary line per epoch, through the
+    run's reporter."""
 
-    def __init__(self, *, progress_bar: bool, stream=None) -> None:
-        self.progress_bar, self.stream = progress_bar, stream or sys.stderr
-        self.bar = None
+    def __init__(self, reporter: Reporter, *, progress_bar: bool) -> None:
+        self.reporter, self.progress_bar = reporter, progress_bar
+        self.bar: Progress | None = None
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         if not self.progress_bar:
             return
-        from tqdm.auto import tqdm
-
-        loader = trainer.loaders["train"]
-        total = len(loader) + trainer.state.batch
-        # disable=None: no bar when the stream is not a terminal (CI logs, files)
-        self.bar = tqdm(total=total, initial=trainer.state.batch, leave=False, file=self.stream, disable=None,
-                        desc=f"epoch {trainer.state.epoch + 1}/{trainer.epochs}", unit="batch", dynamic_ncols=True)
+        total = len(trainer.loaders["train"]) + trainer.state.batch
+        self.bar = self.reporter.progress(total=total, initial=trainer.state.batch, unit="batch",
+                                          desc=f"epoch {trainer.state.epoch + 1}/{trainer.epochs}")
 
     def on_batch_end(self, trainer: Trainer, loss: float, images: int) -> None:
         if self.bar is None:
@@ -129,4 +132,55 @@ class Console:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                           if k not in ("epoch",) and isinstance(v, float))
         star = " *" if trainer.state.best_epoch == trainer.state.epoch else ""
-        print(f"epoch {metrics['epoch']}/{trainer.epochs}  {shown}{star}", file=self.stream, flush=True)
+        self.reporter.info(f"epoch {metrics['epoch']}/{trainer.epochs}  {shown}{star}")
+
+
+class SystemSampler(Protocol):
+    """Samples system metrics (CPU, memory, GPU) while training; ``step`` says which optimizer step it is."""
+
+    def start(self, step: Callable[[], int]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class TrackerCallback:
+    """Hands the trainer's values to a tracker: each epoch's metrics, and a step counter to the system sampler.
+
+    It lives with the trainer so that trackers receive values and never see the trainer."""
+
+    def __init__(self, tracker: Tracker, *, system: SystemSampler | None = None) -> None:
+        self.tracker, self.system = tracker, system
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.system is not None:
+            state = trainer.state
+            self.system.start(lambda: state.global_step)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+
+    def close(self) -> None:
+        if self.system is not None:
+            self.system.stop()
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.close()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.close()
+
+
+class ReplicaCheck:
+    """At the end of each phase, compare every rank's parameters (before rank 0 restores the best weights);
+    ``identical`` holds the last answer."""
+
+    def __init__(self, dist: distributed.DistContext) -> None:
+        self.dist = dist
+        self.identical: bool | None = None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        digests = self.dist.all_gather(distributed.parameters_digest(trainer.model))
+        self.identical = len(set(digests)) == 1
+        if not self.identical:
+            raise TrainingError(f"model replicas diverged across ranks (parameter digests {digests}); "
+                                f"this is a bug, please report it")

@@ -26,9 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plantpheno.config import Config
-from plantpheno.data.batch_augment import loader_augment, to_device
+from plantpheno.data.batch_augment import BatchFinish
 from plantpheno.data.cache import ImageCache, cache_spec
-from plantpheno.data.datasets import EpochSampler, ImageDataset, PreparedData, collate
+from plantpheno.data.datasets import EpochSampler, ImageDataset, Loaders, PreparedData, collate
 from plantpheno.data.transforms import eval_transform
 from plantpheno.models import input_format
 
@@ -83,29 +83,29 @@ def pooled_features(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 @torch.no_grad()
 def _featurise(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, loader: DataLoader,
-               device: torch.device) -> torch.Tensor:
-    """``fn`` over every batch of ``loader``, with ``model`` (whose modules ``fn`` runs) in eval mode."""
+               device: torch.device, finish: BatchFinish) -> torch.Tensor:
+    """``fn`` over every batch of ``loader`` (moved by ``finish``), with ``model`` (whose modules ``fn`` runs)
+    in eval mode."""
     was_training = model.training
     model.eval()
-    augment, fmt = loader_augment(loader), input_format(model)
-    chunks = [fn(to_device(images, device, augment=augment, memory_format=fmt)).float().cpu().contiguous()
-              for images, _ in loader]
+    fmt = input_format(model)
+    chunks = [fn(finish(images, device, memory_format=fmt)).float().cpu().contiguous() for images, _ in loader]
     model.train(was_training)
     return torch.cat(chunks)
 
 
 def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int, seed: int, batch_size: int,
-                    num_workers: int, device: torch.device,
+                    num_workers: int, device: torch.device, finish: BatchFinish,
                     fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Features (or ``fn``'s outputs) of ``views`` augmented passes over the training images
-    (``train_images`` augments)."""
+    (``train_images`` augments; ``finish`` completes its batches)."""
     out = []
     for view in range(views):
         seeds = torch.randint(0, 2**62, (len(train_images),), generator=torch.Generator().manual_seed(
             seed * 1_000_003 + 7_919 * (view + 1)))
         loader = DataLoader(train_images, batch_size=batch_size, num_workers=num_workers, sampler=_Items(seeds),
                             collate_fn=collate, generator=torch.Generator())
-        out.append(_featurise(fn or pooled_features(model), model, loader, device))
+        out.append(_featurise(fn or pooled_features(model), model, loader, device, finish))
     return out
 
 
@@ -122,10 +122,10 @@ def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int
     # a private generator: the loader's base seed must not come from (and shift) the global RNG
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
                         sampler=EpochSampler(len(paths), seed=0, shuffle=False))
-    return _featurise(fn or pooled_features(model), model, loader, device)
+    return _featurise(fn or pooled_features(model), model, loader, device, BatchFinish())
 
 
-def cache_inputs(prepared: PreparedData, image_loaders: dict[str, DataLoader], model: nn.Module, config: Config, *,
+def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Module, config: Config, *,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
                  fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """``fn`` (default: the pooled features) of every train and val image, ``(views, N, ...)``: view 0 with
@@ -143,7 +143,7 @@ def cache_inputs(prepared: PreparedData, image_loaders: dict[str, DataLoader], m
                                    cache=images.dataset.cache if same_size else None)
         views = config.training.feature_cache_views
         extra = (augmented_views(model, images.dataset, views=views - 1, seed=config.seed, batch_size=batch,
-                                 num_workers=images.num_workers, device=device, fn=fn)
+                                 num_workers=images.num_workers, device=device, finish=image_loaders.finish, fn=fn)
                  if split == "train" and views > 1 else [])
         cached[split] = torch.stack([outputs, *extra])
     return cached
@@ -165,22 +165,23 @@ def map_cached(cached: dict[str, torch.Tensor], fn: Callable[[torch.Tensor], tor
     return out
 
 
-def loaders_over(cached: dict[str, torch.Tensor], image_loaders: dict[str, DataLoader],
-                 config: Config) -> dict[str, DataLoader]:
+def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config: Config) -> Loaders:
     """Train/val loaders over cached tensors, with the image loaders' samplers (same order, same shards);
     the test loader stays on images: the final evaluation runs the whole model."""
-    loaders = dict(image_loaders)
+    loaders = {}
     for split, tensor in cached.items():
         images = image_loaders[split]
         loaders[split] = DataLoader(FeatureDataset(tensor, images.dataset.targets), batch_size=images.batch_size,
                                     sampler=images.sampler, drop_last=images.drop_last,
                                     generator=torch.Generator().manual_seed(config.seed))
-    return loaders
+    # cached tensors are already finished (float, normalised); the test images keep their own finish,
+    # which only moves float batches
+    return image_loaders.replace(loaders, finish=BatchFinish())
 
 
-def feature_loaders(prepared: PreparedData, image_loaders: dict[str, DataLoader], model: nn.Module,
+def feature_loaders(prepared: PreparedData, image_loaders: Loaders, model: nn.Module,
                     config: Config, *, mean: Sequence[float], std: Sequence[float],
-                    device: torch.device) -> dict[str, DataLoader]:
+                    device: torch.device) -> Loaders:
     """Train/val loaders over cached pooled features (see :func:`loaders_over`)."""
     return loaders_over(cache_inputs(prepared, image_loaders, model, config, mean=mean, std=std, device=device),
                         image_loaders, config)

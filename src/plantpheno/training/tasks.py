@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from plantpheno.evaluation.metrics import classification_metrics, regression_metrics
+from plantpheno.tasks import CLASSIFICATION, REGRESSION, TaskMetrics
 
 
 class Task(Protocol):
     """How model outputs become a loss target, predictions, and validation metrics."""
 
     name: str
+    spec: TaskMetrics
     num_outputs: int
     train_metric: str
     metric_names: tuple[str, ...]
+
+    def to_meta(self) -> dict[str, Any]:
+        """What checkpoints and model packages record to rebuild this task (:func:`task_from_meta`)."""
+        ...
 
     def loss_target(self, target: torch.Tensor) -> torch.Tensor: ...
 
@@ -32,13 +38,18 @@ class Task(Protocol):
 
 
 class Classification:
-    name = "classification"
-    train_metric = "accuracy"
-    metric_names = ("accuracy", "macro_f1", "weighted_f1")
+    spec = CLASSIFICATION
+    name = spec.name
+    train_metric = spec.train_metric
+    metric_names = spec.val_metrics
 
     def __init__(self, class_names: list[str]) -> None:
         self.class_names = class_names
         self.num_outputs = len(class_names)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"task": self.name, "num_outputs": self.num_outputs, "class_names": list(self.class_names),
+                "target_mean": None, "target_std": None}
 
     def loss_target(self, target: torch.Tensor) -> torch.Tensor:
         return target
@@ -51,19 +62,24 @@ class Classification:
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         m = classification_metrics(y_true.astype(int), predictions.argmax(axis=1), num_classes=self.num_outputs)
-        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"]}
+        return {k: m[k] for k in self.metric_names}
 
 
 class Regression:
     """The network learns the standardised trait; predictions are converted back to its units."""
 
-    name = "regression"
-    train_metric = "mae"
-    metric_names = ("mae", "rmse", "r2")
+    spec = REGRESSION
+    name = spec.name
+    train_metric = spec.train_metric
+    metric_names = spec.val_metrics
     num_outputs = 1
 
     def __init__(self, mean: float, std: float) -> None:
         self.mean, self.std = mean, std
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"task": self.name, "num_outputs": 1, "class_names": None, "target_mean": self.mean,
+                "target_std": self.std}
 
     def loss_target(self, target: torch.Tensor) -> torch.Tensor:
         return ((target - self.mean) / self.std)[:, None]
@@ -76,4 +92,11 @@ class Regression:
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         m = regression_metrics(y_true.astype(float), predictions.astype(float))
-        return {"mae": m["mae"], "rmse": m["rmse"], "r2": m["r2"]}
+        return {k: m[k] for k in self.metric_names}
+
+
+def task_from_meta(meta: dict[str, Any]) -> Classification | Regression:
+    """The task a checkpoint's or model package's metadata (:meth:`Task.to_meta`) describes."""
+    if meta["task"] == "classification":
+        return Classification(list(meta["class_names"]))
+    return Regression(float(meta["target_mean"]), float(meta["target_std"]))

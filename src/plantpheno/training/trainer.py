@@ -10,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from plantpheno.data.batch_augment import loader_augment, to_device
+from plantpheno.data.datasets import Loaders
 from plantpheno.distributed import DistContext
 from plantpheno.errors import TrainingError
 from plantpheno.evaluation.predict import Predictions, predict
@@ -38,10 +38,56 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     world_size: int = 1  # processes that shared `batch` (a mid-epoch position is per rank)
-    fine_tune_from: int | None = None  # the epoch the fine-tune phase began at; None = not in that phase
+    phase: str = "train"  # the training phase the loop is in (plantpheno.training.phases)
+    phase_start: int = 0  # the epoch that phase began at
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainState:
+        """A state saved by :meth:`to_dict` (also by earlier versions, which marked the fine-tune phase with
+        ``fine_tune_from``)."""
+        saved = {"world_size": 1, **saved}
+        fine_tune_from = saved.pop("fine_tune_from", None)
+        if fine_tune_from is not None:
+            saved.update(phase="fine_tune", phase_start=fine_tune_from)
+        return cls(**saved)
+
+
+@dataclass
+class Networks:
+    """The model handles of one training phase, named by what each holds.
+
+    ``trained`` is the network the loop runs on the loaders' inputs: the whole model, or, with the feature
+    cache, only the part after the cache (the head, or the blocks after a cut). ``stepped`` is what the
+    optimizer steps through: ``trained`` itself, or its DistributedDataParallel / ``torch.compile`` wrapper.
+    ``whole`` is the complete network, whose ``state_dict`` checkpoints hold and evaluation runs."""
+
+    trained: nn.Module
+    stepped: nn.Module | None = None
+    whole: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        # `is None`, not `or`: compiled modules refuse len()
+        self.stepped = self.trained if self.stepped is None else self.stepped
+        self.whole = self.trained if self.whole is None else self.whole
+
+
+@dataclass
+class Optimization:
+    """How a step updates the weights: optimizer, schedule, gradient scaling, mixed precision, clipping."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    step_scheduler_per_batch: bool = False
+    scaler: torch.amp.GradScaler | None = None
+    amp_dtype: torch.dtype | None = None
+    grad_clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler("cpu", enabled=False)
 
 
 class Callback(Protocol):
@@ -81,32 +127,27 @@ class Interrupted(Exception):
 
 
 class Trainer:
-    """Fits ``model`` on ``loaders["train"]``, validating on ``loaders["val"]`` after every epoch."""
+    """Fits ``nets.trained`` on ``loaders["train"]``, validating on ``loaders["val"]`` after every epoch."""
 
-    def __init__(self, *, model: nn.Module, task: Task, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, step_scheduler_per_batch: bool, scaler: torch.amp.GradScaler,
-                 loaders: dict[str, DataLoader], device: torch.device, epochs: int, monitor: tuple[str, str],
-                 amp_dtype: torch.dtype | None = None, grad_clip_norm: float | None = None,
-                 callbacks: list[object] = (), state: TrainState | None = None,
-                 dist: DistContext | None = None, train_model: nn.Module | None = None,
-                 channels_last: bool = False, checkpoint_model: nn.Module | None = None) -> None:
-        self.model, self.task, self.loss_fn = model, task, loss_fn.to(device)
-        # `train_model` is the DistributedDataParallel wrapper when distributed; `model` is always the plain
-        # network, whose state_dict (no "module." prefix) goes into checkpoints and serves evaluation.
-        self.train_model = train_model if train_model is not None else model  # no `or`: compiled modules refuse len()
-        # what checkpoints hold: the whole network, also when `model` is only a head on cached features
-        self.checkpoint_model = checkpoint_model if checkpoint_model is not None else model
+    def __init__(self, *, nets: Networks, task: Task, loss_fn: nn.Module, optimization: Optimization,
+                 loaders: Loaders, device: torch.device, epochs: int, monitor: tuple[str, str],
+                 callbacks: Sequence[object] = (), state: TrainState | None = None,
+                 dist: DistContext | None = None, channels_last: bool = False) -> None:
+        self.nets, self.task, self.loss_fn = nets, task, loss_fn.to(device)
+        self.optimization = optimization
         self.dist = dist or DistContext()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.step_scheduler_per_batch = step_scheduler_per_batch
         self.loaders, self.device, self.epochs, self.monitor = loaders, device, epochs, monitor
-        self.amp_dtype, self.grad_clip_norm = amp_dtype, grad_clip_norm
         self.callbacks = list(callbacks)
         self.state = state or TrainState()
         self.should_stop = False  # set by callbacks (early stopping)
         self.stop_requested: str | None = None  # set by signal handlers or tests: stop after this batch
         self._stop_now = False  # the stop decision all ranks agreed on at the last step
+
+    @property
+    def model(self) -> nn.Module:
+        """The network trained on the loaders' inputs (``nets.trained``)."""
+        return self.nets.trained
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -119,7 +160,7 @@ class Trainer:
         self._emit("on_fit_start")
         while self.state.epoch < self.epochs and not self.should_stop:
             if self.state.batch == 0:  # the rate this epoch starts with (kept across a mid-epoch resume)
-                self.state.partial["lr"] = self.optimizer.param_groups[0]["lr"]
+                self.state.partial["lr"] = self.optimization.optimizer.param_groups[0]["lr"]
             lr = self.state.partial["lr"]
             train_metrics = self.train_epoch()
             val_metrics = {f"val/{k}": v for k, v in self.validate("val").items()}
@@ -138,13 +179,13 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         loader, state = self.loaders["train"], self.state
         loader.sampler.set_epoch(state.epoch, start=state.batch * loader.batch_size * self.dist.world_size)
-        set_train_mode(self.model, True)
+        set_train_mode(self.nets.trained, True)
         self._emit("on_epoch_start")
         acc = state.partial
         tick = time.perf_counter()
-        augment = loader_augment(loader)  # set when the batches come as uint8 (and maybe unaugmented)
+        finish = self.loaders.finish  # normalises (or augments) uint8 batches on the device
         for images, target in loader:
-            images = to_device(images, self.device, augment=augment, memory_format=self.memory_format)
+            images = finish(images, self.device, memory_format=self.memory_format)
             target = target.to(self.device, non_blocking=True)
             loss, outputs = self._train_step(images, target)
             n = len(target)
@@ -167,10 +208,11 @@ class Trainer:
                 "time/epoch_s": acc["time"], "time/images_per_s": seen / max(acc["time"], 1e-9)}
 
     def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
+        opt = self.optimization
+        autocast = (torch.autocast(self.device.type, dtype=opt.amp_dtype) if opt.amp_dtype
                     else contextlib.nullcontext())
         with autocast:
-            outputs = self.train_model(images)
+            outputs = self.nets.stepped(images)
             loss = self.loss_fn(outputs.float(), self.task.loss_target(target))
         value = float(loss.detach())
         # one small all-reduce per step: a NaN or a stop request on any rank stops every rank at this step
@@ -178,24 +220,24 @@ class Trainer:
         if nonfinite:
             raise NonFiniteLossError(value if not math.isfinite(value) else float("nan"), self.state.epoch + 1,
                                      self.state.batch + 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.step_scheduler_per_batch and self.scheduler is not None:
-            self.scheduler.step()
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        if opt.grad_clip_norm is not None:
+            opt.scaler.unscale_(opt.optimizer)
+            nn.utils.clip_grad_norm_(self.nets.trained.parameters(), opt.grad_clip_norm)
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        if opt.step_scheduler_per_batch and opt.scheduler is not None:
+            opt.scheduler.step()
         return value, outputs
 
     def validate(self, split: str = "val") -> dict[str, float]:
         """Loss and task metrics over the whole split."""
         loader = self.loaders[split]
         loader.sampler.set_epoch(0)
-        self.dist.sync_buffers(self.model)
-        p = predict(self.model, loader, task=self.task, device=self.device, loss_fn=self.loss_fn,
-                    amp_dtype=self.amp_dtype)
+        self.dist.sync_buffers(self.nets.trained)
+        p = predict(self.nets.trained, loader, task=self.task, device=self.device, loss_fn=self.loss_fn,
+                    amp_dtype=self.optimization.amp_dtype, finish=self.loaders.finish)
         if self.dist.enabled:  # each rank saw a shard: gather them, so every rank computes full-set metrics
             shards = self.dist.all_gather((p.targets, p.outputs, (p.loss or 0.0) * len(p.targets)))
             targets = np.concatenate([t for t, _, _ in shards])
@@ -206,14 +248,11 @@ class Trainer:
                                 f"epoch {self.state.epoch + 1}; lower training.learning_rate")
         return {"loss": float(p.loss), **self.task.metrics(p.targets, p.outputs)}
 
-    def validate_keys(self) -> tuple[str, ...]:
-        """Names of the metrics :meth:`validate` returns (without the ``val/`` prefix)."""
-        return ("loss", *self.task.metric_names)
-
     def _step_epoch_scheduler(self, metrics: dict[str, float]) -> None:
-        if self.scheduler is None or self.step_scheduler_per_batch:
+        scheduler = self.optimization.scheduler
+        if scheduler is None or self.optimization.step_scheduler_per_batch:
             return
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(metrics[self.monitor[0]])
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(metrics[self.monitor[0]])
         else:
-            self.scheduler.step()
+            scheduler.step()

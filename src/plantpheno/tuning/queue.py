@@ -2,12 +2,17 @@
 
 The study's budget is held as WAITING trials (``study.enqueue_trial``): the fixed values of each grid
 combination, or no values for random/TPE (the sampler picks them when a worker takes the trial).
-Workers only ever take a waiting trial (:func:`claim_next`), never create one, so K workers run
-exactly N trials between them. A trial whose worker died (:func:`fail_stale_trials`: same machine and
-the process is gone, or no heartbeat for ``grace_period`` seconds) or was interrupted is marked FAIL
-with ``user_attrs["retry"]`` and enqueued again with the same values (:func:`top_up`); it does not
-count towards N. Should two launchers top the queue up at the same moment, the trials numbered past
-the budget are failed as ``surplus`` when taken, before they run, and hidden from the reports.
+Workers only take a trial when one is waiting (:func:`claim_next`, through ``study.ask``), so K workers
+run exactly N trials between them. A trial whose worker died (:func:`fail_stale_trials`: same machine and
+the process is gone, or no heartbeat for ``grace_period`` seconds) is told FAIL by whoever notices, with
+the reason kept in the study's user attributes; an interrupted trial is told FAIL with
+``user_attrs["retry"]`` by its own worker. Either is enqueued again with the same values (:func:`top_up`)
+and does not count towards N. Should two launchers top the queue up at the same moment, or ``ask`` find
+the last waiting trial taken by another machine (and make a new one), the trial numbered past the budget
+(or not from the queue) is failed as ``surplus`` when taken, before it runs, and hidden from the reports.
+
+Only Optuna's public API is used: ``enqueue_trial``, ``ask``, ``tell`` (by trial number for another
+process's trial), trial and study user attributes.
 """
 
 from __future__ import annotations
@@ -30,17 +35,30 @@ from plantpheno.tuning.plan import StudyPlan
 
 WORKER_ATTR = "plantpheno:worker"
 HEARTBEAT_ATTR = "plantpheno:heartbeat"
+QUEUED_ATTR = "plantpheno:values"  # set on every trial the queue enqueues: the values it fixes ({} = sampled)
+STALE_ATTR = "plantpheno:stale:"  # + trial number, a study user attribute: why a dead worker's trial failed
 HOST = socket.gethostname()
 
 
 def counts(trial: FrozenTrial) -> bool:
-    """Whether a trial uses up one of the study's N trials (retried and surplus trials do not)."""
-    return not (trial.state == TrialState.FAIL and (trial.user_attrs.get("retry") or trial.user_attrs.get("surplus")))
+    """Whether a trial uses up one of the study's N trials (retried, stale and surplus trials do not).
+
+    A worker records ``error`` before it tells a trial FAIL; a FAIL trial without it was failed by another
+    process because its worker was gone (:func:`fail_stale_trials`), and is retried."""
+    if trial.state != TrialState.FAIL:
+        return True
+    attrs = trial.user_attrs
+    return not (attrs.get("retry") or attrs.get("surplus") or "error" not in attrs)
 
 
 def trial_values(trial: FrozenTrial) -> dict[str, Any]:
     """The values a trial runs (or ran) with: its enqueued fixed values, else its suggested ones."""
-    return dict(trial.system_attrs.get("fixed_params") or trial.params)
+    return dict(trial.user_attrs.get(QUEUED_ATTR) or trial.params)
+
+
+def trial_error(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """Why a trial failed: its worker's message, or why its worker was found gone."""
+    return trial.user_attrs.get("error") or study.user_attrs.get(f"{STALE_ATTR}{trial.number}")
 
 
 def top_up(study: optuna.Study, plan: StudyPlan) -> int:
@@ -48,7 +66,7 @@ def top_up(study: optuna.Study, plan: StudyPlan) -> int:
     trials = study.get_trials(deepcopy=False)
     live = [t for t in trials if counts(t)]
     retried = {t.user_attrs.get("retry_of") for t in trials}
-    lost = [t for t in trials if not counts(t) and t.user_attrs.get("retry") and t.number not in retried]
+    lost = [t for t in trials if not counts(t) and not t.user_attrs.get("surplus") and t.number not in retried]
     if plan.grid is not None:
         have = {_key(trial_values(t)) for t in live}
         lost_by_key = {_key(trial_values(t)): t.number for t in lost}
@@ -58,7 +76,10 @@ def top_up(study: optuna.Study, plan: StudyPlan) -> int:
         todo = [(trial_values(t), t.number) for t in lost[:missing]]
         todo += [({}, None)] * (missing - len(todo))
     for values, retry_of in todo:
-        study.enqueue_trial(values, user_attrs={"retry_of": retry_of} if retry_of is not None else None)
+        attrs: dict[str, Any] = {QUEUED_ATTR: values}
+        if retry_of is not None:
+            attrs["retry_of"] = retry_of
+        study.enqueue_trial(values, user_attrs=attrs)
     return len(todo)
 
 
@@ -87,18 +108,18 @@ def queue_lock(plan: StudyPlan) -> Iterator[None]:
 
 
 def claim_next(study: optuna.Study, plan: StudyPlan) -> optuna.Trial | None:
-    """Take the next waiting trial (atomically, across processes); None when the queue is empty."""
+    """Take the next waiting trial (``study.ask`` pops it atomically, across processes); None when the queue
+    is empty."""
     while True:
-        # Study._pop_waiting_trial_id is what Study.ask uses; unlike ask, we never create a trial.
-        trial_id = study._pop_waiting_trial_id()
-        if trial_id is None:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
-        number = study._storage.get_trial(trial_id).number
-        before = sum(counts(t) for t in study.get_trials(deepcopy=False) if t.number < number)
-        if before < plan.n_trials:
-            return optuna.Trial(study, trial_id)  # the sampler's before_trial runs here
-        study._storage.set_trial_user_attr(trial_id, "surplus", True)
-        study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        trial = study.ask()  # the sampler's before_trial runs here
+        queued = QUEUED_ATTR in trial.user_attrs  # else another machine took the last one and ask made this
+        before = sum(counts(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+        if queued and before < plan.n_trials:
+            return trial
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
 
 
 def fail_stale_trials(study: optuna.Study, *, grace_period: float) -> list[int]:
@@ -108,24 +129,22 @@ def fail_stale_trials(study: optuna.Study, *, grace_period: float) -> list[int]:
         reason = _stale_reason(trial, grace_period=grace_period)
         if reason is None:
             continue
-        trial_id = trial._trial_id
         try:
-            study._storage.set_trial_user_attr(trial_id, "error", reason)
-            study._storage.set_trial_user_attr(trial_id, "retry", True)
-            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            failed.append(trial.number)
-        except UpdateFinishedTrialError:  # another process got there first
-            continue
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError, ValueError):  # it ended meanwhile, or another process got
+            continue                                                  # there first
+        study.set_user_attr(f"{STALE_ATTR}{trial.number}", reason)
+        failed.append(trial.number)
     return failed
 
 
 def _stale_reason(trial: FrozenTrial, *, grace_period: float) -> str | None:
-    worker = trial.system_attrs.get(WORKER_ATTR)
+    worker = trial.user_attrs.get(WORKER_ATTR)
     if worker and worker["host"] == HOST:
         if _alive(worker["pid"], worker["started"]):
             return None
         return f"worker process {worker['pid']} on {HOST} ended while the trial was running"
-    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
     if beat is None and trial.datetime_start is not None:
         beat = trial.datetime_start.timestamp()
     if beat is not None and time.time() - beat > grace_period:
@@ -149,22 +168,21 @@ def _key(values: dict[str, Any]) -> str:
 class Lease:
     """Marks a running trial as this process's (host, pid, start time) and beats a heartbeat for it."""
 
-    def __init__(self, study: optuna.Study, trial_id: int, *, interval: float) -> None:
-        self.storage, self.trial_id, self.interval = study._storage, trial_id, interval
+    def __init__(self, trial: optuna.Trial, *, interval: float) -> None:
+        self.trial, self.interval = trial, interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Lease:  # noqa: PYI034
         me = psutil.Process(os.getpid())
-        self.storage.set_trial_system_attr(self.trial_id, WORKER_ATTR,
-                                           {"host": HOST, "pid": me.pid, "started": me.create_time()})
+        self.trial.set_user_attr(WORKER_ATTR, {"host": HOST, "pid": me.pid, "started": me.create_time()})
         self._beat()
         self._thread = threading.Thread(target=self._run, name="plantpheno-trial-heartbeat", daemon=True)
         self._thread.start()
         return self
 
     def _beat(self) -> None:
-        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        self.trial.set_user_attr(HEARTBEAT_ATTR, time.time())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plantpheno.atomic import atomic_write_text, atomic_write_with
 from plantpheno.config import config_to_yaml
 from plantpheno.tuning.plan import StudyPlan
+from plantpheno.tuning.queue import QUEUED_ATTR, STALE_ATTR
 
 BEST_FILE, BEST_CONFIG, TRIALS_CSV = "best.json", "best_config.yaml", "trials.csv"
 
@@ -65,7 +66,8 @@ def write_reports(plan: StudyPlan, study: optuna.Study) -> TuneResult:
     folder.mkdir(parents=True, exist_ok=True)
     trials = visible_trials(study)
     files = {"trials": folder / TRIALS_CSV}
-    atomic_write_text(files["trials"], trials_csv(plan, trials))
+    stale = {int(k[len(STALE_ATTR):]): v for k, v in study.user_attrs.items() if k.startswith(STALE_ATTR)}
+    atomic_write_text(files["trials"], trials_csv(plan, trials, stale=stale))
     best = _best_trial(trials, maximize=plan.direction == "maximize")
     notes: list[str] = []
     if best is not None:
@@ -97,7 +99,7 @@ def _best_trial(trials: list[FrozenTrial], *, maximize: bool) -> FrozenTrial | N
     return max(done, key=lambda t: (sign * t.value, -t.number))  # ties go to the earlier trial
 
 
-def trials_csv(plan: StudyPlan, trials: list[FrozenTrial]) -> str:
+def trials_csv(plan: StudyPlan, trials: list[FrozenTrial], *, stale: dict[int, str] | None = None) -> str:
     """number, state, value, one column per space field, duration_s, epochs, best_epoch, run_dir, error."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -107,8 +109,8 @@ def trials_csv(plan: StudyPlan, trials: list[FrozenTrial]) -> str:
         duration = t.user_attrs.get("duration_s")
         if duration is None and t.duration is not None:
             duration = round(t.duration.total_seconds(), 3)
-        params = t.params or t.system_attrs.get("fixed_params") or {}
-        error = t.user_attrs.get("error", "")
+        params = t.params or t.user_attrs.get(QUEUED_ATTR) or {}
+        error = t.user_attrs.get("error") or (stale or {}).get(t.number, "")
         retried_as = [u.number for u in trials if u.user_attrs.get("retry_of") == t.number]
         if retried_as:
             error = f"{error}; retried as trial {retried_as[0]}"

@@ -22,6 +22,7 @@ import optuna
 from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config, config_to_dict, config_to_yaml, flatten_dict
 from plantpheno.errors import TuningError
+from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.tuning.plan import StudyPlan, make_plan
 from plantpheno.tuning.queue import fail_stale_trials, queue_lock, top_up
 from plantpheno.tuning.report import TuneResult, write_reports
@@ -35,7 +36,7 @@ WORKER_CONFIG, WORKER_SPACE = "tune_config.yaml", "tune_space.yaml"
 
 
 def tune(config: Config, space: SearchSpace, *, settings: TuneSettings, workers: int = 1,
-         handle_signals: bool = True, echo: bool = True) -> TuneResult:
+         handle_signals: bool = True, echo: bool = True, reporter: Reporter | None = None) -> TuneResult:
     """Run (or continue) a hyperparameter study and write its reports into ``OUTPUT_DIR/<experiment>/<study>/``.
 
     Args:
@@ -44,7 +45,8 @@ def tune(config: Config, space: SearchSpace, *, settings: TuneSettings, workers:
         settings: sampler, pruner, metric, trials, storage, ... (see :class:`TuneSettings`).
         workers: worker processes on this machine sharing the study (1 = run trials in this process).
         handle_signals: let Ctrl-C/SIGTERM end the running trial cleanly (main thread only).
-        echo: print warnings about the study (changed base config, workers that failed) to stderr.
+        echo: report warnings about the study (changed base config, workers that failed).
+        reporter: where trial results and warnings go (default: Python's logging).
 
     Raises:
         ConfigError: invalid space or settings, before any trial runs.
@@ -53,16 +55,18 @@ def tune(config: Config, space: SearchSpace, *, settings: TuneSettings, workers:
     """
     if workers < 1:
         raise TuningError(f"--workers: got {workers}; expected 1 or more")
+    reporter = default_reporter(reporter)
     plan = make_plan(config, space, settings)
-    study = open_study(plan, echo=echo)
+    study = open_study(plan, reporter=reporter if echo else None)
     parent = StudyRun(plan, study)
     deadline = time.time() + plan.settings.timeout if plan.settings.timeout else None
     stopped: BaseException | None = None
     try:
         if workers == 1:
-            run_worker(plan, deadline=deadline, parent_run_id=parent.run_id, handle_signals=handle_signals)
+            run_worker(plan, deadline=deadline, parent_run_id=parent.run_id, handle_signals=handle_signals,
+                       reporter=reporter)
         else:
-            _run_worker_processes(plan, workers=workers, deadline=deadline, echo=echo)
+            _run_worker_processes(plan, workers=workers, deadline=deadline, reporter=reporter if echo else None)
     except BaseException as exc:  # noqa: BLE001 - Interrupted, KeyboardInterrupt: report what is done, then stop
         stopped = exc
     result = write_reports(plan, study)
@@ -72,12 +76,12 @@ def tune(config: Config, space: SearchSpace, *, settings: TuneSettings, workers:
     return result
 
 
-def open_study(plan: StudyPlan, *, echo: bool = True) -> optuna.Study:
+def open_study(plan: StudyPlan, *, reporter: Reporter | None = None) -> optuna.Study:
     """Create the study (or load it, checking it was made the same way), fail stale trials, fill its queue."""
     plan.study_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=plan.name, storage=open_storage(plan.storage_url),
                                 direction=plan.direction, load_if_exists=True)
-    _check_same_study(plan, study, echo=echo)
+    _check_same_study(plan, study, reporter=reporter)
     with queue_lock(plan):
         fail_stale_trials(study, grace_period=plan.settings.grace_period)
         top_up(study, plan)
@@ -86,7 +90,7 @@ def open_study(plan: StudyPlan, *, echo: bool = True) -> optuna.Study:
     return study
 
 
-def _check_same_study(plan: StudyPlan, study: optuna.Study, *, echo: bool) -> None:
+def _check_same_study(plan: StudyPlan, study: optuna.Study, *, reporter: Reporter | None) -> None:
     base = flatten_dict(config_to_dict(plan.config))
     made = {"metric": plan.metric, "sampler": plan.settings.sampler, "space": plan.space.to_yaml()}
     stored = study.user_attrs.get(STUDY_ATTR)
@@ -102,12 +106,13 @@ def _check_same_study(plan: StudyPlan, study: optuna.Study, *, echo: bool) -> No
                           f"would {plan.direction} {plan.metric}: choose another --study name")
     changed = sorted(k for k in base if json.dumps(base[k], default=str) !=
                      json.dumps(stored.get("config", {}).get(k), default=str))
-    if changed and echo:
-        print(f"plantpheno: warning: study {plan.name} continues with a base config that differs from the one it "
-              f"started with in: {', '.join(changed)}", file=sys.stderr)
+    if changed and reporter is not None:
+        reporter.warning(f"study {plan.name} continues with a base config that differs from the one it started "
+                         f"with in: {', '.join(changed)}")
 
 
-def _run_worker_processes(plan: StudyPlan, *, workers: int, deadline: float | None, echo: bool) -> None:
+def _run_worker_processes(plan: StudyPlan, *, workers: int, deadline: float | None,
+                          reporter: Reporter | None) -> None:
     """Start ``workers`` processes of ``python -m plantpheno tune ... --worker`` and wait for them."""
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // workers))
@@ -122,9 +127,9 @@ def _run_worker_processes(plan: StudyPlan, *, workers: int, deadline: float | No
             p.wait()
         raise
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
-    if failed and echo:
-        print("plantpheno: warning: worker(s) " + ", ".join(f"{i} (exit status {c})" for i, c in failed) +
-              " ended with an error; re-run the same command to continue the study", file=sys.stderr)
+    if failed and reporter is not None:
+        reporter.warning("worker(s) " + ", ".join(f"{i} (exit status {c})" for i, c in failed) +
+                         " ended with an error; re-run the same command to continue the study")
 
 
 def worker_command(plan: StudyPlan, *, worker_index: int, deadline: float | None) -> list[str]:
@@ -146,7 +151,9 @@ class StudyRun:
         from plantpheno.tracking.mlflow_backend import MlflowTracker
         from plantpheno.tracking.session import TrackerSet
 
-        self.trackers = TrackerSet([MlflowTracker(plan.config, plan.study_dir)])
+        config = plan.config
+        self.trackers = TrackerSet([MlflowTracker(config.tracking.mlflow, experiment=config.experiment,
+                                                  output_dir=config.output_dir)])
         previous = study.user_attrs.get(PARENT_RUN_ATTR)
         ids = self.trackers.start(run_name=plan.name, resume_ids={"mlflow": previous} if previous else None)
         self.run_id = ids.get("mlflow")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from plantpheno.errors import TrainingError, TuningError
+from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.training.trainer import EarlyExit, Interrupted
 from plantpheno.tuning.plan import StudyPlan
 from plantpheno.tuning.queue import Lease, claim_next, fail_stale_trials, queue_lock, top_up
@@ -95,13 +95,15 @@ def _pruner(plan: StudyPlan) -> optuna.pruners.BasePruner:
 
 
 def run_worker(plan: StudyPlan, *, worker_index: int = 0, deadline: float | None = None,
-               parent_run_id: str | None = None, handle_signals: bool = True) -> WorkerSummary:
+               parent_run_id: str | None = None, handle_signals: bool = True,
+               reporter: Reporter | None = None) -> WorkerSummary:
     """Run trials of the plan's study until its queue is empty or ``deadline`` (epoch seconds) passes.
 
     A trial that fails (invalid values, NaN loss, out of memory, ...) is recorded as FAIL with its
     error in ``user_attrs["error"]`` and the worker goes on. An interrupted trial (Ctrl-C, SIGTERM) is
     recorded as FAIL to be retried, and :class:`~plantpheno.training.trainer.Interrupted` is re-raised.
     """
+    reporter = default_reporter(reporter)
     study = load_study(plan, worker_index=worker_index)
     parent_run_id = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
     summary = WorkerSummary()
@@ -112,33 +114,35 @@ def run_worker(plan: StudyPlan, *, worker_index: int = 0, deadline: float | None
             trial = claim_next(study, plan)
         if trial is None:
             break
-        state = run_trial(plan, study, trial, parent_run_id=parent_run_id, handle_signals=handle_signals)
+        state = run_trial(plan, study, trial, parent_run_id=parent_run_id, handle_signals=handle_signals,
+                          reporter=reporter)
         summary.add(trial.number, state)
     return summary
 
 
 def run_trial(plan: StudyPlan, study: optuna.Study, trial: optuna.Trial, *, parent_run_id: str | None,
-              handle_signals: bool) -> TrialState:
+              handle_signals: bool, reporter: Reporter | None = None) -> TrialState:
     """Train one trial's run and tell the study how it ended."""
     from plantpheno import pipeline
 
+    reporter = default_reporter(reporter)
     started = time.time()
-    reporter = PruningReporter(trial, metric=plan.metric, direction=plan.direction)
+    pruning = PruningReporter(trial, metric=plan.metric, direction=plan.direction)
     value: float | None = None
-    with Lease(study, trial._trial_id, interval=plan.settings.heartbeat_interval):
+    with Lease(trial, interval=plan.settings.heartbeat_interval):
         try:
             values = plan.space.suggest(trial)
             config = plan.trial_config(values, number=trial.number, parent_run_id=parent_run_id)
             trial.set_user_attr("run_dir", str(config.output_dir / config.experiment / str(config.run_name)))
-            pipeline.train(config, callbacks=[reporter], handle_signals=handle_signals)
-            if reporter.best is None:
+            pipeline.train(config, callbacks=[pruning], handle_signals=handle_signals, reporter=reporter)
+            if pruning.best is None:
                 raise TrainingError(f"{plan.metric} had no finite value in any epoch")
-            state, value = TrialState.COMPLETE, reporter.best
+            state, value = TrialState.COMPLETE, pruning.best
         except TrialPruned as exc:
             state = TrialState.PRUNED
             trial.set_user_attr("pruned", str(exc))
         except (Interrupted, KeyboardInterrupt) as exc:
-            _finish(study, trial, reporter, started, TrialState.FAIL, None,
+            _finish(study, trial, pruning, reporter, started, TrialState.FAIL, None,
                     error=f"interrupted ({getattr(exc, 'reason', 'KeyboardInterrupt')}); retried when the study "
                           f"is resumed", retry=True)
             raise
@@ -146,25 +150,24 @@ def run_trial(plan: StudyPlan, study: optuna.Study, trial: optuna.Trial, *, pare
             state = TrialState.FAIL
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
             _release_memory()
-    _finish(study, trial, reporter, started, state, value)
+    _finish(study, trial, pruning, reporter, started, state, value)
     return state
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, reporter: PruningReporter, started: float,
+def _finish(study: optuna.Study, trial: optuna.Trial, pruning: PruningReporter, reporter: Reporter, started: float,
             state: TrialState, value: float | None, *, error: str | None = None, retry: bool = False) -> None:
-    trial.set_user_attr("epochs", reporter.epochs)
-    trial.set_user_attr("best_epoch", reporter.best_epoch)
+    trial.set_user_attr("epochs", pruning.epochs)
+    trial.set_user_attr("best_epoch", pruning.best_epoch)
     trial.set_user_attr("duration_s", round(time.time() - started, 3))
     if error is not None:
         trial.set_user_attr("error", error)
     if retry:
         trial.set_user_attr("retry", True)
     study.tell(trial, value, state=state)
-    shown = f" {reporter.metric} {value:.4g}" if value is not None else ""
+    shown = f" {pruning.metric} {value:.4g}" if value is not None else ""
     why = trial.user_attrs.get("error") if state == TrialState.FAIL else None
-    print(f"trial {trial.number}: {state.name}{shown} after {reporter.epochs} epoch(s), "
-          f"{time.time() - started:.1f} s {_params_text(trial.params)}" + (f": {why}" if why else ""),
-          file=sys.stderr, flush=True)
+    reporter.info(f"trial {trial.number}: {state.name}{shown} after {pruning.epochs} epoch(s), "
+                  f"{time.time() - started:.1f} s {_params_text(trial.params)}" + (f": {why}" if why else ""))
 
 
 def _params_text(params: dict[str, Any]) -> str:
