@@ -9,6 +9,7 @@ expected. The rest of the package receives frozen, typed :class:`Config` objects
 from __future__ import annotations
 
 import math
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -19,8 +20,15 @@ from plantpheno.errors import ConfigError
 from plantpheno.tasks import task_metrics
 
 
+# A config or tuning file is a few KB. These bounds refuse a hostile one at once: YAML aliases can make a
+# 316-byte file expand to 9^9 values (its validation error alone was 312 MB and took 16 s, measured).
+MAX_YAML_BYTES = 1 << 20  # 1 MiB per file
+MAX_YAML_VALUES = 100_000  # values after aliases are expanded
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: every float field must be finite (an inf timeout or a NaN weight decay is a typo)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 def _bare_on_off(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -97,6 +105,12 @@ class DataConfig(_Section):
         description="Decode and resize each image once and keep its uint8 pixels: none, memory (RAM, shared by "
         "forked workers) or disk (memory-mapped file in OUTPUT_DIR/.cache, reused by later runs).",
     )
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Refuse images with more pixels than this (checked before decoding: a "
+        "guard against decompression bombs; 100 M pixels decode to 300 MB). Raise it for larger scans.")
+    links_outside_root: Literal["follow", "skip", "error"] = Field(
+        "follow", description="Symlinked class folders or images of a data.root folder that lead outside it: follow "
+        "(use them), skip or error. Either way they are reported and listed in dataset.json.")
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the backbone's.")
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the backbone's.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -424,11 +438,19 @@ def flatten_dict(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_yaml_mapping(path: Path, *, kind: str = "config file") -> dict[str, Any]:
     """A YAML file that must hold a mapping (empty file -> ``{}``); errors name the file."""
     if not path.is_file():
-        raise ConfigError(f"{kind} {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"{kind} {path} {what}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from None
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{kind} {path} is {size:,} bytes; a {kind} may hold at most {MAX_YAML_BYTES:,} bytes")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{kind} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{kind} {path} cannot be read ({exc.strerror or exc})") from None
+    data = parse_yaml(text, what=f"{kind} {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -436,13 +458,76 @@ def read_yaml_mapping(path: Path, *, kind: str = "config file") -> dict[str, Any
     return data
 
 
+def parse_yaml(text: str, *, what: str) -> Any:
+    """``yaml.safe_load`` within bounds: at most ``MAX_YAML_BYTES`` of text and ``MAX_YAML_VALUES`` values once
+    aliases are expanded (counted on the parsed node graph before any value is built), no recursive aliases.
+
+    Raises:
+        ConfigError: naming ``what`` (e.g. "config file x.yaml").
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} is {len(text):,} characters long; at most {MAX_YAML_BYTES:,} are accepted")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, what)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {_clip(str(exc), 2000)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply to be a config") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, what: str) -> None:
+    """Count the values ``root`` expands to (a node reached through N aliases counts N times) without expanding
+    it: each distinct node is visited once, its expanded size summed from its children's."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()  # nodes whose children are being counted: their ancestors on the current path
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        kids = _children(node)
+        if children_done:
+            entered.discard(key)
+            sizes[key] = 1 + sum(sizes[id(kid)] for kid in kids)
+            if sizes[key] > MAX_YAML_VALUES:
+                raise ConfigError(f"{what} expands to more than {MAX_YAML_VALUES:,} values through YAML aliases "
+                                  f"(line {node.start_mark.line + 1}); a config holds a few hundred")
+            continue
+        if key in sizes:
+            continue
+        entered.add(key)
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) in entered:
+                raise ConfigError(f"{what}: a YAML alias refers to a value that contains it (line "
+                                  f"{kid.start_mark.line + 1}); recursive values are not allowed")
+            if id(kid) not in sizes:
+                stack.append((kid, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. training.epochs=5)")
+        raise ConfigError(f"override {short_repr(item)} must look like key.sub=value (e.g. training.epochs=5)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = parse_yaml(text, what=f"override {key.strip()}") if text.strip() else None
+    except ConfigError as exc:
+        if "not valid YAML" not in str(exc):
+            raise
         value = text
     parts = key.strip().split(".")
     node = raw
@@ -450,9 +535,24 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             dotted = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override {item!r}: {dotted} is a value ({child!r}), not a section")
+            raise ConfigError(f"override {short_repr(item)}: {dotted} is a value ({short_repr(child)}), not a section")
         node = child
     node[parts[-1]] = value
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 120, 120, 8, 8
+_REPR.maxtuple = _REPR.maxset = 8
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for a message: long strings and big or deeply nested values cut short (never expanded
+    whole, so a value built from many aliases stays cheap)."""
+    return _clip(_REPR.repr(value), limit)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source: str) -> str:
@@ -463,7 +563,7 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
         kind = err["type"]
         if kind not in ("extra_forbidden", "missing"):
             loc, value = _locate(raw, loc)
-        field = ".".join(loc) or "(top level)"
+        field = _clip(".".join(loc), 200) or "(top level)"
         if kind == "extra_forbidden":
             known = _known_fields(loc[:-1])
             lines.append(f"{field}: unknown field; expected one of: {', '.join(known)}")
@@ -471,7 +571,7 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
         if kind == "missing":
             lines.append(f"{field}: required field is missing")
             continue
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _clip(err["msg"].removeprefix("Value error, "), 500)
         if kind == "value_error" and (not loc or isinstance(value, dict)):
             lines.append(msg)  # a cross-field rule: its message names the fields itself
             continue
@@ -479,8 +579,10 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
             lines[union[field]] += f", or {_expectation(msg)}"
             continue
         union[field] = len(lines)
-        lines.append(f"{field}: got {value!r}; expected {_expectation(msg)}")
-    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+        lines.append(f"{field}: got {short_repr(value)}; expected {_expectation(msg)}")
+    if len(lines) > 50:
+        lines = [*lines[:50], f"... and {len(lines) - 50} more"]
+    return f"invalid configuration ({_clip(source, 300)}):\n  " + "\n  ".join(lines)
 
 
 def _expectation(msg: str) -> str:

@@ -29,7 +29,12 @@ class TrainingError(PlantPhenoError):
 
 
 class RunDirError(PlantPhenoError):
-    """A run directory is missing, incomplete or inconsistent."""
+    """A run directory is missing, incomplete or inconsistent, or another process is writing it."""
+
+
+class StorageError(PlantPhenoError):
+    """A file cannot be written: disk full, quota exceeded, file too large, permission denied, read-only
+    filesystem. The message says what was being written, where, and what is still safe."""
 
 
 class RegistryError(PlantPhenoError):

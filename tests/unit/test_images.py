@@ -402,7 +402,7 @@ def test_check_memo_skips_unchanged_files_and_rechecks_changed_or_bad_ones(tmp_p
 
     decoded: list[Path] = []
     real = images.check_image
-    monkeypatch.setattr(images, "check_image", lambda p: decoded.append(p) or real(p))
+    monkeypatch.setattr(images, "check_image", lambda p, **kw: decoded.append(p) or real(p, **kw))
     again = check_images([*paths, bad], memo=memo)
     assert [c.sha256 for c in again] == [c.sha256 for c in first]
     assert decoded == [bad]  # passed files are not decoded again; a bad file is always re-checked

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from plantpheno.cli.options import integer
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="dataset tools")
@@ -15,11 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "with a leaf count as a CSV manifest (path,value,group).")
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette"), default="disease")
-    s.add_argument("--per-class", type=int, default=40, help="images per class (disease)")
-    s.add_argument("--plants", type=int, default=40, help="plants (rosette); each photographed --views times")
-    s.add_argument("--views", type=int, default=3, help="views per plant (rosette)")
-    s.add_argument("--image-size", type=int, default=96)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-class", type=integer(1, 100_000), default=40, help="images per class (disease)")
+    s.add_argument("--plants", type=integer(1, 100_000), default=40, help="plants (rosette); each photographed --views times")
+    s.add_argument("--views", type=integer(1, 1000), default=3, help="views per plant (rosette)")
+    s.add_argument("--image-size", type=integer(32, 1024), default=96)
+    s.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=run_synth)
 

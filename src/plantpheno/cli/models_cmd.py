@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from plantpheno.cli.options import integer, number
+
 REGISTRY_HELP = ("registry (MLflow) URI; default $PLANTPHENO_REGISTRY_URI, else sqlite:///runs/mlflow.db "
                  "(for `register`: the run's own MLflow store)")
 
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("ref", metavar="NAME[@alias|/version]")
     promote = add("promote", "point an alias (e.g. champion) at a version", run_promote)
     promote.add_argument("name")
-    promote.add_argument("version", type=int)
+    promote.add_argument("version", type=integer(1))
     promote.add_argument("--alias", required=True)
     delete = add("delete", "delete one version, or a whole model", run_delete)
     delete.add_argument("ref", metavar="NAME[/version]")
@@ -37,19 +39,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("ref", metavar="NAME[@alias|/version]|RUN_DIR")
     export.add_argument("out", type=Path, metavar="OUT")
     export.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    export.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |difference| of outputs")
+    export.add_argument("--tolerance", type=number(0), default=1e-4,
+                        help="max allowed |difference| of outputs (a finite number >= 0)")
 
 
 def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
-    from plantpheno.registry.store import ModelRegistry, default_registry_uri, run_registry_uri
+    """The registry to use; only ``register`` (given ``run_dir``) may create one."""
+    from plantpheno.registry.store import (
+        ModelRegistry,
+        check_registry_exists,
+        default_registry_uri,
+        run_registry_uri,
+    )
 
-    if args.registry:
-        return ModelRegistry(args.registry)
     if run_dir is not None:
         from plantpheno.rundir import RunDir
 
-        return ModelRegistry(run_registry_uri(RunDir(run_dir).read_config()))
-    return ModelRegistry(default_registry_uri())
+        return ModelRegistry(args.registry or run_registry_uri(RunDir(run_dir).read_config()))
+    return ModelRegistry(check_registry_exists(args.registry or default_registry_uri()))
 
 
 def run_register(args: argparse.Namespace) -> int:

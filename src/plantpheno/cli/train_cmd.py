@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from plantpheno.cli.options import integer
 from plantpheno.errors import ConfigError
 
 
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", type=Path, help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. training.epochs=5")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=integer(1, 1024), default=None, metavar="N",
                    help="launch N data-parallel processes on this machine with torchrun (--standalone)")
     p.set_defaults(func=run)
 

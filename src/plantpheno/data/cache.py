@@ -89,7 +89,7 @@ def decode_resized(path: Path, spec: CacheSpec) -> np.ndarray:
     """Decode ``path`` to 8-bit RGB and resize it as the cache stores it: an (H, W, 3) uint8 array."""
     from torchvision.transforms.v2 import functional as F  # same implementation as the transforms' Resize
 
-    image = load_rgb(path)
+    image = load_rgb(path, min_side=spec.short_side)  # a large JPEG decodes at a reduced scale (draft mode)
     height, width = resized_shape(image.width, image.height, spec)
     if (height, width) != (image.height, image.width):
         image = F.resize(image, [spec.short_side], antialias=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -12,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from plantpheno.data.images import load_rgb
+from plantpheno.csvfile import csv_text
+from plantpheno.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
@@ -32,7 +31,8 @@ class Predictor:
             to_channels_last(self.model)
         self.task = package.task
         m = package.meta
-        self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"])
+        self.image_size = int(m["image_size"])
+        self.transform = eval_transform(self.image_size, m["mean"], m["std"])
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[Path], *, batch_size: int = 32,
@@ -46,7 +46,8 @@ class Predictor:
             batch_paths, tensors = [], []
             for path in paths[start:start + batch_size]:
                 try:
-                    tensors.append(self.transform(load_rgb(path)))
+                    image = load_rgb(path, min_side=self.image_size, max_pixels=DEFAULT_MAX_PIXELS)
+                    tensors.append(self.transform(image))
                     batch_paths.append(path)
                 except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
                     bad.append((path, f"{type(exc).__name__}: {exc}"))
@@ -60,18 +61,17 @@ class Predictor:
 
     def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
         """``path,predicted,confidence,p_<class>...`` (classes) or ``path,predicted`` (traits)."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
         names = self.package.meta.get("class_names")
+        rows: list[list[object]] = []
         if names:
-            writer.writerow(["path", "predicted", "confidence", *(f"p_{n}" for n in names)])
+            rows.append(["path", "predicted", "confidence", *(f"p_{n}" for n in names)])
             for path, probs in results:
                 k = int(probs.argmax())
-                writer.writerow([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
+                rows.append([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
         else:
-            writer.writerow(["path", "predicted"])
-            writer.writerows([str(path), f"{float(value):.6f}"] for path, value in results)
-        return buf.getvalue()
+            rows.append(["path", "predicted"])
+            rows += [[str(path), f"{float(value):.6f}"] for path, value in results]
+        return csv_text(rows)
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -97,10 +97,19 @@ def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None
     from plantpheno.registry.store import ModelRegistry, default_registry_uri
     from plantpheno.rundir import RunDir
 
+    from plantpheno.errors import RegistryError
+    from plantpheno.registry.store import check_registry_exists
+
     path = Path(source)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
-    if RunDir(path).config.is_file():
-        return package_run(path, tmp / "model")
     if path.is_dir():
-        return ModelPackage.open(path)
-    return ModelRegistry(registry_uri or default_registry_uri()).download(parse_ref(source), tmp)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
+        return package_run(path, tmp / "model") if RunDir(path).config.is_file() else ModelPackage.open(path)
+    try:
+        ref = parse_ref(source)
+    except RegistryError:  # not a model reference, so it was meant as a path
+        what = "is a file" if path.exists() else "does not exist"
+        raise DataError(f"{source} {what}; MODEL is a run directory, a model package folder, or a registered model "
+                        f"(NAME, NAME@alias or NAME/VERSION)") from None
+    registry = ModelRegistry(check_registry_exists(registry_uri or default_registry_uri()))
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
+    return registry.download(ref, tmp)
