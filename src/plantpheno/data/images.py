@@ -43,7 +43,7 @@ class TooLarge(ValueError):
     def __init__(self, width: int | None, height: int | None, limit: int, pixels: int | None = None) -> None:
         self.width, self.height, self.limit = width, height, limit
         self.pixels = width * height if width is not None and height is not None else pixels
-        size = f"{width} x {height} = " if width is not None else "more than "
+        size = f"{width} x {height} = " if width is not None else ""
         super().__init__(f"image too large: {size}{_mega(self.pixels)} pixels, above data.max_image_pixels = "
                          f"{_mega(limit)} (decoding it needs {_mega(3 * (self.pixels or limit))}B of memory); raise "
                          f"data.max_image_pixels to use it")

@@ -94,6 +94,7 @@ def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classific
         raise DataError(f"data.manifest {manifest} {what}")
     base = root if root is not None else manifest.parent
     target_col = "label" if task == "classification" else "value"
+    _check_text_file(manifest, target_col)
     try:
         with read_csv(manifest) as reader:
             columns = [c.strip() for c in reader.fieldnames or []]
@@ -124,6 +125,20 @@ def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classific
     if not samples:
         raise DataError(f"data.manifest {manifest} has no rows")
     return samples
+
+
+def _check_text_file(manifest: Path, target_col: str) -> None:
+    """A manifest saved as UTF-16 ("Unicode text" in spreadsheets) or a binary file is refused by name: the
+    csv module would read its NUL bytes as characters of strange column names."""
+    try:
+        with manifest.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise DataError(f"data.manifest {manifest} cannot be read ({exc.strerror or exc})") from None
+    if b"\x00" in head:
+        kind = "UTF-16 text" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "binary data (NUL bytes)"
+        raise DataError(f"data.manifest {manifest} holds {kind}, not UTF-8 CSV; save it as CSV UTF-8 with the "
+                        f"columns path,{target_col}")
 
 
 def _parse_row(row: dict[str, str | None], line: int, base: Path, target_col: str, has_split: bool,
