@@ -58,3 +58,12 @@ def has_surrogates(text: str) -> bool:
 def undecodable_bytes(text: str) -> bytes:
     """``text`` as the bytes it was read from (for messages about text that is not UTF-8)."""
     return text.encode("utf-8", "surrogateescape")
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
+def printable(text: str) -> str:
+    """``text`` for a message or a plot: bytes that are not UTF-8 and control characters (a carriage return in
+    a file name) shown as ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROL)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from plantpheno.csvfile import has_surrogates, read_csv, undecodable_bytes
+from plantpheno.csvfile import has_surrogates, printable, read_csv, undecodable_bytes
 from plantpheno.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -155,8 +155,9 @@ def _parse_row(row: dict[str, str | None], line: int, base: Path, target_col: st
     if not target_text:
         problems.append(f"line {line}: empty {target_col} for {shown}")
         return None
+    # labels from a run's own split.csv may hold any bytes its class folder names held; a user's manifest is text
     for name, text in ((target_col, target_text), ("group", field("group") if has_group else "")):
-        if has_surrogates(text):
+        if has_surrogates(text) and not exact:
             problems.append(f"line {line}: {name} {undecodable_bytes(text)!r} for {shown} is not UTF-8 text; save "
                             f"the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD.csv > NEW.csv)")
             return None
@@ -189,8 +190,7 @@ def _clip(text: str | None, limit: int = 80) -> str | None:
 
 def _shown(path_text: str) -> str:
     """A path for a message: non-UTF-8 bytes and control characters made visible."""
-    text = _clip(path_text) or ""
-    return ascii(text)[1:-1] if has_surrogates(text) or not text.isprintable() else text
+    return printable(_clip(path_text) or "")
 
 
 def class_names_of(samples: list[Sample]) -> list[str]:
