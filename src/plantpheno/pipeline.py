@@ -325,8 +325,13 @@ def _what_is_safe(run: RunDir, recorded: bool) -> str:
     """After a failed write: what the run directory still holds, and how to go on."""
     marked = ("run.json marks the run failed" if recorded
               else "run.json could not be updated either (the run lists as crashed)")
-    kept = (f"{run.last_checkpoint} holds the last completed epoch" if run.last_checkpoint.is_file()
-            else "no epoch had completed, so there is no checkpoint yet")
+    if run.last_checkpoint.is_file():
+        kept = f"{run.last_checkpoint} holds the last completed epoch"
+    elif run.best_checkpoint.is_file():
+        kept = (f"{run.best_checkpoint} holds the best weights so far, but no resumable checkpoint was written "
+                f"(a resume starts again from epoch 1)")
+    else:
+        kept = "no checkpoint was written yet (a resume starts again from epoch 1)"
     return (f"{marked}; {kept}. Free some space (or fix the permissions), then resume with: "
             f"plantpheno train --resume {run.path}")
 
