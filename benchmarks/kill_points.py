@@ -7,8 +7,8 @@ One small run (synthetic leaves, test_resnet, CPU) is started, then killed with 
 the image check, epochs, checkpoint writes and the final evaluation all get hit), then resumed, killed again, and so on ``--kills`` times; a last resume must
 finish. After every kill it records: whether each checkpoint on disk loads with ``torch.load(weights_only=True)``,
 whether the run claims to be running (``run.json`` says running but nobody holds its lock: reported as
-crashed, which is right), how many temporary files killed writes left, and whether the next resume removed
-them. Writes benchmarks/results/kill_points.{json,md} with the machine it ran on.
+crashed, which is right) and how many temporary files the kill left; at the end, whether the last resume
+finished with each epoch logged once and no temporary file left. Writes benchmarks/results/kill_points.{json,md} with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -98,40 +98,50 @@ def main() -> None:
         status = RunDir(run).current_status() if run.exists() else None
         records.append({"kill": i + 1, "after_s": round(delay, 2), "process_had_finished": finished,
                         "exit_status": proc.returncode, "checkpoints_loaded": loaded, "unusable": unusable,
-                        "status_after": status, "temp_files": len(temps),
-                        "stale_temp_files_kept_by_this_resume": len(stale & temps),
+                        "status_after": status, "new_temp_files": len(temps - stale),
+                        "earlier_temp_files_still_there": len(stale & temps),
                         "epochs_logged": len((run / "metrics.jsonl").read_text().splitlines())
                         if (run / "metrics.jsonl").is_file() else 0})
         print(json.dumps(records[-1]), flush=True)
         if finished and status == "completed":
             break
         command = [sys.executable, "-m", "plantpheno", "train", "--resume", str(run)]
+        _write(args, span, records, run, final=None)
     final = subprocess.run(command, capture_output=True, text=True, env=env)
-    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    print(json.dumps(_write(args, span, records, run, final=final), indent=2))
+
+
+def _write(args: argparse.Namespace, span: float, records: list[dict], run: Path,
+           final: subprocess.CompletedProcess | None) -> dict[str, object]:
+    """The summary so far (written after every kill, so an interrupted benchmark still leaves its figures)."""
+    from plantpheno.rundir import RunDir
+
+    log = run / "metrics.jsonl"
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()] if log.is_file() else []
     summary = {
         "kills": sum(1 for r in records if not r["process_had_finished"]),
         "checkpoint_loads": sum(r["checkpoints_loaded"] for r in records),
         "unusable_checkpoints": sum(len(r["unusable"]) for r in records),
         "claimed_running_after_kill": sum(1 for r in records if r["status_after"] == "running"),
-        "kills_that_left_a_temp_file": sum(1 for r in records if r["temp_files"] > r["stale_temp_files_kept_by_this_resume"]),
-        "stale_temp_files_a_resume_kept": sum(r["stale_temp_files_kept_by_this_resume"] for r in records),
-        "final_resume_exit_status": final.returncode, "final_status": RunDir(run).current_status(),
-        "epochs_logged_once_in_order": epochs == list(range(1, args.epochs + 1)),
-        "temp_files_at_the_end": len(list(run.rglob("*.tmp"))),
+        "kills_that_left_a_temp_file": sum(1 for r in records if r["new_temp_files"]),
+        "final_resume_exit_status": final.returncode if final is not None else "not run yet",
+        "final_status": RunDir(run).current_status() if final is not None else "not run yet",
+        "epochs_logged_once_in_order": epochs == list(range(1, len(epochs) + 1)),
+        "epochs_logged": len(epochs),
+        "temp_files_at_the_end": len(list(run.rglob("*.tmp"))) if final is not None else "not run yet",
     }
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
-              "uninterrupted_run_s": round(span, 1), "summary": summary,
-              "records": records}
+              "uninterrupted_run_s": round(span, 1), "summary": summary, "records": records}
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "kill_points.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# kill -9 at random moments, then resume", "",
              f"`python benchmarks/kill_points.py --kills {args.kills} --epochs {args.epochs} --seed {args.seed}`", "",
-             f"Machine: {result['machine']}", "", "| figure | value |", "|---|---|"]
+             f"Machine: {result['machine']}; an uninterrupted run took {span:.0f} s (kill times are drawn in "
+             f"[0, {span:.0f}] s after each start)", "", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     (out / "kill_points.md").write_text("\n".join(lines) + "\n")
-    print(json.dumps(summary, indent=2))
-
+    return summary
 
 if __name__ == "__main__":
     main()

@@ -9,21 +9,15 @@ expected. The rest of the package receives frozen, typed :class:`Config` objects
 from __future__ import annotations
 
 import math
-import reprlib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from plantpheno.errors import ConfigError
+from plantpheno.errors import ConfigError, clip, short_repr
 from plantpheno.tasks import task_metrics
-
-
-# A config or tuning file is a few KB. These bounds refuse a hostile one at once: YAML aliases can make a
-# 316-byte file expand to 9^9 values (its validation error alone was 312 MB and took 16 s, measured).
-MAX_YAML_BYTES = 1 << 20  # 1 MiB per file
-MAX_YAML_VALUES = 100_000  # values after aliases are expanded
+from plantpheno.yamlfile import parse_yaml, read_yaml_mapping
 
 
 class _Section(BaseModel):
@@ -435,90 +429,6 @@ def flatten_dict(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def read_yaml_mapping(path: Path, *, kind: str = "config file") -> dict[str, Any]:
-    """A YAML file that must hold a mapping (empty file -> ``{}``); errors name the file."""
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"{kind} {path} {what}")
-    try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise ConfigError(f"{kind} {path} is {size:,} bytes; a {kind} may hold at most {MAX_YAML_BYTES:,} bytes")
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{kind} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                          f"{exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{kind} {path} cannot be read ({exc.strerror or exc})") from None
-    data = parse_yaml(text, what=f"{kind} {path}")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{kind} {path} must hold a mapping of fields, got {type(data).__name__}")
-    return data
-
-
-def parse_yaml(text: str, *, what: str) -> Any:
-    """``yaml.safe_load`` within bounds: at most ``MAX_YAML_BYTES`` of text and ``MAX_YAML_VALUES`` values once
-    aliases are expanded (counted on the parsed node graph before any value is built), no recursive aliases.
-
-    Raises:
-        ConfigError: naming ``what`` (e.g. "config file x.yaml").
-    """
-    if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(f"{what} is {len(text):,} characters long; at most {MAX_YAML_BYTES:,} are accepted")
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_expansion(node, what)
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} is not valid YAML: {_clip(str(exc), 2000)}") from None
-    except RecursionError:
-        raise ConfigError(f"{what} is nested too deeply to be a config") from None
-    finally:
-        loader.dispose()
-
-
-def _check_expansion(root: yaml.Node, what: str) -> None:
-    """Count the values ``root`` expands to (a node reached through N aliases counts N times) without expanding
-    it: each distinct node is visited once, its expanded size summed from its children's."""
-    sizes: dict[int, int] = {}
-    entered: set[int] = set()  # nodes whose children are being counted: their ancestors on the current path
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        kids = _children(node)
-        if children_done:
-            entered.discard(key)
-            sizes[key] = 1 + sum(sizes[id(kid)] for kid in kids)
-            if sizes[key] > MAX_YAML_VALUES:
-                raise ConfigError(f"{what} expands to more than {MAX_YAML_VALUES:,} values through YAML aliases "
-                                  f"(line {node.start_mark.line + 1}); a config holds a few hundred")
-            continue
-        if key in sizes:
-            continue
-        entered.add(key)
-        stack.append((node, True))
-        for kid in kids:
-            if id(kid) in entered:
-                raise ConfigError(f"{what}: a YAML alias refers to a value that contains it (line "
-                                  f"{kid.start_mark.line + 1}); recursive values are not allowed")
-            if id(kid) not in sizes:
-                stack.append((kid, False))
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
@@ -540,21 +450,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 120, 120, 8, 8
-_REPR.maxtuple = _REPR.maxset = 8
-
-
-def short_repr(value: Any, limit: int = 200) -> str:
-    """``repr(value)`` for a message: long strings and big or deeply nested values cut short (never expanded
-    whole, so a value built from many aliases stays cheap)."""
-    return _clip(_REPR.repr(value), limit)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
-
 def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source: str) -> str:
     """One line per problem: ``field: got VALUE; expected ...``."""
     lines, union = [], {}  # union: field -> index of its line, to which other members' expectations are added
@@ -563,7 +458,7 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
         kind = err["type"]
         if kind not in ("extra_forbidden", "missing"):
             loc, value = _locate(raw, loc)
-        field = _clip(".".join(loc), 200) or "(top level)"
+        field = clip(".".join(loc), 200) or "(top level)"
         if kind == "extra_forbidden":
             known = _known_fields(loc[:-1])
             lines.append(f"{field}: unknown field; expected one of: {', '.join(known)}")
@@ -571,7 +466,7 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
         if kind == "missing":
             lines.append(f"{field}: required field is missing")
             continue
-        msg = _clip(err["msg"].removeprefix("Value error, "), 500)
+        msg = clip(err["msg"].removeprefix("Value error, "), 500)
         if kind == "value_error" and (not loc or isinstance(value, dict)):
             lines.append(msg)  # a cross-field rule: its message names the fields itself
             continue
@@ -582,7 +477,7 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
         lines.append(f"{field}: got {short_repr(value)}; expected {_expectation(msg)}")
     if len(lines) > 50:
         lines = [*lines[:50], f"... and {len(lines) - 50} more"]
-    return f"invalid configuration ({_clip(source, 300)}):\n  " + "\n  ".join(lines)
+    return f"invalid configuration ({clip(source, 300)}):\n  " + "\n  ".join(lines)
 
 
 def _expectation(msg: str) -> str:

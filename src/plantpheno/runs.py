@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-
-from plantpheno.config import flatten_dict, parse_yaml
+from plantpheno.config import flatten_dict
 from plantpheno.errors import ConfigError, RunDirError
 from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
 from plantpheno.tasks import TASKS
+from plantpheno.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
-
 from cli_harness import assert_refused, huge_png, in_process, plantpheno, refused
+from PIL import Image
 
 TINY = {"seed": 0, "device": "cpu", "model": {"backbone": "test_resnet"},
         "data": {"image_size": 32, "batch_size": 8, "num_workers": 0},

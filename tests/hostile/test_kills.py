@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from cli_harness import kill, plantpheno, start, wait_for
+
 from plantpheno.rundir import RunDir
 from plantpheno.training.checkpoint import FORMAT, load_checkpoint
 

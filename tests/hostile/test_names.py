@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cli_harness import plantpheno
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from cli_harness import can_mount_tmpfs, plantpheno, refused
 
 pytestmark = pytest.mark.slow

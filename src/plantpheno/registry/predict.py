@@ -92,13 +92,11 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
 
 def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None) -> ModelPackage:
     """A run directory, a package folder, or a registry reference (NAME, NAME@alias, NAME/version)."""
+    from plantpheno.errors import RegistryError
     from plantpheno.registry.package import package_run
     from plantpheno.registry.refs import parse_ref
-    from plantpheno.registry.store import ModelRegistry, default_registry_uri
+    from plantpheno.registry.store import ModelRegistry, check_registry_exists, default_registry_uri
     from plantpheno.rundir import RunDir
-
-    from plantpheno.errors import RegistryError
-    from plantpheno.registry.store import check_registry_exists
 
     path = Path(source)
     if path.is_dir():

@@ -22,9 +22,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from plantpheno.config import read_yaml_mapping, short_repr
-from plantpheno.errors import ConfigError
+from plantpheno.errors import ConfigError, short_repr
 from plantpheno.tuning.space import SearchSpace, parse_space
+from plantpheno.yamlfile import read_yaml_mapping
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
