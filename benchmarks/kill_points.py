@@ -2,13 +2,15 @@
 
     python benchmarks/kill_points.py [--kills 30] [--epochs 8] [--seed 0]
 
-One small run (synthetic leaves, test_resnet, CPU) is started, then killed with SIGKILL at a random moment
+Small runs (synthetic leaves, test_resnet, CPU) are started and killed with SIGKILL at a random moment
 (uniform over the time an uninterrupted run of the same config took, measured first: interpreter start-up,
-the image check, epochs, checkpoint writes and the final evaluation all get hit), then resumed, killed again, and so on ``--kills`` times; a last resume must
-finish. After every kill it records: whether each checkpoint on disk loads with ``torch.load(weights_only=True)``,
-whether the run claims to be running (``run.json`` says running but nobody holds its lock: reported as
-crashed, which is right) and how many temporary files the kill left; at the end, whether the last resume
-finished with each epoch logged once and no temporary file left. Writes benchmarks/results/kill_points.{json,md} with the machine it ran on.
+the image check, epochs, checkpoint writes and the final evaluation all get hit), resumed, killed again,
+and so on; a run that finishes is checked and a new one started, until ``--kills`` kills; the last run is
+then resumed to the end. After every kill: does each checkpoint on disk load with
+``torch.load(weights_only=True)``, does the run claim to be running (``run.json`` says running but nobody
+holds its lock: it is reported as crashed, which is right), how many temporary files did the kill leave.
+For every finished run: completed, each epoch logged once in order, no temporary file left. Writes
+benchmarks/results/kill_points.{json,md} with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -67,16 +69,20 @@ def main() -> None:
         "data": {"root": str(leaves), "image_size": 32, "batch_size": 8, "num_workers": 0},
         "model": {"backbone": "test_resnet"}, "training": {"epochs": args.epochs, "progress_bar": False},
         "evaluation": {"bootstrap_samples": 50}, "tracking": {"system_metrics_interval": 0}}))
-    run = work / "runs" / "default" / "run"
+    runs = work / "runs" / "default"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "plantpheno", "train", str(config), "run_name=uninterrupted"],
                    check=True, capture_output=True, env=env)
     span = time.perf_counter() - start
     print(f"an uninterrupted run took {span:.1f} s; kills are drawn uniformly in [0, {span:.1f}] s", flush=True)
-    command = [sys.executable, "-m", "plantpheno", "train", str(config)]
-    records = []
-    for i in range(args.kills):
+    records: list[dict] = []
+    finished_runs: list[dict] = []
+    number, command = 0, None
+    while sum(1 for r in records if not r["process_had_finished"]) < args.kills:
+        run = runs / f"run{number}"
+        if command is None:
+            command = [sys.executable, "-m", "plantpheno", "train", str(config), f"run_name={run.name}"]
         stale = set(run.rglob("*.tmp")) if run.exists() else set()
         delay = rng.uniform(0, span)
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -96,49 +102,62 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - any failure to load is what this counts
                 unusable.append(f"{path.name}: {exc}")
         status = RunDir(run).current_status() if run.exists() else None
-        records.append({"kill": i + 1, "after_s": round(delay, 2), "process_had_finished": finished,
+        records.append({"run": run.name, "after_s": round(delay, 2), "process_had_finished": finished,
                         "exit_status": proc.returncode, "checkpoints_loaded": loaded, "unusable": unusable,
                         "status_after": status, "new_temp_files": len(temps - stale),
-                        "earlier_temp_files_still_there": len(stale & temps),
-                        "epochs_logged": len((run / "metrics.jsonl").read_text().splitlines())
-                        if (run / "metrics.jsonl").is_file() else 0})
+                        "earlier_temp_files_still_there": len(stale & temps), "epochs_logged": _epochs(run)})
         print(json.dumps(records[-1]), flush=True)
-        if finished and status == "completed":
-            break
-        command = [sys.executable, "-m", "plantpheno", "train", "--resume", str(run)]
-        _write(args, span, records, run, final=None)
-    final = subprocess.run(command, capture_output=True, text=True, env=env)
-    print(json.dumps(_write(args, span, records, run, final=final), indent=2))
+        if finished and status == "completed":  # this run is done: check it, and start the next one
+            finished_runs.append(_finished(run, args.epochs))
+            number, command = number + 1, None
+        else:
+            command = [sys.executable, "-m", "plantpheno", "train", "--resume", str(run)]
+        _write(args, span, records, finished_runs)
+    if command is not None and command[-2] == "--resume":  # the last run was killed: it must still finish
+        subprocess.run(command, capture_output=True, text=True, env=env)
+        finished_runs.append(_finished(Path(command[-1]), args.epochs))
+    print(json.dumps(_write(args, span, records, finished_runs), indent=2))
 
 
-def _write(args: argparse.Namespace, span: float, records: list[dict], run: Path,
-           final: subprocess.CompletedProcess | None) -> dict[str, object]:
-    """The summary so far (written after every kill, so an interrupted benchmark still leaves its figures)."""
+def _epochs(run: Path) -> list[int]:
+    log = run / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def _finished(run: Path, epochs: int) -> dict[str, object]:
     from plantpheno.rundir import RunDir
 
-    log = run / "metrics.jsonl"
-    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()] if log.is_file() else []
+    return {"run": run.name, "status": RunDir(run).current_status(),
+            "epochs_logged_once_in_order": _epochs(run) == list(range(1, epochs + 1)),
+            "temp_files": len(list(run.rglob("*.tmp")))}
+
+
+def _write(args: argparse.Namespace, span: float, records: list[dict],
+           finished_runs: list[dict]) -> dict[str, object]:
+    """The summary so far (written after every kill, so an interrupted benchmark still leaves its figures)."""
     summary = {
         "kills": sum(1 for r in records if not r["process_had_finished"]),
-        "checkpoint_loads": sum(r["checkpoints_loaded"] for r in records),
+        "checkpoint_loads_after_a_kill": sum(r["checkpoints_loaded"] for r in records if not r["process_had_finished"]),
         "unusable_checkpoints": sum(len(r["unusable"]) for r in records),
         "claimed_running_after_kill": sum(1 for r in records if r["status_after"] == "running"),
         "kills_that_left_a_temp_file": sum(1 for r in records if r["new_temp_files"]),
-        "final_resume_exit_status": final.returncode if final is not None else "not run yet",
-        "final_status": RunDir(run).current_status() if final is not None else "not run yet",
-        "epochs_logged_once_in_order": epochs == list(range(1, len(epochs) + 1)),
-        "epochs_logged": len(epochs),
-        "temp_files_at_the_end": len(list(run.rglob("*.tmp"))) if final is not None else "not run yet",
+        "runs_finished": len(finished_runs),
+        "runs_finished_completed": sum(1 for r in finished_runs if r["status"] == "completed"),
+        "runs_with_each_epoch_logged_once_in_order": sum(1 for r in finished_runs
+                                                         if r["epochs_logged_once_in_order"]),
+        "temp_files_left_in_finished_runs": sum(r["temp_files"] for r in finished_runs),
     }
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
-              "uninterrupted_run_s": round(span, 1), "summary": summary, "records": records}
+              "uninterrupted_run_s": round(span, 1), "summary": summary, "finished_runs": finished_runs,
+              "records": records}
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "kill_points.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# kill -9 at random moments, then resume", "",
              f"`python benchmarks/kill_points.py --kills {args.kills} --epochs {args.epochs} --seed {args.seed}`", "",
              f"Machine: {result['machine']}; an uninterrupted run took {span:.0f} s (kill times are drawn in "
-             f"[0, {span:.0f}] s after each start)", "", "| figure | value |", "|---|---|"]
+             f"[0, {span:.0f}] s after each start; a run that finishes is followed by a new one)", "",
+             "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     (out / "kill_points.md").write_text("\n".join(lines) + "\n")
     return summary

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,9 +28,11 @@ log = logging.getLogger(__name__)
 # several at once: a 19000 x 19000 PNG of 351 KB took 3.2 GB and made epochs 10x slower (measured). 100 M
 # pixels (300 MB decoded) still admits 50-100 MP camera and scanner images; raise the field for larger ones.
 DEFAULT_MAX_PIXELS = 100_000_000
-# PIL's own decompression-bomb guard warns past its limit and refuses twice that, before decoding: keep it
-# above every limit plantpheno enforces (which has its own message), never below PIL's default.
-Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
+# PIL's own decompression-bomb guard (process-wide) warns past its limit and refuses twice that, when a file is
+# opened: keep its warning above every limit plantpheno enforces with its own message, so that it only ever
+# speaks about images plantpheno refuses anyway (never below PIL's default; the check is thread-safe this way,
+# where silencing the warning per call would not be).
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 2 * DEFAULT_MAX_PIXELS)
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode, DCT scaling) when that still leaves this many
 # times the pixels the model needs along the shorter side; the resize to the input size does the rest.
 DRAFT_MARGIN = 2
@@ -54,10 +55,10 @@ def _mega(n: int | None) -> str:
 
 
 def allow_pixels(limit: int | None) -> None:
-    """Raise PIL's process-wide decompression-bomb limit so that images up to ``limit`` pixels open (PIL
-    refuses twice its limit before plantpheno can check); never lowers it."""
-    if limit is not None and Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
-        Image.MAX_IMAGE_PIXELS = limit
+    """Raise PIL's process-wide decompression-bomb limit to twice ``limit``, so that images up to ``limit``
+    pixels open without its warning; never lowers it."""
+    if limit is not None and Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < 2 * limit:
+        Image.MAX_IMAGE_PIXELS = 2 * limit
 
 
 def open_image(source: str | os.PathLike[str] | io.BytesIO, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -66,9 +67,7 @@ def open_image(source: str | os.PathLike[str] | io.BytesIO, *, max_pixels: int |
     ``max_pixels`` pixels (None: no limit). With ``min_side``, a JPEG is set to decode at the smallest
     1/2, 1/4 or 1/8 scale whose shorter side keeps ``DRAFT_MARGIN * min_side`` pixels."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is the one
-            img = Image.open(source)
+        img = Image.open(source)
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL's refusal point
