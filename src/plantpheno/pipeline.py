@@ -241,7 +241,9 @@ def _new_run_dir(setup: _Setup, held: contextlib.ExitStack) -> RunDir:
         write_data_files(setup.prepared, run)
         run.write_environment(str(setup.device))
     except BaseException as exc:
-        _write_end_status(run, "failed", reason=str(exc) or type(exc).__name__)
+        recorded = _write_end_status(run, "failed", reason=str(exc) or type(exc).__name__)
+        if isinstance(exc, StorageError):
+            raise StorageError(f"{exc}. {_what_is_safe(run, recorded)}") from None
         raise
     return run
 

@@ -184,6 +184,8 @@ CASES = {
     "tune_workers_negative": lambda w: (["tune", str(w.config()), str(w.tmp / "s.yaml"), "--workers", "-2"], ["--workers"]),
     "synth_per_class_huge": lambda w: (["data", "synth", str(w.tmp / "s"), "--per-class", "10000000000"],
                                        ["--per-class"]),
+    "synth_out_under_a_file": lambda w: (["data", "synth", str(w.file("blocker2", "x") / "leaves")],
+                                         ["cannot write", "is a file, not a folder"]),
     "synth_image_size_zero": lambda w: (["data", "synth", str(w.tmp / "s"), "--image-size", "0"], ["--image-size"]),
     "promote_version_zero": lambda w: (["models", "promote", "leafnet", "0", "--alias", "x", "--registry", w.registry],
                                        ["version: expected a whole number >= 1"]),

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from plantpheno import __version__
 from plantpheno.errors import PlantPhenoError
@@ -52,3 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C during training, or Ctrl-C elsewhere
         print("plantpheno: aborted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a write outside plantpheno's own helpers (a library's) that the disk refused
+        from plantpheno.atomic import STORAGE_ERRNOS, storage_error
+
+        if exc.errno not in STORAGE_ERRNOS or not exc.filename:
+            raise
+        target = Path(os.fsdecode(exc.filename))
+        print(f"plantpheno: error: {storage_error(exc, target, existed=target.exists())}", file=sys.stderr)
+        return EXIT_USAGE
