@@ -72,7 +72,8 @@ def main() -> None:
               "load_speedup": med["load_full"] / med["load_draft"], "draft_decoded_size": decoded}
     rows = [f"| check pass (decode to validate) | {med['check_full'] * 1e3:.0f} ms | {med['check_draft'] * 1e3:.0f} ms "
             f"| {result['check_speedup']:.1f}x |",
-            f"| load for a {args.image_size} px input | {med['load_full'] * 1e3:.0f} ms | {med['load_draft'] * 1e3:.0f} ms "
+            f"| load for a {args.image_size} px input | {med['load_full'] * 1e3:.0f} ms | "
+            f"{med['load_draft'] * 1e3:.0f} ms "
             f"| {result['load_speedup']:.1f}x (decoded at {decoded[0]}x{decoded[1]}) |"]
     table = "\n".join(["| per image | full decode | draft mode | ratio |", "|---|---|---|---|", *rows])
     print(table)

@@ -3,7 +3,8 @@
     python benchmarks/kill_points.py [--kills 30] [--epochs 8] [--seed 0]
 
 Small runs (synthetic leaves, test_resnet, CPU) are started and killed with SIGKILL at a random moment
-(uniform over the time an uninterrupted run of the same config took, measured first: interpreter start-up,
+(uniform over the time an uninterrupted run of the same config took, measured first and again whenever a
+run goes through unkilled, as other work on the machine changes its pace: interpreter start-up,
 the image check, epochs, checkpoint writes and the final evaluation all get hit), resumed, killed again,
 and so on; a run that finishes is checked and a new one started, until ``--kills`` kills; the last run is
 then resumed to the end. After every kill: does each checkpoint on disk load with
@@ -85,10 +86,14 @@ def main() -> None:
             command = [sys.executable, "-m", "plantpheno", "train", str(config), f"run_name={run.name}"]
         stale = set(run.rglob("*.tmp")) if run.exists() else set()
         delay = rng.uniform(0, span)
+        fresh = "--resume" not in command
+        began = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         try:
             proc.wait(timeout=delay)
             finished = True
+            if fresh and proc.returncode == 0:  # the machine's load changes: kill within what a run takes now
+                span = time.perf_counter() - began
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -102,7 +107,8 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - any failure to load is what this counts
                 unusable.append(f"{path.name}: {exc}")
         status = RunDir(run).current_status() if run.exists() else None
-        records.append({"run": run.name, "after_s": round(delay, 2), "process_had_finished": finished,
+        records.append({"run": run.name, "after_s": round(delay, 2), "of_s": round(span, 1),
+                        "process_had_finished": finished,
                         "exit_status": proc.returncode, "checkpoints_loaded": loaded, "unusable": unusable,
                         "status_after": status, "new_temp_files": len(temps - stale),
                         "earlier_temp_files_still_there": len(stale & temps), "epochs_logged": _epochs(run)})
@@ -110,8 +116,10 @@ def main() -> None:
         if finished and status == "completed":  # this run is done: check it, and start the next one
             finished_runs.append(_finished(run, args.epochs))
             number, command = number + 1, None
-        else:
+        elif (run / "config.yaml").is_file():
             command = [sys.executable, "-m", "plantpheno", "train", "--resume", str(run)]
+        else:  # killed before the run folder held its config: start it again (the name is still free)
+            command = None
         _write(args, span, records, finished_runs)
     if command is not None and command[-2] == "--resume":  # the last run was killed: it must still finish
         subprocess.run(command, capture_output=True, text=True, env=env)
@@ -141,6 +149,8 @@ def _write(args: argparse.Namespace, span: float, records: list[dict],
         "unusable_checkpoints": sum(len(r["unusable"]) for r in records),
         "claimed_running_after_kill": sum(1 for r in records if r["status_after"] == "running"),
         "kills_that_left_a_temp_file": sum(1 for r in records if r["new_temp_files"]),
+        "processes_that_ended_in_an_error": sum(1 for r in records if r["process_had_finished"]
+                                                and r["exit_status"] != 0),
         "runs_finished": len(finished_runs),
         "runs_finished_completed": sum(1 for r in finished_runs if r["status"] == "completed"),
         "runs_with_each_epoch_logged_once_in_order": sum(1 for r in finished_runs
@@ -155,8 +165,9 @@ def _write(args: argparse.Namespace, span: float, records: list[dict],
     (out / "kill_points.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# kill -9 at random moments, then resume", "",
              f"`python benchmarks/kill_points.py --kills {args.kills} --epochs {args.epochs} --seed {args.seed}`", "",
-             f"Machine: {result['machine']}; an uninterrupted run took {span:.0f} s (kill times are drawn in "
-             f"[0, {span:.0f}] s after each start; a run that finishes is followed by a new one)", "",
+             f"Machine: {result['machine']}; kill times are drawn in [0, T] s after each start, T the time an "
+             f"uninterrupted run took (measured first, and again whenever one went through; latest {span:.0f} s); "
+             f"a run that finishes is followed by a new one", "",
              "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     (out / "kill_points.md").write_text("\n".join(lines) + "\n")

@@ -113,11 +113,13 @@ CASES = {
                                                      ["expands to more than 100,000 values"]),
     "yaml_recursive_alias": lambda w: (["config", "show", str(w.file("rec.yaml", "data: &d {root: [*d]}\n"))],
                                        ["recursive values are not allowed"]),
-    "yaml_nested_too_deeply": lambda w: (["config", "show", str(w.file("deep.yaml", "a: " + "[" * 50000 + "]" * 50000))],
+    "yaml_nested_too_deeply": lambda w: (["config", "show", str(w.file("deep.yaml",
+                                                                         "a: " + "[" * 50000 + "]" * 50000))],
                                          ["nested too deeply"]),
     "yaml_over_1_mib": lambda w: (["config", "show", str(w.file("big.yaml", "# " + "x" * (1 << 20) + "\n"))],
                                   ["may hold at most 1,048,576 bytes"]),
-    "yaml_not_utf8": lambda w: (["config", "show", str(w.file("latin1.yaml", "experiment: caf\xe9\n".encode("latin-1")))],
+    "yaml_not_utf8": lambda w: (["config", "show", str(w.file("latin1.yaml",
+                                                               "experiment: caf\xe9\n".encode("latin-1")))],
                                 ["is not UTF-8 text", "save it as UTF-8"]),
     "yaml_not_a_mapping": lambda w: (["config", "show", str(w.file("list.yaml", "- 1\n- 2\n"))],
                                      ["must hold a mapping of fields, got list"]),
@@ -125,7 +127,8 @@ CASES = {
                                     ["is not valid YAML"]),
     "config_missing": lambda w: (["train", str(w.tmp / "nope.yaml")], ["does not exist"]),
     "config_is_a_folder": lambda w: (["train", str(w.tmp)], ["is a folder, not a file"]),
-    "config_huge_value_truncated": lambda w: (["config", "show", str(w.config("long.yaml", experiment="x" * 300_000 + "/"))],
+    "config_huge_value_truncated": lambda w: (["config", "show",
+                                               str(w.config("long.yaml", experiment="x" * 300_000 + "/"))],
                                               ["experiment: got 'xxxxx"]),
     "config_many_unknown_fields": lambda w: (["config", "show", str(w.file("many.yaml", "data: {root: x}\n" + "".join(
         f"f{i}: 1\n" for i in range(5000))))], ["unknown field", "... and 4950 more"]),
@@ -148,13 +151,16 @@ CASES = {
     "data_one_class": lambda w: (["train", str(w.config(data={"root": str(_one_class(w))}))],
                                  ["at least 2 classes"]),
     "manifest_utf16": lambda w: (["train", str(w.config(data={"manifest": str(w.file(
-        "u16.csv", "path,label\na.jpg,rust\n".encode("utf-16"))), "root": None}))], ["holds UTF-16 text, not UTF-8 CSV"]),
+        "u16.csv", "path,label\na.jpg,rust\n".encode("utf-16"))), "root": None}))],
+        ["holds UTF-16 text, not UTF-8 CSV"]),
     "manifest_missing_column": lambda w: (["train", str(w.config(data={"manifest": str(w.file(
         "nolabel.csv", "path,klass\na.jpg,rust\n")), "root": None}))], ["missing column(s) label"]),
-    "manifest_empty": lambda w: (["train", str(w.config(data={"manifest": str(w.file("empty.csv", "")), "root": None}))],
+    "manifest_empty": lambda w: (["train", str(w.config(data={"manifest": str(w.file("empty.csv", "")),
+                                                              "root": None}))],
                                  ["missing column(s) path, label"]),
     "manifest_field_too_long": lambda w: (["train", str(w.config(data={"manifest": str(w.file(
-        "longfield.csv", "path,label\n" + "a" * 200_000 + ",rust\n")), "root": None}))], ["is not a readable CSV file"]),
+        "longfield.csv", "path,label\n" + "a" * 200_000 + ",rust\n")), "root": None}))],
+        ["is not a readable CSV file"]),
     "manifest_trait_1e300": lambda w: (["train", str(w.config(task="regression", data={"manifest": str(w.file(
         "huge_trait.csv", "path,value\n" + "".join(f"{p},{v}\n" for p, v in zip(sorted(w.leaves.rglob('*.jpg'))[:8],
                                                                                  [1, 2, 3, 1e300, 4, 5, 6, 7])))),
@@ -177,11 +183,13 @@ CASES = {
                                              "torchscript", "--tolerance", "-1"], ["--tolerance"]),
     "train_nproc_zero": lambda w: (["train", str(w.config()), "--nproc", "0"], ["--nproc: expected a whole number"]),
     "train_nproc_text": lambda w: (["train", str(w.config()), "--nproc", "two"], ["--nproc"]),
-    "predict_batch_size_zero": lambda w: (["predict", str(w.run), str(w.leaves), "--batch-size", "0"], ["--batch-size"]),
+    "predict_batch_size_zero": lambda w: (["predict", str(w.run), str(w.leaves), "--batch-size", "0"],
+                                          ["--batch-size"]),
     "tune_trials_zero": lambda w: (["tune", str(w.config()), str(w.tmp / "s.yaml"), "--trials", "0"], ["--trials"]),
     "tune_timeout_nan": lambda w: (["tune", str(w.config()), str(w.tmp / "s.yaml"), "--timeout", "nan"], ["--timeout"]),
     "tune_timeout_inf": lambda w: (["tune", str(w.config()), str(w.tmp / "s.yaml"), "--timeout", "inf"], ["--timeout"]),
-    "tune_workers_negative": lambda w: (["tune", str(w.config()), str(w.tmp / "s.yaml"), "--workers", "-2"], ["--workers"]),
+    "tune_workers_negative": lambda w: (["tune", str(w.config()), str(w.tmp / "s.yaml"), "--workers", "-2"],
+                                        ["--workers"]),
     "synth_per_class_huge": lambda w: (["data", "synth", str(w.tmp / "s"), "--per-class", "10000000000"],
                                        ["--per-class"]),
     "synth_out_under_a_file": lambda w: (["data", "synth", str(w.file("blocker2", "x") / "leaves")],
@@ -292,7 +300,8 @@ def test_latin1_manifest_through_a_new_interpreter(world):
     images = sorted(world.leaves.rglob("*.jpg"))
     rows = "".join(f"{p},{'Blätterfleck' if i % 2 else 'gesund'}\n" for i, p in enumerate(images))
     manifest = world.file("latin1.csv", ("path,label\n" + rows).encode("latin-1"))
-    result = plantpheno("train", str(world.config("latin1_manifest.yaml", data={"manifest": str(manifest), "root": None})))
+    config = world.config("latin1_manifest.yaml", data={"manifest": str(manifest), "root": None})
+    result = plantpheno("train", str(config))
     refused(result, "label b'Bl\\xe4tterfleck'", "is not UTF-8 text", "iconv -f latin1 -t utf-8")
 
 

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette"), default="disease")
     s.add_argument("--per-class", type=integer(1, 100_000), default=40, help="images per class (disease)")
-    s.add_argument("--plants", type=integer(1, 100_000), default=40, help="plants (rosette); each photographed --views times")
+    s.add_argument("--plants", type=integer(1, 100_000), default=40,
+                   help="plants (rosette); each photographed --views times")
     s.add_argument("--views", type=integer(1, 1000), default=3, help="views per plant (rosette)")
     s.add_argument("--image-size", type=integer(32, 1024), default=96)
     s.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
