@@ -206,6 +206,11 @@ class TrainingConfig(_Section):
     threads: int | Literal["auto"] = Field(
         "auto", description="torch CPU threads per process; auto = usable cores / training processes on this machine."
     )
+    check_every: int | Literal["auto"] = Field(
+        "auto", description="Steps between reading the loss back from the device (NaN/inf check, running metrics, "
+        "stop agreement across ranks); auto = every step on CPU, every 32 on a GPU, which then never waits for the "
+        "host in between."
+    )
     feature_cache: bool = Field(
         False, description="With model.freeze_backbone: compute backbone features once, train the head on them."
     )
@@ -220,6 +225,13 @@ class TrainingConfig(_Section):
     def _threads_positive(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError("a positive number of threads, or auto")
+        return v
+
+    @field_validator("check_every")
+    @classmethod
+    def _check_every_positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a positive number of steps, or auto")
         return v
 
     @field_validator("mixed_precision", "channels_last", mode="before")

@@ -24,7 +24,7 @@ from plantpheno import __version__, distributed
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
 from plantpheno.data.sources import SPLITS
-from plantpheno.device import amp_dtype, resolve_device, seed_everything, set_threads
+from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
 from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
 from plantpheno.evaluation.plots import plot_training_curves
@@ -334,7 +334,8 @@ def _build_trainer(setup: _Setup, run: RunDir, phase: Phase, state: TrainState,
     return Trainer(nets=Networks(trained=net, stepped=_stepped_module(net, setup), whole=model), task=setup.task,
                    loss_fn=loss_fn, optimization=optimization, loaders=loaders, device=setup.device,
                    epochs=state.phase_start + phase.epochs, monitor=config.monitor, callbacks=callbacks, state=state,
-                   dist=dist, channels_last=channels_last)
+                   dist=dist, channels_last=channels_last,
+                   check_every=check_every(config.training.check_every, setup.device))
 
 
 def _stepped_module(net: nn.Module, setup: _Setup) -> nn.Module:

@@ -283,6 +283,48 @@ class Loaders(Mapping[str, DataLoader]):
         """These loaders with some splits' loaders replaced (and their finishing step, if given)."""
         return Loaders({**self.by_split, **loaders}, self.finish if finish is None else finish)
 
+    def on_device(self, split: str, device: torch.device, *,
+                  memory_format: torch.memory_format = torch.contiguous_format
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``split`` on ``device``, finished (:attr:`finish`): ``(images, targets)``.
+
+        On CUDA the next batch is copied from pinned memory and finished (normalised, or augmented on the device)
+        on a side stream while the current step runs on the default stream, which waits for it only when it
+        takes that batch. Elsewhere each batch is moved when it is taken: the order and content are the same.
+        """
+        loader = self.by_split[split]
+        if device.type != "cuda":
+            for images, targets in loader:
+                yield self.finish(images, device, memory_format=memory_format), targets.to(device, non_blocking=True)
+            return
+        yield from _prefetched(loader, self.finish, device, memory_format)
+
+
+def _prefetched(loader: DataLoader, finish: BatchFinish, device: torch.device, memory_format: torch.memory_format
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """CUDA only: batch i + 1's copy and finishing step queued on a side stream before batch i is handed out."""
+    side = torch.cuda.Stream(device)
+    main = torch.cuda.current_stream(device)
+
+    def issue(batch: tuple[Any, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        side.wait_stream(main)  # buffers the main stream freed may be reused here only once it is done with them
+        with torch.cuda.stream(side):
+            return (finish(batch[0], device, memory_format=memory_format),
+                    batch[1].to(device, non_blocking=True))
+
+    batches = iter(loader)
+    ahead = next(batches, None)
+    queued = issue(ahead) if ahead is not None else None
+    while queued is not None:
+        main.wait_stream(side)
+        images, targets = queued
+        # allocated on the side stream, used on the main one: keep the allocator from reusing them too early
+        images.record_stream(main)
+        targets.record_stream(main)
+        ahead = next(batches, None)
+        queued = issue(ahead) if ahead is not None else None
+        yield images, targets
+
 
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
                   pin_memory: bool = False, rank: int = 0, world: int = 1,

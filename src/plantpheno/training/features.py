@@ -172,7 +172,7 @@ def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config
     for split, tensor in cached.items():
         images = image_loaders[split]
         loaders[split] = DataLoader(FeatureDataset(tensor, images.dataset.targets), batch_size=images.batch_size,
-                                    sampler=images.sampler, drop_last=images.drop_last,
+                                    sampler=images.sampler, drop_last=images.drop_last, pin_memory=images.pin_memory,
                                     generator=torch.Generator().manual_seed(config.seed))
     # cached tensors are already finished (float, normalised); the test images keep their own finish,
     # which only moves float batches

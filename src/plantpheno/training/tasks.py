@@ -30,8 +30,9 @@ class Task(Protocol):
         """Class probabilities (N, C) or trait values (N,) in the original units."""
         ...
 
-    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
-        """Sum over the batch of the running training metric (correct count, or absolute error)."""
+    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Sum over the batch of the running training metric (correct count, or absolute error), as a 0-d
+        tensor on the outputs' device: the trainer reads it back with the loss, not at every step."""
         ...
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]: ...
@@ -57,8 +58,8 @@ class Classification:
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().softmax(dim=1)
 
-    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
-        return float((outputs.argmax(dim=1) == target).sum())
+    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (outputs.argmax(dim=1) == target).sum()
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         m = classification_metrics(y_true.astype(int), predictions.argmax(axis=1), num_classes=self.num_outputs)
@@ -87,8 +88,8 @@ class Regression:
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float()[:, 0] * self.std + self.mean
 
-    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
-        return float((self.predictions(outputs) - target).abs().sum())
+    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (self.predictions(outputs) - target).abs().sum()
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         m = regression_metrics(y_true.astype(float), predictions.astype(float))
