@@ -30,6 +30,9 @@ EVAL_DIR = "eval"
 TRACKING_DIR = "tracking"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
+REPORT_FILE = "report.html"
+TEMPERATURE_FILE = "temperature.json"
+DATA_CHECK_FILE = "data_check.json"
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,21 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD_DIR
+
+    @property
+    def report(self) -> Path:
+        """``report.html``: the self-contained report of the run's latest evaluation."""
+        return self.path / REPORT_FILE
+
+    @property
+    def temperature(self) -> Path:
+        """``temperature.json``: the softmax temperature fitted on the validation split (classification)."""
+        return self.path / TEMPERATURE_FILE
+
+    @property
+    def data_check(self) -> Path:
+        """``data_check.json``: the data doctor's findings, when it ran on this run's data."""
+        return self.path / DATA_CHECK_FILE
 
     @property
     def wandb(self) -> Path:
