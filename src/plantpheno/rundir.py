@@ -203,7 +203,7 @@ class RunDir:
     def artifacts(self) -> tuple[Path, ...]:
         """The run's own files that trackers keep as artifacts (those that exist)."""
         files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
-                 self.training_curves, self.bad_images)
+                 self.training_curves, self.bad_images, self.temperature, self.report)
         return tuple(p for p in files if p.is_file())
 
     def is_run(self) -> bool:

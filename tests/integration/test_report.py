@@ -16,6 +16,7 @@ from conftest import REPO, TINY_BACKBONE
 from plantpheno import pipeline
 from plantpheno.cli import main
 from plantpheno.config import load_config
+from plantpheno.data.images import load_rgb
 from plantpheno.data.synth import disease_example, synthesize_disease
 from plantpheno.evaluation.calibration import softmax
 from plantpheno.evaluation.gradcam import grad_cam
@@ -67,7 +68,7 @@ def test_demo_report_has_every_section_and_nothing_that_leaves_the_file(demo):
 
 
 def test_demo_report_passes_the_browser_check(demo, tmp_path):
-    run, metrics, _ = demo
+    run, _metrics, _ = demo
     check = assert_report_ok(run.report, tmp_path / "report.png")
     assert "Worst errors" in check.text and "Calibration" in check.text
     assert len(check.images) >= 8  # curves, reliability diagram, thumbnails and their Grad-CAM overlays
@@ -129,7 +130,7 @@ def test_packages_predict_and_exports_apply_the_temperature_and_tta(demo, tmp_pa
     assert not bad
     model, _ = _model(run)
     predictor = Predictor(package)
-    batch = torch.stack([predictor.transform(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in paths])
+    batch = torch.stack([predictor.transform(load_rgb(p)) for p in paths])
     with torch.no_grad():
         logits = torch.stack([model(view(batch, v)) for v in VIEWS["flips"]]).mean(0).numpy()
     np.testing.assert_allclose(np.stack([r[1].numpy() for r in results]), softmax(logits, temperature), atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
@@ -41,7 +43,7 @@ def test_ece_mce_and_reliability_match_sklearn_calibration_curve(bins):
     # the same bins, with their counts, as a loop over the definition
     edges = np.linspace(0, 1, bins + 1)
     ece, gaps = 0.0, []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf <= hi)
         if inside.any():
             gap = abs(correct[inside].mean() - conf[inside].mean())

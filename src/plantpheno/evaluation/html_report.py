@@ -106,7 +106,7 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
     if cal:
         panels = [("before temperature scaling", cal["before"])] + (
             [(f"after (T = {cal['temperature']:.3f})", cal["after"])] if cal.get("after") else [])
-        parts.append(sections.calibration(cal, figures.reliability_diagram(panels)))
+        parts.append(sections.calibration(cal, figures.reliability_diagram(panels), split=split))
     if metrics.get("tta"):
         parts.append(sections.tta(metrics["tta"]))
     parts.append(sections.data_check(*_data_check(run)))

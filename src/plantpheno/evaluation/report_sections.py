@@ -169,7 +169,7 @@ def confused_pairs(metrics: dict[str, Any], *, top: int = 10) -> str:
                                                          rows))
 
 
-def calibration(cal: dict[str, Any], diagram_uri: str) -> str:
+def calibration(cal: dict[str, Any], diagram_uri: str, *, split: str) -> str:
     keys = ("ece", "mce", "brier", "nll", "mean_confidence", "accuracy")
     rows = [("before (T = 1)", *(cal["before"][k] for k in keys))]
     if cal.get("after"):
@@ -177,7 +177,9 @@ def calibration(cal: dict[str, Any], diagram_uri: str) -> str:
     note = (f"<p>{esc(cal['binning'])}. ECE: bin-weighted mean |accuracy - confidence|; MCE: the largest gap; Brier: "
             "mean squared error of the probability vector (0 best, 2 worst); NLL: mean -log p(true class). "
             + ("The temperature was fitted on the validation split; it changes confidences, never the class."
-               if cal.get("after") else "Temperature scaling is off (evaluation.temperature_scaling).") + "</p>")
+               if cal.get("after") else "Temperature scaling is off (evaluation.temperature_scaling).")
+            + (" This is the split it was fitted on, so the figures after scaling are optimistic."
+               if cal.get("after") and split == "val" else "") + "</p>")
     return section("calibration", "Calibration", table(("probabilities", "ECE", "MCE", "Brier", "NLL",
                                                         "mean confidence", "accuracy"), rows) + note
                    + figure(diagram_uri, "reliability diagram"))
