@@ -5,7 +5,9 @@ Hand-written (about 60 lines) rather than the MIT ``grad-cam`` package: that pac
 here, and it needs a hand-picked target layer per architecture, which timm already tells us.
 
 The target layer comes from timm's ``feature_info``: its last entry is the deepest feature map (a
-ResNet's ``layer4``, an EfficientNet's last block stage, a ConvNeXt's last stage, a ViT's last block).
+ResNet's ``layer4``, an EfficientNet's last block stage, a ConvNeXt's last stage, a ViT's last block),
+or the deepest with at least 7 x 7 cells when small images make the last one coarser (see
+:func:`target_layer`).
 For CNNs the map is that module's output. Transformers give tokens ``(N, tokens, C)``; with a class
 token the last block's output patch tokens no longer reach the head, so the map is taken at the
 *input* of the last block (the same choice as ``grad-cam``'s ``blocks[-1].norm1`` recipe), patch tokens
@@ -24,13 +26,27 @@ from torch import nn
 from plantpheno.errors import PlantPhenoError
 
 
-def target_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """The name and module of the deepest feature map timm names in ``model.feature_info``."""
+MIN_CELLS = 7  # a 224 px image through a stride-32 CNN: the classic Grad-CAM resolution
+
+
+def target_layer(model: nn.Module, image_size: int | None = None) -> tuple[str, nn.Module]:
+    """The name and module of the feature map that Grad-CAM explains, from timm's ``model.feature_info``.
+
+    The deepest one, unless ``image_size`` makes it coarser than 7 x 7 cells (a 64 px image through a
+    stride-32 ResNet gives 2 x 2, which cannot point at a lesion): then the deepest one with at least
+    7 x 7 cells (``layer2`` at 64 px), still class-specific through the gradient that reaches it."""
     info = getattr(model, "feature_info", None)
     if not info:
         raise PlantPhenoError(f"Grad-CAM: {type(model).__name__} has no timm feature_info to choose a target layer "
                               f"from")
-    name = info[-1]["module"] if isinstance(info[-1], dict) else info.module_name()[-1]
+    entries = [dict(e) for e in info] if isinstance(info[0], dict) else [
+        {"module": m, "reduction": r} for m, r in zip(info.module_name(), info.reduction())]
+    chosen = entries[-1]
+    if image_size is not None:
+        fine = [e for e in entries if image_size / float(e.get("reduction") or 1) >= MIN_CELLS]
+        if fine and image_size / float(chosen.get("reduction") or 1) < MIN_CELLS:
+            chosen = fine[-1]
+    name = chosen["module"]
     return name, model.get_submodule(name)
 
 
@@ -50,7 +66,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Non
 
     ``targets`` are class indices (one per image) for a classifier; for a one-output model (a trait)
     the map explains the output itself (regions that raise the predicted value)."""
-    _, layer = target_layer(model)
+    _, layer = target_layer(model, images.shape[-1])
     captured: list[torch.Tensor] = []
 
     def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
