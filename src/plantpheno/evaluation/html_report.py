@@ -98,7 +98,11 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
         counts = "dic" in metrics
         parts += [sections.trait_metrics(metrics),
                   sections.section("trait-plots", "Predictions", sections.figure(
-                      figures.regression_plots(y, pred, counts=counts, seed=config.seed), "regression plots")),
+                      figures.regression_plots(y, pred, counts=counts, seed=config.seed),
+                      "predicted vs true, residuals vs true, Bland-Altman",
+                      "Left: predicted vs true (y = x dashed). Middle: residuals vs true. Right: Bland-Altman, the "
+                      "difference against the mean of predicted and true, with the bias and the 95 % limits of "
+                      "agreement (bias ± 1.96 SD).")),
                   sections.per_value(y, pred, counts=counts)]
         bad, good = gallery.regression_examples(rows, worst=examples)
     parts.append(_galleries(bad, good, model, meta, classification=metrics["task"] == "classification"))
