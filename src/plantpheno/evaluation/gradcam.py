@@ -25,7 +25,6 @@ from torch import nn
 
 from plantpheno.errors import PlantPhenoError
 
-
 MIN_CELLS = 7  # a 224 px image through a stride-32 CNN: the classic Grad-CAM resolution
 
 

@@ -90,8 +90,11 @@ def summary(metrics: dict[str, Any], *, config: Any, dataset: dict[str, Any]) ->
         items.append(("Verdict", f"{v['verdict']}: {v['text']}"))
     cal = metrics.get("calibration") or {}
     if cal.get("after"):
+        change = cal.get("ece_change") or {}
+        interval = (f"; change {change['estimate']:+.4f}, {change['confidence']:.0%} interval {change['low']:+.4f} "
+                    f"to {change['high']:+.4f}" if change.get("low") is not None else "")
         items.append(("Calibration", (f"ECE {cal['before']['ece']:.4f} before, {cal['after']['ece']:.4f} after "
-                                     f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val)")))
+                                     f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val{interval})")))
     tta = metrics.get("tta")
     if tta:
         items.append(("Test-time augmentation", f"{tta['mode']} ({len(tta['views'])} views): see below"))
@@ -174,6 +177,10 @@ def calibration(cal: dict[str, Any], diagram_uri: str, *, split: str) -> str:
     rows = [("before (T = 1)", *(cal["before"][k] for k in keys))]
     if cal.get("after"):
         rows.append((f"after (T = {cal['temperature']:.3f})", *(cal["after"][k] for k in keys)))
+    change = cal.get("ece_change") or {}
+    if change.get("low") is not None:
+        rows.append(((f"change of ECE by scaling: {change['estimate']:+.4f} ({change['confidence']:.0%} bootstrap "
+                     f"interval {change['low']:+.4f} to {change['high']:+.4f})"), *([None] * len(keys))))
     note = (f"<p>{esc(cal['binning'])}. ECE: bin-weighted mean |accuracy - confidence|; MCE: the largest gap; Brier: "
             "mean squared error of the probability vector (0 best, 2 worst); NLL: mean -log p(true class). "
             + ("The temperature was fitted on the validation split; it changes confidences, never the class."

@@ -17,8 +17,8 @@ from plantpheno.config import Config
 from plantpheno.data.datasets import Loaders, PreparedData
 from plantpheno.device import amp_dtype
 from plantpheno.evaluation import baselines
-from plantpheno.evaluation.calibration import calibration_summary, fit_temperature, softmax
-from plantpheno.evaluation.metrics import classification_metrics, regression_metrics
+from plantpheno.evaluation.calibration import calibration_summary, fit_temperature, reliability, softmax
+from plantpheno.evaluation.metrics import bootstrap_ci, classification_metrics, regression_metrics
 from plantpheno.evaluation.predict import Predictions, predict
 from plantpheno.evaluation.report import write_evaluation
 from plantpheno.evaluation.tta import views
@@ -94,6 +94,14 @@ def _calibration(p: Predictions, y: np.ndarray, temperature: float, config: Conf
     if config.evaluation.temperature_scaling:
         block.update(temperature=temperature, fitted_on="val",
                      after=calibration_summary(p.raw, y, temperature=temperature, bins=bins))
+        ev = config.evaluation
+        if ev.bootstrap_samples > 0:  # how far to trust the change: ECE is noisy on a few hundred images
+            def change(labels: np.ndarray, logits: np.ndarray) -> float:
+                return (reliability(softmax(logits, temperature), labels, bins=bins)["ece"]
+                        - reliability(softmax(logits), labels, bins=bins)["ece"])
+
+            block["ece_change"] = bootstrap_ci(change, y, p.raw, n_resamples=ev.bootstrap_samples,
+                                               confidence=ev.confidence, seed=config.seed)
     return block
 
 
