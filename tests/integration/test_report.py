@@ -62,8 +62,14 @@ def test_demo_report_has_every_section_and_nothing_that_leaves_the_file(demo):
     assert run.report.stat().st_size < 2_000_000
     assert any(m.startswith("report: ") and str(run.report) in m for level, m in reporter.lines)
     # the numbers behind it
-    assert metrics["calibration"]["before"]["ece"] >= 0 and metrics["calibration"]["temperature"] > 0
-    assert json.loads(run.temperature.read_text())["fitted_on"] == "val"
+    stored = json.loads(run.temperature.read_text())
+    assert metrics["calibration"]["before"]["ece"] >= 0 and stored["fitted_on"] == "val"
+    if stored["applied"]:
+        assert metrics["calibration"]["temperature"] == stored["temperature"] and metrics["calibration"]["after"]
+    else:  # a perfectly separated validation split: no temperature, said in the console and the report
+        assert stored["temperature"] == 1.0 and "not_applied" in metrics["calibration"]
+        assert any("temperature scaling not applied" in m for level, m in reporter.lines if level == "warning")
+        assert "Temperature scaling was not applied" in html
     assert metrics["baseline"]["kind"] == "majority class" and metrics["baseline"]["verdict"]["verdict"]
     assert set(metrics["tta"]) >= {"with", "without", "val"} and metrics["tta"]["views"] == list(VIEWS["flips"])
     assert len(re.findall(r'class="tile', html)) >= 4

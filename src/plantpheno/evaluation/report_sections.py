@@ -184,7 +184,8 @@ def calibration(cal: dict[str, Any], diagram_uri: str, *, split: str) -> str:
     note = (f"<p>{esc(cal['binning'])}. ECE: bin-weighted mean |accuracy - confidence|; MCE: the largest gap; Brier: "
             "mean squared error of the probability vector (0 best, 2 worst); NLL: mean -log p(true class). "
             + ("The temperature was fitted on the validation split; it changes confidences, never the class."
-               if cal.get("after") else "Temperature scaling is off (evaluation.temperature_scaling).")
+               if cal.get("after") else f"Temperature scaling was not applied: {esc(cal['not_applied'])}."
+               if cal.get("not_applied") else "Temperature scaling is off (evaluation.temperature_scaling).")
             + (" This is the split it was fitted on, so the figures after scaling are optimistic."
                if cal.get("after") and split == "val" else "") + "</p>")
     return section("calibration", "Calibration", table(("probabilities", "ECE", "MCE", "Brier", "NLL",

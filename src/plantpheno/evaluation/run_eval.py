@@ -46,9 +46,9 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
     if names is not None:
         y = y.astype(int)
         val = p if split == "val" else (run_on("val") if ev.temperature_scaling or ev.tta != "none" else None)
-        temperature = _temperature(run, val, config, checkpoint_epoch)
+        temperature, applied = _temperature(run, val, config, checkpoint_epoch, reporter)
         outputs = softmax(p.raw, temperature).astype(np.float32)
-        extra["calibration"] = _calibration(p, y, temperature, config)
+        extra["calibration"] = _calibration(p, y, temperature, config, applied=applied)
         base = baselines.classification_baseline(prepared.targets("train"), y, names)
         base["verdict"] = baselines.classification_verdict(y, outputs.argmax(1), base, names, **boot)
         if ev.tta != "none":
@@ -75,23 +75,37 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
     return metrics
 
 
-def _temperature(run: RunDir, val: Predictions | None, config: Config, checkpoint_epoch: int | None) -> float:
-    """Fit the temperature on the validation predictions and store it with the run (or remove a stale one)."""
+def _temperature(run: RunDir, val: Predictions | None, config: Config, checkpoint_epoch: int | None,
+                 reporter: Reporter) -> tuple[float, bool]:
+    """Fit the temperature on the validation predictions and store it with the run (or remove a stale one).
+
+    A fit at the end of the search range is not applied: a perfectly separated validation split keeps
+    lowering its NLL as T -> 0, which would make every prediction, the wrong ones too, certain."""
     if not config.evaluation.temperature_scaling or val is None:
         run.temperature.unlink(missing_ok=True)
-        return 1.0
+        return 1.0, False
     fit = fit_temperature(val.raw, val.targets.astype(int))
-    record = {"temperature": fit["temperature"], "fitted_on": "val", "tta": config.evaluation.tta,
+    applied = not fit["at_bound"]
+    if not applied:
+        reporter.warning(f"temperature scaling not applied: the NLL on the validation split ({fit['num_images']} "
+                         f"images) keeps falling up to the search bound T = {fit['temperature']:.3g} (a perfectly "
+                         f"separated split), so no temperature can be fitted; probabilities stay as they are (T = 1)")
+    record = {"temperature": fit["temperature"] if applied else 1.0, "applied": applied,
+              "fitted_temperature": fit["temperature"], "fitted_on": "val", "tta": config.evaluation.tta,
               "checkpoint_epoch": checkpoint_epoch, **{k: v for k, v in fit.items() if k != "temperature"}}
     atomic_write_text(run.temperature, json.dumps(record, indent=2) + "\n")
-    return float(fit["temperature"])
+    return float(record["temperature"]), applied
 
 
-def _calibration(p: Predictions, y: np.ndarray, temperature: float, config: Config) -> dict[str, Any]:
+def _calibration(p: Predictions, y: np.ndarray, temperature: float, config: Config, *,
+                 applied: bool) -> dict[str, Any]:
     bins = config.evaluation.calibration_bins
     block: dict[str, Any] = {"bins": bins, "binning": f"{bins} equal-width bins of the top-class confidence",
                              "before": calibration_summary(p.raw, y, bins=bins)}
-    if config.evaluation.temperature_scaling:
+    if config.evaluation.temperature_scaling and not applied:
+        block["not_applied"] = ("the validation split is perfectly separated: its NLL keeps falling as T -> 0, so no "
+                                "temperature can be fitted")
+    if applied:
         block.update(temperature=temperature, fitted_on="val",
                      after=calibration_summary(p.raw, y, temperature=temperature, bins=bins))
         ev = config.evaluation
