@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,14 @@ demo: $(STAMP)
 	$(BIN)/plantpheno data synth .demo/leaves --per-class 60 --image-size 96 --seed 0 --overwrite
 	$(BIN)/plantpheno train configs/demo.yaml
 
-test: $(STAMP)
+# The report's browser test drives Debian's chromium (Playwright cannot download its own browser offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make: chromium is missing; as root: apt-get install chromium (the browser test skips without it)"; fi; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 test-fast: $(STAMP)

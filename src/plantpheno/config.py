@@ -252,6 +252,17 @@ class EvaluationConfig(_Section):
     split: Literal["train", "val", "test"] = Field("test", description="Split evaluated at the end of training.")
     bootstrap_samples: int = Field(1000, ge=0, le=100000, description="Bootstrap resamples for the CI; 0 = none.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap interval.")
+    tta: Literal["none", "flips", "d4"] = Field(
+        "none", description="Test-time augmentation, logits averaged: flips (identity, h/v flips, half turn) or d4 "
+                            "(all 4 turns, each mirrored); reported with and without, used by predict and exports.")
+    temperature_scaling: bool = Field(
+        True, description="Classification: fit a softmax temperature on the validation split (changes confidences, "
+                          "never the class); used by predict and exports.")
+    calibration_bins: int = Field(15, ge=2, le=100, description="Equal-width confidence bins of ECE/MCE and the "
+                                                                "reliability diagram.")
+    report: bool = Field(True, description="Write RUN_DIR/report.html after each evaluation (with Grad-CAM).")
+    report_examples: int = Field(16, ge=0, le=200, description="Worst errors shown in the report's gallery (and "
+                                                                "up to 2 correct examples per class).")
 
 
 class MlflowConfig(_Section):

@@ -27,9 +27,9 @@ from plantpheno.data.sources import SPLITS
 from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
 from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
+from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
-from plantpheno.evaluation.predict import predict
-from plantpheno.evaluation.report import write_evaluation
+from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.rundir import RunDir, create_run_dir
@@ -166,14 +166,33 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
                           f"are missing)")
     checkpoint = load_checkpoint(path)
     set_threads(config.training.threads)
-    setup = _setup(config, manifest=run.split_manifest, load_pretrained=False, splits=(split,),
-                   reporter=default_reporter(reporter))
+    # the validation split too: the softmax temperature is fitted on it
+    setup = _setup(config, manifest=run.split_manifest, load_pretrained=False,
+                   splits=tuple(dict.fromkeys((split, "val"))), reporter=default_reporter(reporter))
     try:
         _check_same_data(run, setup.prepared)
         setup.model.load_state_dict(checkpoint["model"])
         return _evaluate(setup, run, split=split, best_epoch=checkpoint["state"]["epoch"])
     finally:
         close_loaders(setup.loaders)
+
+
+def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") -> Path:
+    """Rebuild ``RUN_DIR/report.html`` from the run's files and its best checkpoint (Grad-CAM needs the model);
+    ``split`` defaults to the config's ``evaluation.split``."""
+    from plantpheno.evaluation.html_report import write_run_report
+
+    run = RunDir.of(run_dir)
+    config = run.read_config()
+    split = split or config.evaluation.split
+    path = run.checkpoint_to_use()
+    if path is None:
+        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} is missing)")
+    checkpoint = load_checkpoint(path)
+    model = build_model(config.model.model_copy(update={"pretrained": False}),
+                        num_outputs=int(checkpoint["meta"]["num_outputs"]))
+    model.load_state_dict(checkpoint["model"])
+    return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=checkpoint["meta"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,15 +451,12 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None) -> dict[str, Any]:
-    p = predict(setup.model, setup.loaders[split], task=setup.task, device=setup.device,
-                amp_dtype=amp_dtype(setup.config, setup.device), finish=setup.loaders.finish)
-    ev = setup.config.evaluation
-    return write_evaluation(
-        run.eval(split), targets=p.targets, outputs=p.outputs,
-        paths=[s.path for s in setup.prepared.splits[split]], class_names=setup.prepared.class_names,
-        bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=setup.config.seed,
-        extra={"split": split, "num_images": len(p.targets), "checkpoint_epoch": best_epoch},
-    )
+    metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
+                             config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
+                             checkpoint_epoch=best_epoch)
+    if setup.config.evaluation.report:
+        write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
+    return metrics
 
 
 @contextlib.contextmanager

@@ -30,6 +30,9 @@ EVAL_DIR = "eval"
 TRACKING_DIR = "tracking"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
+REPORT_FILE = "report.html"
+TEMPERATURE_FILE = "temperature.json"
+DATA_CHECK_FILE = "data_check.json"
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,21 @@ class RunDir:
         return self.path / TENSORBOARD_DIR
 
     @property
+    def report(self) -> Path:
+        """``report.html``: the self-contained report of the run's latest evaluation."""
+        return self.path / REPORT_FILE
+
+    @property
+    def temperature(self) -> Path:
+        """``temperature.json``: the softmax temperature fitted on the validation split (classification)."""
+        return self.path / TEMPERATURE_FILE
+
+    @property
+    def data_check(self) -> Path:
+        """``data_check.json``: the data doctor's findings, when it ran on this run's data."""
+        return self.path / DATA_CHECK_FILE
+
+    @property
     def wandb(self) -> Path:
         return self.path / WANDB_DIR
 
@@ -185,7 +203,7 @@ class RunDir:
     def artifacts(self) -> tuple[Path, ...]:
         """The run's own files that trackers keep as artifacts (those that exist)."""
         files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
-                 self.training_curves, self.bad_images)
+                 self.training_curves, self.bad_images, self.temperature, self.report)
         return tuple(p for p in files if p.is_file())
 
     def is_run(self) -> bool:

@@ -125,7 +125,7 @@ def test_package_holds_no_pickles_and_predict_lists_bad_files(trained, tmp_path,
     result, uri = trained
     package = ModelRegistry(uri).download(parse_ref("leafnet"), tmp_path / "pkg")
     assert sorted(p.suffix for p in package.folder.iterdir()) == sorted(
-        [".json", ".safetensors", ".safetensors", ".md", ".yaml", ".json", ".json", ".json"])
+        [".json", ".safetensors", ".safetensors", ".md", ".yaml", ".json", ".json", ".json", ".json"])  # + temperature
     images = tmp_path / "images"
     images.mkdir()
     good = next(iter(_rows(result.run_dir / "eval/test/predictions.csv")))

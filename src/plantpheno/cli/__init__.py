@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate_cmd,
         models_cmd,
         predict_cmd,
+        report_cmd,
         runs_cmd,
         train_cmd,
         tune_cmd,
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"plantpheno {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (INFO level)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train_cmd, evaluate_cmd, tune_cmd, predict_cmd, models_cmd, runs_cmd, data_cmd, config_cmd):
+    for module in (train_cmd, evaluate_cmd, report_cmd, tune_cmd, predict_cmd, models_cmd, runs_cmd, data_cmd,
+                   config_cmd):
         module.register(sub)
     return parser
 

@@ -313,8 +313,29 @@ def _blight_lesions(rng: np.random.Generator, leaf: _Leaf, size: int) -> _Paints
 _LESIONS = {1: _spot_lesions, 2: _rust_lesions, 3: _blight_lesions}
 
 
-def _render_disease(rng: np.random.Generator, class_index: int, size: int) -> _Array:
-    """One leaf of class ``DISEASE_CLASSES[class_index]`` on a class-independent background."""
+def disease_example(class_name: str, index: int, *, image_size: int = 96,
+                    seed: int = 0) -> tuple[Image.Image, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Image ``index`` of ``class_name`` exactly as :func:`synthesize_disease` writes it (before JPEG), with
+    its lesion and leaf masks (``(H, W)`` in 0..1 at ``image_size``): ground truth for where a model should look."""
+    if class_name not in DISEASE_CLASSES:
+        raise DataError(f"unknown class {class_name!r}; expected one of {', '.join(DISEASE_CLASSES)}")
+    class_index = DISEASE_CLASSES.index(class_name)
+    rng = np.random.default_rng([seed, _TAG_DISEASE, class_index, index])
+    masks: dict[str, _Array] = {}
+    canvas = _render_disease(rng, class_index, _canvas_size(image_size), masks=masks)
+    image = _finish(rng, canvas, image_size)
+
+    def shrink(mask: _Array) -> npt.NDArray[np.float32]:
+        img = Image.fromarray(np.clip(mask * 255, 0, 255).astype(np.uint8))
+        return np.asarray(img.resize((image_size, image_size), Image.Resampling.BILINEAR), np.float32) / 255
+
+    return image, shrink(masks["lesion"]), shrink(masks["leaf"])
+
+
+def _render_disease(rng: np.random.Generator, class_index: int, size: int,
+                    masks: dict[str, _Array] | None = None) -> _Array:
+    """One leaf of class ``DISEASE_CLASSES[class_index]`` on a class-independent background; ``masks`` (when
+    given) receives the ``lesion`` and ``leaf`` alpha masks."""
     img = _background(rng, size)
     leaf = _sample_leaf(rng, size)
     t, across = _leaf_frame(leaf, size)
@@ -323,10 +344,14 @@ def _render_disease(rng: np.random.Generator, class_index: int, size: int) -> _A
     stalk_w = 0.011 * size * (1.0 + 0.4 * t / leaf.petiole)
     stalk = np.clip(stalk_w - np.abs(across) + 0.5, 0, 1) * ((t < 0.05) & (t > -leaf.petiole))
     colour = _leaf_colour(rng, leaf, t, across, halfw)
+    lesion = np.zeros_like(blade)
     if class_index in _LESIONS:
         for alpha, paint in _LESIONS[class_index](rng, leaf, size):
             _blend(colour, alpha * blade, paint)  # masked by the blade: lesions stay on the leaf
+            lesion = np.maximum(lesion, alpha * blade)
     mask = np.maximum(blade, stalk)
+    if masks is not None:
+        masks.update(lesion=lesion, leaf=mask)
     shift = max(1, int(0.015 * size))  # soft cast shadow down-right of the leaf
     shadow = Image.fromarray((np.roll(mask, (shift, shift), axis=(0, 1)) * 255).astype(np.uint8))
     img *= 1.0 - 0.3 / 255 * np.asarray(shadow.filter(ImageFilter.GaussianBlur(shift)), np.float32)[..., None]

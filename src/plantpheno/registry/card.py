@@ -21,7 +21,9 @@ def model_card(package: ModelPackage, *, run: RunDir) -> str:
         "## Model", f"- Backbone: `{m['backbone']}` (timm {m['timm_version']}), predicts {what}.",
         f"- Input: RGB, resized (shorter side) to {m['image_size']} px and centre-cropped; normalised with "
         f"mean {m['mean']} and std {m['std']}.",
-        f"- Weights: checkpoint `{m['checkpoint']}` from epoch {m['checkpoint_epoch']}.", "",
+        f"- Weights: checkpoint `{m['checkpoint']}` from epoch {m['checkpoint_epoch']}.",
+        f"- Probabilities: softmax of the logits / {float(m.get('temperature') or 1.0):.4g} (temperature fitted on the "
+        f"validation split; 1 = none); test-time augmentation: {m.get('tta') or 'none'}.", "",
         "## Data",
         f"- Dataset fingerprint `{m['dataset_fingerprint']}`; images per split: "
         + (", ".join(f"{k} {v}" for k, v in counts.items()) or "unknown") + ".", "",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from plantpheno.errors import ExportError
+from plantpheno.evaluation.tta import TTAModel
 from plantpheno.registry.package import ModelPackage
 
 Format = Literal["onnx", "torchscript"]
@@ -28,13 +29,16 @@ TOLERANCE = 1e-4  # max |difference| in probabilities (or in standardised trait 
 
 
 class DeployableModel(nn.Module):
-    """Normalisation + network + output conversion, as one module."""
+    """Normalisation + network (averaged over the package's TTA views) + output conversion (softmax of the
+    logits divided by the package's temperature, or the trait rescaling), as one module."""
 
     def __init__(self, model: nn.Module, package: ModelPackage, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         super().__init__()
         m = package.meta
-        self.model = model
+        tta = str(m.get("tta") or "none")
+        self.model = model if tta == "none" else TTAModel(model, tta)
+        self.temperature = float(m.get("temperature") or 1.0)
         self.register_buffer("mean", torch.tensor(mean or m["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or m["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.classification = m["task"] == "classification"
@@ -44,7 +48,7 @@ class DeployableModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model((images - self.mean) / self.std)
         if self.classification:
-            return out.softmax(dim=1)
+            return (out / self.temperature).softmax(dim=1)
         return out[:, 0] * self.target_std + self.target_mean
 
 

@@ -88,7 +88,7 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     checkpoint = load_checkpoint(path)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in checkpoint["model"].items()}, str(out / WEIGHTS_FILE))
-    for source in (run.config, run.dataset_info, run.environment):
+    for source in (run.config, run.dataset_info, run.environment, run.temperature):
         if source.is_file():
             shutil.copyfile(source, out / source.name)
     metrics = _test_metrics(run)
@@ -126,6 +126,9 @@ def _package_meta(run: RunDir, checkpoint: dict[str, Any], path: Path, metrics: 
         "test_metrics": {k: metrics[k] for k in summary if k in metrics},
         "headline_metric": headline, "confidence_interval": metrics.get("confidence_interval"),
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # applied by predict and inside exports: softmax(logits / temperature), logits averaged over the TTA views
+        "temperature": float(_read_json(run.temperature).get("temperature", 1.0)),
+        "tta": run.read_config().evaluation.tta if run.config.is_file() else "none",
     }
 
 

@@ -15,6 +15,7 @@ import torch
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
+from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
 from plantpheno.registry.package import ModelPackage
 
@@ -33,6 +34,8 @@ class Predictor:
         self.task = package.task
         m = package.meta
         self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"])
+        # fitted on the validation split when the run was evaluated; packages made before have neither
+        self.temperature, self.tta = float(m.get("temperature") or 1.0), str(m.get("tta") or "none")
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[Path], *, batch_size: int = 32,
@@ -52,7 +55,10 @@ class Predictor:
                     bad.append((path, f"{type(exc).__name__}: {exc}"))
             if tensors:
                 batch = torch.stack(tensors).to(self.device).contiguous(memory_format=input_format(self.model))
-                outputs = self.task.predictions(self.model(batch)).cpu()
+                raw, _ = tta_outputs(self.model, batch, self.tta)
+                if self.task.name == "classification":
+                    raw = raw / self.temperature
+                outputs = self.task.predictions(raw).cpu()
                 results.extend(zip(batch_paths, outputs))
             bar.update(len(paths[start:start + batch_size]))
         bar.close()

@@ -46,6 +46,13 @@ def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], 
     ci = metrics.get("confidence_interval") or {}
     if ci.get("low") is not None:
         final[f"{prefix}/{ci['metric']}_ci_low"], final[f"{prefix}/{ci['metric']}_ci_high"] = ci["low"], ci["high"]
+    verdict = (metrics.get("baseline") or {}).get("verdict") or {}
+    if verdict:
+        final[f"{prefix}/baseline_{verdict['metric']}"] = verdict["baseline"]
+    calibration = metrics.get("calibration") or {}
+    for when in ("before", "after"):
+        if calibration.get(when):
+            final[f"{prefix}/ece_{when}_temperature"] = calibration[when]["ece"]
     trackers.log_metrics(final, step=step)
     for path in run.artifacts():
         trackers.log_artifact(path, folder="run")
