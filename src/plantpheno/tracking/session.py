@@ -90,29 +90,40 @@ def build_trackers(config: Config, run: RunDir, *, reporter: Reporter | None = N
 
 
 class SystemMonitor:
-    """Samples CPU %, RAM, process memory and (with CUDA) GPU utilisation/memory on a background thread."""
+    """Samples CPU %, RAM, process memory and (with CUDA) GPU utilisation/memory: once when training starts, every
+    ``interval`` seconds on a background thread, and at the end of every epoch (:meth:`record`), so even a run of
+    a few seconds has its figures. ``interval`` 0 switches it off."""
 
     def __init__(self, trackers: TrackerSet, *, interval: float) -> None:
         self.trackers, self.interval = trackers, interval
         self.step: Callable[[], int] = lambda: 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._process: Any = None
 
     def start(self, step: Callable[[], int]) -> None:
-        """Sample every ``interval`` seconds until :meth:`stop`; ``step`` gives the optimizer step to log at."""
+        """Sample now and every ``interval`` seconds until :meth:`stop`; ``step`` gives the optimizer step to log at."""
         self.step = step
         if self.interval <= 0 or self._thread is not None:
             return
         import psutil
 
         self._process = psutil.Process()
-        psutil.cpu_percent(interval=None)  # the first reading only sets the reference point
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="plantpheno-system-metrics", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        import psutil
+
+        psutil.cpu_percent(interval=0.1)  # the first reading needs a window: 0.1 s, on this thread, not training's
+        self.record()
         while not self._stop.wait(self.interval):
+            self.record()
+
+    def record(self) -> None:
+        """Log one sample now (the trainer's callback calls this at each epoch's end)."""
+        if self._process is not None:
             self.trackers.log_metrics(self.sample(), step=self.step(), axis="step")
 
     def sample(self) -> dict[str, float]:
