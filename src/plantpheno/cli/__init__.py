@@ -45,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:  # MLflow configures its own INFO handler when imported; quiet unless -v
+    if not args.verbose:  # MLflow's INFO lines and the run links it writes to stdout: only with -v
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         return int(args.func(args) or 0)
     except PlantPhenoError as exc:

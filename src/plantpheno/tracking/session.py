@@ -116,21 +116,22 @@ class SystemMonitor:
     def _run(self) -> None:
         import psutil
 
-        psutil.cpu_percent(interval=0.1)  # the first reading needs a window: 0.1 s, on this thread, not training's
-        self.record()
+        # CPU % is measured over a window: the first one over 0.1 s, on this thread rather than training's
+        self.record(cpu_percent=psutil.cpu_percent(interval=0.1))
         while not self._stop.wait(self.interval):
             self.record()
 
-    def record(self) -> None:
+    def record(self, *, cpu_percent: float | None = None) -> None:
         """Log one sample now (the trainer's callback calls this at each epoch's end)."""
         if self._process is not None:
-            self.trackers.log_metrics(self.sample(), step=self.step(), axis="step")
+            self.trackers.log_metrics(self.sample(cpu_percent=cpu_percent), step=self.step(), axis="step")
 
-    def sample(self) -> dict[str, float]:
+    def sample(self, *, cpu_percent: float | None = None) -> dict[str, float]:
+        """CPU % since the previous sample (or ``cpu_percent``), memory, and GPU figures on CUDA."""
         import psutil
 
         memory = psutil.virtual_memory()
-        values = {"system/cpu_percent": psutil.cpu_percent(interval=None),
+        values = {"system/cpu_percent": psutil.cpu_percent(interval=None) if cpu_percent is None else cpu_percent,
                   "system/ram_used_gb": (memory.total - memory.available) / 1e9,
                   "system/ram_percent": memory.percent,
                   "system/process_rss_gb": self._process.memory_info().rss / 1e9}
