@@ -95,8 +95,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 def _test_metric(tags: dict[str, str]) -> str:
     """The headline test metric with its bootstrap interval (when the version recorded one)."""
-    key = next((k for k in tags if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high", "_confidence"))),
-               None)
+    metrics = sorted(k for k in tags if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high",
+                                                                                    "_confidence")))
+    # the headline metric is the one with an interval
+    key = next((k for k in metrics if f"{k}_ci_low" in tags), metrics[0] if metrics else None)
     if key is None:
         return "-"
     low, high = tags.get(f"{key}_ci_low"), tags.get(f"{key}_ci_high")
