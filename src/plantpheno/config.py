@@ -269,7 +269,8 @@ class MlflowConfig(_Section):
     """MLflow: an embedded sqlite store under output_dir by default, or a team's tracking server."""
 
     uri: str | None = Field(
-        None, description="Tracking URI (http://host:5000, sqlite:///path.db); null = sqlite:///OUTPUT_DIR/mlflow.db."
+        None, description="Tracking URI (http://host:5000, sqlite:///path.db); null = $MLFLOW_TRACKING_URI, else "
+                          "sqlite:///OUTPUT_DIR/mlflow.db."
     )
     experiment: str | None = Field(None, description="MLflow experiment name; null = the config's experiment.")
     parent_run_id: str | None = Field(None, description="Nest this run under an MLflow parent run (tuning studies).")
@@ -280,8 +281,9 @@ class WandbConfig(_Section):
 
     project: str = Field("plantpheno", min_length=1, description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (user or team); null = your default.")
-    mode: Literal["online", "offline", "disabled"] = Field(
-        "online", description="online, offline (sync later with `wandb sync`), or disabled."
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="online, offline (sync later with `wandb sync`), or disabled; null = W&B decides "
+                          "($WANDB_MODE, `wandb offline`, else online)."
     )
     group: str | None = Field(None, description="W&B run group; null = the config's experiment.")
 
@@ -322,7 +324,9 @@ class RegistryConfig(_Section):
                              description="Registered model name; null = do not register automatically.")
     alias: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
                               description="Alias to point at the new version (e.g. candidate).")
-    uri: str | None = Field(None, description="Registry URI; null = tracking.mlflow.uri, else OUTPUT_DIR/mlflow.db.")
+    uri: str | None = Field(None, description="Registry URI for this run; null = the one every command uses: "
+                                              "$PLANTPHENO_REGISTRY_URI, $MLFLOW_REGISTRY_URI, $MLFLOW_TRACKING_URI, "
+                                              "else the project's runs/mlflow.db.")
 
 
 class Config(_Section):

@@ -409,19 +409,20 @@ def _record_end(run: RunDir, trackers: TrackerSet, exc: BaseException, *, main: 
 
 
 def _register(config: Config, run: RunDir, reporter: Reporter) -> None:
-    """Auto-registration; a failure here does not undo a completed run, so it warns with the manual command."""
-    from plantpheno.registry.store import ModelRegistry, run_registry_uri
+    """Auto-registration in the registry every command uses (``registry.store.locate_registry``); a failure here
+    does not undo a completed run, so it warns with the manual command."""
+    from plantpheno.registry.store import ModelRegistry, locate_registry
 
     reg = config.registry
-    uri = run_registry_uri(config)
+    location = locate_registry(config=config)
     try:
-        info = ModelRegistry(uri).register(run.path, name=reg.name, alias=reg.alias)
+        info = ModelRegistry(location.uri).register(run.path, name=reg.name, alias=reg.alias)
     except Exception as exc:  # noqa: BLE001 - the trained run stays valid whatever the registry does
         reporter.warning(f"registering {reg.name} failed ({type(exc).__name__}: {exc}); retry with: "
-                         f"plantpheno models register {run.path} --name {reg.name} --registry {uri}")
+                         f"plantpheno models register {run.path} --name {reg.name} --registry {location.uri}")
         return
-    run.write_status("completed", registered={"name": info.name, "version": info.version, "uri": uri})
-    reporter.info(f"registered {info.name} version {info.version} in {uri}")
+    run.write_status("completed", registered={"name": info.name, "version": info.version, "uri": location.uri})
+    reporter.info(f"registered {info.name} version {info.version} in {location.uri} ({location.source})")
 
 
 def _job_summary(setup: _Setup, replicas: ReplicaCheck | None) -> dict[str, Any]:

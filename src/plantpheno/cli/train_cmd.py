@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "its best checkpoint on the held-out split, and print the run directory. "
                                    "Under torchrun, every process runs this and they train data-parallel.")
     p.add_argument("config", nargs="?", type=Path, help="YAML config file")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. training.epochs=5")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. training.epochs=5 (anywhere on the command line)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="launch N data-parallel processes on this machine with torchrun (--standalone)")

@@ -16,10 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.errors import RegistryError, RunDirError
@@ -32,6 +29,10 @@ SAMPLES_FILE = "sample_inputs.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 FORMAT = "plantpheno-model/1"
 NUM_SAMPLES = 4
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a package's files (``models show``) needs none
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def raw_transform(image_size: int):
     """Resize + centre crop to [0, 1] tensors: the eval preprocessing without normalisation."""
+    import torch
     from torchvision.transforms import v2 as T
 
     return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToImage(),
@@ -146,6 +148,7 @@ def raw_transform(image_size: int):
 
 def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     """A few test images, preprocessed, so an export can be checked without the dataset at hand."""
+    import torch
     from safetensors.torch import save_file
 
     from plantpheno.data.images import load_rgb

@@ -18,6 +18,7 @@ from plantpheno.errors import DataError
 from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
 from plantpheno.registry.package import ModelPackage
+from plantpheno.rundir import RunDir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -96,17 +97,22 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     return found
 
 
+def is_registry_ref(source: str) -> bool:
+    """Whether ``source`` names a registered model (NAME, NAME@alias, NAME/version) rather than a run or a package
+    folder on disk."""
+    path = Path(source)
+    return not RunDir(path).config.is_file() and not path.is_dir()
+
+
 def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None) -> ModelPackage:
-    """A run directory, a package folder, or a registry reference (NAME, NAME@alias, NAME/version)."""
+    """A run directory, a package folder, or a registry reference (NAME, NAME@alias, NAME/version) in
+    ``registry_uri`` (default: :func:`~plantpheno.registry.store.resolve_registry_uri`)."""
     from plantpheno.registry.package import package_run
     from plantpheno.registry.refs import parse_ref
-    from plantpheno.registry.store import ModelRegistry, default_registry_uri
-    from plantpheno.rundir import RunDir
+    from plantpheno.registry.store import ModelRegistry
 
     path = Path(source)
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
-    if RunDir(path).config.is_file():
-        return package_run(path, tmp / "model")
-    if path.is_dir():
-        return ModelPackage.open(path)
-    return ModelRegistry(registry_uri or default_registry_uri()).download(parse_ref(source), tmp)
+    if not is_registry_ref(source):
+        return package_run(path, tmp / "model") if RunDir(path).config.is_file() else ModelPackage.open(path)
+    return ModelRegistry(registry_uri).download(parse_ref(source), tmp)

@@ -140,6 +140,10 @@ class SystemSampler(Protocol):
 
     def start(self, step: Callable[[], int]) -> None: ...
 
+    def record(self) -> None:
+        """Take one sample now (at each epoch's end: short runs get figures too)."""
+        ...
+
     def stop(self) -> None: ...
 
 
@@ -158,6 +162,8 @@ class TrackerCallback:
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+        if self.system is not None:
+            self.system.record()
 
     def close(self) -> None:
         if self.system is not None:
