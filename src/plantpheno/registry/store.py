@@ -68,14 +68,18 @@ class ModelRegistry:
 
     # -- writing ------------------------------------------------------------------------------
     def register(self, run_dir: Path, *, name: str, alias: str | None = None) -> VersionInfo:
-        """Package a run's best checkpoint and register it as a new version of ``name``."""
+        """Package a run's best checkpoint and register it as a new version of ``name``: an MLflow pyfunc model
+        (``registry/pyfunc.py``) that holds the package."""
+        from plantpheno.registry.pyfunc import save_pyfunc_model
+
         check_name(name)
         if alias is not None:
             check_alias(alias)
         with tempfile.TemporaryDirectory(prefix="plantpheno-package-") as tmp:
-            package = package_run(run_dir, Path(tmp) / "model")
+            package = package_run(run_dir, Path(tmp) / "package")
+            model_dir = save_pyfunc_model(package, Path(tmp) / "model")
             run_id = self._retry(lambda: self._artifact_run(run_dir.name))
-            self._retry(lambda: self.client.log_artifacts(run_id, str(package.folder), artifact_path="model"))
+            self._retry(lambda: self.client.log_artifacts(run_id, str(model_dir), artifact_path="model"))
             self._retry(lambda: self.client.set_terminated(run_id))
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
         self._retry(lambda: self._ensure_model(name))
