@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_API = ("Model", "Prediction", "Registry", "Run", "Trainer", "evaluate", "load_config", "load_model", "open_run",
-        "register_model", "resume", "train")
-__all__ = ["__version__", *_API]
+__all__ = ["Model", "Prediction", "Registry", "Run", "Trainer", "__version__", "evaluate", "load_config", "load_model",
+           "open_run", "register_model", "resume", "train"]
+_API = frozenset(__all__) - {"__version__"}  # the names plantpheno.api defines
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from plantpheno.api import (
@@ -47,4 +47,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*(n for n in globals() if not n.startswith("_") and n != "TYPE_CHECKING"), *__all__, *_API})
+    return sorted({*(n for n in globals() if not n.startswith("_") and n != "TYPE_CHECKING"), *__all__})

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from plantpheno.errors import DataError, RunDirError
 from plantpheno.reporting import ConsoleReporter, LoggingReporter, Reporter
-from plantpheno.rundir import RunDir
+from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
 
 if TYPE_CHECKING:
     from plantpheno.config import Config
@@ -160,7 +160,7 @@ class Run:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not RunDir(self.path).is_run():
-            why = "no such folder" if not self.path.exists() else "no config.yaml or run.json in it"
+            why = "no such folder" if not self.path.exists() else f"no {CONFIG_FILE} or {STATUS_FILE} in it"
             raise RunDirError(f"{self.path} is not a plantpheno run directory ({why})")
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import json
 import os
 import signal
@@ -268,7 +267,7 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
 
 def test_readme_example_script_trains_evaluates_registers_and_predicts(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "examples" / "python_api.py"), "--workdir", str(tmp_path),
-                             "--tiny"], capture_output=True, text=True, timeout=900,
+                             "--tiny"], capture_output=True, text=True, timeout=900, check=False,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout.splitlines()

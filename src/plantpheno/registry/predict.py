@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from plantpheno.errors import DataError
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
 from plantpheno.registry.package import META_FILE, MLMODEL_FILE, ModelPackage
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 """What prediction takes: a file path, encoded image bytes, a PIL image, or an array (channels last)."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
