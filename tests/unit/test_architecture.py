@@ -24,7 +24,7 @@ FORBIDDEN = [
                                     "rundir", "runs", "reporting", "tasks", "config", "api")),
 ]
 CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "registry", "pipeline.py", "rundir.py",
-        "runs.py", "tasks.py", "config.py", "distributed.py", "device.py", "api.py")
+        "runs.py", "tasks.py", "config.py", "distributed.py", "device.py", "api")
 
 
 def _modules() -> list[Path]:

@@ -15,9 +15,10 @@ route: nothing is unpickled when the model loads (MLflow 3 refuses pickled pytho
 Input, one image per row: a column ``image`` with the encoded image file (JPEG, PNG, TIFF, ... bytes; base64 text
 in a JSON request, as MLflow's ``binary`` type is sent, in any of MLflow's request formats), or a column ``path``
 with an image file the serving process can read. Output, one row per input row: ``predicted`` (the class),
-``confidence`` and ``p_<class>`` for every class; or ``predicted`` (the trait value in its own units). Images are decoded and preprocessed exactly as
-``plantpheno predict`` does; an unreadable image fails the request (HTTP 400) naming every bad row.
-The device is ``model_config={"device": ...}`` at load time: auto (the default: CUDA, then MPS, then CPU), cpu, cuda.
+``confidence`` and ``p_<class>`` for every class; or ``predicted`` (the trait value in its own units). Images are
+decoded and preprocessed exactly as ``plantpheno predict`` does; an unreadable image fails the request (HTTP 400)
+naming every bad row. The device is ``model_config={"device": ...}`` at load time: auto (the default: CUDA, then
+MPS, then CPU), cpu or cuda.
 """
 
 from __future__ import annotations
