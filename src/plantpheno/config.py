@@ -8,7 +8,9 @@ expected. The rest of the package receives frozen, typed :class:`Config` objects
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -399,23 +401,66 @@ class Config(_Section):
 # ----------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
-                base: dict[str, Any] | None = None) -> Config:
-    """Load a YAML config file, apply ``key.sub=value`` overrides, validate.
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = (), *,
+                base: Mapping[str, Any] | None = None, data_path: str | Path | None = None,
+                output_path: str | Path | None = None) -> Config:
+    """Load a YAML config file (or start from ``base``, a raw config), apply overrides, validate.
+
+    ``overrides`` are ``key.sub=value`` strings (values parsed as YAML, as on the command line) or a mapping
+    ``{"key.sub": value}`` whose values are used as they are.
 
     Relative ``data.root``, ``data.manifest``, ``model.pretrained`` (a path) and ``output_dir`` in
     the file are kept as written: they resolve against the current working directory, like the
     paths a user types on the command line.
 
+    ``data_path`` and ``output_path`` are the training script's ``--data-path`` and ``--output-path``
+    (:func:`apply_data_and_output_paths`); they apply before the overrides, so an override still wins.
+
     Raises:
         ConfigError: listing every invalid field with its dotted name, value and expectation.
     """
-    raw: dict[str, Any] = dict(base or {})
+    raw: dict[str, Any] = copy.deepcopy(dict(base or {}))  # overrides must not change the caller's mapping
     if path is not None:
         raw = read_yaml_mapping(Path(path))
-    for item in overrides:
-        _apply_override(raw, item)
+    apply_data_and_output_paths(raw, data_path=data_path, output_path=output_path)
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            _set_field(raw, str(key), value, shown=f"{key}={value!r}")
+    else:
+        if isinstance(overrides, str):
+            raise ConfigError(f"overrides must be a list of key.sub=value strings or a mapping, got the string "
+                              f"{overrides!r}")
+        for item in overrides:
+            _apply_override(raw, item)
     return validate_config(raw, source=str(path) if path is not None else "config")
+
+
+def apply_data_and_output_paths(raw: dict[str, Any], *, data_path: str | Path | None = None,
+                                output_path: str | Path | None = None) -> dict[str, Any]:
+    """Fill a raw config from a data path and an output path, in place (and return it).
+
+    The data path names the dataset and replaces the config's source: an image folder becomes
+    ``data.root`` (and ``data.manifest`` is cleared), a ``.csv`` file becomes ``data.manifest`` (and
+    ``data.root`` is cleared, so relative paths in the CSV resolve against its own folder; set
+    ``data.root`` after it to use another base). The output path becomes ``output_dir``.
+    """
+    if data_path is not None:
+        path = Path(data_path)
+        if path.is_dir():
+            source: dict[str, Any] = {"root": str(path), "manifest": None}
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            source = {"root": None, "manifest": str(path)}
+        else:
+            found = "is a file but not a .csv manifest" if path.exists() else "does not exist"
+            raise ConfigError(f"data path {path} {found}; expected an image folder (root/<class>/<image>) or a CSV "
+                              f"manifest (path,label or path,value columns)")
+        data = raw.setdefault("data", {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"data path {path}: the config's data is a value ({data!r}), not a section")
+        data.update(source)
+    if output_path is not None:
+        raw["output_dir"] = str(output_path)
+    return raw
 
 
 def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
@@ -471,13 +516,20 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
-    parts = key.strip().split(".")
+    _set_field(raw, key.strip(), value, shown=item)
+
+
+def _set_field(raw: dict[str, Any], key: str, value: Any, *, shown: str) -> None:
+    """Set the dotted field ``key`` of a raw config (``shown`` is the override as the user wrote it)."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {shown!r}: {key!r} is not a dotted field name (e.g. training.epochs)")
     node = raw
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             dotted = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override {item!r}: {dotted} is a value ({child!r}), not a section")
+            raise ConfigError(f"override {shown!r}: {dotted} is a value ({child!r}), not a section")
         node = child
     node[parts[-1]] = value
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from plantpheno.errors import DataError
+
 log = logging.getLogger(__name__)
 
 # Leaf photos from scanners and drones can be huge; a real bomb is still refused by PIL's check.
@@ -62,6 +64,31 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     with Image.open(path) as img:
         img.load()
         return to_rgb(img)
+
+
+def rgb_from_bytes(data: bytes) -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, TIFF, ... file contents) as 8-bit RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def rgb_from_array(array: np.ndarray) -> Image.Image:
+    """An image array, channels last, as 8-bit RGB: ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)`` RGB or
+    ``(H, W, 4)`` RGBA (alpha composited on black, as for files). ``uint8`` is taken as is; 16-bit by its range;
+    floats in [0, 1] are scaled by 255 (other floats are read as 0-255)."""
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))) or 0 in arr.shape:
+        raise DataError(f"image array of shape {tuple(arr.shape)}: expected (H, W), (H, W, 1), (H, W, 3) or "
+                        f"(H, W, 4), channels last")
+    if arr.dtype.kind not in "uif" and arr.dtype != np.bool_:
+        raise DataError(f"image array of dtype {arr.dtype}: expected unsigned/signed integers or floats")
+    if arr.dtype != np.uint8:
+        arr = _rescale_to_uint8(arr.astype(np.float64) if arr.dtype == np.bool_ else arr,
+                                sixteen_bit=arr.dtype == np.uint16)
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
 
 
 @dataclass(frozen=True)

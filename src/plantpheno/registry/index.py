@@ -370,7 +370,7 @@ def fetch_local_or_mlflow(source: str, dst: Path, *, only: str | None, tracking_
                                 f"or deleted?)")
         folder = dst / local.name
         if only is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+            (folder / only).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local / only, folder / only)
         else:
             shutil.copytree(local, folder, dirs_exist_ok=True)
@@ -378,7 +378,11 @@ def fetch_local_or_mlflow(source: str, dst: Path, *, only: str | None, tracking_
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    artifact = f"{source.rstrip('/')}/{only}" if only is not None else source
-    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, dst_path=str(dst),
-                                                    tracking_uri=tracking_uri))
-    return path.parent if only is not None else path
+    if only is None:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
+                                                        tracking_uri=tracking_uri))
+    target = dst / Path(only).parent  # so that the returned folder / only is the file
+    target.mkdir(parents=True, exist_ok=True)
+    mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{only}", dst_path=str(target),
+                                        tracking_uri=tracking_uri)
+    return dst

@@ -27,6 +27,8 @@ META_FILE = "plantpheno_model.json"
 WEIGHTS_FILE = "model.safetensors"
 SAMPLES_FILE = "sample_inputs.safetensors"
 CARD_FILE = "MODEL_CARD.md"
+MLMODEL_FILE = "MLmodel"  # an MLflow model folder's description (registry/pyfunc.py writes one per version)
+PYFUNC_ARTIFACT = "package"  # the pyfunc artifact that holds the package: MLMODEL_DIR/artifacts/package/
 FORMAT = "plantpheno-model/1"
 NUM_SAMPLES = 4
 
@@ -44,6 +46,9 @@ class ModelPackage:
 
     @classmethod
     def open(cls, folder: Path) -> ModelPackage:
+        """Open a package folder, or the package inside an MLflow model folder that registration wrote
+        (``registry/pyfunc.py``: ``MLmodel`` + ``artifacts/package/``)."""
+        folder = inside_mlflow_model(Path(folder))
         path = folder / META_FILE
         if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise RegistryError(f"{folder} is not a plantpheno model package (needs {META_FILE} and {WEIGHTS_FILE})")
@@ -74,6 +79,25 @@ class ModelPackage:
 
         path = self.folder / SAMPLES_FILE
         return load_file(str(path))["images"] if path.is_file() else None
+
+
+def inside_mlflow_model(folder: Path) -> Path:
+    """The package folder of an MLflow pyfunc model folder (named by its ``MLmodel`` file); any other folder
+    as it is (a plain package, such as versions registered before registration wrote MLflow models)."""
+    if (folder / META_FILE).is_file() or not (folder / MLMODEL_FILE).is_file():
+        return folder
+    import yaml
+
+    try:
+        flavor = yaml.safe_load((folder / MLMODEL_FILE).read_text(encoding="utf-8"))["flavors"]["python_function"]
+        relative = flavor["artifacts"][PYFUNC_ARTIFACT]["path"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        raise RegistryError(f"{folder} is an MLflow model but not a plantpheno one (its {MLMODEL_FILE} names no "
+                            f"'{PYFUNC_ARTIFACT}' artifact of the python_function flavor)") from None
+    inner = (folder / relative).resolve()
+    if not inner.is_relative_to(folder.resolve()):
+        raise RegistryError(f"{folder / MLMODEL_FILE}: artifact path {relative!r} points outside the model folder")
+    return inner
 
 
 def package_run(run_dir: Path, out: Path) -> ModelPackage:

@@ -4,31 +4,39 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
-from plantpheno.data.images import load_rgb
+from plantpheno.data.images import load_rgb, rgb_from_array, rgb_from_bytes, to_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
 from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
-from plantpheno.registry.package import ModelPackage
+from plantpheno.registry.package import META_FILE, MLMODEL_FILE, ModelPackage
 from plantpheno.rundir import RunDir
 
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+"""What prediction takes: a file path, encoded image bytes, a PIL image, or an array (channels last)."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class Predictor:
-    """A model with its stored preprocessing, ready to predict on image files."""
+    """A model with its stored preprocessing, ready to predict on image files, bytes, PIL images or arrays."""
 
     def __init__(self, package: ModelPackage, *, device: str = "cpu") -> None:
+        from plantpheno.device import resolve_device
+
         self.package = package
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # auto: CUDA, then MPS, then CPU
         self.model = package.build_model().to(self.device)
         if wants_channels_last("auto", self.device, self.model):  # faster on CUDA and for BN CNNs on CPU
             to_channels_last(self.model)
@@ -38,32 +46,50 @@ class Predictor:
         # fitted on the validation split when the run was evaluated; packages made before have neither
         self.temperature, self.tta = float(m.get("temperature") or 1.0), str(m.get("tta") or "none")
 
-    @torch.no_grad()
     def predict_files(self, paths: Sequence[Path], *, batch_size: int = 32,
                       progress: bool = False) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, str]]]:
         """Predictions (probabilities or trait value per image) and the files that could not be read."""
+        results, bad = self.predict_images(paths, batch_size=batch_size, progress=progress)
+        return [(paths[i], out) for i, out in results], [(paths[i], why) for i, why in bad]
+
+    @torch.no_grad()
+    def predict_images(self, images: Sequence[ImageInput], *, batch_size: int = 32,
+                       progress: bool = False) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]]]:
+        """Predictions for image files, encoded image bytes, PIL images or arrays (:func:`to_rgb_image`), by
+        position in ``images``; and the positions that could not be read, with why."""
         from tqdm.auto import tqdm
 
-        results, bad = [], []
-        bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
-        for start in range(0, len(paths), batch_size):
-            batch_paths, tensors = [], []
-            for path in paths[start:start + batch_size]:
+        results: list[tuple[int, torch.Tensor]] = []
+        bad: list[tuple[int, str]] = []
+        bar = tqdm(total=len(images), unit="img", disable=not progress, file=sys.stderr)
+        for start in range(0, len(images), batch_size):
+            indices, tensors = [], []
+            for i in range(start, min(start + batch_size, len(images))):
                 try:
-                    tensors.append(self.transform(load_rgb(path)))
-                    batch_paths.append(path)
-                except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
-                    bad.append((path, f"{type(exc).__name__}: {exc}"))
+                    tensors.append(self.transform(to_rgb_image(images[i])))
+                    indices.append(i)
+                except Exception as exc:  # noqa: BLE001 - any unreadable image is reported, not fatal
+                    bad.append((i, f"{type(exc).__name__}: {exc}"))
             if tensors:
                 batch = torch.stack(tensors).to(self.device).contiguous(memory_format=input_format(self.model))
                 raw, _ = tta_outputs(self.model, batch, self.tta)
                 if self.task.name == "classification":
                     raw = raw / self.temperature
                 outputs = self.task.predictions(raw).cpu()
-                results.extend(zip(batch_paths, outputs))
-            bar.update(len(paths[start:start + batch_size]))
+                results.extend(zip(indices, outputs))
+            bar.update(min(batch_size, len(images) - start))
         bar.close()
         return results, bad
+
+    def describe(self, output: torch.Tensor) -> dict[str, Any]:
+        """One prediction as plain values: ``predicted`` (class name), ``confidence`` and ``probabilities``
+        (class -> probability), or ``predicted`` (the trait value in its own units)."""
+        names = self.package.meta.get("class_names")
+        if not names:
+            return {"predicted": float(output)}
+        probs = output.tolist()
+        k = int(output.argmax())
+        return {"predicted": names[k], "confidence": probs[k], "probabilities": dict(zip(names, probs))}
 
     def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
         """``path,predicted,confidence,p_<class>...`` (classes) or ``path,predicted`` (traits)."""
@@ -79,6 +105,21 @@ class Predictor:
             writer.writerow(["path", "predicted"])
             writer.writerows([str(path), f"{float(value):.6f}"] for path, value in results)
         return buf.getvalue()
+
+
+def to_rgb_image(item: ImageInput) -> Image.Image:
+    """An image file (path), encoded image bytes, a PIL image or an array (channels last) as 8-bit RGB, decoded
+    exactly as training decoded its files (EXIF orientation, grey/palette/alpha/16-bit converted)."""
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return rgb_from_bytes(bytes(item))
+    if isinstance(item, (str, os.PathLike)):
+        return load_rgb(item)
+    if isinstance(item, np.ndarray):
+        return rgb_from_array(item)
+    raise DataError(f"cannot read an image from a {type(item).__name__}: expected a path, encoded image bytes, a "
+                    f"PIL image or a numpy array (H, W[, C])")
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -112,6 +153,8 @@ def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None
     from plantpheno.registry.store import ModelRegistry
 
     path = Path(source)
+    if path.is_dir() and any((path / name).is_file() for name in (META_FILE, MLMODEL_FILE)):
+        return ModelPackage.open(path)  # a package (it holds a copy of its run's config.yaml too)
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
     if not is_registry_ref(source):
         return package_run(path, tmp / "model") if RunDir(path).config.is_file() else ModelPackage.open(path)

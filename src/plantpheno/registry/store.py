@@ -82,25 +82,28 @@ class ModelRegistry:
 
     # -- writing ------------------------------------------------------------------------------
     def register(self, run_dir: Path, *, name: str, alias: str | None = None, force: bool = False) -> VersionInfo:
-        """Package a run's best checkpoint and register it as a new version of ``name``.
+        """Package a run's best checkpoint and register it as a new version of ``name``: an MLflow pyfunc model
+        (``registry/pyfunc.py``) that holds the package.
 
         Raises:
             RegistryError: the run's task or class names differ from those of the name's latest version (unless
                 ``force``), or the name or alias is invalid.
         """
         from plantpheno.registry.package import package_run
+        from plantpheno.registry.pyfunc import save_pyfunc_model
 
         check_name(name)
         if alias is not None:
             check_alias(alias)
         with tempfile.TemporaryDirectory(prefix="plantpheno-package-") as tmp:
-            package = package_run(run_dir, Path(tmp) / "model")
+            package = package_run(run_dir, Path(tmp) / "package")
             if not force:
-                self._check_same_job(name, package.meta, Path(tmp))
+                self._check_same_job(name, package.meta, Path(tmp) / "latest")
             if self.index.exists is False:
                 self._create_store()
+            model_dir = save_pyfunc_model(package, Path(tmp) / "model")
             run_id = self._retry(lambda: self._artifact_run(run_dir.name))
-            self._retry(lambda: self.client.log_artifacts(run_id, str(package.folder), artifact_path="model"))
+            self._retry(lambda: self.client.log_artifacts(run_id, str(model_dir), artifact_path="model"))
             self._retry(lambda: self.client.set_terminated(run_id))
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
         self._retry(lambda: self._ensure_model(name))
@@ -177,7 +180,7 @@ class ModelRegistry:
         """One text file of a version's package (e.g. ``MODEL_CARD.md``), without fetching the weights."""
         info = ref if isinstance(ref, VersionInfo) else self.resolve(ref)
         with tempfile.TemporaryDirectory(prefix="plantpheno-file-") as tmp:
-            return (self.index.fetch(info.source, Path(tmp), only=name) / name).read_text(encoding="utf-8")
+            return self._fetch_file(info.source, Path(tmp), name).read_text(encoding="utf-8")
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
@@ -185,6 +188,21 @@ class ModelRegistry:
         mine = tuple(sorted(a for a, version in aliases.items() if version == record.version))
         return VersionInfo(record.name, record.version, mine, record.source, dict(record.tags), record.created,
                            record.description)
+
+    def _fetch_file(self, source: str, dst: Path, name: str) -> Path:
+        """One file of a version's package, fetched under ``dst``: inside the MLflow model folder that registration
+        writes (``artifacts/package/NAME``, registry/pyfunc.py), or at the top of versions registered before."""
+        from plantpheno.registry.package import PYFUNC_ARTIFACT
+
+        failure: Exception | None = None
+        for rel in (f"artifacts/{PYFUNC_ARTIFACT}/{name}", name):
+            try:
+                path = self.index.fetch(source, dst / "pyfunc" if "/" in rel else dst / "plain", only=rel) / rel
+                if path.is_file():
+                    return path
+            except Exception as exc:  # noqa: BLE001 - not in this layout: try the other one
+                failure = exc
+        raise RegistryError(f"{source} holds no {name} ({failure})")
 
     def _check_same_job(self, name: str, meta: dict[str, Any], tmp: Path) -> None:
         """A new version must predict what the name's latest version predicts: same task, same classes in order."""
@@ -195,8 +213,7 @@ class ModelRegistry:
             return
         latest = versions[-1]
         try:
-            theirs = json.loads((self.index.fetch(latest.source, tmp / "latest", only=META_FILE) / META_FILE)
-                                .read_text(encoding="utf-8"))
+            theirs = json.loads(self._fetch_file(latest.source, tmp, META_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError, RegistryError):
             theirs = {"task": latest.tags.get("task"), "class_names": None}  # its package is gone: the tags say
         problems = []
