@@ -18,7 +18,7 @@ from plantpheno.data.doctor.findings import Finding
 from plantpheno.data.doctor.folds import group_folds, single_threaded_blas
 
 LOGISTIC_C = 0.5  # inverse L2 strength on standardised features
-FEATURE_SIMILARITY = 0.97  # cosine similarity of frozen features that counts as the same picture
+FEATURE_SIMILARITY = 0.95  # frozen-feature cosine that counts as the same picture (see README, Data checks)
 
 
 def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, fold_keys: Sequence[str], *, folds: int,
@@ -65,7 +65,7 @@ def label_error_findings(entries: Sequence[Entry], features: np.ndarray, fold_ke
                         f"no likely label errors among {len(kept)} images (out-of-sample accuracy of the frozen-"
                         f"feature classifier {accuracy:.1%}).", 0, "nothing to do.", details=figures)], figures
     rows = [kept[i] for i in issues]
-    suggested = [names[present[probs[i].argmax()]] for i in issues]
+    suggested = [str(names[present[probs[i].argmax()]]) for i in issues]
     notes = tuple((f"given {entries[r].target!r}, suggested {s!r} (p = {probs[i].max():.2f}; given label "
                    f"p = {probs[i][local[i]]:.2f}), {entries[r].split}",)
                   for r, s, i in zip(rows, suggested, issues))
