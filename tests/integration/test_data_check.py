@@ -46,10 +46,11 @@ def test_train_stops_on_a_train_test_duplicate_before_any_run_folder(tmp_path, d
 def test_on_error_warn_trains_and_records_the_findings(tmp_path, disease_root, write_config):
     manifest, original, copy = _manifest_with_one_leak(tmp_path, disease_root)
     config = write_config(data={"manifest": str(manifest), "checks": {"on_error": "warn"}},
-                          training={"epochs": 1, "progress_bar": False})
+                          training={"epochs": 1, "progress_bar": False},
+                          tracking={"backends": ["mlflow"], "system_metrics_interval": 0})
     result = plantpheno("train", str(config))
     assert result.returncode == 0, result.stderr
-    assert "plantpheno: warning: warning exact_duplicates.leak" in result.stderr
+    assert "plantpheno: warning: exact_duplicates.leak: 1 group(s)" in result.stderr
     run = tmp_path / "runs" / "default" / "run"
     report = json.loads((run / "data_check.json").read_text())
     leak = next(f for f in report["findings"] if f["check"] == "exact_duplicates.leak")
@@ -58,6 +59,15 @@ def test_on_error_warn_trains_and_records_the_findings(tmp_path, disease_root, w
     tags = json.loads((run / "tracking" / "tags.json").read_text())
     assert tags["data_check.errors"] == "0" and "exact_duplicates.leak:warning:1" in tags["data_check.findings"]
     assert "data_check.json" in (run / "tracking" / "artifacts.txt").read_text()
+    import mlflow
+
+    from plantpheno.tracking.mlflow_backend import default_uri
+
+    client = mlflow.MlflowClient(default_uri(tmp_path / "runs"))
+    (tracked,) = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    assert tracked.data.tags["data_check.findings"] == tags["data_check.findings"]
+    assert "background_accuracy" in " ".join(tracked.data.tags)
+    assert "run/data_check.json" in [a.path for a in client.list_artifacts(tracked.info.run_id, "run")]
 
 
 def test_data_check_exit_codes_output_and_report(tmp_path, disease_root, write_config):

@@ -232,6 +232,21 @@ def test_unreadable_files_are_one_finding(tmp_path, disease_root):
 
 
 def test_rosette_views_of_one_plant_are_not_near_duplicates(tmp_path):
-    manifest = synthesize_rosettes(tmp_path / "ros", plants=12, views_per_plant=4, image_size=64, seed=4)
+    manifest = synthesize_rosettes(tmp_path / "ros", plants=24, views_per_plant=4, image_size=64, seed=4)
     found = _by_check(_check(tmp_path, task="regression", manifest=str(manifest)))
     assert "near_duplicates.leak" not in found and "exact_duplicates.leak" not in found
+
+
+def test_the_report_is_memoised_for_the_same_data_and_settings(tmp_path, disease_root, monkeypatch):
+    from plantpheno.training import data_checks
+
+    config = validate_config(tiny_config(tmp_path, data={"root": str(disease_root)}))
+    prepared = prepare_data(config)
+    first = data_checks.run_data_checks(prepared, config)
+    calls = []
+    monkeypatch.setattr(data_checks, "check_data", lambda *a, **k: calls.append(1) or check_data(*a, **k))
+    assert data_checks.run_data_checks(prepared, config).to_json() == first.to_json()
+    assert not calls, "the same data and settings were checked again"
+    other = validate_config(tiny_config(tmp_path, data={"root": str(disease_root), "checks": {"folds": 3}}))
+    data_checks.run_data_checks(prepared, other)
+    assert calls == [1], "other settings must be checked afresh"

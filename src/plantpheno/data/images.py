@@ -97,12 +97,20 @@ def check_image(path: Path) -> ImageCheck:
             rgb = to_rgb(img)
             if rgb.width < 1 or rgb.height < 1:
                 return ImageCheck(path, digest, "image has no pixels")
-            stats = image_stats(rgb)
     except UnidentifiedImageError:
         return ImageCheck(path, digest, "not an image (format not recognised)")
     except Exception as exc:  # noqa: BLE001 - decoders of corrupt files raise TypeError, struct.error, EOFError ...
         return ImageCheck(path, digest, f"truncated or corrupt image ({str(exc) or type(exc).__name__})")
-    return ImageCheck(path, digest, None, stats)
+    return ImageCheck(path, digest, None, _measure(rgb, path))
+
+
+def _measure(rgb: Image.Image, path: Path) -> ImageStats | None:
+    """The data checks' measures; a failure there is not the file's fault: the checks go without them."""
+    try:
+        return image_stats(rgb)
+    except Exception as exc:  # noqa: BLE001 - never turn a good image into a "corrupt" one
+        log.warning("could not measure %s for the data checks: %s", path, exc)
+        return None
 
 
 def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Path | None = None) -> list[ImageCheck]:

@@ -27,13 +27,47 @@ FEATURE_BACKBONE = "tf_efficientnet_lite0"
 FEATURE_SIZE = 224
 FEATURE_MEMO = "checks/features-{backbone}-{size}.npz"  # under OUTPUT_DIR/.cache
 DOCTOR_HINT = "pip install 'plantpheno[doctor]'"
+REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
+REPORT_MEMO_VERSION = 1  # bump when a check's logic or wording changes: memoised reports are then redone
 
 
 def run_data_checks(prepared: PreparedData, config: Config, *, reporter: Reporter | None = None) -> DataCheckReport:
-    """Every data check of ``config.data.checks`` on ``prepared``, with frozen features where enabled."""
+    """Every data check of ``config.data.checks`` on ``prepared``, with frozen features where enabled.
+
+    The report is memoised under ``OUTPUT_DIR/.cache/checks/reports/``, keyed by everything it depends on (each
+    row's file, label, split, group and decoded-pixel hash, the check settings, the seed, whether features were
+    used): the checks are deterministic, so a second run on the same data (a tuning trial, a re-run) reads it."""
     reporter = default_reporter(reporter)
     features, why_not = check_features(prepared, config, reporter=reporter)
-    return check_data(prepared, config, reporter=reporter, features=features, features_skipped=why_not)
+    memo = config.output_dir / CACHE_DIR / REPORT_MEMO.format(key=_report_key(prepared, config, why_not))
+    if memo.is_file():
+        try:
+            return DataCheckReport.read(memo)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: check again and rewrite it
+    report = check_data(prepared, config, reporter=reporter, features=features, features_skipped=why_not)
+    try:
+        report.write(memo)
+    except OSError:  # a read-only output folder only costs the speed-up
+        pass
+    return report
+
+
+def _report_key(prepared: PreparedData, config: Config, features_skipped: str | None) -> str:
+    import hashlib
+    import json
+
+    from plantpheno import __version__
+    from plantpheno.data.doctor.pixels import STATS_VERSION
+
+    rows = [[split, str(s.path), s.target, s.group,
+             prepared.stats[s.path].pixel_hash if s.path in prepared.stats else None]
+            for split, samples in prepared.splits.items() for s in samples]
+    key = {"rows": rows, "bad": [[str(p), why] for p, why in prepared.bad_files], "task": prepared.task,
+           "checks": config.data.checks.model_dump(mode="json"), "seed": config.seed,
+           "on_bad_image": config.data.on_bad_image, "features": features_skipped,
+           "versions": [__version__, STATS_VERSION, REPORT_MEMO_VERSION]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def enforce(report: DataCheckReport, config: Config, *, reporter: Reporter) -> DataCheckReport:
@@ -56,7 +90,7 @@ def enforce(report: DataCheckReport, config: Config, *, reporter: Reporter) -> D
                          f"errors included, are reported as warnings")
     for finding in report.findings:
         if finding.severity != "info":
-            reporter.warning(finding.line())
+            reporter.warning(finding.line(severity=False))
     return report
 
 

@@ -55,9 +55,9 @@ class Finding:
         return Finding("warning", self.check, self.message, self.count, self.fix, self.files, self.file_notes,
                        {**self.details, "was": self.severity})
 
-    def line(self) -> str:
+    def line(self, *, severity: bool = True) -> str:
         """One line for a terminal: severity, check, what and how many, the fix."""
-        return f"{self.severity:<7} {self.check}: {self.message} Fix: {self.fix}"
+        return (f"{self.severity:<7} " if severity else "") + f"{self.check}: {self.message} Fix: {self.fix}"
 
     def file_lines(self, limit: int = 10) -> list[str]:
         """The first ``limit`` groups of files, one line each, with their notes."""
