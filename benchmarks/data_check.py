@@ -149,7 +149,7 @@ def recall_at_k(prepared, config, features, rates: list[float]) -> list[dict[str
         for seed in range(3):
             rng = np.random.default_rng(seed)
             samples = [(split, s) for split, items in prepared.splits.items() for s in items]
-            k = int(round(rate * len(samples)))
+            k = round(rate * len(samples))
             flipped = set(rng.choice(len(samples), k, replace=False).tolist())
             splits: dict[str, list] = {name: [] for name in prepared.splits}
             for i, (split, s) in enumerate(samples):
@@ -173,9 +173,9 @@ def recall_at_k(prepared, config, features, rates: list[float]) -> list[dict[str
 def markdown(meta: dict) -> str:
     m = meta["machine"]
     lines = [f"# Data checks on {meta['images']} images ({meta['data']})", "",
-             f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores']} cores ({m['usable_cores']} usable), "
-             f"torch {m['torch']}, GPU {m['gpu']}, Python {m['python']}; load average at start "
-             f"{', '.join(f'{x:.1f}' for x in m['load_average'])}. {meta['note']}", "",
+             (f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores']} cores ({m['usable_cores']} usable), "
+              f"torch {m['torch']}, GPU {m['gpu']}, Python {m['python']}; load average at start "
+              f"{', '.join(f'{x:.1f}' for x in m['load_average'])}. {meta['note']}"), "",
              "| step | wall s | CPU s |", "|---|---:|---:|"]
     lines += [f"| {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} |" for name, r in meta["results"].items()]
     lines += ["", "Per check (s): " + ", ".join(f"{k} {v:.2f}" for k, v in meta["check_seconds"].items()), "",

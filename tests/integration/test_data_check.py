@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cli import plantpheno
 
 from conftest import PLANTVILLAGE, tiny_config
-from test_cli import plantpheno
 
 
 def _manifest_with_one_leak(tmp_path: Path, root: Path) -> tuple[Path, Path, Path]:

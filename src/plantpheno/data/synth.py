@@ -121,7 +121,7 @@ def _plan_defects(defects: Defects, per_class: int, seed: int) -> _DefectPlan:
     k = len(DISEASE_CLASSES)
     splits = []
     for _ in range(k):
-        n_hold = int(round(0.15 * per_class)) if per_class >= 3 else 0
+        n_hold = round(0.15 * per_class) if per_class >= 3 else 0
         names = ["test"] * n_hold + ["val"] * n_hold + ["train"] * (per_class - 2 * n_hold)
         splits.append([str(n) for n in rng.permutation(names)])
     train = [(c, i) for c in range(k) for i in range(per_class) if splits[c][i] == "train"]

@@ -133,7 +133,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return _BYTE_BITS[as_bytes].sum(axis=-1)
 
 
-_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_BYTE_BITS = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
 
 
 def duplicate_findings(index: DuplicateIndex, *, conflicting: set[str]) -> list[Finding]:

@@ -66,8 +66,8 @@ def label_error_findings(entries: Sequence[Entry], features: np.ndarray, fold_ke
                         f"feature classifier {accuracy:.1%}).", 0, "nothing to do.", details=figures)], figures
     rows = [kept[i] for i in issues]
     suggested = [str(names[present[probs[i].argmax()]]) for i in issues]
-    notes = tuple((f"given {entries[r].target!r}, suggested {s!r} (p = {probs[i].max():.2f}; given label "
-                   f"p = {probs[i][local[i]]:.2f}), {entries[r].split}",)
+    notes = tuple(((f"given {entries[r].target!r}, suggested {s!r} (p = {probs[i].max():.2f}; given label "
+                    f"p = {probs[i][local[i]]:.2f}), {entries[r].split}"),)
                   for r, s, i in zip(rows, suggested, issues))
     return [Finding(
         "warning", "label_errors",
