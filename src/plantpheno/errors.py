@@ -42,3 +42,7 @@ class ExportError(PlantPhenoError):
 
 class TuningError(PlantPhenoError):
     """A study cannot run as asked (a study of that name made differently, a worker without its study, ...)."""
+
+
+class DataCheckError(DataError):
+    """The data checks found an error-level problem (leakage, conflicting labels, ...) and training was not started."""

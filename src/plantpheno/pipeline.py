@@ -23,6 +23,7 @@ from torch import nn
 from plantpheno import __version__, distributed
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
+from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
 from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
@@ -127,7 +128,8 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
         set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
         # Data and model first: a bad image or backbone fails before any run folder exists.
         setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
-        run = dist.broadcast(_new_run_dir(setup) if dist.is_main else None)
+        checked = _check_data(setup)  # an error-level finding stops here too
+        run = dist.broadcast(_new_run_dir(setup, checked) if dist.is_main else None)
         return _fit_and_evaluate(setup, run, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
     finally:
         _release(setup, dist)
@@ -221,10 +223,23 @@ def _release(setup: _Setup | None, dist: DistContext) -> None:
         distributed.shutdown(dist)
 
 
-def _new_run_dir(setup: _Setup) -> RunDir:
+def _check_data(setup: _Setup) -> DataCheckReport | None:
+    """The data checks (``data.checks``), on rank 0: an error-level finding raises ``DataCheckError`` before any run
+    folder exists, unless ``data.checks.on_error: warn``."""
+    if not (setup.dist.is_main and setup.config.data.checks.enabled):
+        return None
+    from plantpheno.training.data_checks import enforce, run_data_checks
+
+    report = run_data_checks(setup.prepared, setup.config, reporter=setup.reporter)
+    return enforce(report, setup.config, reporter=setup.reporter)
+
+
+def _new_run_dir(setup: _Setup, checked: DataCheckReport | None = None) -> RunDir:
     run = create_run_dir(setup.config)
     run.write_config(setup.config)
     write_data_files(setup.prepared, run)
+    if checked is not None:
+        checked.write(run.data_check)
     run.write_environment(str(setup.device))
     return run
 

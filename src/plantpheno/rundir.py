@@ -23,6 +23,7 @@ METRICS_LOG = "metrics.jsonl"
 SPLIT_MANIFEST = "split.csv"
 DATASET_INFO = "dataset.json"
 BAD_IMAGES = "bad_images.csv"
+DATA_CHECK = "data_check.json"
 TRAINING_CURVES = "training_curves.png"
 CHECKPOINTS = "checkpoints"
 BEST, LAST = "best.pt", "last.pt"
@@ -32,7 +33,6 @@ TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 REPORT_FILE = "report.html"
 TEMPERATURE_FILE = "temperature.json"
-DATA_CHECK_FILE = "data_check.json"
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,12 @@ class RunDir:
         return self.path / BAD_IMAGES
 
     @property
+    def data_check(self) -> Path:
+        """``data_check.json``: the findings of the data checks run before training (see
+        :mod:`plantpheno.data.doctor.findings` for its format)."""
+        return self.path / DATA_CHECK
+
+    @property
     def training_curves(self) -> Path:
         return self.path / TRAINING_CURVES
 
@@ -189,11 +195,6 @@ class RunDir:
         return self.path / TEMPERATURE_FILE
 
     @property
-    def data_check(self) -> Path:
-        """``data_check.json``: the data doctor's findings, when it ran on this run's data."""
-        return self.path / DATA_CHECK_FILE
-
-    @property
     def wandb(self) -> Path:
         return self.path / WANDB_DIR
 
@@ -203,7 +204,7 @@ class RunDir:
     def artifacts(self) -> tuple[Path, ...]:
         """The run's own files that trackers keep as artifacts (those that exist)."""
         files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
-                 self.training_curves, self.bad_images, self.temperature, self.report)
+                 self.training_curves, self.bad_images, self.data_check, self.temperature, self.report)
         return tuple(p for p in files if p.is_file())
 
     def is_run(self) -> bool:
@@ -236,6 +237,12 @@ class RunDir:
 
     def read_dataset_info(self) -> dict[str, Any]:
         return json.loads(self.dataset_info.read_text(encoding="utf-8")) if self.dataset_info.is_file() else {}
+
+
+def data_check_path(config: Config) -> Path:
+    """Where ``plantpheno data check`` (and a ``train`` stopped by the checks) writes the findings outside a run:
+    ``OUTPUT_DIR/<experiment>/data_check.json``."""
+    return config.output_dir / config.experiment / DATA_CHECK
 
 
 def create_run_dir(config: Config) -> RunDir:

@@ -34,6 +34,7 @@ from plantpheno.data.batch_augment import (
     center_square,
 )
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
+from plantpheno.data.doctor.pixels import ImageStats
 from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
@@ -46,13 +47,15 @@ IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files alread
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Checked samples per split, class names, fingerprint, and the files that were skipped."""
+    """Checked samples per split, class names, fingerprint, the files that were skipped, and the pixel measures
+    of each image (for the data checks)."""
 
     task: str
     splits: dict[str, list[Sample]]
     class_names: list[str] | None
     fingerprint: str
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    stats: dict[Path, ImageStats] = field(default_factory=dict)
 
     def targets(self, split: str) -> list[int] | list[float]:
         """Class indices (classification) or float values (regression) of one split."""
@@ -82,8 +85,8 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
     else:
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
-    samples, bad, fingerprint = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                       memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO)
+    samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
+                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -96,11 +99,11 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
     class_names = class_names_of(samples) if config.task == "classification" else None
     if class_names is not None and len(class_names) < 2:
         raise DataError(f"classification needs at least 2 classes, found {class_names}")
-    return PreparedData(config.task, splits, class_names, fingerprint, bad)
+    return PreparedData(config.task, splits, class_names, fingerprint, bad, stats)
 
 
 def _check(samples: list[Sample], *, skip_bad: bool,
-           memo: Path | None = None) -> tuple[list[Sample], list[tuple[Path, str]], str]:
+           memo: Path | None = None) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
     checks = check_images([s.path for s in samples], memo=memo)
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
@@ -116,7 +119,8 @@ def _check(samples: list[Sample], *, skip_bad: bool,
     base = Path(os.path.commonpath([str(s.path.parent) for s, _ in good]))
     lines = sorted(f"{s.path.relative_to(base).as_posix()}\t{s.target}\t{sha}" for s, sha in good)
     fingerprint = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint
+    stats = {c.path: c.stats for c in checks if c.stats is not None}
+    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats
 
 
 def write_data_files(prepared: PreparedData, run: RunDir) -> None:

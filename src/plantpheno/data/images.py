@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from plantpheno.errors import DataError
+from plantpheno.data.doctor.pixels import ImageStats, image_stats
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,18 @@ def rgb_from_array(array: np.ndarray) -> Image.Image:
 
 @dataclass(frozen=True)
 class ImageCheck:
-    """Result of checking one file: its content hash, or why it cannot be used."""
+    """Result of checking one file: its content hash and the data checks' measures of its pixels, or why it
+    cannot be used."""
 
     path: Path
     sha256: str | None
     problem: str | None
+    stats: ImageStats | None = None
 
 
 def check_image(path: Path) -> ImageCheck:
-    """Read, hash and fully decode one file; report a problem instead of raising."""
+    """Read, hash and fully decode one file, and measure its pixels for the data checks (in the same decode);
+    report a problem instead of raising."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -123,15 +127,25 @@ def check_image(path: Path) -> ImageCheck:
         return ImageCheck(path, digest, "not an image (format not recognised)")
     except Exception as exc:  # noqa: BLE001 - decoders of corrupt files raise TypeError, struct.error, EOFError ...
         return ImageCheck(path, digest, f"truncated or corrupt image ({str(exc) or type(exc).__name__})")
-    return ImageCheck(path, digest, None)
+    return ImageCheck(path, digest, None, _measure(rgb, path))
+
+
+def _measure(rgb: Image.Image, path: Path) -> ImageStats | None:
+    """The data checks' measures; a failure there is not the file's fault: the checks go without them."""
+    try:
+        return image_stats(rgb)
+    except Exception as exc:  # noqa: BLE001 - never turn a good image into a "corrupt" one
+        log.warning("could not measure %s for the data checks: %s", path, exc)
+        return None
 
 
 def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Path | None = None) -> list[ImageCheck]:
     """Check many files in parallel threads (decoding releases the GIL); results keep input order.
 
     With ``memo`` (a JSON file), a file that passed before and still has the same size and modification
-    time (ns) is not decoded again: its recorded hash is reused, and newly passed files are added. Files
-    with a problem are always checked afresh. Like make or rsync, this trusts size + mtime; delete the
+    time (ns) is not decoded again: its recorded hash and pixel measures are reused (a file recorded without
+    measures of the current version is decoded again), and newly passed files are added. Files with a problem
+    are always checked afresh. Like make or rsync, this trusts size + mtime; delete the
     memo file to force a full re-check.
     """
     known = _read_memo(memo) if memo is not None else {}
@@ -146,8 +160,9 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
             continue
         stats[i] = (st.st_size, st.st_mtime_ns)
         hit = known.get(str(path.absolute()))
-        if hit is not None and (hit[0], hit[1]) == stats[i]:
-            results[i] = ImageCheck(path, hit[2], None)
+        measured = ImageStats.from_json(hit[3]) if hit is not None and len(hit) > 3 else None
+        if hit is not None and (hit[0], hit[1]) == stats[i] and measured is not None:
+            results[i] = ImageCheck(path, hit[2], None, measured)
         else:
             todo.append(i)
     for i, check in zip(todo, _check_all([paths[i] for i in todo], workers)):
@@ -156,7 +171,8 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
         for i in todo:
             check = results[i]
             if check is not None and check.problem is None and i in stats:
-                known[str(paths[i].absolute())] = [*stats[i], check.sha256]
+                known[str(paths[i].absolute())] = [*stats[i], check.sha256,
+                                                   check.stats.to_json() if check.stats else None]
         _write_memo(memo, known)
     assert all(r is not None for r in results)  # each path came from the memo or was checked
     return results  # type: ignore[return-value]
