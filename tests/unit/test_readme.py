@@ -24,7 +24,7 @@ def test_readme_documents_every_config_field():
 
 
 def test_readme_python_api_example_is_the_example_script_that_ci_runs():
-    """tests/integration/test_api.py runs examples/python_api.py; the README shows the same code."""
+    """tests/integration/test_api_end_to_end.py runs examples/python_api.py; the README shows the same code."""
     script = (Path(__file__).resolve().parents[2] / "examples" / "python_api.py").read_text()
     start = script.index("\n", script.index("# --- the README's example")) + 1
     example = script[start:script.index("# --- end of the README's example ---")].strip()
