@@ -96,7 +96,7 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     else:
         task = Regression(*prepared.target_stats())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
-    model = build_model(model_cfg, num_outputs=task.num_outputs)
+    model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
     check_phases(model, config)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
