@@ -47,6 +47,11 @@ class AugmentConfig(_Section):
         0.2, ge=0, le=1, description="Brightness/contrast/saturation jitter strength (0 disables)."
     )
     hue: float = Field(0.02, ge=0, le=0.5, description="Hue jitter (kept small: colour carries disease signal).")
+    keep_whole: bool = Field(
+        False, description="Never cut away what the evaluation sees (for counts and other whole-plant traits): "
+        "instead of a random crop, zoom out (crop_scale is then the image's area range) and shift, and shrink "
+        "rotated images until they fit."
+    )
     batched: bool = Field(
         True, description="Augment whole batches at once (one resampling, tensor colour ops); false = per image."
     )
@@ -78,6 +83,11 @@ class DataConfig(_Section):
         description="CSV with columns path,label (classification) or path,value (regression); optional split, group.",
     )
     image_size: int = Field(224, ge=16, le=2048, description="Side of the square image fed to the model (pixels).")
+    resize: Literal["crop", "pad", "stretch"] = Field(
+        "crop", description="How an image becomes the model's square: crop (shorter side to image_size, centre "
+        "square: a wide or tall image loses its ends), pad (longer side to image_size, letterboxed with the "
+        "normalisation mean: the whole image, smaller), stretch (both sides to image_size: whole, distorted)."
+    )
     batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process).")
     num_workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; auto = half the usable cores per training process, "

@@ -105,7 +105,7 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
                             rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
-            "image_size": config.data.image_size, "mean": list(mean), "std": list(std),
+            "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint}
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device, reporter=reporter)

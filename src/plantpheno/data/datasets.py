@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
@@ -31,7 +32,7 @@ from plantpheno.data.batch_augment import (
     BatchFinish,
     Pending,
     augment_batch,
-    center_square,
+    make_square,
 )
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.images import check_images, load_rgb
@@ -174,11 +175,14 @@ class ImageDataset(Dataset):
         if self.batched is None:
             return [self[item] for item in items]
         batched, spec = self.batched, self.batched.spec
-        squares = []
+        squares, content = [], []
         for index, _ in items:
             pixels = self.cache.array(index) if self.cache is not None else decode_resized(self.paths[index], spec)
-            squares.append(center_square(pixels, spec.short_side))
-        images = augment_batch(batched.augment, squares, [seed for _, seed in items], defer=batched.on_device)
+            square, extent = make_square(pixels, spec.side, spec.resize, batched.augment.fill)
+            squares.append(square)
+            content.append(extent)
+        images = augment_batch(batched.augment, squares, [seed for _, seed in items], defer=batched.on_device,
+                               content=np.array(content))
         return _Batch((images, self.targets[torch.tensor([index for index, _ in items])]))
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,8 +304,8 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
     finish = BatchFinish()
     for name in splits:
         is_train = name == "train"
-        transform = (train_transform(data.image_size, mean, std, data.augment) if is_train
-                     else eval_transform(data.image_size, mean, std))
+        transform = (train_transform(data.image_size, mean, std, data.augment, data.resize) if is_train
+                     else eval_transform(data.image_size, mean, std, data.resize))
         targets = prepared.targets(name)
         paths = [s.path for s in prepared.splits[name]]
         # filled here, before the workers start, so forked workers share one copy of the pixels
@@ -310,7 +314,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
             on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")
-            batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment),
+            batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment, data.resize),
                                           cache_spec(data, train=True), on_device)
             finish = BatchFinish(batched.augment)
         dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched)

@@ -32,7 +32,8 @@ class Predictor:
             to_channels_last(self.model)
         self.task = package.task
         m = package.meta
-        self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"])
+        # packages from before data.resize existed were all centre-cropped
+        self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"], m.get("resize", "crop"))
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[Path], *, batch_size: int = 32,

@@ -113,11 +113,11 @@ def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int,
 def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int, mean: Sequence[float],
                      std: Sequence[float], batch_size: int, device: torch.device, num_workers: int,
                      fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     cache: ImageCache | None = None) -> torch.Tensor:
+                     cache: ImageCache | None = None, resize: str = "crop") -> torch.Tensor:
     """Pooled pre-logits features ``(N, D)`` of every image (or ``fn``'s outputs), in order, with the
     backbone in eval mode."""
     # ``cache``: the split's decoded pixels at the evaluation size (``data.cache``), else decoded from disk
-    dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std), regression=False,
+    dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std, resize), regression=False,
                            cache=cache)
     # a private generator: the loader's base seed must not come from (and shift) the global RNG
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
@@ -139,7 +139,7 @@ def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Modul
         same_size = split == "val" or cache_spec(config.data, train=True) == cache_spec(config.data, train=False)
         outputs = extract_features(model, [s.path for s in prepared.splits[split]], image_size=config.data.image_size,
                                    mean=mean, std=std, batch_size=batch, device=device,
-                                   num_workers=images.num_workers, fn=fn,
+                                   num_workers=images.num_workers, fn=fn, resize=config.data.resize,
                                    cache=images.dataset.cache if same_size else None)
         views = config.training.feature_cache_views
         extra = (augmented_views(model, images.dataset, views=views - 1, seed=config.seed, batch_size=batch,
