@@ -172,7 +172,17 @@ class FineTuneConfig(_Section):
     blocks: int = Field(1, ge=1, le=1000, description="Backbone blocks unfrozen, from the output end (timm's coarse "
                         "groups: EfficientNet stages, ResNet layers, ViT blocks). BatchNorm statistics stay fixed.")
     learning_rate: float = Field(5e-4, gt=0, le=10, description="Peak learning rate of the fine-tune phase (same "
-                                 "optimizer and scheduler kind as training, no warmup).")
+                                 "optimizer and scheduler kind as training).")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warmup of the fine-tune phase's learning rate, in "
+                                 "epochs (cosine only): Adam's first steps move every unfrozen weight by about the "
+                                 "learning rate, which can throw the pretrained blocks off for an epoch.")
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_the_phase(self) -> FineTuneConfig:
+        if self.epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"training.fine_tune.warmup_epochs ({self.warmup_epochs}) must be < "
+                             f"training.fine_tune.epochs ({self.epochs})")
+        return self
 
 
 class TrainingConfig(_Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from collections import Counter
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from plantpheno.distributed import DistContext
 from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
 from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.predict import predict
-from plantpheno.evaluation.report import write_evaluation
+from plantpheno.evaluation.report import baseline_warning, write_evaluation
 from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.rundir import RunDir, create_run_dir
@@ -90,11 +91,12 @@ class _Setup:
 def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, reporter: Reporter,
            dist: DistContext = DistContext(), splits: Sequence[str] = SPLITS) -> _Setup:
     """Data, task, model and loaders."""
-    prepared = prepare_data(config, manifest_override=manifest)
+    main = dist.is_main  # only rank 0 shows progress
+    prepared = prepare_data(config, manifest_override=manifest, reporter=reporter if main else None)
     if prepared.class_names is not None:
         task: Classification | Regression = Classification(prepared.class_names)
     else:
-        task = Regression(*prepared.target_stats())
+        task = Regression(*prepared.target_stats(), counts=prepared.counts())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
     model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
     check_phases(model, config)
@@ -103,13 +105,14 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     if wants_channels_last(config.training.channels_last, device, model):
         to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type)
+                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
+                            reporter=reporter if main else None)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
             "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint}
     model = model.to(device)
-    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device, reporter=reporter)
-                if config.training.feature_cache else None)
+    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
+                               reporter=reporter if main else None) if config.training.feature_cache else None)
     return _Setup(config, prepared, task, model, loaders, device, meta, dist, reporter, plan_phases(config), features)
 
 
@@ -279,12 +282,13 @@ def _train_phases(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] | No
         if phase.name != state.phase:  # a new phase: its own count of epochs without improvement
             state.phase, state.phase_start, state.bad_epochs = phase.name, state.epoch, 0
         trainer = _build_trainer(setup, run, phase, state, checkpoint,
-                                 [tracking, *_builtin(setup, run, replicas), *callbacks])
-        if phase.name == "fine_tune" and checkpoint is None:
+                                 [tracking, *_builtin(setup, run, replicas, phase), *callbacks])
+        if phase.name == "fine_tune" and checkpoint is None and setup.dist.is_main:
             ft = setup.config.training.fine_tune
             setup.reporter.info(f"fine-tune phase: the last {ft.blocks} backbone block(s) unfrozen for {ft.epochs} "
                                 f"epoch(s) at learning rate {ft.learning_rate:g}, from the best head (epoch "
-                                f"{state.best_epoch})")
+                                f"{state.best_epoch}); the training loss may jump in its first epoch while the "
+                                f"unfrozen blocks adapt, and the best checkpoint stays the best of both phases")
         state = _fit(trainer, run, handle_signals=handle_signals)
         # the next phase starts from the best weights, which rank 0 restored; a new DDP wrapper broadcasts
         # rank 0's parameters and buffers to the other ranks when it is built
@@ -292,11 +296,15 @@ def _train_phases(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] | No
     return state
 
 
-def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None) -> list[object]:
+def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None, phase: Phase) -> list[object]:
     """The callbacks of every phase: replica check (distributed), early stopping, and on rank 0 the files and
     the console."""
     patience = setup.config.training.early_stopping
-    builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta)]
+    later = [p.name for p in setup.phases[[p.name for p in setup.phases].index(phase.name) + 1:]]
+    what = {"train": "the head phase" if later else "training", "fine_tune": "the fine-tune phase"}[phase.name]
+    then = "; the fine-tune phase starts from it" if "fine_tune" in later else ""
+    builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta, phase=what,
+                                           then=then, reporter=setup.reporter if setup.dist.is_main else None)]
     if replicas is not None:
         builtin.insert(0, replicas)
     if setup.dist.is_main:  # only rank 0 writes files and prints
@@ -434,12 +442,25 @@ def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None)
     p = predict(setup.model, setup.loaders[split], task=setup.task, device=setup.device,
                 amp_dtype=amp_dtype(setup.config, setup.device), finish=setup.loaders.finish)
     ev = setup.config.evaluation
-    return write_evaluation(
+    metrics = write_evaluation(
         run.eval(split), targets=p.targets, outputs=p.outputs,
         paths=[s.path for s in setup.prepared.splits[split]], class_names=setup.prepared.class_names,
         bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=setup.config.seed,
         extra={"split": split, "num_images": len(p.targets), "checkpoint_epoch": best_epoch},
+        baseline=_trivial_prediction(setup),
     )
+    warning = baseline_warning(metrics)
+    if warning is not None:
+        setup.reporter.warning(warning)
+    return metrics
+
+
+def _trivial_prediction(setup: _Setup) -> float:
+    """What a model that learned nothing predicts: the training mean, or the most frequent training class."""
+    if isinstance(setup.task, Regression):
+        return setup.task.mean
+    counts = Counter(setup.prepared.targets("train"))
+    return float(max(sorted(counts), key=lambda k: counts[k]))
 
 
 @contextlib.contextmanager

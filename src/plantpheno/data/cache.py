@@ -33,13 +33,14 @@ All images of a split live in one flat uint8 buffer (variable sizes, one offset 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from plantpheno.atomic import atomic_open, atomic_write_text
 from plantpheno.config import DataConfig
 from plantpheno.data.images import load_rgb
 from plantpheno.errors import DataError
+from plantpheno.reporting import Progress, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +188,21 @@ def shared_buffer(nbytes: int) -> np.ndarray:
 
 
 def build_image_cache(paths: Sequence[Path], spec: CacheSpec, *, mode: str, fingerprint: str,
-                      directory: Path | None = None, workers: int | None = None) -> ImageCache:
+                      directory: Path | None = None, workers: int | None = None,
+                      reporter: Reporter | None = None, desc: str = "caching images") -> ImageCache:
     """Decode and resize ``paths`` once into an :class:`ImageCache` (``mode``: ``memory`` or ``disk``).
 
     ``fingerprint`` must change whenever the images' contents change (the dataset fingerprint);
-    ``disk`` needs ``directory`` and reuses a complete cache there whose key matches.
+    ``disk`` needs ``directory`` and reuses a complete cache there whose key matches. ``reporter`` shows the
+    decoding's progress (``desc``).
     """
     paths = [Path(p) for p in paths]
     if mode == "memory":
         shapes = _plan(paths, spec, workers)
         pixels = shared_buffer(int((shapes[:, 0] * shapes[:, 1] * 3).sum()))
         cache = ImageCache(shapes, pixels=pixels)
-        _fill(pixels, cache, paths, spec, workers)
+        with _progress(reporter, len(paths), desc) as bar:
+            _fill(pixels, cache, paths, spec, workers, bar=bar)
         return cache
     if mode != "disk" or directory is None:
         raise ValueError(f"build_image_cache: mode must be 'memory' or 'disk' (with a directory), got {mode!r}")
@@ -206,7 +211,18 @@ def build_image_cache(paths: Sequence[Path], spec: CacheSpec, *, mode: str, fing
     if cached is not None:
         log.info("image cache: reusing %s (%d images)", cached.path, len(cached))
         return cached
-    return _write_disk_cache(directory, key, paths, spec, workers)
+    with _progress(reporter, len(paths), desc) as bar:
+        return _write_disk_cache(directory, key, paths, spec, workers, bar)
+
+
+@contextlib.contextmanager
+def _progress(reporter: Reporter | None, total: int, desc: str) -> Iterator[Progress | None]:
+    bar = reporter.progress(total=total, desc=desc, unit="img") if reporter is not None else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def cache_key(paths: Sequence[Path], spec: CacheSpec, fingerprint: str) -> str:
@@ -234,7 +250,7 @@ def _plan(paths: list[Path], spec: CacheSpec, workers: int | None) -> np.ndarray
 
 
 def _fill(buffer: np.ndarray, cache: ImageCache, paths: list[Path], spec: CacheSpec, workers: int | None,
-          indices: range | None = None) -> None:
+          indices: range | None = None, bar: Progress | None = None) -> None:
     """Decode images ``indices`` (default: all) into ``buffer``, which starts at the first one's offset.
 
     Threads, because decoding and resizing release the GIL.
@@ -253,7 +269,9 @@ def _fill(buffer: np.ndarray, cache: ImageCache, paths: list[Path], spec: CacheS
         buffer[cache.offsets[index] - base:cache.offsets[index + 1] - base] = pixels.reshape(-1)
 
     with ThreadPoolExecutor(max_workers=_threads(workers)) as pool:
-        list(pool.map(fill_one, indices))
+        for _ in pool.map(fill_one, indices):
+            if bar is not None:
+                bar.update(1)
 
 
 def _threads(workers: int | None) -> int:
@@ -275,7 +293,7 @@ def _open_disk_cache(directory: Path, key: str, count: int) -> ImageCache | None
 
 
 def _write_disk_cache(directory: Path, key: str, paths: list[Path], spec: CacheSpec,
-                      workers: int | None) -> ImageCache:
+                      workers: int | None, bar: Progress | None = None) -> ImageCache:
     shapes = _plan(paths, spec, workers)
     data_path = directory / f"{key}.u8"
     cache = ImageCache(shapes, path=data_path)
@@ -284,7 +302,7 @@ def _write_disk_cache(directory: Path, key: str, paths: list[Path], spec: CacheS
         for start in range(0, len(paths), _WRITE_CHUNK):
             chunk = range(start, min(start + _WRITE_CHUNK, len(paths)))
             buffer = np.empty(int(cache.offsets[chunk.stop] - cache.offsets[chunk.start]), dtype=np.uint8)
-            _fill(buffer, cache, paths, spec, workers, chunk)
+            _fill(buffer, cache, paths, spec, workers, chunk, bar)
             fh.write(buffer.data)
     index = {"format": FORMAT_VERSION, "key": key, "side": spec.side, "resize": spec.resize,
              "count": len(paths), "nbytes": cache.nbytes, "shapes": shapes.tolist()}
@@ -293,9 +311,10 @@ def _write_disk_cache(directory: Path, key: str, paths: list[Path], spec: CacheS
 
 
 def split_cache(paths: Sequence[Path], data: DataConfig, *, train: bool, fingerprint: str,
-                output_dir: Path) -> ImageCache | None:
+                output_dir: Path, reporter: Reporter | None = None, split: str = "") -> ImageCache | None:
     """The cache ``data.cache`` asks for, for one split's images; None for ``none``."""
     if data.cache == "none" or not paths:
         return None
     return build_image_cache(paths, cache_spec(data, train=train), mode=data.cache, fingerprint=fingerprint,
-                             directory=output_dir / CACHE_DIR)
+                             directory=output_dir / CACHE_DIR, reporter=reporter,
+                             desc=f"caching {split} images".replace("  ", " "))

@@ -40,6 +40,7 @@ from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder,
 from plantpheno.data.splits import assign_splits
 from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.errors import DataError
+from plantpheno.reporting import Reporter
 from plantpheno.rundir import RunDir
 
 IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files already checked (size, mtime, hash)
@@ -62,6 +63,10 @@ class PreparedData:
         index = {name: i for i, name in enumerate(self.class_names)}
         return [index[str(s.target)] for s in self.splits[split]]
 
+    def counts(self) -> bool:
+        """Whether the trait is a count: every training value a whole number."""
+        return self.class_names is None and all(float(v).is_integer() for v in self.targets("train"))
+
     def target_stats(self) -> tuple[float, float]:
         """Mean and std of the training targets (regression outputs are learned standardised)."""
         values = torch.tensor(self.targets("train"), dtype=torch.float64)
@@ -69,11 +74,13 @@ class PreparedData:
         return float(values.mean()), std if std > 0 else 1.0
 
 
-def prepare_data(config: Config, *, manifest_override: Path | None = None) -> PreparedData:
+def prepare_data(config: Config, *, manifest_override: Path | None = None,
+                 reporter: Reporter | None = None) -> PreparedData:
     """Read the dataset, check every image, split it, fingerprint it.
 
     ``manifest_override`` (a run's saved ``split.csv``) replaces the configured source, so a
-    resumed or re-evaluated run sees exactly the images and split it was trained with.
+    resumed or re-evaluated run sees exactly the images and split it was trained with. ``reporter`` shows
+    the image check's progress.
     """
     data = config.data
     if manifest_override is not None:
@@ -84,7 +91,7 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
     samples, bad, fingerprint = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                       memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO)
+                                       memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO, reporter=reporter)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -100,9 +107,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
     return PreparedData(config.task, splits, class_names, fingerprint, bad)
 
 
-def _check(samples: list[Sample], *, skip_bad: bool,
-           memo: Path | None = None) -> tuple[list[Sample], list[tuple[Path, str]], str]:
-    checks = check_images([s.path for s in samples], memo=memo)
+def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None,
+           reporter: Reporter | None = None) -> tuple[list[Sample], list[tuple[Path, str]], str]:
+    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter)
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
         listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
@@ -290,7 +297,8 @@ class Loaders(Mapping[str, DataLoader]):
 
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
                   pin_memory: bool = False, rank: int = 0, world: int = 1,
-                  splits: Sequence[str] = SPLITS, device_type: str = "cpu") -> Loaders:
+                  splits: Sequence[str] = SPLITS, device_type: str = "cpu",
+                  reporter: Reporter | None = None) -> Loaders:
     """A shuffled, augmented train loader and sequential val/test loaders (of ``splits``: only those are
     built, and only their image caches filled), with their finishing step.
 
@@ -310,7 +318,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         paths = [s.path for s in prepared.splits[name]]
         # filled here, before the workers start, so forked workers share one copy of the pixels
         cache = split_cache(paths, data, train=is_train, fingerprint=prepared.fingerprint,
-                            output_dir=config.output_dir)
+                            output_dir=config.output_dir, reporter=reporter, split=name)
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
             on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")

@@ -19,6 +19,7 @@ from plantpheno.evaluation.metrics import (
     classification_metrics,
     format_classification_report,
     regression_metrics,
+    rounded_counts,
 )
 from plantpheno.evaluation.plots import plot_confusion_matrix, plot_predicted_vs_true
 from plantpheno.rundir import EvalDir
@@ -27,8 +28,14 @@ from plantpheno.tasks import task_metrics
 
 def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, paths: Sequence[Path],
                      class_names: list[str] | None, bootstrap_samples: int, confidence: float,
-                     seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compute metrics for one split and write every report file into ``out``; return the metrics."""
+                     seed: int, extra: dict[str, Any] | None = None,
+                     baseline: float | None = None) -> dict[str, Any]:
+    """Compute metrics for one split and write every report file into ``out``; return the metrics.
+
+    ``baseline`` is the trivial prediction the model must beat, known without looking at the split: the
+    training mean of a trait, or the index of the most frequent training class. Its headline metric on the
+    same images goes into ``metrics["baseline"]`` (see :func:`baseline_warning`).
+    """
     out.path.mkdir(parents=True, exist_ok=True)
     if class_names is not None:
         metrics = _classification(out, targets.astype(int), outputs, paths, class_names)
@@ -43,6 +50,8 @@ def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, 
         ci = bootstrap_ci(METRIC_FUNCTIONS[headline], targets, predicted, n_resamples=bootstrap_samples,
                           confidence=confidence, seed=seed)
         metrics["confidence_interval"] = {"metric": headline, **ci}
+    if baseline is not None:
+        metrics["baseline"] = _baseline(targets, baseline, class_names, headline)
     metrics = {"task": task, "headline_metric": headline, **metrics, **(extra or {})}
     atomic_write_text(out.metrics, json.dumps(_finite(metrics), indent=2) + "\n")
     return metrics
@@ -73,10 +82,83 @@ def _regression(out: EvalDir, y: np.ndarray, pred: np.ndarray, paths: Sequence[P
     counts = bool(np.all(np.equal(np.mod(y, 1), 0)))  # integer targets: report counting metrics too
     m = regression_metrics(y, pred, counts=counts)
     plot_predicted_vs_true(y, pred, out.predicted_vs_true, metrics=m)
-    rows = [["path", "value", "predicted", "error"]]
-    rows += [[str(p), f"{t:g}", f"{v:.6f}", f"{v - t:.6f}"] for p, t, v in zip(paths, y, pred)]
+    if counts:  # the whole count the count metrics score, beside the raw value
+        rows = [["path", "value", "predicted", "predicted_count", "error"]]
+        rows += [[str(p), f"{t:g}", f"{v:.6f}", str(c), f"{v - t:.6f}"]
+                 for p, t, v, c in zip(paths, y, pred, rounded_counts(pred))]
+    else:
+        rows = [["path", "value", "predicted", "error"]]
+        rows += [[str(p), f"{t:g}", f"{v:.6f}", f"{v - t:.6f}"] for p, t, v in zip(paths, y, pred)]
     atomic_write_text(out.predictions, _csv(rows))
     return m
+
+
+def _baseline(targets: np.ndarray, prediction: float, class_names: list[str] | None, headline: str) -> dict[str, Any]:
+    """The trivial predictor's headline metric (and RMSE for traits) on the evaluated images."""
+    if class_names is not None:
+        k = int(prediction)
+        constant = np.full(len(targets), k)
+        return {"predictor": f"always the most frequent training class ({class_names[k]})", "prediction": k,
+                headline: METRIC_FUNCTIONS[headline](targets.astype(int), constant)}
+    constant = np.full(len(targets), float(prediction))
+    y = targets.astype(float)
+    return {"predictor": f"always the training mean ({prediction:.4g})", "prediction": float(prediction),
+            headline: METRIC_FUNCTIONS[headline](y, constant), "rmse": METRIC_FUNCTIONS["rmse"](y, constant)}
+
+
+def baseline_warning(metrics: dict[str, Any]) -> str | None:
+    """A plain warning when the model does not clearly beat the trivial predictor (``metrics["baseline"]``):
+    worse or equal on the headline metric, or a confidence interval that reaches the baseline's value."""
+    base = metrics.get("baseline")
+    headline = metrics.get("headline_metric")
+    if not base or headline not in base:
+        return None
+    value, trivial = metrics[headline], base[headline]
+    better = task_metrics(metrics["task"]).direction(headline) == "max"
+    split = metrics.get("split", "evaluated")
+    name = headline.upper() if headline in ("mae", "rmse") else headline
+    if (value <= trivial) if better else (value >= trivial):
+        return (f"the model is no better than predicting {base['predictor']}: {split} {name} {value:.4g} against "
+                f"{trivial:.4g} for that; it has not learned the task (check the labels, the learning rate, and "
+                f"that the images show what is measured)")
+    ci = metrics.get("confidence_interval") or {}
+    bound = ci.get("low") if better else ci.get("high")
+    if bound is not None and ((bound <= trivial) if better else (bound >= trivial)):
+        return (f"the model is not clearly better than predicting {base['predictor']}: the {ci['confidence']:.0%} "
+                f"interval of the {split} {name} ({ci['low']:.4g} to {ci['high']:.4g}) reaches that predictor's "
+                f"{trivial:.4g}; more test images or a better model are needed to tell them apart")
+    return None
+
+
+_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
+           "dic": "DiC", "abs_dic": "|DiC|", "count_accuracy": "exact count", "count_within_one": "count within one"}
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """A finished evaluation in a few lines for a person: every headline figure of the task (accuracy and
+    macro-F1; MAE, RMSE and R², and for counts DiC, |DiC|, exact and within-one agreement), the headline's
+    confidence interval, and the trivial predictor's figure it must beat."""
+    headline = metrics["headline_metric"]
+    ci = metrics.get("confidence_interval") or {}
+
+    def shown(key: str) -> str:
+        value = metrics[key]
+        text = f"{value:.1%}" if key in ("count_accuracy", "count_within_one") else f"{value:.4f}"
+        if key == headline and ci.get("low") is not None:
+            text += f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})"
+        return f"{_LABELS[key]} {text}"
+
+    keys = ("accuracy", "macro_f1") if metrics["task"] == "classification" else ("mae", "rmse", "r2")
+    where = f"{metrics.get('split', 'evaluation')} ({metrics['num_images']} images)" if "num_images" in metrics \
+        else str(metrics.get("split", "evaluation"))
+    lines = [f"{where}: " + "  ".join(shown(k) for k in keys if metrics.get(k) is not None)]
+    counting = [k for k in ("dic", "abs_dic", "count_accuracy", "count_within_one") if metrics.get(k) is not None]
+    if counting:
+        lines.append("  counts: " + "  ".join(shown(k) for k in counting))
+    base = metrics.get("baseline") or {}
+    if headline in base:
+        lines.append(f"  baseline, {base['predictor']}: {_LABELS[headline]} {base[headline]:.4f}")
+    return lines
 
 
 def _csv(rows: list[list[Any]]) -> str:

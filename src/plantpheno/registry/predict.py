@@ -10,11 +10,13 @@ from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
+from plantpheno.evaluation.metrics import rounded_counts
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
 from plantpheno.registry.package import ModelPackage
 
@@ -60,7 +62,8 @@ class Predictor:
         return results, bad
 
     def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
-        """``path,predicted,confidence,p_<class>...`` (classes) or ``path,predicted`` (traits)."""
+        """``path,predicted,confidence,p_<class>...`` (classes), ``path,predicted`` (traits) or
+        ``path,predicted,predicted_count`` (counts: the value rounded as the count metrics round it)."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         names = self.package.meta.get("class_names")
@@ -69,6 +72,11 @@ class Predictor:
             for path, probs in results:
                 k = int(probs.argmax())
                 writer.writerow([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
+        elif getattr(self.task, "counts", False):
+            rows = list(results)
+            counts = rounded_counts(np.array([float(value) for _, value in rows]))
+            writer.writerow(["path", "predicted", "predicted_count"])
+            writer.writerows([str(path), f"{float(value):.6f}", str(c)] for (path, value), c in zip(rows, counts))
         else:
             writer.writerow(["path", "predicted"])
             writer.writerows([str(path), f"{float(value):.6f}"] for path, value in results)

@@ -46,6 +46,9 @@ def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], 
     ci = metrics.get("confidence_interval") or {}
     if ci.get("low") is not None:
         final[f"{prefix}/{ci['metric']}_ci_low"], final[f"{prefix}/{ci['metric']}_ci_high"] = ci["low"], ci["high"]
+    base, headline = metrics.get("baseline") or {}, metrics.get("headline_metric")
+    if headline in base:  # the trivial predictor's figure, to compare runs against
+        final[f"{prefix}/baseline_{headline}"] = base[headline]
     trackers.log_metrics(final, step=step)
     for path in run.artifacts():
         trackers.log_artifact(path, folder="run")
