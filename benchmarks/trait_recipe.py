@@ -16,10 +16,15 @@ data.resize: pad) with the overrides listed in its row, at ``--size`` px on imag
 (c2) (c) with a fine-tune learning rate of 1e-4;
 (d)  (c) plus a second cached view of each training image, augmented with keep_whole (rotation, zoom out, flips).
 The recipe is the candidate with the lowest validation MAE at its kept epoch (the test split does not choose).
-``--seeds N`` repeats the chosen candidate with seeds 1..N-1 (the seed also draws the split).
+``--seeds N`` repeats the chosen candidate with seeds 1..N-1 (the seed also draws the split);
+``--resize-seeds 0 1 2`` runs (r) with those seeds.
+
+Rows of an earlier run that this run does not redo are kept (``--fresh`` drops them).
 
 (r) head only, on the same rosettes stretched to 2:1 (plants wider than tall, leaf tips at the left and right
-edges), with data.resize crop, pad and stretch.
+edges), with data.resize crop, pad and stretch;
+(o) the same on the rosettes placed at a random height in a frame twice as tall (the centre square cuts up to
+half of a plant away).
 
 Wall times are on a shared machine (other jobs ran beside it: see the load averages in the results); the CPU
 seconds of this process are the steadier figure. Writes benchmarks/results/trait_recipe.{json,md}.
@@ -37,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -92,9 +98,29 @@ def stretched(manifest: Path, folder: Path) -> Path:
     return folder / "labels.csv"
 
 
+def shifted(manifest: Path, folder: Path) -> Path:
+    """The same rosettes in a frame twice as tall, at a random height each (plants not centred in tall photos):
+    the centre square cuts up to half of a plant away."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = manifest.read_text().splitlines()
+    rng = np.random.default_rng(0)
+    for line in lines[1:]:
+        rel = line.split(",")[0]
+        image = np.asarray(Image.open(manifest.parent / rel).convert("RGB"))
+        side = image.shape[0]
+        edge = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).mean(axis=0)
+        frame = np.empty((2 * side, side, 3), np.uint8)
+        frame[:] = edge.round().astype(np.uint8)  # the pot rim's dark border colour
+        top = int(rng.integers(0, side + 1))
+        frame[top:top + side] = image
+        Image.fromarray(frame).save(folder / rel, quality=92)
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder / "labels.csv"
+
+
 def run(manifest: Path, out: Path, name: str, overrides: list[str], *, size: int, seed: int,
         timm_head: bool = False) -> dict[str, Any]:
-    import plantpheno.models as models
+    from plantpheno import models
     from plantpheno.config import load_config
     from plantpheno.pipeline import train
     from plantpheno.reporting import RecordingReporter
@@ -115,8 +141,10 @@ def run(manifest: Path, out: Path, name: str, overrides: list[str], *, size: int
     m = result.metrics
     log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     kept = next(r for r in log if r["epoch"] == result.state.best_epoch)
-    head_end = max((r for r in log if r["epoch"] <= config.training.epochs), key=lambda r: r["epoch"])
-    fine = [r for r in log if r["epoch"] > config.training.epochs]
+    # the head phase may stop early: the fine-tune phase begins where the final state says
+    start = result.state.phase_start if result.state.phase == "fine_tune" else result.state.epoch
+    head_end = next(r for r in log if r["epoch"] == start)
+    fine = [r for r in log if r["epoch"] > start]
     return {"seed": seed, "overrides": overrides, "wall_s": wall, "cpu_s": cpu,
             "load_avg_1min": [load0, os.getloadavg()[0]], "epochs": result.state.epoch,
             "best_epoch": result.state.best_epoch, "val_mae_kept": kept["val/mae"],
@@ -160,9 +188,14 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=3)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], choices=[*CANDIDATES, "r"])
+    parser.add_argument("--resize-seeds", type=int, nargs="*", default=[0], help="seeds of the (r) runs")
+    parser.add_argument("--skip", nargs="*", default=[], choices=[*CANDIDATES, "r", "o"])
+    parser.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs (default: keep the "
+                        "rows this run does not redo)")
     args = parser.parse_args()
-    results: dict[str, Any] = {}
+    earlier = OUT / "trait_recipe.json"
+    results: dict[str, Any] = ({} if args.fresh or not earlier.is_file()
+                               else json.loads(earlier.read_text())["results"])
     meta: dict[str, Any] = {
         "data": f"{args.plants} plants x {args.views} views, {args.size} px, counts 3-12, split by plant",
         "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M"),
@@ -183,7 +216,8 @@ def main() -> None:
                                                   seed=0, timm_head=key == "a0")}
             print(key, json.dumps(results[key]["test"]), "val", results[key]["val_mae_kept"], flush=True)
             save()
-        chosen = min((k for k in results if k != "a0"), key=lambda k: results[k]["val_mae_kept"], default=None)
+        chosen = min((k for k in CANDIDATES if k in results and k != "a0"),
+                     key=lambda k: results[k]["val_mae_kept"], default=None)
         meta["chosen"] = chosen
         for seed in range(1, args.seeds):
             if chosen is None:
@@ -192,14 +226,20 @@ def main() -> None:
             results[f"{chosen}@{seed}"] = {"label": label, **run(manifest, Path(tmp) / "runs", chosen, overrides,
                                                                  size=args.size, seed=seed)}
             save()
-        if "r" not in args.skip:
-            wide = stretched(manifest, Path(tmp) / "wide")
-            for resize in ("crop", "pad", "stretch"):
-                results[f"r-{resize}"] = {"label": f"2:1 stretched rosettes, head only, data.resize={resize}",
-                                          **run(wide, Path(tmp) / "runs", f"r-{resize}",
-                                                ["training.fine_tune.epochs=0", f"data.resize={resize}"],
-                                                size=args.size, seed=0)}
-                save()
+        variants = {"r": (stretched, "2:1 stretched rosettes"), "o": (shifted, "rosettes at random heights in a 1:2 "
+                                                                               "tall frame")}
+        for name, (make, what) in variants.items():
+            if name in args.skip:
+                continue
+            altered = make(manifest, Path(tmp) / name)
+            for seed in args.resize_seeds:
+                for resize in ("crop", "pad", "stretch"):
+                    key = f"{name}-{resize}" + (f"@{seed}" if seed else "")
+                    results[key] = {"label": f"{what}, head only, data.resize={resize}",
+                                    **run(altered, Path(tmp) / "runs", f"{name}-{resize}",
+                                          ["training.fine_tune.epochs=0", f"data.resize={resize}"],
+                                          size=args.size, seed=seed)}
+                    save()
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
     save()
     print(markdown(results, meta))

@@ -217,7 +217,8 @@ class TrainingConfig(_Section):
         "auto", description="Metric for best checkpoint/early stopping, e.g. val/macro_f1; auto = val/macro_f1 or val/mae."
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    progress_bar: bool = Field(True, description="Show a progress bar (loss, metric, images/s).")
+    progress_bar: bool = Field(True, description="Show each epoch's progress (loss, metric, images/s): a bar on a "
+                               "terminal, a line every 10 s in a log.")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="channels_last memory format: auto = on CUDA, and on CPU for BatchNorm CNNs without "
         "LayerNorm (ResNet, MobileNet, EfficientNet: 1.2-1.6x faster there; ConvNeXt slower)."

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections import Counter
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,8 +285,9 @@ def _train_phases(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] | No
                                  [tracking, *_builtin(setup, run, replicas, phase), *callbacks])
         if phase.name == "fine_tune" and checkpoint is None and setup.dist.is_main:
             ft = setup.config.training.fine_tune
+            warmup = f" after {ft.warmup_epochs:g} warmup epoch(s)" if ft.warmup_epochs else ""
             setup.reporter.info(f"fine-tune phase: the last {ft.blocks} backbone block(s) unfrozen for {ft.epochs} "
-                                f"epoch(s) at learning rate {ft.learning_rate:g}, from the best head (epoch "
+                                f"epoch(s) at learning rate {ft.learning_rate:g}{warmup}, from the best head (epoch "
                                 f"{state.best_epoch}); the training loss may jump in its first epoch while the "
                                 f"unfrozen blocks adapt, and the best checkpoint stays the best of both phases")
         state = _fit(trainer, run, handle_signals=handle_signals)

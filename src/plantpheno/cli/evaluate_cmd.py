@@ -17,11 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from plantpheno.evaluation.report import summary_lines
     from plantpheno.pipeline import evaluate_run
     from plantpheno.reporting import ConsoleReporter
     from plantpheno.rundir import RunDir
-
-    from plantpheno.evaluation.report import summary_lines
 
     m = evaluate_run(args.run_dir, split=args.split, device=args.device, reporter=ConsoleReporter())
     for line in summary_lines(m):
