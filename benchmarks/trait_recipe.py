@@ -162,9 +162,14 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _machine_text(m: dict[str, Any]) -> str:
+    return (f"{m['cpu']} ({', '.join(m['isa']) or 'no AVX2'}), {m['cores']} cores, {m['torch_threads']} torch "
+            f"threads, torch {m['torch']}, Python {m['python']}, GPU {m['gpu'] or 'none'}")
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"# Trait recipes on synthetic rosettes ({meta['data']})", "",
-             f"Machine: {meta['machine']}. {meta['note']}", "",
+             f"Machine: {_machine_text(meta['machine'])}. {meta['note']}", "",
              "| | candidate | seed | val MAE (kept epoch) | test MAE (95% CI) | RMSE | R² | exact | within one | "
              "mean-predictor MAE | train loss: last head epoch -> first fine-tune epoch | wall s | CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
