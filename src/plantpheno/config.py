@@ -49,6 +49,11 @@ class AugmentConfig(_Section):
         0.2, ge=0, le=1, description="Brightness/contrast/saturation jitter strength (0 disables)."
     )
     hue: float = Field(0.02, ge=0, le=0.5, description="Hue jitter (kept small: colour carries disease signal).")
+    keep_whole: bool = Field(
+        False, description="Never cut away what the evaluation sees (for counts and other whole-plant traits): "
+        "instead of a random crop, zoom out (crop_scale is then the image's area range) and shift, and shrink "
+        "rotated images until they fit."
+    )
     batched: bool = Field(
         True, description="Augment whole batches at once (one resampling, tensor colour ops); false = per image."
     )
@@ -121,6 +126,11 @@ class DataConfig(_Section):
         description="CSV with columns path,label (classification) or path,value (regression); optional split, group.",
     )
     image_size: int = Field(224, ge=16, le=2048, description="Side of the square image fed to the model (pixels).")
+    resize: Literal["crop", "pad", "stretch"] = Field(
+        "crop", description="How an image becomes the model's square: crop (shorter side to image_size, centre "
+        "square: a wide or tall image loses its ends), pad (longer side to image_size, letterboxed with the "
+        "normalisation mean: the whole image, smaller), stretch (both sides to image_size: whole, distorted)."
+    )
     batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process).")
     num_workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; auto = half the usable cores per training process, "
@@ -206,7 +216,17 @@ class FineTuneConfig(_Section):
     blocks: int = Field(1, ge=1, le=1000, description="Backbone blocks unfrozen, from the output end (timm's coarse "
                         "groups: EfficientNet stages, ResNet layers, ViT blocks). BatchNorm statistics stay fixed.")
     learning_rate: float = Field(5e-4, gt=0, le=10, description="Peak learning rate of the fine-tune phase (same "
-                                 "optimizer and scheduler kind as training, no warmup).")
+                                 "optimizer and scheduler kind as training).")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warmup of the fine-tune phase's learning rate, in "
+                                 "epochs (cosine only): Adam's first steps move every unfrozen weight by about the "
+                                 "learning rate, which can throw the pretrained blocks off for an epoch.")
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_the_phase(self) -> FineTuneConfig:
+        if self.epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"training.fine_tune.warmup_epochs ({self.warmup_epochs}) must be < "
+                             f"training.fine_tune.epochs ({self.epochs})")
+        return self
 
 
 class TrainingConfig(_Section):
@@ -241,7 +261,8 @@ class TrainingConfig(_Section):
         "auto", description="Metric for best checkpoint/early stopping, e.g. val/macro_f1; auto = val/macro_f1 or val/mae."
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    progress_bar: bool = Field(True, description="Show a progress bar (loss, metric, images/s).")
+    progress_bar: bool = Field(True, description="Show each epoch's progress (loss, metric, images/s): a bar on a "
+                               "terminal, a line every 10 s in a log.")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="channels_last memory format: auto = on CUDA, and on CPU for BatchNorm CNNs without "
         "LayerNorm (ResNet, MobileNet, EfficientNet: 1.2-1.6x faster there; ConvNeXt slower)."

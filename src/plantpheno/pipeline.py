@@ -91,26 +91,28 @@ class _Setup:
 def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, reporter: Reporter,
            dist: DistContext = DistContext(), splits: Sequence[str] = SPLITS) -> _Setup:
     """Data, task, model and loaders."""
-    prepared = prepare_data(config, manifest_override=manifest)
+    main = dist.is_main  # only rank 0 shows progress
+    prepared = prepare_data(config, manifest_override=manifest, reporter=reporter if main else None)
     if prepared.class_names is not None:
         task: Classification | Regression = Classification(prepared.class_names)
     else:
-        task = Regression(*prepared.target_stats())
+        task = Regression(*prepared.target_stats(), counts=prepared.counts())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
-    model = build_model(model_cfg, num_outputs=task.num_outputs)
+    model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
     check_phases(model, config)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
     if wants_channels_last(config.training.channels_last, device, model):
         to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type)
+                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
+                            reporter=reporter if main else None)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
-            "image_size": config.data.image_size, "mean": list(mean), "std": list(std),
+            "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint}
     model = model.to(device)
-    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device, reporter=reporter)
-                if config.training.feature_cache else None)
+    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
+                               reporter=reporter if main else None) if config.training.feature_cache else None)
     return _Setup(config, prepared, task, model, loaders, device, meta, dist, reporter, plan_phases(config), features)
 
 
@@ -313,12 +315,14 @@ def _train_phases(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] | No
         if phase.name != state.phase:  # a new phase: its own count of epochs without improvement
             state.phase, state.phase_start, state.bad_epochs = phase.name, state.epoch, 0
         trainer = _build_trainer(setup, run, phase, state, checkpoint,
-                                 [tracking, *_builtin(setup, run, replicas), *callbacks])
-        if phase.name == "fine_tune" and checkpoint is None:
+                                 [tracking, *_builtin(setup, run, replicas, phase), *callbacks])
+        if phase.name == "fine_tune" and checkpoint is None and setup.dist.is_main:
             ft = setup.config.training.fine_tune
+            warmup = f" after {ft.warmup_epochs:g} warmup epoch(s)" if ft.warmup_epochs else ""
             setup.reporter.info(f"fine-tune phase: the last {ft.blocks} backbone block(s) unfrozen for {ft.epochs} "
-                                f"epoch(s) at learning rate {ft.learning_rate:g}, from the best head (epoch "
-                                f"{state.best_epoch})")
+                                f"epoch(s) at learning rate {ft.learning_rate:g}{warmup}, from the best head (epoch "
+                                f"{state.best_epoch}); the training loss may jump in its first epoch while the "
+                                f"unfrozen blocks adapt, and the best checkpoint stays the best of both phases")
         state = _fit(trainer, run, handle_signals=handle_signals)
         # the next phase starts from the best weights, which rank 0 restored; a new DDP wrapper broadcasts
         # rank 0's parameters and buffers to the other ranks when it is built
@@ -326,11 +330,15 @@ def _train_phases(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] | No
     return state
 
 
-def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None) -> list[object]:
+def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None, phase: Phase) -> list[object]:
     """The callbacks of every phase: replica check (distributed), early stopping, and on rank 0 the files and
     the console."""
     patience = setup.config.training.early_stopping
-    builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta)]
+    later = [p.name for p in setup.phases[[p.name for p in setup.phases].index(phase.name) + 1:]]
+    what = {"train": "the head phase" if later else "training", "fine_tune": "the fine-tune phase"}[phase.name]
+    then = "; the fine-tune phase starts from it" if "fine_tune" in later else ""
+    builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta, phase=what,
+                                           then=then, reporter=setup.reporter if setup.dist.is_main else None)]
     if replicas is not None:
         builtin.insert(0, replicas)
     if setup.dist.is_main:  # only rank 0 writes files and prints

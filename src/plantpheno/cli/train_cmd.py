@@ -80,12 +80,10 @@ def run(args: argparse.Namespace) -> int:
         return 128 + getattr(signal, str(exc.reason), signal.SIGINT).value
     if not main_rank:
         return 0
-    m = result.metrics
-    headline = m["headline_metric"]
-    ci = m.get("confidence_interval")
-    ci_text = (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})"
-               if ci and ci.get("low") is not None else "")
-    print(f"{m['split']} {headline}: {m[headline]:.4f}{ci_text}")
+    from plantpheno.evaluation.report import summary_lines
+
+    for line in summary_lines(result.metrics):
+        print(line)
     print(f"run directory: {result.run_dir}")
     return 0
 

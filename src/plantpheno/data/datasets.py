@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
@@ -31,7 +32,7 @@ from plantpheno.data.batch_augment import (
     BatchFinish,
     Pending,
     augment_batch,
-    center_square,
+    make_square,
 )
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.doctor.pixels import ImageStats
@@ -40,6 +41,7 @@ from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder,
 from plantpheno.data.splits import assign_splits
 from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.errors import DataError
+from plantpheno.reporting import Reporter
 from plantpheno.rundir import RunDir
 
 IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files already checked (size, mtime, hash)
@@ -64,6 +66,10 @@ class PreparedData:
         index = {name: i for i, name in enumerate(self.class_names)}
         return [index[str(s.target)] for s in self.splits[split]]
 
+    def counts(self) -> bool:
+        """Whether the trait is a count: every training value a whole number."""
+        return self.class_names is None and all(float(v).is_integer() for v in self.targets("train"))
+
     def target_stats(self) -> tuple[float, float]:
         """Mean and std of the training targets (regression outputs are learned standardised)."""
         values = torch.tensor(self.targets("train"), dtype=torch.float64)
@@ -71,11 +77,13 @@ class PreparedData:
         return float(values.mean()), std if std > 0 else 1.0
 
 
-def prepare_data(config: Config, *, manifest_override: Path | None = None) -> PreparedData:
+def prepare_data(config: Config, *, manifest_override: Path | None = None,
+                 reporter: Reporter | None = None) -> PreparedData:
     """Read the dataset, check every image, split it, fingerprint it.
 
     ``manifest_override`` (a run's saved ``split.csv``) replaces the configured source, so a
-    resumed or re-evaluated run sees exactly the images and split it was trained with.
+    resumed or re-evaluated run sees exactly the images and split it was trained with. ``reporter`` shows
+    the image check's progress.
     """
     data = config.data
     if manifest_override is not None:
@@ -86,7 +94,8 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
     samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO)
+                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO,
+                                              reporter=reporter)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -102,9 +111,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
     return PreparedData(config.task, splits, class_names, fingerprint, bad, stats)
 
 
-def _check(samples: list[Sample], *, skip_bad: bool,
-           memo: Path | None = None) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
-    checks = check_images([s.path for s in samples], memo=memo)
+def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, reporter: Reporter | None = None
+           ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
+    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter)
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
         listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
@@ -178,11 +187,14 @@ class ImageDataset(Dataset):
         if self.batched is None:
             return [self[item] for item in items]
         batched, spec = self.batched, self.batched.spec
-        squares = []
+        squares, content = [], []
         for index, _ in items:
             pixels = self.cache.array(index) if self.cache is not None else decode_resized(self.paths[index], spec)
-            squares.append(center_square(pixels, spec.short_side))
-        images = augment_batch(batched.augment, squares, [seed for _, seed in items], defer=batched.on_device)
+            square, extent = make_square(pixels, spec.side, spec.resize, batched.augment.fill)
+            squares.append(square)
+            content.append(extent)
+        images = augment_batch(batched.augment, squares, [seed for _, seed in items], defer=batched.on_device,
+                               content=np.array(content))
         return _Batch((images, self.targets[torch.tensor([index for index, _ in items])]))
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,7 +344,8 @@ def _prefetched(loader: DataLoader, finish: BatchFinish, device: torch.device, m
 
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
                   pin_memory: bool = False, rank: int = 0, world: int = 1,
-                  splits: Sequence[str] = SPLITS, device_type: str = "cpu") -> Loaders:
+                  splits: Sequence[str] = SPLITS, device_type: str = "cpu",
+                  reporter: Reporter | None = None) -> Loaders:
     """A shuffled, augmented train loader and sequential val/test loaders (of ``splits``: only those are
     built, and only their image caches filled), with their finishing step.
 
@@ -346,17 +359,17 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
     finish = BatchFinish()
     for name in splits:
         is_train = name == "train"
-        transform = (train_transform(data.image_size, mean, std, data.augment) if is_train
-                     else eval_transform(data.image_size, mean, std))
+        transform = (train_transform(data.image_size, mean, std, data.augment, data.resize) if is_train
+                     else eval_transform(data.image_size, mean, std, data.resize))
         targets = prepared.targets(name)
         paths = [s.path for s in prepared.splits[name]]
         # filled here, before the workers start, so forked workers share one copy of the pixels
         cache = split_cache(paths, data, train=is_train, fingerprint=prepared.fingerprint,
-                            output_dir=config.output_dir)
+                            output_dir=config.output_dir, reporter=reporter, split=name)
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
             on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")
-            batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment),
+            batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment, data.resize),
                                           cache_spec(data, train=True), on_device)
             finish = BatchFinish(batched.augment)
         dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched)

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from plantpheno.errors import DataError
 from plantpheno.data.doctor.pixels import ImageStats, image_stats
+from plantpheno.reporting import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,15 @@ def _measure(rgb: Image.Image, path: Path) -> ImageStats | None:
         return None
 
 
-def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Path | None = None) -> list[ImageCheck]:
+def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Path | None = None,
+                 reporter: Reporter | None = None) -> list[ImageCheck]:
     """Check many files in parallel threads (decoding releases the GIL); results keep input order.
 
     With ``memo`` (a JSON file), a file that passed before and still has the same size and modification
     time (ns) is not decoded again: its recorded hash and pixel measures are reused (a file recorded without
     measures of the current version is decoded again), and newly passed files are added. Files with a problem
     are always checked afresh. Like make or rsync, this trusts size + mtime; delete the
-    memo file to force a full re-check.
+    memo file to force a full re-check. ``reporter`` shows the progress of the files decoded.
     """
     known = _read_memo(memo) if memo is not None else {}
     results: list[ImageCheck | None] = [None] * len(paths)
@@ -165,8 +167,13 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
             results[i] = ImageCheck(path, hit[2], None, measured)
         else:
             todo.append(i)
+    bar = reporter.progress(total=len(todo), desc="checking images", unit="img") if reporter and todo else None
     for i, check in zip(todo, _check_all([paths[i] for i in todo], workers)):
         results[i] = check
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if memo is not None and todo:
         for i in todo:
             check = results[i]
@@ -178,12 +185,14 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
     return results  # type: ignore[return-value]
 
 
-def _check_all(paths: Sequence[Path], workers: int | None) -> list[ImageCheck]:
+def _check_all(paths: Sequence[Path], workers: int | None) -> Iterator[ImageCheck]:
+    """The checks in input order, as each is done (a progress bar can follow them)."""
     workers = workers or min(8, os.cpu_count() or 1)
     if len(paths) < 64 or workers == 1:
-        return [check_image(p) for p in paths]
+        yield from (check_image(p) for p in paths)
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(check_image, paths, chunksize=32))
+        yield from pool.map(check_image, paths)
 
 
 def _read_memo(path: Path) -> dict[str, list]:

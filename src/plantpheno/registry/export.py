@@ -1,14 +1,18 @@
 """Export to ONNX or TorchScript, with a parity check against the PyTorch model.
 
-The exported graph takes resized, centre-cropped RGB images in [0, 1] (N, 3, S, S) and contains the
-normalisation and the output conversion (softmax probabilities, or the trait in its own units), so a
-deployment only has to resize. The parity check runs the exported file and the PyTorch reference on
-the same images (the package's stored test images, else seeded random ones) and fails loudly when the
-outputs differ beyond the tolerance.
+The exported graph takes square RGB images in [0, 1] (N, 3, S, S), made as the package's ``resize`` says
+(``crop``: shorter side to S and the centre square; ``pad``: longer side to S, letterboxed with the colour
+``pad_fill``; ``stretch``: S x S), and contains the normalisation and the output conversion (softmax
+probabilities, or the trait in its own units), so a deployment only has to resize. That preprocessing is
+written into the file (ONNX metadata ``plantpheno.preprocessing``, a TorchScript extra file
+``plantpheno_preprocessing.json``). The parity check runs the exported file and the PyTorch reference on
+the same images (the package's stored test images, preprocessed that way, else seeded random ones) and fails
+loudly when the outputs differ beyond the tolerance.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,10 +26,12 @@ from torch import nn
 
 from plantpheno.errors import ExportError
 from plantpheno.evaluation.tta import TTAModel
-from plantpheno.registry.package import ModelPackage
+from plantpheno.registry.package import ModelPackage, preprocessing
 
 Format = Literal["onnx", "torchscript"]
 TOLERANCE = 1e-4  # max |difference| in probabilities (or in standardised trait units)
+PREPROCESSING_KEY = "plantpheno.preprocessing"  # ONNX metadata: the preprocessing the graph expects, as JSON
+PREPROCESSING_FILE = "plantpheno_preprocessing.json"  # the same, as a TorchScript extra file
 
 
 class DeployableModel(nn.Module):
@@ -82,8 +88,9 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        run = _export_onnx(exported_module, images, tmp) if fmt == "onnx" else _export_torchscript(
-            exported_module, images, tmp)
+        notes = json.dumps(preprocessing(package.meta))
+        run = _export_onnx(exported_module, images, tmp, notes) if fmt == "onnx" else _export_torchscript(
+            exported_module, images, tmp, notes)
         with torch.no_grad():
             expected = reference(images).numpy()
         report = _compare(expected, run(images.numpy()), out, fmt, tolerance, package)
@@ -101,14 +108,14 @@ def _check_images(package: ModelPackage) -> torch.Tensor:
     return images.float()
 
 
-def _export_torchscript(module: nn.Module, images: torch.Tensor, path: Path):
+def _export_torchscript(module: nn.Module, images: torch.Tensor, path: Path, notes: str):
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated upstream but still what many C++/mobile deployments load
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, images[:1])
-        traced.save(str(path))
+        traced.save(str(path), _extra_files={PREPROCESSING_FILE: notes})
         loaded = torch.jit.load(str(path))
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -118,14 +125,19 @@ def _export_torchscript(module: nn.Module, images: torch.Tensor, path: Path):
     return run
 
 
-def _export_onnx(module: nn.Module, images: torch.Tensor, path: Path):
+def _export_onnx(module: nn.Module, images: torch.Tensor, path: Path, notes: str):
     try:
+        import onnx
         import onnxruntime as ort
     except ImportError as exc:
         raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc}): pip install 'plantpheno[export]'") from None
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(module, (images[:1],), str(path), input_names=["images"], output_names=["outputs"],
                       dynamic_shapes={"images": {0: batch}}, dynamo=True, external_data=False)
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()  # beside the exporter's own properties
+    entry.key, entry.value = PREPROCESSING_KEY, notes
+    onnx.save(graph, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -161,13 +161,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def raw_transform(image_size: int):
-    """Resize + centre crop to [0, 1] tensors: the eval preprocessing without normalisation."""
-    import torch
-    from torchvision.transforms import v2 as T
+def raw_transform(meta: dict[str, Any]):
+    """The package's evaluation preprocessing without normalisation (``data.resize`` to the square, RGB in
+    [0, 1]): what an export takes."""
+    from plantpheno.data.transforms import square_transform
 
-    return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToImage(),
-                      T.ToDtype(torch.float32, scale=True)])
+    return square_transform(int(meta["image_size"]), meta["mean"], meta.get("resize", "crop"))
+
+
+def preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a deployment must do to an image before the exported graph: resize mode, size, letterbox colour."""
+    from plantpheno.data.batch_augment import pad_fill
+
+    resize = meta.get("resize", "crop")
+    steps = {"crop": "shorter side to image_size, then the centre square",
+             "pad": "longer side to image_size, then centred on a square of pad_fill (letterbox)",
+             "stretch": "both sides to image_size"}
+    return {"image_size": int(meta["image_size"]), "resize": resize, "resize_steps": steps[resize],
+            "pad_fill": list(pad_fill(meta["mean"])) if resize == "pad" else None,
+            "input": "RGB in [0, 1], N x 3 x image_size x image_size (antialiased bilinear resize)"}
 
 
 def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
@@ -182,7 +194,7 @@ def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
         return
     with split.open(newline="", encoding="utf-8") as fh:
         paths = [Path(row["path"]) for row in csv.DictReader(fh) if row["split"] == "test"][:NUM_SAMPLES]
-    transform = raw_transform(int(meta["image_size"]))
+    transform = raw_transform(meta)
     images = [transform(load_rgb(p)) for p in paths if p.is_file()]
     if images:
         save_file({"images": torch.stack(images).contiguous()}, str(out))

@@ -19,6 +19,7 @@ from PIL import Image
 from plantpheno.data.images import load_rgb, rgb_from_array, rgb_from_bytes, to_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
+from plantpheno.evaluation.metrics import rounded_counts
 from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
 from plantpheno.registry.package import META_FILE, MLMODEL_FILE, ModelPackage
@@ -42,7 +43,8 @@ class Predictor:
             to_channels_last(self.model)
         self.task = package.task
         m = package.meta
-        self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"])
+        # packages from before data.resize existed were all centre-cropped
+        self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"], m.get("resize", "crop"))
         # fitted on the validation split when the run was evaluated; packages made before have neither
         self.temperature, self.tta = float(m.get("temperature") or 1.0), str(m.get("tta") or "none")
 
@@ -92,7 +94,8 @@ class Predictor:
         return {"predicted": names[k], "confidence": probs[k], "probabilities": dict(zip(names, probs))}
 
     def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
-        """``path,predicted,confidence,p_<class>...`` (classes) or ``path,predicted`` (traits)."""
+        """``path,predicted,confidence,p_<class>...`` (classes), ``path,predicted`` (traits) or
+        ``path,predicted,predicted_count`` (counts: the value rounded as the count metrics round it)."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         names = self.package.meta.get("class_names")
@@ -101,6 +104,11 @@ class Predictor:
             for path, probs in results:
                 k = int(probs.argmax())
                 writer.writerow([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
+        elif getattr(self.task, "counts", False):
+            rows = list(results)
+            counts = rounded_counts(np.array([float(value) for _, value in rows]))
+            writer.writerow(["path", "predicted", "predicted_count"])
+            writer.writerows([str(path), f"{float(value):.6f}", str(c)] for (path, value), c in zip(rows, counts))
         else:
             writer.writerow(["path", "predicted"])
             writer.writerows([str(path), f"{float(value):.6f}"] for path, value in results)

@@ -75,12 +75,13 @@ class Regression:
     metric_names = spec.val_metrics
     num_outputs = 1
 
-    def __init__(self, mean: float, std: float) -> None:
+    def __init__(self, mean: float, std: float, *, counts: bool = False) -> None:
         self.mean, self.std = mean, std
+        self.counts = counts  # a count (every training value a whole number): predictions also come rounded
 
     def to_meta(self) -> dict[str, Any]:
         return {"task": self.name, "num_outputs": 1, "class_names": None, "target_mean": self.mean,
-                "target_std": self.std}
+                "target_std": self.std, "counts": self.counts}
 
     def loss_target(self, target: torch.Tensor) -> torch.Tensor:
         return ((target - self.mean) / self.std)[:, None]
@@ -100,4 +101,4 @@ def task_from_meta(meta: dict[str, Any]) -> Classification | Regression:
     """The task a checkpoint's or model package's metadata (:meth:`Task.to_meta`) describes."""
     if meta["task"] == "classification":
         return Classification(list(meta["class_names"]))
-    return Regression(float(meta["target_mean"]), float(meta["target_std"]))
+    return Regression(float(meta["target_mean"]), float(meta["target_std"]), counts=bool(meta.get("counts", False)))
