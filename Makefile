@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean postgres
 
 install: $(STAMP)
 
@@ -18,8 +18,25 @@ demo: $(STAMP)
 	$(BIN)/plantpheno data synth .demo/leaves --per-class 60 --image-size 96 --seed 0 --overwrite
 	$(BIN)/plantpheno train configs/demo.yaml
 
-test: $(STAMP)
+# The report's browser test drives Debian's chromium (Playwright cannot download its own browser offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make: chromium is missing; as root: apt-get install chromium (the browser test skips without it)"; fi; }
+
+test: $(STAMP) browser postgres
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# PostgreSQL's server programs, for the several-machines tuning test (tests/integration/test_cluster.py starts
+# its own server on 127.0.0.1). Debian's package, installed when missing and when we may (root, apt-get: CI).
+postgres:
+	@if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's postgresql"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "note: PostgreSQL is not installed and cannot be installed here (needs root and apt-get):" \
+	  "tests/integration/test_cluster.py will be skipped"; fi
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not plantvillage"

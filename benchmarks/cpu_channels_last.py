@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import torch
 
 from plantpheno.device import set_threads
 from plantpheno.models import wants_channels_last
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine  # benchmarks/ is not a package; records the machine
 
 BACKBONES = ("resnet10t", "resnet18", "mobilenetv3_small_100", "tf_efficientnet_lite0", "efficientnet_b0",
              "convnext_atto")
@@ -86,6 +90,8 @@ def main() -> None:
              f"inference batch {2 * args.batch_size})", "",
              "| backbone | train img/s | + channels_last | ratio | inference img/s | + channels_last | ratio | "
              "auto picks |", "|---|---|---|---|---|---|---|---|"]
+    info = machine()
+    lines[1:1] = ["", f"Machine: {describe(info)}"]
     for r in rows:
         lines.append(f"| {r['backbone']} | {r['train_img_s']:.1f} | {r['train_img_s_cl']:.1f} | "
                      f"{r['train_img_s_cl'] / r['train_img_s']:.2f}x | {r['infer_img_s']:.1f} | "
@@ -96,7 +102,7 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "cpu_channels_last.md").write_text(text)
-    (out / "cpu_channels_last.json").write_text(json.dumps({"args": vars(args), "threads": threads, "rows": rows},
+    (out / "cpu_channels_last.json").write_text(json.dumps({"machine": info, "args": vars(args), "threads": threads, "rows": rows},
                                                            indent=2) + "\n")
 
 

@@ -18,6 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine  # benchmarks/ is not a package; records the machine
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "plantvillage-subset" / "splits.csv"
 
@@ -50,19 +53,21 @@ def main() -> None:
     settings = [("auto", w) for w in (0, max(1, cores // 2))]
     settings += [(str(t), w) for t in sorted({1, max(1, cores // 2), cores}) for w in sorted({0, 1, max(1, cores // 2)})]
     results = []
+    info = machine()
     with tempfile.TemporaryDirectory() as tmp:
         for threads, workers in settings:
             ips = run(args.data, Path(tmp), threads=threads, workers=workers, args=args)
             results.append({"threads": threads, "workers": workers, "images_per_s": round(ips, 1)})
             print(results[-1], flush=True)
     lines = [f"# CPU threads x workers ({cores} cores): {args.backbone} @ {args.image_size} px, cache {args.cache}",
-             "", "| training.threads | data.num_workers | images/s (epochs 2+) |", "|---|---|---|"]
+             "", f"Machine: {describe(info)}", "",
+             "| training.threads | data.num_workers | images/s (epochs 2+) |", "|---|---|---|"]
     lines += [f"| {r['threads']} | {r['workers']} | {r['images_per_s']} |" for r in results]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_threads.md").write_text(text + "\n")
-    (args.out / "cpu_threads.json").write_text(json.dumps({"cores": cores, "args": {k: str(v) for k, v in
+    (args.out / "cpu_threads.json").write_text(json.dumps({"machine": info, "cores": cores, "args": {k: str(v) for k, v in
                                                            vars(args).items()}, "results": results}, indent=2) + "\n")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,8 +37,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
 import torch
+from machine import describe, machine  # benchmarks/ is not a package; records the machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "plantvillage-subset"
@@ -272,8 +273,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                 results.append(row)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"torch {torch.__version__}",
+        "machine": describe(info := machine()),
+        "machine_record": info,
         "settings": f"{len(prepared.splits['train'])} training images of {args.data.name}"
                     f"{f' enlarged to {args.enlarge} px' if args.enlarge else ''}, batch {args.batch_size}, "
                     f"{args.workers} workers, {args.epochs} epochs, default augmentation, "

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import timm
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine  # benchmarks/ is not a package; records the machine
 
 
 def images_per_second(model: torch.nn.Module, *, device: torch.device, size: int, batch: int, steps: int,
@@ -65,11 +69,12 @@ def main() -> None:
     base = results["fp32"]
     device_name = torch.cuda.get_device_name(0) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.backbone} @ {args.image_size}px, batch {args.batch_size}, {device_name}")
+    print(f"Machine: {describe(machine())}")
     for name, ips in results.items():
         print(f"  {name:28s} {ips:9.1f} images/s   x{ips / base:.2f} vs fp32")
     out = Path(__file__).parent / "results" / "gpu_amp.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"device": device_name, "args": vars(args), "images_per_s": results}, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": machine(), "device": device_name, "args": vars(args), "images_per_s": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

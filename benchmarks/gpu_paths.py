@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine  # benchmarks/ is not a package; records the machine
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -98,7 +101,7 @@ def main() -> None:
 
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
     lines = [f"# CUDA paths, {args.backbone} @ {args.image_size} px, batch 64, {device}, torch {torch.__version__}",
-             "", "| variant | ok | train images/s (best epoch after 1st) | test accuracy | wall s |", "|---|---|---|---|---|"]
+             "", f"Machine: {describe(machine())}", "", "| variant | ok | train images/s (best epoch after 1st) | test accuracy | wall s |", "|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {'yes' if r['ok'] else 'NO: ' + r.get('error', str(r.get('returncode')))[:120]} | "
                      f"{r.get('train_images_per_s', float('nan')):.0f} | {r.get('test_accuracy', float('nan')):.3f} | "
@@ -107,7 +110,7 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_paths.md").write_text(text + "\n")
-    (args.out / "gpu_paths.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
+    (args.out / "gpu_paths.json").write_text(json.dumps({"machine": machine(), "device": device, "torch": torch.__version__,
                                                          "args": {k: str(v) for k, v in vars(args).items()},
                                                          "results": results}, indent=2) + "\n")
     if not all(r["ok"] for r in results.values()):

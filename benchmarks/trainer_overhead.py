@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from plantpheno.training.callbacks import Console, EarlyStopping
 from plantpheno.training.optim import build_optimizer, build_scheduler
 from plantpheno.training.tasks import Classification
 from plantpheno.training.trainer import Networks, Optimization, Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine  # benchmarks/ is not a package; records the machine
 
 
 class TensorSet(Dataset):
@@ -105,6 +109,7 @@ def main() -> None:
     ratio = med["plantpheno Trainer"] / med["minimal loop"]
     lines = [f"# Trainer overhead ({args.backbone}, {args.image_size} px, batch {args.batch_size}, {args.steps} steps, "
              f"{torch.get_num_threads()} threads, median of {args.repeats})", "",
+             f"Machine: {describe(machine())}", "",
              "| loop | seconds | ms/step | ratio |", "|---|---|---|---|"]
     for name, t in med.items():
         lines.append(f"| {name} | {t:.3f} | {1000 * t / args.steps:.1f} | {t / med['minimal loop']:.3f}x |")
@@ -113,7 +118,7 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "trainer_overhead.md").write_text(text + "\n")
-    (out / "trainer_overhead.json").write_text(json.dumps({"args": vars(args), "seconds": times, "median": med,
+    (out / "trainer_overhead.json").write_text(json.dumps({"machine": machine(), "args": vars(args), "seconds": times, "median": med,
                                                            "ratio": ratio}, indent=2) + "\n")
 
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine  # benchmarks/ is not a package; records the machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -162,15 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "tune_pruning", "metric": args.metric, "trials": args.trials, "epochs": args.epochs,
               "startup_trials": args.startup, "min_epochs": args.min_epochs, "images": 4 * args.per_class,
               "space": SPACE, "mean": means(results),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "optuna": optuna.__version__, "python": sys.version.split()[0],
-                          "torch_threads": args.threads},
+              "machine": {**machine(), "optuna": optuna.__version__, "torch_threads": args.threads},
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(results, args.metric))
     print("mean over seeds: " + "; ".join(f"{m}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items())
                                           for m, row in report["mean"].items()))
+    print(f"Machine: {describe(report['machine'])}")
     print(f"wrote {args.out}")
     return 0
 

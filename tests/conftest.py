@@ -29,6 +29,11 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
         monkeypatch.setenv(var, str(home))
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ISOLATED_VARS:  # where the registry, trackers and W&B mode are: each test says so itself
+        monkeypatch.delenv(var, raising=False)
+
+
+ISOLATED_VARS = ("PLANTPHENO_REGISTRY_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI", "WANDB_MODE")
 
 
 @pytest.fixture(scope="session")

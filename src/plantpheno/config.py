@@ -8,7 +8,9 @@ expected. The rest of the package receives frozen, typed :class:`Config` objects
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -49,6 +51,11 @@ class AugmentConfig(_Section):
         0.2, ge=0, le=1, description="Brightness/contrast/saturation jitter strength (0 disables)."
     )
     hue: float = Field(0.02, ge=0, le=0.5, description="Hue jitter (kept small: colour carries disease signal).")
+    keep_whole: bool = Field(
+        False, description="Never cut away what the evaluation sees (for counts and other whole-plant traits): "
+        "instead of a random crop, zoom out (crop_scale is then the image's area range) and shift, and shrink "
+        "rotated images until they fit."
+    )
     batched: bool = Field(
         True, description="Augment whole batches at once (one resampling, tensor colour ops); false = per image."
     )
@@ -71,6 +78,47 @@ class AugmentConfig(_Section):
         return v
 
 
+class DataChecksConfig(_Section):
+    """The data checks run before training (and alone by `plantpheno data check`): duplicates and leakage, label
+    conflicts, image quality, likely label errors, background shortcuts."""
+
+    enabled: bool = Field(True, description="Run the data checks at the start of plantpheno train.")
+    on_error: Literal["stop", "warn"] = Field(
+        "stop", description="An error-level finding (leakage across splits, conflicting labels, a file listed twice, "
+        "case-variant labels, unreadable files) stops plantpheno train before a run folder exists (stop), or is "
+        "reported as a warning (warn).")
+    ignore: tuple[str, ...] = Field(
+        (), description="Checks not to run, by id or family (e.g. [quality, near_duplicates.within_split]); "
+        "`plantpheno data check --list` shows the ids.")
+    near_duplicate_distance: int = Field(
+        4, ge=0, le=16, description="Largest Hamming distance (of 64 bits) between perceptual hashes that counts as "
+        "a near duplicate.")
+    label_errors: Literal["auto", "on", "off"] = Field(
+        "auto", description="Likely label errors and feature near-duplicates from frozen bundled EfficientNet-Lite0 "
+        "features (needs plantpheno[weights] and plantpheno[doctor]): on = compute the features (cached under "
+        "OUTPUT_DIR/.cache/checks), auto = only when they are cached already, off.")
+    folds: int = Field(5, ge=2, le=20, description="Group-aware folds of the out-of-sample checks (label errors, "
+                       "background shortcut).")
+    permutations: int = Field(199, ge=0, le=10000, description="Label permutations for the background-shortcut "
+                              "p-value (the smallest p is 1 / (permutations + 1)).")
+
+    @field_validator("label_errors", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any, info: ValidationInfo) -> Any:
+        return _bare_on_off(cls, value, info)
+
+    @field_validator("ignore")
+    @classmethod
+    def _known_checks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from plantpheno.data.doctor.ids import CHECKS, FAMILIES, unknown
+
+        bad = unknown(v)
+        if bad:
+            raise ValueError(f"check ids or families; unknown: {', '.join(bad)} (known families: "
+                             f"{', '.join(FAMILIES)}; ids: {', '.join(CHECKS)})")
+        return v
+
+
 class DataConfig(_Section):
     """Where the images are and how they are split, loaded and augmented."""
 
@@ -80,6 +128,11 @@ class DataConfig(_Section):
         description="CSV with columns path,label (classification) or path,value (regression); optional split, group.",
     )
     image_size: int = Field(224, ge=16, le=2048, description="Side of the square image fed to the model (pixels).")
+    resize: Literal["crop", "pad", "stretch"] = Field(
+        "crop", description="How an image becomes the model's square: crop (shorter side to image_size, centre "
+        "square: a wide or tall image loses its ends), pad (longer side to image_size, letterboxed with the "
+        "normalisation mean: the whole image, smaller), stretch (both sides to image_size: whole, distorted)."
+    )
     batch_size: int = Field(32, ge=1, le=65536, description="Images per batch (per process).")
     num_workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; auto = half the usable cores per training process, "
@@ -108,6 +161,7 @@ class DataConfig(_Section):
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the backbone's.")
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the backbone's.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
 
     @field_validator("num_workers")
     @classmethod
@@ -170,7 +224,17 @@ class FineTuneConfig(_Section):
     blocks: int = Field(1, ge=1, le=1000, description="Backbone blocks unfrozen, from the output end (timm's coarse "
                         "groups: EfficientNet stages, ResNet layers, ViT blocks). BatchNorm statistics stay fixed.")
     learning_rate: float = Field(5e-4, gt=0, le=10, description="Peak learning rate of the fine-tune phase (same "
-                                 "optimizer and scheduler kind as training, no warmup).")
+                                 "optimizer and scheduler kind as training).")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warmup of the fine-tune phase's learning rate, in "
+                                 "epochs (cosine only): Adam's first steps move every unfrozen weight by about the "
+                                 "learning rate, which can throw the pretrained blocks off for an epoch.")
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_the_phase(self) -> FineTuneConfig:
+        if self.epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"training.fine_tune.warmup_epochs ({self.warmup_epochs}) must be < "
+                             f"training.fine_tune.epochs ({self.epochs})")
+        return self
 
 
 class TrainingConfig(_Section):
@@ -205,7 +269,8 @@ class TrainingConfig(_Section):
         "auto", description="Metric for best checkpoint/early stopping, e.g. val/macro_f1; auto = val/macro_f1 or val/mae."
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    progress_bar: bool = Field(True, description="Show a progress bar (loss, metric, images/s).")
+    progress_bar: bool = Field(True, description="Show each epoch's progress (loss, metric, images/s): a bar on a "
+                               "terminal, a line every 10 s in a log.")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="channels_last memory format: auto = on CUDA, and on CPU for BatchNorm CNNs without "
         "LayerNorm (ResNet, MobileNet, EfficientNet: 1.2-1.6x faster there; ConvNeXt slower)."
@@ -213,6 +278,11 @@ class TrainingConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model (slower start, faster steps on GPU).")
     threads: int | Literal["auto"] = Field(
         "auto", description="torch CPU threads per process; auto = usable cores / training processes on this machine."
+    )
+    check_every: int | Literal["auto"] = Field(
+        "auto", description="Steps between reading the loss back from the device (NaN/inf check, running metrics, "
+        "stop agreement across ranks); auto = every step on CPU, every 32 on a GPU, which then never waits for the "
+        "host in between."
     )
     feature_cache: bool = Field(
         False, description="With model.freeze_backbone: compute backbone features once, train the head on them."
@@ -228,6 +298,13 @@ class TrainingConfig(_Section):
     def _threads_positive(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError("a positive number of threads, or auto")
+        return v
+
+    @field_validator("check_every")
+    @classmethod
+    def _check_every_positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a positive number of steps, or auto")
         return v
 
     @field_validator("mixed_precision", "channels_last", mode="before")
@@ -248,13 +325,25 @@ class EvaluationConfig(_Section):
     split: Literal["train", "val", "test"] = Field("test", description="Split evaluated at the end of training.")
     bootstrap_samples: int = Field(1000, ge=0, le=100000, description="Bootstrap resamples for the CI; 0 = none.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap interval.")
+    tta: Literal["none", "flips", "d4"] = Field(
+        "none", description="Test-time augmentation, logits averaged: flips (identity, h/v flips, half turn) or d4 "
+                            "(all 4 turns, each mirrored); reported with and without, used by predict and exports.")
+    temperature_scaling: bool = Field(
+        True, description="Classification: fit a softmax temperature on the validation split (changes confidences, "
+                          "never the class); used by predict and exports.")
+    calibration_bins: int = Field(15, ge=2, le=100, description="Equal-width confidence bins of ECE/MCE and the "
+                                                                "reliability diagram.")
+    report: bool = Field(True, description="Write RUN_DIR/report.html after each evaluation (with Grad-CAM).")
+    report_examples: int = Field(16, ge=0, le=200, description="Worst errors shown in the report's gallery (and "
+                                                                "up to 2 correct examples per class).")
 
 
 class MlflowConfig(_Section):
     """MLflow: an embedded sqlite store under output_dir by default, or a team's tracking server."""
 
     uri: str | None = Field(
-        None, description="Tracking URI (http://host:5000, sqlite:///path.db); null = sqlite:///OUTPUT_DIR/mlflow.db."
+        None, description="Tracking URI (http://host:5000, sqlite:///path.db); null = $MLFLOW_TRACKING_URI, else "
+                          "sqlite:///OUTPUT_DIR/mlflow.db."
     )
     experiment: str | None = Field(None, description="MLflow experiment name; null = the config's experiment.")
     parent_run_id: str | None = Field(None, description="Nest this run under an MLflow parent run (tuning studies).")
@@ -265,8 +354,9 @@ class WandbConfig(_Section):
 
     project: str = Field("plantpheno", min_length=1, description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (user or team); null = your default.")
-    mode: Literal["online", "offline", "disabled"] = Field(
-        "online", description="online, offline (sync later with `wandb sync`), or disabled."
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="online, offline (sync later with `wandb sync`), or disabled; null = W&B decides "
+                          "($WANDB_MODE, `wandb offline`, else online)."
     )
     group: str | None = Field(None, description="W&B run group; null = the config's experiment.")
 
@@ -307,7 +397,9 @@ class RegistryConfig(_Section):
                              description="Registered model name; null = do not register automatically.")
     alias: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
                               description="Alias to point at the new version (e.g. candidate).")
-    uri: str | None = Field(None, description="Registry URI; null = tracking.mlflow.uri, else OUTPUT_DIR/mlflow.db.")
+    uri: str | None = Field(None, description="Registry URI for this run; null = the one every command uses: "
+                                              "$PLANTPHENO_REGISTRY_URI, $MLFLOW_REGISTRY_URI, $MLFLOW_TRACKING_URI, "
+                                              "else the project's runs/mlflow.db.")
 
 
 class Config(_Section):
@@ -380,23 +472,66 @@ class Config(_Section):
 # ----------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
-                base: dict[str, Any] | None = None) -> Config:
-    """Load a YAML config file, apply ``key.sub=value`` overrides, validate.
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = (), *,
+                base: Mapping[str, Any] | None = None, data_path: str | Path | None = None,
+                output_path: str | Path | None = None) -> Config:
+    """Load a YAML config file (or start from ``base``, a raw config), apply overrides, validate.
+
+    ``overrides`` are ``key.sub=value`` strings (values parsed as YAML, as on the command line) or a mapping
+    ``{"key.sub": value}`` whose values are used as they are.
 
     Relative ``data.root``, ``data.manifest``, ``model.pretrained`` (a path) and ``output_dir`` in
     the file are kept as written: they resolve against the current working directory, like the
     paths a user types on the command line.
 
+    ``data_path`` and ``output_path`` are the training script's ``--data-path`` and ``--output-path``
+    (:func:`apply_data_and_output_paths`); they apply before the overrides, so an override still wins.
+
     Raises:
         ConfigError: listing every invalid field with its dotted name, value and expectation.
     """
-    raw: dict[str, Any] = dict(base or {})
+    raw: dict[str, Any] = copy.deepcopy(dict(base or {}))  # overrides must not change the caller's mapping
     if path is not None:
         raw = read_yaml_mapping(Path(path))
-    for item in overrides:
-        _apply_override(raw, item)
+    apply_data_and_output_paths(raw, data_path=data_path, output_path=output_path)
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            _set_field(raw, str(key), value, shown=f"{key}={value!r}")
+    else:
+        if isinstance(overrides, str):
+            raise ConfigError(f"overrides must be a list of key.sub=value strings or a mapping, got the string "
+                              f"{overrides!r}")
+        for item in overrides:
+            _apply_override(raw, item)
     return validate_config(raw, source=str(path) if path is not None else "config")
+
+
+def apply_data_and_output_paths(raw: dict[str, Any], *, data_path: str | Path | None = None,
+                                output_path: str | Path | None = None) -> dict[str, Any]:
+    """Fill a raw config from a data path and an output path, in place (and return it).
+
+    The data path names the dataset and replaces the config's source: an image folder becomes
+    ``data.root`` (and ``data.manifest`` is cleared), a ``.csv`` file becomes ``data.manifest`` (and
+    ``data.root`` is cleared, so relative paths in the CSV resolve against its own folder; set
+    ``data.root`` after it to use another base). The output path becomes ``output_dir``.
+    """
+    if data_path is not None:
+        path = Path(data_path)
+        if path.is_dir():
+            source: dict[str, Any] = {"root": str(path), "manifest": None}
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            source = {"root": None, "manifest": str(path)}
+        else:
+            found = "is a file but not a .csv manifest" if path.exists() else "does not exist"
+            raise ConfigError(f"data path {path} {found}; expected an image folder (root/<class>/<image>) or a CSV "
+                              f"manifest (path,label or path,value columns)")
+        data = raw.setdefault("data", {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"data path {path}: the config's data is a value ({data!r}), not a section")
+        data.update(source)
+    if output_path is not None:
+        raw["output_dir"] = str(output_path)
+    return raw
 
 
 def validate_config(raw: dict[str, Any], *, source: str = "config") -> Config:
@@ -439,13 +574,20 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if "not valid YAML" not in str(exc):
             raise
         value = text
-    parts = key.strip().split(".")
+    _set_field(raw, key.strip(), value, shown=item)
+
+
+def _set_field(raw: dict[str, Any], key: str, value: Any, *, shown: str) -> None:
+    """Set the dotted field ``key`` of a raw config (``shown`` is the override as the user wrote it)."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {shown!r}: {key!r} is not a dotted field name (e.g. training.epochs)")
     node = raw
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             dotted = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override {short_repr(item)}: {dotted} is a value ({short_repr(child)}), not a section")
+            raise ConfigError(f"override {short_repr(shown)}: {dotted} is a value ({short_repr(child)}), not a section")
         node = child
     node[parts[-1]] = value
 

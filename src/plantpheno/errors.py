@@ -52,6 +52,10 @@ class TuningError(PlantPhenoError):
     """A study cannot run as asked (a study of that name made differently, a worker without its study, ...)."""
 
 
+class DataCheckError(DataError):
+    """The data checks found an error-level problem (leakage, conflicting labels, ...) and training was not started."""
+
+
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 120, 120, 8, 8
 _REPR.maxtuple = _REPR.maxset = 8

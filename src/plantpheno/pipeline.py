@@ -24,13 +24,14 @@ from plantpheno import __version__, distributed
 from plantpheno.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
+from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
-from plantpheno.device import amp_dtype, resolve_device, seed_everything, set_threads
+from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
 from plantpheno.errors import ConfigError, DataError, RunDirError, StorageError, TrainingError
+from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
-from plantpheno.evaluation.predict import predict
-from plantpheno.evaluation.report import write_evaluation
+from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.rundir import RunDir, check_output_dir, create_run_dir
@@ -91,27 +92,29 @@ class _Setup:
 def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, reporter: Reporter,
            dist: DistContext = DistContext(), splits: Sequence[str] = SPLITS) -> _Setup:
     """Data, task, model and loaders."""
-    prepared = prepare_data(config, manifest_override=manifest)
+    main = dist.is_main  # only rank 0 shows progress
+    prepared = prepare_data(config, manifest_override=manifest, reporter=reporter if main else None)
     _report_links(prepared, config, reporter)
     if prepared.class_names is not None:
         task: Classification | Regression = Classification(prepared.class_names)
     else:
-        task = Regression(*prepared.target_stats())
+        task = Regression(*prepared.target_stats(), counts=prepared.counts())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
-    model = build_model(model_cfg, num_outputs=task.num_outputs)
+    model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
     check_phases(model, config)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
     if wants_channels_last(config.training.channels_last, device, model):
         to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type)
+                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
+                            reporter=reporter if main else None)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
-            "image_size": config.data.image_size, "mean": list(mean), "std": list(std),
+            "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint}
     model = model.to(device)
-    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device, reporter=reporter)
-                if config.training.feature_cache else None)
+    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
+                               reporter=reporter if main else None) if config.training.feature_cache else None)
     return _Setup(config, prepared, task, model, loaders, device, meta, dist, reporter, plan_phases(config), features)
 
 
@@ -133,7 +136,8 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
             set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
             # Data and model first: a bad image or backbone fails before any run folder exists.
             setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
-            run = dist.broadcast(_new_run_dir(setup, held) if dist.is_main else None)
+            checked = _check_data(setup)  # an error-level finding stops here too
+            run = dist.broadcast(_new_run_dir(setup, held, checked) if dist.is_main else None)
             return _fit_and_evaluate(setup, run, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
         finally:
             _release(setup, dist)
@@ -197,14 +201,33 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
                               f"are missing)")
         checkpoint = load_checkpoint(path)
         set_threads(config.training.threads)
-        setup = _setup(config, manifest=run.split_manifest, load_pretrained=False, splits=(split,),
-                       reporter=default_reporter(reporter))
+        # the validation split too: the softmax temperature is fitted on it
+        setup = _setup(config, manifest=run.split_manifest, load_pretrained=False,
+                       splits=tuple(dict.fromkeys((split, "val"))), reporter=default_reporter(reporter))
         try:
             _check_same_data(run, setup.prepared)
             setup.model.load_state_dict(checkpoint["model"])
             return _evaluate(setup, run, split=split, best_epoch=checkpoint["state"]["epoch"])
         finally:
             close_loaders(setup.loaders)
+
+
+def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") -> Path:
+    """Rebuild ``RUN_DIR/report.html`` from the run's files and its best checkpoint (Grad-CAM needs the model);
+    ``split`` defaults to the config's ``evaluation.split``."""
+    from plantpheno.evaluation.html_report import write_run_report
+
+    run = RunDir.of(run_dir)
+    config = run.read_config()
+    split = split or config.evaluation.split
+    path = run.checkpoint_to_use()
+    if path is None:
+        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} is missing)")
+    checkpoint = load_checkpoint(path)
+    model = build_model(config.model.model_copy(update={"pretrained": False}),
+                        num_outputs=int(checkpoint["meta"]["num_outputs"]))
+    model.load_state_dict(checkpoint["model"])
+    return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=checkpoint["meta"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,12 +256,25 @@ def _release(setup: _Setup | None, dist: DistContext) -> None:
         distributed.shutdown(dist)
 
 
-def _new_run_dir(setup: _Setup, held: contextlib.ExitStack) -> RunDir:
+def _check_data(setup: _Setup) -> DataCheckReport | None:
+    """The data checks (``data.checks``), on rank 0: an error-level finding raises ``DataCheckError`` before any run
+    folder exists, unless ``data.checks.on_error: warn``."""
+    if not (setup.dist.is_main and setup.config.data.checks.enabled):
+        return None
+    from plantpheno.training.data_checks import enforce, run_data_checks
+
+    report = run_data_checks(setup.prepared, setup.config, reporter=setup.reporter)
+    return enforce(report, setup.config, reporter=setup.reporter)
+
+
+def _new_run_dir(setup: _Setup, held: contextlib.ExitStack, checked: DataCheckReport | None = None) -> RunDir:
     run, lock = create_run_dir(setup.config)
     held.callback(lock.release)
     try:
         run.write_config(setup.config)
         write_data_files(setup.prepared, run)
+        if checked is not None:
+            checked.write(run.data_check)
         run.write_environment(str(setup.device))
     except BaseException as exc:
         recorded = _write_end_status(run, "failed", reason=str(exc) or type(exc).__name__)
@@ -358,12 +394,14 @@ def _train_phases(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] | No
         if phase.name != state.phase:  # a new phase: its own count of epochs without improvement
             state.phase, state.phase_start, state.bad_epochs = phase.name, state.epoch, 0
         trainer = _build_trainer(setup, run, phase, state, checkpoint,
-                                 [tracking, *_builtin(setup, run, replicas), *callbacks])
-        if phase.name == "fine_tune" and checkpoint is None:
+                                 [tracking, *_builtin(setup, run, replicas, phase), *callbacks])
+        if phase.name == "fine_tune" and checkpoint is None and setup.dist.is_main:
             ft = setup.config.training.fine_tune
+            warmup = f" after {ft.warmup_epochs:g} warmup epoch(s)" if ft.warmup_epochs else ""
             setup.reporter.info(f"fine-tune phase: the last {ft.blocks} backbone block(s) unfrozen for {ft.epochs} "
-                                f"epoch(s) at learning rate {ft.learning_rate:g}, from the best head (epoch "
-                                f"{state.best_epoch})")
+                                f"epoch(s) at learning rate {ft.learning_rate:g}{warmup}, from the best head (epoch "
+                                f"{state.best_epoch}); the training loss may jump in its first epoch while the "
+                                f"unfrozen blocks adapt, and the best checkpoint stays the best of both phases")
         state = _fit(trainer, run, handle_signals=handle_signals)
         # the next phase starts from the best weights, which rank 0 restored; a new DDP wrapper broadcasts
         # rank 0's parameters and buffers to the other ranks when it is built
@@ -371,11 +409,15 @@ def _train_phases(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] | No
     return state
 
 
-def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None) -> list[object]:
+def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None, phase: Phase) -> list[object]:
     """The callbacks of every phase: replica check (distributed), early stopping, and on rank 0 the files and
     the console."""
     patience = setup.config.training.early_stopping
-    builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta)]
+    later = [p.name for p in setup.phases[[p.name for p in setup.phases].index(phase.name) + 1:]]
+    what = {"train": "the head phase" if later else "training", "fine_tune": "the fine-tune phase"}[phase.name]
+    then = "; the fine-tune phase starts from it" if "fine_tune" in later else ""
+    builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta, phase=what,
+                                           then=then, reporter=setup.reporter if setup.dist.is_main else None)]
     if replicas is not None:
         builtin.insert(0, replicas)
     if setup.dist.is_main:  # only rank 0 writes files and prints
@@ -413,7 +455,8 @@ def _build_trainer(setup: _Setup, run: RunDir, phase: Phase, state: TrainState,
     return Trainer(nets=Networks(trained=net, stepped=_stepped_module(net, setup), whole=model), task=setup.task,
                    loss_fn=loss_fn, optimization=optimization, loaders=loaders, device=setup.device,
                    epochs=state.phase_start + phase.epochs, monitor=config.monitor, callbacks=callbacks, state=state,
-                   dist=dist, channels_last=channels_last)
+                   dist=dist, channels_last=channels_last,
+                   check_every=check_every(config.training.check_every, setup.device))
 
 
 def _stepped_module(net: nn.Module, setup: _Setup) -> nn.Module:
@@ -478,19 +521,20 @@ def _write_end_status(run: RunDir, status: str, **fields: Any) -> bool:
 
 
 def _register(config: Config, run: RunDir, reporter: Reporter) -> None:
-    """Auto-registration; a failure here does not undo a completed run, so it warns with the manual command."""
-    from plantpheno.registry.store import ModelRegistry, run_registry_uri
+    """Auto-registration in the registry every command uses (``registry.store.locate_registry``); a failure here
+    does not undo a completed run, so it warns with the manual command."""
+    from plantpheno.registry.store import ModelRegistry, locate_registry
 
     reg = config.registry
-    uri = run_registry_uri(config)
+    location = locate_registry(config=config)
     try:
-        info = ModelRegistry(uri).register(run.path, name=reg.name, alias=reg.alias)
+        info = ModelRegistry(location.uri).register(run.path, name=reg.name, alias=reg.alias)
     except Exception as exc:  # noqa: BLE001 - the trained run stays valid whatever the registry does
         reporter.warning(f"registering {reg.name} failed ({type(exc).__name__}: {exc}); retry with: "
-                         f"plantpheno models register {run.path} --name {reg.name} --registry {uri}")
+                         f"plantpheno models register {run.path} --name {reg.name} --registry {location.uri}")
         return
-    run.write_status("completed", registered={"name": info.name, "version": info.version, "uri": uri})
-    reporter.info(f"registered {info.name} version {info.version} in {uri}")
+    run.write_status("completed", registered={"name": info.name, "version": info.version, "uri": location.uri})
+    reporter.info(f"registered {info.name} version {info.version} in {location.uri} ({location.source})")
 
 
 def _job_summary(setup: _Setup, replicas: ReplicaCheck | None) -> dict[str, Any]:
@@ -524,15 +568,12 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None) -> dict[str, Any]:
-    p = predict(setup.model, setup.loaders[split], task=setup.task, device=setup.device,
-                amp_dtype=amp_dtype(setup.config, setup.device), finish=setup.loaders.finish)
-    ev = setup.config.evaluation
-    return write_evaluation(
-        run.eval(split), targets=p.targets, outputs=p.outputs,
-        paths=[s.path for s in setup.prepared.splits[split]], class_names=setup.prepared.class_names,
-        bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=setup.config.seed,
-        extra={"split": split, "num_images": len(p.targets), "checkpoint_epoch": best_epoch},
-    )
+    metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
+                             config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
+                             checkpoint_epoch=best_epoch)
+    if setup.config.evaluation.report:
+        write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
+    return metrics
 
 
 @contextlib.contextmanager

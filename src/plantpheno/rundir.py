@@ -24,6 +24,7 @@ METRICS_LOG = "metrics.jsonl"
 SPLIT_MANIFEST = "split.csv"
 DATASET_INFO = "dataset.json"
 BAD_IMAGES = "bad_images.csv"
+DATA_CHECK = "data_check.json"
 TRAINING_CURVES = "training_curves.png"
 CHECKPOINTS = "checkpoints"
 BEST, LAST = "best.pt", "last.pt"
@@ -35,6 +36,8 @@ LOCK_FILE = "run.lock"
 # what run.json says while its process works; a run in one of these whose lock nobody holds has crashed
 ACTIVE_STATUSES = ("running", "evaluating")
 CRASHED = "crashed"
+REPORT_FILE = "report.html"
+TEMPERATURE_FILE = "temperature.json"
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,12 @@ class RunDir:
         return self.path / BAD_IMAGES
 
     @property
+    def data_check(self) -> Path:
+        """``data_check.json``: the findings of the data checks run before training (see
+        :mod:`plantpheno.data.doctor.findings` for its format)."""
+        return self.path / DATA_CHECK
+
+    @property
     def training_curves(self) -> Path:
         return self.path / TRAINING_CURVES
 
@@ -210,6 +219,16 @@ class RunDir:
         return self.path / TENSORBOARD_DIR
 
     @property
+    def report(self) -> Path:
+        """``report.html``: the self-contained report of the run's latest evaluation."""
+        return self.path / REPORT_FILE
+
+    @property
+    def temperature(self) -> Path:
+        """``temperature.json``: the softmax temperature fitted on the validation split (classification)."""
+        return self.path / TEMPERATURE_FILE
+
+    @property
     def wandb(self) -> Path:
         return self.path / WANDB_DIR
 
@@ -219,7 +238,7 @@ class RunDir:
     def artifacts(self) -> tuple[Path, ...]:
         """The run's own files that trackers keep as artifacts (those that exist)."""
         files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
-                 self.training_curves, self.bad_images)
+                 self.training_curves, self.bad_images, self.data_check, self.temperature, self.report)
         return tuple(p for p in files if p.is_file())
 
     def is_run(self) -> bool:
@@ -252,6 +271,12 @@ class RunDir:
 
     def read_dataset_info(self) -> dict[str, Any]:
         return json.loads(self.dataset_info.read_text(encoding="utf-8")) if self.dataset_info.is_file() else {}
+
+
+def data_check_path(config: Config) -> Path:
+    """Where ``plantpheno data check`` (and a ``train`` stopped by the checks) writes the findings outside a run:
+    ``OUTPUT_DIR/<experiment>/data_check.json``."""
+    return config.output_dir / config.experiment / DATA_CHECK
 
 
 def create_run_dir(config: Config) -> tuple[RunDir, RunLock]:

@@ -137,6 +137,12 @@ def read_run(run_dir: Path) -> RunSummary:
     )
 
 
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's per-epoch records (``metrics.jsonl``: lr, train and val metrics, epoch time, images/s), in order;
+    empty when no epoch has finished."""
+    return _read_metrics_log(RunDir(Path(run_dir)).metrics_log)
+
+
 def _subdirs(path: Path) -> list[Path]:
     """Visible sub-folders of ``path`` by name; none if it is not a readable folder."""
     try:

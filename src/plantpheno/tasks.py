@@ -75,7 +75,8 @@ CLASSIFICATION = TaskMetrics(
 REGRESSION = TaskMetrics(
     name="regression", val_metrics=("mae", "rmse", "r2"), train_metric="mae", default_monitor="val/mae",
     headline="mae",
-    directions={"mae": "min", "rmse": "min", "r2": "max", "abs_dic": "min", "count_accuracy": "max"},
+    directions={"mae": "min", "rmse": "min", "r2": "max", "abs_dic": "min", "count_accuracy": "max",
+                "count_within_one": "max"},
     summary_metrics=("mae", "rmse", "r2"),
 )
 TASKS: dict[str, TaskMetrics] = {t.name: t for t in (CLASSIFICATION, REGRESSION)}

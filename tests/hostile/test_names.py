@@ -62,7 +62,11 @@ def test_odd_file_names_round_trip_through_train_evaluate_resume_and_predict(tmp
         "evaluation": {"bootstrap_samples": 50}, "tracking": {"system_metrics_interval": 0}}))
     run = tmp_path / "runs" / "default" / "odd"
 
-    _ok(plantpheno("train", str(config)))
+    trained = plantpheno("train", str(config))
+    _ok(trained)
+    # the report and the data checks show every name too (escaped), they do not give up on one
+    assert (run / "report.html").is_file() and "rebuild it with" not in trained.stderr, trained.stderr[-3000:]
+    assert (run / "data_check.json").is_file()
     split = _read(run / "split.csv")
     assert {row["path"] for row in split} == images  # every odd name, exactly, once
     assert {row["label"] for row in split} >= {os.fsdecode(c) for c in ODD_CLASSES}

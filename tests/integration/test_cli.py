@@ -61,7 +61,8 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path, write_config):
     result = plantpheno("train", str(config), "training.epochs=1")
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.split("run directory: ")[1].strip())
-    assert "test accuracy:" in result.stdout and run_dir.is_dir()
+    assert "test (" in result.stdout and "accuracy " in result.stdout and "macro-F1 " in result.stdout
+    assert "baseline, always the most frequent training class" in result.stdout and run_dir.is_dir()
     result = plantpheno("evaluate", str(run_dir), "--split", "val")
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "eval/val/metrics.json").read_text())["split"] == "val"

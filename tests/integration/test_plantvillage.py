@@ -19,6 +19,8 @@ pytestmark = [
 
 
 def test_tiny_model_learns_plantvillage_with_its_own_split(tmp_path):
+    from report_browser import assert_report_ok
+
     config = validate_config({
         "seed": 0, "output_dir": str(tmp_path / "runs"), "experiment": "plantvillage", "device": "cpu",
         "data": {"manifest": str(PLANTVILLAGE / "splits.csv"), "image_size": 64, "batch_size": 32},
@@ -34,3 +36,8 @@ def test_tiny_model_learns_plantvillage_with_its_own_split(tmp_path):
     # chance is 1/15 = 6.7 %; a from-scratch ResNet-10 at 64 px reaches far more within 4 epochs
     assert accuracy > 0.40, f"test accuracy {accuracy:.3f}"
     assert result.metrics["confidence_interval"]["low"] > 0.30
+    # its report: the baseline (1 of 15 classes), calibration and the gallery, checked in a real browser
+    assert result.metrics["baseline"]["verdict"]["verdict"] == "better"
+    assert result.metrics["calibration"]["after"]["nll"] <= result.metrics["calibration"]["before"]["nll"] + 0.05
+    check = assert_report_ok(result.run_dir / "report.html", tmp_path / "report.png")
+    assert "Worst errors" in check.text and "Calibration" in check.text and len(check.images) > 20

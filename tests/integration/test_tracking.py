@@ -14,6 +14,7 @@ import pytest
 
 from conftest import StopAt
 from plantpheno import pipeline
+from plantpheno.config import load_config
 from plantpheno.tracking.mlflow_backend import default_uri
 from plantpheno.training.trainer import Interrupted
 
@@ -174,3 +175,28 @@ def test_tracking_leaves_nothing_outside_its_folders(tmp_path, disease_root, wri
     # .cache: the image check memo (see data.images.check_images)
     assert sorted(p.name for p in (work / "runs").iterdir()) == [".cache", "default", "mlartifacts", "mlflow.db"]
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stderr
+
+
+def test_wandb_mode_is_left_to_wandb_and_a_short_run_has_system_metrics(write_config, disease_root, tmp_path):
+    """No W&B settings in the config, WANDB_MODE=offline in the environment and no API key: an offline W&B run.
+    The default 10 s sampling interval is longer than this run: samples at the start and at each epoch's end.
+    (A new process: W&B reads its environment once per process.)"""
+    path = write_config(data={"root": str(disease_root)}, tracking={"backends": ["wandb"]})
+    config = load_config(path)
+    assert config.tracking.wandb.mode is None and config.tracking.system_metrics_interval == 10
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    done = subprocess.run([sys.executable, "-m", "plantpheno", "train", str(path)], capture_output=True, text=True,
+                          env={**env, "WANDB_MODE": "offline"}, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0 and "tracking backend wandb failed" not in done.stderr, done.stderr
+    run_dir = tmp_path / "runs" / "default" / "run"
+    assert "wandb" in json.loads((run_dir / "run.json").read_text())["tracking"]
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
+    history = _wandb_history(wandb_records(run_dir))
+    assert [row["epoch"] for row in history if "val/loss" in row] == [1, 2]
+    system_steps = [row["global_step"] for row in history if "system/cpu_percent" in row]
+    local = [json.loads(line) for line in (run_dir / "tracking" / "metrics.jsonl").read_text().splitlines()]
+    local_steps = [m["step"] for m in local if m["key"] == "system/process_rss_gb"]
+    final = max(m["step"] for m in local if m["axis"] == "step")
+    # the start (step 0), the end of epoch 1, the end of epoch 2 (the last step)
+    assert {0, final} <= set(system_steps) and {0, final} <= set(local_steps) and len(set(local_steps)) >= 3
+    assert all(m["value"] > 0 for m in local if m["key"] == "system/process_rss_gb")

@@ -109,12 +109,13 @@ def test_regression_run_reports_count_metrics(make_config, rosette_manifest):
                          training={"epochs": 2, "monitor": "val/rmse"})
     result = pipeline.train(config)
     metrics = json.loads((result.run_dir / "eval/test/metrics.json").read_text())
-    for key in ("mae", "rmse", "r2", "dic", "abs_dic", "mean_error"):
+    for key in ("mae", "rmse", "r2", "dic", "abs_dic", "mean_error", "count_within_one"):
         assert key in metrics
     assert metrics["confidence_interval"]["metric"] == "mae"
+    assert metrics["baseline"]["predictor"].startswith("always the training mean")
     assert (result.run_dir / "eval/test/predicted_vs_true.png").is_file()
     header = (result.run_dir / "eval/test/predictions.csv").read_text().splitlines()[0]
-    assert header == "path,value,predicted,error"
+    assert header == "path,value,predicted,predicted_count,error"  # leaf counts: the rounded count too
     # every plant's three views stay in one split
     rows = (result.run_dir / "split.csv").read_text().splitlines()[1:]
     split_of_group: dict[str, set[str]] = {}

@@ -17,14 +17,14 @@ PACKAGE = Path(plantpheno.__file__).parent
 # (importer part, imported part): never allowed
 FORBIDDEN = [
     *((core, "cli") for core in ("data", "models", "training", "evaluation", "tracking", "registry", "tuning",
-                                 "pipeline", "rundir", "runs", "reporting", "tasks", "config")),
+                                 "pipeline", "rundir", "runs", "reporting", "tasks", "config", "api")),
     ("data", "models"), ("data", "training"),
     ("tracking", "training"),
     *((part, "tuning") for part in ("data", "models", "training", "evaluation", "tracking", "registry", "pipeline",
-                                    "rundir", "runs", "reporting", "tasks", "config")),
+                                    "rundir", "runs", "reporting", "tasks", "config", "api")),
 ]
 CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "registry", "pipeline.py", "rundir.py",
-        "runs.py", "tasks.py", "config.py", "distributed.py", "device.py")
+        "runs.py", "tasks.py", "config.py", "distributed.py", "device.py", "api")
 
 
 def _modules() -> list[Path]:
@@ -75,7 +75,7 @@ def test_no_module_imports_across_a_forbidden_edge():
 
 
 @pytest.mark.parametrize("module", ["plantpheno.rundir", "plantpheno.runs", "plantpheno.tasks", "plantpheno.reporting",
-                                    "plantpheno.config"])
+                                    "plantpheno.config", "plantpheno.api"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -111,7 +111,8 @@ def test_tuning_uses_only_public_optuna_names():
 
 def test_run_file_names_live_only_in_rundir():
     names = ('"run.json"', '"config.yaml"', '"metrics.jsonl"', '"split.csv"', '"dataset.json"', '"environment.json"',
-             '"best.pt"', '"last.pt"', '"training_curves.png"', '"bad_images.csv"', '"predictions.csv"', '"run.lock"')
+             '"best.pt"', '"last.pt"', '"training_curves.png"', '"bad_images.csv"', '"predictions.csv"', '"run.lock"',
+             '"data_check.json"')
     found = []
     for path in _modules():
         if path.name == "rundir.py":

@@ -34,18 +34,21 @@ def test_summary_reads_each_result_and_judges_its_target(tmp_path, monkeypatch):
         {**row, "image_size": 224, "pipeline": "memory", "later_img_s": 500.0,  # judged on PSS where measured
          "peak_rss_mib_per_epoch": [1000, 1300, 1600], "pss_mib_per_epoch": [900, 905, 910]},
     ]}))
-    (tmp_path / "time_to_accuracy.json").write_text(json.dumps({
-        "(b) defaults": {"wall_s": 150, "test_accuracy": 0.88},
-        "(c) recipe, seed 0": {"wall_s": 140, "test_accuracy": 0.975},
-        "(c) recipe, seed 1": {"wall_s": 190, "test_accuracy": 0.98}}))
+    curve = [{"epoch": 1, "train_s": 300, "test_accuracy": 0.95}, {"epoch": 2, "train_s": 600, "test_accuracy": 0.98}]
+    (tmp_path / "time_to_accuracy.json").write_text(json.dumps({"machine": {"cpu_model": "AMD EPYC",
+                                                                            "cpus_affinity": 2}, "results": {
+        "recipe seed 0": {"wall_s": 140, "test_accuracy": 0.975},
+        "recipe seed 1": {"wall_s": 190, "test_accuracy": 0.98},
+        "classic": {"epochs": curve, "test_eval_s": 10, "time_to_best_s": 610, "test_accuracy": 0.98},
+        "fastai": {"epochs": curve, "test_eval_s": 10, "time_to_best_s": 610, "test_accuracy": 0.98}}}))
     rows = run_all.summarise()
     assert [(r["measured"], r["met"]) for r in rows] == [
         ("1.031x", False),
         ("6.00x; peak RSS 1000 / 1010 / 1020 MiB", True),
         ("6.00x; peak RSS 1000 / 1300 / 1600 MiB", False),
         ("5.00x; PSS at epoch end 900 / 905 / 910 MiB", True),
-        ("97.5 % in 140 s", True),
-        ("98.0 % in 190 s", False),  # over three minutes
+        ("97.5 % in 140 s; 0.23x classic's time to its best; fastai to 97.5 %: 610 s", True),
+        ("98.0 % in 190 s; 0.31x classic's time to its best; fastai to 98.0 %: 610 s", False),  # over a quarter
     ]
     text = run_all.write_summary(rows, {})
     assert text.count("| NO |") == 3 and (tmp_path / "summary.json").is_file()

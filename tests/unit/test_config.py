@@ -16,7 +16,7 @@ SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "tune" not in 
 
 def test_configs_are_shipped():
     names = {p.name for p in SHIPPED}
-    assert {"demo.yaml", "folder_classification.yaml", "trait_regression.yaml"} <= names
+    assert {"demo.yaml", "folder_classification.yaml", "trait_regression.yaml", "trait_pretrained.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -25,6 +25,19 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     again = tmp_path / "resolved.yaml"
     again.write_text(config_to_yaml(config))
     assert load_config(again) == config
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_builds_its_model_offline(path, monkeypatch):
+    """As shipped, no config needs the network: its weights are bundled, a local file, or none."""
+    from plantpheno.models import build_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_config(path)
+    assert config.model.pretrained is not True, f"{path.name} downloads weights (model.pretrained: true)"
+    regression = config.task == "regression"
+    model = build_model(config.model, num_outputs=1 if regression else 3, regression=regression)
+    assert model.get_classifier().out_features == (1 if regression else 3)
 
 
 def test_overrides_parse_values_and_nested_fields(tmp_path):

@@ -53,12 +53,12 @@ def test_cache_holds_exactly_a_fresh_decode_and_resize(odd_images, tmp_path, mod
     for i, path in enumerate(odd_images):
         image = load_rgb(path)
         short = min(image.size)
-        fresh = T.Resize(spec.short_side, antialias=True)(image)  # larger and smaller images alike
-        assert min(fresh.size) == spec.short_side and short != spec.short_side
+        fresh = T.Resize(spec.side, antialias=True)(image)  # larger and smaller images alike
+        assert min(fresh.size) == spec.side and short != spec.side
         assert np.array_equal(cache.array(i), np.asarray(fresh)), path.name
         assert np.array_equal(np.asarray(cache.image(i)), np.asarray(fresh)), path.name
-        if spec.short_side == 32:  # the eval cache: the whole evaluation transform gives the same tensor
-            evaluate = eval_transform(spec.short_side, (0.5,) * 3, (0.5,) * 3)
+        if spec.side == 32:  # the eval cache: the whole evaluation transform gives the same tensor
+            evaluate = eval_transform(spec.side, (0.5,) * 3, (0.5,) * 3)
             assert torch.equal(evaluate(cache.image(i)), evaluate(image)), path.name
     again = pickle.loads(pickle.dumps(cache))  # what a spawned DataLoader worker receives
     assert all(np.array_equal(again.array(i), cache.array(i)) for i in range(len(cache)))

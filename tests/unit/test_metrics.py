@@ -151,6 +151,11 @@ def test_count_metrics_hand_worked() -> None:
     assert got["dic"] == pytest.approx(-0.4)
     assert got["abs_dic"] == pytest.approx(0.8)
     assert got["count_accuracy"] == pytest.approx(0.4)
+    assert got["count_within_one"] == pytest.approx(0.8)  # all but the -2
+    assert M.rounded_counts(y_pred).tolist() == [4, 6, 3, 8, 5]
+    ci = M.bootstrap_ci(M.count_within_one, y_true, y_pred, n_resamples=200, seed=1)
+    looped = M.bootstrap_ci(lambda t, p: M.count_within_one(t, p), y_true, y_pred, n_resamples=200, seed=1)
+    assert ci == looped and ci["low"] <= 0.8 <= ci["high"]
     assert got["mean_error"] == pytest.approx(np.mean(y_pred - y_true))
     assert "dic" not in M.regression_metrics(y_true, y_pred)
 

@@ -40,6 +40,32 @@ def test_head_has_one_output_per_class_or_one_for_a_trait(cfg, backbone, task, n
     assert model.get_classifier().out_features == num_outputs
 
 
+@pytest.mark.parametrize("backbone", [TINY_BACKBONE, "test_efficientnet", "tf_efficientnet_lite0"])
+def test_a_trait_head_starts_as_the_mean_predictor(cfg, backbone) -> None:
+    """timm's EfficientNet head init draws U(-1, 1) for one output: a trait model's first predictions were tens
+    of standard deviations off (see plantpheno.models.zero_head); a regression head starts at zero instead."""
+    from plantpheno.training.tasks import Regression
+
+    config = cfg(task="regression", model={"backbone": backbone})
+    model = build_model(config.model, num_outputs=1, regression=True).eval()
+    with torch.no_grad():
+        out = model(_batch(3))
+    assert torch.equal(out, torch.zeros(3, 1))
+    torch.testing.assert_close(Regression(7.5, 2.0).predictions(out), torch.full((3,), 7.5))
+    # a classification head keeps timm's initialisation (the recipes' figures were measured with it)
+    classifier = build_model(config.model, num_outputs=3).get_classifier()
+    assert classifier.weight.abs().sum() > 0
+
+
+def test_a_trait_head_in_a_weights_file_is_kept(cfg, tmp_path) -> None:
+    config = cfg(task="regression", model={"backbone": TINY_BACKBONE})
+    trained = build_model(config.model, num_outputs=1)  # timm's init: a non-zero head
+    save_file(trained.state_dict(), str(tmp_path / "trait.safetensors"))
+    loaded = build_model(config.model.model_copy(update={"pretrained": tmp_path / "trait.safetensors"}),
+                         num_outputs=1, regression=True)
+    assert torch.equal(loaded.get_classifier().weight, trained.get_classifier().weight)
+
+
 @pytest.mark.parametrize(("typo", "suggestion"), [("resnet1", "resnet18"), ("resnet-18", "resnet18"),
                                                    ("test_resnt", "test_resnet")])
 def test_unknown_backbone_is_named_with_close_suggestions(cfg, typo, suggestion) -> None:

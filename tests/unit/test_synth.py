@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,48 @@ def test_overwrite_replaces_previous_output(tmp_path: Path) -> None:
     labels = synthesize_rosettes(tmp_path / "r", plants=1, views_per_plant=1, image_size=32, overwrite=True)
     assert len(_rows(labels)) == 1
     assert len(list((labels.parent / "images").iterdir())) == 1
+
+
+def test_planted_defects_leave_the_clean_images_alone_and_are_recorded(tmp_path: Path) -> None:
+    from plantpheno.data.synth import Defects
+
+    clean = synthesize_disease(tmp_path / "clean", per_class=10, image_size=40, seed=2)
+    planted = synthesize_disease(tmp_path / "planted", per_class=10, image_size=40, seed=2,
+                                 defects=Defects(duplicates=2, near_duplicates=1, conflicts=1, flips=2))
+    defects = json.loads((planted / "defects.json").read_text())
+    rows = _rows(planted / "labels.csv")
+    assert len(rows) == 40 + 2 + 1 + 1 and {r["split"] for r in rows} == {"train", "val", "test"}
+    by_path = {r["path"]: r for r in rows}
+    for original, copy in defects["duplicates"]:
+        assert (planted / original).read_bytes() == (planted / copy).read_bytes()
+        assert by_path[original]["split"] == "train" and by_path[copy]["split"] == "test"
+    for original, copy in defects["conflicts"]:
+        assert (planted / original).read_bytes() == (planted / copy).read_bytes()
+        assert by_path[original]["label"] != by_path[copy]["label"]
+    flipped = {f["path"] for f in defects["flips"]}
+    for flip in defects["flips"]:
+        assert by_path[flip["path"]]["label"] == flip["labelled"] != flip["drawn_as"]
+        assert flip["path"].startswith(flip["labelled"] + "/")
+    unchanged = [p for p in _files(clean) if p in _files(planted)]
+    assert len(unchanged) == 40 - len(flipped)  # flipped ones moved folders, same pixels
+    assert all((clean / p).read_bytes() == (planted / p).read_bytes() for p in unchanged)
+    # a folder with planted defects is the generator's own: overwrite may replace it
+    synthesize_disease(tmp_path / "planted", per_class=4, image_size=40, seed=2, overwrite=True)
+    assert not (planted / "labels.csv").exists()
+
+
+def test_background_shortcut_gives_each_class_its_own_background(tmp_path: Path) -> None:
+    from plantpheno.data.synth import Defects
+
+    def class_corner_spread(root: Path) -> float:
+        """Spread across classes of each class's mean corner colour."""
+        means = [np.mean([np.asarray(Image.open(p).convert("RGB"), np.float32)[:3, :3].mean(axis=(0, 1))
+                          for p in sorted((root / name).glob("*.jpg"))], axis=0) for name in DISEASE_CLASSES]
+        return float(np.std(means, axis=0).mean())
+
+    clean = synthesize_disease(tmp_path / "clean", per_class=10, image_size=48, seed=4)
+    shortcut = synthesize_disease(tmp_path / "shortcut", per_class=10, image_size=48, seed=4,
+                                  defects=Defects(background_shortcut=True))
+    assert class_corner_spread(shortcut) > 2 * class_corner_spread(clean)
+    with pytest.raises(DataError, match="planted defects need as many training images"):
+        synthesize_disease(tmp_path / "few", per_class=3, image_size=40, defects=Defects(flips=50))

@@ -47,6 +47,9 @@ def test_distributions_and_plain_lists_parse_in_order():
     ({"type": "float", "low": 0, "high": 1, "lg": True}, "unknown: lg"),
     ({"type": "categorical", "choices": []}, "a non-empty list of values"),
     ([[0.5, 1.0]], "single values"),
+    ({"type": "float", "low": 0, "high": 1, "step": 0.5, "grid_points": 3}, "grid_points >= 2 and no step"),
+    ({"type": "float", "low": 0, "high": 1, "grid_points": 1}, "grid_points >= 2 and no step"),
+    ({"type": "float", "low": 0, "high": 1, "grid_points": 2.5}, "grid_points to be an integer"),
     (0.3, "a list of values, or a mapping"),
 ])
 def test_malformed_distributions_name_field_value_and_expectation(spec, expected):
@@ -86,8 +89,18 @@ def test_grid_enumerates_every_combination_first_field_slowest():
     assert grid[0] == {"model.dropout": 0.0, "data.batch_size": 8, "training.momentum": 0.8}
     assert grid[-1] == {"model.dropout": 0.5, "data.batch_size": 16, "training.momentum": 0.9}
     assert len({tuple(p.values()) for p in grid}) == len(grid)
-    with pytest.raises(ConfigError, match="space.training.learning_rate: got .*--sampler grid enumerates"):
+    with pytest.raises(ConfigError, match="space.training.learning_rate: got .*grid_points: N .*--sampler grid"):
         parse_space({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}).grid()
+
+
+def test_float_ranges_with_grid_points_are_gridded_and_still_sampled_whole():
+    space = parse_space({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True,
+                                                    "grid_points": 3},
+                         "model.dropout": {"type": "float", "low": 0.0, "high": 0.3, "grid_points": 4}})
+    assert [p["training.learning_rate"] for p in space.grid()[::4]] == [1e-4, 1e-3, 1e-2]
+    assert [p["model.dropout"] for p in space.grid()[:4]] == [0.0, 0.1, 0.2, 0.3]
+    assert parse_space(space.to_yaml()) == space  # what a study stores reads back the same
+    assert "3 points in a grid" in space.describe()[0]
 
 
 def test_plan_resolves_metric_direction_budget_and_folders(make_config):
@@ -240,4 +253,5 @@ def test_pruners_and_samplers_follow_the_settings(queue_plan, pruner, kind):
     assert type(_pruner(plan)).__name__ == kind
     if pruner == "hyperband":
         assert _pruner(plan)._max_resource == plan.config.training.epochs
-    assert type(_sampler(plan, 0, 0)).__name__ == "TPESampler"
+    sampler = _sampler(plan)
+    assert type(sampler).__name__ == "TrialSeededSampler" and type(sampler.inner).__name__ == "TPESampler"

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate_cmd,
         models_cmd,
         predict_cmd,
+        report_cmd,
         runs_cmd,
         train_cmd,
         tune_cmd,
@@ -37,20 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"plantpheno {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (INFO level)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train_cmd, evaluate_cmd, tune_cmd, predict_cmd, models_cmd, runs_cmd, data_cmd, config_cmd):
+    for module in (train_cmd, evaluate_cmd, report_cmd, tune_cmd, predict_cmd, models_cmd, runs_cmd, data_cmd,
+                   config_cmd):
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:  # MLflow's INFO lines and the run links it writes to stdout: only with -v
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         return int(args.func(args) or 0)
     except PlantPhenoError as exc:
         print(f"plantpheno: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `plantpheno models show X | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:  # a second Ctrl-C during training, or Ctrl-C elsewhere
         print("plantpheno: aborted", file=sys.stderr)
         return 130
@@ -62,3 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = Path(os.fsdecode(exc.filename))
         print(f"plantpheno: error: {storage_error(exc, target, existed=target.exists())}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``key.sub=value`` overrides may stand anywhere, also after the flags
+    (argparse alone takes a positional list only before them)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if overrides and hasattr(args, "overrides"):
+        args.overrides = [*(args.overrides or []), *overrides]
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args

@@ -1,20 +1,34 @@
-"""``plantpheno data synth OUT``: a synthetic demo dataset, drawn procedurally (no download)."""
+"""``plantpheno data synth OUT``: a synthetic demo dataset, drawn procedurally (no download);
+``plantpheno data check CONFIG``: the data checks alone."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from plantpheno.cli.options import integer
+from plantpheno.errors import ConfigError
+
+EXIT_FINDINGS = 1  # plantpheno data check: an error-level finding (2 stays "bad config or data source")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    _register_synth(data_sub)
+    _register_check(data_sub)
+
+
+def _register_synth(data_sub: argparse._SubParsersAction) -> None:
     s = data_sub.add_parser("synth", help="draw a synthetic leaf-disease (or rosette leaf-count) dataset",
                             description="Draw a deterministic synthetic dataset: leaves with class-specific lesions "
                                         "(healthy, leaf_spot, rust, blight) as an image folder, or rosettes "
-                                        "with a leaf count as a CSV manifest (path,value,group).")
+                                        "with a leaf count as a CSV manifest (path,value,group). The --plant-* "
+                                        "options plant known defects (disease kind) for testing the data checks; "
+                                        "then a manifest labels.csv (path,label,split) and defects.json (what "
+                                        "was planted where) are written too.")
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette"), default="disease")
     s.add_argument("--per-class", type=integer(1, 100_000), default=40, help="images per class (disease)")
@@ -24,18 +38,98 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--image-size", type=integer(32, 1024), default=96)
     s.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.add_argument("--plant-duplicates", type=int, default=0, metavar="N",
+                   help="N training images copied byte for byte into the test split")
+    s.add_argument("--plant-near-duplicates", type=int, default=0, metavar="N",
+                   help="N training images re-saved (JPEG quality 75, resized by 0.8) into the test split")
+    s.add_argument("--plant-conflicts", type=int, default=0, metavar="N",
+                   help="N images copied into another class's folder (one picture, two labels)")
+    s.add_argument("--plant-flips", type=int, default=0, metavar="N",
+                   help="N images drawn as one class and saved (labelled) as another")
+    s.add_argument("--plant-background-shortcut", action="store_true",
+                   help="give each class its own kind and tint of background (the border predicts the label)")
     s.set_defaults(func=run_synth)
 
 
-def run_synth(args: argparse.Namespace) -> int:
-    from plantpheno.data.synth import synthesize_disease, synthesize_rosettes
+def _register_check(data_sub: argparse._SubParsersAction) -> None:
+    c = data_sub.add_parser(
+        "check", help="run the data checks of a config (duplicates, leakage, labels, quality, shortcuts)",
+        description="Read the data section of CONFIG as `plantpheno train` would, run the data checks (the same "
+                    "ones train runs first) and print one line per finding: severity, check, what and how many, "
+                    "and the fix. Every finding, with the files involved, goes to data_check.json. Exit status: "
+                    "0 = no error-level finding (clean, or warnings only), 1 = at least one error-level finding, "
+                    "2 = the config or the data source itself is invalid.")
+    c.add_argument("config", nargs="?", type=Path, help="YAML config file")
+    c.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.root=leaves")
+    c.add_argument("--out", type=Path, default=None,
+                   help="where to write the findings (default: OUTPUT_DIR/<experiment>/data_check.json)")
+    c.add_argument("--label-errors", action="store_true",
+                   help="also look for likely label errors with frozen pretrained features (the same as "
+                        "data.checks.label_errors=on; the features are cached for later runs)")
+    c.add_argument("--files", type=int, default=3, metavar="N", help="files shown per finding (default 3; 0 = none)")
+    c.add_argument("--json", action="store_true", help="print the findings as JSON instead of lines")
+    c.add_argument("--list", action="store_true", help="list the check ids (for data.checks.ignore) and exit")
+    c.set_defaults(func=run_check)
 
+
+def run_synth(args: argparse.Namespace) -> int:
+    from plantpheno.data.synth import Defects, synthesize_disease, synthesize_rosettes
+
+    defects = Defects(duplicates=args.plant_duplicates, near_duplicates=args.plant_near_duplicates,
+                      conflicts=args.plant_conflicts, flips=args.plant_flips,
+                      background_shortcut=args.plant_background_shortcut)
     if args.kind == "disease":
         out = synthesize_disease(args.out, per_class=args.per_class, image_size=args.image_size, seed=args.seed,
-                                 overwrite=args.overwrite)
-        print(f"wrote an image-folder dataset to {out} (use data.root={out})")
+                                 overwrite=args.overwrite, defects=defects)
+        if defects.any():
+            print(f"wrote an image-folder dataset with planted defects to {out} (use data.manifest={out}/labels.csv;"
+                  f" what was planted: {out}/defects.json)")
+        else:
+            print(f"wrote an image-folder dataset to {out} (use data.root={out})")
     else:
+        if defects.any():
+            raise ConfigError("--plant-* options work with --kind disease only")
         out = synthesize_rosettes(args.out, plants=args.plants, views_per_plant=args.views,
                                   image_size=args.image_size, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote a leaf-count dataset; manifest {out} (use data.manifest={out} task=regression)")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if args.list:
+        from plantpheno.data.doctor.ids import CHECKS
+
+        for check, what in CHECKS.items():
+            print(f"{check:<32} {what}")
+        return 0
+    if args.config is None:
+        raise ConfigError("give a CONFIG file (the data section says which images to check)")
+    from plantpheno.config import load_config
+    from plantpheno.data.datasets import prepare_data
+    from plantpheno.reporting import ConsoleReporter
+    from plantpheno.rundir import data_check_path
+    from plantpheno.training.data_checks import run_data_checks
+
+    overrides = [*args.overrides, *(["data.checks.label_errors=on"] if args.label_errors else [])]
+    config = load_config(args.config, overrides)
+    # every unreadable file becomes a finding, instead of stopping the check at the first list of them
+    reading = config.model_copy(update={"data": config.data.model_copy(update={"on_bad_image": "skip"})})
+    prepared = prepare_data(reading)
+    report = run_data_checks(prepared, config, reporter=ConsoleReporter())
+    out = args.out or data_check_path(config)
+    report.write(out)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+    else:
+        for finding in report.findings:
+            print(finding.line())
+            for line in finding.file_lines(args.files) if args.files > 0 else []:
+                print(line)
+        reasons: dict[str, list[str]] = {}
+        for check, why in report.skipped.items():
+            if why != "classification only":
+                reasons.setdefault(why, []).append(check)
+        for why, checks in reasons.items():
+            print(f"not run: {', '.join(checks)}: {why}", file=sys.stderr)
+        print(f"{report.headline()}; all findings with their files: {out}")
+    return EXIT_FINDINGS if report.errors else 0

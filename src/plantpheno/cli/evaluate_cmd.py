@@ -17,12 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from plantpheno.evaluation.report import summary_lines
     from plantpheno.pipeline import evaluate_run
     from plantpheno.reporting import ConsoleReporter
     from plantpheno.rundir import RunDir
 
     m = evaluate_run(args.run_dir, split=args.split, device=args.device, reporter=ConsoleReporter())
-    headline = m["headline_metric"]
-    print(f"{args.split} {headline}: {m[headline]:.4f} on {m['num_images']} images")
+    for line in summary_lines(m):
+        print(line)
     print(f"reports: {RunDir(args.run_dir).eval(args.split).path}")
     return 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from plantpheno.cli.options import integer, number
 
-REGISTRY_HELP = ("registry (MLflow) URI; default $PLANTPHENO_REGISTRY_URI, else sqlite:///runs/mlflow.db "
-                 "(for `register`: the run's own MLflow store)")
+REGISTRY_HELP = ("registry (MLflow) URI; default: $PLANTPHENO_REGISTRY_URI, else $MLFLOW_REGISTRY_URI or "
+                 "$MLFLOW_TRACKING_URI, else the project's runs/mlflow.db (found from this folder upwards); "
+                 "for `register`, a run's registry.uri comes first")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     reg.add_argument("--name", required=True)
     reg.add_argument("--alias", default=None, help="also point this alias (e.g. candidate) at the new version")
-    add("list", "list registered models with their latest version and aliases", run_list)
+    reg.add_argument("--force", action="store_true",
+                     help="register even if the run's task or classes differ from NAME's latest version")
+    lst = add("list", "list every registered version with its aliases (newest first)", run_list)
+    lst.add_argument("name", nargs="?", default=None, help="only this model")
+    lst.add_argument("--json", action="store_true", help="one JSON object per version")
     show = add("show", "show a version (NAME, NAME@alias or NAME/VERSION): lineage tags and model card", run_show)
     show.add_argument("ref", metavar="NAME[@alias|/version]")
     promote = add("promote", "point an alias (e.g. champion) at a version", run_promote)
@@ -44,59 +50,85 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
-    """The registry to use; only ``register`` (given ``run_dir``) may create one."""
-    from plantpheno.registry.store import (
-        ModelRegistry,
-        check_registry_exists,
-        default_registry_uri,
-        run_registry_uri,
-    )
+    """The registry this command uses (one rule: registry.location), announced on stderr; only ``register``
+    (given ``run_dir``) may create one: read commands check it exists, so a mistyped path is reported."""
+    from plantpheno.registry.store import ModelRegistry, check_registry_exists, locate_registry
 
-    if run_dir is not None:
+    config = None
+    if run_dir is not None and not args.registry:
         from plantpheno.rundir import RunDir
 
-        return ModelRegistry(args.registry or run_registry_uri(RunDir(run_dir).read_config()))
-    return ModelRegistry(check_registry_exists(args.registry or default_registry_uri()))
+        config = RunDir.of(run_dir).read_config()
+    location = locate_registry(args.registry, config=config)
+    print(location.describe(), file=sys.stderr)
+    return ModelRegistry(location.uri if run_dir is not None else check_registry_exists(location.uri))
 
 
 def run_register(args: argparse.Namespace) -> int:
     registry = _registry(args, run_dir=args.run_dir)
-    info = registry.register(args.run_dir, name=args.name, alias=args.alias)
+    info = registry.register(args.run_dir, name=args.name, alias=args.alias, force=args.force)
     aliases = f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""
     print(f"registered {info.name} version {info.version}{aliases} in {registry.uri}")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
+    import time
+
     from plantpheno.runs import format_table
 
-    rows = [[v.name, v.version, ", ".join(v.aliases) or "-", v.tags.get("task", "-"), v.tags.get("backbone", "-"),
-             next((f"{k[5:]} {val}" for k, val in v.tags.items() if k.startswith("test_")), "-")]
-            for v in _registry(args).list_models()]
-    print(format_table(["model", "latest", "aliases", "task", "backbone", "test"], rows) if rows
-          else "no registered models")
+    versions = _registry(args).list_versions(args.name)
+    if args.json:
+        for v in versions:
+            print(json.dumps({"name": v.name, "version": v.version, "aliases": list(v.aliases), "source": v.source,
+                              "created": v.created, "tags": v.tags}))
+        return 0
+    latest = {v.name for v in versions}
+    rows = []
+    for v in versions:
+        name = v.name if v.name in latest else ""
+        latest.discard(v.name)
+        rows.append([name, v.version, ", ".join(v.aliases) or "-", v.tags.get("task", "-"),
+                     v.tags.get("backbone", "-"), _test_metric(v.tags),
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
+                     Path(v.tags.get("source_run_dir", "-")).name or "-"])
+    print(format_table(["model", "version", "aliases", "task", "backbone", "test", "registered", "run"], rows)
+          if rows else "no registered models" + (f" named {args.name}" if args.name else ""))
     return 0
 
 
-def run_show(args: argparse.Namespace) -> int:
-    import tempfile
+def _test_metric(tags: dict[str, str]) -> str:
+    """The headline test metric with its bootstrap interval (when the version recorded one)."""
+    metrics = sorted(k for k in tags if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high",
+                                                                                    "_confidence")))
+    # the headline metric is the one with an interval
+    key = next((k for k in metrics if f"{k}_ci_low" in tags), metrics[0] if metrics else None)
+    if key is None:
+        return "-"
+    low, high = tags.get(f"{key}_ci_low"), tags.get(f"{key}_ci_high")
+    ci = (f" ({float(tags.get('test_ci_confidence', 0.95)):.0%} CI {float(low):.3g}-{float(high):.3g})"
+          if low is not None and high is not None else "")
+    return f"{key[5:]} {float(tags[key]):.3g}{ci}"
 
+
+def run_show(args: argparse.Namespace) -> int:
+    from plantpheno.registry.package import CARD_FILE
     from plantpheno.registry.refs import parse_ref
 
     registry = _registry(args)
-    ref = parse_ref(args.ref)
-    info = registry.resolve(ref)
+    info = registry.resolve(parse_ref(args.ref))
     print(json.dumps({"name": info.name, "version": info.version, "aliases": list(info.aliases),
                       "source": info.source, "tags": info.tags}, indent=2))
-    with tempfile.TemporaryDirectory() as tmp:
-        package = registry.download(ref, Path(tmp))
-        print((package.folder / "MODEL_CARD.md").read_text(encoding="utf-8"))
+    print(registry.read_file(info, CARD_FILE))
     return 0
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    info = _registry(args).promote(args.name, args.version, args.alias)
-    print(f"{info.name}@{args.alias} -> version {info.version}")
+    registry = _registry(args)
+    before = next((v.version for v in registry.list_versions(args.name) if args.alias in v.aliases), None)
+    info = registry.promote(args.name, args.version, args.alias)
+    moved = f" (was version {before})" if before not in (None, info.version) else ""
+    print(f"{info.name}@{args.alias} -> version {info.version}{moved}")
     return 0
 
 
@@ -120,7 +152,20 @@ def run_export(args: argparse.Namespace) -> int:
     from plantpheno.registry.predict import open_model
 
     with ExitStack() as stack:
-        package = open_model(args.ref, stack, registry_uri=args.registry)
+        package = open_model(args.ref, stack, registry_uri=registry_for(args.ref, args.registry))
         report = export_package(package, args.format, args.out, tolerance=args.tolerance)
     print(report.summary())
     return 0
+
+
+def registry_for(source: str, explicit: str | None) -> str | None:
+    """For a model given as a registry reference (not a run or package folder): the registry, announced."""
+    from plantpheno.registry.predict import is_registry_ref
+
+    if not is_registry_ref(source):
+        return explicit
+    from plantpheno.registry.store import check_registry_exists, locate_registry
+
+    location = locate_registry(explicit)
+    print(location.describe(), file=sys.stderr)
+    return check_registry_exists(location.uri)

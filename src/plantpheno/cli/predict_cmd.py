@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from plantpheno.atomic import atomic_write_text
+from plantpheno.cli import models_cmd
 from plantpheno.cli.options import integer
 
 
@@ -21,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
     p.add_argument("--batch-size", type=integer(1, 65536), default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--registry", default=None, metavar="URI",
-                   help="registry URI; default $PLANTPHENO_REGISTRY_URI, else sqlite:///runs/mlflow.db")
+    p.add_argument("--registry", default=None, metavar="URI", help=models_cmd.REGISTRY_HELP.split("; for `")[0])
     p.set_defaults(func=run)
 
 
@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     paths = collect_images(args.images)
     with ExitStack() as stack:
-        predictor = Predictor(open_model(args.model, stack, registry_uri=args.registry), device=args.device)
+        package = open_model(args.model, stack, registry_uri=models_cmd.registry_for(args.model, args.registry))
+        predictor = Predictor(package, device=args.device)
         results, bad = predictor.predict_files(paths, batch_size=args.batch_size, progress=sys.stderr.isatty())
     write_predictions(predictor, results, bad, args.out)
     if args.out is not None:

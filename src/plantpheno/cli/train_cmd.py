@@ -1,4 +1,5 @@
-"""``plantpheno train CONFIG [key=value ...]`` and ``plantpheno train --resume RUN_DIR``."""
+"""``plantpheno train CONFIG [key=value ...]``, ``plantpheno train --config C --data-path D --output-path O``
+and ``plantpheno train --resume RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -17,16 +18,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it",
                        description="Train a model from a YAML config (plus key.sub=value overrides), evaluate "
                                    "its best checkpoint on the held-out split, and print the run directory. "
-                                   "Under torchrun, every process runs this and they train data-parallel.")
-    p.add_argument("config", nargs="?", type=Path, help="YAML config file")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. training.epochs=5")
+                                   "Under torchrun, every process runs this and they train data-parallel. "
+                                   "`--config C --data-path D --output-path O` is the same as "
+                                   "`C data.root=D output_dir=O` (data.manifest=D for a CSV file).")
+    p.add_argument("config", nargs="?", type=Path, help="YAML config file (or --config)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides, e.g. training.epochs=5 (anywhere on the command line)")
+    p.add_argument("--config", dest="config_option", type=Path, default=None, metavar="CONFIG",
+                   help="YAML config file (the same as the positional CONFIG)")
+    p.add_argument("--data-path", type=Path, default=None, metavar="PATH",
+                   help="the dataset: an image folder (sets data.root) or a CSV manifest (sets data.manifest); "
+                        "replaces the config's data source; key=value overrides still win")
+    p.add_argument("--output-path", type=Path, default=None, metavar="DIR",
+                   help="where runs go (sets output_dir): DIR/<experiment>/<run_name>/")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--nproc", type=integer(1, 1024), default=None, metavar="N",
                    help="launch N data-parallel processes on this machine with torchrun (--standalone)")
     p.set_defaults(func=run)
 
 
+def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Fold ``--config`` into the positional CONFIG (a ``key=value`` there is an override) and check that
+    ``--resume`` comes alone."""
+    overrides = list(args.overrides)
+    config = args.config
+    if args.config_option is not None:
+        if config is not None and "=" in str(config):
+            overrides.insert(0, str(config))
+        elif config is not None:
+            raise ConfigError(f"the config is given twice ({config} and --config {args.config_option}); give one")
+        config = args.config_option
+    if args.resume is not None and (config is not None or overrides or args.data_path or args.output_path):
+        raise ConfigError("--resume RUN_DIR takes no config or overrides (nor --data-path, --output-path): a run "
+                          "resumes with its own config")
+    if args.resume is None and config is None:
+        raise ConfigError("give a CONFIG file (or --config CONFIG, or --resume RUN_DIR)")
+    return argparse.Namespace(**{**vars(args), "config": config, "overrides": overrides})
+
+
 def run(args: argparse.Namespace) -> int:
+    args = resolve_arguments(args)
     if args.nproc is not None:
         return _launch_torchrun(args)
     from plantpheno import pipeline
@@ -38,13 +69,10 @@ def run(args: argparse.Namespace) -> int:
     reporter = ConsoleReporter()
     try:
         if args.resume is not None:
-            if args.config is not None or args.overrides:
-                raise ConfigError("--resume RUN_DIR takes no config or overrides: a run resumes with its own config")
             result = pipeline.resume(args.resume, reporter=reporter)
         else:
-            if args.config is None:
-                raise ConfigError("give a CONFIG file (or --resume RUN_DIR)")
-            result = pipeline.train(load_config(args.config, args.overrides), reporter=reporter)
+            config = load_config(args.config, args.overrides, data_path=args.data_path, output_path=args.output_path)
+            result = pipeline.train(config, reporter=reporter)
     except Interrupted as exc:
         if main_rank:
             print(f"plantpheno: interrupted by {exc.reason} at epoch {exc.state.epoch + 1}, batch {exc.state.batch}; "
@@ -53,12 +81,10 @@ def run(args: argparse.Namespace) -> int:
         return 128 + getattr(signal, str(exc.reason), signal.SIGINT).value
     if not main_rank:
         return 0
-    m = result.metrics
-    headline = m["headline_metric"]
-    ci = m.get("confidence_interval")
-    ci_text = (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})"
-               if ci and ci.get("low") is not None else "")
-    print(f"{m['split']} {headline}: {m[headline]:.4f}{ci_text}")
+    from plantpheno.evaluation.report import summary_lines
+
+    for line in summary_lines(result.metrics):
+        print(line)
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -69,6 +95,11 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "plantpheno", "train"]
-    command += ["--resume", str(args.resume)] if args.resume is not None else [str(args.config), *args.overrides]
+    if args.resume is not None:
+        command += ["--resume", str(args.resume)]
+    else:
+        command += [str(args.config), *args.overrides]
+        command += ["--data-path", str(args.data_path)] if args.data_path is not None else []
+        command += ["--output-path", str(args.output_path)] if args.output_path is not None else []
     print("plantpheno: running " + " ".join(command[2:]), file=sys.stderr)
     return subprocess.run(command, check=False).returncode

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "SPACE file's tuning: section. Re-running the same command continues the study.")
     p.add_argument("config", type=Path, help="training config (YAML)")
     p.add_argument("space", type=Path, help="tuning file (YAML) with a space: section and optional tuning: section")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="training config overrides")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="training config overrides (anywhere on the command line, also after the flags)")
     p.add_argument("--sampler", choices=("grid", "random", "tpe"), help="default tpe")
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), help="default median")
     p.add_argument("--trials", type=integer(1, 1_000_000), metavar="N",

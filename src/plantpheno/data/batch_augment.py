@@ -2,7 +2,7 @@
 
 The per-sample torchvision pipeline spends ~2.5 ms per 128 px image on rotation, crop and colour jitter,
 most of it Python and per-call overhead; decoding a cached image costs nothing. Here each sample only
-contributes its uint8 pixels (the centre square the evaluation sees, at ``source_size``) and a small
+contributes its uint8 pixels (the square the evaluation sees, at ``source_size``: :func:`make_square`) and a small
 vector of random parameters drawn from its own seed; then one ``grid_sample`` applies every sample's
 crop + rotation + flips in a single resampling, and brightness, contrast, saturation and hue run as
 batched tensor arithmetic. The result is deterministic per sample (it depends on the sample's seed, not
@@ -15,10 +15,11 @@ a batch) and to copy to a GPU.
 
 What differs from the per-sample path (``batched: false``):
 
-* crops are taken inside the centre square of the image (the region the evaluation crop sees); for
-  non-square photos the per-sample path may crop from the sides too;
+* crops are taken inside the square the evaluation sees (with ``data.resize: crop`` its centre square);
+  for non-square photos the per-sample path may crop from the sides too;
 * rotation turns the crop window, and pixels it brings in from outside the image are mirrored
-  (``reflection`` padding), so there are no black corners;
+  (``reflection`` padding), so there are no black corners; with ``data.resize: pad`` or
+  ``data.augment.keep_whole`` they take the letterbox colour instead (mirroring would add leaves);
 * colour jitter is one 3x3 colour matrix and offset per image: brightness, contrast, saturation, then hue
   (torchvision draws a random order per image and clips after each step), with hue turned in YIQ space
   (see :func:`_hue_matrix`). Each of brightness, contrast and saturation alone matches torchvision; all
@@ -75,26 +76,78 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-class BatchAugment:
-    """Draw per-sample parameters (:meth:`params`) and apply them to a uint8 batch (:meth:`__call__`)."""
+def pad_fill(mean: Sequence[float]) -> tuple[int, int, int]:
+    """The letterbox colour: the normalisation mean as 8-bit RGB (about zero once normalised)."""
+    r, g, b = (min(255, max(0, round(255 * float(m)))) for m in mean)
+    return r, g, b
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig) -> None:
+
+def whole_view(content: np.ndarray, angle: np.ndarray, u_area: np.ndarray, u_x: np.ndarray, u_y: np.ndarray,
+               crop_scale: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``data.augment.keep_whole``'s geometry: per sample, the zoom (<= 1) and shift (in units of the square's
+    half-side) that keep a rotated image in view.
+
+    ``content`` (N, 2) holds the image's half-extents inside its square (fractions of the half-side: 1, 1
+    unless letterboxed), ``angle`` the rotation (radians). The zoom is ``sqrt(area)`` with the area drawn from
+    ``crop_scale`` (zooming out as a crop zooms in), shrunk further until the rotated image's bounding box
+    fits; the shift is drawn uniformly from the room left. Every pixel of the image stays in view.
+    """
+    content = np.asarray(content, dtype=np.float64).reshape(-1, 2)
+    cw, ch = content[:, 0], content[:, 1]
+    cos, sin = np.abs(np.cos(angle)), np.abs(np.sin(angle))
+    need_x, need_y = cw * cos + ch * sin, cw * sin + ch * cos  # half-extents of the rotated image
+    low, high = crop_scale
+    zoom = np.minimum(np.sqrt(low + (high - low) * np.asarray(u_area)), 1 / np.maximum(need_x, need_y))
+    tx = (2 * np.asarray(u_x) - 1) * np.maximum(0.0, 1 - zoom * need_x)
+    ty = (2 * np.asarray(u_y) - 1) * np.maximum(0.0, 1 - zoom * need_y)
+    return zoom, tx, ty
+
+
+class BatchAugment:
+    """Draw per-sample parameters (:meth:`params`) and apply them to a uint8 batch (:meth:`__call__`).
+
+    ``resize`` is ``data.resize``: with ``pad`` (and with ``keep_whole``, which zooms out) pixels from outside
+    the source square take the letterbox colour (the normalisation mean) instead of being mirrored: a mirrored
+    leaf would be one more leaf to count."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig,
+                 resize: str = "crop") -> None:
         self.image_size = image_size
         self.augment = augment
+        self.resize = resize
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
         # (pixels / 255 - mean) / std = pixels * scale + shift
         self._scale, self._shift = 1 / (255 * self.std), -self.mean / self.std
+        self.fill = pad_fill(mean)
+        self._fill = torch.tensor(self.fill, dtype=torch.float32).view(1, 3, 1, 1)
+        self._fill_outside = resize == "pad" or augment.keep_whole
 
-    def params(self, seeds: Sequence[int] | np.ndarray) -> np.ndarray:
+    def params(self, seeds: Sequence[int] | np.ndarray, content: np.ndarray | None = None) -> np.ndarray:
         """Each sample's parameters from its seed alone: a float64 (N, :data:`NUM_PARAMS`) array. Row i depends
         only on ``seeds[i]`` (its random numbers are a hash of the seed and a counter, :func:`uniforms`), and
-        the whole batch is drawn in a few array operations: 4 instead of 17 us an image."""
+        the whole batch is drawn in a few array operations: 4 instead of 17 us an image. ``content`` (N, 2):
+        each image's half-extents in its square (:func:`make_square`; default: the whole square), which
+        ``keep_whole`` keeps in view."""
         a = self.augment
         u = uniforms(seeds, _DRAWS)
         n = len(u)
         p = np.zeros((n, NUM_PARAMS))
-        low, high = a.crop_scale
+        p[:, _ANGLE] = np.radians(a.rotation * (2 * u[:, _U_ANGLE] - 1))
+        p[:, _HFLIP] = u[:, _U_HFLIP] < a.hflip
+        p[:, _VFLIP] = u[:, _U_VFLIP] < a.vflip
+        if a.keep_whole:
+            self._whole_view(p, u, np.ones((n, 2)) if content is None else content)
+        else:
+            self._crop(p, u)
+        c = a.color_jitter
+        p[:, [_BRIGHT, _CONTRAST, _SAT]] = max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[:, _U_COLOUR]
+        p[:, _HUE] = a.hue * (2 * u[:, _U_HUE] - 1)
+        return p
+
+    def _crop(self, p: np.ndarray, u: np.ndarray) -> None:
+        n = len(u)
+        low, high = self.augment.crop_scale
         w = h = np.ones(n)  # crop size as fractions of the source square's side
         if (low, high) != (1.0, 1.0):  # RandomResizedCrop: area fraction and log aspect ratio, 10 tries
             area = low + (high - low) * u[:, _U_AREA]
@@ -108,13 +161,18 @@ class BatchAugment:
         x0, y0 = u[:, _U_X] * (1 - w), u[:, _U_Y] * (1 - h)
         # grid_sample coordinates run from -1 to 1 across the source: centre and half-extent of the crop
         p[:, _CX], p[:, _CY], p[:, _SX], p[:, _SY] = 2 * x0 + w - 1, 2 * y0 + h - 1, w, h
-        p[:, _ANGLE] = np.radians(a.rotation * (2 * u[:, _U_ANGLE] - 1))
-        p[:, _HFLIP] = u[:, _U_HFLIP] < a.hflip
-        p[:, _VFLIP] = u[:, _U_VFLIP] < a.vflip
-        c = a.color_jitter
-        p[:, [_BRIGHT, _CONTRAST, _SAT]] = max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[:, _U_COLOUR]
-        p[:, _HUE] = a.hue * (2 * u[:, _U_HUE] - 1)
-        return p
+
+    def _whole_view(self, p: np.ndarray, u: np.ndarray, content: np.ndarray) -> None:
+        angle = p[:, _ANGLE]
+        zoom, tx, ty = whole_view(content, angle, u[:, _U_AREA.start], u[:, _U_X], u[:, _U_Y],
+                                  self.augment.crop_scale)
+        dx, dy = 1 - 2 * p[:, _HFLIP], 1 - 2 * p[:, _VFLIP]
+        cos, sin = np.cos(angle), np.sin(angle)
+        # an output point o shows the source point R D (o - t) / zoom (R the rotation, D the flips, t the
+        # shift): the window's half-extent is 1 / zoom and its centre -R D t / zoom
+        p[:, _SX] = p[:, _SY] = 1 / zoom
+        p[:, _CX] = -(cos * dx * tx - sin * dy * ty) / zoom
+        p[:, _CY] = -(sin * dx * tx + cos * dy * ty) / zoom
 
     def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """``images`` (N, 3, S, S) uint8 and ``params`` (N, NUM_PARAMS) -> normalised float (N, 3, size, size)."""
@@ -153,8 +211,11 @@ class BatchAugment:
         identity = bool((theta - _IDENTITY.to(x.device)).abs().max() < 1e-12) and x.shape[-1] == size
         if identity:
             return x
-        return F.grid_sample(x, affine_grid(theta, size), mode="bilinear", padding_mode="reflection",
-                             align_corners=False)
+        grid = affine_grid(theta, size)
+        if not self._fill_outside:
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        fill = self._fill.to(x.device)  # zeros padding around (x - fill): the fill colour outside the source
+        return F.grid_sample(x.sub_(fill), grid, mode="bilinear", padding_mode="zeros", align_corners=False).add_(fill)
 
     def _colour(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Brightness, contrast, saturation and hue of 0..255 images folded into one 3x3 matrix and offset per
@@ -222,6 +283,30 @@ def center_square(image: np.ndarray, side: int) -> np.ndarray:
     return square
 
 
+def make_square(image: np.ndarray, side: int, resize: str, fill: Sequence[int]
+                ) -> tuple[np.ndarray, tuple[float, float]]:
+    """The (side, side, 3) uint8 square a training image contributes under ``data.resize`` and its content's
+    half-extents in it (see :meth:`BatchAugment.params`): the centre square (``crop``), the whole image letterboxed
+    with ``fill`` (``pad``), or stretched (``stretch``). The cache stores images at that size already; others are
+    resized here (slow: a PIL resize per image)."""
+    if resize == "crop":
+        return center_square(image, side), (1.0, 1.0)
+    height, width = image.shape[:2]
+    if resize == "stretch":
+        if (height, width) != (side, side):
+            image = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR))
+        return image, (1.0, 1.0)
+    if max(height, width) != side:
+        long = max(height, width)
+        width, height = max(1, int(side * width / long)), max(1, int(side * height / long))
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+    square = np.empty((side, side, 3), dtype=np.uint8)
+    square[:] = np.asarray(fill, dtype=np.uint8)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top:top + height, left:left + width] = image
+    return square, (width / side, height / side)
+
+
 class Pending(NamedTuple):
     """A batch whose augmentation runs later, on the training device: uint8 pixels and per-sample params."""
 
@@ -230,12 +315,13 @@ class Pending(NamedTuple):
 
 
 def augment_batch(augment: BatchAugment, squares: Sequence[np.ndarray], seeds: Sequence[int], *,
-                  defer: bool = False) -> torch.Tensor | Pending:
-    """Stack (S, S, 3) uint8 squares and augment them with each sample's parameters; with ``defer``, return
-    them as :class:`Pending` for :func:`to_device` to augment on the training device (4x fewer bytes cross
-    from the workers, and the GPU does the arithmetic)."""
+                  defer: bool = False, content: np.ndarray | None = None) -> torch.Tensor | Pending:
+    """Stack (S, S, 3) uint8 squares and augment them with each sample's parameters (``content``: their images'
+    half-extents, from :func:`make_square`); with ``defer``, return them as :class:`Pending` for
+    :func:`to_device` to augment on the training device (4x fewer bytes cross from the workers, and the GPU does
+    the arithmetic)."""
     pixels = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2)  # a copy: squares may be read-only views
-    params = torch.from_numpy(augment.params(seeds))
+    params = torch.from_numpy(augment.params(seeds, content))
     if defer:
         return Pending(pixels.contiguous(), params)
     shape = (len(squares), 3, augment.image_size, augment.image_size)

@@ -8,10 +8,11 @@ afresh every epoch from each sample's seed.
 
 What is stored, per split (see :func:`cache_spec`):
 
-* val/test, and training without a random resized crop: exactly what ``Resize(image_size)`` makes
-  (shorter side = ``image_size``, aspect kept). Evaluation therefore sees the very same pixels with
-  and without a cache (``Resize`` leaves an image that already has that size untouched).
-* training with a random resized crop: shorter side = ``ceil(1.15 * image_size)``, so crops of 60-100 %
+* val/test, and training without a random resized crop: exactly what the evaluation's resize makes
+  (``data.resize``: ``crop`` shorter side = ``image_size``, aspect kept; ``pad`` longer side = ``image_size``,
+  aspect kept, the letterbox added later; ``stretch`` ``image_size`` square). Evaluation therefore sees the
+  very same pixels with and without a cache (the resize leaves an image that already has that size untouched).
+* training with a random resized crop: that side = ``ceil(1.15 * image_size)``, so crops of 60-100 %
   of the image are resampled from a little more than the output resolution. Smaller images are enlarged
   to it once here, so that every training square has the same side and a batch stacks without resizing
   (format 1 kept them small and the batched augmentation resized each one every epoch: 0.43 ms per
@@ -24,21 +25,22 @@ All images of a split live in one flat uint8 buffer (variable sizes, one offset 
   each worker would get a copy: use ``disk`` there.
 * ``disk``: ``OUTPUT_DIR/.cache/<key>.u8`` memory-mapped read-only by every process (the OS page
   cache shares it), with ``<key>.json`` describing it. The key hashes the dataset fingerprint
-  (file contents), the image paths, the resize settings and the PIL/torchvision versions, so a
-  changed image, split or ``image_size`` never reads a stale cache. Both files are written
+  (file contents), the image paths, the resize settings (size and ``data.resize``) and the PIL/torchvision
+  versions, so a changed image, split, ``image_size`` or resize mode never reads a stale cache. Both files are written
   atomically, the index last: a crash leaves no cache that looks complete. Old caches are not
   deleted automatically: remove ``OUTPUT_DIR/.cache`` to reclaim the space.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,7 @@ from plantpheno.atomic import atomic_open, atomic_write_text
 from plantpheno.config import DataConfig
 from plantpheno.data.images import load_rgb
 from plantpheno.errors import DataError
+from plantpheno.reporting import Progress, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -62,38 +65,59 @@ _WRITE_CHUNK = 256  # images decoded in RAM before being appended to a disk cach
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """How cached images are sized: shorter side ``short_side`` (aspect kept; larger and smaller images alike)."""
+    """How cached images are sized, by ``data.resize``: ``crop`` keeps the aspect with the shorter side at
+    ``side``; ``pad`` keeps it with the longer side at ``side`` (the letterbox is added when a square is made,
+    not stored); ``stretch`` stores ``side`` x ``side``. Larger and smaller images alike."""
 
-    short_side: int
+    side: int
+    resize: str = "crop"
 
 
 def cache_spec(data: DataConfig, *, train: bool) -> CacheSpec:
-    """The stored size for a split: the eval resize, or a 15 % margin for random-crop training."""
+    """The stored size for a split: the eval resize, or a 15 % margin for random-crop training (a
+    ``keep_whole`` augmentation zooms out, never in: it needs no margin)."""
     augment = data.augment
-    random_crop = train and augment.enabled and tuple(augment.crop_scale) != (1.0, 1.0)
+    random_crop = (train and augment.enabled and tuple(augment.crop_scale) != (1.0, 1.0)
+                   and not augment.keep_whole)
     if random_crop:
-        return CacheSpec(math.ceil(data.image_size * TRAIN_MARGIN))
-    return CacheSpec(data.image_size)
+        return CacheSpec(math.ceil(data.image_size * TRAIN_MARGIN), data.resize)
+    return CacheSpec(data.image_size, data.resize)
 
 
 def resized_shape(width: int, height: int, spec: CacheSpec) -> tuple[int, int]:
-    """(height, width) after the cache's resize; torchvision's rule for ``Resize(int)``."""
+    """(height, width) after the cache's resize: torchvision's rule for ``Resize(int)`` (crop), for
+    ``Resize(None, max_size=side)`` (pad), or ``(side, side)`` (stretch)."""
+    if spec.resize == "stretch":
+        return spec.side, spec.side
     short, long = (width, height) if width <= height else (height, width)
-    if short == spec.short_side:
-        return height, width
-    new_short, new_long = spec.short_side, int(spec.short_side * long / short)
+    if spec.resize == "pad":
+        if long == spec.side:
+            return height, width
+        new_long, new_short = spec.side, max(1, int(spec.side * short / long))
+    else:
+        if short == spec.side:
+            return height, width
+        new_short, new_long = spec.side, int(spec.side * long / short)
     return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def resize_image(image: Image.Image, spec: CacheSpec) -> Image.Image:
+    """``image`` resized as ``spec`` says (the same image when it already has that size): the first,
+    deterministic step of the evaluation transform, with torchvision's own resize."""
+    from torchvision.transforms.v2 import functional as F  # same implementation as the transforms' Resize
+
+    height, width = resized_shape(image.width, image.height, spec)
+    if (height, width) == (image.height, image.width):
+        return image
+    size = [spec.side] if spec.resize == "crop" else [height, width]
+    return F.resize(image, size, antialias=True)
 
 
 def decode_resized(path: Path, spec: CacheSpec) -> np.ndarray:
     """Decode ``path`` to 8-bit RGB and resize it as the cache stores it: an (H, W, 3) uint8 array."""
-    from torchvision.transforms.v2 import functional as F  # same implementation as the transforms' Resize
-
-    image = load_rgb(path, min_side=spec.short_side)  # a large JPEG decodes at a reduced scale (draft mode)
-    height, width = resized_shape(image.width, image.height, spec)
-    if (height, width) != (image.height, image.width):
-        image = F.resize(image, [spec.short_side], antialias=True)
-    return np.asarray(image, dtype=np.uint8)
+    # a large JPEG decodes at a reduced scale (draft mode) that keeps the shorter side >= spec.side, enough for
+    # every resize mode (crop and stretch need it; pad, whose longer side goes to spec.side, needs less)
+    return np.asarray(resize_image(load_rgb(path, min_side=spec.side), spec), dtype=np.uint8)
 
 
 def _planned_shape(path: Path, spec: CacheSpec) -> tuple[int, int]:
@@ -166,18 +190,21 @@ def shared_buffer(nbytes: int) -> np.ndarray:
 
 
 def build_image_cache(paths: Sequence[Path], spec: CacheSpec, *, mode: str, fingerprint: str,
-                      directory: Path | None = None, workers: int | None = None) -> ImageCache:
+                      directory: Path | None = None, workers: int | None = None,
+                      reporter: Reporter | None = None, desc: str = "caching images") -> ImageCache:
     """Decode and resize ``paths`` once into an :class:`ImageCache` (``mode``: ``memory`` or ``disk``).
 
     ``fingerprint`` must change whenever the images' contents change (the dataset fingerprint);
-    ``disk`` needs ``directory`` and reuses a complete cache there whose key matches.
+    ``disk`` needs ``directory`` and reuses a complete cache there whose key matches. ``reporter`` shows the
+    decoding's progress (``desc``).
     """
     paths = [Path(p) for p in paths]
     if mode == "memory":
         shapes = _plan(paths, spec, workers)
         pixels = shared_buffer(int((shapes[:, 0] * shapes[:, 1] * 3).sum()))
         cache = ImageCache(shapes, pixels=pixels)
-        _fill(pixels, cache, paths, spec, workers)
+        with _progress(reporter, len(paths), desc) as bar:
+            _fill(pixels, cache, paths, spec, workers, bar=bar)
         return cache
     if mode != "disk" or directory is None:
         raise ValueError(f"build_image_cache: mode must be 'memory' or 'disk' (with a directory), got {mode!r}")
@@ -186,7 +213,18 @@ def build_image_cache(paths: Sequence[Path], spec: CacheSpec, *, mode: str, fing
     if cached is not None:
         log.info("image cache: reusing %s (%d images)", cached.path, len(cached))
         return cached
-    return _write_disk_cache(directory, key, paths, spec, workers)
+    with _progress(reporter, len(paths), desc) as bar:
+        return _write_disk_cache(directory, key, paths, spec, workers, bar)
+
+
+@contextlib.contextmanager
+def _progress(reporter: Reporter | None, total: int, desc: str) -> Iterator[Progress | None]:
+    bar = reporter.progress(total=total, desc=desc, unit="img") if reporter is not None else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def cache_key(paths: Sequence[Path], spec: CacheSpec, fingerprint: str) -> str:
@@ -194,9 +232,11 @@ def cache_key(paths: Sequence[Path], spec: CacheSpec, fingerprint: str) -> str:
     import PIL
     import torchvision
 
-    material = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "short_side": spec.short_side,
+    material = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "short_side": spec.side,
                 "pil": PIL.__version__, "torchvision": torchvision.__version__,
                 "paths": [str(Path(p).resolve()) for p in paths]}
+    if spec.resize != "crop":  # crop-mode keys stay as they were: existing caches remain valid
+        material["resize"] = spec.resize
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -212,7 +252,7 @@ def _plan(paths: list[Path], spec: CacheSpec, workers: int | None) -> np.ndarray
 
 
 def _fill(buffer: np.ndarray, cache: ImageCache, paths: list[Path], spec: CacheSpec, workers: int | None,
-          indices: range | None = None) -> None:
+          indices: range | None = None, bar: Progress | None = None) -> None:
     """Decode images ``indices`` (default: all) into ``buffer``, which starts at the first one's offset.
 
     Threads, because decoding and resizing release the GIL.
@@ -231,7 +271,9 @@ def _fill(buffer: np.ndarray, cache: ImageCache, paths: list[Path], spec: CacheS
         buffer[cache.offsets[index] - base:cache.offsets[index + 1] - base] = pixels.reshape(-1)
 
     with ThreadPoolExecutor(max_workers=_threads(workers)) as pool:
-        list(pool.map(fill_one, indices))
+        for _ in pool.map(fill_one, indices):
+            if bar is not None:
+                bar.update(1)
 
 
 def _threads(workers: int | None) -> int:
@@ -253,7 +295,7 @@ def _open_disk_cache(directory: Path, key: str, count: int) -> ImageCache | None
 
 
 def _write_disk_cache(directory: Path, key: str, paths: list[Path], spec: CacheSpec,
-                      workers: int | None) -> ImageCache:
+                      workers: int | None, bar: Progress | None = None) -> ImageCache:
     shapes = _plan(paths, spec, workers)
     data_path = directory / f"{key}.u8"
     cache = ImageCache(shapes, path=data_path)
@@ -262,18 +304,19 @@ def _write_disk_cache(directory: Path, key: str, paths: list[Path], spec: CacheS
         for start in range(0, len(paths), _WRITE_CHUNK):
             chunk = range(start, min(start + _WRITE_CHUNK, len(paths)))
             buffer = np.empty(int(cache.offsets[chunk.stop] - cache.offsets[chunk.start]), dtype=np.uint8)
-            _fill(buffer, cache, paths, spec, workers, chunk)
+            _fill(buffer, cache, paths, spec, workers, chunk, bar)
             fh.write(buffer.data)
-    index = {"format": FORMAT_VERSION, "key": key, "short_side": spec.short_side,
+    index = {"format": FORMAT_VERSION, "key": key, "side": spec.side, "resize": spec.resize,
              "count": len(paths), "nbytes": cache.nbytes, "shapes": shapes.tolist()}
     atomic_write_text(directory / f"{key}.json", json.dumps(index) + "\n")  # last: marks the cache complete
     return cache
 
 
 def split_cache(paths: Sequence[Path], data: DataConfig, *, train: bool, fingerprint: str,
-                output_dir: Path) -> ImageCache | None:
+                output_dir: Path, reporter: Reporter | None = None, split: str = "") -> ImageCache | None:
     """The cache ``data.cache`` asks for, for one split's images; None for ``none``."""
     if data.cache == "none" or not paths:
         return None
     return build_image_cache(paths, cache_spec(data, train=train), mode=data.cache, fingerprint=fingerprint,
-                             directory=output_dir / CACHE_DIR)
+                             directory=output_dir / CACHE_DIR, reporter=reporter,
+                             desc=f"caching {split} images".replace("  ", " "))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
@@ -30,14 +31,16 @@ from plantpheno.data.batch_augment import (
     BatchFinish,
     Pending,
     augment_batch,
-    center_square,
+    make_square,
 )
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
+from plantpheno.data.doctor.pixels import ImageStats
 from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, links_outside, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
 from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.errors import DataError
+from plantpheno.reporting import Reporter
 from plantpheno.rundir import RunDir
 
 IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files already checked (size, mtime, hash)
@@ -45,13 +48,15 @@ IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files alread
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Checked samples per split, class names, fingerprint, and the files that were skipped."""
+    """Checked samples per split, class names, fingerprint, the files that were skipped, and the pixel measures
+    of each image (for the data checks)."""
 
     task: str
     splits: dict[str, list[Sample]]
     class_names: list[str] | None
     fingerprint: str
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    stats: dict[Path, ImageStats] = field(default_factory=dict)
     # symlinked class folders or images of a folder dataset that lead outside data.root: (link, target)
     links_outside_root: list[tuple[Path, Path]] = field(default_factory=list)
     links_policy: str = "follow"
@@ -63,6 +68,10 @@ class PreparedData:
         index = {name: i for i, name in enumerate(self.class_names)}
         return [index[str(s.target)] for s in self.splits[split]]
 
+    def counts(self) -> bool:
+        """Whether the trait is a count: every training value a whole number."""
+        return self.class_names is None and all(float(v).is_integer() for v in self.targets("train"))
+
     def target_stats(self) -> tuple[float, float]:
         """Mean and std of the training targets (regression outputs are learned standardised)."""
         values = torch.tensor(self.targets("train"), dtype=torch.float64)
@@ -70,11 +79,13 @@ class PreparedData:
         return float(values.mean()), std if std > 0 else 1.0
 
 
-def prepare_data(config: Config, *, manifest_override: Path | None = None) -> PreparedData:
+def prepare_data(config: Config, *, manifest_override: Path | None = None,
+                 reporter: Reporter | None = None) -> PreparedData:
     """Read the dataset, check every image, split it, fingerprint it.
 
     ``manifest_override`` (a run's saved ``split.csv``) replaces the configured source, so a
-    resumed or re-evaluated run sees exactly the images and split it was trained with.
+    resumed or re-evaluated run sees exactly the images and split it was trained with. ``reporter`` shows
+    the image check's progress.
     """
     data = config.data
     links: list[tuple[Path, Path]] = []
@@ -86,9 +97,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
         samples, links = _apply_link_policy(samples, data.root, data.links_outside_root)
-    samples, bad, fingerprint = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                       memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO,
-                                       max_pixels=data.max_image_pixels)
+    samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
+                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO,
+                                              max_pixels=data.max_image_pixels, reporter=reporter)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -101,7 +112,8 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None) -> Pr
     class_names = class_names_of(samples) if config.task == "classification" else None
     if class_names is not None and len(class_names) < 2:
         raise DataError(f"classification needs at least 2 classes, found {class_names}")
-    return PreparedData(config.task, splits, class_names, fingerprint, bad, links, data.links_outside_root)
+    return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
+                        links_policy=data.links_outside_root)
 
 
 def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[list[Sample], list[tuple[Path, Path]]]:
@@ -122,9 +134,10 @@ def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[
     return kept, links
 
 
-def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None,
-           max_pixels: int | None = None) -> tuple[list[Sample], list[tuple[Path, str]], str]:
-    checks = check_images([s.path for s in samples], memo=memo,
+def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, max_pixels: int | None = None,
+           reporter: Reporter | None = None
+           ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
+    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter,
                           **({"max_pixels": max_pixels} if max_pixels is not None else {}))
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
@@ -141,7 +154,8 @@ def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None,
     lines = sorted(f"{s.path.relative_to(base).as_posix()}\t{s.target}\t{sha}" for s, sha in good)
     # file names that are not UTF-8 hash as their bytes (surrogateescape), so every name can be fingerprinted
     fingerprint = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
-    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint
+    stats = {c.path: c.stats for c in checks if c.stats is not None}
+    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats
 
 
 def write_data_files(prepared: PreparedData, run: RunDir) -> None:
@@ -197,11 +211,14 @@ class ImageDataset(Dataset):
         if self.batched is None:
             return [self[item] for item in items]
         batched, spec = self.batched, self.batched.spec
-        squares = []
+        squares, content = [], []
         for index, _ in items:
             pixels = self.cache.array(index) if self.cache is not None else decode_resized(self.paths[index], spec)
-            squares.append(center_square(pixels, spec.short_side))
-        images = augment_batch(batched.augment, squares, [seed for _, seed in items], defer=batched.on_device)
+            square, extent = make_square(pixels, spec.side, spec.resize, batched.augment.fill)
+            squares.append(square)
+            content.append(extent)
+        images = augment_batch(batched.augment, squares, [seed for _, seed in items], defer=batched.on_device,
+                               content=np.array(content))
         return _Batch((images, self.targets[torch.tensor([index for index, _ in items])]))
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,10 +324,53 @@ class Loaders(Mapping[str, DataLoader]):
         """These loaders with some splits' loaders replaced (and their finishing step, if given)."""
         return Loaders({**self.by_split, **loaders}, self.finish if finish is None else finish)
 
+    def on_device(self, split: str, device: torch.device, *,
+                  memory_format: torch.memory_format = torch.contiguous_format
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``split`` on ``device``, finished (:attr:`finish`): ``(images, targets)``.
+
+        On CUDA the next batch is copied from pinned memory and finished (normalised, or augmented on the device)
+        on a side stream while the current step runs on the default stream, which waits for it only when it
+        takes that batch. Elsewhere each batch is moved when it is taken: the order and content are the same.
+        """
+        loader = self.by_split[split]
+        if device.type != "cuda":
+            for images, targets in loader:
+                yield self.finish(images, device, memory_format=memory_format), targets.to(device, non_blocking=True)
+            return
+        yield from _prefetched(loader, self.finish, device, memory_format)
+
+
+def _prefetched(loader: DataLoader, finish: BatchFinish, device: torch.device, memory_format: torch.memory_format
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """CUDA only: batch i + 1's copy and finishing step queued on a side stream before batch i is handed out."""
+    side = torch.cuda.Stream(device)
+    main = torch.cuda.current_stream(device)
+
+    def issue(batch: tuple[Any, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        side.wait_stream(main)  # buffers the main stream freed may be reused here only once it is done with them
+        with torch.cuda.stream(side):
+            return (finish(batch[0], device, memory_format=memory_format),
+                    batch[1].to(device, non_blocking=True))
+
+    batches = iter(loader)
+    ahead = next(batches, None)
+    queued = issue(ahead) if ahead is not None else None
+    while queued is not None:
+        main.wait_stream(side)
+        images, targets = queued
+        # allocated on the side stream, used on the main one: keep the allocator from reusing them too early
+        images.record_stream(main)
+        targets.record_stream(main)
+        ahead = next(batches, None)
+        queued = issue(ahead) if ahead is not None else None
+        yield images, targets
+
 
 def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
                   pin_memory: bool = False, rank: int = 0, world: int = 1,
-                  splits: Sequence[str] = SPLITS, device_type: str = "cpu") -> Loaders:
+                  splits: Sequence[str] = SPLITS, device_type: str = "cpu",
+                  reporter: Reporter | None = None) -> Loaders:
     """A shuffled, augmented train loader and sequential val/test loaders (of ``splits``: only those are
     built, and only their image caches filled), with their finishing step.
 
@@ -324,21 +384,21 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
     finish = BatchFinish()
     for name in splits:
         is_train = name == "train"
-        transform = (train_transform(data.image_size, mean, std, data.augment) if is_train
-                     else eval_transform(data.image_size, mean, std))
+        transform = (train_transform(data.image_size, mean, std, data.augment, data.resize) if is_train
+                     else eval_transform(data.image_size, mean, std, data.resize))
         targets = prepared.targets(name)
         paths = [s.path for s in prepared.splits[name]]
         # filled here, before the workers start, so forked workers share one copy of the pixels
         cache = split_cache(paths, data, train=is_train, fingerprint=prepared.fingerprint,
-                            output_dir=config.output_dir)
+                            output_dir=config.output_dir, reporter=reporter, split=name)
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
             on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")
-            batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment),
+            batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment, data.resize),
                                           cache_spec(data, train=True), on_device)
             finish = BatchFinish(batched.augment)
         dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched,
-                               min_side=cache_spec(data, train=is_train).short_side)
+                               min_side=cache_spec(data, train=is_train).side)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
         sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights, **shard)

@@ -14,13 +14,17 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from plantpheno.errors import DataError
+from plantpheno.data.doctor.pixels import QUALITY_SIDE, ImageStats, image_stats
+from plantpheno.reporting import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +80,20 @@ def open_image(source: str | os.PathLike[str] | io.BytesIO, *, max_pixels: int |
     if max_pixels is not None and width * height > max_pixels:
         img.close()
         raise TooLarge(width, height, max_pixels)
-    if min_side is not None and img.format == "JPEG":
-        short, need = min(width, height), DRAFT_MARGIN * min_side
-        if short >= 2 * need:
-            img.draft(None, (max(1, width * need // short), max(1, height * need // short)))
+    if min_side is not None:
+        draft(img, min_side)
     return img
+
+
+def draft(img: Image.Image, min_side: int) -> None:
+    """Set a JPEG to decode at the smallest 1/2, 1/4 or 1/8 scale whose shorter side keeps
+    ``DRAFT_MARGIN * min_side`` pixels (other formats: nothing)."""
+    if img.format != "JPEG":
+        return
+    width, height = img.size
+    short, need = min(width, height), DRAFT_MARGIN * min_side
+    if short >= 2 * need:
+        img.draft(None, (max(1, width * need // short), max(1, height * need // short)))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -124,20 +137,49 @@ def load_rgb(path: str | os.PathLike[str], *, min_side: int | None = None,
         return to_rgb(img)
 
 
+def rgb_from_bytes(data: bytes) -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, TIFF, ... file contents) as 8-bit RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def rgb_from_array(array: np.ndarray) -> Image.Image:
+    """An image array, channels last, as 8-bit RGB: ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)`` RGB or
+    ``(H, W, 4)`` RGBA (alpha composited on black, as for files). ``uint8`` is taken as is; 16-bit by its range;
+    floats in [0, 1] are scaled by 255 (other floats are read as 0-255)."""
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))) or 0 in arr.shape:
+        raise DataError(f"image array of shape {tuple(arr.shape)}: expected (H, W), (H, W, 1), (H, W, 3) or "
+                        f"(H, W, 4), channels last")
+    if arr.dtype.kind not in "uif" and arr.dtype != np.bool_:
+        raise DataError(f"image array of dtype {arr.dtype}: expected unsigned/signed integers or floats")
+    if arr.dtype != np.uint8:
+        arr = _rescale_to_uint8(arr.astype(np.float64) if arr.dtype == np.bool_ else arr,
+                                sixteen_bit=arr.dtype == np.uint16)
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
 @dataclass(frozen=True)
 class ImageCheck:
-    """Result of checking one file: its content hash, or why it cannot be used."""
+    """Result of checking one file: its content hash and the data checks' measures of its pixels, or why it
+    cannot be used."""
 
     path: Path
     sha256: str | None
     problem: str | None
+    stats: ImageStats | None = None
 
 
 def check_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageCheck:
-    """Read, hash and fully decode one file; report a problem instead of raising.
+    """Read, hash and fully decode one file, and measure its pixels for the data checks (in the same decode);
+    report a problem instead of raising.
 
-    A JPEG is decoded at 1/8 scale: that still reads and entropy-decodes all of its data (so a truncated or
-    corrupt file is caught) at a fraction of the time and memory."""
+    A large JPEG is decoded at a reduced scale (1/2 to 1/8) that keeps at least twice the data checks' working
+    size on its shorter side: that still reads and entropy-decodes all of its data (so a truncated or corrupt
+    file is caught) at a fraction of the time and memory, and the measures see the scale they work at."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -150,29 +192,44 @@ def check_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         return ImageCheck(path, None, "empty file (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with open_image(io.BytesIO(data), max_pixels=max_pixels, min_side=1) as img:
+        with open_image(io.BytesIO(data), max_pixels=max_pixels) as img:
+            size = img.size  # the file's own size, before a reduced-scale decode
+            draft(img, QUALITY_SIDE)
+            decoded = img.size
             img.load()
             rgb = to_rgb(img)
             if rgb.width < 1 or rgb.height < 1:
                 return ImageCheck(path, digest, "image has no pixels")
+            if rgb.size != decoded:  # EXIF orientation turned it a quarter
+                size = size[::-1]
     except TooLarge as exc:
         return ImageCheck(path, digest, str(exc))
     except UnidentifiedImageError:
         return ImageCheck(path, digest, "not an image (format not recognised)")
     except Exception as exc:  # noqa: BLE001 - decoders of corrupt files raise TypeError, struct.error, EOFError ...
         return ImageCheck(path, digest, f"truncated or corrupt image ({str(exc) or type(exc).__name__})")
-    return ImageCheck(path, digest, None)
+    return ImageCheck(path, digest, None, _measure(rgb, path, size))
+
+
+def _measure(rgb: Image.Image, path: Path, size: tuple[int, int]) -> ImageStats | None:
+    """The data checks' measures; a failure there is not the file's fault: the checks go without them."""
+    try:
+        return image_stats(rgb, size=size)
+    except Exception as exc:  # noqa: BLE001 - never turn a good image into a "corrupt" one
+        log.warning("could not measure %s for the data checks: %s", path, exc)
+        return None
 
 
 def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Path | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[ImageCheck]:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, reporter: Reporter | None = None) -> list[ImageCheck]:
     """Check many files in parallel threads (decoding releases the GIL); results keep input order.
 
     With ``memo`` (a JSON file), a file that passed before and still has the same size and modification
-    time (ns) is not decoded again: its recorded hash is reused, and newly passed files are added. Files
-    with a problem are always checked afresh, and so is every file when the memo was written under a
-    higher ``max_pixels``. Like make or rsync, this trusts size + mtime; delete the memo file to force a
-    full re-check.
+    time (ns) is not decoded again: its recorded hash and pixel measures are reused (a file recorded without
+    measures of the current version is decoded again), and newly passed files are added. Files with a problem
+    are always checked afresh, and so is every file when the memo was written under a higher ``max_pixels``.
+    Like make or rsync, this trusts size + mtime; delete the memo file to force a full re-check. ``reporter``
+    shows the progress of the files decoded.
     """
     allow_pixels(max_pixels)
     known = _read_memo(memo, max_pixels) if memo is not None else {}
@@ -187,29 +244,38 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
             continue
         stats[i] = (st.st_size, st.st_mtime_ns)
         hit = known.get(str(path.absolute()))
-        if hit is not None and (hit[0], hit[1]) == stats[i]:
-            results[i] = ImageCheck(path, hit[2], None)
+        measured = ImageStats.from_json(hit[3]) if hit is not None and len(hit) > 3 else None
+        if hit is not None and (hit[0], hit[1]) == stats[i] and measured is not None:
+            results[i] = ImageCheck(path, hit[2], None, measured)
         else:
             todo.append(i)
+    bar = reporter.progress(total=len(todo), desc="checking images", unit="img") if reporter and todo else None
     for i, check in zip(todo, _check_all([paths[i] for i in todo], workers, max_pixels)):
         results[i] = check
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if memo is not None and todo:
         for i in todo:
             check = results[i]
             if check is not None and check.problem is None and i in stats:
-                known[str(paths[i].absolute())] = [*stats[i], check.sha256]
+                known[str(paths[i].absolute())] = [*stats[i], check.sha256,
+                                                   check.stats.to_json() if check.stats else None]
         _write_memo(memo, known, max_pixels)
     assert all(r is not None for r in results)  # each path came from the memo or was checked
     return results  # type: ignore[return-value]
 
 
-def _check_all(paths: Sequence[Path], workers: int | None, max_pixels: int | None) -> list[ImageCheck]:
+def _check_all(paths: Sequence[Path], workers: int | None, max_pixels: int | None) -> Iterator[ImageCheck]:
+    """The checks in input order, as each is done (a progress bar can follow them)."""
     workers = workers or min(8, os.cpu_count() or 1)
     check = functools.partial(check_image, max_pixels=max_pixels)
     if len(paths) < 64 or workers == 1:
-        return [check(p) for p in paths]
+        yield from (check(p) for p in paths)
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(check, paths, chunksize=32))
+        yield from pool.map(check, paths, chunksize=32)
 
 
 def _read_memo(path: Path, max_pixels: int | None) -> dict[str, list]:

@@ -11,9 +11,11 @@ with LANCZOS for anti-aliasing.
 from __future__ import annotations
 
 import functools
+import io
+import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,12 @@ from plantpheno.errors import DataError
 DISEASE_CLASSES: tuple[str, ...] = ("healthy", "leaf_spot", "rust", "blight")
 
 _JPEG_QUALITY = 92
-_TAG_DISEASE, _TAG_PLANT, _TAG_VIEW = 1, 2, 3
+_TAG_DISEASE, _TAG_PLANT, _TAG_VIEW, _TAG_DEFECTS = 1, 2, 3, 4
+_CLASS_NAMES = "|".join(DISEASE_CLASSES)
 # Relative paths each generator writes; with overwrite=True, anything else in out_dir is refused.
-_DISEASE_PATHS = re.compile(rf"(?P<c>{'|'.join(DISEASE_CLASSES)})(/(?P=c)_\d{{4,}}\.jpg)?")
+_DISEASE_PATHS = re.compile(rf"(?P<c>{_CLASS_NAMES})(/(?P=c)_\d{{4,}}(_dup|_near)?\.jpg"
+                            rf"|/({_CLASS_NAMES})_\d{{4,}}_(conflict|flip)\.jpg)?"
+                            r"|labels\.csv|defects\.json|\.(labels\.csv|defects\.json)\..+\.tmp")
 _ROSETTE_PATHS = re.compile(r"images(/plant\d{3,}_view\d+\.jpg)?|labels\.csv|\.labels\.csv\..+\.tmp")
 _BACKGROUNDS = (  # (brightness, G/R ratio, B/R ratio, texture, grain): soil, paper, dark cloth
     ((85, 125), (0.78, 0.85), (0.62, 0.70), 0.12, 9.0),
@@ -39,27 +44,134 @@ _Array = npt.NDArray[np.float32]  # masks (H, W) in 0..1, images (H, W, 3) in 0.
 _Paints = list[tuple[_Array, npt.NDArray[np.float64]]]  # (alpha mask, RGB colour), painted in order
 
 
+@dataclass(frozen=True)
+class Defects:
+    """Known defects to plant in a synthetic disease dataset, so the data checks can be measured on them.
+
+    ``duplicates``: training images copied byte for byte into the test split; ``near_duplicates``: training
+    images re-saved smaller (x0.8) at JPEG quality 80 into the test split; ``conflicts``: images copied into
+    another class's folder; ``flips``: images drawn as one class and saved (labelled) as another;
+    ``background_shortcut``: each class gets its own kind and tint of background."""
+
+    duplicates: int = 0
+    near_duplicates: int = 0
+    conflicts: int = 0
+    flips: int = 0
+    background_shortcut: bool = False
+
+    def any(self) -> bool:
+        return bool(self.duplicates or self.near_duplicates or self.conflicts or self.flips or self.background_shortcut)
+
+
 def synthesize_disease(
-    out_dir: str | Path, *, per_class: int = 40, image_size: int = 96, seed: int = 0, overwrite: bool = False
+    out_dir: str | Path, *, per_class: int = 40, image_size: int = 96, seed: int = 0, overwrite: bool = False,
+    defects: Defects | None = None,
 ) -> Path:
     """Write an image-folder dataset ``out_dir/<class>/<class>_<i:04d>.jpg`` and return ``out_dir``.
 
     Classes are :data:`DISEASE_CLASSES`; each image is one leaf on a random background (soil, paper
     or dark), with class-specific lesions. Raises :class:`DataError` on a bad argument, or when
     ``out_dir`` is not empty and ``overwrite`` is false (or holds files this generator never writes).
+
+    With ``defects`` (any planted), a seeded 70/15/15 split per class is written as ``labels.csv``
+    (``path,label,split``, paths relative to ``out_dir``) and what was planted where as ``defects.json``; the
+    clean images are the same as without defects (except where a background shortcut is planted).
     """
     _check_int("per_class", per_class, 1)
     _check_int("image_size", image_size, 32, 1024)
     _check_int("seed", seed, 0)
+    defects = defects or Defects()
+    for name in ("duplicates", "near_duplicates", "conflicts", "flips"):
+        _check_int(name, getattr(defects, name), 0)
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite=overwrite, allowed=_DISEASE_PATHS)
-    for class_index, name in enumerate(DISEASE_CLASSES):
+    plan = _plan_defects(defects, per_class, seed)
+    rows = []
+    for name in DISEASE_CLASSES:
         (out / name).mkdir(parents=True, exist_ok=True)
+    for class_index, name in enumerate(DISEASE_CLASSES):
         for i in range(per_class):
             rng = np.random.default_rng([seed, _TAG_DISEASE, class_index, i])
-            canvas = _render_disease(rng, class_index, _canvas_size(image_size))
-            _save_jpeg(_finish(rng, canvas, image_size), out / name / f"{name}_{i:04d}.jpg")
+            canvas = _render_disease(rng, class_index, _canvas_size(image_size),
+                                     shortcut=defects.background_shortcut)
+            given = plan.flips.get((class_index, i))
+            folder = DISEASE_CLASSES[given] if given is not None else name
+            rel = f"{folder}/{name}_{i:04d}_flip.jpg" if given is not None else f"{name}/{name}_{i:04d}.jpg"
+            _save_jpeg(_finish(rng, canvas, image_size), out / rel)
+            rows.append((rel, folder, plan.splits[class_index][i]))
+    if defects.any():
+        _plant_copies(out, plan, rows)
     return out
+
+
+@dataclass
+class _DefectPlan:
+    splits: list[list[str]]  # [class][index] -> train/val/test
+    flips: dict[tuple[int, int], int]  # (class, index) -> class it is saved (labelled) as
+    duplicates: list[tuple[int, int]]
+    near_duplicates: list[tuple[int, int]]
+    conflicts: dict[tuple[int, int], int]  # (class, index) -> class whose folder gets a copy
+    defects: Defects
+
+
+def _plan_defects(defects: Defects, per_class: int, seed: int) -> _DefectPlan:
+    """Which images carry which defect: distinct training images, chosen by a generator of their own (the
+    images themselves do not change)."""
+    rng = np.random.default_rng([seed, _TAG_DEFECTS])
+    k = len(DISEASE_CLASSES)
+    splits = []
+    for _ in range(k):
+        n_hold = round(0.15 * per_class) if per_class >= 3 else 0
+        names = ["test"] * n_hold + ["val"] * n_hold + ["train"] * (per_class - 2 * n_hold)
+        splits.append([str(n) for n in rng.permutation(names)])
+    train = [(c, i) for c in range(k) for i in range(per_class) if splits[c][i] == "train"]
+    wanted = defects.duplicates + defects.near_duplicates + defects.conflicts + defects.flips
+    if wanted > len(train):
+        raise DataError(f"{wanted} planted defects need as many training images, but only {len(train)} of "
+                        f"{k * per_class} are in the training split; raise per_class")
+    chosen = [train[j] for j in rng.choice(len(train), wanted, replace=False)]
+    cut = np.cumsum([defects.duplicates, defects.near_duplicates, defects.conflicts])
+    other = {item: int((item[0] + rng.integers(1, k)) % k) for item in chosen}  # a class other than its own
+    return _DefectPlan(splits, {item: other[item] for item in chosen[cut[2]:]}, chosen[:cut[0]],
+                       chosen[cut[0]:cut[1]], {item: other[item] for item in chosen[cut[1]:cut[2]]}, defects)
+
+
+def _plant_copies(out: Path, plan: _DefectPlan, rows: list[tuple[str, str, str]]) -> None:
+    """Write the copies (duplicates, near duplicates, conflicting copies), then labels.csv and defects.json."""
+    def original(c: int, i: int) -> str:
+        name = DISEASE_CLASSES[c]
+        return f"{name}/{name}_{i:04d}.jpg"
+
+    planted: dict[str, object] = {"duplicates": [], "near_duplicates": [], "conflicts": [], "flips": []}
+    for c, i in plan.duplicates:
+        copy = original(c, i).replace(".jpg", "_dup.jpg")
+        shutil.copyfile(out / original(c, i), out / copy)
+        rows.append((copy, DISEASE_CLASSES[c], "test"))
+        planted["duplicates"].append([original(c, i), copy])  # type: ignore[union-attr]
+    for c, i in plan.near_duplicates:
+        copy = original(c, i).replace(".jpg", "_near.jpg")
+        with Image.open(out / original(c, i)) as img:
+            smaller = img.convert("RGB").resize((round(img.width * 0.8), round(img.height * 0.8)),
+                                                Image.Resampling.BILINEAR)
+        smaller.save(out / copy, format="JPEG", quality=80)
+        rows.append((copy, DISEASE_CLASSES[c], "test"))
+        planted["near_duplicates"].append([original(c, i), copy])  # type: ignore[union-attr]
+    for (c, i), other in plan.conflicts.items():
+        copy = f"{DISEASE_CLASSES[other]}/{DISEASE_CLASSES[c]}_{i:04d}_conflict.jpg"
+        shutil.copyfile(out / original(c, i), out / copy)
+        rows.append((copy, DISEASE_CLASSES[other], plan.splits[c][i]))
+        planted["conflicts"].append([original(c, i), copy])  # type: ignore[union-attr]
+    for (c, i), given in plan.flips.items():
+        name = DISEASE_CLASSES[c]
+        planted["flips"].append({"path": f"{DISEASE_CLASSES[given]}/{name}_{i:04d}_flip.jpg",  # type: ignore
+                                 "drawn_as": name, "labelled": DISEASE_CLASSES[given]})
+    planted["background_shortcut"] = plan.defects.background_shortcut
+    planted["requested"] = asdict(plan.defects)
+    atomic_write_text(out / "defects.json", json.dumps(planted, indent=1) + "\n")
+    buf = io.StringIO()
+    buf.write("path,label,split\n")
+    buf.writelines(f"{path},{label},{split}\n" for path, label, split in rows)
+    atomic_write_text(out / "labels.csv", buf.getvalue())
 
 
 def synthesize_rosettes(
@@ -173,10 +285,19 @@ def _lighting(rng: np.random.Generator, size: int, strength: float) -> _Array:
     return 1.0 + strength * ((c * xs + n * ys) / size - 0.5 * (c + n))
 
 
-def _background(rng: np.random.Generator, size: int) -> _Array:
-    """Soil brown, paper grey or dark cloth, with texture, grain and a lighting gradient."""
-    brightness, green, blue, texture, grain = _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))]
-    base = rng.uniform(*brightness) * np.array([1.0, rng.uniform(*green), rng.uniform(*blue)], np.float32)
+# with a planted background shortcut, class k gets background _SHORTCUT[k] = (kind, tint): a setup per class
+_SHORTCUT = ((0, (1.0, 1.0, 1.0)), (1, (1.0, 1.0, 1.0)), (2, (1.0, 1.0, 1.0)), (1, (0.8, 0.9, 1.15)))
+
+
+def _background(rng: np.random.Generator, size: int, shortcut: int | None = None) -> _Array:
+    """Soil brown, paper grey or dark cloth, with texture, grain and a lighting gradient; ``shortcut`` (a class
+    index) fixes the kind and tint by class."""
+    kind = int(rng.integers(len(_BACKGROUNDS)))  # drawn either way: the rest of the image stays the same
+    tint = np.ones(3, np.float32)
+    if shortcut is not None:
+        kind, tint = _SHORTCUT[shortcut][0], np.array(_SHORTCUT[shortcut][1], np.float32)
+    brightness, green, blue, texture, grain = _BACKGROUNDS[kind]
+    base = tint * rng.uniform(*brightness) * np.array([1.0, rng.uniform(*green), rng.uniform(*blue)], np.float32)
     shade = (1.0 + texture * _smooth_noise(rng, size, 6)) * _lighting(rng, size, 0.25)
     return base * shade[..., None] + rng.normal(0, grain, (size, size, 1)).astype(np.float32)
 
@@ -313,9 +434,31 @@ def _blight_lesions(rng: np.random.Generator, leaf: _Leaf, size: int) -> _Paints
 _LESIONS = {1: _spot_lesions, 2: _rust_lesions, 3: _blight_lesions}
 
 
-def _render_disease(rng: np.random.Generator, class_index: int, size: int) -> _Array:
-    """One leaf of class ``DISEASE_CLASSES[class_index]`` on a class-independent background."""
-    img = _background(rng, size)
+def disease_example(class_name: str, index: int, *, image_size: int = 96,
+                    seed: int = 0) -> tuple[Image.Image, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Image ``index`` of ``class_name`` exactly as :func:`synthesize_disease` writes it (before JPEG), with
+    its lesion and leaf masks (``(H, W)`` in 0..1 at ``image_size``): ground truth for where a model should look."""
+    if class_name not in DISEASE_CLASSES:
+        raise DataError(f"unknown class {class_name!r}; expected one of {', '.join(DISEASE_CLASSES)}")
+    class_index = DISEASE_CLASSES.index(class_name)
+    rng = np.random.default_rng([seed, _TAG_DISEASE, class_index, index])
+    masks: dict[str, _Array] = {}
+    canvas = _render_disease(rng, class_index, _canvas_size(image_size), masks=masks)
+    image = _finish(rng, canvas, image_size)
+
+    def shrink(mask: _Array) -> npt.NDArray[np.float32]:
+        img = Image.fromarray(np.clip(mask * 255, 0, 255).astype(np.uint8))
+        return np.asarray(img.resize((image_size, image_size), Image.Resampling.BILINEAR), np.float32) / 255
+
+    return image, shrink(masks["lesion"]), shrink(masks["leaf"])
+
+
+def _render_disease(rng: np.random.Generator, class_index: int, size: int,
+                    masks: dict[str, _Array] | None = None, *, shortcut: bool = False) -> _Array:
+    """One leaf of class ``DISEASE_CLASSES[class_index]`` on a class-independent background (or, with
+    ``shortcut``, on its class's own background); ``masks`` (when given) receives the ``lesion`` and ``leaf``
+    alpha masks."""
+    img = _background(rng, size, class_index if shortcut else None)
     leaf = _sample_leaf(rng, size)
     t, across = _leaf_frame(leaf, size)
     halfw = leaf.half_width(t)
@@ -323,10 +466,14 @@ def _render_disease(rng: np.random.Generator, class_index: int, size: int) -> _A
     stalk_w = 0.011 * size * (1.0 + 0.4 * t / leaf.petiole)
     stalk = np.clip(stalk_w - np.abs(across) + 0.5, 0, 1) * ((t < 0.05) & (t > -leaf.petiole))
     colour = _leaf_colour(rng, leaf, t, across, halfw)
+    lesion = np.zeros_like(blade)
     if class_index in _LESIONS:
         for alpha, paint in _LESIONS[class_index](rng, leaf, size):
             _blend(colour, alpha * blade, paint)  # masked by the blade: lesions stay on the leaf
+            lesion = np.maximum(lesion, alpha * blade)
     mask = np.maximum(blade, stalk)
+    if masks is not None:
+        masks.update(lesion=lesion, leaf=mask)
     shift = max(1, int(0.015 * size))  # soft cast shadow down-right of the leaf
     shadow = Image.fromarray((np.roll(mask, (shift, shift), axis=(0, 1)) * 255).astype(np.uint8))
     img *= 1.0 - 0.3 / 255 * np.asarray(shadow.filter(ImageFilter.GaussianBlur(shift)), np.float32)[..., None]

@@ -179,13 +179,26 @@ def count_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(_round_half_away(p) == t))
 
 
+def count_within_one(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of samples with ``|round(pred) - true| <= 1``: agreement within one, as leaf-counting papers report
+    it beside exact agreement (halves rounded away from zero)."""
+    t, p = _as_pair(y_true, y_pred, labels=False)
+    return float(np.mean(np.abs(_round_half_away(p) - t) <= 1))
+
+
+def rounded_counts(y_pred: np.ndarray) -> np.ndarray:
+    """Predicted counts as whole numbers, rounded as the count metrics round (halves away from zero)."""
+    return _round_half_away(np.asarray(y_pred, dtype=np.float64)).astype(np.int64)
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, counts: bool = False) -> dict:
     """MAE, RMSE, R², bias and sample count; with ``counts=True`` also the CVPPP count metrics.
 
     Returns ``{"mae", "rmse", "r2", "mean_error", "num_samples"}`` where ``mean_error`` is
     ``mean(pred - true)``. With ``counts=True`` adds ``"dic"`` (mean of ``round(pred) - true``),
-    ``"abs_dic"`` (mean of ``|round(pred) - true|``) and ``"count_accuracy"`` (fraction with
-    ``round(pred) == true``), rounding halves away from zero. See :func:`r2_score` for R² edge cases.
+    ``"abs_dic"`` (mean of ``|round(pred) - true|``), ``"count_accuracy"`` (fraction with
+    ``round(pred) == true``) and ``"count_within_one"`` (fraction with ``|round(pred) - true| <= 1``), rounding
+    halves away from zero. See :func:`r2_score` for R² edge cases.
     """
     t, p = _as_pair(y_true, y_pred, labels=False)
     result: dict[str, Any] = {
@@ -199,6 +212,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, counts: bool =
         result["dic"] = difference_in_count(t, p)
         result["abs_dic"] = abs_difference_in_count(t, p)
         result["count_accuracy"] = count_accuracy(t, p)
+        result["count_within_one"] = count_within_one(t, p)
     return result
 
 
@@ -211,6 +225,7 @@ METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "dic": difference_in_count,
     "abs_dic": abs_difference_in_count,
     "count_accuracy": count_accuracy,
+    "count_within_one": count_within_one,
 }
 
 
@@ -245,6 +260,7 @@ _VECTORISED: dict[Callable[..., float], Callable[[np.ndarray, np.ndarray, np.nda
     difference_in_count: _per_sample_mean(lambda t, p: _round_half_away(p) - t, labels=False),
     abs_difference_in_count: _per_sample_mean(lambda t, p: np.abs(_round_half_away(p) - t), labels=False),
     count_accuracy: _per_sample_mean(lambda t, p: _round_half_away(p) == t, labels=False),
+    count_within_one: _per_sample_mean(lambda t, p: np.abs(_round_half_away(p) - t) <= 1, labels=False),
 }
 
 

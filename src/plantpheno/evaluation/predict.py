@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from plantpheno.data.batch_augment import BatchFinish
+from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, set_train_mode
 
 
@@ -19,27 +20,34 @@ class Predictions:
     targets: np.ndarray  # class indices or trait values
     outputs: np.ndarray  # class probabilities (N, C) or trait values (N,)
     loss: float | None
+    raw: np.ndarray | None = None  # the network's outputs (logits, or the standardised trait), TTA-averaged
+    raw_plain: np.ndarray | None = None  # with TTA: the raw outputs of the image as it is (no TTA)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, *, task, device: torch.device,
             loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None,
-            finish: BatchFinish | None = None) -> Predictions:
+            finish: BatchFinish | None = None, tta: str = "none") -> Predictions:
     """Evaluate ``model`` on every batch of ``loader`` in order (eval mode, no gradients); ``finish`` (the
-    loaders' finishing step) moves each batch to ``device``."""
+    loaders' finishing step) moves each batch to ``device``. ``tta`` (:mod:`plantpheno.evaluation.tta`)
+    averages the raw outputs over flipped/turned views; ``raw_plain`` then keeps those without."""
     set_train_mode(model, False)
     fmt, finish = input_format(model), finish or BatchFinish()
-    targets, outputs, loss_sum = [], [], 0.0
+    targets, outputs, raws, plains, loss_sum = [], [], [], [], 0.0
     for images, target in loader:
         four_d = isinstance(images, torch.Tensor) and images.dim() == 4
         images = finish(images, device, memory_format=fmt if four_d else torch.contiguous_format)
         target = target.to(device, non_blocking=True)
         with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()):
-            raw = model(images)
+            raw, plain = tta_outputs(model, images, tta)
         if loss_fn is not None:
             loss_sum += float(loss_fn(raw.float(), task.loss_target(target))) * len(target)
         targets.append(target.cpu())
         outputs.append(task.predictions(raw).cpu())
+        raws.append(raw.float().cpu())
+        plains.append(plain.float().cpu())
     y = torch.cat(targets).numpy() if targets else np.zeros(0)
     out = torch.cat(outputs).numpy() if outputs else np.zeros(0)
-    return Predictions(y, out, loss_sum / len(y) if loss_fn is not None and len(y) else None)
+    raw_all = torch.cat(raws).numpy() if raws else None
+    plain_all = torch.cat(plains).numpy() if plains and tta != "none" else None
+    return Predictions(y, out, loss_sum / len(y) if loss_fn is not None and len(y) else None, raw_all, plain_all)

@@ -18,6 +18,7 @@ from plantpheno.evaluation.metrics import (
     classification_metrics,
     format_classification_report,
     regression_metrics,
+    rounded_counts,
 )
 from plantpheno.evaluation.plots import plot_confusion_matrix, plot_predicted_vs_true
 from plantpheno.rundir import EvalDir
@@ -27,7 +28,11 @@ from plantpheno.tasks import task_metrics
 def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, paths: Sequence[Path],
                      class_names: list[str] | None, bootstrap_samples: int, confidence: float,
                      seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compute metrics for one split and write every report file into ``out``; return the metrics."""
+    """Compute metrics for one split and write every report file into ``out``; return the metrics.
+
+    The trivial baseline and the verdict on it come in ``extra["baseline"]``
+    (:mod:`plantpheno.evaluation.run_eval`).
+    """
     out.path.mkdir(parents=True, exist_ok=True)
     if class_names is not None:
         metrics = _classification(out, targets.astype(int), outputs, paths, class_names)
@@ -72,10 +77,55 @@ def _regression(out: EvalDir, y: np.ndarray, pred: np.ndarray, paths: Sequence[P
     counts = bool(np.all(np.equal(np.mod(y, 1), 0)))  # integer targets: report counting metrics too
     m = regression_metrics(y, pred, counts=counts)
     plot_predicted_vs_true(y, pred, out.predicted_vs_true, metrics=m)
-    rows = [["path", "value", "predicted", "error"]]
-    rows += [[str(p), f"{t:g}", f"{v:.6f}", f"{v - t:.6f}"] for p, t, v in zip(paths, y, pred)]
+    if counts:  # the whole count the count metrics score, beside the raw value
+        rows = [["path", "value", "predicted", "predicted_count", "error"]]
+        rows += [[str(p), f"{t:g}", f"{v:.6f}", str(c), f"{v - t:.6f}"]
+                 for p, t, v, c in zip(paths, y, pred, rounded_counts(pred))]
+    else:
+        rows = [["path", "value", "predicted", "error"]]
+        rows += [[str(p), f"{t:g}", f"{v:.6f}", f"{v - t:.6f}"] for p, t, v in zip(paths, y, pred)]
     write_csv(out.predictions, rows)
     return m
+
+
+_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
+           "dic": "DiC", "abs_dic": "|DiC|", "count_accuracy": "exact count", "count_within_one": "count within one"}
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """A finished evaluation in a few lines for a person: every headline figure of the task (accuracy and
+    macro-F1; MAE, RMSE and R², and for counts DiC, |DiC|, exact and within-one agreement), the headline's
+    confidence interval, and the trivial predictor's figure it must beat."""
+    headline = metrics["headline_metric"]
+    ci = metrics.get("confidence_interval") or {}
+
+    def shown(key: str) -> str:
+        value = metrics[key]
+        text = f"{value:.1%}" if key in ("count_accuracy", "count_within_one") else f"{value:.4f}"
+        if key == headline and ci.get("low") is not None:
+            text += f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})"
+        return f"{_LABELS[key]} {text}"
+
+    keys = ("accuracy", "macro_f1") if metrics["task"] == "classification" else ("mae", "rmse", "r2")
+    where = f"{metrics.get('split', 'evaluation')} ({metrics['num_images']} images)" if "num_images" in metrics \
+        else str(metrics.get("split", "evaluation"))
+    lines = [f"{where}: " + "  ".join(shown(k) for k in keys if metrics.get(k) is not None)]
+    counting = [k for k in ("dic", "abs_dic", "count_accuracy", "count_within_one") if metrics.get(k) is not None]
+    if counting:
+        lines.append("  counts: " + "  ".join(shown(k) for k in counting))
+    base = metrics.get("baseline") or {}
+    if headline in base:
+        lines.append(f"  baseline, {_predictor(base)}: {_LABELS[headline]} {base[headline]:.4f}")
+    return lines
+
+
+def _predictor(base: dict[str, Any]) -> str:
+    """The trivial predictor of a baseline block (:mod:`plantpheno.evaluation.baselines`) in words."""
+    if "majority_class" in base:
+        return f"always the most frequent training class ({base['majority_class']})"
+    if "value" in base:
+        return f"always the training mean ({base['value']:.4g})"
+    return str(base.get("kind", "trivial predictor"))
 
 
 def _finite(value: Any) -> Any:

@@ -19,9 +19,10 @@ def model_card(package: ModelPackage, *, run: RunDir) -> str:
     lines = [
         f"# Model card: {m['backbone']} ({m['task']})", "",
         "## Model", f"- Backbone: `{m['backbone']}` (timm {m['timm_version']}), predicts {what}.",
-        f"- Input: RGB, resized (shorter side) to {m['image_size']} px and centre-cropped; normalised with "
-        f"mean {m['mean']} and std {m['std']}.",
-        f"- Weights: checkpoint `{m['checkpoint']}` from epoch {m['checkpoint_epoch']}.", "",
+        f"- Input: RGB, {_resize_text(m)}; normalised with mean {m['mean']} and std {m['std']}.",
+        f"- Weights: checkpoint `{m['checkpoint']}` from epoch {m['checkpoint_epoch']}.",
+        f"- Probabilities: softmax of the logits / {float(m.get('temperature') or 1.0):.4g} (temperature fitted on the "
+        f"validation split; 1 = none); test-time augmentation: {m.get('tta') or 'none'}.", "",
         "## Data",
         f"- Dataset fingerprint `{m['dataset_fingerprint']}`; images per split: "
         + (", ".join(f"{k} {v}" for k, v in counts.items()) or "unknown") + ".", "",
@@ -42,6 +43,18 @@ def model_card(package: ModelPackage, *, run: RunDir) -> str:
         f"- plantpheno {m['plantpheno_version']}.", "",
     ]
     return "\n".join(lines)
+
+
+def _resize_text(meta: dict) -> str:
+    size = meta["image_size"]
+    resize = meta.get("resize", "crop")
+    if resize == "pad":
+        return (f"the whole image with its longer side resized to {size} px and letterboxed into a {size} px square "
+                f"(data.resize: pad; the border is the normalisation mean)")
+    if resize == "stretch":
+        return f"the whole image stretched to {size} x {size} px (data.resize: stretch)"
+    return (f"resized (shorter side) to {size} px and centre-cropped (data.resize: crop: the ends of wide or tall "
+            f"images are not seen)")
 
 
 def _metric_lines(meta: dict) -> list[str]:

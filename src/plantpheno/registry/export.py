@@ -1,14 +1,18 @@
 """Export to ONNX or TorchScript, with a parity check against the PyTorch model.
 
-The exported graph takes resized, centre-cropped RGB images in [0, 1] (N, 3, S, S) and contains the
-normalisation and the output conversion (softmax probabilities, or the trait in its own units), so a
-deployment only has to resize. The parity check runs the exported file and the PyTorch reference on
-the same images (the package's stored test images, else seeded random ones) and fails loudly when the
-outputs differ beyond the tolerance.
+The exported graph takes square RGB images in [0, 1] (N, 3, S, S), made as the package's ``resize`` says
+(``crop``: shorter side to S and the centre square; ``pad``: longer side to S, letterboxed with the colour
+``pad_fill``; ``stretch``: S x S), and contains the normalisation and the output conversion (softmax
+probabilities, or the trait in its own units), so a deployment only has to resize. That preprocessing is
+written into the file (ONNX metadata ``plantpheno.preprocessing``, a TorchScript extra file
+``plantpheno_preprocessing.json``). The parity check runs the exported file and the PyTorch reference on
+the same images (the package's stored test images, preprocessed that way, else seeded random ones) and fails
+loudly when the outputs differ beyond the tolerance.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -23,20 +27,26 @@ from torch import nn
 
 from plantpheno.atomic import storage_error
 from plantpheno.errors import ExportError
-from plantpheno.registry.package import ModelPackage
+from plantpheno.evaluation.tta import TTAModel
+from plantpheno.registry.package import ModelPackage, preprocessing
 
 Format = Literal["onnx", "torchscript"]
 TOLERANCE = 1e-4  # max |difference| in probabilities (or in standardised trait units)
+PREPROCESSING_KEY = "plantpheno.preprocessing"  # ONNX metadata: the preprocessing the graph expects, as JSON
+PREPROCESSING_FILE = "plantpheno_preprocessing.json"  # the same, as a TorchScript extra file
 
 
 class DeployableModel(nn.Module):
-    """Normalisation + network + output conversion, as one module."""
+    """Normalisation + network (averaged over the package's TTA views) + output conversion (softmax of the
+    logits divided by the package's temperature, or the trait rescaling), as one module."""
 
     def __init__(self, model: nn.Module, package: ModelPackage, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         super().__init__()
         m = package.meta
-        self.model = model
+        tta = str(m.get("tta") or "none")
+        self.model = model if tta == "none" else TTAModel(model, tta)
+        self.temperature = float(m.get("temperature") or 1.0)
         self.register_buffer("mean", torch.tensor(mean or m["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or m["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.classification = m["task"] == "classification"
@@ -46,7 +56,7 @@ class DeployableModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model((images - self.mean) / self.std)
         if self.classification:
-            return out.softmax(dim=1)
+            return (out / self.temperature).softmax(dim=1)
         return out[:, 0] * self.target_std + self.target_mean
 
 
@@ -87,8 +97,9 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        run = _export_onnx(exported_module, images, tmp) if fmt == "onnx" else _export_torchscript(
-            exported_module, images, tmp)
+        notes = json.dumps(preprocessing(package.meta))
+        run = _export_onnx(exported_module, images, tmp, notes) if fmt == "onnx" else _export_torchscript(
+            exported_module, images, tmp, notes)
         with torch.no_grad():
             expected = reference(images).numpy()
         report = _compare(expected, run(images.numpy()), out, fmt, tolerance, package)
@@ -106,14 +117,14 @@ def _check_images(package: ModelPackage) -> torch.Tensor:
     return images.float()
 
 
-def _export_torchscript(module: nn.Module, images: torch.Tensor, path: Path):
+def _export_torchscript(module: nn.Module, images: torch.Tensor, path: Path, notes: str):
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated upstream but still what many C++/mobile deployments load
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, images[:1])
-        traced.save(str(path))
+        traced.save(str(path), _extra_files={PREPROCESSING_FILE: notes})
         loaded = torch.jit.load(str(path))
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -123,14 +134,19 @@ def _export_torchscript(module: nn.Module, images: torch.Tensor, path: Path):
     return run
 
 
-def _export_onnx(module: nn.Module, images: torch.Tensor, path: Path):
+def _export_onnx(module: nn.Module, images: torch.Tensor, path: Path, notes: str):
     try:
+        import onnx
         import onnxruntime as ort
     except ImportError as exc:
         raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc}): pip install 'plantpheno[export]'") from None
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(module, (images[:1],), str(path), input_names=["images"], output_names=["outputs"],
                       dynamic_shapes={"images": {0: batch}}, dynamo=True, external_data=False)
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()  # beside the exporter's own properties
+    entry.key, entry.value = PREPROCESSING_KEY, notes
+    onnx.save(graph, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray) -> np.ndarray:

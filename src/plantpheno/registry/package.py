@@ -15,10 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.errors import RegistryError, RunDirError
@@ -29,8 +26,14 @@ META_FILE = "plantpheno_model.json"
 WEIGHTS_FILE = "model.safetensors"
 SAMPLES_FILE = "sample_inputs.safetensors"
 CARD_FILE = "MODEL_CARD.md"
+MLMODEL_FILE = "MLmodel"  # an MLflow model folder's description (registry/pyfunc.py writes one per version)
+PYFUNC_ARTIFACT = "package"  # the pyfunc artifact that holds the package: MLMODEL_DIR/artifacts/package/
 FORMAT = "plantpheno-model/1"
 NUM_SAMPLES = 4
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a package's files (``models show``) needs none
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ModelPackage:
 
     @classmethod
     def open(cls, folder: Path) -> ModelPackage:
+        """Open a package folder, or the package inside an MLflow model folder that registration wrote
+        (``registry/pyfunc.py``: ``MLmodel`` + ``artifacts/package/``)."""
+        folder = inside_mlflow_model(Path(folder))
         path = folder / META_FILE
         if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise RegistryError(f"{folder} is not a plantpheno model package (needs {META_FILE} and {WEIGHTS_FILE})")
@@ -74,6 +80,25 @@ class ModelPackage:
         return load_file(str(path))["images"] if path.is_file() else None
 
 
+def inside_mlflow_model(folder: Path) -> Path:
+    """The package folder of an MLflow pyfunc model folder (named by its ``MLmodel`` file); any other folder
+    as it is (a plain package, such as versions registered before registration wrote MLflow models)."""
+    if (folder / META_FILE).is_file() or not (folder / MLMODEL_FILE).is_file():
+        return folder
+    import yaml
+
+    try:
+        flavor = yaml.safe_load((folder / MLMODEL_FILE).read_text(encoding="utf-8"))["flavors"]["python_function"]
+        relative = flavor["artifacts"][PYFUNC_ARTIFACT]["path"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        raise RegistryError(f"{folder} is an MLflow model but not a plantpheno one (its {MLMODEL_FILE} names no "
+                            f"'{PYFUNC_ARTIFACT}' artifact of the python_function flavor)") from None
+    inner = (folder / relative).resolve()
+    if not inner.is_relative_to(folder.resolve()):
+        raise RegistryError(f"{folder / MLMODEL_FILE}: artifact path {relative!r} points outside the model folder")
+    return inner
+
+
 def package_run(run_dir: Path, out: Path) -> ModelPackage:
     """Write the package of a run's best checkpoint (its last, if it has no best) into ``out``."""
     from safetensors.torch import save_file
@@ -87,7 +112,7 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     checkpoint = load_checkpoint(path)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in checkpoint["model"].items()}, str(out / WEIGHTS_FILE))
-    for source in (run.config, run.dataset_info, run.environment):
+    for source in (run.config, run.dataset_info, run.environment, run.temperature):
         if source.is_file():
             shutil.copyfile(source, out / source.name)
     metrics = _test_metrics(run)
@@ -125,6 +150,9 @@ def _package_meta(run: RunDir, checkpoint: dict[str, Any], path: Path, metrics: 
         "test_metrics": {k: metrics[k] for k in summary if k in metrics},
         "headline_metric": headline, "confidence_interval": metrics.get("confidence_interval"),
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # applied by predict and inside exports: softmax(logits / temperature), logits averaged over the TTA views
+        "temperature": float(_read_json(run.temperature).get("temperature", 1.0)),
+        "tta": run.read_config().evaluation.tta if run.config.is_file() else "none",
     }
 
 
@@ -132,16 +160,30 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def raw_transform(image_size: int):
-    """Resize + centre crop to [0, 1] tensors: the eval preprocessing without normalisation."""
-    from torchvision.transforms import v2 as T
+def raw_transform(meta: dict[str, Any]):
+    """The package's evaluation preprocessing without normalisation (``data.resize`` to the square, RGB in
+    [0, 1]): what an export takes."""
+    from plantpheno.data.transforms import square_transform
 
-    return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToImage(),
-                      T.ToDtype(torch.float32, scale=True)])
+    return square_transform(int(meta["image_size"]), meta["mean"], meta.get("resize", "crop"))
+
+
+def preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a deployment must do to an image before the exported graph: resize mode, size, letterbox colour."""
+    from plantpheno.data.batch_augment import pad_fill
+
+    resize = meta.get("resize", "crop")
+    steps = {"crop": "shorter side to image_size, then the centre square",
+             "pad": "longer side to image_size, then centred on a square of pad_fill (letterbox)",
+             "stretch": "both sides to image_size"}
+    return {"image_size": int(meta["image_size"]), "resize": resize, "resize_steps": steps[resize],
+            "pad_fill": list(pad_fill(meta["mean"])) if resize == "pad" else None,
+            "input": "RGB in [0, 1], N x 3 x image_size x image_size (antialiased bilinear resize)"}
 
 
 def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     """A few test images, preprocessed, so an export can be checked without the dataset at hand."""
+    import torch
     from safetensors.torch import save_file
 
     from plantpheno.data.images import load_rgb
@@ -153,7 +195,7 @@ def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
 
     with read_csv(split) as reader:
         paths = [Path(row["path"]) for row in reader if row["split"] == "test"][:NUM_SAMPLES]
-    transform = raw_transform(int(meta["image_size"]))
+    transform = raw_transform(meta)
     images = [transform(load_rgb(p)) for p in paths if p.is_file()]
     if images:
         save_file({"images": torch.stack(images).contiguous()}, str(out))

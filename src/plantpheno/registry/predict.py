@@ -2,65 +2,100 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from plantpheno.csvfile import csv_text
-from plantpheno.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from plantpheno.data.images import DEFAULT_MAX_PIXELS, load_rgb, rgb_from_array, rgb_from_bytes, to_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
+from plantpheno.evaluation.metrics import rounded_counts
+from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
-from plantpheno.registry.package import ModelPackage
+from plantpheno.registry.package import META_FILE, MLMODEL_FILE, ModelPackage
+from plantpheno.rundir import RunDir
 
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+"""What prediction takes: a file path, encoded image bytes, a PIL image, or an array (channels last)."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class Predictor:
-    """A model with its stored preprocessing, ready to predict on image files."""
+    """A model with its stored preprocessing, ready to predict on image files, bytes, PIL images or arrays."""
 
     def __init__(self, package: ModelPackage, *, device: str = "cpu") -> None:
+        from plantpheno.device import resolve_device
+
         self.package = package
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # auto: CUDA, then MPS, then CPU
         self.model = package.build_model().to(self.device)
         if wants_channels_last("auto", self.device, self.model):  # faster on CUDA and for BN CNNs on CPU
             to_channels_last(self.model)
         self.task = package.task
         m = package.meta
         self.image_size = int(m["image_size"])
-        self.transform = eval_transform(self.image_size, m["mean"], m["std"])
+        # packages from before data.resize existed were all centre-cropped
+        self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"], m.get("resize", "crop"))
+        # fitted on the validation split when the run was evaluated; packages made before have neither
+        self.temperature, self.tta = float(m.get("temperature") or 1.0), str(m.get("tta") or "none")
 
-    @torch.no_grad()
     def predict_files(self, paths: Sequence[Path], *, batch_size: int = 32,
                       progress: bool = False) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, str]]]:
         """Predictions (probabilities or trait value per image) and the files that could not be read."""
+        results, bad = self.predict_images(paths, batch_size=batch_size, progress=progress)
+        return [(paths[i], out) for i, out in results], [(paths[i], why) for i, why in bad]
+
+    @torch.no_grad()
+    def predict_images(self, images: Sequence[ImageInput], *, batch_size: int = 32,
+                       progress: bool = False) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]]]:
+        """Predictions for image files, encoded image bytes, PIL images or arrays (:func:`to_rgb_image`), by
+        position in ``images``; and the positions that could not be read, with why."""
         from tqdm.auto import tqdm
 
-        results, bad = [], []
-        bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
-        for start in range(0, len(paths), batch_size):
-            batch_paths, tensors = [], []
-            for path in paths[start:start + batch_size]:
+        results: list[tuple[int, torch.Tensor]] = []
+        bad: list[tuple[int, str]] = []
+        bar = tqdm(total=len(images), unit="img", disable=not progress, file=sys.stderr)
+        for start in range(0, len(images), batch_size):
+            indices, tensors = [], []
+            for i in range(start, min(start + batch_size, len(images))):
                 try:
-                    image = load_rgb(path, min_side=self.image_size, max_pixels=DEFAULT_MAX_PIXELS)
-                    tensors.append(self.transform(image))
-                    batch_paths.append(path)
-                except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
-                    bad.append((path, f"{type(exc).__name__}: {exc}"))
+                    tensors.append(self.transform(to_rgb_image(images[i], min_side=self.image_size)))
+                    indices.append(i)
+                except Exception as exc:  # noqa: BLE001 - any unreadable image is reported, not fatal
+                    bad.append((i, f"{type(exc).__name__}: {exc}"))
             if tensors:
                 batch = torch.stack(tensors).to(self.device).contiguous(memory_format=input_format(self.model))
-                outputs = self.task.predictions(self.model(batch)).cpu()
-                results.extend(zip(batch_paths, outputs))
-            bar.update(len(paths[start:start + batch_size]))
+                raw, _ = tta_outputs(self.model, batch, self.tta)
+                if self.task.name == "classification":
+                    raw = raw / self.temperature
+                outputs = self.task.predictions(raw).cpu()
+                results.extend(zip(indices, outputs))
+            bar.update(min(batch_size, len(images) - start))
         bar.close()
         return results, bad
 
+    def describe(self, output: torch.Tensor) -> dict[str, Any]:
+        """One prediction as plain values: ``predicted`` (class name), ``confidence`` and ``probabilities``
+        (class -> probability), or ``predicted`` (the trait value in its own units)."""
+        names = self.package.meta.get("class_names")
+        if not names:
+            return {"predicted": float(output)}
+        probs = output.tolist()
+        k = int(output.argmax())
+        return {"predicted": names[k], "confidence": probs[k], "probabilities": dict(zip(names, probs))}
+
     def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
-        """``path,predicted,confidence,p_<class>...`` (classes) or ``path,predicted`` (traits)."""
+        """``path,predicted,confidence,p_<class>...`` (classes), ``path,predicted`` (traits) or
+        ``path,predicted,predicted_count`` (counts: the value rounded as the count metrics round it)."""
         names = self.package.meta.get("class_names")
         rows: list[list[object]] = []
         if names:
@@ -68,10 +103,32 @@ class Predictor:
             for path, probs in results:
                 k = int(probs.argmax())
                 rows.append([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
+        elif getattr(self.task, "counts", False):
+            found = list(results)
+            counts = rounded_counts(np.array([float(value) for _, value in found]))
+            rows.append(["path", "predicted", "predicted_count"])
+            rows += [[str(path), f"{float(value):.6f}", str(c)] for (path, value), c in zip(found, counts)]
         else:
             rows.append(["path", "predicted"])
             rows += [[str(path), f"{float(value):.6f}"] for path, value in results]
         return csv_text(rows)
+
+
+def to_rgb_image(item: ImageInput, *, min_side: int | None = None) -> Image.Image:
+    """An image file (path), encoded image bytes, a PIL image or an array (channels last) as 8-bit RGB, decoded
+    exactly as training decoded its files (EXIF orientation, grey/palette/alpha/16-bit converted). A file over
+    the pixel limit is refused; with ``min_side`` (the side the model resizes to) a large JPEG file is decoded
+    at a reduced scale that keeps at least twice that."""
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return rgb_from_bytes(bytes(item))
+    if isinstance(item, (str, os.PathLike)):
+        return load_rgb(item, min_side=min_side, max_pixels=DEFAULT_MAX_PIXELS)
+    if isinstance(item, np.ndarray):
+        return rgb_from_array(item)
+    raise DataError(f"cannot read an image from a {type(item).__name__}: expected a path, encoded image bytes, a "
+                    f"PIL image or a numpy array (H, W[, C])")
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -90,17 +147,26 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     return found
 
 
+def is_registry_ref(source: str) -> bool:
+    """Whether ``source`` names a registered model (NAME, NAME@alias, NAME/version) rather than a run or a package
+    folder on disk."""
+    path = Path(source)
+    return not RunDir(path).config.is_file() and not path.is_dir()
+
+
 def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None) -> ModelPackage:
-    """A run directory, a package folder, or a registry reference (NAME, NAME@alias, NAME/version)."""
+    """A run directory, a package folder, or a registry reference (NAME, NAME@alias, NAME/version) in
+    ``registry_uri`` (default: :func:`~plantpheno.registry.store.resolve_registry_uri`)."""
     from plantpheno.errors import RegistryError
     from plantpheno.registry.package import package_run
     from plantpheno.registry.refs import parse_ref
-    from plantpheno.registry.store import ModelRegistry, check_registry_exists, default_registry_uri
-    from plantpheno.rundir import RunDir
+    from plantpheno.registry.store import ModelRegistry, check_registry_exists, resolve_registry_uri
 
     path = Path(source)
-    if path.is_dir():
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
+    if path.is_dir() and any((path / name).is_file() for name in (META_FILE, MLMODEL_FILE)):
+        return ModelPackage.open(path)  # a package (it holds a copy of its run's config.yaml too)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
+    if not is_registry_ref(source):
         return package_run(path, tmp / "model") if RunDir(path).config.is_file() else ModelPackage.open(path)
     try:
         ref = parse_ref(source)
@@ -108,6 +174,5 @@ def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None
         what = "is a file" if path.exists() else "does not exist"
         raise DataError(f"{source} {what}; MODEL is a run directory, a model package folder, or a registered model "
                         f"(NAME, NAME@alias or NAME/VERSION)") from None
-    registry = ModelRegistry(check_registry_exists(registry_uri or default_registry_uri()))
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
-    return registry.download(ref, tmp)
+    # reading never creates a registry: a mistyped --registry is reported, not made
+    return ModelRegistry(check_registry_exists(registry_uri or resolve_registry_uri())).download(ref, tmp)

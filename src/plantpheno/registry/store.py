@@ -1,45 +1,53 @@
-"""The model registry: MLflow's Model Registry (sqlite by default, a team's server when configured).
+"""The model registry: MLflow's Model Registry (the project's sqlite store by default, a team's server when set).
 
-plantpheno adds on top: a self-contained package per version (weights as safetensors, preprocessing,
-class names, model card), lineage tags, validated names, and retries so that several processes can
-register the same name at once without losing a version.
+plantpheno adds on top: one rule for where the registry is (:func:`resolve_registry_uri`), a self-contained
+package per version (weights as safetensors, preprocessing, class names, model card), lineage tags,
+validated names, a check that a new version does the same job as the name's latest, and retries so that
+several processes can register the same name at once without losing a version. Reading and moving aliases
+do not import MLflow (:mod:`plantpheno.registry.index`), so they take a fraction of a second.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import random
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from plantpheno.config import Config
 from plantpheno.errors import RegistryError
-from plantpheno.registry.package import ModelPackage, package_run
+from plantpheno.registry.index import RegistryIndex, VersionRecord, mlflow_client, open_index
+from plantpheno.registry.location import (
+    ENV_URI,
+    RegistryLocation,
+    locate_registry,
+    resolve_registry_uri,
+    sqlite_path,
+)
 from plantpheno.registry.refs import ModelRef, check_alias, check_name
 
-ENV_URI = "PLANTPHENO_REGISTRY_URI"
+if TYPE_CHECKING:
+    from plantpheno.config import Config
+    from plantpheno.registry.package import ModelPackage
+
+__all__ = ["ENV_URI", "ModelRegistry", "RegistryLocation", "VersionInfo", "default_registry_uri", "lineage_tags",
+           "locate_registry", "resolve_registry_uri", "run_registry_uri"]
+
 ARTIFACT_EXPERIMENT = "plantpheno-models"
 T = TypeVar("T")
 
 
-def default_registry_uri(output_dir: Path = Path("runs")) -> str:
-    """``$PLANTPHENO_REGISTRY_URI``, else the embedded store that training uses: OUTPUT_DIR/mlflow.db."""
-    from plantpheno.tracking.mlflow_backend import default_uri
-
-    return os.environ.get(ENV_URI) or default_uri(output_dir)
+def default_registry_uri() -> str:
+    """The registry of a command given no ``--registry`` (see :func:`resolve_registry_uri`)."""
+    return resolve_registry_uri()
 
 
 def run_registry_uri(config: Config) -> str:
-    """Where a run registers by default: ``registry.uri``, else ``$PLANTPHENO_REGISTRY_URI``, else the
-    MLflow store the run tracks to (``tracking.mlflow.uri`` or OUTPUT_DIR/mlflow.db)."""
-    from plantpheno.tracking.mlflow_backend import default_uri
-
-    return (config.registry.uri or os.environ.get(ENV_URI) or config.tracking.mlflow.uri
-            or default_uri(config.output_dir))
+    """The registry a run registers in (see :func:`resolve_registry_uri`; the run's ``registry.uri`` counts)."""
+    return resolve_registry_uri(config=config)
 
 
 def check_registry_exists(uri: str) -> str:
@@ -84,26 +92,46 @@ class VersionInfo:
 
 
 class ModelRegistry:
-    """Register, list, resolve, promote, delete and download model versions."""
+    """Register, list, resolve, promote, delete and download model versions.
 
-    def __init__(self, uri: str) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our CLI prints its own lines
-        from mlflow import MlflowClient
+    ``ModelRegistry()`` opens the registry every command would use (:func:`resolve_registry_uri`)."""
 
-        self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or resolve_registry_uri()
+        self.index: RegistryIndex = open_index(self.uri)
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """MLflow's client for this registry (imported on first use: it takes seconds)."""
+        if self._client is None:
+            self._client = mlflow_client(self.uri)
+        return self._client
 
     # -- writing ------------------------------------------------------------------------------
-    def register(self, run_dir: Path, *, name: str, alias: str | None = None) -> VersionInfo:
-        """Package a run's best checkpoint and register it as a new version of ``name``."""
+    def register(self, run_dir: Path, *, name: str, alias: str | None = None, force: bool = False) -> VersionInfo:
+        """Package a run's best checkpoint and register it as a new version of ``name``: an MLflow pyfunc model
+        (``registry/pyfunc.py``) that holds the package.
+
+        Raises:
+            RegistryError: the run's task or class names differ from those of the name's latest version (unless
+                ``force``), or the name or alias is invalid.
+        """
+        from plantpheno.registry.package import package_run
+        from plantpheno.registry.pyfunc import save_pyfunc_model
+
         check_name(name)
         if alias is not None:
             check_alias(alias)
         with tempfile.TemporaryDirectory(prefix="plantpheno-package-") as tmp:
-            package = package_run(run_dir, Path(tmp) / "model")
+            package = package_run(run_dir, Path(tmp) / "package")
+            if not force:
+                self._check_same_job(name, package.meta, Path(tmp) / "latest")
+            if self.index.exists is False:
+                self._create_store()
+            model_dir = save_pyfunc_model(package, Path(tmp) / "model")
             run_id = self._retry(lambda: self._artifact_run(run_dir.name))
-            self._retry(lambda: self.client.log_artifacts(run_id, str(package.folder), artifact_path="model"))
+            self._retry(lambda: self.client.log_artifacts(run_id, str(model_dir), artifact_path="model"))
             self._retry(lambda: self.client.set_terminated(run_id))
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
         self._retry(lambda: self._ensure_model(name))
@@ -111,12 +139,13 @@ class ModelRegistry:
             name, source, run_id=run_id, tags=lineage_tags(package), description=f"from {run_dir.resolve()}"))
         if alias is not None:
             self._retry(lambda: self.client.set_registered_model_alias(name, alias, version.version))
+        self.index = open_index(self.uri)  # a new store can now be read without MLflow
         return self.resolve(ModelRef(name, version=int(version.version)))
 
     def promote(self, name: str, version: int, alias: str) -> VersionInfo:
         """Point ``alias`` at ``version`` (one atomic update: the alias never resolves to two versions)."""
         self.resolve(ModelRef(check_name(name), version=version))
-        self.client.set_registered_model_alias(name, check_alias(alias), str(version))
+        self.index.set_alias(name, check_alias(alias), version)
         return self.resolve(ModelRef(name, alias=alias))
 
     def delete(self, name: str, version: int | None = None) -> None:
@@ -128,30 +157,42 @@ class ModelRegistry:
             self.client.delete_model_version(name, str(version))
 
     # -- reading ------------------------------------------------------------------------------
+    def list_versions(self, name: str | None = None) -> list[VersionInfo]:
+        """Every live version (of one model, or of all), each with its aliases; by name, newest first."""
+        if name is not None:
+            check_name(name)
+        aliases = self.index.aliases(name)
+        records = self.index.versions(name)
+        return sorted((self._info(r, aliases.get(r.name, {})) for r in records),
+                      key=lambda v: (v.name, -v.version))
+
     def list_models(self) -> list[VersionInfo]:
         """The latest version of every registered model."""
-        return [self.resolve(ModelRef(m.name)) for m in self.client.search_registered_models()
-                if self._versions(m.name)]
+        latest: dict[str, VersionInfo] = {}
+        for info in self.list_versions():
+            latest.setdefault(info.name, info)
+        return list(latest.values())
 
     def versions(self, name: str) -> list[VersionInfo]:
-        aliases = self._aliases(check_name(name))
-        return [self._info(v, aliases) for v in self._versions(name)]
+        """Every live version of ``name``, oldest first."""
+        return sorted(self.list_versions(name), key=lambda v: v.version)
 
     def resolve(self, ref: ModelRef) -> VersionInfo:
         """The version a reference means (latest, a number, or an alias)."""
-        versions = self._versions(ref.name)
+        versions = self.index.versions(ref.name)
         if not versions:
-            known = ", ".join(m.name for m in self.client.search_registered_models()) or "none"
-            raise RegistryError(f"no registered model named {ref.name!r} in {self.uri} (known: {known})")
-        aliases = self._aliases(ref.name)
+            known = ", ".join(self.index.model_names()) or "none"
+            where = self.uri if self.index.exists else f"{self.uri} (nothing has been registered there yet)"
+            raise RegistryError(f"no registered model named {ref.name!r} in {where} (known: {known})")
+        aliases = self.index.aliases(ref.name).get(ref.name, {})
         if ref.alias is not None:
             if ref.alias not in aliases:
                 raise RegistryError(f"model {ref.name!r} has no alias {ref.alias!r} "
                                     f"(aliases: {', '.join(sorted(aliases)) or 'none'})")
             wanted = aliases[ref.alias]
         else:
-            wanted = ref.version if ref.version is not None else int(versions[-1].version)
-        match = [v for v in versions if int(v.version) == wanted]
+            wanted = ref.version if ref.version is not None else versions[-1].version
+        match = [v for v in versions if v.version == wanted]
         if not match:
             raise RegistryError(f"model {ref.name!r} has no version {wanted} "
                                 f"(versions: {', '.join(str(v.version) for v in versions)})")
@@ -159,26 +200,66 @@ class ModelRegistry:
 
     def download(self, ref: ModelRef, dst: Path) -> ModelPackage:
         """Fetch a version's package into ``dst`` and open it."""
-        import mlflow
+        from plantpheno.registry.package import ModelPackage
 
-        info = self.resolve(ref)
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(dst),
-                                                          tracking_uri=self.uri))
-        return ModelPackage.open(folder)
+        return ModelPackage.open(self.index.fetch(self.resolve(ref).source, dst))
+
+    def read_file(self, ref: ModelRef | VersionInfo, name: str) -> str:
+        """One text file of a version's package (e.g. ``MODEL_CARD.md``), without fetching the weights."""
+        info = ref if isinstance(ref, VersionInfo) else self.resolve(ref)
+        with tempfile.TemporaryDirectory(prefix="plantpheno-file-") as tmp:
+            return self._fetch_file(info.source, Path(tmp), name).read_text(encoding="utf-8")
 
     # -- helpers ------------------------------------------------------------------------------
-    def _versions(self, name: str) -> list[Any]:
-        found = self.client.search_model_versions(f"name='{name}'")
-        return sorted(found, key=lambda v: int(v.version))
+    @staticmethod
+    def _info(record: VersionRecord, aliases: dict[str, int]) -> VersionInfo:
+        mine = tuple(sorted(a for a, version in aliases.items() if version == record.version))
+        return VersionInfo(record.name, record.version, mine, record.source, dict(record.tags), record.created,
+                           record.description)
 
-    def _aliases(self, name: str) -> dict[str, int]:
-        """alias -> version, read from the registered model (search results do not carry aliases)."""
-        return {alias: int(version) for alias, version in (self.client.get_registered_model(name).aliases or {}).items()}
+    def _fetch_file(self, source: str, dst: Path, name: str) -> Path:
+        """One file of a version's package, fetched under ``dst``: inside the MLflow model folder that registration
+        writes (``artifacts/package/NAME``, registry/pyfunc.py), or at the top of versions registered before."""
+        from plantpheno.registry.package import PYFUNC_ARTIFACT
 
-    def _info(self, v: Any, aliases: dict[str, int]) -> VersionInfo:
-        mine = tuple(sorted(a for a, version in aliases.items() if version == int(v.version)))
-        return VersionInfo(v.name, int(v.version), mine, v.source, dict(v.tags or {}),
-                           v.creation_timestamp / 1000, v.description or "")
+        failure: Exception | None = None
+        for rel in (f"artifacts/{PYFUNC_ARTIFACT}/{name}", name):
+            try:
+                path = self.index.fetch(source, dst / "pyfunc" if "/" in rel else dst / "plain", only=rel) / rel
+                if path.is_file():
+                    return path
+            except Exception as exc:  # noqa: BLE001 - not in this layout: try the other one
+                failure = exc
+        raise RegistryError(f"{source} holds no {name} ({failure})")
+
+    def _check_same_job(self, name: str, meta: dict[str, Any], tmp: Path) -> None:
+        """A new version must predict what the name's latest version predicts: same task, same classes in order."""
+        from plantpheno.registry.package import META_FILE
+
+        versions = self.index.versions(name)
+        if not versions:
+            return
+        latest = versions[-1]
+        try:
+            theirs = json.loads(self._fetch_file(latest.source, tmp, META_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RegistryError):
+            theirs = {"task": latest.tags.get("task"), "class_names": None}  # its package is gone: the tags say
+        problems = []
+        if theirs.get("task") and theirs["task"] != meta["task"]:
+            problems.append(f"its task is {theirs['task']}, this run's is {meta['task']}")
+        elif meta["task"] == "classification" and theirs.get("class_names") is not None \
+                and list(theirs["class_names"]) != list(meta["class_names"]):
+            problems.append(f"its classes are {_names(theirs['class_names'])}, this run's are "
+                            f"{_names(meta['class_names'])}")
+        if problems:
+            raise RegistryError(f"{name} version {latest.version} (the latest) does another job: {problems[0]}. "
+                                f"Register this run under another name, or add it as version "
+                                f"{latest.version + 1} anyway with --force")
+
+    def _create_store(self) -> None:
+        path = sqlite_path(self.uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     def _ensure_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -208,9 +289,8 @@ class ModelRegistry:
 
     def _artifact_root(self) -> str | None:
         # beside a local sqlite store; a server chooses its own artifact store
-        if self.uri.startswith("sqlite:///"):
-            return (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-        return None
+        path = sqlite_path(self.uri)
+        return (path.parent / "mlartifacts").resolve().as_uri() if path is not None else None
 
     @staticmethod
     def _retry(action: Callable[[], T], attempts: int = 30) -> T:
@@ -226,15 +306,25 @@ class ModelRegistry:
         raise AssertionError("unreachable")
 
 
+def _names(names: list[str], shown: int = 6) -> str:
+    text = ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+    return f"[{text}]"
+
+
 def lineage_tags(package: ModelPackage) -> dict[str, str]:
     """Where a version came from, as registry tags (searchable in MLflow)."""
     m = package.meta
     tags = {
         "task": m["task"], "backbone": m["backbone"], "image_size": str(m["image_size"]),
+        "num_classes": str(len(m["class_names"])) if m.get("class_names") else "",
         "source_run_dir": m["source_run_dir"], "training_mlflow_run_id": str(m.get("mlflow_run_id") or ""),
         "config_sha256": m["config_sha256"], "dataset_fingerprint": m["dataset_fingerprint"],
         "git_commit": str(m["git_commit"]), "git_dirty": str(m["git_dirty"]),
         "plantpheno_version": m["plantpheno_version"], "checkpoint_epoch": str(m["checkpoint_epoch"]),
     }
     tags.update({f"test_{k}": f"{v:.6g}" for k, v in (m.get("test_metrics") or {}).items()})
+    ci = m.get("confidence_interval") or {}
+    if ci.get("low") is not None:
+        tags.update({f"test_{ci['metric']}_ci_low": f"{ci['low']:.6g}", f"test_{ci['metric']}_ci_high":
+                     f"{ci['high']:.6g}", "test_ci_confidence": f"{ci.get('confidence', 0.95):g}"})
     return tags

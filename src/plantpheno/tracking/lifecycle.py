@@ -32,10 +32,20 @@ def open_run_tracking(config: Config, run: RunDir, *, split_sizes: Mapping[str, 
             "git_dirty": env["git_dirty"], "plantpheno_version": env["plantpheno"], "torch_version": env["torch"],
             "timm_version": env["timm"], "device": env["device"], "task": task,
             "backbone": config.model.backbone, "run_dir": str(run.path.resolve()),
+            **_data_check_tags(run),
         })
     for hint in trackers.hints():
         reporter.info(f"tracking: {hint}")
     return trackers
+
+
+def _data_check_tags(run: RunDir) -> dict[str, str]:
+    """What the data checks found (counts, the checks with findings, key figures), when they ran."""
+    if not run.data_check.is_file():
+        return {}
+    from plantpheno.data.doctor.findings import DataCheckReport
+
+    return DataCheckReport.read(run.data_check).tags()
 
 
 def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], *, split: str, step: int,
@@ -46,6 +56,13 @@ def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], 
     ci = metrics.get("confidence_interval") or {}
     if ci.get("low") is not None:
         final[f"{prefix}/{ci['metric']}_ci_low"], final[f"{prefix}/{ci['metric']}_ci_high"] = ci["low"], ci["high"]
+    verdict = (metrics.get("baseline") or {}).get("verdict") or {}
+    if verdict:
+        final[f"{prefix}/baseline_{verdict['metric']}"] = verdict["baseline"]
+    calibration = metrics.get("calibration") or {}
+    for when in ("before", "after"):
+        if calibration.get(when):
+            final[f"{prefix}/ece_{when}_temperature"] = calibration[when]["ece"]
     trackers.log_metrics(final, step=step)
     for path in run.artifacts():
         trackers.log_artifact(path, folder="run")

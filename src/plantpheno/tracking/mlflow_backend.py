@@ -18,6 +18,11 @@ def default_uri(output_dir: Path) -> str:
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
 
 
+def tracking_uri(settings: MlflowConfig, output_dir: Path) -> str:
+    """``tracking.mlflow.uri``, else MLflow's own ``$MLFLOW_TRACKING_URI``, else the embedded store."""
+    return settings.uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or default_uri(output_dir)
+
+
 class MlflowTracker:
     """A run in an MLflow experiment; by default a local sqlite store with artifacts beside it."""
 
@@ -27,9 +32,10 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
-        self.uri = settings.uri or default_uri(output_dir)
+        self.uri = tracking_uri(settings, output_dir)
         # a remote server decides where artifacts go; the embedded store keeps them next to it
-        self.artifact_location = None if settings.uri else (output_dir / "mlartifacts").resolve().as_uri()
+        embedded = self.uri == default_uri(output_dir)
+        self.artifact_location = (output_dir / "mlartifacts").resolve().as_uri() if embedded else None
         self.experiment = settings.experiment or experiment
         self.parent_run_id = settings.parent_run_id
         self.client = MlflowClient(tracking_uri=self.uri)

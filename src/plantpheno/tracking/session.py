@@ -90,36 +90,48 @@ def build_trackers(config: Config, run: RunDir, *, reporter: Reporter | None = N
 
 
 class SystemMonitor:
-    """Samples CPU %, RAM, process memory and (with CUDA) GPU utilisation/memory on a background thread."""
+    """Samples CPU %, RAM, process memory and (with CUDA) GPU utilisation/memory: once when training starts, every
+    ``interval`` seconds on a background thread, and at the end of every epoch (:meth:`record`), so even a run of
+    a few seconds has its figures. ``interval`` 0 switches it off."""
 
     def __init__(self, trackers: TrackerSet, *, interval: float) -> None:
         self.trackers, self.interval = trackers, interval
         self.step: Callable[[], int] = lambda: 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._process: Any = None
 
     def start(self, step: Callable[[], int]) -> None:
-        """Sample every ``interval`` seconds until :meth:`stop`; ``step`` gives the optimizer step to log at."""
+        """Sample now and every ``interval`` seconds until :meth:`stop`; ``step`` gives the optimizer step to log at."""
         self.step = step
         if self.interval <= 0 or self._thread is not None:
             return
         import psutil
 
         self._process = psutil.Process()
-        psutil.cpu_percent(interval=None)  # the first reading only sets the reference point
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="plantpheno-system-metrics", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.trackers.log_metrics(self.sample(), step=self.step(), axis="step")
+        import psutil
 
-    def sample(self) -> dict[str, float]:
+        # CPU % is measured over a window: the first one over 0.1 s, on this thread rather than training's
+        self.record(cpu_percent=psutil.cpu_percent(interval=0.1))
+        while not self._stop.wait(self.interval):
+            self.record()
+
+    def record(self, *, cpu_percent: float | None = None) -> None:
+        """Log one sample now (the trainer's callback calls this at each epoch's end)."""
+        if self._process is not None:
+            self.trackers.log_metrics(self.sample(cpu_percent=cpu_percent), step=self.step(), axis="step")
+
+    def sample(self, *, cpu_percent: float | None = None) -> dict[str, float]:
+        """CPU % since the previous sample (or ``cpu_percent``), memory, and GPU figures on CUDA."""
         import psutil
 
         memory = psutil.virtual_memory()
-        values = {"system/cpu_percent": psutil.cpu_percent(interval=None),
+        values = {"system/cpu_percent": psutil.cpu_percent(interval=None) if cpu_percent is None else cpu_percent,
                   "system/ram_used_gb": (memory.total - memory.available) / 1e9,
                   "system/ram_percent": memory.percent,
                   "system/process_rss_gb": self._process.memory_info().rss / 1e9}

@@ -21,10 +21,13 @@ if TYPE_CHECKING:
 
 
 class EarlyStopping:
-    """Tracks the best value of the monitored metric; stops after ``patience`` epochs without improvement."""
+    """Tracks the best value of the monitored metric; stops after ``patience`` epochs without improvement, and
+    says so through ``reporter`` (rank 0's; None on the other ranks)."""
 
-    def __init__(self, *, patience: int | None, min_delta: float) -> None:
-        self.patience, self.min_delta = patience, min_delta
+    def __init__(self, *, patience: int | None, min_delta: float, reporter: Reporter | None = None,
+                 phase: str = "training", then: str = "") -> None:
+        self.patience, self.min_delta, self.reporter = patience, min_delta, reporter
+        self.phase, self.then = phase, then  # for the message: what ends, and what comes next (if anything)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         name, mode = trainer.monitor
@@ -39,6 +42,12 @@ class EarlyStopping:
             state.bad_epochs += 1
         if self.patience is not None and state.bad_epochs >= self.patience:
             trainer.should_stop = True
+            if self.reporter is not None:
+                best = f"{state.best_value:.4g}" if state.best_value is not None else "none"
+                self.reporter.info(
+                    f"early stopping: {name} has not improved for {state.bad_epochs} epochs (patience "
+                    f"{self.patience}, min_delta {self.min_delta:g}); {self.phase} ends after epoch {state.epoch} "
+                    f"of {trainer.epochs}, keeping the best epoch, {state.best_epoch} ({name} {best}){self.then}")
 
 
 class Checkpointer:
@@ -140,13 +149,18 @@ class Console:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                           if k not in ("epoch",) and isinstance(v, float))
         star = " *" if trainer.state.best_epoch == trainer.state.epoch else ""
-        self.reporter.info(f"epoch {metrics['epoch']}/{trainer.epochs}  {shown}{star}")
+        phase = " fine-tune" if trainer.state.phase == "fine_tune" else ""
+        self.reporter.info(f"epoch {metrics['epoch']}/{trainer.epochs}{phase}  {shown}{star}")
 
 
 class SystemSampler(Protocol):
     """Samples system metrics (CPU, memory, GPU) while training; ``step`` says which optimizer step it is."""
 
     def start(self, step: Callable[[], int]) -> None: ...
+
+    def record(self) -> None:
+        """Take one sample now (at each epoch's end: short runs get figures too)."""
+        ...
 
     def stop(self) -> None: ...
 
@@ -166,6 +180,8 @@ class TrackerCallback:
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+        if self.system is not None:
+            self.system.record()
 
     def close(self) -> None:
         if self.system is not None:

@@ -31,6 +31,7 @@ from plantpheno.data.cache import ImageCache, cache_spec
 from plantpheno.data.datasets import EpochSampler, ImageDataset, Loaders, PreparedData, collate
 from plantpheno.data.transforms import eval_transform
 from plantpheno.models import input_format
+from plantpheno.reporting import Reporter
 
 
 class CachedHead(nn.Module):
@@ -83,20 +84,31 @@ def pooled_features(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 @torch.no_grad()
 def _featurise(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, loader: DataLoader,
-               device: torch.device, finish: BatchFinish) -> torch.Tensor:
+               device: torch.device, finish: BatchFinish, reporter: Reporter | None = None,
+               desc: str = "backbone pass") -> torch.Tensor:
     """``fn`` over every batch of ``loader`` (moved by ``finish``), with ``model`` (whose modules ``fn`` runs)
-    in eval mode."""
+    in eval mode; ``reporter`` shows the progress in images."""
     was_training = model.training
     model.eval()
     fmt = input_format(model)
-    chunks = [fn(finish(images, device, memory_format=fmt)).float().cpu().contiguous() for images, _ in loader]
+    bar = reporter.progress(total=len(loader.sampler), desc=desc, unit="img") if reporter is not None else None
+    chunks = []
+    try:
+        for images, _ in loader:
+            chunks.append(fn(finish(images, device, memory_format=fmt)).float().cpu().contiguous())
+            if bar is not None:
+                bar.update(len(chunks[-1]))
+    finally:
+        if bar is not None:
+            bar.close()
     model.train(was_training)
     return torch.cat(chunks)
 
 
 def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int, seed: int, batch_size: int,
                     num_workers: int, device: torch.device, finish: BatchFinish,
-                    fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+                    fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    reporter: Reporter | None = None) -> list[torch.Tensor]:
     """Features (or ``fn``'s outputs) of ``views`` augmented passes over the training images
     (``train_images`` augments; ``finish`` completes its batches)."""
     out = []
@@ -105,7 +117,8 @@ def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int,
             seed * 1_000_003 + 7_919 * (view + 1)))
         loader = DataLoader(train_images, batch_size=batch_size, num_workers=num_workers, sampler=_Items(seeds),
                             collate_fn=collate, generator=torch.Generator())
-        out.append(_featurise(fn or pooled_features(model), model, loader, device, finish))
+        out.append(_featurise(fn or pooled_features(model), model, loader, device, finish, reporter,
+                              f"backbone pass (train, augmented view {view + 2}/{views + 1})"))
     return out
 
 
@@ -113,23 +126,26 @@ def augmented_views(model: nn.Module, train_images: ImageDataset, *, views: int,
 def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int, mean: Sequence[float],
                      std: Sequence[float], batch_size: int, device: torch.device, num_workers: int,
                      fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     cache: ImageCache | None = None) -> torch.Tensor:
+                     cache: ImageCache | None = None, resize: str = "crop", reporter: Reporter | None = None,
+                     desc: str = "backbone pass") -> torch.Tensor:
     """Pooled pre-logits features ``(N, D)`` of every image (or ``fn``'s outputs), in order, with the
-    backbone in eval mode."""
+    backbone in eval mode; ``reporter`` shows the progress (``desc``)."""
     # ``cache``: the split's decoded pixels at the evaluation size (``data.cache``), else decoded from disk
-    dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std), regression=False,
+    dataset = ImageDataset(paths, [0] * len(paths), eval_transform(image_size, mean, std, resize), regression=False,
                            cache=cache)
     # a private generator: the loader's base seed must not come from (and shift) the global RNG
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
                         sampler=EpochSampler(len(paths), seed=0, shuffle=False))
-    return _featurise(fn or pooled_features(model), model, loader, device, BatchFinish())
+    return _featurise(fn or pooled_features(model), model, loader, device, BatchFinish(), reporter, desc)
 
 
 def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Module, config: Config, *,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 reporter: Reporter | None = None) -> dict[str, torch.Tensor]:
     """``fn`` (default: the pooled features) of every train and val image, ``(views, N, ...)``: view 0 with
-    the evaluation preprocessing, ``training.feature_cache_views - 1`` augmented views of the training images."""
+    the evaluation preprocessing, ``training.feature_cache_views - 1`` augmented views of the training images.
+    ``reporter`` shows each pass's progress."""
     cached = {}
     for split in ("train", "val"):
         images = image_loaders[split]
@@ -139,11 +155,13 @@ def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Modul
         same_size = split == "val" or cache_spec(config.data, train=True) == cache_spec(config.data, train=False)
         outputs = extract_features(model, [s.path for s in prepared.splits[split]], image_size=config.data.image_size,
                                    mean=mean, std=std, batch_size=batch, device=device,
-                                   num_workers=images.num_workers, fn=fn,
-                                   cache=images.dataset.cache if same_size else None)
+                                   num_workers=images.num_workers, fn=fn, resize=config.data.resize,
+                                   cache=images.dataset.cache if same_size else None, reporter=reporter,
+                                   desc=f"backbone pass ({split})")
         views = config.training.feature_cache_views
         extra = (augmented_views(model, images.dataset, views=views - 1, seed=config.seed, batch_size=batch,
-                                 num_workers=images.num_workers, device=device, finish=image_loaders.finish, fn=fn)
+                                 num_workers=images.num_workers, device=device, finish=image_loaders.finish, fn=fn,
+                                 reporter=reporter)
                  if split == "train" and views > 1 else [])
         cached[split] = torch.stack([outputs, *extra])
     return cached
@@ -172,7 +190,7 @@ def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config
     for split, tensor in cached.items():
         images = image_loaders[split]
         loaders[split] = DataLoader(FeatureDataset(tensor, images.dataset.targets), batch_size=images.batch_size,
-                                    sampler=images.sampler, drop_last=images.drop_last,
+                                    sampler=images.sampler, drop_last=images.drop_last, pin_memory=images.pin_memory,
                                     generator=torch.Generator().manual_seed(config.seed))
     # cached tensors are already finished (float, normalised); the test images keep their own finish,
     # which only moves float batches
@@ -181,7 +199,7 @@ def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config
 
 def feature_loaders(prepared: PreparedData, image_loaders: Loaders, model: nn.Module,
                     config: Config, *, mean: Sequence[float], std: Sequence[float],
-                    device: torch.device) -> Loaders:
+                    device: torch.device, reporter: Reporter | None = None) -> Loaders:
     """Train/val loaders over cached pooled features (see :func:`loaders_over`)."""
-    return loaders_over(cache_inputs(prepared, image_loaders, model, config, mean=mean, std=std, device=device),
-                        image_loaders, config)
+    return loaders_over(cache_inputs(prepared, image_loaders, model, config, mean=mean, std=std, device=device,
+                                     reporter=reporter), image_loaders, config)

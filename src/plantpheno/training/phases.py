@@ -55,7 +55,7 @@ def plan_phases(config: Config) -> tuple[Phase, ...]:
     if not ft.epochs:
         return (head,)
     training = config.training.model_copy(update={"epochs": ft.epochs, "learning_rate": ft.learning_rate,
-                                                  "warmup_epochs": 0.0})
+                                                  "warmup_epochs": ft.warmup_epochs})
     fine = Phase("fine_tune", config.training.epochs + ft.epochs, config.model_copy(update={"training": training}),
                  unfreeze_blocks=ft.blocks)
     return head, fine
@@ -100,7 +100,8 @@ class FrozenFeatures:
     """
 
     def __init__(self, model: nn.Module, prepared: PreparedData, loaders: Loaders, config: Config, *,
-                 mean: Sequence[float], std: Sequence[float], device: torch.device, reporter: Reporter) -> None:
+                 mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 reporter: Reporter | None) -> None:
         self.model, self.prepared, self.loaders, self.config = model, prepared, loaders, config
         self.mean, self.std, self.device, self.reporter = mean, std, device, reporter
         self._cut: BackboneCut | None = None
@@ -132,7 +133,7 @@ class FrozenFeatures:
                          config.model.backbone)
                 return self.loaders, model
             return (feature_loaders(self.prepared, self.loaders, model, config, mean=self.mean, std=self.std,
-                                    device=self.device),
+                                    device=self.device, reporter=self.reporter),
                     CachedHead(model, dropout=config.model.dropout))
         acts = self._activations_at(cut)
         suffix = CutSuffix(model, cut.trunk[cut.index:])
@@ -149,7 +150,7 @@ class FrozenFeatures:
 
             self._activations = cache_inputs(self.prepared, self.loaders, self.model, self.config,
                                              fn=Prefix(cut.trunk[:cut.index]), mean=self.mean, std=self.std,
-                                             device=self.device)
+                                             device=self.device, reporter=self.reporter)
             mib = sum(t.numel() * t.element_size() for t in self._activations.values()) / 2**20
             log.info("cached the frozen backbone's activations before module %d of %d: %.0f MiB", cut.index,
                      len(cut.trunk), mib)

@@ -30,8 +30,9 @@ class Task(Protocol):
         """Class probabilities (N, C) or trait values (N,) in the original units."""
         ...
 
-    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
-        """Sum over the batch of the running training metric (correct count, or absolute error)."""
+    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Sum over the batch of the running training metric (correct count, or absolute error), as a 0-d
+        tensor on the outputs' device: the trainer reads it back with the loss, not at every step."""
         ...
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]: ...
@@ -57,8 +58,8 @@ class Classification:
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().softmax(dim=1)
 
-    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
-        return float((outputs.argmax(dim=1) == target).sum())
+    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (outputs.argmax(dim=1) == target).sum()
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         m = classification_metrics(y_true.astype(int), predictions.argmax(axis=1), num_classes=self.num_outputs)
@@ -74,12 +75,13 @@ class Regression:
     metric_names = spec.val_metrics
     num_outputs = 1
 
-    def __init__(self, mean: float, std: float) -> None:
+    def __init__(self, mean: float, std: float, *, counts: bool = False) -> None:
         self.mean, self.std = mean, std
+        self.counts = counts  # a count (every training value a whole number): predictions also come rounded
 
     def to_meta(self) -> dict[str, Any]:
         return {"task": self.name, "num_outputs": 1, "class_names": None, "target_mean": self.mean,
-                "target_std": self.std}
+                "target_std": self.std, "counts": self.counts}
 
     def loss_target(self, target: torch.Tensor) -> torch.Tensor:
         return ((target - self.mean) / self.std)[:, None]
@@ -87,8 +89,8 @@ class Regression:
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float()[:, 0] * self.std + self.mean
 
-    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
-        return float((self.predictions(outputs) - target).abs().sum())
+    def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (self.predictions(outputs) - target).abs().sum()
 
     def metrics(self, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         m = regression_metrics(y_true.astype(float), predictions.astype(float))
@@ -99,4 +101,4 @@ def task_from_meta(meta: dict[str, Any]) -> Classification | Regression:
     """The task a checkpoint's or model package's metadata (:meth:`Task.to_meta`) describes."""
     if meta["task"] == "classification":
         return Classification(list(meta["class_names"]))
-    return Regression(float(meta["target_mean"]), float(meta["target_std"]))
+    return Regression(float(meta["target_mean"]), float(meta["target_std"]), counts=bool(meta.get("counts", False)))

@@ -91,7 +91,10 @@ class Optimization:
 
 
 class Callback(Protocol):
-    """Any subset of these methods; the trainer calls those an object has."""
+    """Any subset of these methods; the trainer calls those an object has.
+
+    ``on_batch_end`` gets each step's loss as a number once the trainer has read it back from the device: after
+    every step on the CPU, in order for the steps since the last check on a GPU (``training.check_every``)."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_epoch_start(self, trainer: Trainer) -> None: ...
@@ -132,8 +135,10 @@ class Trainer:
     def __init__(self, *, nets: Networks, task: Task, loss_fn: nn.Module, optimization: Optimization,
                  loaders: Loaders, device: torch.device, epochs: int, monitor: tuple[str, str],
                  callbacks: Sequence[object] = (), state: TrainState | None = None,
-                 dist: DistContext | None = None, channels_last: bool = False) -> None:
+                 dist: DistContext | None = None, channels_last: bool = False, check_every: int = 1) -> None:
         self.nets, self.task, self.loss_fn = nets, task, loss_fn.to(device)
+        self.check_every = check_every  # steps between reads of the loss from the device (see _check)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, score, images) not yet read
         self.optimization = optimization
         self.dist = dist or DistContext()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -181,45 +186,63 @@ class Trainer:
         loader.sampler.set_epoch(state.epoch, start=state.batch * loader.batch_size * self.dist.world_size)
         set_train_mode(self.nets.trained, True)
         self._emit("on_epoch_start")
-        acc = state.partial
-        tick = time.perf_counter()
-        finish = self.loaders.finish  # normalises (or augments) uint8 batches on the device
-        for images, target in loader:
-            images = finish(images, self.device, memory_format=self.memory_format)
-            target = target.to(self.device, non_blocking=True)
+        self._tick = time.perf_counter()
+        # the loaders' finishing step normalises (or augments) uint8 batches on the device
+        for images, target in self.loaders.on_device("train", self.device, memory_format=self.memory_format):
             loss, outputs = self._train_step(images, target)
-            n = len(target)
-            acc["loss"] += loss * n
-            acc["score"] += self.task.batch_score(outputs.detach(), target)
-            acc["seen"] += n
-            now = time.perf_counter()
-            acc["time"] += now - tick  # wall time including data loading
-            tick = now
+            self._pending.append((loss.detach(), self.task.batch_score(outputs.detach(), target), len(target)))
             state.batch += 1
             state.global_step += 1
-            self._emit("on_batch_end", loss, n)
-            # one process may stop as soon as asked; ranks of a job stop only at a step they agreed on
+            # a process alone checks at once when asked to stop; ranks of a job check at the same steps
+            if len(self._pending) >= self.check_every or (not self.dist.enabled and self.stop_requested):
+                self._check()
             if self._stop_now or (not self.dist.enabled and self.stop_requested):
                 self._emit("on_interrupt")
                 raise Interrupted(self.stop_requested or "a stop request on another rank", state)
+        self._check()
+        acc = state.partial
         loss_sum, score, seen = self.dist.sum([acc["loss"], acc["score"], acc["seen"]], self.device)
         seen = max(seen, 1.0)
         return {"train/loss": loss_sum / seen, f"train/{self.task.train_metric}": score / seen,
                 "time/epoch_s": acc["time"], "time/images_per_s": seen / max(acc["time"], 1e-9)}
 
-    def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def _check(self) -> None:
+        """Read the losses and scores of the steps since the last check back from the device (one wait for it),
+        stop on a non-finite loss, add them to the epoch's running sums and tell the callbacks.
+
+        The steps in between queue their work without waiting, so a GPU never idles on the host; on the CPU the
+        trainer checks every step (``check_every`` 1), where reading a value costs nothing. A non-finite loss is
+        reported with the epoch and batch where it appeared; the steps after it changed only the weights in
+        memory, and the trainer checks before any checkpoint is written (at the epoch's end and on a stop).
+        Across ranks, a NaN or a stop request on any of them stops all at the same check."""
+        pending, self._pending = self._pending, []
+        losses = torch.stack([p[0] for p in pending]).tolist() if pending else []
+        scores = torch.stack([p[1] for p in pending]).tolist() if pending else []
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        nonfinite, self._stop_now = self.dist.any([bad is not None, bool(self.stop_requested)], self.device)
+        state = self.state
+        if nonfinite:
+            if bad is None:  # another rank's
+                raise NonFiniteLossError(float("nan"), state.epoch + 1, state.batch)
+            raise NonFiniteLossError(losses[bad], state.epoch + 1, state.batch - len(pending) + bad + 1)
+        acc = state.partial
+        now = time.perf_counter()
+        acc["time"] += now - self._tick  # wall time including data loading
+        self._tick = now
+        for loss, score, (_, _, n) in zip(losses, scores, pending):
+            acc["loss"] += loss * n
+            acc["score"] += score
+            acc["seen"] += n
+            self._emit("on_batch_end", loss, n)
+
+    def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the loss and the outputs, on the device (nothing is read back here)."""
         opt = self.optimization
         autocast = (torch.autocast(self.device.type, dtype=opt.amp_dtype) if opt.amp_dtype
                     else contextlib.nullcontext())
         with autocast:
             outputs = self.nets.stepped(images)
             loss = self.loss_fn(outputs.float(), self.task.loss_target(target))
-        value = float(loss.detach())
-        # one small all-reduce per step: a NaN or a stop request on any rank stops every rank at this step
-        nonfinite, self._stop_now = self.dist.any([not math.isfinite(value), bool(self.stop_requested)], self.device)
-        if nonfinite:
-            raise NonFiniteLossError(value if not math.isfinite(value) else float("nan"), self.state.epoch + 1,
-                                     self.state.batch + 1)
         opt.optimizer.zero_grad(set_to_none=True)
         opt.scaler.scale(loss).backward()
         if opt.grad_clip_norm is not None:
@@ -229,7 +252,7 @@ class Trainer:
         opt.scaler.update()
         if opt.step_scheduler_per_batch and opt.scheduler is not None:
             opt.scheduler.step()
-        return value, outputs
+        return loss, outputs
 
     def validate(self, split: str = "val") -> dict[str, float]:
         """Loss and task metrics over the whole split."""

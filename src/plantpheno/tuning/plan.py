@@ -24,6 +24,7 @@ class StudyPlan:
     settings: TuneSettings  # study, metric, direction, trials, storage and seed filled in
     study_dir: Path
     grid: tuple[dict[str, Any], ...] | None  # the combinations to run, for sampler grid
+    grid_size: int | None = None  # all combinations of the space (grid may hold the first ``trials`` of them)
 
     @property
     def name(self) -> str:
@@ -52,10 +53,10 @@ class StudyPlan:
         managed: dict[str, Any] = {"output_dir": str(self.study_dir.parent), "experiment": self.name,
                                    "run_name": f"trial-{number:04d}", "tracking.wandb.group": self.name}
         if "mlflow" in base.tracking.backends:
-            from plantpheno.tracking.mlflow_backend import default_uri
+            from plantpheno.tracking.mlflow_backend import tracking_uri
 
             # the trial's folder moves output_dir and experiment; its MLflow run stays where the base run's would be
-            managed.update({"tracking.mlflow.uri": base.tracking.mlflow.uri or default_uri(base.output_dir),
+            managed.update({"tracking.mlflow.uri": tracking_uri(base.tracking.mlflow, base.output_dir),
                             "tracking.mlflow.experiment": base.tracking.mlflow.experiment or base.experiment,
                             "tracking.mlflow.parent_run_id": parent_run_id})
         raw = apply_values(apply_values(config_to_dict(base), values), managed)
@@ -80,6 +81,7 @@ def make_plan(config: Config, space: SearchSpace, settings: TuneSettings) -> Stu
         raise ConfigError(f"tuning.direction: got {settings.direction!r}; expected {natural!r} for {metric} "
                           f"({'higher' if natural == 'maximize' else 'lower'} is better)")
     grid = tuple(space.grid()) if settings.sampler == "grid" else None
+    combinations = len(grid) if grid is not None else None
     if grid is not None:
         trials = min(settings.trials or len(grid), len(grid))
         grid = grid[:trials]
@@ -91,7 +93,7 @@ def make_plan(config: Config, space: SearchSpace, settings: TuneSettings) -> Stu
     resolved = settings.model_copy(update={
         "study": study, "metric": metric, "direction": natural, "trials": trials, "storage": storage,
         "seed": config.seed if settings.seed is None else settings.seed})
-    return StudyPlan(config, space, resolved, study_dir, grid)
+    return StudyPlan(config, space, resolved, study_dir, grid, combinations)
 
 
 def _check_metric(config: Config, metric: str) -> None:
@@ -117,7 +119,9 @@ def describe_plan(plan: StudyPlan) -> list[str]:
              f"{plan.n_trials} trials" + (f", timeout {s.timeout:g} s" if s.timeout else ""),
              "space:", *(f"  {line}" for line in plan.space.describe())]
     if plan.grid is not None:
-        lines.append(f"grid: {plan.n_trials} trials")
+        cut = (f" (the first {plan.n_trials} of its {plan.grid_size} combinations: --trials or tuning.trials "
+               f"caps a grid)" if plan.grid_size and plan.grid_size > plan.n_trials else "")
+        lines.append(f"grid: {plan.n_trials} trials{cut}")
         lines += [f"  {i:4d}  " + "  ".join(f"{k}={v!r}" for k, v in point.items())
                   for i, point in enumerate(plan.grid)]
     return lines

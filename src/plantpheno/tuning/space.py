@@ -37,13 +37,17 @@ _INTERIOR = 0.381966  # an interior point that is almost never a round number (c
 
 @dataclass(frozen=True)
 class FloatRange:
-    """``{type: float, low, high, log?, step?}``: a real number in [low, high]."""
+    """``{type: float, low, high, log?, step?, grid_points?}``: a real number in [low, high].
+
+    ``grid_points: N`` is what ``--sampler grid`` takes from a range without a step: N values from low to high,
+    evenly spaced (geometrically with ``log: true``: 1e-4, 1e-3, 1e-2); random and TPE sample the whole range."""
 
     field: str
     low: float
     high: float
     log: bool = False
     step: float | None = None
+    grid_points: int | None = None
 
     def check_values(self) -> tuple[float, ...]:
         if self.step is not None:
@@ -55,10 +59,16 @@ class FloatRange:
         return (self.low, inner, self.high)
 
     def grid_values(self) -> tuple[float, ...] | None:
-        if self.step is None:
+        if self.step is not None:
+            count = round((self.high - self.low) / self.step) + 1
+            return tuple(round(self.low + i * self.step, 12) for i in range(count))
+        if self.grid_points is None:
             return None
-        count = round((self.high - self.low) / self.step) + 1
-        return tuple(round(self.low + i * self.step, 12) for i in range(count))
+        n = self.grid_points
+        if self.log:
+            lo, hi = math.log(self.low), math.log(self.high)
+            return tuple(float(f"{math.exp(lo + i * (hi - lo) / (n - 1)):.12g}") for i in range(n))
+        return tuple(float(f"{self.low + i * (self.high - self.low) / (n - 1):.12g}") for i in range(n))
 
     def suggest(self, trial: Any) -> float:
         return trial.suggest_float(self.field, self.low, self.high, log=self.log, step=self.step)
@@ -69,11 +79,14 @@ class FloatRange:
             out["log"] = True
         if self.step is not None:
             out["step"] = self.step
+        if self.grid_points is not None:
+            out["grid_points"] = self.grid_points
         return out
 
     def describe(self) -> str:
         scale = ", log scale" if self.log else f", step {self.step}" if self.step else ""
-        return f"float in [{self.low:g}, {self.high:g}]{scale}"
+        grid = f" ({self.grid_points} points in a grid)" if self.grid_points is not None else ""
+        return f"float in [{self.low:g}, {self.high:g}]{scale}{grid}"
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,7 @@ class SearchSpace:
     def grid(self, *, limit: int = MAX_GRID) -> list[dict[str, Any]]:
         """Every combination of the fields' values (first field slowest), for ``--sampler grid``."""
         problems = [f"space.{p.field}: got {p.to_yaml()!r}; expected a list of values, a categorical, an int "
-                    f"range or a float range with a step (--sampler grid enumerates every value)"
+                    f"range, or a float range with a step or grid_points: N (--sampler grid enumerates every value)"
                     for p in self.params if p.grid_values() is None]
         if problems:
             raise ConfigError("invalid search space for --sampler grid:\n  " + "\n  ".join(problems))
@@ -207,7 +220,7 @@ def parse_space(raw: Any, *, source: str = "search space") -> SearchSpace:
     return SearchSpace(tuple(params))
 
 
-_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "step", "log"},
+_KEYS = {"float": {"type", "low", "high", "log", "step", "grid_points"}, "int": {"type", "low", "high", "step", "log"},
          "categorical": {"type", "choices"}}
 
 
@@ -230,7 +243,7 @@ def _parse_param(field: str, spec: Any) -> Param:
         raise ValueError(f"log: true or false (got log: {log!r})")  # noqa: TRY004
     if kind == "int":
         return _int_range(field, low, high, spec.get("step", 1), log)
-    return _float_range(field, low, high, spec.get("step"), log)
+    return _float_range(field, low, high, spec.get("step"), log, spec.get("grid_points"))
 
 
 def _number(name: str, value: Any, *, integer: bool) -> float:
@@ -261,8 +274,12 @@ def _int_range(field: str, low: Any, high: Any, step: Any, log: bool) -> IntRang
     return IntRange(field, low, high, step, log)
 
 
-def _float_range(field: str, low: Any, high: Any, step: Any, log: bool) -> FloatRange:
+def _float_range(field: str, low: Any, high: Any, step: Any, log: bool, grid_points: Any = None) -> FloatRange:
     _bounds(low, high, integer=False, log=log)
+    if grid_points is not None:
+        _number("grid_points", grid_points, integer=True)
+        if grid_points < 2 or step is not None:
+            raise ValueError(f"grid_points >= 2 and no step (got grid_points={grid_points}, step={step})")
     if step is not None:
         _number("step", step, integer=False)
         if step <= 0:
@@ -271,7 +288,7 @@ def _float_range(field: str, low: Any, high: Any, step: Any, log: bool) -> Float
             raise ValueError(f"either log: true or a step, not both (got step={step})")
         if abs((high - low) / step - round((high - low) / step)) > 1e-9:
             raise ValueError(f"high - low to be a multiple of step, but got (low={low}, high={high}, step={step})")
-    return FloatRange(field, float(low), float(high), log, None if step is None else float(step))
+    return FloatRange(field, float(low), float(high), log, None if step is None else float(step), grid_points)
 
 
 def _choices(values: Any) -> tuple[Scalar, ...]:

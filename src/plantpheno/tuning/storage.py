@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,15 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                           f"or a database URL such as postgresql://user@host/db")
     # sqlite: wait for the write lock instead of failing at once when several workers write
     kwargs = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of every kind
-        raise ConfigError(f"--storage {url}: cannot open the database ({type(exc).__name__}: {exc})") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of every kind
+            # workers started together on an empty database all create Optuna's tables: the losers of that race
+            # see "already exists" / "duplicate key" once, and find the tables made when they try again
+            racing = any(s in str(exc).lower() for s in ("already exists", "duplicate key"))
+            if not racing or attempt == 4:
+                raise ConfigError(f"--storage {url}: cannot open the database ({type(exc).__name__}: "
+                                  f"{str(exc)[:500]})") from None
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")

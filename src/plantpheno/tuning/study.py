@@ -154,11 +154,13 @@ class StudyRun:
         config = plan.config
         self.trackers = TrackerSet([MlflowTracker(config.tracking.mlflow, experiment=config.experiment,
                                                   output_dir=config.output_dir)])
-        previous = study.user_attrs.get(PARENT_RUN_ATTR)
-        ids = self.trackers.start(run_name=plan.name, resume_ids={"mlflow": previous} if previous else None)
-        self.run_id = ids.get("mlflow")
-        if self.run_id and not previous:
-            study.set_user_attr(PARENT_RUN_ATTR, self.run_id)
+        # workers of this machine started together would each make a study run: the first one makes it
+        with queue_lock(plan):
+            previous = study.user_attrs.get(PARENT_RUN_ATTR)
+            ids = self.trackers.start(run_name=plan.name, resume_ids={"mlflow": previous} if previous else None)
+            self.run_id = ids.get("mlflow")
+            if self.run_id and not previous:
+                study.set_user_attr(PARENT_RUN_ATTR, self.run_id)
             settings = {f"tuning.{k}": str(v) for k, v in plan.settings.model_dump().items() if v is not None}
             self.trackers.log_params({**settings, **{f"space.{k}": json.dumps(v) for k, v in
                                                      plan.space.to_yaml().items()}})

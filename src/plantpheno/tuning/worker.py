@@ -17,6 +17,7 @@ from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.training.trainer import EarlyExit, Interrupted
 from plantpheno.tuning.plan import StudyPlan
 from plantpheno.tuning.queue import Lease, claim_next, fail_stale_trials, queue_lock, top_up
+from plantpheno.tuning.sampler import TrialSeededSampler
 from plantpheno.tuning.storage import open_storage
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow run, parent of the trials' runs
@@ -64,24 +65,26 @@ def load_study(plan: StudyPlan, *, worker_index: int = 0) -> optuna.Study:
     """Open the plan's study (it must exist) with this worker's sampler and pruner."""
     storage = open_storage(plan.storage_url)
     try:
-        study_id = storage.get_study_id_from_name(plan.name)
+        storage.get_study_id_from_name(plan.name)
     except KeyError:
         raise TuningError(f"study {plan.name} does not exist in {plan.storage_url}; start it with "
                           f"`plantpheno tune` without --worker") from None
-    n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
-    return optuna.load_study(study_name=plan.name, storage=storage,
-                             sampler=_sampler(plan, worker_index, n_existing), pruner=_pruner(plan))
+    return optuna.load_study(study_name=plan.name, storage=storage, sampler=_sampler(plan), pruner=_pruner(plan))
 
 
-def _sampler(plan: StudyPlan, worker_index: int, n_existing: int) -> optuna.samplers.BaseSampler:
-    # Distinct per worker and per restart, so workers and resumed studies do not repeat each other's draws.
-    seed = (int(plan.settings.seed or 0) * 1_000_003 + n_existing * 7919 + worker_index) % 2**32
+def _sampler(plan: StudyPlan) -> optuna.samplers.BaseSampler:
+    """Trial N's draws come from (seed, N): distinct across workers and machines, the same however many share the
+    study (grid trials are enqueued with all values fixed)."""
     if plan.settings.sampler == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=plan.settings.startup_trials,
-                                              constant_liar=True)
-    return optuna.samplers.RandomSampler(seed=seed)  # grid trials are enqueued with all values fixed
+        def make(seed: int) -> optuna.samplers.BaseSampler:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.TPESampler(seed=seed, n_startup_trials=plan.settings.startup_trials,
+                                                  constant_liar=True)
+    else:
+        def make(seed: int) -> optuna.samplers.BaseSampler:
+            return optuna.samplers.RandomSampler(seed=seed)
+    return TrialSeededSampler(make, seed=int(plan.settings.seed or 0))
 
 
 def _pruner(plan: StudyPlan) -> optuna.pruners.BasePruner:

@@ -1,0 +1,245 @@
+"""The model registry and prediction, from Python (see :mod:`plantpheno.api`)."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from plantpheno.api.runs import Run, _run_path
+from plantpheno.errors import DataError
+from plantpheno.rundir import RunDir
+
+if TYPE_CHECKING:
+    from plantpheno.registry.predict import ImageInput, Predictor
+    from plantpheno.registry.store import ModelRegistry, VersionInfo
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------
+
+
+class Registry:
+    """The model registry (MLflow's), as the ``plantpheno models`` commands use it.
+
+    ``uri=None`` finds the registry as the command line does without ``--registry``
+    (:func:`~plantpheno.registry.store.resolve_registry_uri`: a run's ``registry.uri``,
+    ``$PLANTPHENO_REGISTRY_URI``, ``$MLFLOW_REGISTRY_URI``/``$MLFLOW_TRACKING_URI``, else the project's
+    ``runs/mlflow.db`` found from the current folder upwards). Versions are returned as
+    :class:`~plantpheno.registry.store.VersionInfo` (name, version, aliases, source, lineage tags).
+    """
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri
+
+    def register_model(self, run: Run | str | os.PathLike[str], name: str, *,
+                       alias: str | None = None) -> VersionInfo:
+        """Register a run's best checkpoint as a new version of ``name`` (an MLflow pyfunc model holding the
+        plantpheno package); ``alias`` also points that alias at it."""
+        path = _run_path(run)
+        return self._store(run=path).register(path, name=name, alias=alias)
+
+    def list_models(self) -> list[VersionInfo]:
+        """The latest version of every registered model."""
+        return self._store().list_models()
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of ``name``, oldest first."""
+        return self._store().versions(name)
+
+    def get(self, ref: str) -> VersionInfo:
+        """The version ``NAME``, ``NAME/VERSION`` or ``NAME@alias`` means."""
+        from plantpheno.registry.refs import parse_ref
+
+        return self._store().resolve(parse_ref(ref))
+
+    def promote(self, name: str, version: int, alias: str) -> VersionInfo:
+        """Point ``alias`` at ``version`` (atomically: the alias never resolves to two versions)."""
+        return self._store().promote(name, version, alias)
+
+    def delete(self, name: str, version: int | None = None) -> None:
+        """Delete one version, or the whole model."""
+        self._store().delete(name, version)
+
+    def load_model(self, ref: str, *, device: str = "cpu") -> Model:
+        """:func:`load_model` from this registry."""
+        return load_model(ref, registry=self.uri, device=device)
+
+    def _store(self, *, run: Path | None = None) -> ModelRegistry:
+        return _model_registry(self.uri, run=run)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.uri!r})"
+
+
+def register_model(run: Run | str | os.PathLike[str], name: str, *, alias: str | None = None,
+                   registry: str | None = None) -> VersionInfo:
+    """Register a run as a new version of ``name`` (``plantpheno models register RUN --name NAME``), in
+    ``registry`` or where the run's config registers by default."""
+    return Registry(registry).register_model(run, name, alias=alias)
+
+
+def _model_registry(uri: str | None, *, run: Path | None = None) -> ModelRegistry:
+    """The registry a command uses: :func:`~plantpheno.registry.store.resolve_registry_uri`, the one rule every
+    ``plantpheno models`` command and auto-registration follow (a run's own ``registry.uri`` counts)."""
+    from plantpheno.registry.store import ModelRegistry, resolve_registry_uri
+
+    config = RunDir(run).read_config() if run is not None and uri is None else None
+    return ModelRegistry(resolve_registry_uri(uri, config=config))
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's prediction: ``label``, ``confidence`` and ``probabilities`` (class -> probability) for a
+    classifier, ``value`` (in the trait's units) for a trait model. ``source`` is the file's path (None for
+    images given in memory); ``error`` says why an image could not be read (only with ``on_bad_image="skip"``)."""
+
+    source: str | None
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    value: float | None = None
+    error: str | None = None
+
+    @property
+    def predicted(self) -> str | float | None:
+        """The class name, or the trait value."""
+        return self.label if self.label is not None else self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Model:
+    """A trained model with its preprocessing, ready to predict: made by :func:`load_model`.
+
+    Holds the network in memory (and, for a registry version, a temporary copy of its package until
+    :meth:`close`, the end of a ``with`` block, or garbage collection).
+    """
+
+    def __init__(self, predictor: Predictor, stack: ExitStack, source: str) -> None:
+        self._predictor = predictor
+        self.source = source
+        self._close = weakref.finalize(self, stack.close)
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression``."""
+        return str(self.meta["task"])
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The package's description: backbone, task, classes or trait scaling, preprocessing, lineage, test
+        metrics."""
+        return self._predictor.package.meta
+
+    @property
+    def card(self) -> str:
+        """The model card (Markdown)."""
+        from plantpheno.registry.package import CARD_FILE
+
+        path = self._predictor.package.folder / CARD_FILE
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32,
+                on_bad_image: Literal["error", "skip"] = "error", progress: bool = False) -> list[Prediction]:
+        """Predict for one image or many, in the order given.
+
+        An image is a file path (a folder means every image file in it), encoded image bytes, a PIL image, or a
+        numpy array, channels last: ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, uint8 (0-255) or
+        float (0-1); a ``(N, H, W, C)`` array is N images. Each is decoded and preprocessed as training did.
+
+        Raises:
+            DataError: listing every image that cannot be read; with ``on_bad_image="skip"`` those come back as
+                predictions with ``error`` set instead.
+        """
+        if on_bad_image not in ("error", "skip"):
+            raise DataError(f"on_bad_image: got {on_bad_image!r}; expected 'error' or 'skip'")
+        items, sources = _expand(images)
+        results, bad = self._predictor.predict_images(items, batch_size=batch_size, progress=progress)
+        if bad and on_bad_image == "error":
+            listed = "; ".join(f"{sources[i] or f'image {i}'}: {why}" for i, why in bad)
+            raise DataError(f"{len(bad)} of {len(items)} image(s) could not be read: {listed}")
+        predictions: list[Prediction | None] = [None] * len(items)
+        for i, output in results:
+            described = self._predictor.describe(output)
+            if "probabilities" in described:
+                predictions[i] = Prediction(sources[i], label=described["predicted"],
+                                            confidence=described["confidence"],
+                                            probabilities=described["probabilities"])
+            else:
+                predictions[i] = Prediction(sources[i], value=described["predicted"])
+        for i, why in bad:
+            predictions[i] = Prediction(sources[i], error=why)
+        return [p for p in predictions if p is not None]
+
+    def close(self) -> None:
+        """Remove the temporary package copy (the model stays usable in memory)."""
+        self._close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        what = f"{len(self.class_names)} classes" if self.class_names else "trait"
+        return f"Model({self.source!r}, {self.meta['backbone']}, {self.task}, {what})"
+
+
+def load_model(ref: str | os.PathLike[str] | Run, *, registry: str | None = None, device: str = "cpu") -> Model:
+    """A model ready to predict, from a registry reference (``NAME`` = latest version, ``NAME/3``,
+    ``NAME@alias``), a run directory (its best checkpoint) or a model package folder (also a registered
+    version's MLflow model folder) — resolved exactly as ``plantpheno predict MODEL`` resolves it.
+
+    ``registry`` is the registry URI (default: found as every command finds it, see :class:`Registry`);
+    ``device`` is cpu (default), cuda, mps or auto.
+    """
+    from plantpheno.registry.predict import Predictor, open_model
+
+    source = str(_run_path(ref)) if isinstance(ref, (Run, os.PathLike)) else str(ref)
+    stack = ExitStack()
+    try:
+        predictor = Predictor(open_model(source, stack, registry_uri=registry), device=device)
+    except BaseException:
+        stack.close()
+        raise
+    return Model(predictor, stack, source)
+
+
+def _expand(images: Any) -> tuple[list[Any], list[str | None]]:
+    """The images to predict, one per item (folders expanded to their image files), and each one's path."""
+    import numpy as np
+    from PIL import Image
+
+    from plantpheno.registry.predict import collect_images
+
+    one = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3))
+    items: list[Any] = []
+    sources: list[str | None] = []
+    for item in [images] if one else list(images):
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            found = collect_images([path]) if path.is_dir() else [path]
+            items += found
+            sources += [str(p) for p in found]
+        else:
+            items.append(item)
+            sources.append(None)
+    return items, sources

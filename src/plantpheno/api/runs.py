@@ -1,0 +1,225 @@
+"""Configs, training, evaluation and run directories, from Python (see :mod:`plantpheno.api`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from plantpheno.errors import RunDirError
+from plantpheno.reporting import ConsoleReporter, LoggingReporter, Reporter
+from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
+
+if TYPE_CHECKING:
+    from plantpheno.api.models import Model
+    from plantpheno.config import Config
+    from plantpheno.registry.store import VersionInfo
+    from plantpheno.runs import RunSummary
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs and training
+# ----------------------------------------------------------------------------------------------
+
+
+def load_config(config: str | os.PathLike[str] | Config | Mapping[str, Any] | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] = (), *, data_path: str | os.PathLike[str] | None = None,
+                output_path: str | os.PathLike[str] | None = None) -> Config:
+    """A validated, frozen :class:`~plantpheno.config.Config`.
+
+    Args:
+        config: a YAML file, a ``Config`` (to derive a new one from), or a mapping laid out as the YAML file is.
+        overrides: ``["training.epochs=5", ...]`` (values parsed as YAML, as on the command line) or
+            ``{"training.epochs": 5, ...}`` (values used as they are). They win over everything else.
+        data_path: the dataset, as ``plantpheno train --data-path``: an image folder sets ``data.root``, a CSV
+            file sets ``data.manifest`` (the other is cleared).
+        output_path: where runs go (``output_dir``), as ``--output-path``.
+
+    Raises:
+        ConfigError: listing every invalid field with its dotted name, the value given and what was expected.
+    """
+    from plantpheno import config as schema
+
+    if isinstance(config, schema.Config):
+        base, path = schema.config_to_dict(config), None
+    elif isinstance(config, Mapping):
+        base, path = dict(config), None
+    else:
+        base, path = None, config
+    return schema.load_config(path, overrides, base=base, data_path=data_path, output_path=output_path)
+
+
+def train(config: str | os.PathLike[str] | Config | Mapping[str, Any],
+          overrides: Sequence[str] | Mapping[str, Any] = (), *, data_path: str | os.PathLike[str] | None = None,
+          output_path: str | os.PathLike[str] | None = None, verbose: bool = True, reporter: Reporter | None = None,
+          callbacks: Sequence[object] = ()) -> Run:
+    """Train a new run, evaluate its best checkpoint on the held-out split, register it when
+    ``registry.name`` is set, and return the :class:`Run` (``plantpheno train``).
+
+    ``config``, ``overrides``, ``data_path`` and ``output_path`` are those of :func:`load_config`.
+    ``callbacks`` are trainer callbacks (objects with ``on_*`` methods, see ``training/callbacks.py``).
+    Ctrl-C finishes the current batch, saves ``checkpoints/last.pt`` and raises
+    :class:`~plantpheno.training.trainer.Interrupted`; :func:`resume` continues the run.
+    """
+    return Trainer(config, overrides, data_path=data_path, output_path=output_path, verbose=verbose,
+                   reporter=reporter, callbacks=callbacks).fit()
+
+
+def resume(run: Run | str | os.PathLike[str], *, verbose: bool = True, reporter: Reporter | None = None,
+           callbacks: Sequence[object] = ()) -> Run:
+    """Continue an interrupted run from its last checkpoint, exactly where it stopped (``plantpheno train
+    --resume``), then evaluate it as :func:`train` does."""
+    from plantpheno import pipeline
+
+    result = pipeline.resume(_run_path(run), callbacks=callbacks, reporter=_reporter(verbose, reporter))
+    return Run(result.run_dir)
+
+
+def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val", "test"] = "test",
+             device: str | None = None, verbose: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint on one of its splits (``plantpheno evaluate``): writes
+    ``RUN_DIR/eval/SPLIT/`` and returns its metrics (with ``headline_metric`` and its ``confidence_interval``)."""
+    from plantpheno import pipeline
+
+    return pipeline.evaluate_run(_run_path(run), split=split, device=device, reporter=_reporter(verbose, reporter))
+
+
+class Trainer:
+    """The specification's trainer object: a config, validated when the trainer is made, then :meth:`fit`.
+
+    ``Trainer(config, overrides, ...).fit()`` is :func:`train`; the training loop itself is
+    :class:`plantpheno.training.trainer.Trainer`, which :func:`train` builds for each training phase.
+    """
+
+    def __init__(self, config: str | os.PathLike[str] | Config | Mapping[str, Any],
+                 overrides: Sequence[str] | Mapping[str, Any] = (), *,
+                 data_path: str | os.PathLike[str] | None = None, output_path: str | os.PathLike[str] | None = None,
+                 verbose: bool = True, reporter: Reporter | None = None, callbacks: Sequence[object] = ()) -> None:
+        self.config: Config = load_config(config, overrides, data_path=data_path, output_path=output_path)
+        self.reporter = _reporter(verbose, reporter)
+        self.callbacks = tuple(callbacks)
+
+    def fit(self) -> Run:
+        """Train, evaluate (and register, with ``registry.name``); the finished :class:`Run`."""
+        from plantpheno import pipeline
+
+        result = pipeline.train(self.config, callbacks=self.callbacks, reporter=self.reporter)
+        return Run(result.run_dir)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Trainer({c.task}, backbone={c.model.backbone!r}, data={c.data.root or c.data.manifest}, "
+                f"output={c.output_dir / c.experiment})")
+
+
+def _reporter(verbose: bool, reporter: Reporter | None) -> Reporter:
+    if reporter is not None:
+        return reporter
+    return ConsoleReporter() if verbose else LoggingReporter()
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------
+
+
+class Run:
+    """A run directory and what it holds: config, status, per-epoch history, evaluation metrics.
+
+    Every property reads the files afresh, so a ``Run`` of a run in progress shows its progress.
+    ``os.fspath(run)`` is its folder: a ``Run`` goes wherever a path does.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not RunDir(self.path).is_run():
+            why = "no such folder" if not self.path.exists() else f"no {CONFIG_FILE} or {STATUS_FILE} in it"
+            raise RunDirError(f"{self.path} is not a plantpheno run directory ({why})")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Config:
+        """The resolved config the run was started with."""
+        return RunDir(self.path).read_config()
+
+    @property
+    def status(self) -> str:
+        """``running``, ``interrupted``, ``failed``, ``completed`` (or ``unknown`` before ``run.json`` exists)."""
+        return self.summary.status
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """``run.json``: status, best epoch, headline test metric with its interval, registration, tracker ids."""
+        return RunDir(self.path).read_status()
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per finished epoch: ``epoch``, ``lr``, ``train/...`` and ``val/...`` metrics, epoch time,
+        images/s (``metrics.jsonl``)."""
+        from plantpheno.runs import read_history
+
+        return read_history(self.path)
+
+    @property
+    def summary(self) -> RunSummary:
+        """What ``plantpheno runs list`` shows about the run."""
+        from plantpheno.runs import read_run
+
+        return read_run(self.path)
+
+    def metrics(self, split: Literal["train", "val", "test"] = "test") -> dict[str, Any]:
+        """The evaluation of one split (``eval/SPLIT/metrics.json``): the task's metrics, ``headline_metric``,
+        its bootstrap ``confidence_interval``, the number of images and the checkpoint's epoch."""
+        import json
+
+        path = RunDir(self.path).eval(split).metrics
+        if not path.is_file():
+            raise RunDirError(f"{self.path} has no evaluation on the {split} split ({path} is missing); run "
+                              f"plantpheno.evaluate(run, split={split!r}) first")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        """The checkpoint that evaluation, registration and prediction use (the best, else the last)."""
+        return RunDir(self.path).checkpoint_to_use()
+
+    def evaluate(self, split: Literal["train", "val", "test"] = "test", **options: Any) -> dict[str, Any]:
+        """:func:`evaluate` on this run."""
+        return evaluate(self, split=split, **options)
+
+    def register(self, name: str, *, alias: str | None = None, registry: str | None = None) -> VersionInfo:
+        """:func:`~plantpheno.api.models.register_model` of this run."""
+        from plantpheno.api.models import register_model
+
+        return register_model(self, name, alias=alias, registry=registry)
+
+    def load_model(self, *, device: str = "cpu") -> Model:
+        """This run's best checkpoint, ready to predict (as ``plantpheno predict RUN_DIR``)."""
+        from plantpheno.api.models import load_model
+
+        return load_model(self, device=device)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and self.path.resolve() == other.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    """The :class:`Run` in ``path`` (a run directory, ``OUTPUT_DIR/<experiment>/<run>``)."""
+    return Run(path)
+
+
+def _run_path(run: Run | str | os.PathLike[str]) -> Path:
+    return run.path if isinstance(run, Run) else Path(run)

@@ -1,0 +1,193 @@
+"""``RUN_DIR/report.html``: one self-contained page per run that a plant scientist can open or mail.
+
+Everything it shows comes from the run's own files (config, environment, dataset fingerprint, metrics
+log, ``eval/<split>/metrics.json`` and ``predictions.csv``, ``temperature.json``, ``data_check.json``)
+plus Grad-CAM maps computed with the model. Images are inline data URIs; the page has no script, and
+its Content-Security-Policy allows nothing but inline styles and ``data:`` images, so opening it makes
+no network request at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from plantpheno import __version__
+from plantpheno.atomic import atomic_write_text
+from plantpheno.csvfile import read_csv
+from plantpheno.errors import RunDirError
+from plantpheno.evaluation import report_figures as figures
+from plantpheno.evaluation import report_gallery as gallery
+from plantpheno.evaluation import report_sections as sections
+from plantpheno.reporting import Reporter
+from plantpheno.rundir import RunDir
+
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'none'; connect-src 'none'; "
+       "font-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'")
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:16px;
+color:#1d1d1d;background:#fff}
+h1{font-size:22px;margin:4px 0}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
+h3{font-size:14px;margin:8px 0 4px}
+.alert{background:#fdecea;border:2px solid #c62828;color:#7f1212;padding:10px 14px;border-radius:6px;margin:10px 0}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;
+vertical-align:top}th{background:#f5f5f5}table.num td{text-align:right}table.num td:first-child{text-align:left}
+table.kv th{width:200px}table.confusion td{text-align:center;min-width:26px;font-size:12px}
+table.confusion th{font-size:12px;white-space:nowrap}.cm{display:inline-block;margin-right:18px;vertical-align:top}
+figure.plot{margin:6px 0}figure.plot img{max-width:100%;height:auto}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.tile{margin:0;padding:6px;border:1px solid #ddd;border-radius:5px;
+width:262px}.tile img{margin-right:2px}.tile figcaption{font-size:12px}.tile.bad figcaption{color:#a11}
+.file{color:#666;word-break:break-all}.missing{width:258px;height:128px;background:#eee;font-size:12px}
+.sev-error{color:#b71c1c;font-weight:bold}.sev-warning{color:#a15c00}.files{font-size:12px;word-break:break-all}
+nav a{margin-right:10px}.muted{color:#666;font-size:12px}
+"""
+
+
+def write_run_report(run: RunDir, split: str, *, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``RUN_DIR/report.html`` for the evaluation of ``split`` and return its path.
+
+    ``model`` (the evaluated weights) draws the Grad-CAM maps; ``meta`` is the checkpoint's metadata
+    (image size, normalisation)."""
+    metrics_path = run.eval(split).metrics
+    if not metrics_path.is_file():
+        raise RunDirError(f"{run.path} has no evaluation of the {split} split ({metrics_path} is missing); run "
+                          f"`plantpheno evaluate {run.path} --split {split}` first")
+    page = _page(run, split, json.loads(metrics_path.read_text(encoding="utf-8")), model=model, meta=meta)
+    atomic_write_text(run.report, page)
+    return run.report
+
+
+def write_report_or_warn(run: RunDir, split: str, *, model: nn.Module, meta: dict[str, Any],
+                         reporter: Reporter) -> Path | None:
+    """The report at the end of ``train``/``evaluate``: a failure warns (the evaluation stands) and says how
+    to retry."""
+    try:
+        path = write_run_report(run, split, model=model, meta=meta)
+    except Exception as exc:  # noqa: BLE001 - the evaluation is written; the report can be rebuilt
+        reporter.warning(f"writing {run.report} failed ({type(exc).__name__}: {exc}); rebuild it with "
+                         f"`plantpheno report {run.path} --split {split}`")
+        return None
+    reporter.info(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB, self-contained)")
+    return path
+
+
+def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module, meta: dict[str, Any]) -> str:
+    config = run.read_config()
+    dataset = run.read_dataset_info()
+    env = _read_json(run.environment)
+    status = run.read_status()
+    rows = _read_csv(run.eval(split).predictions)
+    parts = [sections.verdict_banner(metrics), sections.summary(metrics, config=config, dataset=dataset),
+             sections.model_card(config_sha=_sha256(run.config), env=env, dataset=dataset, config=config),
+             _curves(run, config, status, metrics)]
+    examples = config.evaluation.report_examples
+    if metrics["task"] == "classification":
+        parts += [sections.per_class(metrics), sections.confusion(metrics), sections.confused_pairs(metrics)]
+        bad, good = gallery.classification_examples(rows, metrics["class_names"], worst=examples)
+    else:
+        y = np.array([float(r["value"]) for r in rows])
+        pred = np.array([float(r["predicted"]) for r in rows])
+        counts = "dic" in metrics
+        parts += [sections.trait_metrics(metrics),
+                  sections.section("trait-plots", "Predictions", sections.figure(
+                      figures.regression_plots(y, pred, counts=counts, seed=config.seed),
+                      "predicted vs true, residuals vs true, Bland-Altman",
+                      "Left: predicted vs true (y = x dashed). Middle: residuals vs true. Right: Bland-Altman, the "
+                      "difference against the mean of predicted and true, with the bias and the 95 % limits of "
+                      "agreement (bias ± 1.96 SD).")),
+                  sections.per_value(y, pred, counts=counts)]
+        bad, good = gallery.regression_examples(rows, worst=examples)
+    parts.append(_galleries(bad, good, model, meta, classification=metrics["task"] == "classification"))
+    cal = metrics.get("calibration")
+    if cal:
+        panels = [("before temperature scaling", cal["before"])] + (
+            [(f"after (T = {cal['temperature']:.3f})", cal["after"])] if cal.get("after") else [])
+        parts.append(sections.calibration(cal, figures.reliability_diagram(panels), split=split))
+    if metrics.get("tta"):
+        parts.append(sections.tta(metrics["tta"]))
+    parts.append(sections.data_check(*_data_check(run)))
+    return _document(run, split, "".join(p for p in parts if p))
+
+
+def _curves(run: RunDir, config: Any, status: dict[str, Any], metrics: dict[str, Any]) -> str:
+    history = [json.loads(line) for line in _lines(run.metrics_log)]
+    if not history:
+        return sections.section("curves", "Training curves", "<p>No epoch was recorded.</p>")
+    metric = config.monitor[0].split("/", 1)[-1]
+    metric = metric if metric != "loss" else ("accuracy" if metrics["task"] == "classification" else "mae")
+    fine_tune = config.training.fine_tune.epochs > 0
+    best = status.get("best_epoch") or metrics.get("checkpoint_epoch")
+    uri = figures.training_curves(history, metric=metric, best_epoch=best,
+                                  phase_change=config.training.epochs if fine_tune else None)
+    note = (f"Best epoch {best} by {config.monitor[0]}" + (f"; the fine-tune phase starts after epoch "
+                                                           f"{config.training.epochs}" if fine_tune else ""))
+    return sections.section("curves", "Training curves", sections.figure(uri, "training curves", note))
+
+
+def _galleries(bad: Sequence[gallery.Example], good: Sequence[gallery.Example], model: nn.Module,
+               meta: dict[str, Any], *, classification: bool) -> str:
+    device = next(model.parameters()).device
+    tiles = gallery.render([*bad, *good], model, image_size=int(meta["image_size"]), mean=meta["mean"],
+                           std=meta["std"], device=device)
+    how = ("Each image as the model saw it, then its Grad-CAM map (red = most weight) for the "
+           + ("predicted class on errors and the true class on correct examples" if classification
+              else "predicted value (regions that raise it)") + ".")
+    worst = ("Worst errors (by loss -log p(true class))" if classification else "Largest errors")
+    body = (f"<p>{how}</p><h3>{worst}</h3>" + (gallery.tiles_html(tiles[:len(bad)], sections.esc) if bad
+                                              else "<p>No errors on this split.</p>")
+            + ("<h3>Correct examples, two per class (most confident)</h3>" if classification
+               else "<h3>Closest predictions</h3>") + gallery.tiles_html(tiles[len(bad):], sections.esc))
+    return sections.section("gallery", "Examples with Grad-CAM", body)
+
+
+def _document(run: RunDir, split: str, body: str) -> str:
+    title = f"plantpheno report: {run.experiment}/{run.name} ({split})"
+    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
+        ("summary", "Summary"), ("card", "Model card"), ("curves", "Curves"), ("gallery", "Examples"),
+        ("calibration", "Calibration"), ("data-check", "Data check")) if f'id="{a}"' in body)
+    made = time.strftime("%Y-%m-%d %H:%M")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta name="referrer" content="no-referrer"><meta name="viewport" content="width=device-width">'
+            f"<title>{sections.esc(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{sections.esc(title)}</h1><p class=\"muted\">{sections.esc(str(run.path))} · written {made} by "
+            f"plantpheno {__version__} · self-contained, works offline</p><nav>{nav}</nav>{body}</body></html>\n")
+
+
+def _data_check(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
+    if not run.data_check.is_file():
+        return None, None
+    try:
+        report = json.loads(run.data_check.read_text(encoding="utf-8"))
+        if not isinstance(report, dict) or not isinstance(report.get("findings", []), list):
+            return None, "expected an object with a findings list"
+        return report, None
+    except (OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with read_csv(path) as reader:  # file names that are not UTF-8 come back as surrogates, as written
+        return list(reader)
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "unknown"

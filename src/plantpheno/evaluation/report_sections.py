@@ -1,0 +1,270 @@
+"""The sections of a run's HTML report, each a function from the run's recorded values to an HTML fragment.
+
+Every text that comes from a file (class names, paths, messages) goes through ``esc``; numbers are
+formatted here. Nothing in a section fetches anything: images are data URIs made by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+import numpy as np
+
+INTENDED_USE = ("Research and decision support on images like the training images (same crops, camera, background "
+                "and lighting). Check predictions against expert judgement before acting on them.")
+LIMITS = ("Accuracy on photos taken in other conditions (field vs. lab, other cameras, other cultivars) is unknown "
+          "until measured; lab datasets such as PlantVillage carry background cues that do not transfer. Classes "
+          "not in the training list are forced into one of them.")
+
+
+def esc(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return esc(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else fmt(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class _Raw(str):
+    """HTML that a table cell takes as it is (already escaped)."""
+
+
+def raw(html: str) -> _Raw:
+    return _Raw(html)
+
+
+def section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+# --------------------------------------------------------------------------- summary and verdict
+
+
+def verdict_banner(metrics: dict[str, Any]) -> str:
+    """A red box at the very top when the model does not beat its trivial baseline."""
+    base = metrics.get("baseline") or {}
+    verdict = base.get("verdict") or {}
+    if not verdict or verdict.get("verdict") == "better":
+        return ""
+    word = "does NOT beat" if verdict["verdict"] == "worse" else "is not clearly better than"
+    return (f'<div class="alert" role="alert"><strong>Warning: on the {esc(metrics.get("split"))} split this model '
+            f'{word} its trivial baseline ({esc(base.get("kind"))}).</strong> {esc(verdict["text"])}. Do not rely on '
+            f'its predictions as they are.</div>')
+
+
+def summary(metrics: dict[str, Any], *, config: Any, dataset: dict[str, Any]) -> str:
+    head = metrics["headline_metric"]
+    ci = metrics.get("confidence_interval") or {}
+    ci_text = (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f}, percentile bootstrap, "
+               f"{ci['n_resamples']} resamples)" if ci.get("low") is not None else " (no confidence interval)")
+    counts = dataset.get("num_images") or {}
+    classes = dataset.get("class_names") or metrics.get("class_names")
+    what = (f"{len(classes)} classes: {', '.join(map(str, classes))}" if classes else "a numeric trait")
+    items = [
+        ("Task", f"{metrics['task']} ({what})"),
+        ("Model", (f"{config.model.backbone} (pretrained: {config.model.pretrained}), checkpoint of epoch "
+                  f"{metrics.get('checkpoint_epoch')}")),
+        ("Data", ", ".join(f"{k} {v}" for k, v in counts.items()) + " images"),
+        ("Evaluated", f"{metrics.get('split')} split, {metrics.get('num_images')} images"),
+        (f"Headline: {head}", f"{metrics[head]:.4f}{ci_text}"),
+    ]
+    base = metrics.get("baseline") or {}
+    if base:
+        v = base["verdict"]
+        items.append((f"Baseline ({base['kind']})", f"{v['metric']} {v['baseline']:.4f}" + (
+            f" (class {base['majority_class']}; stratified chance {base['stratified']['accuracy']:.4f})"
+            if "majority_class" in base else f" (always predicting {base['value']:.4g})")))
+        items.append(("Verdict", f"{v['verdict']}: {v['text']}"))
+    cal = metrics.get("calibration") or {}
+    if cal.get("after"):
+        change = cal.get("ece_change") or {}
+        interval = (f"; change {change['estimate']:+.4f}, {change['confidence']:.0%} interval {change['low']:+.4f} "
+                    f"to {change['high']:+.4f}" if change.get("low") is not None else "")
+        items.append(("Calibration", (f"ECE {cal['before']['ece']:.4f} before, {cal['after']['ece']:.4f} after "
+                                     f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val{interval})")))
+    tta = metrics.get("tta")
+    if tta:
+        items.append(("Test-time augmentation", f"{tta['mode']} ({len(tta['views'])} views): see below"))
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
+    return section("summary", "Summary", f'<table class="kv">{rows}</table>')
+
+
+def model_card(*, config_sha: str, env: dict[str, Any], dataset: dict[str, Any], config: Any) -> str:
+    items = [
+        ("Dataset fingerprint", dataset.get("fingerprint", "unknown")),
+        ("Config SHA-256", config_sha),
+        ("Git commit", f"{env.get('git_commit', 'unknown')} (uncommitted changes: {env.get('git_dirty')})"),
+        ("Versions", (f"plantpheno {env.get('plantpheno')}, torch {env.get('torch')}, timm {env.get('timm')}, "
+                     f"Python {env.get('python')}")),
+        ("Trained on", f"{env.get('device')} ({env.get('gpu') or env.get('platform', '')})"),
+        ("Input", f"RGB, shorter side resized to {config.data.image_size} px, centre square"),
+        ("Intended use", INTENDED_USE),
+        ("Limits", LIMITS),
+    ]
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
+    return section("card", "Model card", f'<table class="kv">{rows}</table>')
+
+
+def figure(uri: str, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return f'<figure class="plot"><img src="{uri}" alt="{esc(alt)}">{cap}</figure>'
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def per_class(metrics: dict[str, Any]) -> str:
+    names, pc = metrics["class_names"], metrics["per_class"]
+    rows = [(n, pc["precision"][i], pc["recall"][i], pc["f1"][i], pc["support"][i]) for i, n in enumerate(names)]
+    rows += [("macro avg", metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"],
+              metrics["num_samples"]),
+             ("weighted avg", metrics["weighted_precision"], metrics["weighted_recall"], metrics["weighted_f1"],
+              metrics["num_samples"])]
+    return section("per-class", "Per class", table(("class", "precision", "recall", "F1", "support"), rows,
+                                                   cls="num"))
+
+
+def confusion(metrics: dict[str, Any]) -> str:
+    names, cm = metrics["class_names"], np.asarray(metrics["confusion_matrix"])
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+
+    def grid(values: np.ndarray, label: str, as_percent: bool) -> str:
+        head = "".join(f'<th title="{esc(n)}">{i + 1}</th>' for i, n in enumerate(names))
+        body = []
+        for i, name in enumerate(names):
+            cells = []
+            for j in range(len(names)):
+                s = share[i, j]
+                colour = f"rgba(31,119,180,{s:.2f})" if i == j else f"rgba(214,39,40,{min(1.0, 2 * s):.2f})"
+                text = (f"{100 * values[i, j]:.0f}" if as_percent else str(int(values[i, j]))) if cm[i, j] else ""
+                cells.append(f'<td style="background:{colour}">{text}</td>')
+            body.append(f'<tr><th>{i + 1}. {esc(name)}</th>{"".join(cells)}</tr>')
+        return (f'<div class="cm"><h3>{esc(label)}</h3><table class="confusion"><thead><tr><th>true \\ predicted'
+                f'</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+    return section("confusion", "Confusion matrix", grid(cm, "Counts", False) + grid(share, "Row-normalised (% of the "
+                                                                                           "true class)", True))
+
+
+def confused_pairs(metrics: dict[str, Any], *, top: int = 10) -> str:
+    names, cm = metrics["class_names"], np.asarray(metrics["confusion_matrix"])
+    off = [(int(cm[i, j]), i, j) for i in range(len(names)) for j in range(len(names)) if i != j and cm[i, j]]
+    off.sort(key=lambda t: (-t[0], t[1], t[2]))
+    if not off:
+        return section("pairs", "Most-confused pairs", "<p>No errors on this split.</p>")
+    support = cm.sum(axis=1)
+    rows = [(names[i], names[j], c, f"{c / support[i]:.1%}") for c, i, j in off[:top]]
+    return section("pairs", "Most-confused pairs", table(("true class", "predicted as", "images", "share of true class"),
+                                                         rows))
+
+
+def calibration(cal: dict[str, Any], diagram_uri: str, *, split: str) -> str:
+    keys = ("ece", "mce", "brier", "nll", "mean_confidence", "accuracy")
+    rows = [("before (T = 1)", *(cal["before"][k] for k in keys))]
+    if cal.get("after"):
+        rows.append((f"after (T = {cal['temperature']:.3f})", *(cal["after"][k] for k in keys)))
+    change = cal.get("ece_change") or {}
+    if change.get("low") is not None:
+        rows.append(((f"change of ECE by scaling: {change['estimate']:+.4f} ({change['confidence']:.0%} bootstrap "
+                     f"interval {change['low']:+.4f} to {change['high']:+.4f})"), *([None] * len(keys))))
+    note = (f"<p>{esc(cal['binning'])}. ECE: bin-weighted mean |accuracy - confidence|; MCE: the largest gap; Brier: "
+            "mean squared error of the probability vector (0 best, 2 worst); NLL: mean -log p(true class). "
+            + ("The temperature was fitted on the validation split; it changes confidences, never the class."
+               if cal.get("after") else f"Temperature scaling was not applied: {esc(cal['not_applied'])}."
+               if cal.get("not_applied") else "Temperature scaling is off (evaluation.temperature_scaling).")
+            + (" This is the split it was fitted on, so the figures after scaling are optimistic."
+               if cal.get("after") and split == "val" else "") + "</p>")
+    return section("calibration", "Calibration", table(("probabilities", "ECE", "MCE", "Brier", "NLL",
+                                                        "mean confidence", "accuracy"), rows) + note
+                   + figure(diagram_uri, "reliability diagram"))
+
+
+def tta(block: dict[str, Any]) -> str:
+    rows = [(f"{split} {which}", *(v for v in scores.values()))
+            for split, part in (("evaluated", block), ("val", block.get("val") or {}))
+            for which, scores in ((w, part.get(w)) for w in ("with", "without")) if scores]
+    keys = list(block["with"])
+    body = table(("split", *keys), rows) + (f"<p>Views: {esc(', '.join(block['views']))}; raw outputs averaged. "
+                                            "Decide on TTA from the validation rows.</p>")
+    return section("tta", "Test-time augmentation", body)
+
+
+# --------------------------------------------------------------------------- traits
+
+
+def round_half_away(values: np.ndarray) -> np.ndarray:
+    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+
+
+def per_value(y: np.ndarray, pred: np.ndarray, *, counts: bool) -> str:
+    """Errors per true value (counts) or per decile of the true value (continuous traits)."""
+    if counts:
+        groups = [(f"{v:g}", y == v) for v in np.unique(y)]
+        header = ("true count", "images", "MAE", "bias", "exact", "within one")
+    else:
+        edges = np.unique(np.quantile(y, np.linspace(0, 1, 11)))
+        which = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, max(0, len(edges) - 2))
+        groups = [(f"{edges[k]:.3g} to {edges[k + 1]:.3g}", which == k) for k in range(max(1, len(edges) - 1))]
+        header = ("true value", "images", "MAE", "bias")
+    rows = []
+    for label, mask in groups:
+        if not mask.any():
+            continue
+        e = pred[mask] - y[mask]
+        row = [label, int(mask.sum()), float(np.abs(e).mean()), float(e.mean())]
+        if counts:
+            d = np.abs(round_half_away(pred[mask]) - y[mask])
+            row += [f"{(d == 0).mean():.0%}", f"{(d <= 1).mean():.0%}"]
+        rows.append(row)
+    title = "Per true count" if counts else "Per decile of the true value"
+    return section("per-value", title, table(header, rows, cls="num"))
+
+
+def trait_metrics(metrics: dict[str, Any]) -> str:
+    keys = [k for k in ("mae", "rmse", "r2", "mean_error", "dic", "abs_dic", "count_accuracy") if k in metrics]
+    base = metrics.get("baseline") or {}
+    rows = [("model", *(metrics[k] for k in keys))]
+    if base:
+        rows.append((f"baseline ({base['kind']} {base['value']:.4g})", *(base.get(k) for k in keys)))
+    labels = {"mae": "MAE", "rmse": "RMSE", "r2": "R²", "mean_error": "bias", "dic": "DiC", "abs_dic": "|DiC|",
+              "count_accuracy": "exact count"}
+    note = ("<p>DiC (CVPPP): mean of round(predicted) - true; |DiC| its absolute value per image; exact count: "
+            "share with round(predicted) = true.</p>" if "dic" in metrics else "")
+    return section("trait", "Trait metrics", table(("", *(labels[k] for k in keys)), rows) + note)
+
+
+# --------------------------------------------------------------------------- data check
+
+
+def data_check(report: dict[str, Any] | None, problem: str | None) -> str:
+    if problem:
+        return section("data-check", "Data check", f"<p>data_check.json could not be read: {esc(problem)}</p>")
+    if report is None:
+        return ""
+    s = report.get("summary") or {}
+    findings = report.get("findings") or []
+    head = f"<p>{int(s.get('errors', 0))} error(s), {int(s.get('warnings', 0))} warning(s).</p>"
+    rows = []
+    for f in findings:
+        groups = f.get("files") or []
+        shown = "; ".join(" ↔ ".join(map(str, g)) for g in groups[:5]) + (
+            f" (and {len(groups) - 5} more)" if len(groups) > 5 else "")
+        sev = str(f.get("severity", ""))
+        rows.append((raw(f'<span class="sev-{esc(sev)}">{esc(sev)}</span>'), f.get("check", ""), f.get("message", ""),
+                     f.get("count", ""), f.get("fix", ""), raw(f'<span class="files">{esc(shown)}</span>')))
+    body = head + (table(("severity", "check", "finding", "count", "fix", "files"), rows) if rows else "")
+    return section("data-check", "Data check", body)

@@ -1,0 +1,77 @@
+"""Where the model registry is: one rule for every command, for auto-registration and for the Python API.
+
+In order, the first that is set wins:
+
+1. an explicit URI (``--registry URI`` on the command line, ``uri=`` in Python);
+2. the run's own ``registry.uri``, when a run's config is involved (auto-registration after training,
+   ``models register RUN_DIR``) and the config sets it;
+3. ``$PLANTPHENO_REGISTRY_URI`` (a team sets it once, e.g. ``http://mlflow.my-lab:5000``);
+4. MLflow's own ``$MLFLOW_REGISTRY_URI``, then ``$MLFLOW_TRACKING_URI`` (MLflow's convention: the registry
+   is on the tracking server unless told otherwise);
+5. the project's registry: ``PROJECT/runs/mlflow.db``, where PROJECT is the nearest folder, from the
+   current one upwards, that already holds ``runs/mlflow.db``; else the current folder. With the default
+   ``output_dir: runs`` this is also the MLflow store training tracks to, so ``mlflow ui`` shows both.
+
+A run's ``output_dir`` and ``tracking.mlflow.uri`` do not move the registry: a model registered from a tuning
+trial (whose output folder is the study's) lands where ``models list`` looks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plantpheno.config import Config
+
+ENV_URI = "PLANTPHENO_REGISTRY_URI"
+MLFLOW_ENV_URIS = ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI")
+PROJECT_STORE = Path("runs") / "mlflow.db"
+
+
+@dataclass(frozen=True)
+class RegistryLocation:
+    """A registry URI and why it was chosen (what every registry command prints)."""
+
+    uri: str
+    source: str
+
+    def describe(self) -> str:
+        return f"registry: {self.uri} ({self.source})"
+
+
+def locate_registry(explicit: str | None = None, *, config: Config | None = None,
+                    cwd: Path | None = None) -> RegistryLocation:
+    """The registry to use, and why (see the module docstring for the rule)."""
+    if explicit:
+        return RegistryLocation(explicit, "--registry")
+    if config is not None and config.registry.uri:
+        return RegistryLocation(config.registry.uri, "the run's registry.uri")
+    for var in (ENV_URI, *MLFLOW_ENV_URIS):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return RegistryLocation(value, f"${var}")
+    here = (cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_STORE).is_file():
+            return RegistryLocation(sqlite_uri(folder / PROJECT_STORE), f"the project's registry in {folder}")
+    return RegistryLocation(sqlite_uri(here / PROJECT_STORE), f"the project's registry in {here}")
+
+
+def resolve_registry_uri(explicit: str | None = None, *, config: Config | None = None,
+                         cwd: Path | None = None) -> str:
+    """The registry URI every command uses (``locate_registry(...).uri``); the one place that decides it."""
+    return locate_registry(explicit, config=config, cwd=cwd).uri
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])

@@ -1,0 +1,169 @@
+"""The data checks of a config, as ``plantpheno train`` and ``plantpheno data check`` run them.
+
+The pixel and label checks live in :mod:`plantpheno.data.doctor`; the checks that need a network (likely label
+errors, feature near-duplicates) get their frozen pretrained features from here, since data never imports
+models. The features are those of the bundled ImageNet EfficientNet-Lite0 (offline, ``plantpheno[weights]``) at
+224 px, memoised per decoded picture in ``OUTPUT_DIR/.cache/checks/``, so a second check computes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from plantpheno.config import Config, ModelConfig
+from plantpheno.data.cache import CACHE_DIR
+from plantpheno.data.datasets import PreparedData
+from plantpheno.data.doctor.check import MODEL_CHECKS, check_data
+from plantpheno.data.doctor.findings import DataCheckReport
+from plantpheno.data.doctor.ids import selected
+from plantpheno.errors import ConfigError, DataCheckError
+from plantpheno.reporting import Reporter, default_reporter
+from plantpheno.rundir import data_check_path
+
+FEATURE_BACKBONE = "tf_efficientnet_lite0"
+FEATURE_SIZE = 224
+FEATURE_MEMO = "checks/features-{backbone}-{size}.npz"  # under OUTPUT_DIR/.cache
+DOCTOR_HINT = "pip install 'plantpheno[doctor]'"
+REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
+REPORT_MEMO_VERSION = 1  # bump when a check's logic or wording changes: memoised reports are then redone
+
+
+def run_data_checks(prepared: PreparedData, config: Config, *, reporter: Reporter | None = None) -> DataCheckReport:
+    """Every data check of ``config.data.checks`` on ``prepared``, with frozen features where enabled.
+
+    The report is memoised under ``OUTPUT_DIR/.cache/checks/reports/``, keyed by everything it depends on (each
+    row's file, label, split, group and decoded-pixel hash, the check settings, the seed, whether features were
+    used): the checks are deterministic, so a second run on the same data (a tuning trial, a re-run) reads it."""
+    reporter = default_reporter(reporter)
+    features, why_not = check_features(prepared, config, reporter=reporter)
+    memo = config.output_dir / CACHE_DIR / REPORT_MEMO.format(key=_report_key(prepared, config, why_not))
+    if memo.is_file():
+        try:
+            return DataCheckReport.read(memo)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: check again and rewrite it
+    report = check_data(prepared, config, reporter=reporter, features=features, features_skipped=why_not)
+    try:
+        report.write(memo)
+    except OSError:  # a read-only output folder only costs the speed-up
+        pass
+    return report
+
+
+def _report_key(prepared: PreparedData, config: Config, features_skipped: str | None) -> str:
+    import hashlib
+    import json
+
+    from plantpheno import __version__
+    from plantpheno.data.doctor.pixels import STATS_VERSION
+
+    rows = [[split, str(s.path), s.target, s.group,
+             prepared.stats[s.path].pixel_hash if s.path in prepared.stats else None]
+            for split, samples in prepared.splits.items() for s in samples]
+    key = {"rows": rows, "bad": [[str(p), why] for p, why in prepared.bad_files], "task": prepared.task,
+           "checks": config.data.checks.model_dump(mode="json"), "seed": config.seed,
+           "on_bad_image": config.data.on_bad_image, "features": features_skipped,
+           "versions": [__version__, STATS_VERSION, REPORT_MEMO_VERSION]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def enforce(report: DataCheckReport, config: Config, *, reporter: Reporter) -> DataCheckReport:
+    """Tell the person what the checks found; an error-level finding stops (``DataCheckError``, with the report
+    written to ``OUTPUT_DIR/<experiment>/data_check.json``) unless ``data.checks.on_error`` is ``warn``."""
+    reporter.info(report.headline())
+    if report.errors and config.data.checks.on_error == "stop":
+        where = data_check_path(config)
+        report.write(where)
+        lines = []
+        for finding in report.errors:
+            lines += [finding.line(), *finding.file_lines()]
+        raise DataCheckError(
+            f"the data checks found {len(report.errors)} error(s); nothing was trained and no run folder was made. "
+            f"Fix the data, or set data.checks.on_error=warn to train anyway (the score would not be trustworthy). "
+            f"All findings: {where}\n" + "\n".join(lines))
+    if report.errors:
+        report = report.with_errors_as_warnings()
+        reporter.warning(f"data.checks.on_error=warn: {len(report.findings)} finding(s) of the data checks, "
+                         f"errors included, are reported as warnings")
+    for finding in report.findings:
+        if finding.severity != "info":
+            reporter.warning(finding.line(severity=False))
+    return report
+
+
+def check_features(prepared: PreparedData, config: Config, *,
+                   reporter: Reporter) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """Frozen pretrained features of every picture (by decoded-pixel hash) for the model checks, or None and why
+    not: ``data.checks.label_errors`` off, the checks ignored, or ``auto`` and not all features are cached."""
+    settings = config.data.checks
+    if not any(selected(c, settings.ignore) for c in MODEL_CHECKS):
+        return None, "in data.checks.ignore"
+    if settings.label_errors == "off":
+        return None, "data.checks.label_errors=off"
+    wanted = {stats.pixel_hash: path for path, stats in prepared.stats.items()}
+    memo_path = config.output_dir / CACHE_DIR / FEATURE_MEMO.format(backbone=FEATURE_BACKBONE, size=FEATURE_SIZE)
+    memo = _read_memo(memo_path)
+    missing = [h for h in wanted if h not in memo]
+    if missing and settings.label_errors == "auto":
+        return None, (f"data.checks.label_errors=auto and {len(missing)} of {len(wanted)} images have no cached "
+                      f"frozen features; set data.checks.label_errors=on (or run plantpheno data check "
+                      f"--label-errors) to compute them once")
+    if not _libraries_present():
+        if settings.label_errors == "on":
+            raise ConfigError(f"data.checks.label_errors=on needs scikit-learn and cleanlab: {DOCTOR_HINT}")
+        return None, f"scikit-learn or cleanlab is not installed ({DOCTOR_HINT})"
+    if missing:
+        reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) "
+                      f"(computed once, cached in {memo_path.parent})")
+        memo.update(_compute(sorted(missing), wanted, config))
+        _write_memo(memo_path, memo)
+    return {h: memo[h] for h in wanted}, None
+
+
+def _libraries_present() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("sklearn", "cleanlab"))
+
+
+def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[str, np.ndarray]:
+    import torch
+
+    from plantpheno.data.datasets import resolve_num_workers
+    from plantpheno.device import resolve_device
+    from plantpheno.models import build_model, normalization
+    from plantpheno.training.features import extract_features
+
+    model = build_model(ModelConfig(backbone=FEATURE_BACKBONE, pretrained="bundled"), num_outputs=1)
+    mean, std = normalization(model, config.model_copy(update={"data": config.data.model_copy(
+        update={"mean": None, "std": None})}))
+    device = resolve_device(config.device)
+    model = model.to(device)
+    with torch.inference_mode():
+        features = extract_features(model, [paths[h] for h in hashes], image_size=FEATURE_SIZE, mean=mean, std=std,
+                                    batch_size=64, device=device, num_workers=resolve_num_workers(
+                                        config.data.num_workers))
+    return dict(zip(hashes, features.numpy().astype(np.float16)))
+
+
+def _read_memo(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return dict(zip(data["hashes"].tolist(), data["features"]))
+    except (OSError, ValueError, KeyError):
+        return {}  # absent or unreadable: compute (and rewrite it)
+
+
+def _write_memo(path: Path, memo: dict[str, np.ndarray]) -> None:
+    from plantpheno.atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    hashes = sorted(memo)
+    np.savez(buffer, hashes=np.array(hashes), features=np.stack([memo[h] for h in hashes]).astype(np.float16))
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:  # a read-only output folder only costs the speed-up
+        pass
