@@ -192,7 +192,24 @@ def plantpheno_run(overrides: list[str], out: Path, config_name: str, manifest: 
     result = train(config)
     wall = time.perf_counter() - start
     return {"wall_s": wall, "test_accuracy": result.metrics["accuracy"], "overrides": overrides,
-            **_selected_val(result.run_dir), **_phase_times(result.run_dir)}
+            **_selected_val(result.run_dir), **_phase_times(result.run_dir),
+            "calibration": _calibration(result.metrics)}
+
+
+def _calibration(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Test-split calibration of the kept checkpoint (issue 14): ECE before and after the temperature fitted on
+    the validation split, the change's bootstrap interval, and T."""
+    block = metrics.get("calibration")
+    if not block:
+        return None
+    out: dict[str, Any] = {"ece_before": block["before"]["ece"], "nll_before": block["before"].get("nll")}
+    if block.get("after"):
+        out.update(temperature=block["temperature"], ece_after=block["after"]["ece"],
+                   nll_after=block["after"].get("nll"))
+    if block.get("ece_change"):
+        out["ece_change"] = {k: block["ece_change"][k] for k in ("estimate", "low", "high", "confidence")
+                             if k in block["ece_change"]}
+    return out
 
 
 def _selected_val(run_dir: Path) -> dict[str, float]:
@@ -295,6 +312,15 @@ def main() -> None:
                          f"{r['fine_tune_train_s']:.0f} s {' '.join(r['overrides'])} |")
     verdict = compare(results)
     lines += ["", *[f"- {v}" for v in verdict]] if verdict else []
+    for name, r in results.items():  # issue 14: does the validation-fitted temperature lower the test ECE?
+        c = r.get("calibration")
+        if c and "ece_after" in c:
+            change = c.get("ece_change") or {}
+            interval = (f", change {change['estimate']:+.4f} ({change['confidence']:.0%} interval {change['low']:+.4f} "
+                        f"to {change['high']:+.4f})" if "low" in change else "")
+            lines.append(f"- {name}: test ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} with T = "
+                         f"{c['temperature']:.3f} fitted on val{interval}; NLL {c['nll_before']:.4f} -> "
+                         f"{c['nll_after']:.4f}")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

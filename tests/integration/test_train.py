@@ -112,7 +112,7 @@ def test_regression_run_reports_count_metrics(make_config, rosette_manifest):
     for key in ("mae", "rmse", "r2", "dic", "abs_dic", "mean_error", "count_within_one"):
         assert key in metrics
     assert metrics["confidence_interval"]["metric"] == "mae"
-    assert metrics["baseline"]["predictor"].startswith("always the training mean")
+    assert metrics["baseline"]["kind"] == "training mean" and "verdict" in metrics["baseline"]
     assert (result.run_dir / "eval/test/predicted_vs_true.png").is_file()
     header = (result.run_dir / "eval/test/predictions.csv").read_text().splitlines()[0]
     assert header == "path,value,predicted,predicted_count,error"  # leaf counts: the rounded count too
