@@ -81,10 +81,11 @@ def world(tmp_path_factory, disease_root) -> World:
     leaves = tmp / "leaves"
     shutil.copytree(disease_root, leaves)
     raw = json.loads(json.dumps(TINY))
-    raw.update(output_dir=str(tmp / "trained"), run_name="run", registry={"name": "leafnet"})
+    registry = f"sqlite:///{(tmp / 'trained' / 'mlflow.db').resolve()}"  # not the project's, wherever pytest runs
+    raw.update(output_dir=str(tmp / "trained"), run_name="run", registry={"name": "leafnet", "uri": registry})
     raw["data"]["root"] = str(leaves)
     result = pipeline.train(validate_config(raw))
-    return World(tmp, leaves, result.run_dir, f"sqlite:///{(tmp / 'trained' / 'mlflow.db').resolve()}")
+    return World(tmp, leaves, result.run_dir, registry)
 
 
 def _bomb(levels: int) -> str:

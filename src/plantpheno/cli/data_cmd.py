@@ -119,7 +119,7 @@ def run_check(args: argparse.Namespace) -> int:
     out = args.out or data_check_path(config)
     report.write(out)
     if args.json:
-        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+        print(json.dumps(report.to_json(), indent=1))  # ASCII: names that are not UTF-8 stay escapes
     else:
         for finding in report.findings:
             print(finding.line())

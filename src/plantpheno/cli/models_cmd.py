@@ -50,9 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
-    """The registry this command uses (one rule: registry.location), announced on stderr; only ``register``
-    (given ``run_dir``) may create one: read commands check it exists, so a mistyped path is reported."""
-    from plantpheno.registry.store import ModelRegistry, check_registry_exists, locate_registry
+    """The registry this command uses (one rule: registry.location), announced on stderr. Only ``register``
+    (given ``run_dir``) may create one; no read command does (the project's own registry, not made yet, reads
+    as empty), and one named with ``--registry`` or ``$PLANTPHENO_REGISTRY_URI`` must exist, so that a mistyped
+    path is reported instead of listing nothing."""
+    from plantpheno.registry.store import ModelRegistry, locate_registry
 
     config = None
     if run_dir is not None and not args.registry:
@@ -61,7 +63,17 @@ def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
         config = RunDir.of(run_dir).read_config()
     location = locate_registry(args.registry, config=config)
     print(location.describe(), file=sys.stderr)
-    return ModelRegistry(location.uri if run_dir is not None else check_registry_exists(location.uri))
+    return ModelRegistry(location.uri if run_dir is not None else _named_must_exist(location))
+
+
+def _named_must_exist(location) -> str:
+    """``location.uri``, checked to exist when the user named it (flag or environment variable)."""
+    from plantpheno.registry.location import ENV_URI
+    from plantpheno.registry.store import check_registry_exists
+
+    if location.source in ("--registry", f"${ENV_URI}"):
+        return check_registry_exists(location.uri)
+    return location.uri
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -164,8 +176,8 @@ def registry_for(source: str, explicit: str | None) -> str | None:
 
     if not is_registry_ref(source):
         return explicit
-    from plantpheno.registry.store import check_registry_exists, locate_registry
+    from plantpheno.registry.store import locate_registry
 
     location = locate_registry(explicit)
     print(location.describe(), file=sys.stderr)
-    return check_registry_exists(location.uri)
+    return _named_must_exist(location)

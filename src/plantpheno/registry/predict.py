@@ -160,7 +160,7 @@ def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None
     from plantpheno.errors import RegistryError
     from plantpheno.registry.package import package_run
     from plantpheno.registry.refs import parse_ref
-    from plantpheno.registry.store import ModelRegistry, check_registry_exists, resolve_registry_uri
+    from plantpheno.registry.store import ModelRegistry
 
     path = Path(source)
     if path.is_dir() and any((path / name).is_file() for name in (META_FILE, MLMODEL_FILE)):
@@ -174,5 +174,4 @@ def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None
         what = "is a file" if path.exists() else "does not exist"
         raise DataError(f"{source} {what}; MODEL is a run directory, a model package folder, or a registered model "
                         f"(NAME, NAME@alias or NAME/VERSION)") from None
-    # reading never creates a registry: a mistyped --registry is reported, not made
-    return ModelRegistry(check_registry_exists(registry_uri or resolve_registry_uri())).download(ref, tmp)
+    return ModelRegistry(registry_uri).download(ref, tmp)  # reading: it makes no registry
