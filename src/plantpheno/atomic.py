@@ -3,46 +3,103 @@
 A reader (or a crash at any moment) sees either the old file or the complete new one, never a
 partial file: ``os.replace`` is atomic on POSIX and Windows when both paths are on one filesystem,
 which holds because the temporary file lives in the destination folder.
+
+Two things a crash can still leave, and how they are dealt with:
+
+* a temporary file (``.last.pt.p<pid>-<host>-XXXXXXXX.tmp``) whose writer was killed: it names its
+  process and machine, so the next write of the same file (or :func:`remove_stale_temp_files`, which a
+  resumed run calls on its folder) deletes it once that process is gone;
+* a full disk, a quota, a file size limit, a read-only filesystem or a permission problem: every write
+  here turns it into one :class:`~plantpheno.errors.StorageError` that says what was being written,
+  where, why, and that the previous file is unchanged.
+
+Text is written as UTF-8 with ``surrogateescape``: a file name that is not valid UTF-8 (read from the
+filesystem as lone surrogates, ``os.fsdecode``) is written back as its original bytes, so it names the
+same file when read again with ``errors="surrogateescape"``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from plantpheno.errors import StorageError
+
+TEXT_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:6]
+# .<target name>.p<pid>-<host>-<8 random characters from mkstemp>.tmp
+_TEMP = re.compile(r"^\.(?P<name>.+)\.p(?P<pid>\d+)-(?P<host>[0-9a-f]{6})-[a-z0-9_]{8}\.tmp$")
+_LEGACY_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # written before temporary files named their writer
+_ACTIVE: set[str] = set()  # temporary files this process is writing now
+
+# errors that mean "this cannot be written here", as opposed to a bug
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                            errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG})
+_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file too large (the filesystem's or this process's file size limit)",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only filesystem", errno.ENOTDIR: "a part of the path is a file, not a folder",
+            errno.EEXIST: "a file is in the way of a folder", errno.EISDIR: "a folder of that name exists",
+            errno.ENAMETOOLONG: "file name too long"}
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on clean exit fsync and rename it over ``path``.
 
-    If the body raises, the temporary file is removed and ``path`` is left untouched.
+    If the body raises, the temporary file is removed and ``path`` is left untouched. A write that fails
+    for lack of space or permission raises :class:`StorageError` naming ``path``.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open mode must be 'wb' or 'w', got {mode!r}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    existed = target.exists()
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as fh:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, target, existed=existed) from None
+    with contextlib.suppress(OSError):
+        remove_stale_temp_files(target.parent, name=target.name)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.p{os.getpid()}-{_HOST}-", suffix=".tmp",
+                                        dir=target.parent)
+    except OSError as exc:
+        raise storage_error(exc, target, existed=existed) from None
+    _ACTIVE.add(tmp_name)
+    recorder: _RecordingFile | None = None
+    try:
+        with os.fdopen(fd, mode, **({**TEXT_ENCODING, "newline": ""} if mode == "w" else {})) as fh:
             # mkstemp makes the file 0600; give it the mode a plain open() would (or keep the old file's).
             os.chmod(tmp_name, _final_mode(target))
-            yield fh
+            recorder = _RecordingFile(fh)
+            yield recorder  # type: ignore[misc]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        cause = _storage_cause(exc, recorder)
+        if cause is not None:
+            raise storage_error(cause, target, existed=existed) from None
         raise
+    finally:
+        _ACTIVE.discard(tmp_name)
     _fsync_dir(target.parent)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Atomically replace ``path`` with ``text`` (UTF-8)."""
+    """Atomically replace ``path`` with ``text`` (UTF-8; lone surrogates written back as their bytes)."""
     with atomic_open(path, "w") as fh:
         fh.write(text)
 
@@ -57,6 +114,155 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[IO[bytes]]
     """Atomically replace ``path`` with whatever ``writer(binary_file)`` writes (e.g. torch.save, savefig)."""
     with atomic_open(path, "wb") as fh:
         writer(fh)
+
+
+def append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` to ``path`` (a log that grows by lines; not atomic: readers skip a torn last line).
+
+    A failure for lack of space or permission raises :class:`StorageError`; the lines already there stay."""
+    target = Path(path)
+    try:
+        with target.open("a", **TEXT_ENCODING) as fh:
+            fh.write(text)
+            fh.flush()
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"cannot append to {target}: {_reason(exc)}{_free_space(target, exc)}; the lines already "
+                           f"in {target.name} are kept") from None
+
+
+def storage_error(exc: OSError, target: Path, *, existed: bool) -> StorageError:
+    """The one message for a write that failed: what, where, why, and what is still safe."""
+    safe = f"the previous {target.name} is unchanged" if existed else f"{target.name} was not written"
+    culprit = Path(os.fsdecode(exc.filename)) if exc.filename else None
+    if culprit is not None and exc.errno in (errno.EEXIST, errno.ENOTDIR) and culprit != target:
+        why = f"{culprit} is a file, not a folder"
+    else:
+        why = _reason(exc)
+        # name the path the system refused when it is not the file itself (a parent folder, say)
+        if culprit is not None and culprit != target and culprit.parent != target.parent:
+            why += f" ({culprit})"
+    return StorageError(f"cannot write {target}: {why}{_free_space(target, exc)}; {safe}")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], *, name: str | None = None,
+                            everything: bool = False) -> list[Path]:
+    """Delete temporary files that killed writers left in ``folder`` (of the file ``name``, or of any file).
+
+    A temporary file is stale when the process that wrote it (same machine) is gone, or its PID now
+    belongs to a process started after the file was last written. ``everything=True`` (for a caller that
+    holds the folder's run lock, so no one else writes there) also deletes those of other machines and
+    those written before temporary files named their writer. Returns the files deleted."""
+    removed = []
+    prefix = f".{name}." if name is not None else "."
+    with os.scandir(folder) as entries:
+        candidates = [Path(e.path) for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    for path in candidates:
+        match = _TEMP.match(path.name)
+        if match is not None:
+            if name is not None and match["name"] != name:
+                continue
+            if match["host"] == _HOST:
+                stale = not _writer_alive(int(match["pid"]), path)
+            else:
+                stale = everything
+        else:
+            legacy = _LEGACY_TEMP.match(path.name)
+            stale = everything and legacy is not None and (name is None or legacy["name"] == name)
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def remove_stale_temp_files_under(root: str | os.PathLike[str]) -> list[Path]:
+    """:func:`remove_stale_temp_files` with ``everything=True`` in ``root`` and every folder below it."""
+    removed: list[Path] = []
+    for folder, _, _ in os.walk(root):
+        with contextlib.suppress(OSError):
+            removed += remove_stale_temp_files(folder, everything=True)
+    return removed
+
+
+class _RecordingFile:
+    """The file object a writer gets: remembers an ``OSError`` from ``write``, because libraries that write
+    through it (torch.save's zip writer) replace it with their own error ("unexpected pos ...")."""
+
+    def __init__(self, fh: IO[Any]) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def _storage_cause(exc: BaseException, recorder: _RecordingFile | None) -> OSError | None:
+    if isinstance(exc, StorageError):
+        return None
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return exc
+    if recorder is not None and recorder.error is not None and recorder.error.errno in STORAGE_ERRNOS:
+        return recorder.error
+    return None
+
+
+def _reason(exc: OSError) -> str:
+    return _REASONS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+def _free_space(target: Path, exc: OSError) -> str:
+    """How much space is left, when the lack of it is the problem."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if free < 1024 or unit == "TB":
+            return f" ({free:.0f} {unit} free there)" if unit == "bytes" else f" ({free:.1f} {unit} free there)"
+        free /= 1024
+    return ""
+
+
+def _writer_alive(pid: int, path: Path) -> bool:
+    """Whether the process that wrote ``path`` (on this machine) may still be writing it."""
+    if pid == os.getpid():
+        return str(path) in _ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    except OSError:
+        return True
+    try:
+        import psutil
+
+        started = psutil.Process(pid).create_time()
+        return started <= path.stat().st_mtime + 1.0  # a process started after the last write is a recycled PID
+    except Exception:  # noqa: BLE001 - gone meanwhile, or no permission to look: keep the file
+        return True
 
 
 def _final_mode(target: Path) -> int:

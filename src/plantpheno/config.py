@@ -17,12 +17,14 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from plantpheno.errors import ConfigError
+from plantpheno.errors import ConfigError, clip, short_repr
 from plantpheno.tasks import task_metrics
+from plantpheno.yamlfile import parse_yaml, read_yaml_mapping
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: every float field must be finite (an inf timeout or a NaN weight decay is a typo)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 def _bare_on_off(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -150,6 +152,12 @@ class DataConfig(_Section):
         description="Decode and resize each image once and keep its uint8 pixels: none, memory (RAM, shared by "
         "forked workers) or disk (memory-mapped file in OUTPUT_DIR/.cache, reused by later runs).",
     )
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Refuse images with more pixels than this (checked before decoding: a "
+        "guard against decompression bombs; 100 M pixels decode to 300 MB). Raise it for larger scans.")
+    links_outside_root: Literal["follow", "skip", "error"] = Field(
+        "follow", description="Symlinked class folders or images of a data.root folder that lead outside it: follow "
+        "(use them), skip or error. Either way they are reported and listed in dataset.json.")
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the backbone's.")
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the backbone's.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -556,28 +564,15 @@ def flatten_dict(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def read_yaml_mapping(path: Path, *, kind: str = "config file") -> dict[str, Any]:
-    """A YAML file that must hold a mapping (empty file -> ``{}``); errors name the file."""
-    if not path.is_file():
-        raise ConfigError(f"{kind} {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{kind} {path} must hold a mapping of fields, got {type(data).__name__}")
-    return data
-
-
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. training.epochs=5)")
+        raise ConfigError(f"override {short_repr(item)} must look like key.sub=value (e.g. training.epochs=5)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = parse_yaml(text, what=f"override {key.strip()}") if text.strip() else None
+    except ConfigError as exc:
+        if "not valid YAML" not in str(exc):
+            raise
         value = text
     _set_field(raw, key.strip(), value, shown=item)
 
@@ -592,7 +587,7 @@ def _set_field(raw: dict[str, Any], key: str, value: Any, *, shown: str) -> None
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             dotted = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override {shown!r}: {dotted} is a value ({child!r}), not a section")
+            raise ConfigError(f"override {short_repr(shown)}: {dotted} is a value ({short_repr(child)}), not a section")
         node = child
     node[parts[-1]] = value
 
@@ -605,7 +600,7 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
         kind = err["type"]
         if kind not in ("extra_forbidden", "missing"):
             loc, value = _locate(raw, loc)
-        field = ".".join(loc) or "(top level)"
+        field = clip(".".join(loc), 200) or "(top level)"
         if kind == "extra_forbidden":
             known = _known_fields(loc[:-1])
             lines.append(f"{field}: unknown field; expected one of: {', '.join(known)}")
@@ -613,7 +608,7 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
         if kind == "missing":
             lines.append(f"{field}: required field is missing")
             continue
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = clip(err["msg"].removeprefix("Value error, "), 500)
         if kind == "value_error" and (not loc or isinstance(value, dict)):
             lines.append(msg)  # a cross-field rule: its message names the fields itself
             continue
@@ -621,8 +616,10 @@ def format_validation_error(exc: ValidationError, raw: dict[str, Any], *, source
             lines[union[field]] += f", or {_expectation(msg)}"
             continue
         union[field] = len(lines)
-        lines.append(f"{field}: got {value!r}; expected {_expectation(msg)}")
-    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+        lines.append(f"{field}: got {short_repr(value)}; expected {_expectation(msg)}")
+    if len(lines) > 50:
+        lines = [*lines[:50], f"... and {len(lines) - 50} more"]
+    return f"invalid configuration ({clip(source, 300)}):\n  " + "\n  ".join(lines)
 
 
 def _expectation(msg: str) -> str:

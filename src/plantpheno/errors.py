@@ -7,6 +7,9 @@ value) and what was expected.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 
 class PlantPhenoError(Exception):
     """Base class for errors caused by user input or environment, reported without traceback."""
@@ -29,7 +32,12 @@ class TrainingError(PlantPhenoError):
 
 
 class RunDirError(PlantPhenoError):
-    """A run directory is missing, incomplete or inconsistent."""
+    """A run directory is missing, incomplete or inconsistent, or another process is writing it."""
+
+
+class StorageError(PlantPhenoError):
+    """A file cannot be written: disk full, quota exceeded, file too large, permission denied, read-only
+    filesystem. The message says what was being written, where, and what is still safe."""
 
 
 class RegistryError(PlantPhenoError):
@@ -46,3 +54,19 @@ class TuningError(PlantPhenoError):
 
 class DataCheckError(DataError):
     """The data checks found an error-level problem (leakage, conflicting labels, ...) and training was not started."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 120, 120, 8, 8
+_REPR.maxtuple = _REPR.maxset = 8
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for a message: long strings and big or deeply nested values cut short (never expanded
+    whole, so a value built from many YAML aliases stays cheap)."""
+    return clip(_REPR.repr(value), limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -21,19 +21,20 @@ import torch
 from torch import nn
 
 from plantpheno import __version__, distributed
+from plantpheno.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
 from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
 from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
-from plantpheno.errors import ConfigError, DataError, RunDirError, TrainingError
+from plantpheno.errors import ConfigError, DataError, RunDirError, StorageError, TrainingError
 from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.rundir import RunDir, create_run_dir
+from plantpheno.rundir import RunDir, check_output_dir, create_run_dir
 from plantpheno.tracking.lifecycle import log_run_results, open_run_tracking
 from plantpheno.tracking.session import SystemMonitor, TrackerSet
 from plantpheno.training.callbacks import (
@@ -93,6 +94,7 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     """Data, task, model and loaders."""
     main = dist.is_main  # only rank 0 shows progress
     prepared = prepare_data(config, manifest_override=manifest, reporter=reporter if main else None)
+    _report_links(prepared, config, reporter)
     if prepared.class_names is not None:
         task: Classification | Regression = Classification(prepared.class_names)
     else:
@@ -120,41 +122,69 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
           reporter: Reporter | None = None) -> RunResult:
     """Train a new run from ``config``, evaluate it, and return where it is.
 
-    Under torchrun every rank calls this; rank 0 creates the run directory and tells the others.
+    Under torchrun every rank calls this; rank 0 creates the run directory (and holds its lock) and tells the
+    others.
     """
     reporter = default_reporter(reporter)
     dist, config = _join_job(config)
     setup = None
-    try:
-        seed_everything(config.seed, deterministic=config.deterministic)
-        set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
-        # Data and model first: a bad image or backbone fails before any run folder exists.
-        setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
-        checked = _check_data(setup)  # an error-level finding stops here too
-        run = dist.broadcast(_new_run_dir(setup, checked) if dist.is_main else None)
-        return _fit_and_evaluate(setup, run, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
-    finally:
-        _release(setup, dist)
+    with contextlib.ExitStack() as held:
+        try:
+            if dist.is_main:
+                check_output_dir(config.output_dir)  # before the image check, which can take minutes
+            seed_everything(config.seed, deterministic=config.deterministic)
+            set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
+            # Data and model first: a bad image or backbone fails before any run folder exists.
+            setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
+            checked = _check_data(setup)  # an error-level finding stops here too
+            run = dist.broadcast(_new_run_dir(setup, held, checked) if dist.is_main else None)
+            return _fit_and_evaluate(setup, run, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
+        finally:
+            _release(setup, dist)
 
 
 def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: bool = True,
            reporter: Reporter | None = None) -> RunResult:
     """Continue an interrupted run from ``checkpoints/last.pt``, exactly where it stopped (same world size),
-    on any number of processes."""
+    on any number of processes. A run that stopped before its first checkpoint starts again from epoch 1 (and
+    says so); temporary files that killed writes left in the run directory are removed."""
     reporter = default_reporter(reporter)
     run = RunDir.of(run_dir)
     dist, config = _join_job(run.read_config())
     setup = None
-    try:
-        checkpoint = load_checkpoint(run.last_checkpoint)
-        seed_everything(config.seed, deterministic=config.deterministic)
-        set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
-        setup = _setup(config, manifest=run.split_manifest, load_pretrained=False, dist=dist, reporter=reporter)
-        _check_same_data(run, setup.prepared)
-        return _fit_and_evaluate(setup, run, checkpoint=checkpoint, callbacks=callbacks,
-                                 handle_signals=handle_signals)
-    finally:
-        _release(setup, dist)
+    with contextlib.ExitStack() as held:
+        try:
+            if dist.is_main:
+                held.enter_context(run.lock("resuming"))
+                removed = remove_stale_temp_files_under(run.path)
+                if removed:
+                    reporter.info(f"removed {len(removed)} temporary file(s) that interrupted writes left in "
+                                  f"{run.path}")
+            checkpoint = _resume_checkpoint(run, reporter if dist.is_main else None)
+            seed_everything(config.seed, deterministic=config.deterministic)
+            set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
+            recorded = run.split_manifest.is_file() and run.dataset_info.is_file()
+            setup = _setup(config, manifest=run.split_manifest if recorded else None,
+                           load_pretrained=checkpoint is None, dist=dist, reporter=reporter)
+            if recorded:
+                _check_same_data(run, setup.prepared)
+            elif dist.is_main:  # it stopped while writing its data files: write them now
+                write_data_files(setup.prepared, run)
+                run.write_environment(str(setup.device))
+            return _fit_and_evaluate(setup, run, checkpoint=checkpoint, callbacks=callbacks,
+                                     handle_signals=handle_signals)
+        finally:
+            _release(setup, dist)
+
+
+def _resume_checkpoint(run: RunDir, reporter: Reporter | None) -> dict[str, Any] | None:
+    """``last.pt``, or None (with a plain message) for a run that stopped before its first epoch ended."""
+    if run.last_checkpoint.is_file():
+        return load_checkpoint(run.last_checkpoint)
+    if reporter is not None:
+        reporter.warning(f"{run.path} has no checkpoint ({run.last_checkpoint.name}): it stopped before its first "
+                         f"epoch ended, so training starts again from epoch 1")
+    return None
 
 
 def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = None,
@@ -164,21 +194,22 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
     config = run.read_config()
     if device is not None:
         config = validate_config({**config_to_dict(config), "device": device}, source="--device")
-    path = run.checkpoint_to_use()
-    if path is None:
-        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} and {run.last_checkpoint} "
-                          f"are missing)")
-    checkpoint = load_checkpoint(path)
-    set_threads(config.training.threads)
-    # the validation split too: the softmax temperature is fitted on it
-    setup = _setup(config, manifest=run.split_manifest, load_pretrained=False,
-                   splits=tuple(dict.fromkeys((split, "val"))), reporter=default_reporter(reporter))
-    try:
-        _check_same_data(run, setup.prepared)
-        setup.model.load_state_dict(checkpoint["model"])
-        return _evaluate(setup, run, split=split, best_epoch=checkpoint["state"]["epoch"])
-    finally:
-        close_loaders(setup.loaders)
+    with run.lock("evaluating"):
+        path = run.checkpoint_to_use()
+        if path is None:
+            raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} and {run.last_checkpoint} "
+                              f"are missing)")
+        checkpoint = load_checkpoint(path)
+        set_threads(config.training.threads)
+        # the validation split too: the softmax temperature is fitted on it
+        setup = _setup(config, manifest=run.split_manifest, load_pretrained=False,
+                       splits=tuple(dict.fromkeys((split, "val"))), reporter=default_reporter(reporter))
+        try:
+            _check_same_data(run, setup.prepared)
+            setup.model.load_state_dict(checkpoint["model"])
+            return _evaluate(setup, run, split=split, best_epoch=checkpoint["state"]["epoch"])
+        finally:
+            close_loaders(setup.loaders)
 
 
 def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") -> Path:
@@ -236,14 +267,32 @@ def _check_data(setup: _Setup) -> DataCheckReport | None:
     return enforce(report, setup.config, reporter=setup.reporter)
 
 
-def _new_run_dir(setup: _Setup, checked: DataCheckReport | None = None) -> RunDir:
-    run = create_run_dir(setup.config)
-    run.write_config(setup.config)
-    write_data_files(setup.prepared, run)
-    if checked is not None:
-        checked.write(run.data_check)
-    run.write_environment(str(setup.device))
+def _new_run_dir(setup: _Setup, held: contextlib.ExitStack, checked: DataCheckReport | None = None) -> RunDir:
+    run, lock = create_run_dir(setup.config)
+    held.callback(lock.release)
+    try:
+        run.write_config(setup.config)
+        write_data_files(setup.prepared, run)
+        if checked is not None:
+            checked.write(run.data_check)
+        run.write_environment(str(setup.device))
+    except BaseException as exc:
+        recorded = _write_end_status(run, "failed", reason=str(exc) or type(exc).__name__)
+        if isinstance(exc, StorageError):
+            raise StorageError(f"{exc}. {_what_is_safe(run, recorded)}") from None
+        raise
     return run
+
+
+def _report_links(prepared: PreparedData, config: Config, reporter: Reporter) -> None:
+    links = prepared.links_outside_root
+    if not links:
+        return
+    policy = config.data.links_outside_root
+    shown = ", ".join(f"{link} -> {target}" for link, target in links[:5]) + (" ..." if len(links) > 5 else "")
+    used = "used" if policy == "follow" else "skipped"
+    reporter.warning(f"data.root {config.data.root}: {len(links)} symbolic link(s) lead outside it and are {used} "
+                     f"(data.links_outside_root={policy}; listed in dataset.json): {shown}")
 
 
 def _check_same_data(run: RunDir, prepared: PreparedData) -> None:
@@ -268,18 +317,33 @@ def _fit_and_evaluate(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] 
         state = _train_phases(setup, run, checkpoint=checkpoint, tracking=tracking, callbacks=callbacks,
                               replicas=replicas, handle_signals=handle_signals)
     except BaseException as exc:
-        _record_end(run, trackers, exc, main=main)
+        recorded = _record_end(run, trackers, exc, main=main)
         if isinstance(exc, NonFiniteLossError):
             kept = (f"the last good checkpoint is {run.last_checkpoint} (epoch {exc.epoch - 1})"
                     if run.last_checkpoint.is_file() else "no epoch had completed")
             raise TrainingError(f"{exc}; training stopped and {kept}. Lower training.learning_rate "
                                 f"or set training.grad_clip_norm.") from None
+        if isinstance(exc, StorageError) and main:
+            raise StorageError(f"{exc}. {_what_is_safe(run, recorded)}") from None
         raise
     finally:
         tracking.close()
     if not main:  # the other ranks are done: rank 0 evaluates, reports and registers
         return RunResult(run.path, {}, state)
-    if dist.enabled:
+    try:
+        return _evaluate_and_record(setup, run, state, trackers, replicas)
+    except BaseException as exc:
+        recorded = _record_end(run, trackers, exc, main=True)
+        if isinstance(exc, StorageError):
+            raise StorageError(f"{exc}. {_what_is_safe(run, recorded)}") from None
+        raise
+
+
+def _evaluate_and_record(setup: _Setup, run: RunDir, state: TrainState, trackers: TrackerSet,
+                         replicas: ReplicaCheck | None) -> RunResult:
+    """Rank 0, after training: evaluate the best weights, record the run, register it if asked."""
+    config = setup.config
+    if setup.dist.enabled:
         run.write_status("evaluating", distributed=_job_summary(setup, replicas))
     _plot_history(run)
     split = config.evaluation.split
@@ -293,6 +357,21 @@ def _fit_and_evaluate(setup: _Setup, run: RunDir, *, checkpoint: dict[str, Any] 
     if config.registry.name:
         _register(config, run, setup.reporter)
     return RunResult(run.path, metrics, state)
+
+
+def _what_is_safe(run: RunDir, recorded: bool) -> str:
+    """After a failed write: what the run directory still holds, and how to go on."""
+    marked = ("run.json marks the run failed" if recorded
+              else "run.json could not be updated either (the run lists as crashed)")
+    if run.last_checkpoint.is_file():
+        kept = f"{run.last_checkpoint} holds the last completed epoch"
+    elif run.best_checkpoint.is_file():
+        kept = (f"{run.best_checkpoint} holds the best weights so far, but no resumable checkpoint was written "
+                f"(a resume starts again from epoch 1)")
+    else:
+        kept = "no checkpoint was written yet (a resume starts again from epoch 1)"
+    return (f"{marked}; {kept}. Free some space (or fix the permissions), then resume with: "
+            f"plantpheno train --resume {run.path}")
 
 
 def _open_tracking(setup: _Setup, run: RunDir, *, resuming: bool) -> TrackerSet:
@@ -413,8 +492,9 @@ def _fit(trainer: Trainer, run: RunDir, *, handle_signals: bool) -> TrainState:
         return trainer.fit()
 
 
-def _record_end(run: RunDir, trackers: TrackerSet, exc: BaseException, *, main: bool) -> None:
-    """How a run that did not finish ended, in ``run.json`` (written by rank 0) and in the trackers."""
+def _record_end(run: RunDir, trackers: TrackerSet, exc: BaseException, *, main: bool) -> bool:
+    """How a run that did not finish ended, in ``run.json`` (written by rank 0) and in the trackers; returns
+    whether ``run.json`` could be written."""
     if isinstance(exc, Interrupted):
         exc.run_dir = run.path
         status, tracked, fields = "interrupted", "interrupted", {"epoch": exc.state.epoch, "batch": exc.state.batch,
@@ -425,10 +505,19 @@ def _record_end(run: RunDir, trackers: TrackerSet, exc: BaseException, *, main: 
         status, tracked, fields = "interrupted", "interrupted", {"reason": "KeyboardInterrupt"}
     else:
         status, tracked, fields = "failed", "failed", {"reason": str(exc) or type(exc).__name__}
-    if main:
-        with contextlib.suppress(OSError):  # a full disk must not hide the error that ended the run
-            run.write_status(status, **fields)
+    recorded = _write_end_status(run, status, **fields) if main else False
     trackers.finish(tracked)
+    return recorded
+
+
+def _write_end_status(run: RunDir, status: str, **fields: Any) -> bool:
+    """``run.json`` at the end of a run, if it can still be written (a full disk must not hide the error that
+    ended the run)."""
+    try:
+        run.write_status(status, **fields)
+    except (OSError, StorageError, ValueError):
+        return False
+    return True
 
 
 def _register(config: Config, run: RunDir, reporter: Reporter) -> None:
@@ -463,9 +552,13 @@ def _job_summary(setup: _Setup, replicas: ReplicaCheck | None) -> dict[str, Any]
 def _plot_history(run: RunDir) -> None:
     import json
 
-    lines = run.metrics_log.read_text(encoding="utf-8").splitlines()
-    history = [{k: v for k, v in json.loads(line).items() if k == "epoch" or k.startswith(("train/", "val/"))}
-               for line in lines]
+    history = []
+    for line in run.metrics_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a crash or a full disk
+        history.append({k: v for k, v in record.items() if k == "epoch" or k.startswith(("train/", "val/"))})
     plot_training_curves(history, run.training_curves)
 
 

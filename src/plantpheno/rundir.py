@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.atomic import atomic_write_text, storage_error
 from plantpheno.config import Config, config_to_yaml, load_config
 from plantpheno.errors import RunDirError
+from plantpheno.runlock import RunLock, lock_holder
 
 CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
@@ -31,6 +32,10 @@ EVAL_DIR = "eval"
 TRACKING_DIR = "tracking"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
+LOCK_FILE = "run.lock"
+# what run.json says while its process works; a run in one of these whose lock nobody holds has crashed
+ACTIVE_STATUSES = ("running", "evaluating")
+CRASHED = "crashed"
 REPORT_FILE = "report.html"
 TEMPERATURE_FILE = "temperature.json"
 
@@ -168,6 +173,35 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / LAST
 
+    @property
+    def lock_file(self) -> Path:
+        """``run.lock``: held (flock) by the one process that writes the run; see :mod:`plantpheno.runlock`."""
+        return self.path / LOCK_FILE
+
+    def lock(self, purpose: str) -> RunLock:
+        """The run's writer lock (not yet taken): ``with run.lock("resuming"): ...``."""
+        return RunLock(self.lock_file, run_path=self.path, purpose=purpose)
+
+    def holder(self) -> dict[str, Any] | None:
+        """The process writing this run now (PID, host, purpose, since, command), or None."""
+        return lock_holder(self.lock_file)
+
+    def current_status(self) -> str | None:
+        """``run.json``'s status, except that a run it calls running (or evaluating) whose writer lock nobody
+        holds is ``crashed``: its process ended without recording how (killed, out of memory, power lost).
+        ``running`` for a run that is being written but has no ``run.json`` yet; None if neither."""
+        try:
+            recorded = self.read_status().get("status")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        recorded = recorded if isinstance(recorded, str) and recorded else None
+        holder = self.holder()
+        if recorded in ACTIVE_STATUSES and holder is None:
+            return CRASHED
+        if recorded is None and holder is not None:
+            return "running"
+        return recorded
+
     def checkpoint_to_use(self) -> Path | None:
         """The best checkpoint, else the last one, else None (no epoch finished)."""
         for path in (self.best_checkpoint, self.last_checkpoint):
@@ -245,28 +279,74 @@ def data_check_path(config: Config) -> Path:
     return config.output_dir / config.experiment / DATA_CHECK
 
 
-def create_run_dir(config: Config) -> RunDir:
-    """Make a new, empty run folder; a named run that already exists is an error (resume it instead)."""
+def create_run_dir(config: Config) -> tuple[RunDir, RunLock]:
+    """Make a new, empty run folder and take its writer lock; a named run that already exists is an error
+    (resume it instead, unless another process is running it: then that process is named)."""
     parent = config.output_dir / config.experiment
     if config.run_name is not None:
-        run_dir = parent / config.run_name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunDirError(
-                f"run directory {run_dir} already exists; resume it with `plantpheno train --resume {run_dir}` "
-                f"or choose another run_name"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return RunDir(run_dir)
+        run = RunDir(parent / config.run_name)
+        _mkdir(run.path, parents=True, exist_ok=True)
+        lock = run.lock("training").acquire()
+        if any(p.name != LOCK_FILE for p in run.path.iterdir()):
+            lock.release()
+            status = run.current_status() or "unknown"
+            if status == "completed":
+                advice = "choose another run_name (or delete the folder)"
+            else:
+                advice = f"resume it with `plantpheno train --resume {run.path}` or choose another run_name"
+            raise RunDirError(f"run directory {run.path} already exists (status: {status}); {advice}")
+        return run, lock
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    parent.mkdir(parents=True, exist_ok=True)
+    _mkdir(parent, parents=True, exist_ok=True)
     for suffix in range(1000):
-        run_dir = parent / (stamp if suffix == 0 else f"{stamp}-{suffix}")
+        run = RunDir(parent / (stamp if suffix == 0 else f"{stamp}-{suffix}"))
         try:
-            run_dir.mkdir()  # atomic: two runs started in the same second get different folders
-            return RunDir(run_dir)
+            run.path.mkdir()  # atomic: two runs started in the same second get different folders
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise storage_error(exc, run.path, existed=False) from None
+        return run, run.lock("training").acquire()
     raise RunDirError(f"cannot create a new run folder under {parent}")
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """``output_dir`` is a folder this process can write into, or can create: checked before any long work.
+
+    Raises:
+        ConfigError: naming the path that is in the way or not writable.
+    """
+    from plantpheno.errors import ConfigError
+
+    path = output_dir
+    while not path.exists():
+        if path.is_symlink():
+            raise ConfigError(f"output_dir {output_dir}: {path} is a broken symbolic link")
+        if path.parent == path:
+            break
+        path = path.parent
+    if not path.is_dir():
+        where = "" if path == output_dir else f" ({path} is a file)"
+        raise ConfigError(f"output_dir {output_dir} is not a folder{where}; choose another output_dir")
+    if not os.access(path, os.W_OK | os.X_OK):
+        read_only = " (read-only filesystem)" if _read_only(path) else ""
+        what = "cannot be written" if path == output_dir else f"cannot be created: {path} is not writable"
+        raise ConfigError(f"output_dir {output_dir} {what}{read_only}; choose another output_dir or fix its "
+                          f"permissions")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _mkdir(path: Path, **kwargs: bool) -> None:
+    try:
+        path.mkdir(**kwargs)
+    except OSError as exc:
+        raise storage_error(exc, path, existed=path.exists()) from None
 
 
 def environment(device: str) -> dict[str, Any]:

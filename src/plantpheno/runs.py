@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from plantpheno.config import flatten_dict
-from plantpheno.errors import RunDirError
+from plantpheno.errors import ConfigError, RunDirError
 from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
 from plantpheno.tasks import TASKS
+from plantpheno.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def read_run(run_dir: Path) -> RunSummary:
     metrics, headline, interval = _evaluation(run, split, status)
     return RunSummary(
         path=run_dir, experiment=run_dir.parent.name, name=run_dir.name,
-        status=_as_str(status.get("status")) or UNKNOWN_STATUS, task=task,
+        status=run.current_status() or UNKNOWN_STATUS, task=task,
         backbone=_as_str(params.get("model.backbone")), epochs_done=_epochs_done(status, history),
         best_epoch=best_epoch, monitor=monitor, best_value=best_value, test_metrics=metrics, params=params,
         updated=_as_str(status.get("updated")) or _mtime(run), eval_split=split if metrics else None,
@@ -181,9 +180,9 @@ def _read_yaml(path: Path) -> Any:
     if text is None:
         return None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        log.warning("%s: not valid YAML (%s); ignoring it", path, str(exc).splitlines()[0])
+        return parse_yaml(text, what=str(path))
+    except ConfigError as exc:
+        log.warning("%s; ignoring it", str(exc).splitlines()[0])
         return None
 
 

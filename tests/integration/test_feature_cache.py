@@ -102,7 +102,7 @@ def test_features_come_from_the_decoded_image_cache(make_config, disease_root, m
         setup = pipeline._setup(config, manifest=None, load_pretrained=True, reporter=RecordingReporter())
         decoded: list = []
         real = datasets.load_rgb
-        monkeypatch.setattr(datasets, "load_rgb", lambda path: decoded.append(path) or real(path))
+        monkeypatch.setattr(datasets, "load_rgb", lambda path, **kw: decoded.append(path) or real(path, **kw))
         try:
             out = cache_inputs(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta["mean"],
                                std=setup.meta["std"], device=setup.device)

@@ -111,7 +111,7 @@ def test_tuning_uses_only_public_optuna_names():
 
 def test_run_file_names_live_only_in_rundir():
     names = ('"run.json"', '"config.yaml"', '"metrics.jsonl"', '"split.csv"', '"dataset.json"', '"environment.json"',
-             '"best.pt"', '"last.pt"', '"training_curves.png"', '"bad_images.csv"', '"predictions.csv"',
+             '"best.pt"', '"last.pt"', '"training_curves.png"', '"bad_images.csv"', '"predictions.csv"', '"run.lock"',
              '"data_check.json"')
     found = []
     for path in _modules():

@@ -258,3 +258,88 @@ def test_capture_and_restore_rng_reproduce_the_next_numbers(tmp_path, through_fi
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
     restore_rng(state)
     assert _draw() == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporary files of killed writers, and writes the disk refuses
+# ----------------------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def _temp_name(target: str, pid: int) -> str:
+    from plantpheno import atomic
+
+    return f".{target}.p{pid}-{atomic._HOST}-abcd1234.tmp"
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    stale = tmp_path / _temp_name("last.pt", _dead_pid())
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / _temp_name("best.pt", _dead_pid())  # another file's: left to that file's next write
+    other.write_bytes(b"x")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / _temp_name("last.pt", alive.pid)  # a live writer's: kept
+        busy.write_bytes(b"being written")
+        atomic_write_bytes(tmp_path / "last.pt", b"new")
+        assert not stale.exists() and other.exists() and busy.exists()
+        os.utime(busy, (1_000_000, 1_000_000))  # written long before that process started: a reused PID
+        atomic_write_bytes(tmp_path / "last.pt", b"newer")
+        assert not busy.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    assert (tmp_path / "last.pt").read_bytes() == b"newer"
+
+
+def test_a_resume_sweep_removes_every_temporary_file_under_the_run(tmp_path) -> None:
+    from plantpheno.atomic import remove_stale_temp_files_under
+
+    (tmp_path / "checkpoints").mkdir()
+    legacy = tmp_path / "checkpoints" / ".last.pt.k2j4x9qa.tmp"  # named before temporary files named their writer
+    legacy.write_bytes(b"x")
+    dead = tmp_path / _temp_name("run.json", _dead_pid())
+    dead.write_text("{")
+    keep = tmp_path / "checkpoints" / "notes.tmp"  # not a temporary file of ours
+    keep.write_text("mine")
+    assert set(remove_stale_temp_files_under(tmp_path)) == {legacy, dead}
+    assert keep.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_write_the_disk_refuses_is_a_storage_error_naming_the_file_and_keeping_the_old_one(tmp_path) -> None:
+    """torch.save through the zip writer used to end in "RuntimeError: unexpected pos"; a real EFBIG here."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from pathlib import Path
+        from plantpheno.errors import StorageError
+        from plantpheno.training.checkpoint import save_checkpoint
+        path = Path({str(tmp_path)!r}) / "last.pt"
+        save_checkpoint(path, {{"w": torch.ones(10)}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            save_checkpoint(path, {{"w": torch.ones(1_000_000)}})
+        except StorageError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (f"cannot write {tmp_path / 'last.pt'}: file too large (the filesystem's or this "
+                                  f"process's file size limit); the previous last.pt is unchanged")
+    assert load_checkpoint(tmp_path / "last.pt")["w"].sum() == 10
+    assert _files(tmp_path) == ["last.pt"]

@@ -77,7 +77,7 @@ def test_stats_round_trip_and_are_memoised_with_the_image_check(tmp_path, monkey
     first = check_images(paths, memo=memo)
     assert all(ImageStats.from_json(c.stats.to_json()) == c.stats for c in first)
     calls = []
-    monkeypatch.setattr(images_module, "image_stats", lambda rgb: calls.append(1) or image_stats(rgb))
+    monkeypatch.setattr(images_module, "image_stats", lambda rgb, **kw: calls.append(1) or image_stats(rgb, **kw))
     second = check_images(paths, memo=memo)
     assert not calls, "a memoised file was decoded again"
     assert [c.stats for c in second] == [c.stats for c in first]
@@ -129,3 +129,31 @@ def test_group_folds_keep_groups_together_and_stratify():
     for train, test in group_folds(None, groups, folds=4, seed=0):
         assert not {groups[i] for i in train} & {groups[i] for i in test}
         assert 60 <= len(test) <= 90
+
+
+def test_a_large_jpeg_is_checked_at_a_reduced_scale_but_recorded_at_its_own_size(tmp_path, monkeypatch):
+    """The check pass decodes a large JPEG in draft mode (still at least twice the measures' 256 px working size
+    on its shorter side); the data checks still see the file's own width and height, turned by EXIF as training
+    turns it, and measures close to those of the full decode."""
+    from plantpheno.data.doctor.pixels import QUALITY_SIDE
+
+    photo = _photo(3, (2400, 1800))
+    plain, turned = tmp_path / "plain.jpg", tmp_path / "turned.jpg"
+    photo.save(plain, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    photo.save(turned, quality=95, exif=exif)
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(images_module, "image_stats",
+                        lambda rgb, **kw: seen.append(rgb.size) or image_stats(rgb, **kw))
+    a, b = check_images([plain, turned])
+    assert a.problem is None and b.problem is None
+    assert (a.stats.width, a.stats.height) == (2400, 1800)
+    assert (b.stats.width, b.stats.height) == (1800, 2400)
+    # 1/2 scale: it keeps >= DRAFT_MARGIN x 256 = 512 px on the shorter side, 1/4 would leave 450
+    assert seen[0] == (1200, 900) and seen[1] == (900, 1200)
+    assert min(seen[0]) >= 2 * QUALITY_SIDE
+    with Image.open(plain) as full:
+        reference = image_stats(full.convert("RGB"))
+    assert abs(reference.sharpness - a.stats.sharpness) < 0.25 * max(reference.sharpness, 1e-3)
+    assert bin(int(reference.phash, 16) ^ int(a.stats.phash, 16)).count("1") <= 6  # near-duplicate distance

@@ -402,7 +402,7 @@ def test_check_memo_skips_unchanged_files_and_rechecks_changed_or_bad_ones(tmp_p
 
     decoded: list[Path] = []
     real = images.check_image
-    monkeypatch.setattr(images, "check_image", lambda p: decoded.append(p) or real(p))
+    monkeypatch.setattr(images, "check_image", lambda p, **kw: decoded.append(p) or real(p, **kw))
     again = check_images([*paths, bad], memo=memo)
     assert [c.sha256 for c in again] == [c.sha256 for c in first]
     assert decoded == [bad]  # passed files are not decoded again; a bad file is always re-checked
@@ -419,3 +419,37 @@ def test_check_memo_skips_unchanged_files_and_rechecks_changed_or_bad_ones(tmp_p
     assert [c.sha256 for c in check_images(paths, memo=memo)] == [c.sha256 for c in third[:4]]
     assert set(decoded) == set(paths)
     assert json.loads(memo.read_text())["version"] == 1
+
+
+# ----------------------------------------------------------------------------- size limits and reduced decoding
+
+
+def _noise_jpeg(path: Path, size: tuple[int, int]) -> Path:
+    noise = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, format="JPEG", quality=90)
+    return path
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_only_when_a_small_input_is_needed(tmp_path):
+    path = _noise_jpeg(tmp_path / "big.jpg", (1600, 1200))
+    assert load_rgb(path).size == (1600, 1200)
+    assert load_rgb(path, min_side=100).size == (400, 300)  # 1/4 scale: the shorter side keeps >= 2 x 100
+    assert load_rgb(path, min_side=400).size == (1600, 1200)  # 1/2 scale would leave < 2 x 400
+    png = tmp_path / "big.png"
+    Image.open(path).save(png)
+    assert load_rgb(png, min_side=100).size == (1600, 1200)  # only JPEG has a reduced decode
+
+
+def test_the_check_pass_still_catches_a_truncated_large_jpeg(tmp_path):
+    path = _noise_jpeg(tmp_path / "big.jpg", (1600, 1200))
+    assert check_image(path).problem is None
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert "truncated" in check_image(path).problem
+
+
+def test_an_image_over_the_pixel_limit_is_refused_by_its_header(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("L", (300, 200)).save(path)
+    problem = check_image(path, max_pixels=59_999).problem
+    assert problem.startswith("image too large: 300 x 200 = 60,000 pixels, above data.max_image_pixels = 59,999")
+    assert check_image(path, max_pixels=60_000).problem is None

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from plantpheno import __version__
 from plantpheno.errors import PlantPhenoError
@@ -61,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C during training, or Ctrl-C elsewhere
         print("plantpheno: aborted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a write outside plantpheno's own helpers (a library's) that the disk refused
+        from plantpheno.atomic import STORAGE_ERRNOS, storage_error
+
+        if exc.errno not in STORAGE_ERRNOS or not exc.filename:
+            raise
+        target = Path(os.fsdecode(exc.filename))
+        print(f"plantpheno: error: {storage_error(exc, target, existed=target.exists())}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from plantpheno.cli.options import integer
 from plantpheno.errors import ConfigError
 
 EXIT_FINDINGS = 1  # plantpheno data check: an error-level finding (2 stays "bad config or data source")
@@ -30,11 +31,12 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
                                         "was planted where) are written too.")
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette"), default="disease")
-    s.add_argument("--per-class", type=int, default=40, help="images per class (disease)")
-    s.add_argument("--plants", type=int, default=40, help="plants (rosette); each photographed --views times")
-    s.add_argument("--views", type=int, default=3, help="views per plant (rosette)")
-    s.add_argument("--image-size", type=int, default=96)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-class", type=integer(1, 100_000), default=40, help="images per class (disease)")
+    s.add_argument("--plants", type=integer(1, 100_000), default=40,
+                   help="plants (rosette); each photographed --views times")
+    s.add_argument("--views", type=integer(1, 1000), default=3, help="views per plant (rosette)")
+    s.add_argument("--image-size", type=integer(32, 1024), default=96)
+    s.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("--plant-duplicates", type=int, default=0, metavar="N",
                    help="N training images copied byte for byte into the test split")
@@ -117,7 +119,7 @@ def run_check(args: argparse.Namespace) -> int:
     out = args.out or data_check_path(config)
     report.write(out)
     if args.json:
-        print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
+        print(json.dumps(report.to_json(), indent=1))  # ASCII: names that are not UTF-8 stay escapes
     else:
         for finding in report.findings:
             print(finding.line())

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from plantpheno.cli.options import integer, number
+
 REGISTRY_HELP = ("registry (MLflow) URI; default: $PLANTPHENO_REGISTRY_URI, else $MLFLOW_REGISTRY_URI or "
                  "$MLFLOW_TRACKING_URI, else the project's runs/mlflow.db (found from this folder upwards); "
                  "for `register`, a run's registry.uri comes first")
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("ref", metavar="NAME[@alias|/version]")
     promote = add("promote", "point an alias (e.g. champion) at a version", run_promote)
     promote.add_argument("name")
-    promote.add_argument("version", type=int)
+    promote.add_argument("version", type=integer(1))
     promote.add_argument("--alias", required=True)
     delete = add("delete", "delete one version, or a whole model", run_delete)
     delete.add_argument("ref", metavar="NAME[/version]")
@@ -43,11 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("ref", metavar="NAME[@alias|/version]|RUN_DIR")
     export.add_argument("out", type=Path, metavar="OUT")
     export.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    export.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |difference| of outputs")
+    export.add_argument("--tolerance", type=number(0), default=1e-4,
+                        help="max allowed |difference| of outputs (a finite number >= 0)")
 
 
 def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
-    """The registry this command uses (one rule: registry.location), announced on stderr."""
+    """The registry this command uses (one rule: registry.location), announced on stderr. Only ``register``
+    (given ``run_dir``) may create one; no read command does (the project's own registry, not made yet, reads
+    as empty), and one named with ``--registry`` or ``$PLANTPHENO_REGISTRY_URI`` must exist, so that a mistyped
+    path is reported instead of listing nothing."""
     from plantpheno.registry.store import ModelRegistry, locate_registry
 
     config = None
@@ -57,7 +63,17 @@ def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
         config = RunDir.of(run_dir).read_config()
     location = locate_registry(args.registry, config=config)
     print(location.describe(), file=sys.stderr)
-    return ModelRegistry(location.uri)
+    return ModelRegistry(location.uri if run_dir is not None else _named_must_exist(location))
+
+
+def _named_must_exist(location) -> str:
+    """``location.uri``, checked to exist when the user named it (flag or environment variable)."""
+    from plantpheno.registry.location import ENV_URI
+    from plantpheno.registry.store import check_registry_exists
+
+    if location.source in ("--registry", f"${ENV_URI}"):
+        return check_registry_exists(location.uri)
+    return location.uri
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -164,4 +180,4 @@ def registry_for(source: str, explicit: str | None) -> str | None:
 
     location = locate_registry(explicit)
     print(location.describe(), file=sys.stderr)
-    return location.uri
+    return _named_must_exist(location)

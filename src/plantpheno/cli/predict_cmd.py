@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.cli import models_cmd
+from plantpheno.cli.options import integer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGES_OR_FOLDER")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=integer(1, 65536), default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--registry", default=None, metavar="URI", help=models_cmd.REGISTRY_HELP.split("; for `")[0])
     p.set_defaults(func=run)
@@ -46,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
 
 def write_predictions(predictor, results, bad, out: Path | None) -> None:
     """The CSV to ``out`` (atomically) or stdout; unreadable files listed on stderr (and beside ``out``)."""
+    from plantpheno.csvfile import write_csv
+
     text = predictor.to_csv(results)
-    if out is None:
-        sys.stdout.write(text)
+    if out is None:  # file names that are not UTF-8 go out as the bytes they are, as `ls` prints them
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
     else:
         atomic_write_text(out, text)
     if bad:
@@ -56,6 +59,4 @@ def write_predictions(predictor, results, bad, out: Path | None) -> None:
         for path, why in bad:
             print(f"  {path}: {why}", file=sys.stderr)
         if out is not None:
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows([("path", "problem"), *((str(p), w) for p, w in bad)])
-            atomic_write_text(out.with_name(out.stem + ".skipped.csv"), buf.getvalue())
+            write_csv(out.with_name(out.stem + ".skipped.csv"), [("path", "problem"), *((str(p), w) for p, w in bad)])

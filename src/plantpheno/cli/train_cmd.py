@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from plantpheno.cli.options import integer
 from plantpheno.errors import ConfigError
 
 
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-path", type=Path, default=None, metavar="DIR",
                    help="where runs go (sets output_dir): DIR/<experiment>/<run_name>/")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=integer(1, 1024), default=None, metavar="N",
                    help="launch N data-parallel processes on this machine with torchrun (--standalone)")
     p.set_defaults(func=run)
 

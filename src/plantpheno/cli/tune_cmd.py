@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from plantpheno.cli.options import integer, number
+
 _SETTINGS = ("study", "sampler", "pruner", "metric", "direction", "trials", "timeout", "storage")
 
 
@@ -24,18 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training config overrides (anywhere on the command line, also after the flags)")
     p.add_argument("--sampler", choices=("grid", "random", "tpe"), help="default tpe")
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), help="default median")
-    p.add_argument("--trials", type=int, metavar="N", help="trials in the study, all workers together "
+    p.add_argument("--trials", type=integer(1, 1_000_000), metavar="N",
+                   help="trials in the study, all workers together "
                    "(random/tpe default 20; grid: all combinations)")
-    p.add_argument("--timeout", type=float, metavar="S", help="start no new trial after S seconds")
+    p.add_argument("--timeout", type=number(0, above=True), metavar="S", help="start no new trial after S seconds")
     p.add_argument("--metric", help="objective: its best value over epochs (default: the config's training.monitor)")
     p.add_argument("--direction", choices=("maximize", "minimize"), help="default from the metric")
     p.add_argument("--storage", metavar="URL", help="journal:///path/study.log, sqlite:///path/study.db, "
                    "postgresql://...; default: a journal file in the study folder")
     p.add_argument("--study", metavar="NAME", help="study name and folder (default: the SPACE file's name)")
-    p.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes on this machine (default 1)")
+    p.add_argument("--workers", type=integer(1, 256), default=1, metavar="K",
+                   help="worker processes on this machine (default 1)")
     p.add_argument("--dry-run", action="store_true", help="check the space and print the trials; train nothing")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a worker process of a study
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=integer(0, 255), default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 

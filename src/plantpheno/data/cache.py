@@ -115,7 +115,9 @@ def resize_image(image: Image.Image, spec: CacheSpec) -> Image.Image:
 
 def decode_resized(path: Path, spec: CacheSpec) -> np.ndarray:
     """Decode ``path`` to 8-bit RGB and resize it as the cache stores it: an (H, W, 3) uint8 array."""
-    return np.asarray(resize_image(load_rgb(path), spec), dtype=np.uint8)
+    # a large JPEG decodes at a reduced scale (draft mode) that keeps the shorter side >= spec.side, enough for
+    # every resize mode (crop and stretch need it; pad, whose longer side goes to spec.side, needs less)
+    return np.asarray(resize_image(load_rgb(path, min_side=spec.side), spec), dtype=np.uint8)
 
 
 def _planned_shape(path: Path, spec: CacheSpec) -> tuple[int, int]:

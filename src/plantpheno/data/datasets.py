@@ -7,10 +7,8 @@ seed are drawn from a generator seeded with ``(seed, epoch)``. An epoch can ther
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import hashlib
-import io
 import json
 import os
 import platform
@@ -26,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from plantpheno.atomic import atomic_write_text
 from plantpheno.config import Config
+from plantpheno.csvfile import write_csv
 from plantpheno.data.batch_augment import (
     BatchAugment,
     BatchedAugmentation,
@@ -37,7 +36,7 @@ from plantpheno.data.batch_augment import (
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.doctor.pixels import ImageStats
 from plantpheno.data.images import check_images, load_rgb
-from plantpheno.data.sources import SPLITS, Sample, class_names_of, read_folder, read_manifest
+from plantpheno.data.sources import SPLITS, Sample, class_names_of, links_outside, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
 from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.errors import DataError
@@ -58,6 +57,9 @@ class PreparedData:
     fingerprint: str
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
     stats: dict[Path, ImageStats] = field(default_factory=dict)
+    # symlinked class folders or images of a folder dataset that lead outside data.root: (link, target)
+    links_outside_root: list[tuple[Path, Path]] = field(default_factory=list)
+    links_policy: str = "follow"
 
     def targets(self, split: str) -> list[int] | list[float]:
         """Class indices (classification) or float values (regression) of one split."""
@@ -86,16 +88,18 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     the image check's progress.
     """
     data = config.data
+    links: list[tuple[Path, Path]] = []
     if manifest_override is not None:
-        samples = read_manifest(manifest_override, root=None, task=config.task)
+        samples = read_manifest(manifest_override, root=None, task=config.task, exact=True)
     elif data.manifest is not None:
         samples = read_manifest(data.manifest, root=data.root, task=config.task)
     else:
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
+        samples, links = _apply_link_policy(samples, data.root, data.links_outside_root)
     samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
                                               memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO,
-                                              reporter=reporter)
+                                              max_pixels=data.max_image_pixels, reporter=reporter)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -108,12 +112,33 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     class_names = class_names_of(samples) if config.task == "classification" else None
     if class_names is not None and len(class_names) < 2:
         raise DataError(f"classification needs at least 2 classes, found {class_names}")
-    return PreparedData(config.task, splits, class_names, fingerprint, bad, stats)
+    return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
+                        links_policy=data.links_outside_root)
 
 
-def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, reporter: Reporter | None = None
+def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[list[Sample], list[tuple[Path, Path]]]:
+    """What a symlink leading outside ``root`` means (``data.links_outside_root``): follow, skip or error."""
+    links = links_outside(samples, root)
+    if not links or policy == "follow":
+        return samples, links
+    if policy == "error":
+        listing = "\n  ".join(f"{link} -> {target}" for link, target in links[:50])
+        raise DataError(f"data.root {root}: {len(links)} symbolic link(s) lead outside it (data.links_outside_root="
+                        f"error; set it to follow to use them, or skip):\n  {listing}")
+    leaving = {link for link, _ in links}
+    kept = [s for s in samples
+            if s.path not in leaving and root / s.path.relative_to(root).parts[0] not in leaving]
+    if not kept:
+        raise DataError(f"data.root {root}: every image is reached through a symbolic link that leads outside it, "
+                        f"and data.links_outside_root=skip")
+    return kept, links
+
+
+def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, max_pixels: int | None = None,
+           reporter: Reporter | None = None
            ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
-    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter)
+    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter,
+                          **({"max_pixels": max_pixels} if max_pixels is not None else {}))
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
         listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
@@ -127,7 +152,8 @@ def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, r
         raise DataError(f"none of the {len(samples)} images could be read")
     base = Path(os.path.commonpath([str(s.path.parent) for s, _ in good]))
     lines = sorted(f"{s.path.relative_to(base).as_posix()}\t{s.target}\t{sha}" for s, sha in good)
-    fingerprint = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    # file names that are not UTF-8 hash as their bytes (surrogateescape), so every name can be fingerprinted
+    fingerprint = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
     stats = {c.path: c.stats for c in checks if c.stats is not None}
     return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats
 
@@ -135,13 +161,10 @@ def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, r
 def write_data_files(prepared: PreparedData, run: RunDir) -> None:
     """Write the split manifest (reusable as ``data.manifest``), dataset summary and skipped files."""
     target_col = "label" if prepared.class_names is not None else "value"
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", target_col, "split", "group"])
-    for name in SPLITS:
-        for s in prepared.splits[name]:
-            writer.writerow([str(s.path.resolve()), s.target, name, s.group or ""])
-    atomic_write_text(run.split_manifest, buf.getvalue())
+    rows: list[list[object]] = [["path", target_col, "split", "group"]]
+    # absolute, symlinks kept as links: a resumed run fingerprints the same paths the first run did
+    rows += [[os.path.abspath(s.path), s.target, name, s.group or ""] for name in SPLITS for s in prepared.splits[name]]
+    write_csv(run.split_manifest, rows)
     info = {
         "fingerprint": prepared.fingerprint,
         "task": prepared.task,
@@ -152,13 +175,13 @@ def write_data_files(prepared: PreparedData, run: RunDir) -> None:
             for name in SPLITS
         } if prepared.class_names is not None else None,
         "skipped_bad_images": len(prepared.bad_files),
+        "links_outside_root": {"policy": prepared.links_policy,
+                               "links": [{"link": str(link), "target": str(target)}
+                                         for link, target in prepared.links_outside_root]},
     }
     atomic_write_text(run.dataset_info, json.dumps(info, indent=2) + "\n")
     if prepared.bad_files:
-        bad = io.StringIO()
-        csv.writer(bad, lineterminator="\n").writerows([("path", "problem"), *((str(p), why) for p, why in
-                                                                              prepared.bad_files)])
-        atomic_write_text(run.bad_images, bad.getvalue())
+        write_csv(run.bad_images, [("path", "problem"), *((str(p), why) for p, why in prepared.bad_files)])
 
 
 class ImageDataset(Dataset):
@@ -170,8 +193,9 @@ class ImageDataset(Dataset):
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform,
                  *, regression: bool, cache: ImageCache | None = None,
-                 batched: BatchedAugmentation | None = None) -> None:
+                 batched: BatchedAugmentation | None = None, min_side: int | None = None) -> None:
         self.paths = list(paths)
+        self.min_side = min_side  # the shorter side the transform needs: large JPEGs decode at a reduced scale
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
         self.transform = transform
         self.cache = cache
@@ -204,7 +228,8 @@ class ImageDataset(Dataset):
                 return Pending(images.pixels[0], images.params[0]), targets[0]
             return images[0], targets[0]
         index, seed = item
-        image = self.cache.image(index) if self.cache is not None else load_rgb(self.paths[index])
+        image = (self.cache.image(index) if self.cache is not None
+                 else load_rgb(self.paths[index], min_side=self.min_side))
         if torch.utils.data.get_worker_info() is not None:
             torch.manual_seed(seed)  # a worker process's RNG serves only its augmentations
             return self.transform(image), self.targets[index]
@@ -372,7 +397,8 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
             batched = BatchedAugmentation(BatchAugment(data.image_size, mean, std, data.augment, data.resize),
                                           cache_spec(data, train=True), on_device)
             finish = BatchFinish(batched.augment)
-        dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched)
+        dataset = ImageDataset(paths, targets, transform, regression=regression, cache=cache, batched=batched,
+                               min_side=cache_spec(data, train=is_train).side)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
         sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights, **shard)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from plantpheno.csvfile import has_surrogates, printable, read_csv, undecodable_bytes
 from plantpheno.errors import DataError
 
 SPLITS = ("train", "val", "test")
+# Trait values are learned and predicted in float32 (largest ~3.4e38), standardised by their mean and spread:
+# values past this bound would overflow there, and no measured trait comes near it.
+MAX_TRAIT_MAGNITUDE = 1e30
 
 
 @dataclass(frozen=True)
@@ -30,19 +35,25 @@ def _is_hidden(path: Path, root: Path) -> bool:
 def read_folder(root: Path, *, extensions: tuple[str, ...]) -> list[Sample]:
     """``root/<class>/<image>`` (images may sit in sub-folders of a class folder).
 
-    Hidden files and folders (names starting with ".") are never classes or images.
+    Hidden files and folders (names starting with ".") are never classes or images. A symlinked class
+    folder is followed, and so is a symlinked image; symlinked sub-folders inside a class folder are not
+    (so a link loop cannot recurse). Which of them lead outside ``root``: :func:`links_outside`.
     """
     if not root.is_dir():
-        raise DataError(f"data.root {root} is not a folder")
+        what = "is a file, not a folder" if root.exists() else "is not a folder"
+        raise DataError(f"data.root {root} {what}")
     exts = {e.lower() for e in extensions}
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    samples = []
-    for class_dir in class_dirs:
-        files = sorted(
-            p for p in class_dir.rglob("*")
-            if p.suffix.lower() in exts and not p.is_dir() and not _is_hidden(p, root)
-        )
-        samples.extend(Sample(path=f, target=class_dir.name) for f in files)
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        samples = []
+        for class_dir in class_dirs:
+            files = sorted(
+                p for p in class_dir.rglob("*")
+                if p.suffix.lower() in exts and not p.is_dir() and not _is_hidden(p, root)
+            )
+            samples.extend(Sample(path=f, target=class_dir.name) for f in files)
+    except OSError as exc:
+        raise DataError(f"data.root {root}: cannot list {exc.filename or root} ({exc.strerror or exc})") from None
     if not samples:
         raise DataError(
             f"data.root {root} holds no images in class sub-folders (expected root/<class>/<image> "
@@ -51,52 +62,105 @@ def read_folder(root: Path, *, extensions: tuple[str, ...]) -> list[Sample]:
     return samples
 
 
-def read_manifest(manifest: Path, *, root: Path | None,
-                  task: Literal["classification", "regression"]) -> list[Sample]:
+def links_outside(samples: list[Sample], root: Path) -> list[tuple[Path, Path]]:
+    """(link, where it leads) for each symlinked class folder or image of a folder dataset whose target lies
+    outside ``root``; a class folder's link is listed once, not once per image."""
+    real_root = Path(os.path.realpath(root))
+    found: dict[Path, Path] = {}
+    for sample in samples:
+        class_dir = root / sample.path.relative_to(root).parts[0]
+        for link in (class_dir, sample.path):
+            if link in found or not link.is_symlink():
+                continue
+            target = Path(os.path.realpath(link))
+            if not target.is_relative_to(real_root):
+                found[link] = target
+                break
+    return sorted(found.items())
+
+
+def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classification", "regression"],
+                  exact: bool = False) -> list[Sample]:
     """A CSV with ``path`` and ``label`` (classification) or ``value`` (regression) columns.
 
     Optional columns: ``split`` (train/val/test) and ``group`` (images of one plant, tray or date
     that must stay in one split). Relative paths resolve against ``root`` when given, else against
-    the manifest's own folder.
+    the manifest's own folder. The file is UTF-8 (a byte-order mark is fine); a path may hold bytes that
+    are not UTF-8 (they name the file as the filesystem does), a label or group may not. ``exact`` (a
+    run's own ``split.csv``) keeps every field as written, surrounding spaces included.
     """
     if not manifest.is_file():
-        raise DataError(f"data.manifest {manifest} does not exist")
+        what = "is a folder, not a CSV file" if manifest.is_dir() else "does not exist"
+        raise DataError(f"data.manifest {manifest} {what}")
     base = root if root is not None else manifest.parent
     target_col = "label" if task == "classification" else "value"
-    with manifest.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        missing = [c for c in ("path", target_col) if c not in columns]
-        if missing:
-            raise DataError(
-                f"data.manifest {manifest}: missing column(s) {', '.join(missing)}; found {columns or 'none'} "
-                f"(task={task} expects path,{target_col} and optional split,group)"
-            )
-        has_split, has_group = "split" in columns, "group" in columns
-        samples, problems = [], []
-        for row in reader:
-            # the file's line number: blank lines are skipped by DictReader, and a quoted field may span lines
-            sample = _parse_row(row, reader.line_num, base, target_col, has_split, has_group, problems)
-            if sample is not None:
-                samples.append(sample)
+    _check_text_file(manifest, target_col)
+    try:
+        with read_csv(manifest) as reader:
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            missing = [c for c in ("path", target_col) if c not in columns]
+            if missing:
+                raise DataError(
+                    f"data.manifest {manifest}: missing column(s) {', '.join(missing)}; found {columns or 'none'} "
+                    f"(task={task} expects path,{target_col} and optional split,group)"
+                )
+            has_split, has_group = "split" in columns, "group" in columns
+            samples, problems = [], []
+            for row in reader:
+                # the file's line number: blank lines are skipped by DictReader, and a quoted field may span lines
+                sample = _parse_row(row, reader.line_num, base, target_col, has_split, has_group, problems,
+                                    exact=exact)
+                if sample is not None:
+                    samples.append(sample)
+    except csv.Error as exc:
+        raise DataError(f"data.manifest {manifest} is not a readable CSV file ({exc}); save it as UTF-8 CSV "
+                        f"with the columns path,{target_col}") from None
+    except OSError as exc:
+        raise DataError(f"data.manifest {manifest} cannot be read ({exc.strerror or exc})") from None
     if problems:
-        raise DataError(f"data.manifest {manifest} has {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:50]))
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        raise DataError(f"data.manifest {manifest} has {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:50])
+                        + more)
     if not samples:
         raise DataError(f"data.manifest {manifest} has no rows")
     return samples
 
 
+def _check_text_file(manifest: Path, target_col: str) -> None:
+    """A manifest saved as UTF-16 ("Unicode text" in spreadsheets) or a binary file is refused by name: the
+    csv module would read its NUL bytes as characters of strange column names."""
+    try:
+        with manifest.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise DataError(f"data.manifest {manifest} cannot be read ({exc.strerror or exc})") from None
+    if b"\x00" in head:
+        kind = "UTF-16 text" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "binary data (NUL bytes)"
+        raise DataError(f"data.manifest {manifest} holds {kind}, not UTF-8 CSV; save it as CSV UTF-8 with the "
+                        f"columns path,{target_col}")
+
+
 def _parse_row(row: dict[str, str | None], line: int, base: Path, target_col: str, has_split: bool,
-               has_group: bool, problems: list[str]) -> Sample | None:
-    path_text = (row.get("path") or "").strip()
-    target_text = (row.get(target_col) or "").strip()
+               has_group: bool, problems: list[str], *, exact: bool = False) -> Sample | None:
+    def field(name: str) -> str:
+        value = row.get(name) or ""
+        return value if exact else value.strip()
+
+    path_text, target_text = field("path"), field(target_col)
     if not path_text:
         problems.append(f"line {line}: empty path")
         return None
+    shown = _shown(path_text)
     if not target_text:
-        problems.append(f"line {line}: empty {target_col} for {path_text}")
+        problems.append(f"line {line}: empty {target_col} for {shown}")
         return None
+    # labels from a run's own split.csv may hold any bytes its class folder names held; a user's manifest is text
+    for name, text in ((target_col, target_text), ("group", field("group") if has_group else "")):
+        if has_surrogates(text) and not exact:
+            problems.append(f"line {line}: {name} {undecodable_bytes(text)!r} for {shown} is not UTF-8 text; save "
+                            f"the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD.csv > NEW.csv)")
+            return None
     target: str | float = target_text
     if target_col == "value":
         try:
@@ -104,15 +168,29 @@ def _parse_row(row: dict[str, str | None], line: int, base: Path, target_col: st
         except ValueError:
             target = math.nan
         if not math.isfinite(target):
-            problems.append(f"line {line}: value {target_text!r} for {path_text} is not a finite number")
+            problems.append(f"line {line}: value {_clip(target_text)!r} for {shown} is not a finite number")
             return None
-    split = (row.get("split") or "").strip().lower() if has_split else None
+        if abs(target) > MAX_TRAIT_MAGNITUDE:
+            problems.append(f"line {line}: value {target_text} for {shown} is outside the supported range "
+                            f"(|value| <= {MAX_TRAIT_MAGNITUDE:g}; traits are learned in float32): rescale the trait, "
+                            f"e.g. to other units")
+            return None
+    split = field("split").lower() if has_split else None
     if has_split and split not in SPLITS:
-        problems.append(f"line {line}: split {row.get('split')!r} for {path_text}; expected train, val or test")
+        problems.append(f"line {line}: split {_clip(row.get('split'))!r} for {shown}; expected train, val or test")
         return None
-    group = (row.get("group") or "").strip() or None if has_group else None
+    group = (field("group") or None) if has_group else None
     path = Path(path_text)
     return Sample(path=path if path.is_absolute() else base / path, target=target, split=split, group=group)
+
+
+def _clip(text: str | None, limit: int = 80) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _shown(path_text: str) -> str:
+    """A path for a message: non-UTF-8 bytes and control characters made visible."""
+    return printable(_clip(path_text) or "")
 
 
 def class_names_of(samples: list[Sample]) -> list[str]:

@@ -9,7 +9,6 @@ no network request at all.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -22,6 +21,7 @@ from torch import nn
 
 from plantpheno import __version__
 from plantpheno.atomic import atomic_write_text
+from plantpheno.csvfile import read_csv
 from plantpheno.errors import RunDirError
 from plantpheno.evaluation import report_figures as figures
 from plantpheno.evaluation import report_gallery as gallery
@@ -181,8 +181,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    with read_csv(path) as reader:  # file names that are not UTF-8 come back as surrogates, as written
+        return list(reader)
 
 
 def _lines(path: Path) -> list[str]:

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from plantpheno.atomic import atomic_write_with
+from plantpheno.csvfile import printable
 
 _DPI = 120
 
@@ -76,7 +77,8 @@ def plot_confusion_matrix(
         raise ValueError(f"confusion must be square with one row per class name ({k}), got shape {counts.shape}")
     rows = counts.sum(axis=1, keepdims=True)
     shade = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows != 0) if normalize else counts.astype(float)
-    names = [str(name) for name in class_names]
+    # a class folder name that is not UTF-8 (lone surrogates) cannot be drawn: show its bytes escaped (\xe4)
+    names = [printable(str(name)) for name in class_names]
     cell = 0.6 if k <= 20 else 0.45  # inches per cell
     label_inches = 0.09 * max(len(name) for name in names) + 0.6
     fig = Figure(figsize=(max(5.0, k * cell + label_inches + 1.6), max(4.0, k * cell + 0.87 * label_inches + 1.0)),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -13,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from plantpheno.atomic import atomic_write_text
+from plantpheno.csvfile import write_csv
 from plantpheno.evaluation.metrics import (
     METRIC_FUNCTIONS,
     bootstrap_ci,
@@ -62,14 +61,14 @@ def _classification(out: EvalDir, y: np.ndarray, probs: np.ndarray, paths: Seque
     rows = [["class", "precision", "recall", "f1", "support"]]
     rows += [[name, per_class["precision"][i], per_class["recall"][i], per_class["f1"][i], per_class["support"][i]]
              for i, name in enumerate(class_names)]
-    atomic_write_text(out.per_class, _csv(rows))
+    write_csv(out.per_class, rows)
     plot_confusion_matrix(m["confusion_matrix"], class_names, out.confusion_matrix)
     header = ["path", "label", "predicted", "confidence", *(f"p_{name}" for name in class_names)]
     pred_rows = [header] + [
         [str(p), class_names[t], class_names[k], f"{probs[i, k]:.6f}", *(f"{v:.6f}" for v in probs[i])]
         for i, (p, t, k) in enumerate(zip(paths, y, pred))
     ]
-    atomic_write_text(out.predictions, _csv(pred_rows))
+    write_csv(out.predictions, pred_rows)
     m["class_names"] = list(class_names)
     return m
 
@@ -85,7 +84,7 @@ def _regression(out: EvalDir, y: np.ndarray, pred: np.ndarray, paths: Sequence[P
     else:
         rows = [["path", "value", "predicted", "error"]]
         rows += [[str(p), f"{t:g}", f"{v:.6f}", f"{v - t:.6f}"] for p, t, v in zip(paths, y, pred)]
-    atomic_write_text(out.predictions, _csv(rows))
+    write_csv(out.predictions, rows)
     return m
 
 
@@ -127,12 +126,6 @@ def _predictor(base: dict[str, Any]) -> str:
     if "value" in base:
         return f"always the training mean ({base['value']:.4g})"
     return str(base.get("kind", "trivial predictor"))
-
-
-def _csv(rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    return buf.getvalue()
 
 
 def _finite(value: Any) -> Any:

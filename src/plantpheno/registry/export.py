@@ -13,6 +13,7 @@ loudly when the outputs differ beyond the tolerance.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plantpheno.atomic import storage_error
 from plantpheno.errors import ExportError
 from plantpheno.evaluation.tta import TTAModel
 from plantpheno.registry.package import ModelPackage, preprocessing
@@ -80,11 +82,18 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     ``mean``/``std`` replace the stored normalisation in the exported graph (for testing that the check
     catches a broken export); the reference always uses the package's own.
     """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not math.isfinite(tolerance) \
+            or tolerance < 0:
+        raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r} (the parity check compares "
+                          f"the largest |difference| against it)")
     images = _check_images(package)
     reference = DeployableModel(package.build_model(), package).eval()
     exported_module = DeployableModel(package.build_model(), package, mean=mean, std=std).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise storage_error(exc, out, existed=out.exists()) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -9,7 +9,6 @@ Folder layout (also what a registry version stores):
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import shutil
@@ -192,8 +191,10 @@ def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     split = run.split_manifest
     if not split.is_file():
         return
-    with split.open(newline="", encoding="utf-8") as fh:
-        paths = [Path(row["path"]) for row in csv.DictReader(fh) if row["split"] == "test"][:NUM_SAMPLES]
+    from plantpheno.csvfile import read_csv
+
+    with read_csv(split) as reader:
+        paths = [Path(row["path"]) for row in reader if row["split"] == "test"][:NUM_SAMPLES]
     transform = raw_transform(meta)
     images = [transform(load_rgb(p)) for p in paths if p.is_file()]
     if images:

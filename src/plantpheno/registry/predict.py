@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 import tempfile
@@ -16,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from plantpheno.data.images import load_rgb, rgb_from_array, rgb_from_bytes, to_rgb
+from plantpheno.csvfile import csv_text
+from plantpheno.data.images import DEFAULT_MAX_PIXELS, load_rgb, rgb_from_array, rgb_from_bytes, to_rgb
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import DataError
 from plantpheno.evaluation.metrics import rounded_counts
@@ -43,6 +42,7 @@ class Predictor:
             to_channels_last(self.model)
         self.task = package.task
         m = package.meta
+        self.image_size = int(m["image_size"])
         # packages from before data.resize existed were all centre-cropped
         self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"], m.get("resize", "crop"))
         # fitted on the validation split when the run was evaluated; packages made before have neither
@@ -68,7 +68,7 @@ class Predictor:
             indices, tensors = [], []
             for i in range(start, min(start + batch_size, len(images))):
                 try:
-                    tensors.append(self.transform(to_rgb_image(images[i])))
+                    tensors.append(self.transform(to_rgb_image(images[i], min_side=self.image_size)))
                     indices.append(i)
                 except Exception as exc:  # noqa: BLE001 - any unreadable image is reported, not fatal
                     bad.append((i, f"{type(exc).__name__}: {exc}"))
@@ -96,34 +96,35 @@ class Predictor:
     def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
         """``path,predicted,confidence,p_<class>...`` (classes), ``path,predicted`` (traits) or
         ``path,predicted,predicted_count`` (counts: the value rounded as the count metrics round it)."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
         names = self.package.meta.get("class_names")
+        rows: list[list[object]] = []
         if names:
-            writer.writerow(["path", "predicted", "confidence", *(f"p_{n}" for n in names)])
+            rows.append(["path", "predicted", "confidence", *(f"p_{n}" for n in names)])
             for path, probs in results:
                 k = int(probs.argmax())
-                writer.writerow([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
+                rows.append([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
         elif getattr(self.task, "counts", False):
-            rows = list(results)
-            counts = rounded_counts(np.array([float(value) for _, value in rows]))
-            writer.writerow(["path", "predicted", "predicted_count"])
-            writer.writerows([str(path), f"{float(value):.6f}", str(c)] for (path, value), c in zip(rows, counts))
+            found = list(results)
+            counts = rounded_counts(np.array([float(value) for _, value in found]))
+            rows.append(["path", "predicted", "predicted_count"])
+            rows += [[str(path), f"{float(value):.6f}", str(c)] for (path, value), c in zip(found, counts)]
         else:
-            writer.writerow(["path", "predicted"])
-            writer.writerows([str(path), f"{float(value):.6f}"] for path, value in results)
-        return buf.getvalue()
+            rows.append(["path", "predicted"])
+            rows += [[str(path), f"{float(value):.6f}"] for path, value in results]
+        return csv_text(rows)
 
 
-def to_rgb_image(item: ImageInput) -> Image.Image:
+def to_rgb_image(item: ImageInput, *, min_side: int | None = None) -> Image.Image:
     """An image file (path), encoded image bytes, a PIL image or an array (channels last) as 8-bit RGB, decoded
-    exactly as training decoded its files (EXIF orientation, grey/palette/alpha/16-bit converted)."""
+    exactly as training decoded its files (EXIF orientation, grey/palette/alpha/16-bit converted). A file over
+    the pixel limit is refused; with ``min_side`` (the side the model resizes to) a large JPEG file is decoded
+    at a reduced scale that keeps at least twice that."""
     if isinstance(item, Image.Image):
         return to_rgb(item)
     if isinstance(item, (bytes, bytearray, memoryview)):
         return rgb_from_bytes(bytes(item))
     if isinstance(item, (str, os.PathLike)):
-        return load_rgb(item)
+        return load_rgb(item, min_side=min_side, max_pixels=DEFAULT_MAX_PIXELS)
     if isinstance(item, np.ndarray):
         return rgb_from_array(item)
     raise DataError(f"cannot read an image from a {type(item).__name__}: expected a path, encoded image bytes, a "
@@ -156,6 +157,7 @@ def is_registry_ref(source: str) -> bool:
 def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None) -> ModelPackage:
     """A run directory, a package folder, or a registry reference (NAME, NAME@alias, NAME/version) in
     ``registry_uri`` (default: :func:`~plantpheno.registry.store.resolve_registry_uri`)."""
+    from plantpheno.errors import RegistryError
     from plantpheno.registry.package import package_run
     from plantpheno.registry.refs import parse_ref
     from plantpheno.registry.store import ModelRegistry
@@ -166,4 +168,10 @@ def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
     if not is_registry_ref(source):
         return package_run(path, tmp / "model") if RunDir(path).config.is_file() else ModelPackage.open(path)
-    return ModelRegistry(registry_uri).download(parse_ref(source), tmp)
+    try:
+        ref = parse_ref(source)
+    except RegistryError:  # not a model reference, so it was meant as a path
+        what = "is a file" if path.exists() else "does not exist"
+        raise DataError(f"{source} {what}; MODEL is a run directory, a model package folder, or a registered model "
+                        f"(NAME, NAME@alias or NAME/VERSION)") from None
+    return ModelRegistry(registry_uri).download(ref, tmp)  # reading: it makes no registry

@@ -50,6 +50,34 @@ def run_registry_uri(config: Config) -> str:
     return resolve_registry_uri(config=config)
 
 
+def check_registry_exists(uri: str) -> str:
+    """``uri`` names a registry that exists (a local one: its sqlite file or folder is there); read commands
+    check this first, so that a mistyped path is reported instead of silently becoming a new, empty registry.
+
+    Raises:
+        RegistryError: naming the URI and the path that is missing.
+    """
+    hint = (f"check --registry or ${ENV_URI}; a local registry is created when the first model is registered "
+            f"(plantpheno models register, or registry.name in a training config)")
+    if uri.startswith("sqlite:"):
+        rest = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else ""
+        if rest in ("", ":memory:"):
+            return uri
+        path = Path(rest)  # sqlite:///relative.db, sqlite:////absolute/path.db
+        if path.is_file():
+            return uri
+        what = "is a folder, not a sqlite file" if path.is_dir() else "does not exist"
+        raise RegistryError(f"no registry at {uri}: {path} {what}; {hint}")
+    if "://" in uri and not uri.startswith("file:"):
+        return uri  # a tracking server (http, https, databricks, ...) answers for itself
+    path = Path(uri.removeprefix("file://").removeprefix("file:"))
+    if path.is_file():
+        raise RegistryError(f"registry {uri} is a file; for a sqlite registry write sqlite:///{path.resolve()}")
+    if not path.is_dir():
+        raise RegistryError(f"no registry at {uri}: {path} does not exist; {hint}")
+    return uri
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """One registered version, as shown by ``models list/show``."""

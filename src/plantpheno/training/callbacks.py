@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from plantpheno import distributed
-from plantpheno.atomic import atomic_write_text
+from plantpheno.atomic import append_text, atomic_write_text
 from plantpheno.errors import TrainingError
 from plantpheno.reporting import Progress, Reporter
 from plantpheno.rundir import RunDir
@@ -92,15 +92,23 @@ class MetricsLog:
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.path.is_file():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["epoch"] <= trainer.state.epoch]
+            kept = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if _epoch_of(line) is not None and _epoch_of(line) <= trainer.state.epoch]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         record = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
         record["best"] = trainer.state.best_epoch == trainer.state.epoch
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
+
+
+def _epoch_of(line: str) -> int | None:
+    """The epoch of one ``metrics.jsonl`` line; None for a line torn by a crash or a full disk."""
+    try:
+        epoch = json.loads(line).get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
 
 
 class Console:

@@ -22,9 +22,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from plantpheno.config import read_yaml_mapping
-from plantpheno.errors import ConfigError
+from plantpheno.errors import ConfigError, short_repr
 from plantpheno.tuning.space import SearchSpace, parse_space
+from plantpheno.yamlfile import read_yaml_mapping
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -32,7 +32,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 class TuneSettings(BaseModel):
     """How a study searches; every field can also be given on the command line."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     study: str | None = Field(None, pattern=NAME_PATTERN,
                               description="Study name and folder (OUTPUT_DIR/<experiment>/<study>); "
@@ -109,5 +109,5 @@ def _validate(raw: dict[str, Any], *, source: str) -> TuneSettings:
                 lines.append(f"{field}: unknown setting; expected one of: {', '.join(TuneSettings.model_fields)}")
                 continue
             msg = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-            lines.append(f"{field}: got {err.get('input')!r}; expected {msg[:1].lower() + msg[1:]}")
+            lines.append(f"{field}: got {short_repr(err.get('input'))}; expected {msg[:1].lower() + msg[1:]}")
         raise ConfigError(f"invalid tuning settings ({source}):\n  " + "\n  ".join(lines)) from None

@@ -118,7 +118,8 @@ class DataCheckReport:
     def write(self, path: Path) -> None:
         from plantpheno.atomic import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+        # ASCII with \u escapes: a file name that is not UTF-8 (a lone surrogate) stays valid JSON in a UTF-8 file
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> DataCheckReport:

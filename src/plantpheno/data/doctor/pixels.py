@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-STATS_VERSION = 3  # bump when a measure below changes: memoised stats of an older version are recomputed
-_QUALITY_SIDE = 256  # quality measures on a copy whose longer side is at most this (the scale a model sees)
+STATS_VERSION = 4  # bump when a measure below changes: memoised stats of an older version are recomputed
+QUALITY_SIDE = 256  # quality measures on a copy whose longer side is at most this (the scale a model sees)
 BORDER_THUMB, BORDER_WIDTH = 64, 4  # border features: a 4-pixel frame of the image resized to 64 x 64
 _HIST_BINS = 8
 BORDER_FEATURES = 4 * 6 + 4 * 3 + 3 * _HIST_BINS
@@ -54,17 +54,21 @@ class ImageStats:
             return None
 
 
-def image_stats(rgb: Image.Image) -> ImageStats:
-    """Measure one decoded 8-bit RGB image (about 1.5 ms of CPU for a 256 px photo, twice its JPEG decode)."""
+def image_stats(rgb: Image.Image, *, size: tuple[int, int] | None = None) -> ImageStats:
+    """Measure one decoded 8-bit RGB image (about 1.5 ms of CPU for a 256 px photo, twice its JPEG decode).
+
+    ``size`` is the file's own (width, height) when ``rgb`` was decoded at a reduced scale (a large JPEG's draft
+    mode, which keeps at least ``QUALITY_SIDE`` pixels on its shorter side, so the measures see their scale)."""
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())  # OpenSSL's SHA-256: 2.5x BLAKE2b's speed here
     digest.update(rgb.tobytes())
-    small = rgb if max(rgb.size) <= _QUALITY_SIDE else _shrunk(rgb, _QUALITY_SIDE)
+    small = rgb if max(rgb.size) <= QUALITY_SIDE else _shrunk(rgb, QUALITY_SIDE)
     luma = np.asarray(small.convert("L"))
     counts = np.bincount(luma.ravel(), minlength=256)
     low, high = _percentiles(counts, (0.01, 0.99))
     thumb = small.resize((BORDER_THUMB, BORDER_THUMB), Image.Resampling.BOX)
+    width, height = size or rgb.size
     return ImageStats(
-        width=rgb.width, height=rgb.height, pixel_hash=digest.hexdigest()[:32], phash=phash(thumb),
+        width=width, height=height, pixel_hash=digest.hexdigest()[:32], phash=phash(thumb),
         dark=round(high / 255, 4), bright=round(low / 255, 4), sharpness=round(_sharpness(luma, high - low), 4),
         entropy=round(_entropy(counts), 4), border=border_features(thumb),
     )

@@ -1,0 +1,69 @@
+"""The CSV files plantpheno writes and reads (split.csv, bad_images.csv, predictions, per-class tables).
+
+Every one goes through the ``csv`` module, so a file name holding a comma, a quote, a newline or a
+carriage return is quoted and reads back whole. (With ``lineterminator="\\n"`` the csv writer quotes
+fields with ``\\n`` but not with a lone ``\\r``, which a reader then takes for a line end: a row holding
+one is written with every field quoted.) File names that are not valid UTF-8 arrive from the filesystem
+as lone surrogates (``os.fsdecode``); they are written back as their original bytes and read with
+``errors="surrogateescape"``, so the name read is the name of the same file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from plantpheno.atomic import TEXT_ENCODING, atomic_write_text
+
+
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as CSV text (``\\n`` line ends; fields quoted where needed)."""
+    buf = io.StringIO()
+    minimal = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        cells = [str(c) if isinstance(c, os.PathLike) else c for c in row]
+        (quoted if any(isinstance(c, str) and "\r" in c for c in cells) else minimal).writerow(cells)
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write ``rows`` to ``path`` atomically."""
+    atomic_write_text(path, csv_text(rows))
+
+
+@contextmanager
+def read_csv(path: str | os.PathLike[str]) -> Iterator[csv.DictReader]:
+    """A ``csv.DictReader`` over ``path`` (UTF-8, a byte-order mark allowed, other bytes kept as surrogates).
+
+    ``csv.Error`` (a NUL byte, an over-long field) reaches the caller, which names the file."""
+    with Path(path).open(newline="", encoding="utf-8-sig", errors=TEXT_ENCODING["errors"]) as fh:
+        yield csv.DictReader(fh)
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not valid UTF-8 (decoded with ``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def undecodable_bytes(text: str) -> bytes:
+    """``text`` as the bytes it was read from (for messages about text that is not UTF-8)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
+def printable(text: str) -> str:
+    """``text`` for a message or a plot: bytes that are not UTF-8 and control characters (a carriage return in
+    a file name) shown as ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROL)
