@@ -177,9 +177,10 @@ def check_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     """Read, hash and fully decode one file, and measure its pixels for the data checks (in the same decode);
     report a problem instead of raising.
 
-    A large JPEG is decoded at a reduced scale (1/2 to 1/8) that keeps at least twice the data checks' working
-    size on its shorter side: that still reads and entropy-decodes all of its data (so a truncated or corrupt
-    file is caught) at a fraction of the time and memory, and the measures see the scale they work at."""
+    A large JPEG is decoded at a reduced scale (1/2 to 1/8) that keeps at least the data checks' working size
+    (``QUALITY_SIDE``, to which their measures shrink an image) on its shorter side: that still reads and
+    entropy-decodes all of its data (so a truncated or corrupt file is caught) at a fraction of the time and
+    memory, and the measures see the scale they work at."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -194,7 +195,7 @@ def check_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     try:
         with open_image(io.BytesIO(data), max_pixels=max_pixels) as img:
             size = img.size  # the file's own size, before a reduced-scale decode
-            draft(img, QUALITY_SIDE)
+            draft(img, QUALITY_SIDE // DRAFT_MARGIN)  # the shorter side keeps >= QUALITY_SIDE pixels
             decoded = img.size
             img.load()
             rgb = to_rgb(img)
