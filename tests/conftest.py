@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,14 @@ class StopAt:
     def on_batch_end(self, trainer, loss, images) -> None:
         if trainer.state.global_step == self.step:
             trainer.stop_requested = "SIGINT"
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server started with ``start_new_session=True`` and all its workers: SIGTERM to its process
+    group, SIGKILL if it has not ended after ``timeout`` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)

@@ -7,7 +7,6 @@ import base64
 import csv
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 
 import plantpheno as pp
+from conftest import stop_process_group
 from plantpheno.errors import DataError, RegistryError, RunDirError
 
 pytestmark = pytest.mark.slow
@@ -254,12 +254,7 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
                              {"dataframe_records": [{"image": base64.b64encode(b"garbage").decode()}]})
         assert status == 400 and "could not be read: row 0" in body["message"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_process_group(server)
         log.close()
     deadline = time.monotonic() + 30  # its worker processes may take a moment to let go of the port
     while True:

