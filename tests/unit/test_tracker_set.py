@@ -55,3 +55,31 @@ def test_missing_library_is_a_config_error_before_training(tmp_path, monkeypatch
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": True}) == {
         "a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "true"}
+
+
+def test_system_monitor_logs_its_start_sample_at_the_step_training_started_at(tmp_path):
+    """The start sample waits 0.1 s for its CPU window on its own thread; steps finished meanwhile (a busy
+    machine) must not move it: it belongs to the step at start (CI saw it logged at step 2)."""
+    import json
+    import time
+
+    from plantpheno.tracking.local import LocalTracker
+    from plantpheno.tracking.session import SystemMonitor
+
+    run = RunDir(tmp_path / "run")
+    local = LocalTracker(folder=run.tracking)
+    trackers = TrackerSet([local])
+    trackers.start(run_name="r")
+    current = {"step": 0}
+    monitor = SystemMonitor(trackers, interval=60)
+    monitor.start(lambda: current["step"])
+    current["step"] = 2  # training runs on while the sampler measures its first CPU window
+    deadline = time.monotonic() + 30  # the 60 s interval keeps it waiting after the first sample
+    while not (run.tracking.metrics.is_file() and run.tracking.metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    current["step"] = 5
+    monitor.record()
+    monitor.stop()
+    steps = [json.loads(line)["step"] for line in run.tracking.metrics.read_text().splitlines()
+             if json.loads(line)["key"] == "system/process_rss_gb"]
+    assert steps == [0, 5]

@@ -110,21 +110,26 @@ class SystemMonitor:
 
         self._process = psutil.Process()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="plantpheno-system-metrics", daemon=True)
+        # the start sample belongs to the step training starts at, however late the thread gets to it (on a busy
+        # machine the first steps can finish during its 0.1 s CPU window)
+        self._thread = threading.Thread(target=self._run, args=(step(),), name="plantpheno-system-metrics",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, first_step: int) -> None:
         import psutil
 
         # CPU % is measured over a window: the first one over 0.1 s, on this thread rather than training's
-        self.record(cpu_percent=psutil.cpu_percent(interval=0.1))
+        self.record(cpu_percent=psutil.cpu_percent(interval=0.1), step=first_step)
         while not self._stop.wait(self.interval):
             self.record()
 
-    def record(self, *, cpu_percent: float | None = None) -> None:
-        """Log one sample now (the trainer's callback calls this at each epoch's end)."""
+    def record(self, *, cpu_percent: float | None = None, step: int | None = None) -> None:
+        """Log one sample now (the trainer's callback calls this at each epoch's end), at ``step`` or the current
+        optimizer step."""
         if self._process is not None:
-            self.trackers.log_metrics(self.sample(cpu_percent=cpu_percent), step=self.step(), axis="step")
+            self.trackers.log_metrics(self.sample(cpu_percent=cpu_percent),
+                                      step=self.step() if step is None else step, axis="step")
 
     def sample(self, *, cpu_percent: float | None = None) -> dict[str, float]:
         """CPU % since the previous sample (or ``cpu_percent``), memory, and GPU figures on CUDA."""
