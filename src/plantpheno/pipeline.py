@@ -568,9 +568,12 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None) -> dict[str, Any]:
+    # with the feature cache, the validation predictions come from the cached inputs (the frozen part is not
+    # run over the validation images again), in the order and shard of the image loaders
+    validation = setup.features.validation_source() if setup.features is not None else None
     metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
                              config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
-                             checkpoint_epoch=best_epoch)
+                             checkpoint_epoch=best_epoch, validation=validation)
     if setup.config.evaluation.report:
         write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
     return metrics

@@ -71,6 +71,34 @@ def test_cached_fine_tune_matches_fine_tuning_on_images(make_config, disease_roo
     assert plain.metrics["accuracy"] == cached.metrics["accuracy"]
 
 
+def test_the_final_evaluation_takes_the_validation_predictions_from_the_cache(make_config, disease_root,
+                                                                              monkeypatch):
+    """With the feature cache the temperature is fitted on the cached validation inputs run through the trained
+    blocks (no backbone pass over the validation images); `evaluate`, which has no cache, runs the images and
+    fits the same temperature."""
+    from plantpheno.evaluation import run_eval
+
+    seen, real = [], run_eval.predict
+
+    def spy(net, loader, **kwargs):  # records which module ran on which inputs; the real predict does the work
+        seen.append((type(net).__name__, type(loader.dataset).__name__))
+        return real(net, loader, **kwargs)
+
+    monkeypatch.setattr(run_eval, "predict", spy)
+    ft = {"epochs": 2, "blocks": 2, "learning_rate": 0.003}
+    cached = pipeline.train(make_config(run_name="cached", **_sections(disease_root, fine_tune=ft,
+                                                                        feature_cache=True)))
+    assert seen == [("ResNet", "ImageDataset"), ("CutSuffix", "FeatureDataset")]  # test on images, val cached
+    during = json.loads((cached.run_dir / "temperature.json").read_text())
+    seen.clear()
+    pipeline.evaluate_run(cached.run_dir)
+    assert seen == [("ResNet", "ImageDataset"), ("ResNet", "ImageDataset")]
+    after = json.loads((cached.run_dir / "temperature.json").read_text())
+    for key in ("fitted_temperature", "nll_before", "nll_after"):
+        assert after[key] == pytest.approx(during[key], rel=1e-4, abs=1e-6), key
+    assert after["num_images"] == during["num_images"] > 0
+
+
 @pytest.mark.parametrize("stop_step", [10, 12, 20], ids=["last-head-step", "early-fine-tune", "late-fine-tune"])
 def test_resumed_fine_tune_equals_the_uninterrupted_run(make_config, disease_root, stop_step):
     # 44 training images, batch 8, ragged tail dropped -> 5 steps an epoch: the 2 head epochs end at step 10

@@ -28,15 +28,20 @@ from plantpheno.rundir import RunDir
 
 def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any, prepared: PreparedData,
                    config: Config, device: torch.device, run: RunDir, reporter: Reporter,
-                   checkpoint_epoch: int | None) -> dict[str, Any]:
+                   checkpoint_epoch: int | None,
+                   validation: tuple[Loaders, nn.Module] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` and write ``RUN_DIR/eval/<split>/``; warn when it does not beat its
     baseline. Classification also fits the temperature on the validation split (``RUN_DIR/temperature.json``).
+    ``validation``: loaders and a module whose outputs on their val split are ``model``'s on the validation
+    images (the feature cache's frozen part run once); used for the val predictions when there is no TTA.
     Returns the metrics (as in ``metrics.json``)."""
     ev = config.evaluation
 
     def run_on(name: str) -> Predictions:
-        return predict(model, loaders[name], task=task, device=device, amp_dtype=amp_dtype(config, device),
-                       finish=loaders.finish, tta=ev.tta)
+        source, net = (validation if name == "val" and validation is not None and ev.tta == "none"
+                       else (loaders, model))
+        return predict(net, source[name], task=task, device=device, amp_dtype=amp_dtype(config, device),
+                       finish=source.finish, tta=ev.tta)
 
     p = run_on(split)
     y = p.targets

@@ -107,6 +107,7 @@ class FrozenFeatures:
         self._cut: BackboneCut | None = None
         self._cut_found = False
         self._activations: dict[str, torch.Tensor] | None = None
+        self._last: tuple[Loaders, nn.Module] | None = None
 
     def cut(self) -> BackboneCut | None:
         """Where the fine-tune phase's blocks begin (found once, by a probe pass), or None where the
@@ -122,6 +123,19 @@ class FrozenFeatures:
 
     def inputs(self, phase: Phase) -> tuple[Loaders, nn.Module]:
         """The loaders a phase trains on and the module that trains on them."""
+        self._last = self._inputs(phase)
+        return self._last
+
+    def validation_source(self) -> tuple[Loaders, nn.Module] | None:
+        """The last phase's validation inputs and the module that validated on them, or None before any phase.
+
+        The frozen part never changes, so the whole model's outputs on the validation images are this module's
+        outputs on the cached inputs (the trainer's own validation numbers): the final evaluation takes the
+        validation predictions (for the temperature) from here instead of running the backbone over the
+        images again."""
+        return self._last
+
+    def _inputs(self, phase: Phase) -> tuple[Loaders, nn.Module]:
         from plantpheno.training.features import CachedHead, feature_loaders, loaders_over, map_cached
         from plantpheno.training.fine_tune import CutSuffix
 
