@@ -135,7 +135,7 @@ def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[
     from plantpheno.data.datasets import resolve_num_workers
     from plantpheno.device import resolve_device
     from plantpheno.models import build_model, normalization
-    from plantpheno.training.features import extract_features
+    from plantpheno.training.features import extract_features, pass_batch_size
 
     model = build_model(ModelConfig(backbone=FEATURE_BACKBONE, pretrained="bundled"), num_outputs=1)
     mean, std = normalization(model, config.model_copy(update={"data": config.data.model_copy(
@@ -144,7 +144,7 @@ def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[
     model = model.to(device)
     with torch.inference_mode():
         features = extract_features(model, [paths[h] for h in hashes], image_size=FEATURE_SIZE, mean=mean, std=std,
-                                    batch_size=64, device=device, num_workers=resolve_num_workers(
+                                    batch_size=pass_batch_size(64, device), device=device, num_workers=resolve_num_workers(
                                         config.data.num_workers))
     return dict(zip(hashes, features.numpy().astype(np.float16)))
 

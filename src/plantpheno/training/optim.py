@@ -21,8 +21,10 @@ def build_optimizer(model: nn.Module, config: Config, *, world_size: int = 1) ->
 
     t = config.training
     kwargs = {"momentum": t.momentum} if t.optimizer == "sgd" else {}
+    # the multi-tensor update: the same arithmetic, bit for bit, as the per-parameter loop (tested), which torch
+    # picks by default on CPU; the fine-tune step is 1.10x faster with it (benchmarks/fine_tune_profile.py)
     return create_optimizer_v2(model, opt=t.optimizer, lr=effective_lr(config, world_size),
-                               weight_decay=t.weight_decay, **kwargs)
+                               weight_decay=t.weight_decay, foreach=True, **kwargs)
 
 
 def effective_lr(config: Config, world_size: int) -> float:
