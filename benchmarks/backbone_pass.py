@@ -100,9 +100,9 @@ def main() -> None:
              "vs_before": (base_prefix if name.startswith("prefix") else base_map) / m} for name, m in medians.items()]
     lines = [f"# Feature-cache passes on CPU: Lite0 at {args.image_size} px, cut before the last {args.blocks} blocks",
              "", f"Machine: {describe(info)}", "",
-             f"Cached activation per image: {list(act_shape)}. Median of {args.rounds} interleaved rounds; "
-             "'vs before' is the speed against the pipeline's setting before this benchmark (prefix batch 64; "
-             "mapping batch 128 on contiguous input).", "",
+             (f"Cached activation per image: {list(act_shape)}. Median of {args.rounds} interleaved rounds; "
+              "'vs before' is the speed against the pipeline's setting before this benchmark (prefix batch 64; "
+              "mapping batch 128 on contiguous input)."), "",
              "| pass | ms/image | vs before |", "|---|---|---|"]
     lines += [f"| {r['setting']} | {r['ms_per_image']:.2f} | {r['vs_before']:.2f}x |" for r in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,22 @@ def test_gpu_trainer_benchmark_runs_on_the_cpu_at_tiny_scale(tmp_path):
 
 
 @pytest.mark.slow
+def test_backbone_pass_times_each_batch_and_memory_format_against_the_old_setting(tmp_path):
+    out = tmp_path / "passes"
+    _run("backbone_pass.py", "--image-size", "64", "--batches", "4", "64", "--map-batches", "4", "128", "--images",
+         "8", "--rounds", "1", "--out", str(out))
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["setting"]: r for r in report["rows"]}
+    assert set(rows) == {"prefix batch 4", "prefix batch 64", "mapping batch 4, contiguous input",
+                         "mapping batch 4, channels_last input", "mapping batch 128, contiguous input",
+                         "mapping batch 128, channels_last input"}
+    assert all(r["ms_per_image"] > 0 for r in rows.values())
+    assert rows["prefix batch 64"]["vs_before"] == 1.0  # the settings the pipeline used before
+    assert rows["mapping batch 128, contiguous input"]["vs_before"] == 1.0
+    assert report["activation"] == [112, 4, 4] and report["machine"]["cpu_model"]  # the recipe's cut at 64 px
+
+
+@pytest.mark.slow
 def test_fine_tune_profile_reports_cost_op_shares_modules_and_variants(tmp_path):
     out = tmp_path / "profile"
     _run("fine_tune_profile.py", "--image-size", "64", "--batch-size", "8", "--steps", "1", "--rounds", "1",

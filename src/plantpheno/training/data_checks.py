@@ -144,8 +144,8 @@ def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[
     model = model.to(device)
     with torch.inference_mode():
         features = extract_features(model, [paths[h] for h in hashes], image_size=FEATURE_SIZE, mean=mean, std=std,
-                                    batch_size=pass_batch_size(64, device), device=device, num_workers=resolve_num_workers(
-                                        config.data.num_workers))
+                                    batch_size=pass_batch_size(64, device), device=device,
+                                    num_workers=resolve_num_workers(config.data.num_workers))
     return dict(zip(hashes, features.numpy().astype(np.float16)))
 
 
