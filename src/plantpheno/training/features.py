@@ -185,20 +185,16 @@ def map_cached(cached: dict[str, torch.Tensor], fn: Callable[[torch.Tensor], tor
     4-D batches take ``model``'s memory format (:func:`plantpheno.models.input_format`)."""
     was_training = model.training
     model.eval()
-    fmt = input_format(model)
     batch_size = batch_size or (2 * CPU_PASS_BATCH if device.type == "cpu" else 128)
-    out = {}
+    finish, out = BatchFinish(), {}
     for split, tensor in cached.items():
         flat = tensor.flatten(0, 1)
-        mapped = torch.cat([fn(_formatted(flat[i:i + batch_size].to(device), fmt)).float().cpu()
+        fmt = input_format(model) if flat.dim() == 4 else torch.contiguous_format
+        mapped = torch.cat([fn(finish(flat[i:i + batch_size], device, memory_format=fmt)).float().cpu()
                             for i in range(0, len(flat), batch_size)])
         out[split] = mapped.unflatten(0, tensor.shape[:2])
     model.train(was_training)
     return out
-
-
-def _formatted(batch: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-    return batch.contiguous(memory_format=fmt) if batch.dim() == 4 else batch
 
 
 def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config: Config) -> Loaders:
