@@ -44,6 +44,20 @@ def choose(summary: dict[str, dict[str, Any]]) -> str:
     return min(tied, key=lambda n: (summary[n]["wall_s_mean"], summary[n]["val_loss_mean"]))
 
 
+def _earlier_runs(path: Path, manifest: Path, extra: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The runs of an earlier result file, by (candidate, seed), if it used the same manifest and common overrides."""
+    data = json.loads(path.read_text())
+    if Path(data["args"]["manifest"]) != manifest or data["args"]["extra"] != extra:
+        raise SystemExit(f"--reuse {path}: it used manifest {data['args']['manifest']} and common overrides "
+                         f"{data['args']['extra']}, not {manifest} and {extra}; its runs are not comparable")
+    found = {}
+    for candidate, rs in data["runs"].items():
+        for r in rs:
+            seed = int(next(o for o in r["overrides"] if o.startswith("seed=")).split("=", 1)[1])
+            found[(candidate, seed)] = {k: v for k, v in r.items() if k != "reused"}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", nargs="+", required=True, help="each: space-separated config overrides")
@@ -51,13 +65,20 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=DATA)
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every candidate (e.g. a smaller size)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "recipe_choice")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier recipe_choice.json: a (candidate, seed) run it holds with the same manifest "
+                             "and common overrides is taken from it instead of being run again (marked 'reused')")
     args = parser.parse_args()
     info = machine()
+    earlier = _earlier_runs(args.reuse, args.manifest, args.extra) if args.reuse else {}
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):  # seeds outermost: a load change on the machine hits every candidate
             for candidate in args.candidates:
                 overrides = [f"seed={seed}", "evaluation.split=val", *args.extra, *candidate.split()]
+                if (candidate, seed) in earlier:
+                    runs.setdefault(candidate, []).append({**earlier[(candidate, seed)], "reused": str(args.reuse)})
+                    continue
                 r = plantpheno_run(overrides, Path(tmp), "plantvillage_pretrained.yaml", args.manifest)
                 r["final_val_accuracy"] = r.pop("test_accuracy")  # evaluation.split=val: the kept checkpoint on val
                 runs.setdefault(candidate, []).append(r)
@@ -70,7 +91,10 @@ def main() -> None:
                               "val_loss_se": loss_se, "wall_s_mean": wall,
                               "fine_tune_train_s_mean": statistics.fmean(r["fine_tune_train_s"] for r in rs)}
     chosen = choose(summary)
+    n_reused = sum("reused" in r for rs in runs.values() for r in rs)
     lines = ["# Recipe choice on the validation split", "", f"Machine: {describe(info)}", "",
+             *([f"{n_reused} of the runs were taken from {args.reuse.name} (an earlier invocation on the machine it "
+                "records) instead of being run again.", ""] if n_reused else []),
              f"Seeds 0-{args.seeds - 1}; common overrides: {' '.join(args.extra) or 'none'}. Rule: the cheapest "
              "candidate within one standard error of the best mean validation accuracy.", "",
              "| candidate | val accuracy (mean ± SE) | val loss (mean ± SE) | wall s (mean) | fine-tune epochs s |",
@@ -86,7 +110,9 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"machine": info, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-         "runs": runs, "summary": summary, "chosen": chosen}, indent=2) + "\n")
+         "runs": runs, "summary": summary, "chosen": chosen,
+         **({"reused_runs_machine": json.loads(args.reuse.read_text())["machine"]} if n_reused else {})},
+        indent=2) + "\n")
 
 
 if __name__ == "__main__":

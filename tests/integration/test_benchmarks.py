@@ -79,6 +79,21 @@ def test_recipe_choice_takes_the_cheapest_candidate_tied_with_the_best_on_valida
     assert choose(summary) == "10 epochs"
 
 
+def test_recipe_choice_reuses_only_runs_made_with_the_same_manifest_and_common_overrides(tmp_path):
+    earlier_runs = _module("recipe_choice")._earlier_runs
+    run = {"overrides": ["seed=1", "evaluation.split=val", "training.fine_tune.epochs=6"], "val_accuracy": 0.97,
+           "reused": "an older file"}
+    path = tmp_path / "recipe_choice.json"
+    path.write_text(json.dumps({"args": {"manifest": "/data/splits.csv", "extra": []},
+                                "runs": {"training.fine_tune.epochs=6": [run]}}))
+    found = earlier_runs(path, Path("/data/splits.csv"), [])
+    assert found == {("training.fine_tune.epochs=6", 1): {k: v for k, v in run.items() if k != "reused"}}
+    with pytest.raises(SystemExit, match="data.image_size=64"):
+        earlier_runs(path, Path("/data/splits.csv"), ["data.image_size=64"])
+    with pytest.raises(SystemExit, match="other.csv"):
+        earlier_runs(path, Path("/data/other.csv"), [])
+
+
 @pytest.mark.slow
 def test_time_to_accuracy_runs_the_recipe_the_classic_loop_and_fastai_in_one_invocation(tiny_manifest, tmp_path):
     methods = ["recipe", "classic"]
