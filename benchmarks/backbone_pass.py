@@ -6,7 +6,8 @@ cached activations (the head phase's pooled features), by batch size and by the 
 
 The recipe (configs/plantvillage_pretrained.yaml) runs bundled EfficientNet-Lite0's frozen part once over the
 train and val images at 224 px (its "backbone pass") and caches the activations where the fine-tuned blocks begin
-(112 x 14 x 14); the head phase then maps them through the blocks after the cut to pooled features. Both run in
+(192 x 7 x 7 with the shipped one block, 112 x 14 x 14 with two; ``--blocks`` defaults to the shipped config's);
+the head phase then maps them through the blocks after the cut to pooled features. Both run in
 eval mode without gradients, on a channels_last network. This script times, on random inputs (speed does not
 depend on pixel values), each batch size for the prefix and for the mapping, the mapping's input in both memory
 formats (the cache stores plain contiguous tensors), with the variants interleaved over ``--rounds`` rounds (load
@@ -29,7 +30,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import describe, machine  # benchmarks/ is not a package; records the machine
+from machine import describe, machine, shipped_fine_tune_blocks  # benchmarks/ is not a package; records the machine
 
 NUM_CLASSES = 15
 
@@ -61,7 +62,8 @@ def per_image(fn, x: torch.Tensor, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--blocks", type=int, default=shipped_fine_tune_blocks(),
+                        help="blocks fine-tuned (default: the shipped recipe's)")
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--map-batches", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--images", type=int, default=128, help="images timed per measurement")

@@ -1,12 +1,14 @@
 """Where a fine-tune epoch on cached activations spends its time, and what it costs against the backbone pass.
 
-    python benchmarks/fine_tune_profile.py                      # the shipped recipe's cut: Lite0, last 2 blocks
+    python benchmarks/fine_tune_profile.py                      # the shipped recipe's cut (Lite0, its blocks)
     python benchmarks/fine_tune_profile.py --steps 3 --rounds 1 # a quick look
-    python benchmarks/fine_tune_profile.py --variants threads=1 contiguous batch=64 compile fused blocks=1
+    python benchmarks/fine_tune_profile.py --blocks 2 --variants threads=1 contiguous batch=64 compile fused blocks=1
 
 The recipe (configs/plantvillage_pretrained.yaml) runs the frozen part of bundled EfficientNet-Lite0 once per
-image and caches its output where the unfrozen blocks begin (112 x 14 x 14 per image at 224 px); each fine-tune
-epoch then trains only the blocks after that cut (blocks.5, blocks.6, conv_head + bn2, the head). This script
+image and caches its output where the unfrozen blocks begin; each fine-tune epoch then trains only the blocks
+after that cut. With ``training.fine_tune.blocks: 1`` (shipped) that is blocks.6, conv_head + bn2 and the head,
+on 192 x 7 x 7 per image at 224 px; with 2, blocks.5 onwards, on 112 x 14 x 14. ``--blocks`` defaults to the
+shipped config's. This script
 builds exactly that (plantpheno.training.fine_tune: the cut, CutSuffix in train mode with frozen BatchNorm
 statistics, AdamW over the unfrozen parameters), feeds it activations of the prefix and reports:
 
@@ -17,7 +19,8 @@ statistics, AdamW over the unfrozen parameters), feeds it activations of the pre
 3. per module: forward + backward time of each module after the cut, timed alone on its own input;
 4. variants (img/s of the training step, median over ``--rounds`` interleaved rounds, against the shipped setting):
    threads=N, contiguous (no channels_last), batch=N, compile (torch.compile, inductor on CPU: its compile time is
-   reported apart), fused (AdamW(fused=True)), foreach (AdamW(foreach=True)), blocks=N (another cut).
+   reported apart), fused (AdamW(fused=True)), loop (AdamW(foreach=False), torch's per-parameter CPU default;
+   the shipped setting is AdamW(foreach=True), what plantpheno's build_optimizer asks for), blocks=N (another cut).
 
 Timings are of this machine (recorded in the results) and of its load at the time: compare figures of one run.
 Writes benchmarks/results/fine_tune_profile.{json,md}.
@@ -39,7 +42,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import describe, machine  # benchmarks/ is not a package; records the machine
+from machine import describe, machine, shipped_fine_tune_blocks  # benchmarks/ is not a package; records the machine
 
 NUM_CLASSES = 15  # the PlantVillage subset's
 
@@ -50,7 +53,9 @@ class Setting:
     def __init__(self, *, image_size: int, batch: int, blocks: int, channels_last: bool = True,
                  opt: dict[str, Any] | None = None, compile: bool = False, threads: int | None = None) -> None:
         self.image_size, self.batch, self.blocks, self.channels_last = image_size, batch, blocks, channels_last
-        self.opt, self.compile, self.threads = opt or {}, compile, threads
+        # the shipped optimizer: plantpheno's build_optimizer asks for the multi-tensor (foreach) AdamW update
+        self.opt = opt if opt is not None else {"foreach": True}
+        self.compile, self.threads = compile, threads
 
     def build(self) -> dict[str, Any]:
         from plantpheno.config import ModelConfig
@@ -195,8 +200,10 @@ def parse_variant(text: str, base: dict[str, Any]) -> dict[str, Any]:
         return {**base, "compile": True}
     if key in ("fused", "foreach"):
         return {**base, "opt": {key: True}}
+    if key == "loop":  # torch's per-parameter update, its CPU default
+        return {**base, "opt": {"foreach": False}}
     raise SystemExit(f"unknown variant {text!r}; expected threads=N, batch=N, blocks=N, contiguous, compile, "
-                     f"fused or foreach")
+                     f"fused, foreach or loop")
 
 
 def variant_speeds(variants: list[str], base: dict[str, Any], *, steps: int, rounds: int) -> dict[str, Any]:
@@ -227,10 +234,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--blocks", type=int, default=shipped_fine_tune_blocks(),
+                        help="blocks fine-tuned (default: the shipped recipe's)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the variants")
-    parser.add_argument("--variants", nargs="*", default=["threads=1", "contiguous", "batch=64", "fused", "blocks=1"])
+    parser.add_argument("--variants", nargs="*", default=["threads=1", "contiguous", "batch=64", "fused", "loop", "blocks=2"])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "fine_tune_profile")
     args = parser.parse_args()
     info = machine()

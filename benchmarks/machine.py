@@ -119,3 +119,14 @@ if __name__ == "__main__":
     record = machine()
     print(json.dumps(record, indent=2))
     print(describe(record))
+
+
+SHIPPED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "plantvillage_pretrained.yaml"
+
+
+def shipped_fine_tune_blocks() -> int:
+    """How many blocks the shipped PlantVillage recipe fine-tunes (its ``training.fine_tune.blocks``): the cut the
+    cache and fine-tune benchmarks measure unless told otherwise."""
+    import yaml
+
+    return int(yaml.safe_load(SHIPPED_RECIPE.read_text())["training"]["fine_tune"]["blocks"])
