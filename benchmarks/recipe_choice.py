@@ -12,11 +12,22 @@ one standard error of the best are tied (the "one-standard-error rule"), and the
 time) is chosen; an exact tie in wall time goes to the lower mean validation loss. Writes
 benchmarks/results/recipe_choice.{json,md} with the machine. Then restate the test figures of the chosen recipe
 with benchmarks/time_to_accuracy.py.
+
+    python benchmarks/recipe_choice.py --folds 5 --candidates "training.fine_tune.blocks=2" "training.fine_tune.blocks=1"
+
+``--folds K`` chooses by K-fold cross-validation on the train and val images instead (the test split stays out):
+fold k is the validation split of run k and the other folds train it, with seed 0 (``--seeds`` is ignored), so
+every train+val image is validated once (1907 instead of 337 on the PlantVillage subset). Folds keep groups
+together: the manifest's ``group`` column, else, for the bundled PlantVillage subset, the 20 photo-order blocks
+per class its README's split was cut from (rebuilt from its manifest.csv and checked: each block lies in one split),
+so photos of one leaf never sit on both sides. The same rule then runs over the K folds. Writes
+benchmarks/results/recipe_choice_cv.{json,md} unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -58,6 +69,68 @@ def _earlier_runs(path: Path, manifest: Path, extra: list[str]) -> dict[tuple[st
     return found
 
 
+def split_blocks(manifest: Path, blocks: int = 20) -> dict[str, str]:
+    """path -> group for the bundled PlantVillage subset: per class, its images in (photo code, photo number) order
+    cut into ``blocks`` contiguous blocks, as its README says the split was made (read from manifest.csv beside
+    ``manifest``); every block must lie in one split, or the rebuilt blocks are not the split's."""
+    import numpy as np
+
+    meta = manifest.parent / "manifest.csv"
+    if not meta.is_file():
+        raise SystemExit(f"{manifest} has no group column and no manifest.csv beside it ({meta}) to rebuild the "
+                         "PlantVillage subset's blocks from; add a group column to cross-validate")
+    with meta.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_class: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_class.setdefault(row["label"], []).append(row)
+    groups = {}
+    for label, rs in by_class.items():
+        rs.sort(key=lambda r: (r["photo_code"], float(r["photo_number"])))
+        for b, chunk in enumerate(np.array_split(np.arange(len(rs)), blocks)):
+            splits = {rs[i]["split"] for i in chunk}
+            if len(splits) > 1:
+                raise SystemExit(f"{meta}: block {b} of {label} spans splits {sorted(splits)}; the rebuilt blocks "
+                                 "are not the ones the split was cut from")
+            for i in chunk:
+                groups[rs[i]["path"]] = f"{label}/block{b:02d}"
+    return groups
+
+
+def fold_manifests(manifest: Path, folds: int, out: Path) -> list[Path]:
+    """K manifests over the train and val rows of ``manifest`` (absolute paths, a group column): in manifest k the
+    rows of fold k are ``val`` and the rest ``train``; test rows keep their split (never evaluated here)."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from plantpheno.data.doctor.folds import group_folds
+
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    groups = ({r["path"]: r["group"] for r in rows} if rows and "group" in rows[0] else split_blocks(manifest))
+    pool = [r for r in rows if r["split"] in ("train", "val")]
+    labels = sorted({r["label"] for r in pool})
+    pairs = group_folds([labels.index(r["label"]) for r in pool], [groups[r["path"]] for r in pool], folds=folds,
+                        seed=0)
+    if len(pairs) != folds:
+        raise SystemExit(f"{manifest}: {len({groups[r['path']] for r in pool})} groups in train+val, too few for "
+                         f"{folds} folds")
+    paths = []
+    for k, (_, held) in enumerate(pairs):
+        held_set = set(held.tolist())
+        path = out / f"fold{k}.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split", "group"])
+            index = 0
+            for r in rows:
+                split = r["split"]
+                if split in ("train", "val"):
+                    split = "val" if index in held_set else "train"
+                    index += 1
+                writer.writerow([str((manifest.parent / r["path"]).resolve()), r["label"], split, groups[r["path"]]])
+        paths.append(path)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", nargs="+", required=True, help="each: space-separated config overrides")
@@ -68,19 +141,30 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, default=None,
                         help="an earlier recipe_choice.json: a (candidate, seed) run it holds with the same manifest "
                              "and common overrides is taken from it instead of being run again (marked 'reused')")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="K > 1: choose by group K-fold cross-validation on train+val (seed 0) instead of seeds")
     args = parser.parse_args()
+    if args.folds:
+        if args.folds < 2 or args.reuse:
+            raise SystemExit("--folds needs K >= 2 and cannot be combined with --reuse")
+        if args.out == parser.get_default("out"):
+            args.out = HERE / "results" / "recipe_choice_cv"
     info = machine()
     earlier = _earlier_runs(args.reuse, args.manifest, args.extra) if args.reuse else {}
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):  # seeds outermost: a load change on the machine hits every candidate
+        # replicates outermost (seeds, or folds with seed 0): a load change on the machine hits every candidate
+        replicates = ([(f"fold {k}", 0, m) for k, m in enumerate(fold_manifests(args.manifest, args.folds, Path(tmp)))]
+                      if args.folds else [(f"seed {seed}", seed, args.manifest) for seed in range(args.seeds)])
+        for name, seed, manifest in replicates:
             for candidate in args.candidates:
                 overrides = [f"seed={seed}", "evaluation.split=val", *args.extra, *candidate.split()]
                 if (candidate, seed) in earlier:
                     runs.setdefault(candidate, []).append({**earlier[(candidate, seed)], "reused": str(args.reuse)})
                     continue
-                r = plantpheno_run(overrides, Path(tmp), "plantvillage_pretrained.yaml", args.manifest)
+                r = plantpheno_run(overrides, Path(tmp), "plantvillage_pretrained.yaml", manifest)
                 r["final_val_accuracy"] = r.pop("test_accuracy")  # evaluation.split=val: the kept checkpoint on val
+                r["replicate"] = name
                 runs.setdefault(candidate, []).append(r)
     summary = {}
     for candidate, rs in runs.items():
@@ -92,11 +176,14 @@ def main() -> None:
                               "fine_tune_train_s_mean": statistics.fmean(r["fine_tune_train_s"] for r in rs)}
     chosen = choose(summary)
     n_reused = sum("reused" in r for rs in runs.values() for r in rs)
-    lines = ["# Recipe choice on the validation split", "", f"Machine: {describe(info)}", "",
-             *([f"{n_reused} of the runs were taken from {args.reuse.name} (an earlier invocation on the machine it "
-                "records) instead of being run again.", ""] if n_reused else []),
-             f"Seeds 0-{args.seeds - 1}; common overrides: {' '.join(args.extra) or 'none'}. Rule: the cheapest "
-             "candidate within one standard error of the best mean validation accuracy.", "",
+    what = (f"Group {args.folds}-fold cross-validation on the train and val images (fold k validates run k; seed 0)"
+            if args.folds else f"Seeds 0-{args.seeds - 1}")
+    lines = [f"# Recipe choice on the validation split{' by cross-validation' if args.folds else ''}", "",
+             f"Machine: {describe(info)}", "",
+             *([(f"{n_reused} of the runs were taken from {args.reuse.name} (an earlier invocation on the machine it "
+                 "records) instead of being run again."), ""] if n_reused else []),
+             (f"{what}; common overrides: {' '.join(args.extra) or 'none'}. Rule: the cheapest "
+              "candidate within one standard error of the best mean validation accuracy."), "",
              "| candidate | val accuracy (mean ± SE) | val loss (mean ± SE) | wall s (mean) | fine-tune epochs s |",
              "|---|---|---|---|---|"]
     for name, s in summary.items():
@@ -104,6 +191,12 @@ def main() -> None:
         lines.append(f"| {name}{mark} | {100 * s['val_accuracy_mean']:.2f} ± {100 * s['val_accuracy_se']:.2f} % | "
                      f"{s['val_loss_mean']:.4f} ± {s['val_loss_se']:.4f} | {s['wall_s_mean']:.0f} | "
                      f"{s['fine_tune_train_s_mean']:.0f} |")
+    names = list(runs)
+    lines += ["", "Validation accuracy of the kept epoch, per replicate:", "",
+              "| replicate | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, r0 in enumerate(runs[names[0]]):
+        label = r0.get("replicate") or next(o for o in r0["overrides"] if o.startswith("seed="))
+        lines.append(f"| {label} | " + " | ".join(f"{100 * runs[n][i]['val_accuracy']:.2f} %" for n in names) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,56 @@ def test_recipe_choice_reuses_only_runs_made_with_the_same_manifest_and_common_o
         earlier_runs(path, Path("/data/other.csv"), [])
 
 
+def test_recipe_choice_folds_validate_every_train_and_val_image_once_and_keep_groups_together(tmp_path):
+    fold_manifests = _module("recipe_choice").fold_manifests
+    manifest = tmp_path / "data" / "splits.csv"
+    manifest.parent.mkdir()
+    rows = [(f"{label}/{i}.jpg", label, "test" if i % 10 == 9 else ("val" if i % 10 == 8 else "train"),
+             f"{label}-plant{i // 3}") for label in ("a", "b") for i in range(40)]
+    with manifest.open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split", "group"), *rows])
+    out = tmp_path / "folds"
+    out.mkdir()
+    paths = fold_manifests(manifest, 4, out)
+    validated: dict[str, int] = {}
+    for path in paths:
+        with path.open(newline="") as f:
+            fold = list(csv.DictReader(f))
+        assert [Path(r["path"]).name for r in fold] == [Path(p).name for p, *_ in rows]
+        assert all(Path(r["path"]).is_absolute() for r in fold)
+        sides: dict[str, set[str]] = {}
+        for r, (_, _, split, _) in zip(fold, rows, strict=True):
+            assert (r["split"] == "test") == (split == "test")  # the test rows stay where they were
+            if r["split"] != "test":
+                sides.setdefault(r["group"], set()).add(r["split"])
+            if r["split"] == "val":
+                validated[r["path"]] = validated.get(r["path"], 0) + 1
+        assert all(len(s) == 1 for s in sides.values())  # no group on both sides of a fold
+    assert len(validated) == sum(split != "test" for _, _, split, _ in rows) and set(validated.values()) == {1}
+
+
+@pytest.mark.slow
+def test_recipe_choice_by_cross_validation_runs_every_candidate_on_every_fold(tiny_manifest, tmp_path):
+    with tiny_manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    grouped = tmp_path / "splits.csv"  # beside the images' folder is not needed: the fold manifests are absolute
+    with grouped.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "label", "split", "group"])
+        writer.writeheader()
+        writer.writerows({**r, "path": str(tiny_manifest.parent / r["path"]), "group": f"{r['label']}-{i // 2}"}
+                         for i, r in enumerate(rows))
+    out = tmp_path / "cv"
+    _run("recipe_choice.py", "--folds", "2", "--manifest", str(grouped), "--candidates", "training.fine_tune.blocks=1",
+         "training.fine_tune.blocks=2", "--extra", "data.image_size=64", "training.epochs=1",
+         "training.fine_tune.epochs=1", "data.batch_size=8", "--out", str(out))
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["chosen"] in report["summary"] and report["machine"]["cpu_model"]
+    for runs in report["runs"].values():
+        assert [r["replicate"] for r in runs] == ["fold 0", "fold 1"]
+        assert all("seed=0" in r["overrides"] and 0 <= r["val_accuracy"] <= 1 for r in runs)
+    assert "cross-validation" in out.with_suffix(".md").read_text()
+
+
 @pytest.mark.slow
 def test_time_to_accuracy_runs_the_recipe_the_classic_loop_and_fastai_in_one_invocation(tiny_manifest, tmp_path):
     methods = ["recipe", "classic"]
