@@ -6,7 +6,7 @@ cached activations (the head phase's pooled features), by batch size and by the 
 
 The recipe (configs/plantvillage_pretrained.yaml) runs bundled EfficientNet-Lite0's frozen part once over the
 train and val images at 224 px (its "backbone pass") and caches the activations where the fine-tuned blocks begin
-(192 x 7 x 7 with the shipped one block, 112 x 14 x 14 with two; ``--blocks`` defaults to the shipped config's);
+(112 x 14 x 14 with the shipped two blocks, 192 x 7 x 7 with one; ``--blocks`` defaults to the shipped config's);
 the head phase then maps them through the blocks after the cut to pooled features. Both run in
 eval mode without gradients, on a channels_last network. This script times, on random inputs (speed does not
 depend on pixel values), each batch size for the prefix and for the mapping, the mapping's input in both memory

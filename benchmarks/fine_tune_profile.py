@@ -2,13 +2,13 @@
 
     python benchmarks/fine_tune_profile.py                      # the shipped recipe's cut (Lite0, its blocks)
     python benchmarks/fine_tune_profile.py --steps 3 --rounds 1 # a quick look
-    python benchmarks/fine_tune_profile.py --blocks 2 --variants threads=1 contiguous batch=64 compile fused blocks=1
+    python benchmarks/fine_tune_profile.py --variants threads=1 contiguous batch=64 compile fused loop blocks=1
 
 The recipe (configs/plantvillage_pretrained.yaml) runs the frozen part of bundled EfficientNet-Lite0 once per
 image and caches its output where the unfrozen blocks begin; each fine-tune epoch then trains only the blocks
-after that cut. With ``training.fine_tune.blocks: 1`` (shipped) that is blocks.6, conv_head + bn2 and the head,
-on 192 x 7 x 7 per image at 224 px; with 2, blocks.5 onwards, on 112 x 14 x 14. ``--blocks`` defaults to the
-shipped config's. This script
+after that cut. With ``training.fine_tune.blocks: 2`` (shipped) that is blocks.5, blocks.6, conv_head + bn2 and
+the head, on 112 x 14 x 14 per image at 224 px; with 1, blocks.6 onwards, on 192 x 7 x 7. ``--blocks`` defaults to
+the shipped config's. This script
 builds exactly that (plantpheno.training.fine_tune: the cut, CutSuffix in train mode with frozen BatchNorm
 statistics, AdamW over the unfrozen parameters), feeds it activations of the prefix and reports:
 
@@ -238,7 +238,7 @@ def main() -> None:
                         help="blocks fine-tuned (default: the shipped recipe's)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the variants")
-    parser.add_argument("--variants", nargs="*", default=["threads=1", "contiguous", "batch=64", "fused", "loop", "blocks=2"])
+    parser.add_argument("--variants", nargs="*", default=["threads=1", "contiguous", "batch=64", "fused", "loop", "blocks=1"])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "fine_tune_profile")
     args = parser.parse_args()
     info = machine()

@@ -194,18 +194,22 @@ def test_backbone_pass_times_each_batch_and_memory_format_against_the_old_settin
     assert all(r["ms_per_image"] > 0 for r in rows.values())
     assert rows["prefix batch 64"]["vs_before"] == 1.0  # the settings the pipeline used before
     assert rows["mapping batch 128, contiguous input"]["vs_before"] == 1.0
-    assert report["activation"] == [192, 2, 2] and report["machine"]["cpu_model"]  # the shipped cut at 64 px
+    # the shipped cut at 64 px: blocks.5's input (two blocks fine-tuned) or blocks.6's (one)
+    shipped = _module("machine").shipped_fine_tune_blocks()
+    assert report["activation"] == {2: [112, 4, 4], 1: [192, 2, 2]}[shipped] and report["machine"]["cpu_model"]
 
 
 @pytest.mark.slow
 def test_fine_tune_profile_reports_cost_op_shares_modules_and_variants(tmp_path):
     out = tmp_path / "profile"
+    shipped = _module("machine").shipped_fine_tune_blocks()  # the default cut: the shipped recipe's
+    other = f"blocks={3 - shipped}"
     _run("fine_tune_profile.py", "--image-size", "64", "--batch-size", "8", "--steps", "1", "--rounds", "1",
-         "--variants", "blocks=2", "contiguous", "loop", "--out", str(out))
+         "--variants", other, "contiguous", "loop", "--out", str(out))
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["cost"]["train_step_over_prefix"] > 0 and report["cost"]["prefix_s_per_image"] > 0
     assert sum(report["op_shares"].values()) == pytest.approx(1.0)
     assert any(k.startswith("depthwise conv backward") for k in report["op_shares"])
     modules = [m["module"] for m in report["modules"]]
-    assert modules[0] == "blocks.6.0" and modules[-1] == "bn2"  # the shipped recipe's cut: blocks.6 onwards
-    assert set(report["variants"]) == {"shipped", "blocks=2", "contiguous", "loop"}
+    assert modules[0] == f"blocks.{7 - shipped}.0" and modules[-1] == "bn2"  # Lite0 has blocks.0 to blocks.6
+    assert set(report["variants"]) == {"shipped", other, "contiguous", "loop"}
