@@ -100,12 +100,13 @@ def split_blocks(manifest: Path, blocks: int = 20) -> dict[str, str]:
 def fold_manifests(manifest: Path, folds: int, out: Path) -> list[Path]:
     """K manifests over the train and val rows of ``manifest`` (absolute paths, a group column): in manifest k the
     rows of fold k are ``val`` and the rest ``train``; test rows keep their split (never evaluated here)."""
-    sys.path.insert(0, str(HERE.parent / "src"))
     from plantpheno.data.doctor.folds import group_folds
 
     with manifest.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    groups = ({r["path"]: r["group"] for r in rows} if rows and "group" in rows[0] else split_blocks(manifest))
+    # a row without a group is a group of its own
+    groups = ({r["path"]: r["group"] or r["path"] for r in rows} if rows and "group" in rows[0]
+              else split_blocks(manifest))
     pool = [r for r in rows if r["split"] in ("train", "val")]
     labels = sorted({r["label"] for r in pool})
     pairs = group_folds([labels.index(r["label"]) for r in pool], [groups[r["path"]] for r in pool], folds=folds,

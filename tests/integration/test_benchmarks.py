@@ -100,6 +100,7 @@ def test_recipe_choice_folds_validate_every_train_and_val_image_once_and_keep_gr
     manifest.parent.mkdir()
     rows = [(f"{label}/{i}.jpg", label, "test" if i % 10 == 9 else ("val" if i % 10 == 8 else "train"),
              f"{label}-plant{i // 3}") for label in ("a", "b") for i in range(40)]
+    rows[0] = (*rows[0][:3], "")  # no group: a group of its own
     with manifest.open("w", newline="") as f:
         csv.writer(f).writerows([("path", "label", "split", "group"), *rows])
     out = tmp_path / "folds"
@@ -110,7 +111,7 @@ def test_recipe_choice_folds_validate_every_train_and_val_image_once_and_keep_gr
         with path.open(newline="") as f:
             fold = list(csv.DictReader(f))
         assert [Path(r["path"]).name for r in fold] == [Path(p).name for p, *_ in rows]
-        assert all(Path(r["path"]).is_absolute() for r in fold)
+        assert all(Path(r["path"]).is_absolute() for r in fold) and fold[0]["group"] == rows[0][0]
         sides: dict[str, set[str]] = {}
         for r, (_, _, split, _) in zip(fold, rows, strict=True):
             assert (r["split"] == "test") == (split == "test")  # the test rows stay where they were
