@@ -3,6 +3,7 @@ cached activations (the head phase's pooled features), by batch size and by the 
 
     python benchmarks/backbone_pass.py
     python benchmarks/backbone_pass.py --batches 8 16 32 64 --rounds 3
+    python benchmarks/backbone_pass.py --bf16-batches          # no bfloat16 rows
 
 The recipe (configs/plantvillage_pretrained.yaml) runs bundled EfficientNet-Lite0's frozen part once over the
 train and val images at 224 px (its "backbone pass") and caches the activations where the fine-tuned blocks begin
@@ -12,8 +13,11 @@ eval mode without gradients, on a channels_last network. This script times, on r
 depend on pixel values), each batch size for the prefix and for the mapping, the mapping's input in both memory
 formats (the cache stores plain contiguous tensors), with the variants interleaved over ``--rounds`` rounds (load
 drifts alike), and reports milliseconds per image and the ratio to the setting the pipeline used before this
-benchmark (prefix batch 64; mapping batch 128 on contiguous input). Writes benchmarks/results/backbone_pass.{json,md}
-with the machine.
+benchmark (prefix batch 64; mapping batch 128 on contiguous input). The ``--bf16-batches`` rows run the prefix
+under ``torch.autocast("cpu", torch.bfloat16)`` (fast only on CPUs with AVX512-BF16 or AMX, named in the machine
+line), with how far its activations are from float32's (relative L2 error on one batch): a speed figure only,
+the recipe caches float32 activations and what bfloat16 would do to its accuracy is not measured here.
+Writes benchmarks/results/backbone_pass.{json,md} with the machine.
 """
 
 from __future__ import annotations
@@ -50,6 +54,14 @@ def build(image_size: int, blocks: int) -> dict[str, Any]:
     return {"prefix": Prefix(trunk[:cut]), "suffix": CutSuffix(model, trunk[cut:]).eval(), "model": model}
 
 
+def autocast_bf16(fn):
+    """``fn`` run under CPU bfloat16 autocast (a timing variant of the prefix)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(x)
+    return run
+
+
 @torch.no_grad()
 def per_image(fn, x: torch.Tensor, repeats: int) -> float:
     fn(x)  # warm-up: oneDNN primitives for this shape
@@ -66,6 +78,8 @@ def main() -> None:
                         help="blocks fine-tuned (default: the shipped recipe's)")
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--map-batches", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--bf16-batches", type=int, nargs="*", default=[16],
+                        help="prefix batch sizes also timed under CPU bfloat16 autocast (none: leave it out)")
     parser.add_argument("--images", type=int, default=128, help="images timed per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "backbone_pass")
@@ -86,6 +100,15 @@ def main() -> None:
         images = (torch.rand(n, 3, args.image_size, args.image_size) * 2 - 1).contiguous(
             memory_format=torch.channels_last)
         settings[f"prefix batch {n}"] = (b["prefix"], images)
+    bf16_error: dict[str, float] = {}
+    for n in args.bf16_batches:
+        images = (torch.rand(n, 3, args.image_size, args.image_size) * 2 - 1).contiguous(
+            memory_format=torch.channels_last)
+        name = f"prefix batch {n}, bf16 autocast"
+        settings[name] = (autocast_bf16(b["prefix"]), images)
+        with torch.no_grad():
+            exact, rounded = b["prefix"](images), autocast_bf16(b["prefix"])(images).float()
+        bf16_error[name] = float((rounded - exact).norm() / exact.norm())
     for n in args.map_batches:
         acts = torch.rand(n, *act_shape)
         settings[f"mapping batch {n}, contiguous input"] = (pooled, acts.contiguous())
@@ -107,11 +130,15 @@ def main() -> None:
               "mapping batch 128 on contiguous input)."), "",
              "| pass | ms/image | vs before |", "|---|---|---|"]
     lines += [f"| {r['setting']} | {r['ms_per_image']:.2f} | {r['vs_before']:.2f}x |" for r in rows]
+    if bf16_error:
+        lines += [""] + [f"- {name}: activations {err:.2%} from float32's (relative L2 error)"
+                         for name, err in bf16_error.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"machine": info, "image_size": args.image_size,
                                                          "blocks": args.blocks, "activation": list(act_shape),
-                                                         "rounds": args.rounds, "rows": rows}, indent=2) + "\n")
+                                                         "rounds": args.rounds, "rows": rows,
+                                                         "bf16_relative_error": bf16_error}, indent=2) + "\n")
     print("\n".join(lines))
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/fine_tune_profile.py                      # the shipped recipe's cut (Lite0, its blocks)
     python benchmarks/fine_tune_profile.py --steps 3 --rounds 1 # a quick look
-    python benchmarks/fine_tune_profile.py --variants threads=1 contiguous batch=64 compile fused loop blocks=1
+    python benchmarks/fine_tune_profile.py --variants threads=1 contiguous batch=64 compile fused loop blocks=1 bf16
 
 The recipe (configs/plantvillage_pretrained.yaml) runs the frozen part of bundled EfficientNet-Lite0 once per
 image and caches its output where the unfrozen blocks begin; each fine-tune epoch then trains only the blocks
@@ -20,7 +20,9 @@ statistics, AdamW over the unfrozen parameters), feeds it activations of the pre
 4. variants (img/s of the training step, median over ``--rounds`` interleaved rounds, against the shipped setting):
    threads=N, contiguous (no channels_last), batch=N, compile (torch.compile, inductor on CPU: its compile time is
    reported apart), fused (AdamW(fused=True)), loop (AdamW(foreach=False), torch's per-parameter CPU default;
-   the shipped setting is AdamW(foreach=True), what plantpheno's build_optimizer asks for), blocks=N (another cut).
+   the shipped setting is AdamW(foreach=True), what plantpheno's build_optimizer asks for), blocks=N (another cut),
+   bf16 (forward and backward under ``torch.autocast("cpu", torch.bfloat16)``: fast only where the CPU has
+   AVX512-BF16 or AMX, recorded in the machine line; a speed figure only, its accuracy is not measured here).
 
 Timings are of this machine (recorded in the results) and of its load at the time: compare figures of one run.
 Writes benchmarks/results/fine_tune_profile.{json,md}.
@@ -51,8 +53,10 @@ class Setting:
     """One way to run the fine-tune step: model, cut, memory format, batch, optimizer options, compile."""
 
     def __init__(self, *, image_size: int, batch: int, blocks: int, channels_last: bool = True,
-                 opt: dict[str, Any] | None = None, compile: bool = False, threads: int | None = None) -> None:
+                 opt: dict[str, Any] | None = None, compile: bool = False, threads: int | None = None,
+                 bf16: bool = False) -> None:
         self.image_size, self.batch, self.blocks, self.channels_last = image_size, batch, blocks, channels_last
+        self.bf16 = bf16  # forward and backward under torch.autocast("cpu", bfloat16); AMX/AVX512-BF16 run it natively
         # the shipped optimizer: plantpheno's build_optimizer asks for the multi-tensor (foreach) AdamW update
         self.opt = opt if opt is not None else {"foreach": True}
         self.compile, self.threads = compile, threads
@@ -84,11 +88,12 @@ class Setting:
         stepped = torch.compile(suffix) if self.compile else suffix
         return {"model": model, "prefix": prefix, "suffix": suffix, "stepped": stepped, "opt": opt, "images": images,
                 "acts": acts, "targets": torch.randint(0, NUM_CLASSES, (self.batch,)), "cut": cut, "trunk": trunk,
-                "params": sum(p.numel() for p in params), "build_s": time.perf_counter() - start}
+                "params": sum(p.numel() for p in params), "build_s": time.perf_counter() - start, "bf16": self.bf16}
 
 
 def _step(b: dict[str, Any]) -> None:
-    loss = nn.functional.cross_entropy(b["stepped"](b["acts"]), b["targets"])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=b.get("bf16", False)):
+        loss = nn.functional.cross_entropy(b["stepped"](b["acts"]), b["targets"])
     b["opt"].zero_grad(set_to_none=True)
     loss.backward()
     b["opt"].step()
@@ -202,8 +207,10 @@ def parse_variant(text: str, base: dict[str, Any]) -> dict[str, Any]:
         return {**base, "opt": {key: True}}
     if key == "loop":  # torch's per-parameter update, its CPU default
         return {**base, "opt": {"foreach": False}}
+    if key == "bf16":  # CPU mixed precision (not in the trainer: plantpheno's mixed_precision is CUDA only)
+        return {**base, "bf16": True}
     raise SystemExit(f"unknown variant {text!r}; expected threads=N, batch=N, blocks=N, contiguous, compile, "
-                     f"fused, foreach or loop")
+                     f"fused, foreach, loop or bf16")
 
 
 def variant_speeds(variants: list[str], base: dict[str, Any], *, steps: int, rounds: int) -> dict[str, Any]:

@@ -186,12 +186,14 @@ def test_gpu_trainer_benchmark_runs_on_the_cpu_at_tiny_scale(tmp_path):
 def test_backbone_pass_times_each_batch_and_memory_format_against_the_old_setting(tmp_path):
     out = tmp_path / "passes"
     _run("backbone_pass.py", "--image-size", "64", "--batches", "4", "64", "--map-batches", "4", "128", "--images",
-         "8", "--rounds", "1", "--out", str(out))
+         "8", "--rounds", "1", "--bf16-batches", "4", "--out", str(out))
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {r["setting"]: r for r in report["rows"]}
     assert set(rows) == {"prefix batch 4", "prefix batch 64", "mapping batch 4, contiguous input",
                          "mapping batch 4, channels_last input", "mapping batch 128, contiguous input",
-                         "mapping batch 128, channels_last input"}
+                         "mapping batch 128, channels_last input", "prefix batch 4, bf16 autocast"}
+    # bfloat16 keeps about 3 significant digits: its activations differ from float32's, but not wildly
+    assert 0 < report["bf16_relative_error"]["prefix batch 4, bf16 autocast"] < 0.1
     assert all(r["ms_per_image"] > 0 for r in rows.values())
     assert rows["prefix batch 64"]["vs_before"] == 1.0  # the settings the pipeline used before
     assert rows["mapping batch 128, contiguous input"]["vs_before"] == 1.0
@@ -206,11 +208,12 @@ def test_fine_tune_profile_reports_cost_op_shares_modules_and_variants(tmp_path)
     shipped = _module("machine").shipped_fine_tune_blocks()  # the default cut: the shipped recipe's
     other = f"blocks={3 - shipped}"
     _run("fine_tune_profile.py", "--image-size", "64", "--batch-size", "8", "--steps", "1", "--rounds", "1",
-         "--variants", other, "contiguous", "loop", "--out", str(out))
+         "--variants", other, "contiguous", "loop", "bf16", "--out", str(out))
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["cost"]["train_step_over_prefix"] > 0 and report["cost"]["prefix_s_per_image"] > 0
     assert sum(report["op_shares"].values()) == pytest.approx(1.0)
     assert any(k.startswith("depthwise conv backward") for k in report["op_shares"])
     modules = [m["module"] for m in report["modules"]]
     assert modules[0] == f"blocks.{7 - shipped}.0" and modules[-1] == "bn2"  # Lite0 has blocks.0 to blocks.6
-    assert set(report["variants"]) == {"shipped", other, "contiguous", "loop"}
+    assert set(report["variants"]) == {"shipped", other, "contiguous", "loop", "bf16"}
+    assert report["variants"]["bf16"]["setting"]["bf16"] is True
