@@ -35,8 +35,16 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _machine_of(result: dict) -> str:
+    """The machine a result file records: machine.py's record, an older file's one-line string, or none."""
+    recorded = result.get("machine") or result.get("meta", {}).get("machine")
+    if isinstance(recorded, dict):  # the short form; the result's own Markdown has describe()'s whole line
+        return f"{recorded['cpu_model']}, {recorded.get('cpus_affinity') or recorded.get('cpus_online')} cores"
+    return recorded or "machine not recorded"
+
+
 def summarise() -> list[dict]:
-    """One row per target, from whatever result files exist."""
+    """One row per target, from whatever result files exist, each with the machine its file records."""
     rows = []
     trainer = _load("trainer")
     if trainer:
@@ -44,7 +52,7 @@ def summarise() -> list[dict]:
         rows.append({"target": "trainer step time vs a minimal loop <= 1.02x",
                      "measured": f"{trainer['ratio']:.3f}x", "met": trainer["ratio"] <= 1.02,
                      "setting": f"{a['backbone']}, {a['image_size']} px, batch {a['batch_size']}, {a['steps']} steps, "
-                                f"median of {a['repeats']}"})
+                                f"median of {a['repeats']}; {_machine_of(trainer)}"})
     pipelines = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("data_pipeline*.json"))]
     for pipeline in pipelines:  # data_pipeline.json, and runs on enlarged copies (--enlarge PX)
         base = {r["image_size"]: r["later_img_s"] for r in pipeline["results"] if r["pipeline"] == "imagefolder"}
@@ -59,7 +67,7 @@ def summarise() -> list[dict]:
                              "measured": f"{ratio:.2f}x; {kind} {' / '.join(map(str, memory))} MiB",
                              "met": ratio >= 5 and flat,
                              "setting": f"{r['image_size']} px, data.cache={r['pipeline']}, "
-                                        f"{pipeline['meta']['settings']}"})
+                                        f"{pipeline['meta']['settings']}; {_machine_of(pipeline)}"})
     accuracy = _load("accuracy")
     if accuracy and "results" in accuracy:  # written by time_to_accuracy.py since issue 20, with its machine
         rows += _accuracy_rows(accuracy)
@@ -88,16 +96,15 @@ def _accuracy_rows(accuracy: dict) -> list[dict]:
         rows.append({"target": "recipe >= 97 % test in <= 0.25x the classic loop's time to its best, "
                                "faster than fastai's fine_tune to the same accuracy",
                      "measured": "; ".join(parts), "met": met and bool(classic) and bool(fastai),
-                     "setting": f"{name}; {accuracy['machine']['cpu_model']}, "
-                                f"{accuracy['machine']['cpus_affinity']} cores"})
+                     "setting": f"{name}; {_machine_of(accuracy)}"})
     return rows
 
 
 def write_summary(rows: list[dict], ran: dict[str, float]) -> str:
     lines = ["# Benchmark summary (targets of issues 6 and 20)", "",
-             f"Machine now: {describe(machine())}; "
-             + (f"ran now: {', '.join(f'{k} {v:.0f} s' for k, v in ran.items())}" if ran
-                else "from the result files already in benchmarks/results/"), "",
+             (f"Ran now on {describe(machine())}: {', '.join(f'{k} {v:.0f} s' for k, v in ran.items())}" if ran
+              else "From the result files already in benchmarks/results/") + "; each row names the machine its "
+             "result file records (machines differ: compare rows of one machine).", "",
              "| target | measured | met | setting |", "|---|---|---|---|"]
     lines += [f"| {r['target']} | {r['measured']} | {'yes' if r['met'] else 'NO'} | {r['setting']} |" for r in rows]
     text = "\n".join(lines) + "\n"
