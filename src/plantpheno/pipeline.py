@@ -170,6 +170,7 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
                 _check_same_data(run, setup.prepared)
             elif dist.is_main:  # it stopped while writing its data files: write them now
                 write_data_files(setup.prepared, run)
+            if dist.is_main and not run.environment.is_file():  # it stopped before writing environment.json
                 run.write_environment(str(setup.device))
             return _fit_and_evaluate(setup, run, checkpoint=checkpoint, callbacks=callbacks,
                                      handle_signals=handle_signals)

@@ -100,3 +100,57 @@ def test_kill_minus_9_at_each_point_leaves_usable_checkpoints_and_a_run_that_res
     assert epochs_logged == list(range(1, epochs + 1))
     assert RunDir(run).current_status() == "completed"
     assert check_checkpoints(run) == 2 and checked >= 3
+
+
+# kill -9 at the start of each write that follows config.yaml in a new run folder. The sweep above hits these
+# windows only by chance: a kill after the data files and before environment.json left a run whose resume died
+# with a FileNotFoundError traceback (seen in CI). Here the process kills itself at exactly that point.
+KILL_AT = """
+import os, signal, sys
+import plantpheno.pipeline
+from plantpheno.data.doctor.findings import DataCheckReport
+from plantpheno.rundir import RunDir
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+point = sys.argv.pop(1)
+if point == "data files":
+    plantpheno.pipeline.write_data_files = die
+elif point == "data check":  # its write into the run folder (the checks write elsewhere first)
+    write = DataCheckReport.write
+    DataCheckReport.write = lambda self, path: die() if (path.parent / "config.yaml").is_file() else write(self, path)
+elif point == "environment":
+    RunDir.write_environment = die
+from plantpheno.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("point", ["data files", "data check", "environment"])
+def test_a_kill_before_each_setup_write_leaves_a_run_that_resumes(tmp_path, disease_root, point):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed": 0, "device": "cpu", "output_dir": str(tmp_path / "runs"), "run_name": "killed",
+        "data": {"root": str(disease_root), "image_size": 32, "batch_size": 8, "num_workers": 0},
+        "model": {"backbone": "test_resnet"}, "training": {"epochs": 1, "progress_bar": False},
+        "evaluation": {"bootstrap_samples": 20}, "tracking": {"system_metrics_interval": 0}}))
+    run = tmp_path / "runs" / "default" / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, "train", str(config)], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (run / "config.yaml").is_file() and not (run / "environment.json").exists()
+    assert RunDir(run).current_status() in (None, "crashed")
+
+    resumed = plantpheno("train", "--resume", str(run))
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    for name in ("split.csv", "dataset.json", "environment.json", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "environment.json").read_text())["device"] == "cpu"
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert RunDir(run).current_status() == "completed"
