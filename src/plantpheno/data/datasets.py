@@ -179,9 +179,10 @@ def write_data_files(prepared: PreparedData, run: RunDir) -> None:
                                "links": [{"link": str(link), "target": str(target)}
                                          for link, target in prepared.links_outside_root]},
     }
-    atomic_write_text(run.dataset_info, json.dumps(info, indent=2) + "\n")
     if prepared.bad_files:
         write_csv(run.bad_images, [("path", "problem"), *((str(p), why) for p, why in prepared.bad_files)])
+    # last: a resume takes split.csv + dataset.json as "the data files are written" (a kill before this rewrites all)
+    atomic_write_text(run.dataset_info, json.dumps(info, indent=2) + "\n")
 
 
 class ImageDataset(Dataset):
