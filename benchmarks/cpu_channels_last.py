@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     args = parser.parse_args()
+    info = machine()  # before the runs: the load average it records is the machine's, not this benchmark's
     threads = set_threads("auto")
     rows = []
     for name in args.backbones:
@@ -90,7 +91,6 @@ def main() -> None:
              f"inference batch {2 * args.batch_size})", "",
              "| backbone | train img/s | + channels_last | ratio | inference img/s | + channels_last | ratio | "
              "auto picks |", "|---|---|---|---|---|---|---|---|"]
-    info = machine()
     lines[1:1] = ["", f"Machine: {describe(info)}"]
     for r in rows:
         lines.append(f"| {r['backbone']} | {r['train_img_s']:.1f} | {r['train_img_s_cl']:.1f} | "

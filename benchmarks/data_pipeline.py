@@ -258,6 +258,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 0
     from plantpheno.data.datasets import prepare_data
 
+    info = machine()  # before the runs: its load average is the machine's, not this benchmark's
+    load = (info.get("load_average_1_5_15_min") or [None])[0]
     results = []
     with tempfile.TemporaryDirectory(prefix="plantpheno-bench-") as tmp:
         data = args.data
@@ -273,13 +275,16 @@ def main(argv: Iterable[str] | None = None) -> int:
                 results.append(row)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": describe(info := machine()),
+        "machine": describe(info),
         "machine_record": info,
         "settings": f"{len(prepared.splits['train'])} training images of {args.data.name}"
                     f"{f' enlarged to {args.enlarge} px' if args.enlarge else ''}, batch {args.batch_size}, "
                     f"{args.workers} workers, {args.epochs} epochs, default augmentation, "
                     f"{args.main_threads} torch thread(s) in the main process",
-        "note": "The machine was shared with other developers' jobs: treat ratios as indicative.",
+        "note": ("Other jobs may have shared the cores (load average not readable): treat ratios as indicative."
+                 if load is None else f"Load average {load} when it started"
+                 + (" (above 0.5: other work was running or had just ended); treat ratios as indicative."
+                    if load > 0.5 else ": a quiet machine.")),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"data_pipeline_enlarged{args.enlarge}" if args.enlarge else "data_pipeline"

@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="path stem of the .json/.md (default benchmarks/results/gpu_trainer[_cpu])")
     args = parser.parse_args()
+    info = machine()  # before the runs: the load average it records is the machine's, not this benchmark's
     from plantpheno.data.synth import synthesize_disease
 
     cuda = torch.cuda.is_available()
@@ -99,7 +100,6 @@ def main() -> None:
             results[name] = trainer_images_per_second(root, Path(tmp) / "runs", args=args,
                                                       overrides=VARIANTS[name], name=name)
             results[name]["fraction_of_step"] = results[name]["images_per_s"] / step_alone
-    info = machine()
     precision = str(amp).removeprefix("torch.") if amp else "fp32"
     lines = [(f"# Trainer vs model step: {args.backbone}, {args.image_size} px, batch {args.batch_size}, "
               f"{precision} + channels_last"), "", f"Machine: {describe(info)}", "",
