@@ -281,10 +281,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                     f"{f' enlarged to {args.enlarge} px' if args.enlarge else ''}, batch {args.batch_size}, "
                     f"{args.workers} workers, {args.epochs} epochs, default augmentation, "
                     f"{args.main_threads} torch thread(s) in the main process",
-        "note": ("Other jobs may have shared the cores (load average not readable): treat ratios as indicative."
-                 if load is None else f"Load average {load} when it started"
-                 + (" (above 0.5: other work was running or had just ended); treat ratios as indicative."
-                    if load > 0.5 else ": a quiet machine.")),
+        # the machine line above states the load when it started
+        "note": ("A quiet machine when it started." if load is not None and load <= 0.5 else
+                 "Other work was running or had just ended when it started: treat ratios as indicative."),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"data_pipeline_enlarged{args.enlarge}" if args.enlarge else "data_pipeline"

@@ -66,15 +66,20 @@ def kill_points(run: Path) -> list[tuple[str, Callable[[set[Path]], bool]]]:
     ]
 
 
-def test_kill_minus_9_at_each_point_leaves_usable_checkpoints_and_a_run_that_resumes(tmp_path, disease_root):
-    epochs = 6
+def write_config(tmp_path: Path, disease_root: Path, *, epochs: int) -> tuple[Path, Path]:
+    """A tiny run's config file, and the run folder it makes."""
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({
         "seed": 0, "device": "cpu", "output_dir": str(tmp_path / "runs"), "run_name": "killed",
         "data": {"root": str(disease_root), "image_size": 32, "batch_size": 8, "num_workers": 0},
         "model": {"backbone": "test_resnet"}, "training": {"epochs": epochs, "progress_bar": False},
         "evaluation": {"bootstrap_samples": 50}, "tracking": {"system_metrics_interval": 0}}))
-    run = tmp_path / "runs" / "default" / "killed"
+    return config, tmp_path / "runs" / "default" / "killed"
+
+
+def test_kill_minus_9_at_each_point_leaves_usable_checkpoints_and_a_run_that_resumes(tmp_path, disease_root):
+    epochs = 6
+    config, run = write_config(tmp_path, disease_root, epochs=epochs)
     command = ["train", str(config)]
     left_behind: list[Path] = []
     checked = 0
@@ -132,13 +137,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.parametrize("point", ["data files", "data check", "environment"])
 def test_a_kill_before_each_setup_write_leaves_a_run_that_resumes(tmp_path, disease_root, point):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "seed": 0, "device": "cpu", "output_dir": str(tmp_path / "runs"), "run_name": "killed",
-        "data": {"root": str(disease_root), "image_size": 32, "batch_size": 8, "num_workers": 0},
-        "model": {"backbone": "test_resnet"}, "training": {"epochs": 1, "progress_bar": False},
-        "evaluation": {"bootstrap_samples": 20}, "tracking": {"system_metrics_interval": 0}}))
-    run = tmp_path / "runs" / "default" / "killed"
+    config, run = write_config(tmp_path, disease_root, epochs=1)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     killed = subprocess.run([sys.executable, "-c", KILL_AT, point, "train", str(config)], check=False,
                             capture_output=True, text=True, env=env, timeout=600)
