@@ -457,7 +457,8 @@ def _build_trainer(setup: _Setup, run: RunDir, phase: Phase, state: TrainState,
                    loss_fn=loss_fn, optimization=optimization, loaders=loaders, device=setup.device,
                    epochs=state.phase_start + phase.epochs, monitor=config.monitor, callbacks=callbacks, state=state,
                    dist=dist, channels_last=channels_last,
-                   check_every=check_every(config.training.check_every, setup.device))
+                   check_every=check_every(config.training.check_every, setup.device),
+                   release_memory=config.training.release_memory)
 
 
 def _stepped_module(net: nn.Module, setup: _Setup) -> nn.Module:

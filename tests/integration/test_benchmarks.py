@@ -217,3 +217,19 @@ def test_fine_tune_profile_reports_cost_op_shares_modules_and_variants(tmp_path)
     assert modules[0] == f"blocks.{7 - shipped}.0" and modules[-1] == "bn2"  # Lite0 has blocks.0 to blocks.6
     assert set(report["variants"]) == {"shipped", other, "contiguous", "loop", "bf16"}
     assert report["variants"]["bf16"]["setting"]["bf16"] is True
+
+
+@pytest.mark.slow
+def test_host_memory_runs_release_memory_off_and_on_side_by_side(tiny_manifest, tmp_path):
+    out = tmp_path / "host_memory"
+    _run("host_memory.py", "--data", str(tiny_manifest.parent / "leaves"), "--enlarge", "160", "--limit", "24",
+         "--epochs", "3", "--threads", "1", "--image-size", "48", "--batch-size", "8", "--backbone", "test_resnet",
+         "--out", str(out))
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["machine"]["cpu_model"] and report["args"]["enlarge"] == 160
+    assert [(r["threads"], r["release_memory"]) for r in report["runs"]] == [(1, False), (1, True)]
+    for r in report["runs"]:
+        assert len(r["epoch_s"]) == 3 and r["trainer_pss_mib"] and all(v > 0 for v in r["trainer_pss_mib"])
+    pair = report["pairs"][0]
+    assert pair["pss_ratio"] == pytest.approx(pair["pss_on"] / pair["pss_off"])
+    assert "release_memory off and on" in out.with_suffix(".md").read_text()

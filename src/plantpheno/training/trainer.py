@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from plantpheno.data.datasets import Loaders
+from plantpheno.device import release_freed_memory
 from plantpheno.distributed import DistContext
 from plantpheno.errors import TrainingError
 from plantpheno.evaluation.predict import Predictions, predict
@@ -135,8 +136,10 @@ class Trainer:
     def __init__(self, *, nets: Networks, task: Task, loss_fn: nn.Module, optimization: Optimization,
                  loaders: Loaders, device: torch.device, epochs: int, monitor: tuple[str, str],
                  callbacks: Sequence[object] = (), state: TrainState | None = None,
-                 dist: DistContext | None = None, channels_last: bool = False, check_every: int = 1) -> None:
+                 dist: DistContext | None = None, channels_last: bool = False, check_every: int = 1,
+                 release_memory: bool = False) -> None:
         self.nets, self.task, self.loss_fn = nets, task, loss_fn.to(device)
+        self.release_memory = release_memory  # hand freed host memory back to the OS after each epoch
         self.check_every = check_every  # steps between reads of the loss from the device (see _check)
         self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, score, images) not yet read
         self.optimization = optimization
@@ -175,6 +178,8 @@ class Trainer:
             self.state.epoch += 1
             self.state.batch = 0
             self.state.partial = {"loss": 0.0, "score": 0.0, "seen": 0.0, "time": 0.0}
+            if self.release_memory:  # before the callbacks, so the memory they record is what the run holds
+                release_freed_memory()
             self._emit("on_epoch_end", metrics)
             if self.dist.any([bool(self.stop_requested)], self.device)[0]:
                 raise Interrupted(self.stop_requested or "a stop request on another rank", self.state)
