@@ -285,9 +285,9 @@ class TrainingConfig(_Section):
         "host in between."
     )
     release_memory: bool = Field(
-        True, description="At each epoch's end, hand memory the process has freed back to the operating system "
-        "(glibc's malloc_trim; Linux only, a few milliseconds). Without it the main process keeps the freed batches: "
-        "1.0-1.4 GiB instead of 0.4-0.5 GiB on 1536 px photos with one thread (benchmarks/host_memory.py)."
+        True, description="Hand memory the process has freed back to the operating system (glibc's malloc_trim; "
+        "Linux only, milliseconds) before the loader workers start and at each epoch's end. Without it the training "
+        "process keeps freed photos and batches resident (benchmarks/host_memory.py)."
     )
     feature_cache: bool = Field(
         False, description="With model.freeze_backbone: compute backbone features once, train the head on them."

@@ -165,6 +165,8 @@ class Trainer:
 
     def fit(self) -> TrainState:
         """Train until ``epochs`` are done or a callback asks to stop."""
+        if self.release_memory:  # before the loader workers are forked: they would inherit the freed pages
+            release_freed_memory()
         self._emit("on_fit_start")
         while self.state.epoch < self.epochs and not self.should_stop:
             if self.state.batch == 0:  # the rate this epoch starts with (kept across a mid-epoch resume)
