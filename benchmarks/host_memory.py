@@ -1,17 +1,17 @@
 """Host memory of a training run with training.release_memory off and on: what the process holds at each epoch's end.
 
     python benchmarks/host_memory.py [--data DIR] [--enlarge 1536] [--limit 400] [--epochs 6] [--threads 1 2]
-                                     [--repeats 1] [--image-size 224] [--backbone resnet10t] [--out STEM]
+                                     [--workers 2] [--repeats 1] [--image-size 224] [--backbone resnet10t] [--out STEM]
 
-Runs ``plantpheno train`` in a child process (not pretrained, ``data.cache: memory``, 2 loader workers, no tracking)
-on the class folders under --data, enlarged to --enlarge px first (camera-sized photos, whose decoding leaves large
-freed buffers behind; 0 = as they are). For each thread count it runs ``training.release_memory`` off and on side by
-side, --repeats times, alternating which goes first. Each time the run logs an epoch it reads the training process's
-PSS (its own pages, with shared ones split among the processes mapping them), its loader workers' summed PSS, and
-the trainer's CPU seconds and minor page faults over the epoch, and takes the epoch times the run logged. The
-figures: the median PSS of epochs 2+ (epoch 1 fills the cache), the trainer's and the job's (trainer + workers), and
-the ratio of "on" to "off", and the same for the epoch time, the trainer's CPU seconds and its page faults (what
-releasing costs). Writes benchmarks/results/host_memory.{json,md} with the machine.
+Runs ``plantpheno train`` in a child process (not pretrained, ``data.cache: memory``, --workers loader workers, no
+tracking) on the class folders under --data, enlarged to --enlarge px first (camera-sized photos, whose decoding
+leaves large freed buffers behind; 0 = as they are). For each thread count it runs ``training.release_memory`` off
+and on side by side, --repeats times, alternating which goes first. Each time the run logs an epoch it reads the
+training process's PSS (its own pages, with shared ones split among the processes mapping them), its loader workers'
+summed PSS, and the trainer's CPU seconds and minor page faults over the epoch, and takes the epoch times the run
+logged. The figures: the median PSS of epochs 2+ (epoch 1 fills the cache), the trainer's and the job's (trainer +
+workers), and the ratio of "on" to "off", and the same for the epoch time, the trainer's CPU seconds and its page
+faults (what releasing costs). Writes benchmarks/results/host_memory.{json,md} (or --out) with the machine.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def run_once(root: Path, work: Path, *, release: bool, threads: int, repeat: int
     name = f"t{threads}_{'on' if release else 'off'}_{repeat}"
     config = {"seed": 0, "device": "cpu", "output_dir": str(work / "runs"), "run_name": name,
               "data": {"root": str(root), "image_size": args.image_size, "batch_size": args.batch_size,
-                       "num_workers": 2, "cache": "memory", "checks": {"enabled": False}},
+                       "num_workers": args.workers, "cache": "memory", "checks": {"enabled": False}},
               "model": {"backbone": args.backbone, "pretrained": False},
               "training": {"epochs": args.epochs, "threads": threads, "progress_bar": False,
                            "release_memory": release},
@@ -132,7 +132,7 @@ def markdown(results: list[dict[str, Any]], pairs: list[dict[str, Any]], info: d
              args: argparse.Namespace) -> str:
     data = f"{args.limit} photos enlarged to {args.enlarge} px" if args.enlarge else "the photos as they are"
     title = (f"# Host memory with training.release_memory off and on: {args.backbone}, {args.image_size} px, "
-             f"batch {args.batch_size}, data.cache memory, 2 workers, {args.epochs} epochs on {data}")
+             f"batch {args.batch_size}, data.cache memory, {args.workers} workers, {args.epochs} epochs on {data}")
     lines = [title, "",
              f"Machine: {describe(info)}", "",
              ("| threads | release_memory | repeat | trainer PSS per epoch (MiB) | workers PSS (MiB) | epoch s "
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=400, help="with --enlarge: how many images to copy")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="data.num_workers (0: the training process loads)")
     parser.add_argument("--repeats", type=int, default=1, help="off/on pairs per thread count, order alternating")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
