@@ -69,8 +69,10 @@ def run_once(root: Path, work: Path, *, release: bool, threads: int, repeat: int
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "plantpheno", "train", str(path)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    errors = work / f"{name}.stderr"  # a file, not a pipe: a full pipe would stall the run
+    with errors.open("w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "plantpheno", "train", str(path)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
     proc = psutil.Process(child.pid)
     log = work / "runs" / "default" / name / "metrics.jsonl"
     trainer, workers, cpu_s, faults, seen = [], [], [], [], 0
@@ -94,9 +96,8 @@ def run_once(root: Path, work: Path, *, release: bool, threads: int, repeat: int
                 trainer.append(round(mine, 1))
                 workers.append(round(sum(k for k in kids if k is not None), 1))
         time.sleep(0.1)
-    stderr = child.stderr.read() if child.stderr else ""
     if child.returncode != 0:
-        raise SystemExit(f"{name}: plantpheno train exited {child.returncode}:\n{stderr[-3000:]}")
+        raise SystemExit(f"{name}: plantpheno train exited {child.returncode}:\n{errors.read_text()[-3000:]}")
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     epoch_s = [r["time/epoch_s"] for r in rows]
     later = slice(1, None) if len(trainer) > 1 else slice(None)
