@@ -6,8 +6,8 @@ import ctypes
 import functools
 import math
 import os
+import platform
 import random
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,14 +120,23 @@ def check_every(setting: int | str, device: torch.device) -> int:
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (macOS, Windows, musl)."""
-    if not sys.platform.startswith("linux"):
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library when it is glibc (whose malloc tuning calls plantpheno uses), else None."""
+    if platform.libc_ver()[0] != "glibc":
         return None
     try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None)
+    except OSError:
         return None
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library is another (macOS, Windows, musl)."""
+    libc = glibc()
+    if libc is None:
+        return None
+    trim = libc.malloc_trim
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim
 

@@ -7,11 +7,9 @@ seed are drawn from a generator seeded with ``(seed, epoch)``. An epoch can ther
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
-import platform
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from plantpheno.data.images import check_images, load_rgb
 from plantpheno.data.sources import SPLITS, Sample, class_names_of, links_outside, read_folder, read_manifest
 from plantpheno.data.splits import assign_splits
 from plantpheno.data.transforms import eval_transform, train_transform
+from plantpheno.device import glibc
 from plantpheno.errors import DataError
 from plantpheno.reporting import Reporter
 from plantpheno.rundir import RunDir
@@ -435,14 +434,10 @@ def fixed_malloc_mmap_threshold(_worker_id: int | None = None) -> None:
     on 2 cores. Called in the DataLoader workers (and in the main process when there are none); a no-op
     where the C library is not glibc.
     """
-    if platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        libc = ctypes.CDLL(None)
+    libc = glibc()
+    if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
         libc.mallopt(_M_TRIM_THRESHOLD, 512 << 20)
-    except (OSError, AttributeError):
-        pass
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
