@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
 
 CANDIDATES: dict[str, tuple[str, list[str]]] = {

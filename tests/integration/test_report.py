@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY_BACKBONE
+from conftest import TINY_BACKBONE
 from plantpheno import pipeline
 from plantpheno.cli import main
 from plantpheno.config import load_config

@@ -18,7 +18,6 @@ from plantpheno.config import load_config
 from plantpheno.reporting import ConsoleReporter, RecordingReporter
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -52,9 +52,13 @@ def run_docs(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from plantpheno.recipes import list_recipes
+    from plantpheno.errors import ConfigError
+    from plantpheno.recipes import RECIPES_DIR, list_recipes
 
     recipes = list_recipes()
+    if not recipes:
+        raise ConfigError(f"no recipes in {RECIPES_DIR}: this installation of plantpheno is incomplete "
+                          f"(its wheel was built without package data); reinstall it")
     width = max(len(r.name) for r in recipes)
     for recipe in recipes:
         print(f"{recipe.name:<{width}}  {recipe.summary}")
