@@ -186,8 +186,8 @@ def plantpheno_run(overrides: list[str], out: Path, config_name: str, manifest: 
     from plantpheno.pipeline import train
 
     config = load_config(config_name,
-                         [f"data.manifest={manifest}", "data.root=null", f"output_dir={out}", "training.progress_bar=false",
-                          "tracking.system_metrics_interval=0", *overrides])
+                         [f"data.manifest={manifest}", "data.root=null", f"output_dir={out}",
+                          "training.progress_bar=false", "tracking.system_metrics_interval=0", *overrides])
     start = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - start

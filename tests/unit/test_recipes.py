@@ -111,7 +111,8 @@ def test_config_init_writes_the_recipe_and_keeps_an_existing_file(tmp_path, monk
     assert written.read_text() == (RECIPES_DIR / "classify.yaml").read_text()
     (tmp_path / "edits").mkdir()
     assert main(["config", "init", "tune/demo_space.yaml", "edits"]) == 0
-    assert (tmp_path / "edits" / "demo_space.yaml").read_text() == (RECIPES_DIR / "tune" / "demo_space.yaml").read_text()
+    copy = tmp_path / "edits" / "demo_space.yaml"
+    assert copy.read_text() == (RECIPES_DIR / "tune" / "demo_space.yaml").read_text()
     assert main(["config", "init", "traits", "sub/dir/t.yaml"]) == 0 and (tmp_path / "sub/dir/t.yaml").is_file()
 
 

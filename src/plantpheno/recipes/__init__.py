@@ -51,7 +51,8 @@ class Recipe:
 def list_recipes() -> list[Recipe]:
     """Every packaged recipe, training configs first, each group by name."""
     configs = [Recipe(p.stem, p, "config") for p in sorted(RECIPES_DIR.glob("*.yaml"))]
-    spaces = [Recipe(f"{SPACE_FOLDER}/{p.stem}", p, "space") for p in sorted((RECIPES_DIR / SPACE_FOLDER).glob("*.yaml"))]
+    spaces = [Recipe(f"{SPACE_FOLDER}/{p.stem}", p, "space")
+              for p in sorted((RECIPES_DIR / SPACE_FOLDER).glob("*.yaml"))]
     return configs + spaces
 
 
