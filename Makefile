@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/plantpheno data synth .demo/leaves --per-class 60 --image-size 96 --seed 0 --overwrite
-	$(BIN)/plantpheno train configs/demo.yaml
+	$(BIN)/plantpheno train demo data.root=.demo/leaves
 
 # The report's browser test drives Debian's chromium (Playwright cannot download its own browser offline).
 browser:

@@ -5,7 +5,7 @@ cached activations (the head phase's pooled features), by batch size and by the 
     python benchmarks/backbone_pass.py --batches 8 16 32 64 --rounds 3
     python benchmarks/backbone_pass.py --bf16-batches          # no bfloat16 rows
 
-The recipe (configs/plantvillage_pretrained.yaml) runs bundled EfficientNet-Lite0's frozen part once over the
+The recipe classify runs bundled EfficientNet-Lite0's frozen part once over the
 train and val images at 224 px (its "backbone pass") and caches the activations where the fine-tuned blocks begin
 (112 x 14 x 14 with the shipped two blocks, 192 x 7 x 7 with one; ``--blocks`` defaults to the shipped config's);
 the head phase then maps them through the blocks after the cut to pooled features. Both run in

@@ -26,15 +26,14 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "plantvillage-subset" / "splits
 
 
 def run(data: Path, out: Path, *, threads: str, workers: int, args: argparse.Namespace) -> float:
-    source = f"data.manifest={data}" if data.suffix == ".csv" else f"data.root={data}"
-    cmd = [sys.executable, "-m", "plantpheno", "train", str(REPO / "configs" / "plantvillage.yaml"), source,
+    cmd = [sys.executable, "-m", "plantpheno", "train", "classify_scratch", "--data-path", str(data),
            f"output_dir={out}", f"run_name=t{threads}-w{workers}", f"model.backbone={args.backbone}",
            f"data.image_size={args.image_size}", f"training.epochs={args.epochs}", "training.warmup_epochs=0",
            f"data.num_workers={workers}", f"data.cache={args.cache}", f"training.threads={threads}",
            "training.progress_bar=false", "tracking.system_metrics_interval=0", "evaluation.bootstrap_samples=0",
            "training.early_stopping.patience=null"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
-    log = out / "plantvillage" / f"t{threads}-w{workers}" / "metrics.jsonl"
+    log = out / "classify" / f"t{threads}-w{workers}" / "metrics.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     later = [r["time/images_per_s"] for r in rows[1:]] or [rows[0]["time/images_per_s"]]
     return sum(later) / len(later)

@@ -4,7 +4,7 @@
     python benchmarks/fine_tune_profile.py --steps 3 --rounds 1 # a quick look
     python benchmarks/fine_tune_profile.py --variants threads=1 contiguous batch=64 compile fused loop blocks=1 bf16
 
-The recipe (configs/plantvillage_pretrained.yaml) runs the frozen part of bundled EfficientNet-Lite0 once per
+The recipe classify runs the frozen part of bundled EfficientNet-Lite0 once per
 image and caches its output where the unfrozen blocks begin; each fine-tune epoch then trains only the blocks
 after that cut. With ``training.fine_tune.blocks: 2`` (shipped) that is blocks.5, blocks.6, conv_head + bn2 and
 the head, on 112 x 14 x 14 per image at 224 px; with 1, blocks.6 onwards, on 192 x 7 x 7. ``--blocks`` defaults to

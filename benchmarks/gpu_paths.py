@@ -48,6 +48,7 @@ def main() -> None:
     from plantpheno.config import load_config
     from plantpheno.data.synth import synthesize_disease
     from plantpheno.pipeline import train
+    from plantpheno.recipes import resolve as resolve_recipe
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +69,7 @@ def main() -> None:
                                               "training.feature_cache=true"],
         }
         for name, extra in variants.items():
-            config = load_config(REPO / "configs" / "demo.yaml", [*base, f"run_name=v{len(results)}", *extra])
+            config = load_config("demo", [*base, f"run_name=v{len(results)}", *extra])
             start = time.perf_counter()
             try:
                 result = train(config)
@@ -85,7 +86,7 @@ def main() -> None:
         # the torchrun launch on one GPU: a world of 1 runs the single-process path (NCCL refuses two ranks on
         # one device, so the NCCL collectives need a machine with 2+ GPUs)
         cfg = Path(tmp) / "ddp.yaml"
-        cfg.write_text((REPO / "configs" / "demo.yaml").read_text())
+        cfg.write_text(resolve_recipe("demo").read_text())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
                "plantpheno", "train", str(cfg), *base, "run_name=ddp", "training.mixed_precision=bf16"]

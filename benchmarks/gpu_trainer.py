@@ -52,7 +52,7 @@ def trainer_images_per_second(root: Path, out: Path, *, args: argparse.Namespace
     from plantpheno.config import load_config
     from plantpheno.pipeline import train
 
-    config = load_config(HERE.parent / "configs" / "demo.yaml", [
+    config = load_config("demo", [
         f"data.root={root}", f"output_dir={out}", f"run_name={name}", f"model.backbone={args.backbone}",
         "model.pretrained=false", f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.workers}", "data.cache=memory", "data.val_fraction=0.05", "data.test_fraction=0.05",

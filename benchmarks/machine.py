@@ -121,7 +121,7 @@ if __name__ == "__main__":
     print(describe(record))
 
 
-SHIPPED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "plantvillage_pretrained.yaml"
+SHIPPED_RECIPE = Path(__file__).resolve().parent.parent / "src" / "plantpheno" / "recipes" / "classify.yaml"
 
 
 def shipped_fine_tune_blocks() -> int:

@@ -4,7 +4,7 @@
         "training.fine_tune.epochs=10" "training.fine_tune.epochs=6" "training.fine_tune.epochs=4" \
         "training.fine_tune.epochs=6 training.fine_tune.blocks=1"
 
-Each candidate is configs/plantvillage_pretrained.yaml with the given overrides, trained with seeds 0..N-1 and
+Each candidate is the recipe classify (PlantVillage subset) with the given overrides, trained with seeds 0..N-1 and
 ``evaluation.split=val``, so the runs never touch the test split. Per candidate: the validation accuracy and loss of
 the kept epoch (mean and standard error over seeds) and the wall time. The rule, fixed before any run: the
 validation split has 337 images (one image = 0.3 points), so candidates whose mean validation accuracy lies within
@@ -163,7 +163,7 @@ def main() -> None:
                 if (candidate, seed) in earlier:
                     runs.setdefault(candidate, []).append({**earlier[(candidate, seed)], "reused": str(args.reuse)})
                     continue
-                r = plantpheno_run(overrides, Path(tmp), "plantvillage_pretrained.yaml", manifest)
+                r = plantpheno_run(overrides, Path(tmp), "classify", manifest)
                 r["final_val_accuracy"] = r.pop("test_accuracy")  # evaluation.split=val: the kept checkpoint on val
                 r["replicate"] = name
                 runs.setdefault(candidate, []).append(r)

@@ -6,7 +6,7 @@ pick, in one invocation on one machine (recorded), on the same bundled Efficient
     python benchmarks/time_to_accuracy.py --methods recipe --recipe training.fine_tune.epochs=6
 
 Methods (``--methods``, any of them, run in this order):
-recipe   plantpheno with the shipped configs/plantvillage_pretrained.yaml (frozen Lite0, the activations of the
+recipe   plantpheno with the shipped recipe classify (frozen Lite0, the activations of the
          frozen part cached once, head epochs, then the last blocks fine-tuned on the cache); seeds 0..N-1.
          Its figure is the run's own: wall time of ``train()`` (data checks, backbone pass, both phases, the test
          evaluation) and the test accuracy of the checkpoint it kept by validation.
@@ -15,7 +15,7 @@ classic  a loop written like the seed's: full fine-tune of the same pretrained L
 fastai   fastai's documented transfer recipe, ``vision_learner(dls, 'tf_efficientnet_lite0').fine_tune(N)``
          (one frozen epoch, then N unfrozen, one-cycle; ``ImageDataLoaders.from_df`` with ``Resize(224)``), the
          same bundled weights handed to timm as a local pretrained file, the train/val split of splits.csv.
-head     (optional) the recipe without its fine-tune phase; ``defaults``: configs/plantvillage.yaml.
+head     (optional) the recipe without its fine-tune phase; ``defaults``: the recipe classify_scratch.
 
 classic and fastai are evaluated on the test split after every epoch (that time is left out of their clocks);
 each one's time to an accuracy is the training time up to the first epoch that reached it, plus one test
@@ -185,9 +185,9 @@ def plantpheno_run(overrides: list[str], out: Path, config_name: str, manifest: 
     from plantpheno.config import load_config
     from plantpheno.pipeline import train
 
-    config = load_config(REPO / "configs" / config_name,
-                         [f"data.manifest={manifest}", f"output_dir={out}", "training.progress_bar=false",
-                          "tracking.system_metrics_interval=0", *overrides])
+    config = load_config(config_name,
+                         [f"data.manifest={manifest}", "data.root=null", f"output_dir={out}",
+                          "training.progress_bar=false", "tracking.system_metrics_interval=0", *overrides])
     start = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - start
@@ -283,14 +283,14 @@ def main() -> None:
             if method == "recipe":
                 for seed in range(args.seeds):
                     results[f"recipe seed {seed}"] = plantpheno_run(
-                        [f"seed={seed}", *size, *args.recipe], Path(tmp), "plantvillage_pretrained.yaml", args.manifest)
+                        [f"seed={seed}", *size, *args.recipe], Path(tmp), "classify", args.manifest)
             elif method == "head":
                 for seed in range(args.seeds):
                     results[f"head only seed {seed}"] = plantpheno_run(
                         [f"seed={seed}", *size, *args.recipe, "training.fine_tune.epochs=0"], Path(tmp),
-                        "plantvillage_pretrained.yaml", args.manifest)
+                        "classify", args.manifest)
             elif method == "defaults":
-                results["defaults"] = plantpheno_run([], Path(tmp), "plantvillage.yaml", args.manifest)
+                results["defaults"] = plantpheno_run([], Path(tmp), "classify_scratch", args.manifest)
             elif method == "classic":
                 results["classic"] = classic(args.manifest, epochs=args.classic_epochs, image_size=args.image_size)
             elif method == "fastai":

@@ -4,11 +4,11 @@ square.
 
     python benchmarks/trait_recipe.py [--plants 80] [--views 3] [--size 128] [--seeds 1] [--skip NAME ...]
 
-Every candidate is configs/trait_pretrained.yaml (bundled EfficientNet-Lite0, frozen backbone, feature cache,
+Every candidate is the recipe traits (bundled EfficientNet-Lite0, frozen backbone, feature cache,
 data.resize: pad) with the overrides listed in its row, at ``--size`` px on images drawn at that size:
 
 (a0) the set-up of issue 15 before the fix: the frozen-feature head with timm's own head initialisation
-     (EfficientNet: U(-1, 1) for one output) and the learning rate of configs/trait_regression.yaml (5e-4);
+     (EfficientNet: U(-1, 1) for one output) and the learning rate of the recipe traits_full (5e-4);
 (a)  the same with the zero (mean-predictor) head the fix brings;
 (b)  head only, learning rate 0.01 (the recipe without its fine-tune phase);
 (c)  the recipe: head, then 10 epochs of the last two blocks at 5e-4;
@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "results"
 
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
@@ -125,7 +124,7 @@ def run(manifest: Path, out: Path, name: str, overrides: list[str], *, size: int
     from plantpheno.pipeline import train
     from plantpheno.reporting import RecordingReporter
 
-    config = load_config(REPO / "configs" / "trait_pretrained.yaml",
+    config = load_config("traits",
                          [f"data.manifest={manifest}", f"data.image_size={size}", f"output_dir={out}",
                           f"run_name={name}-s{seed}", f"seed={seed}", "training.progress_bar=false",
                           "tracking.system_metrics_interval=0", *overrides])

@@ -1,11 +1,11 @@
 """The README's Python example, as a script: train, evaluate, register and predict from Python.
 
-From the repository after `make demo` (it uses configs/demo.yaml and the synthetic leaves in .demo/leaves):
+From the repository after `make demo` (it uses the recipe demo and the synthetic leaves in .demo/leaves):
 
     python examples/python_api.py
 
-Anywhere else, --workdir makes the synthetic leaves (--tiny: few and small, as CI runs it), copies the demo
-config there and runs in that folder:
+Anywhere else, --workdir makes the synthetic leaves (--tiny: few and small, as CI runs it) and runs in that
+folder (the recipe comes with the package):
 
     python examples/python_api.py --workdir /tmp/plantpheno-example --tiny
 """
@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def prepare(workdir: Path, *, tiny: bool) -> None:
-    """Make ``workdir`` look like the repository after ``make demo`` (the config and the leaves), and go there."""
+    """Make ``workdir`` look like the repository after ``make demo`` (its synthetic leaves), and go there."""
     from plantpheno.data.synth import synthesize_disease
 
-    (workdir / "configs").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "configs" / "demo.yaml", workdir / "configs" / "demo.yaml")
     synthesize_disease(workdir / ".demo" / "leaves", per_class=16 if tiny else 60, image_size=48 if tiny else 96,
                        seed=0, overwrite=True)
     os.chdir(workdir)
@@ -41,8 +36,8 @@ if args.workdir is not None:
 # --- the README's example (tests/unit/test_readme.py checks that the two are the same) ---
 import plantpheno as pp
 
-# a YAML file (or a dict, or a Config) + overrides; data_path and output_path as `plantpheno train` takes them
-config = pp.load_config("configs/demo.yaml", {"training.epochs": 5}, data_path=".demo/leaves", output_path="runs")
+# a recipe name or a YAML file (or a dict, or a Config) + overrides; data_path, output_path as `plantpheno train`
+config = pp.load_config("demo", {"training.epochs": 5}, data_path=".demo/leaves", output_path="runs")
 run = pp.train(config)                              # = plantpheno train; prints progress (verbose=False: quiet)
 test = run.metrics()                                # the held-out test split, with a bootstrap interval
 print(f"test accuracy {test['accuracy']:.3f}, 95% CI {test['confidence_interval']['low']:.3f}"

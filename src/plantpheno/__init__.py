@@ -4,7 +4,7 @@ The Python API (:mod:`plantpheno.api`) is available at the top level::
 
     import plantpheno as pp
 
-    run = pp.train("configs/demo.yaml", {"training.epochs": 5})
+    run = pp.train("demo", {"training.epochs": 5})
     model = pp.load_model(run)
     model.predict("leaf.jpg")
 

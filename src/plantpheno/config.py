@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from plantpheno.errors import ConfigError, clip, short_repr
+from plantpheno.recipes import resolve as resolve_recipe
 from plantpheno.tasks import task_metrics
 from plantpheno.yamlfile import parse_yaml, read_yaml_mapping
 
@@ -481,7 +482,11 @@ class Config(_Section):
 def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = (), *,
                 base: Mapping[str, Any] | None = None, data_path: str | Path | None = None,
                 output_path: str | Path | None = None) -> Config:
-    """Load a YAML config file (or start from ``base``, a raw config), apply overrides, validate.
+    """Load a YAML config file or a packaged recipe by name (or start from ``base``, a raw config), apply
+    overrides, validate.
+
+    ``path`` that is an existing file is read; otherwise a recipe name (``classify``, ``demo.yaml``; see
+    :func:`plantpheno.recipes.list_recipes`) is the packaged recipe.
 
     ``overrides`` are ``key.sub=value`` strings (values parsed as YAML, as on the command line) or a mapping
     ``{"key.sub": value}`` whose values are used as they are.
@@ -498,7 +503,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
     """
     raw: dict[str, Any] = copy.deepcopy(dict(base or {}))  # overrides must not change the caller's mapping
     if path is not None:
-        raw = read_yaml_mapping(Path(path))
+        raw = read_yaml_mapping(resolve_recipe(path))
     apply_data_and_output_paths(raw, data_path=data_path, output_path=output_path)
     if isinstance(overrides, Mapping):
         for key, value in overrides.items():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY_BACKBONE
+from conftest import TINY_BACKBONE
 from plantpheno import pipeline
 from plantpheno.cli import main
 from plantpheno.config import load_config
@@ -39,11 +39,11 @@ DATA_CHECK = {"version": 1, "summary": {"errors": 1, "warnings": 1}, "findings":
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """`make demo`: configs/demo.yaml on its synthetic leaves (60 per class, 96 px), 12 epochs (97 % val accuracy
+    """`make demo`: the recipe demo on its synthetic leaves (60 per class, 96 px), 12 epochs (97 % val accuracy
     by epoch 9), with flip TTA."""
     root = tmp_path_factory.mktemp("demo")
     leaves = synthesize_disease(root / "leaves", per_class=60, image_size=96, seed=0)
-    config = load_config(REPO / "configs" / "demo.yaml", [
+    config = load_config("demo", [
         f"data.root={leaves}", f"output_dir={root / 'runs'}", "run_name=demo", "device=cpu", "training.epochs=12",
         "training.progress_bar=false", "evaluation.tta=flips", "evaluation.bootstrap_samples=300"])
     reporter = RecordingReporter()

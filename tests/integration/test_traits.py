@@ -18,7 +18,6 @@ from plantpheno.config import load_config
 from plantpheno.reporting import ConsoleReporter, RecordingReporter
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +30,8 @@ def rosettes(tmp_path_factory) -> Path:
 
 
 def _recipe(rosettes: Path, tmp_path: Path, *overrides: str):
-    """configs/trait_pretrained.yaml as shipped, at 64 px, head phase only (the fine-tune phase has its tests)."""
-    return load_config(REPO / "configs" / "trait_pretrained.yaml",
+    """The recipe traits as shipped, at 64 px, head phase only (the fine-tune phase has its tests)."""
+    return load_config("traits",
                        [f"data.manifest={rosettes}", "data.image_size=64", f"output_dir={tmp_path / 'runs'}",
                         "training.fine_tune.epochs=0", "training.progress_bar=false",
                         "tracking.system_metrics_interval=0", "evaluation.bootstrap_samples=500", *overrides])

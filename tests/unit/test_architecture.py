@@ -17,14 +17,14 @@ PACKAGE = Path(plantpheno.__file__).parent
 # (importer part, imported part): never allowed
 FORBIDDEN = [
     *((core, "cli") for core in ("data", "models", "training", "evaluation", "tracking", "registry", "tuning",
-                                 "pipeline", "rundir", "runs", "reporting", "tasks", "config", "api")),
+                                 "pipeline", "rundir", "runs", "reporting", "tasks", "config", "recipes", "api")),
     ("data", "models"), ("data", "training"),
     ("tracking", "training"),
     *((part, "tuning") for part in ("data", "models", "training", "evaluation", "tracking", "registry", "pipeline",
-                                    "rundir", "runs", "reporting", "tasks", "config", "api")),
+                                    "rundir", "runs", "reporting", "tasks", "config", "recipes", "api")),
 ]
 CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "registry", "pipeline.py", "rundir.py",
-        "runs.py", "tasks.py", "config.py", "distributed.py", "device.py", "api")
+        "runs.py", "tasks.py", "config.py", "recipes", "distributed.py", "device.py", "api")
 
 
 def _modules() -> list[Path]:
@@ -75,7 +75,7 @@ def test_no_module_imports_across_a_forbidden_edge():
 
 
 @pytest.mark.parametrize("module", ["plantpheno.rundir", "plantpheno.runs", "plantpheno.tasks", "plantpheno.reporting",
-                                    "plantpheno.config", "plantpheno.api"])
+                                    "plantpheno.config", "plantpheno.recipes", "plantpheno.api"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

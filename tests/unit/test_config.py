@@ -8,15 +8,17 @@ import pytest
 
 from plantpheno.config import config_to_yaml, load_config
 from plantpheno.errors import ConfigError
+from plantpheno.recipes import RECIPES_DIR, SPACE_FOLDER, list_recipes
 
-REPO = Path(__file__).resolve().parents[2]
-# search spaces (configs/tune/) are not training configs: tests/unit/test_tuning_space.py loads those
-SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "tune" not in p.relative_to(REPO).parts)
+# every YAML file in the package's recipes folder; search spaces (recipes/tune/) are not training configs:
+# tests/unit/test_tuning_space.py loads those
+SHIPPED = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if SPACE_FOLDER not in p.relative_to(RECIPES_DIR).parts)
 
 
-def test_configs_are_shipped():
-    names = {p.name for p in SHIPPED}
-    assert {"demo.yaml", "folder_classification.yaml", "trait_regression.yaml", "trait_pretrained.yaml"} <= names
+def test_recipes_are_shipped_under_their_names():
+    assert {p.stem for p in SHIPPED} == {"classify", "classify_full", "classify_scratch", "traits", "traits_full",
+                                         "demo"}
+    assert [r.path for r in list_recipes() if r.kind == "config"] == SHIPPED
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])

@@ -13,6 +13,7 @@ import yaml
 from plantpheno.cli import main
 from plantpheno.config import load_config
 from plantpheno.errors import ConfigError
+from plantpheno.recipes import RECIPES_DIR, SPACE_FOLDER
 from plantpheno.tuning import (
     TuneSettings,
     check_space,
@@ -23,8 +24,7 @@ from plantpheno.tuning import (
     parse_space,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-TUNE_FILES = sorted((REPO / "configs" / "tune").glob("*.yaml"))
+TUNE_FILES = sorted((RECIPES_DIR / SPACE_FOLDER).rglob("*.yaml"))
 
 
 def test_distributions_and_plain_lists_parse_in_order():
@@ -147,7 +147,7 @@ def test_tuning_file_settings_and_command_line_overrides(tmp_path):
 @pytest.mark.parametrize("path", TUNE_FILES, ids=[p.name for p in TUNE_FILES])
 def test_shipped_tuning_files_fit_the_demo_config(path):
     space, settings = load_tuning_file(path)
-    plan = make_plan(load_config(REPO / "configs" / "demo.yaml"), space, settings)
+    plan = make_plan(load_config("demo"), space, settings)
     assert describe_plan(plan)
 
 

@@ -1,4 +1,4 @@
-"""Every ``plantpheno`` command shown in the README's shell blocks and in the shipped configs' comments parses, and
+"""Every ``plantpheno`` command shown in the README's shell blocks and in the packaged recipes' comments parses, and
 every ``plantpheno tune`` one runs (as a dry run); ``key=value`` overrides may stand anywhere on a command line."""
 
 from __future__ import annotations
@@ -10,23 +10,24 @@ from pathlib import Path
 import pytest
 
 from plantpheno.cli import build_parser, main, parse_args
+from plantpheno.recipes import RECIPES_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _usage_lines() -> list[tuple[str, str]]:
-    """(where, command) for each plantpheno command in README shell blocks and in configs/**/*.yaml comments."""
+    """(where, command) for each plantpheno command in README shell blocks and in the recipes' comments."""
     found = []
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for block in re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S):
         joined = block.replace("\\\n", " ")
         found += [("README.md", line.strip()) for line in joined.splitlines()
                   if line.strip().startswith("plantpheno ")]
-    for path in sorted((REPO / "configs").rglob("*.yaml")):
+    for path in sorted(RECIPES_DIR.rglob("*.yaml")):
         for line in path.read_text(encoding="utf-8").splitlines():
             match = re.match(r"#\s+(?:Usage:\s+)?(plantpheno \S.*)$", line)
             if match:
-                found.append((str(path.relative_to(REPO)), match.group(1)))
+                found.append((path.relative_to(RECIPES_DIR).as_posix(), match.group(1)))
     return found
 
 
@@ -40,7 +41,7 @@ def _argv(line: str) -> list[str]:
 
 
 def test_the_shipped_files_show_tune_commands():
-    assert {where for where, _ in TUNE} >= {"README.md", "configs/tune/demo_space.yaml"}
+    assert {where for where, _ in TUNE} >= {"README.md", "tune/demo_space.yaml"}
 
 
 @pytest.mark.parametrize(("where", "line"), LINES, ids=[line for _, line in LINES])
@@ -71,10 +72,10 @@ def test_overrides_stand_anywhere_on_the_command_line():
 
 def test_a_tune_override_after_the_flags_reaches_the_trials(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    assert main(["tune", "configs/demo.yaml", "configs/tune/demo_space.yaml", "--sampler", "grid", "--dry-run",
+    assert main(["tune", "demo", "tune/demo_space", "--sampler", "grid", "--dry-run",
                  "model.backbone=test_resnet", "--trials", "2"]) == 0
     out = capsys.readouterr().out
     assert "grid: 2 trials (the first 2 of its 54 combinations" in out
-    assert main(["tune", "configs/demo.yaml", "configs/tune/demo_space.yaml", "--dry-run",
+    assert main(["tune", "demo", "tune/demo_space.yaml", "--dry-run",
                  "training.epochs=ten"]) == 2
     assert "training.epochs: got 'ten'" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
     import plantpheno as pp
 
-    config = pp.load_config("configs/demo.yaml", {"training.epochs": 5}, data_path="leaves/")
+    config = pp.load_config("demo", {"training.epochs": 5}, data_path="leaves/")
     run = pp.train(config)                      # a Run: run.path, run.metrics(), run.history
     run.evaluate(split="val")                   # or pp.evaluate(run, split="val")
     pp.register_model(run, "leafnet", alias="candidate")

@@ -59,7 +59,7 @@ def _register_check(data_sub: argparse._SubParsersAction) -> None:
                     "and the fix. Every finding, with the files involved, goes to data_check.json. Exit status: "
                     "0 = no error-level finding (clean, or warnings only), 1 = at least one error-level finding, "
                     "2 = the config or the data source itself is invalid.")
-    c.add_argument("config", nargs="?", type=Path, help="YAML config file")
+    c.add_argument("config", nargs="?", type=Path, help="YAML config file or recipe name")
     c.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.root=leaves")
     c.add_argument("--out", type=Path, default=None,
                    help="where to write the findings (default: OUTPUT_DIR/<experiment>/data_check.json)")

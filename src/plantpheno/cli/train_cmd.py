@@ -21,11 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Under torchrun, every process runs this and they train data-parallel. "
                                    "`--config C --data-path D --output-path O` is the same as "
                                    "`C data.root=D output_dir=O` (data.manifest=D for a CSV file).")
-    p.add_argument("config", nargs="?", type=Path, help="YAML config file (or --config)")
+    p.add_argument("config", nargs="?", type=Path,
+                   help="YAML config file or recipe name, e.g. classify (or --config; see `plantpheno config list`)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. training.epochs=5 (anywhere on the command line)")
     p.add_argument("--config", dest="config_option", type=Path, default=None, metavar="CONFIG",
-                   help="YAML config file (the same as the positional CONFIG)")
+                   help="YAML config file or recipe name (as the positional CONFIG)")
     p.add_argument("--data-path", type=Path, default=None, metavar="PATH",
                    help="the dataset: an image folder (sets data.root) or a CSV manifest (sets data.manifest); "
                         "replaces the config's data source; key=value overrides still win")
@@ -52,7 +53,8 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError("--resume RUN_DIR takes no config or overrides (nor --data-path, --output-path): a run "
                           "resumes with its own config")
     if args.resume is None and config is None:
-        raise ConfigError("give a CONFIG file (or --config CONFIG, or --resume RUN_DIR)")
+        raise ConfigError("give a CONFIG file (or --config CONFIG, or --resume RUN_DIR); CONFIG may be a recipe "
+                          "name such as classify (`plantpheno config list` names them)")
     return argparse.Namespace(**{**vars(args), "config": config, "overrides": overrides})
 
 

@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run an Optuna study: each trial trains CONFIG (plus overrides) with values from the SPACE "
                     "file's space: section, in OUTPUT_DIR/<experiment>/<study>/trial-NNNN. Flags override the "
                     "SPACE file's tuning: section. Re-running the same command continues the study.")
-    p.add_argument("config", type=Path, help="training config (YAML)")
-    p.add_argument("space", type=Path, help="tuning file (YAML) with a space: section and optional tuning: section")
+    p.add_argument("config", type=Path, help="training config (YAML file or recipe name)")
+    p.add_argument("space", type=Path, help="tuning file (YAML) with a space: section and optional tuning: section, "
+                   "or a search-space recipe such as tune/demo_space")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="training config overrides (anywhere on the command line, also after the flags)")
     p.add_argument("--sampler", choices=("grid", "random", "tpe"), help="default tpe")

@@ -7,7 +7,7 @@
 SPACE is a YAML file with a ``space:`` section (dotted config field -> ``{type: float, low, high,
 log?, step?}``, ``{type: int, low, high, step?, log?}``, ``{type: categorical, choices: [...]}`` or a
 plain list of values) and an optional ``tuning:`` section holding the same settings as the flags
-(:class:`TuneSettings`; flags win). See ``configs/tune/demo_space.yaml``. The space is checked
+(:class:`TuneSettings`; flags win). See the recipe ``tune/demo_space``. The space is checked
 before anything runs: every field must exist, and its extreme values and every choice must pass the
 training schema.
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plantpheno.errors import ConfigError, short_repr
+from plantpheno.recipes import resolve as resolve_recipe
 from plantpheno.tuning.space import SearchSpace, parse_space
 from plantpheno.yamlfile import read_yaml_mapping
 
@@ -59,12 +60,13 @@ class TuneSettings(BaseModel):
 
 
 def load_tuning_file(path: str | Path) -> tuple[SearchSpace, TuneSettings]:
-    """Read a tuning YAML file (``tuning:`` and ``space:`` sections).
+    """Read a tuning YAML file (``tuning:`` and ``space:`` sections), or a packaged search space by name
+    (``tune/demo_space``).
 
     Raises:
         ConfigError: for a missing/invalid file, an unknown section, or invalid settings or space.
     """
-    path = Path(path)
+    path = resolve_recipe(path, kind="space")
     data = read_yaml_mapping(path, kind="tuning file")
     if "space" not in data:
         raise ConfigError(f"tuning file {path}: no space: section; expected a mapping with a space: section "
