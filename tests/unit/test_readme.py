@@ -54,4 +54,4 @@ def test_every_figure_in_the_readme_names_its_machine():
         if "```" in paragraph or paragraph.startswith("|"):
             continue
         if re.search(r"\d+(\.\d+)? ?(s|%)\b", paragraph) and re.search(r"\bin \d+ ?s\b|CPU-seconds", paragraph):
-            assert re.search(r"core|Xeon|EPYC|GPU|H100", paragraph), paragraph[:200]
+            assert re.search(r"\bcores?\b|Xeon|EPYC|\bGPU|H100", paragraph), paragraph[:200]
