@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-fast bench clean postgres
+.PHONY: install browser demo test test-fast bench clean postgres docs
 
 install: $(STAMP)
 
@@ -44,5 +44,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or reference fails the build.
+docs: $(STAMP)
+	HF_HUB_OFFLINE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf .demo runs
+	rm -rf .demo runs site

@@ -26,7 +26,10 @@ from plantpheno.rundir import data_check_path
 FEATURE_BACKBONE = "tf_efficientnet_lite0"
 FEATURE_SIZE = 224
 FEATURE_MEMO = "checks/features-{backbone}-{size}.npz"  # under OUTPUT_DIR/.cache
-DOCTOR_HINT = "pip install 'plantpheno[doctor]'"
+# The label-error check is the one check with extra libraries; say which, under which licence, and that the rest
+# runs without them (cleanlab was AGPL-3.0 up to 2.7 and is Apache-2.0 from 2.8, the floor plantpheno[doctor] sets).
+DOCTOR_HINT = ("pip install 'plantpheno[doctor]': scikit-learn (BSD-3-Clause) and cleanlab (Apache-2.0 from 2.8; "
+               "AGPL-3.0 up to 2.7); every other data check runs without them")
 REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
 REPORT_MEMO_VERSION = 1  # bump when a check's logic or wording changes: memoised reports are then redone
 
@@ -113,8 +116,9 @@ def check_features(prepared: PreparedData, config: Config, *,
                       f"--label-errors) to compute them once")
     if not _libraries_present():
         if settings.label_errors == "on":
-            raise ConfigError(f"data.checks.label_errors=on needs scikit-learn and cleanlab: {DOCTOR_HINT}")
-        return None, f"scikit-learn or cleanlab is not installed ({DOCTOR_HINT})"
+            raise ConfigError(f"data.checks.label_errors=on: the label-error check needs scikit-learn and "
+                              f"cleanlab, which are not installed ({DOCTOR_HINT})")
+        return None, f"the label-error check needs scikit-learn and cleanlab, not installed ({DOCTOR_HINT})"
     if missing:
         reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) "
                       f"(computed once, cached in {memo_path.parent})")
