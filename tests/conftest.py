@@ -21,6 +21,24 @@ PLANTVILLAGE = SHARED_DATA / "plantvillage-subset"
 
 TINY_BACKBONE = "test_resnet"  # timm's ~0.4 M parameter test model: fast on 2 CPU cores
 
+# `make test` runs `-m "not e2e"`; `make test-all` runs everything. A test is end to end when it lives in one of
+# these folders or carries one of these marks: a rule, not a list, so tests added later land on the right side.
+E2E_FOLDERS = ("integration", "hostile")
+E2E_MARKS = ("slow", "distributed", "plantvillage")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every end-to-end test (see ``E2E_FOLDERS``, ``E2E_MARKS``) ``e2e``. The one end-to-end test that
+    `make test` keeps, tests/smoke/test_first_run.py, is quick by design and in neither."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(tests).parts[0]
+        except ValueError:  # a test collected from outside tests/ (pytest given another path)
+            folder = ""
+        if folder in E2E_FOLDERS or any(item.get_closest_marker(mark) for mark in E2E_MARKS):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
