@@ -1,10 +1,11 @@
-# One-command set-up: `make demo` (train on synthetic leaves) and `make test` (the test suite).
+# One-command set-up: `make demo` (train on synthetic leaves), `make test` (the fast tests: unit tests and one
+# end-to-end first run) and `make test-all` (the whole suite, what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-fast bench clean postgres docs
+.PHONY: install browser demo test test-all bench clean postgres docs
 
 install: $(STAMP)
 
@@ -25,7 +26,13 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "make: chromium is missing; as root: apt-get install chromium (the browser test skips without it)"; fi; }
 
-test: $(STAMP) browser postgres
+# The fast selection: everything but the end-to-end tests (marked e2e by tests/conftest.py), which keeps one
+# quick train -> evaluate -> report -> register -> predict (tests/smoke). Needs neither chromium nor PostgreSQL.
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not e2e"
+
+# The whole suite, end-to-end tests included (CI: .ci/run).
+test-all: $(STAMP) browser postgres
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # PostgreSQL's server programs, for the several-machines tuning test (tests/integration/test_cluster.py starts
@@ -37,9 +44,6 @@ postgres:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "note: PostgreSQL is not installed and cannot be installed here (needs root and apt-get):" \
 	  "tests/integration/test_cluster.py will be skipped"; fi
-
-test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not plantvillage"
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,24 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 PLANTVILLAGE = SHARED_DATA / "plantvillage-subset"
 
 TINY_BACKBONE = "test_resnet"  # timm's ~0.4 M parameter test model: fast on 2 CPU cores
+
+# `make test` runs `-m "not e2e"`; `make test-all` runs everything. A test is end to end when it lives in one of
+# these folders or carries one of these marks: a rule, not a list, so tests added later land on the right side.
+E2E_FOLDERS = ("integration", "hostile")
+E2E_MARKS = ("slow", "distributed", "plantvillage")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every end-to-end test (see ``E2E_FOLDERS``, ``E2E_MARKS``) ``e2e``. The one end-to-end test that
+    `make test` keeps, tests/smoke/test_first_run.py, is quick by design and in neither."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(tests).parts[0]
+        except ValueError:  # a test collected from outside tests/ (pytest given another path)
+            folder = ""
+        if folder in E2E_FOLDERS or any(item.get_closest_marker(mark) for mark in E2E_MARKS):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +72,27 @@ def rosette_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return synthesize_rosettes(tmp_path_factory.mktemp("synth") / "rosettes", plants=20, views_per_plant=3,
                                image_size=48, seed=2)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """``trained_run(**sections)``: the ``tiny_config`` run of those sections, trained once per session and shared
+    by every test that asks for the same sections (the uninterrupted reference of the resume tests, say). Tests
+    only read it; one that changes its files copies it first (``shutil.copytree``). Returns pipeline.train's
+    result."""
+    runs: dict[str, Any] = {}
+
+    def train(**sections: Any):
+        from plantpheno import pipeline
+        from plantpheno.config import validate_config
+
+        key = json.dumps(sections, sort_keys=True, default=str)
+        if key not in runs:
+            runs[key] = pipeline.train(validate_config(tiny_config(tmp_path_factory.mktemp("shared-run"),
+                                                                   **sections)))
+        return runs[key]
+
+    return train
 
 
 @pytest.fixture
@@ -90,16 +130,22 @@ def write_config(tmp_path: Path):
 
 
 def tiny_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
-    """A raw config dict for a fast CPU run; ``sections`` are merged one level deep."""
+    """A raw config dict for a fast CPU run; ``sections`` are merged one level deep.
+
+    What a test is not about stays off: the data checks before training and the report after it (together about
+    60 % of a tiny run's CPU time). A test about them turns them on: ``evaluation={"report": True}``, and
+    ``data={"checks": {...}}`` (any checks section given replaces this one, so its ``enabled`` is the default,
+    true). The bootstrap stays on at 200 resamples: it costs about 0.3 s CPU per run, and the interval is part of
+    every number a user sees."""
     raw: dict[str, Any] = {
         "seed": 0,
         "output_dir": str(tmp_path / "runs"),
         "run_name": "run",
         "device": "cpu",
-        "data": {"image_size": 32, "batch_size": 8, "num_workers": 0},
+        "data": {"image_size": 32, "batch_size": 8, "num_workers": 0, "checks": {"enabled": False}},
         "model": {"backbone": TINY_BACKBONE},
         "training": {"epochs": 2, "learning_rate": 0.003, "progress_bar": False},
-        "evaluation": {"bootstrap_samples": 200},
+        "evaluation": {"bootstrap_samples": 200, "report": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict):

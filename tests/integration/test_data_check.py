@@ -30,7 +30,7 @@ def _manifest_with_one_leak(tmp_path: Path, root: Path) -> tuple[Path, Path, Pat
 
 def test_train_stops_on_a_train_test_duplicate_before_any_run_folder(tmp_path, disease_root, write_config):
     manifest, original, copy = _manifest_with_one_leak(tmp_path, disease_root)
-    config = write_config(data={"manifest": str(manifest)})
+    config = write_config(data={"manifest": str(manifest), "checks": {"enabled": True}})
     result = plantpheno("train", str(config))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -100,13 +100,13 @@ def test_the_final_evaluation_takes_the_validation_predictions_from_the_cache(ma
 
 
 @pytest.mark.parametrize("stop_step", [10, 12, 20], ids=["last-head-step", "early-fine-tune", "late-fine-tune"])
-def test_resumed_fine_tune_equals_the_uninterrupted_run(make_config, disease_root, stop_step):
+def test_resumed_fine_tune_equals_the_uninterrupted_run(make_config, trained_run, disease_root, stop_step):
     # 44 training images, batch 8, ragged tail dropped -> 5 steps an epoch: the 2 head epochs end at step 10
     # (stopped there, the head's last validation is still to run); step 12 is inside the first fine-tune
     # epoch and step 20 ends the second one
     sections = _sections(disease_root, feature_cache=True, fine_tune={"epochs": 3, "blocks": 1})
     sections["data"]["augment"] = {"enabled": True}
-    straight = pipeline.train(make_config(**sections))
+    straight = trained_run(**sections)  # one uninterrupted reference, shared by the three stop steps
     config = make_config(run_name="interrupted", **sections)
     with pytest.raises(Interrupted):
         pipeline.train(config, callbacks=[StopAt(stop_step)])

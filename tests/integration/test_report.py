@@ -170,7 +170,7 @@ def test_report_command_rebuilds_with_data_check_findings_and_evaluate_writes_on
 
 def test_a_trait_model_worse_than_its_baseline_is_called_out(rosette_manifest, make_config, tmp_path):
     config = make_config(task="regression", data={"manifest": str(rosette_manifest), "image_size": 32},
-                         model={"backbone": TINY_BACKBONE}, training={"epochs": 1})
+                         model={"backbone": TINY_BACKBONE}, training={"epochs": 1}, evaluation={"report": True})
     trained = pipeline.train(config, reporter=RecordingReporter())
     run = RunDir(trained.run_dir)
     html = run.report.read_text(encoding="utf-8")

@@ -52,13 +52,14 @@ def test_classification_run_leaves_a_complete_run_directory(make_config, disease
 
 @pytest.mark.parametrize(("stop_step", "cache"), [(9, "none"), (5, "none"), (9, "disk")],
                          ids=["mid-epoch", "epoch-end", "mid-epoch-disk-cache"])
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(make_config, disease_root, stop_step, cache):
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(make_config, trained_run, disease_root, stop_step,
+                                                              cache):
     # 44 training images, batch 8, ragged tail dropped -> 5 steps per epoch: step 9 is inside epoch 2,
-    # step 5 ends epoch 1. With data.cache=disk the resumed run reads the cache the first runs wrote.
+    # step 5 ends epoch 1. With data.cache=disk the resumed run reads the cache the interrupted run wrote.
     sections = {"data": {"root": str(disease_root), "batch_size": 8, "cache": cache},
                 "training": {"epochs": 3, "warmup_epochs": 0.5, "learning_rate": 0.003},
                 "model": {"backbone": "test_resnet", "dropout": 0.2}}
-    straight = pipeline.train(make_config(**sections))
+    straight = trained_run(**sections)  # one uninterrupted reference per cache setting, shared by the stop steps
     assert json.loads((straight.run_dir / "dataset.json").read_text())["num_images"]["train"] == 44
     config = make_config(run_name="interrupted", **sections)
     with pytest.raises(Interrupted):
@@ -76,7 +77,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(make_config, disea
     assert {k: v for k, v in straight.metrics.items() if k not in drop} == {
         k: v for k, v in resumed.metrics.items() if k not in drop}
     assert straight.metrics["confidence_interval"] == resumed.metrics["confidence_interval"]
-    if cache == "disk":  # one cache per split, shared by all three runs
+    if cache == "disk":  # one cache per split, shared by the interrupted and the resumed run
         assert len(list((config.output_dir / ".cache").glob("*.u8"))) == 3
 
 

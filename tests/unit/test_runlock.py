@@ -25,16 +25,17 @@ def _python(code: str) -> subprocess.Popen:
 
 
 def _hold(run: Path, *, fork_child: bool = False) -> subprocess.Popen:
-    """A process that takes the run's lock, says "held" and sleeps (optionally after forking a sleeping child)."""
+    """A process that takes the run's lock, says "held" and sleeps (optionally after forking a sleeping child,
+    which says "forked", and printing the child's PID)."""
     return _python(f"""
         import os, sys, time
         from plantpheno.rundir import RunDir
         lock = RunDir.of({str(run)!r}).lock("training").acquire()
         if {fork_child}:
             child = os.fork()
-            if child == 0:
-                time.sleep(60); os._exit(0)
-            print(child, flush=True)
+            if child == 0:  # the fork hooks have run by now: say so, for the test to wait on
+                os.write(1, b"forked\\n"); time.sleep(60); os._exit(0)
+            os.write(1, f"{{child}}\\n".encode())  # one write each: the two processes share the pipe
         print("held", flush=True)
         time.sleep(60)
     """)
@@ -58,8 +59,11 @@ def test_a_second_process_is_refused_naming_the_holder_and_the_kernel_frees_a_ki
 
 def test_a_forked_child_does_not_keep_the_lock_after_its_parent_dies(tmp_path):
     holder = _hold(tmp_path, fork_child=True)
-    child = int(holder.stdout.readline())
-    assert holder.stdout.readline().strip() == "held"
+    # The parent's two lines and the child's "forked" arrive in any order; waiting for all three means the child
+    # has closed its copy of the lock (under load it may not have run yet when the parent says "held").
+    lines = {holder.stdout.readline().strip() for _ in range(3)}
+    assert {"held", "forked"} <= lines
+    (child,) = (int(line) for line in lines - {"held", "forked"})
     try:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
