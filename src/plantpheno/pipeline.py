@@ -196,11 +196,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
     if device is not None:
         config = validate_config({**config_to_dict(config), "device": device}, source="--device")
     with run.lock("evaluating"):
-        path = run.checkpoint_to_use()
-        if path is None:
-            raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} and {run.last_checkpoint} "
-                              f"are missing)")
-        checkpoint = load_checkpoint(path)
+        checkpoint = _checkpoint_to_use(run, default_reporter(reporter))
         set_threads(config.training.threads)
         # the validation split too: the softmax temperature is fitted on it
         setup = _setup(config, manifest=run.split_manifest, load_pretrained=False,
@@ -213,6 +209,22 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
             close_loaders(setup.loaders)
 
 
+def _checkpoint_to_use(run: RunDir, reporter: Reporter) -> dict[str, Any]:
+    """The run's best checkpoint, checked; its last one, with a warning, when there is no best.pt: the user asked
+    for "the trained model", and last.pt is that model at a later epoch, so refusing would leave a run whose
+    best.pt was deleted or never written (no epoch improved) without any evaluation; a silent fallback would
+    present another epoch's weights as the best ones."""
+    path = run.checkpoint_to_use()
+    if path is None:
+        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} and {run.last_checkpoint} "
+                          f"are missing)")
+    checkpoint = load_checkpoint(path)
+    if path != run.best_checkpoint:
+        reporter.warning(f"{run.best_checkpoint} is missing: using {path.name} instead (epoch "
+                         f"{checkpoint['state']['epoch']}, the last one saved, which may not be the best)")
+    return checkpoint
+
+
 def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") -> Path:
     """Rebuild ``RUN_DIR/report.html`` from the run's files and its best checkpoint (Grad-CAM needs the model);
     ``split`` defaults to the config's ``evaluation.split``."""
@@ -221,10 +233,7 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
     run = RunDir.of(run_dir)
     config = run.read_config()
     split = split or config.evaluation.split
-    path = run.checkpoint_to_use()
-    if path is None:
-        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} is missing)")
-    checkpoint = load_checkpoint(path)
+    checkpoint = _checkpoint_to_use(run, default_reporter(None))
     model = build_model(config.model.model_copy(update={"pretrained": False}),
                         num_outputs=int(checkpoint["meta"]["num_outputs"]))
     model.load_state_dict(checkpoint["model"])
