@@ -28,6 +28,7 @@ from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
 from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
+from plantpheno.epochlog import read_epoch_log
 from plantpheno.errors import ConfigError, DataError, RunDirError, StorageError, TrainingError
 from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
@@ -431,7 +432,7 @@ def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None, phase: P
     if replicas is not None:
         builtin.insert(0, replicas)
     if setup.dist.is_main:  # only rank 0 writes files and prints
-        builtin += [Checkpointer(run, meta=setup.meta), MetricsLog(run.metrics_log),
+        builtin += [Checkpointer(run, meta=setup.meta), MetricsLog(run.metrics_log, reporter=setup.reporter),
                     Console(setup.reporter, progress_bar=setup.config.training.progress_bar)]
     return builtin
 
@@ -561,15 +562,8 @@ def _job_summary(setup: _Setup, replicas: ReplicaCheck | None) -> dict[str, Any]
 
 
 def _plot_history(run: RunDir) -> None:
-    import json
-
-    history = []
-    for line in run.metrics_log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a crash or a full disk
-        history.append({k: v for k, v in record.items() if k == "epoch" or k.startswith(("train/", "val/"))})
+    history = [{k: v for k, v in record.items() if k == "epoch" or k.startswith(("train/", "val/"))}
+               for record in read_epoch_log(run.metrics_log).records]  # a torn line was reported at resume
     plot_training_curves(history, run.training_curves)
 
 

@@ -140,13 +140,13 @@ def test_the_registered_version_is_checked_when_loaded_by_name_and_as_an_mlflow_
     good = weights.read_bytes()
     try:
         _flip(weights)
-        code, _, err = in_process("predict", "leafnet", str(trained["image"]), "--registry", trained["registry"])
+        code, _, err = in_process("predict", "leafnet/1", str(trained["image"]), "--registry", trained["registry"])
         assert_refused(code, err, "model.safetensors is damaged")
         with pytest.raises(IntegrityError, match="model.safetensors is damaged"):
             mlflow.pyfunc.load_model(str(trained["model_dir"]))  # what `mlflow models serve` runs
     finally:
         weights.write_bytes(good)
-    code, out, err = in_process("predict", "leafnet", str(trained["image"]), "--registry", trained["registry"],
+    code, out, err = in_process("predict", "leafnet/1", str(trained["image"]), "--registry", trained["registry"],
                                 "--out", str(trained["tmp"] / "p.csv"))
     assert code == 0, err
 
@@ -208,3 +208,21 @@ def test_a_sidecar_that_is_not_a_checksum_file_is_reported(tmp_path):
     with pytest.raises(IntegrityError, match="is not a SHA-256 checksum file"):
         verify_checksum(path)
 
+
+
+def test_a_metrics_jsonl_cut_mid_line_is_reported_and_its_lines_are_kept_on_resume(trained, tmp_path, caplog):
+    from plantpheno.runs import read_history
+
+    run = _copy_run(trained, tmp_path)
+    log = run / "metrics.jsonl"
+    first, second = log.read_text().splitlines()
+    log.write_text(f"{first}\n{second[:25]}")  # a copy cut in the middle of epoch 2's line
+    with caplog.at_level(logging.WARNING, logger="plantpheno"):
+        assert [r["epoch"] for r in read_history(run)] == [1]
+    assert f"{log}: line 2 is not an epoch record" in caplog.text
+
+    code, _, err = in_process("train", "--resume", str(run))
+    assert code == 0, err
+    assert "metrics.jsonl: line 2 is not an epoch record" in err and "moved to metrics.jsonl.unreadable" in err
+    assert (run / "metrics.jsonl.unreadable").read_text() == second[:25] + "\n"  # nothing is lost
+    assert log.read_text().splitlines()[0] == first  # the epoch before it is kept
