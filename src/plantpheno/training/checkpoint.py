@@ -12,6 +12,7 @@ import torch
 
 from plantpheno.atomic import atomic_write_with, verify_checksum
 from plantpheno.errors import RunDirError
+from plantpheno.rundir import BEST, LAST
 
 FORMAT = "plantpheno-checkpoint/1"
 
@@ -42,12 +43,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _remedy(path: Path) -> str:
     """What a user can do when a checkpoint of a run folder is damaged."""
-    if path.name == "best.pt":
-        return (f"The run's {path.with_name('last.pt')} (the latest epoch) is checked separately: move best.pt "
-                f"aside and evaluate, report, predict and register use last.pt (and say so), or train again.")
-    if path.name == "last.pt":
+    if path.name == BEST:
+        return (f"The run's {path.with_name(LAST)} (the latest epoch) is checked separately: move {BEST} "
+                f"aside and evaluate, report, predict and register use {LAST} (and say so), or train again.")
+    if path.name == LAST:
         return (f"Resuming cannot continue from it; evaluate, report, predict and register use "
-                f"{path.with_name('best.pt')} when it is intact; to train further, start a new run.")
+                f"{path.with_name(BEST)} when it is intact; to train further, start a new run.")
     return "Use another checkpoint, or restore this one from a copy."
 
 
