@@ -38,7 +38,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,6 +142,16 @@ def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, che
     verify_checksum(src)
     with open(src, "rb") as source, atomic_open(dst, "wb", checksum=checksum) as fh:
         shutil.copyfileobj(source, fh, _CHUNK)
+
+
+def replace_with_checksum(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.replace(tmp, target)`` plus the SHA-256 sidecar, in the crash-safe order :func:`atomic_open` uses:
+    for a file a library writes by path (an ONNX export), already complete and fsynced in ``tmp``."""
+    target = Path(target)
+    refuse_non_regular(target)
+    digest = _announce_checksum(target, os.fspath(tmp))
+    os.replace(tmp, target)
+    _write_sidecar(target, [digest])
 
 
 def checksum_file(path: str | os.PathLike[str]) -> Path:
@@ -275,6 +285,29 @@ def remove_stale_temp_files_under(root: str | os.PathLike[str]) -> list[Path]:
         with contextlib.suppress(OSError):
             removed += remove_stale_temp_files(folder, everything=True)
     return removed
+
+
+def check_output_path(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = (),
+                      what: str = "the output") -> None:
+    """Refuse, before any work is done, an output path a user gave that must not be replaced: not a regular
+    file (:func:`refuse_non_regular`), or the same file as one of ``inputs`` (an image being predicted, the
+    model being exported), which the write would destroy.
+
+    Raises:
+        StorageError: naming ``what`` (e.g. ``--out``), the path and why; nothing is written.
+    """
+    target = Path(path)
+    refuse_non_regular(target, what=f"{what} {target}")
+    try:
+        mine = os.stat(target)
+    except OSError:
+        return  # not there yet: it cannot be one of the inputs
+    for source in inputs:
+        with contextlib.suppress(OSError):
+            theirs = os.stat(source)
+            if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+                raise StorageError(f"cannot write {what} {target}: it is one of the inputs ({source}), which "
+                                   f"writing would destroy; nothing was written (choose another path)")
 
 
 def _read_sidecar(sidecar: Path) -> list[str]:
