@@ -161,6 +161,7 @@ def test_a_version_for_another_task_or_other_classes_is_refused_unless_forced(tr
 
     from conftest import tiny_config
     from plantpheno.config import validate_config
+    from plantpheno.training.checkpoint import save_checkpoint
 
     result, _ = trained
     uri = f"sqlite:///{tmp_path / 'jobs.db'}"
@@ -169,7 +170,7 @@ def test_a_version_for_another_task_or_other_classes_is_refused_unless_forced(tr
     shutil.copytree(result.run_dir, renamed)
     best = torch.load(renamed / "checkpoints" / "best.pt", weights_only=True)
     best["meta"]["class_names"] = best["meta"]["class_names"][::-1]
-    torch.save(best, renamed / "checkpoints" / "best.pt")
+    save_checkpoint(renamed / "checkpoints" / "best.pt", best)  # with its new checksum, as training writes it
     capsys.readouterr()
     assert cli(["models", "register", str(renamed), "--name", "leafnet", "--registry", uri]) == 2
     assert "leafnet version 1 (the latest) does another job: its classes are" in capsys.readouterr().err
