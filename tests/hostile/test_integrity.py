@@ -13,9 +13,6 @@ from pathlib import Path
 import pytest
 from cli_harness import assert_refused, in_process
 
-from plantpheno.atomic import atomic_write_bytes, checksum_file, verify_checksum
-from plantpheno.errors import IntegrityError
-
 TINY = {"seed": 0, "device": "cpu", "model": {"backbone": "test_resnet"},
         "data": {"image_size": 32, "batch_size": 8, "num_workers": 0},
         "training": {"epochs": 2, "progress_bar": False},
@@ -59,6 +56,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def test_every_checkpoint_and_package_file_has_a_sha256sum_compatible_sidecar(trained):
+    from plantpheno.atomic import checksum_file
+
     run, model_dir = trained["run"], trained["model_dir"]
     package = next(model_dir.rglob("plantpheno_model.json")).parent
     files = [run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt",
@@ -136,6 +135,8 @@ def test_a_flipped_package_file_is_caught_by_predict_and_export(trained, tmp_pat
 def test_the_registered_version_is_checked_when_loaded_by_name_and_as_an_mlflow_model(trained):
     import mlflow.pyfunc
 
+    from plantpheno.errors import IntegrityError
+
     weights = next(trained["model_dir"].rglob("model.safetensors"))
     good = weights.read_bytes()
     try:
@@ -177,6 +178,9 @@ def test_evaluate_says_when_it_falls_back_to_last_pt(trained, tmp_path):
 def test_a_crash_between_the_two_renames_leaves_a_sidecar_that_accepts_either_file(tmp_path, monkeypatch):
     import os
 
+    from plantpheno.atomic import atomic_write_bytes, verify_checksum
+    from plantpheno.errors import IntegrityError
+
     path = tmp_path / "w.bin"
     atomic_write_bytes(path, b"old", checksum=True)
     calls = []
@@ -202,6 +206,9 @@ def test_a_crash_between_the_two_renames_leaves_a_sidecar_that_accepts_either_fi
 
 
 def test_a_sidecar_that_is_not_a_checksum_file_is_reported(tmp_path):
+    from plantpheno.atomic import atomic_write_bytes, checksum_file, verify_checksum
+    from plantpheno.errors import IntegrityError
+
     path = tmp_path / "w.bin"
     atomic_write_bytes(path, b"data", checksum=True)
     checksum_file(path).write_text("not a digest\n")

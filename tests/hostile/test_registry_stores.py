@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 from cli_harness import assert_refused, can_mount_tmpfs, in_process
 
-from plantpheno.registry import stores
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
@@ -110,6 +108,8 @@ def test_a_closed_postgresql_port_fails_in_seconds_not_minutes():
 
 
 def test_a_server_that_never_answers_gets_a_waiting_line_and_gives_up(monkeypatch):
+    from plantpheno.registry import stores
+
     # a listening socket whose backlog is full: the kernel drops further SYNs, so connecting hangs
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -173,3 +173,19 @@ def test_a_read_only_store_is_named_on_promote_delete_and_register(store, tmp_pa
     assert "read-only filesystem" in err
     assert _sha(store) == before
 
+
+
+def test_a_database_uri_without_its_driver_installed_is_named():
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) for m in ("pymysql", "MySQLdb")):
+        pytest.skip("a MySQL driver is installed here")
+    server = socket.socket()  # something listening, so that only the missing driver is wrong
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        code, _, err = in_process("models", "list", "--registry",
+                                  f"mysql://127.0.0.1:{server.getsockname()[1]}/mlflow")
+    finally:
+        server.close()
+    assert_refused(code, err, "no mysql driver is installed", "pip install pymysql")

@@ -31,7 +31,8 @@ from plantpheno.registry.location import redact, sqlite_path
 # server, Databricks, and a local folder (MLflow's file store)
 SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "file")
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "http": 80, "https": 443}
-_DRIVERS = {"postgresql": "psycopg2", "mysql": "pymysql", "mssql": "pyodbc"}  # SQLAlchemy's defaults
+# the drivers MLflow / SQLAlchemy use for a URI without ``+driver`` (any one of them will do)
+_DRIVERS = {"postgresql": ("psycopg2", "psycopg"), "mysql": ("pymysql", "MySQLdb"), "mssql": ("pyodbc", "pymssql")}
 _MLFLOW_TABLES = {"alembic_version", "experiments", "registered_models", "model_versions"}
 CONNECT_SECONDS = 10.0
 _PATIENCE = 1.0  # a connection that takes longer than this gets a line saying what it waits for
@@ -147,16 +148,15 @@ def _check_reachable(uri: str, scheme: str, say: Say) -> None:
 
 
 def _check_driver(uri: str, scheme: str) -> None:
-    """A database URI needs its Python driver (SQLAlchemy's default, or the one named after ``+``)."""
-    if scheme not in _DRIVERS:
+    """A database URI without ``+driver`` needs one of the Python drivers it can use (a named driver is left to
+    SQLAlchemy, whose module names differ from the driver names)."""
+    if scheme not in _DRIVERS or "+" in uri.split("://", 1)[0]:
         return
-    named = uri.split("://", 1)[0].partition("+")[2]
-    module = named or _DRIVERS[scheme]
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
-        raise RegistryError(f"registry {redact(uri)}: the {scheme} driver {module!r} is not installed (pip install "
-                            f"{'psycopg2-binary' if module == 'psycopg2' else module})")
+    if not any(importlib.util.find_spec(module) is not None for module in _DRIVERS[scheme]):
+        raise RegistryError(f"registry {redact(uri)}: no {scheme} driver is installed (one of "
+                            f"{', '.join(_DRIVERS[scheme])}; e.g. pip install {_DRIVERS[scheme][0]})")
 
 
 def _read_only_mount(folder: Path) -> bool:
