@@ -13,6 +13,14 @@ Two things a crash can still leave, and how they are dealt with:
   here turns it into one :class:`~plantpheno.errors.StorageError` that says what was being written,
   where, why, and that the previous file is unchanged.
 
+A file written with ``checksum=True`` (checkpoints, weights, model package files) gets a sidecar
+``NAME.sha256`` in ``sha256sum`` format (``cd FOLDER && sha256sum -c NAME.sha256`` checks it by hand), and
+:func:`verify_checksum` checks it before the file is used. Why a sidecar: the file itself stays in its own
+format (``torch.load``, safetensors and MLflow read it unchanged), a copied folder carries its sidecars, and a
+file written before checksums existed simply has none (it still loads, reported once as unverified). The
+sidecar never disagrees with its file, even after a crash between the two renames: it first lists the new
+digest *and* the current file's, the file is renamed, then the sidecar is rewritten with the new digest only.
+
 Text is written as UTF-8 with ``surrogateescape``: a file name that is not valid UTF-8 (read from the
 filesystem as lone surrogates, ``os.fsdecode``) is written back as its original bytes, so it names the
 same file when read again with ``errors="surrogateescape"``.
@@ -23,16 +31,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from plantpheno.errors import StorageError
+from plantpheno.errors import IntegrityError, StorageError
 
 TEXT_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 
@@ -41,6 +51,10 @@ _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).
 _TEMP = re.compile(r"^\.(?P<name>.+)\.p(?P<pid>\d+)-(?P<host>[0-9a-f]{6})-[a-z0-9_]{8}\.tmp$")
 _LEGACY_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # written before temporary files named their writer
 _ACTIVE: set[str] = set()  # temporary files this process is writing now
+CHECKSUM_SUFFIX = ".sha256"
+_UNVERIFIED_NOTED: set[str] = set()  # files without a sidecar already reported (once per process)
+_CHUNK = 1 << 20
+log = logging.getLogger("plantpheno")
 
 # errors that mean "this cannot be written here", as opposed to a bug
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
@@ -54,15 +68,18 @@ _REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quo
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, checksum: bool = False) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on clean exit fsync and rename it over ``path``.
 
     If the body raises, the temporary file is removed and ``path`` is left untouched. A write that fails
-    for lack of space or permission raises :class:`StorageError` naming ``path``.
+    for lack of space or permission raises :class:`StorageError` naming ``path``, and so does a ``path``
+    that is there but is not a regular file (a link, a FIFO, a device, a folder): it is never replaced.
+    ``checksum=True`` also writes the SHA-256 sidecar ``NAME.sha256`` (see the module docstring).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open mode must be 'wb' or 'w', got {mode!r}")
     target = Path(path)
+    refuse_non_regular(target)
     existed = target.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +102,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             yield recorder  # type: ignore[misc]
             fh.flush()
             os.fsync(fh.fileno())
+        digest = _announce_checksum(target, tmp_name) if checksum else None
         os.replace(tmp_name, target)
+        if digest is not None:
+            _write_sidecar(target, [digest])
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -98,22 +118,103 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     _fsync_dir(target.parent)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, checksum: bool = False) -> None:
     """Atomically replace ``path`` with ``text`` (UTF-8; lone surrogates written back as their bytes)."""
-    with atomic_open(path, "w") as fh:
+    with atomic_open(path, "w", checksum=checksum) as fh:
         fh.write(text)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, checksum: bool = False) -> None:
     """Atomically replace ``path`` with ``data``."""
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(path, "wb", checksum=checksum) as fh:
         fh.write(data)
 
 
-def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], None]) -> None:
+def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], None], *,
+                      checksum: bool = False) -> None:
     """Atomically replace ``path`` with whatever ``writer(binary_file)`` writes (e.g. torch.save, savefig)."""
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(path, "wb", checksum=checksum) as fh:
         writer(fh)
+
+
+def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, checksum: bool = False) -> None:
+    """Atomically replace ``dst`` with a copy of ``src`` (verified first, when ``src`` has a checksum)."""
+    verify_checksum(src)
+    with open(src, "rb") as source, atomic_open(dst, "wb", checksum=checksum) as fh:
+        shutil.copyfileobj(source, fh, _CHUNK)
+
+
+def replace_with_checksum(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.replace(tmp, target)`` plus the SHA-256 sidecar, in the crash-safe order :func:`atomic_open` uses:
+    for a file a library writes by path (an ONNX export), already complete and fsynced in ``tmp``."""
+    target = Path(target)
+    refuse_non_regular(target)
+    digest = _announce_checksum(target, os.fspath(tmp))
+    os.replace(tmp, target)
+    _write_sidecar(target, [digest])
+
+
+def checksum_file(path: str | os.PathLike[str]) -> Path:
+    """The SHA-256 sidecar of ``path``: ``NAME.sha256`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits (read in 1 MiB pieces)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | os.PathLike[str], *, remedy: str = "") -> bool:
+    """Check ``path`` against its sidecar ``NAME.sha256`` before it is used.
+
+    Returns True when it matches, False when there is no sidecar (a file written before plantpheno wrote
+    checksums, or by hand): it is used unverified, and that is logged once per process at INFO level.
+
+    Raises:
+        IntegrityError: the file does not match (a flipped bit, a truncated copy, an edit) or its sidecar is
+            unreadable; the message names the file, both digests and ``remedy`` (what the user can do instead).
+    """
+    path = Path(path)
+    sidecar = checksum_file(path)
+    if not sidecar.is_file():
+        if str(path) not in _UNVERIFIED_NOTED:
+            _UNVERIFIED_NOTED.add(str(path))
+            log.info("%s has no checksum (%s): written before plantpheno recorded them, so it is used unverified",
+                     path, sidecar.name)
+        return False
+    recorded = _read_sidecar(sidecar)
+    if not recorded:
+        raise IntegrityError(f"{sidecar} is not a SHA-256 checksum file (expected lines '<64 hex digits>  "
+                             f"{path.name}'), so {path} cannot be verified; nothing was read from it. {remedy}".strip())
+    actual = file_sha256(path)
+    if actual not in recorded:
+        raise IntegrityError(f"{path} is damaged: its SHA-256 is {actual[:16]}..., but {recorded[0][:16]}... was "
+                             f"recorded when it was written ({sidecar.name}); it was not used and nothing was "
+                             f"overwritten. {remedy}".strip())
+    return True
+
+
+def refuse_non_regular(path: str | os.PathLike[str], *, what: str = "") -> None:
+    """Raise :class:`StorageError` when ``path`` exists and is not a regular file (nothing is changed): replacing
+    a symbolic link would cut it (or, followed, write where the link points), a FIFO would block or be lost, a
+    device node (``/dev/full``) would be replaced by a file, a folder cannot be."""
+    target = Path(path)
+    try:
+        mode = os.lstat(target).st_mode
+    except OSError:
+        return  # not there (or not reachable): the write itself reports what is wrong
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
+    raise StorageError(f"cannot write {what or target}: {target} is {kind}, not a regular file; plantpheno only "
+                       f"replaces regular files, so nothing was written (choose another path)")
 
 
 def append_text(path: str | os.PathLike[str], text: str) -> None:
@@ -184,6 +285,54 @@ def remove_stale_temp_files_under(root: str | os.PathLike[str]) -> list[Path]:
         with contextlib.suppress(OSError):
             removed += remove_stale_temp_files(folder, everything=True)
     return removed
+
+
+def check_output_path(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str]] = (),
+                      what: str = "the output") -> None:
+    """Refuse, before any work is done, an output path a user gave that must not be replaced: not a regular
+    file (:func:`refuse_non_regular`), or the same file as one of ``inputs`` (an image being predicted, the
+    model being exported), which the write would destroy.
+
+    Raises:
+        StorageError: naming ``what`` (e.g. ``--out``), the path and why; nothing is written.
+    """
+    target = Path(path)
+    refuse_non_regular(target, what=f"{what} {target}")
+    try:
+        mine = os.stat(target)
+    except OSError:
+        return  # not there yet: it cannot be one of the inputs
+    for source in inputs:
+        with contextlib.suppress(OSError):
+            theirs = os.stat(source)
+            if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+                raise StorageError(f"cannot write {what} {target}: it is one of the inputs ({source}), which "
+                                   f"writing would destroy; nothing was written (choose another path)")
+
+
+def _read_sidecar(sidecar: Path) -> list[str]:
+    """The digests a sidecar lists (lower-case hex); empty when it is not a checksum file."""
+    try:
+        text = sidecar.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    digests = [line.split()[0].lower() for line in text.splitlines() if line.strip()]
+    return digests if digests and all(re.fullmatch(r"[0-9a-f]{64}", d) for d in digests) else []
+
+
+def _write_sidecar(target: Path, digests: list[str]) -> None:
+    atomic_write_text(checksum_file(target), "".join(f"{d}  {target.name}\n" for d in digests))
+
+
+def _announce_checksum(target: Path, tmp_name: str) -> str:
+    """Write the sidecar listing the new file's digest and the current file's, before the rename: whichever of the
+    two a crash leaves at ``target``, the sidecar accepts it. Returns the new digest."""
+    digest = file_sha256(tmp_name)
+    current = _read_sidecar(checksum_file(target))[:1]
+    if not current and target.is_file():  # a file written before checksums: its digest, read once
+        current = [file_sha256(target)]
+    _write_sidecar(target, [digest, *(d for d in current if d != digest)])
+    return digest
 
 
 class _RecordingFile:

@@ -40,6 +40,11 @@ class StorageError(PlantPhenoError):
     filesystem. The message says what was being written, where, and what is still safe."""
 
 
+class IntegrityError(PlantPhenoError):
+    """A checkpoint, weights or package file does not match the SHA-256 recorded when it was written (a flipped
+    bit, a truncated copy, an edit). The message names the file and what to use instead; nothing was overwritten."""
+
+
 class RegistryError(PlantPhenoError):
     """A model name, version, alias or registry entry is invalid or missing."""
 

@@ -28,6 +28,7 @@ from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
 from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
+from plantpheno.epochlog import read_epoch_log
 from plantpheno.errors import ConfigError, DataError, RunDirError, StorageError, TrainingError
 from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
@@ -196,11 +197,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
     if device is not None:
         config = validate_config({**config_to_dict(config), "device": device}, source="--device")
     with run.lock("evaluating"):
-        path = run.checkpoint_to_use()
-        if path is None:
-            raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} and {run.last_checkpoint} "
-                              f"are missing)")
-        checkpoint = load_checkpoint(path)
+        checkpoint = _checkpoint_to_use(run, default_reporter(reporter))
         set_threads(config.training.threads)
         # the validation split too: the softmax temperature is fitted on it
         setup = _setup(config, manifest=run.split_manifest, load_pretrained=False,
@@ -213,6 +210,22 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
             close_loaders(setup.loaders)
 
 
+def _checkpoint_to_use(run: RunDir, reporter: Reporter) -> dict[str, Any]:
+    """The run's best checkpoint, checked; its last one, with a warning, when there is no best.pt: the user asked
+    for "the trained model", and last.pt is that model at a later epoch, so refusing would leave a run whose
+    best.pt was deleted or never written (no epoch improved) without any evaluation; a silent fallback would
+    present another epoch's weights as the best ones."""
+    path = run.checkpoint_to_use()
+    if path is None:
+        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} and {run.last_checkpoint} "
+                          f"are missing)")
+    checkpoint = load_checkpoint(path)
+    if path != run.best_checkpoint:
+        reporter.warning(f"{run.best_checkpoint} is missing: using {path.name} instead (epoch "
+                         f"{checkpoint['state']['epoch']}, the last one saved, which may not be the best)")
+    return checkpoint
+
+
 def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") -> Path:
     """Rebuild ``RUN_DIR/report.html`` from the run's files and its best checkpoint (Grad-CAM needs the model);
     ``split`` defaults to the config's ``evaluation.split``."""
@@ -221,10 +234,7 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
     run = RunDir.of(run_dir)
     config = run.read_config()
     split = split or config.evaluation.split
-    path = run.checkpoint_to_use()
-    if path is None:
-        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} is missing)")
-    checkpoint = load_checkpoint(path)
+    checkpoint = _checkpoint_to_use(run, default_reporter(None))
     model = build_model(config.model.model_copy(update={"pretrained": False}),
                         num_outputs=int(checkpoint["meta"]["num_outputs"]))
     model.load_state_dict(checkpoint["model"])
@@ -422,7 +432,7 @@ def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None, phase: P
     if replicas is not None:
         builtin.insert(0, replicas)
     if setup.dist.is_main:  # only rank 0 writes files and prints
-        builtin += [Checkpointer(run, meta=setup.meta), MetricsLog(run.metrics_log),
+        builtin += [Checkpointer(run, meta=setup.meta), MetricsLog(run.metrics_log, reporter=setup.reporter),
                     Console(setup.reporter, progress_bar=setup.config.training.progress_bar)]
     return builtin
 
@@ -552,15 +562,8 @@ def _job_summary(setup: _Setup, replicas: ReplicaCheck | None) -> dict[str, Any]
 
 
 def _plot_history(run: RunDir) -> None:
-    import json
-
-    history = []
-    for line in run.metrics_log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a crash or a full disk
-        history.append({k: v for k, v in record.items() if k == "epoch" or k.startswith(("train/", "val/"))})
+    history = [{k: v for k, v in record.items() if k == "epoch" or k.startswith(("train/", "val/"))}
+               for record in read_epoch_log(run.metrics_log).records]  # a torn line was reported at resume
     plot_training_curves(history, run.training_curves)
 
 

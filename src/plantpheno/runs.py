@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from plantpheno.config import flatten_dict
+from plantpheno.epochlog import read_epoch_log
 from plantpheno.errors import ConfigError, RunDirError
 from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
 from plantpheno.tasks import TASKS
@@ -187,16 +188,12 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _read_metrics_log(path: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of ``metrics.jsonl``; a torn last line (crash while writing) is skipped."""
-    rows = []
-    for line in (_read_text(path) or "").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and _as_int(row.get("epoch")) is not None:
-            rows.append(row)
-    return rows
+    """The per-epoch records of ``metrics.jsonl``; lines that are not records (a torn last line, an edit) are
+    skipped and named in a warning (file and line numbers)."""
+    log_ = read_epoch_log(path)
+    if log_.unreadable:
+        log.warning("%s; skipping them", log_.describe_unreadable())
+    return log_.records
 
 
 def _configured_monitor(params: dict[str, object], task: str | None) -> str | None:

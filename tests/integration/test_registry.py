@@ -161,6 +161,7 @@ def test_a_version_for_another_task_or_other_classes_is_refused_unless_forced(tr
 
     from conftest import tiny_config
     from plantpheno.config import validate_config
+    from plantpheno.training.checkpoint import save_checkpoint
 
     result, _ = trained
     uri = f"sqlite:///{tmp_path / 'jobs.db'}"
@@ -169,7 +170,7 @@ def test_a_version_for_another_task_or_other_classes_is_refused_unless_forced(tr
     shutil.copytree(result.run_dir, renamed)
     best = torch.load(renamed / "checkpoints" / "best.pt", weights_only=True)
     best["meta"]["class_names"] = best["meta"]["class_names"][::-1]
-    torch.save(best, renamed / "checkpoints" / "best.pt")
+    save_checkpoint(renamed / "checkpoints" / "best.pt", best)  # with its new checksum, as training writes it
     capsys.readouterr()
     assert cli(["models", "register", str(renamed), "--name", "leafnet", "--registry", uri]) == 2
     assert "leafnet version 1 (the latest) does another job: its classes are" in capsys.readouterr().err
@@ -261,8 +262,10 @@ def test_package_holds_no_pickles_and_predict_lists_bad_files(trained, tmp_path,
 
     result, uri = trained
     package = ModelRegistry(uri).download(parse_ref("leafnet"), tmp_path / "pkg")
-    assert sorted(p.suffix for p in package.folder.iterdir()) == sorted(
+    files = [p for p in package.folder.iterdir() if p.suffix != ".sha256"]
+    assert sorted(p.suffix for p in files) == sorted(
         [".json", ".safetensors", ".safetensors", ".md", ".yaml", ".json", ".json", ".json", ".json"])  # + temperature
+    assert all(p.with_name(p.name + ".sha256").is_file() for p in files)  # each with its checksum
     images = tmp_path / "images"
     images.mkdir()
     good = next(iter(_rows(result.run_dir / "eval/test/predictions.csv")))

@@ -24,6 +24,7 @@ from plantpheno.evaluation.gradcam import grad_cam
 from plantpheno.evaluation.tta import VIEWS, view
 from plantpheno.reporting import RecordingReporter
 from plantpheno.rundir import RunDir
+from plantpheno.training.checkpoint import save_checkpoint
 from report_browser import assert_report_ok, open_in_browser
 
 pytestmark = pytest.mark.slow
@@ -181,7 +182,7 @@ def test_a_trait_model_worse_than_its_baseline_is_called_out(rosette_manifest, m
     # a broken model: its head adds 50 leaves to every prediction
     checkpoint = torch.load(run.best_checkpoint, weights_only=True)
     checkpoint["model"]["fc.bias"] += 50.0 / checkpoint["meta"]["target_std"]
-    torch.save(checkpoint, run.best_checkpoint)
+    save_checkpoint(run.best_checkpoint, checkpoint)  # with its new checksum, as training writes it
     reporter = RecordingReporter()
     metrics = pipeline.evaluate_run(run.path, split="test", device="cpu", reporter=reporter)
     assert metrics["baseline"]["verdict"]["verdict"] == "worse"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_BACKBONE
 from plantpheno.atomic import atomic_open, atomic_write_bytes, atomic_write_text, atomic_write_with
-from plantpheno.errors import RunDirError
+from plantpheno.errors import IntegrityError, RunDirError
 from plantpheno.training.checkpoint import FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
 
@@ -150,7 +150,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
                "meta": {"class_names": ["healthy", "rust"], "mean": [0.5, 0.5, 0.5], "task": "classification"}}
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, payload)
-    assert _files(path.parent) == ["last.pt"]
+    assert _files(path.parent) == ["last.pt", "last.pt.sha256"]
 
     plain = torch.load(path, weights_only=True)  # no plantpheno code needed to read it
     assert plain["format"] == FORMAT
@@ -182,7 +182,7 @@ def test_saving_again_replaces_the_checkpoint_atomically(tmp_path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - whatever pickling raises for a lambda
         save_checkpoint(path, {"state": {"epoch": 3}, "model": {"w": torch.ones(100)}, "bad": lambda: None})
     assert load_checkpoint(path)["state"] == {"epoch": 2}
-    assert _files(tmp_path) == ["best.pt"]
+    assert _files(tmp_path) == ["best.pt", "best.pt.sha256"]
 
 
 class _Exploit:
@@ -217,7 +217,7 @@ def _write_bad(kind: str, path: Path) -> None:
 def test_bad_checkpoint_files_raise_run_dir_error_naming_them(tmp_path, kind) -> None:
     path = tmp_path / f"{kind}.pt"
     _write_bad(kind, path)
-    with pytest.raises(RunDirError) as err:
+    with pytest.raises((RunDirError, IntegrityError)) as err:  # truncated: its SHA-256 no longer matches
         load_checkpoint(path)
     assert str(path) in str(err.value)
     if kind in ("foreign", "wrong_format", "not_a_dict"):
@@ -342,4 +342,4 @@ def test_a_write_the_disk_refuses_is_a_storage_error_naming_the_file_and_keeping
     assert out.stdout.strip() == (f"cannot write {tmp_path / 'last.pt'}: file too large (the filesystem's or this "
                                   f"process's file size limit); the previous last.pt is unchanged")
     assert load_checkpoint(tmp_path / "last.pt")["w"].sum() == 10
-    assert _files(tmp_path) == ["last.pt"]
+    assert _files(tmp_path) == ["last.pt", "last.pt.sha256"]

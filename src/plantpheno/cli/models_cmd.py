@@ -63,7 +63,8 @@ def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
         config = RunDir.of(run_dir).read_config()
     location = locate_registry(args.registry, config=config)
     print(location.describe(), file=sys.stderr)
-    return ModelRegistry(location.uri if run_dir is not None else _named_must_exist(location))
+    return ModelRegistry(location.uri if run_dir is not None else _named_must_exist(location),
+                         say=lambda line: print(line, file=sys.stderr))
 
 
 def _named_must_exist(location) -> str:

@@ -30,9 +30,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from contextlib import ExitStack
 
+    from plantpheno.atomic import check_output_path
     from plantpheno.registry.predict import Predictor, collect_images, open_model
 
     paths = collect_images(args.images)
+    if args.out is not None:  # before any work: never replace a link, a FIFO, a device or an image being read
+        check_output_path(args.out, inputs=paths, what="--out")
+        check_output_path(skipped_path(args.out), inputs=paths, what="--out's list of skipped files")
     with ExitStack() as stack:
         package = open_model(args.model, stack, registry_uri=models_cmd.registry_for(args.model, args.registry))
         predictor = Predictor(package, device=args.device)
@@ -59,4 +63,9 @@ def write_predictions(predictor, results, bad, out: Path | None) -> None:
         for path, why in bad:
             print(f"  {path}: {why}", file=sys.stderr)
         if out is not None:
-            write_csv(out.with_name(out.stem + ".skipped.csv"), [("path", "problem"), *((str(p), w) for p, w in bad)])
+            write_csv(skipped_path(out), [("path", "problem"), *((str(p), w) for p, w in bad)])
+
+
+def skipped_path(out: Path) -> Path:
+    """Where ``predict --out OUT`` lists the files it could not read: ``OUT.skipped.csv`` beside it."""
+    return out.with_name(out.stem + ".skipped.csv")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -230,8 +231,10 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
 
 def _prepare_out_dir(out: Path, *, overwrite: bool, allowed: re.Pattern[str]) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite`` and it holds only files this generator writes."""
+    if out.is_symlink():  # writing (or, with overwrite, deleting) through it would act on the folder it names
+        raise DataError(f"out_dir {out} is a symbolic link (to {os.readlink(out)}); give the real folder instead")
     if out.exists() and not out.is_dir():
-        raise DataError(f"out_dir {out} exists and is not a folder")
+        raise DataError(f"out_dir {out} exists and is not a folder (a file, a FIFO or a device); choose a folder")
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:

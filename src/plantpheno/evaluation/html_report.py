@@ -22,6 +22,7 @@ from torch import nn
 from plantpheno import __version__
 from plantpheno.atomic import atomic_write_text
 from plantpheno.csvfile import read_csv
+from plantpheno.epochlog import read_epoch_log
 from plantpheno.errors import RunDirError
 from plantpheno.evaluation import report_figures as figures
 from plantpheno.evaluation import report_gallery as gallery
@@ -118,7 +119,7 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
 
 
 def _curves(run: RunDir, config: Any, status: dict[str, Any], metrics: dict[str, Any]) -> str:
-    history = [json.loads(line) for line in _lines(run.metrics_log)]
+    history = read_epoch_log(run.metrics_log).records  # unreadable lines: named when training resumed
     if not history:
         return sections.section("curves", "Training curves", "<p>No epoch was recorded.</p>")
     metric = config.monitor[0].split("/", 1)[-1]
@@ -183,10 +184,6 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return []
     with read_csv(path) as reader:  # file names that are not UTF-8 come back as surrogates, as written
         return list(reader)
-
-
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
 
 
 def _sha256(path: Path) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plantpheno.atomic import storage_error
+from plantpheno.atomic import check_output_path, replace_with_checksum, storage_error
 from plantpheno.errors import ExportError
 from plantpheno.evaluation.tta import TTAModel
 from plantpheno.registry.package import ModelPackage, preprocessing
@@ -86,6 +86,7 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
             or tolerance < 0:
         raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r} (the parity check compares "
                           f"the largest |difference| against it)")
+    check_output_path(out, inputs=_inputs(package), what="the export")
     images = _check_images(package)
     reference = DeployableModel(package.build_model(), package).eval()
     exported_module = DeployableModel(package.build_model(), package, mean=mean, std=std).eval()
@@ -103,10 +104,19 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
         with torch.no_grad():
             expected = reference(images).numpy()
         report = _compare(expected, run(images.numpy()), out, fmt, tolerance, package)
-        os.replace(tmp, out)
+        replace_with_checksum(tmp, out)  # OUT.sha256 beside it, as every weights file plantpheno writes
         return report
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _inputs(package: ModelPackage) -> list[Path]:
+    """The files an export must never overwrite: the package's, and its run's own files and checkpoints."""
+    files = [p for p in package.folder.rglob("*") if p.is_file()]
+    run = Path(str(package.meta.get("source_run_dir") or ""))
+    if run.is_absolute() and run.is_dir():
+        files += [*run.glob("*"), *run.glob("checkpoints/*")]
+    return files
 
 
 def _check_images(package: ModelPackage) -> torch.Tensor:

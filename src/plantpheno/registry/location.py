@@ -19,6 +19,7 @@ trial (whose output folder is the study's) lands where ``models list`` looks.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ class RegistryLocation:
     source: str
 
     def describe(self) -> str:
-        return f"registry: {self.uri} ({self.source})"
+        return f"registry: {redact(self.uri)} ({self.source})"
 
 
 def locate_registry(explicit: str | None = None, *, config: Config | None = None,
@@ -64,6 +65,19 @@ def resolve_registry_uri(explicit: str | None = None, *, config: Config | None =
                          cwd: Path | None = None) -> str:
     """The registry URI every command uses (``locate_registry(...).uri``); the one place that decides it."""
     return locate_registry(explicit, config=config, cwd=cwd).uri
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (it goes into messages and logs)."""
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        password = parts.password
+    except ValueError:
+        return uri
+    if password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def sqlite_uri(path: Path) -> str:

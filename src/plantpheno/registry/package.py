@@ -5,19 +5,20 @@ Folder layout (also what a registry version stores):
   model.safetensors       weights (loading never unpickles code)
   sample_inputs.safetensors  a few preprocessed test images (export parity checks)
   MODEL_CARD.md, config.yaml, metrics.json, dataset.json
+  NAME.sha256             the SHA-256 of each file above (atomic.py), checked before the file is used
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.atomic import atomic_copy, atomic_write_bytes, atomic_write_text, verify_checksum
 from plantpheno.errors import RegistryError, RunDirError
 from plantpheno.rundir import RunDir
 from plantpheno.tasks import task_metrics
@@ -29,6 +30,8 @@ CARD_FILE = "MODEL_CARD.md"
 MLMODEL_FILE = "MLmodel"  # an MLflow model folder's description (registry/pyfunc.py writes one per version)
 PYFUNC_ARTIFACT = "package"  # the pyfunc artifact that holds the package: MLMODEL_DIR/artifacts/package/
 FORMAT = "plantpheno-model/1"
+REMEDY = ("Register the run again (plantpheno models register RUN_DIR --name NAME) or use another version; a "
+          "package folder: package the run again.")
 NUM_SAMPLES = 4
 
 if TYPE_CHECKING:  # torch is imported where it is used: reading a package's files (``models show``) needs none
@@ -51,6 +54,7 @@ class ModelPackage:
         path = folder / META_FILE
         if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise RegistryError(f"{folder} is not a plantpheno model package (needs {META_FILE} and {WEIGHTS_FILE})")
+        verify_checksum(path, remedy=REMEDY)
         meta = json.loads(path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise RegistryError(f"{path}: unsupported package format {meta.get('format')!r}; expected {FORMAT}")
@@ -69,6 +73,7 @@ class ModelPackage:
         from safetensors.torch import load_file
 
         model = timm.create_model(self.meta["backbone"], pretrained=False, num_classes=int(self.meta["num_outputs"]))
+        verify_checksum(self.folder / WEIGHTS_FILE, remedy=REMEDY)
         model.load_state_dict(load_file(str(self.folder / WEIGHTS_FILE)), strict=True)
         return model.eval()
 
@@ -77,7 +82,10 @@ class ModelPackage:
         from safetensors.torch import load_file
 
         path = self.folder / SAMPLES_FILE
-        return load_file(str(path))["images"] if path.is_file() else None
+        if not path.is_file():
+            return None
+        verify_checksum(path, remedy=REMEDY)
+        return load_file(str(path))["images"]
 
 
 def inside_mlflow_model(folder: Path) -> Path:
@@ -101,7 +109,7 @@ def inside_mlflow_model(folder: Path) -> Path:
 
 def package_run(run_dir: Path, out: Path) -> ModelPackage:
     """Write the package of a run's best checkpoint (its last, if it has no best) into ``out``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from plantpheno.training.checkpoint import load_checkpoint
 
@@ -110,21 +118,26 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     if path is None:
         raise RunDirError(f"{run.path} has no checkpoint to register (expected {run.best_checkpoint})")
     checkpoint = load_checkpoint(path)
+    if path != run.best_checkpoint:
+        logging.getLogger("plantpheno").warning("%s is missing: packaging %s instead (epoch %s, the last one saved, "
+                                                "which may not be the best)", run.best_checkpoint, path.name,
+                                                checkpoint["state"]["epoch"])
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in checkpoint["model"].items()}, str(out / WEIGHTS_FILE))
+    weights = save({k: v.contiguous() for k, v in checkpoint["model"].items()})
+    atomic_write_bytes(out / WEIGHTS_FILE, weights, checksum=True)
     for source in (run.config, run.dataset_info, run.environment, run.temperature):
         if source.is_file():
-            shutil.copyfile(source, out / source.name)
+            atomic_copy(source, out / source.name, checksum=True)
     metrics = _test_metrics(run)
     if metrics:
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n", checksum=True)
     meta = _package_meta(run, checkpoint, path, metrics)
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n", checksum=True)
     _write_samples(run, meta, out / SAMPLES_FILE)
     package = ModelPackage(out, meta)
     from plantpheno.registry.card import model_card
 
-    atomic_write_text(out / CARD_FILE, model_card(package, run=run))
+    atomic_write_text(out / CARD_FILE, model_card(package, run=run), checksum=True)
     return package
 
 
@@ -184,7 +197,7 @@ def preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
 def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     """A few test images, preprocessed, so an export can be checked without the dataset at hand."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from plantpheno.data.images import load_rgb
 
@@ -198,4 +211,4 @@ def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     transform = raw_transform(meta)
     images = [transform(load_rgb(p)) for p in paths if p.is_file()]
     if images:
-        save_file({"images": torch.stack(images).contiguous()}, str(out))
+        atomic_write_bytes(out, save({"images": torch.stack(images).contiguous()}), checksum=True)

@@ -9,11 +9,12 @@ do not import MLflow (:mod:`plantpheno.registry.index`), so they take a fraction
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +29,7 @@ from plantpheno.registry.location import (
     sqlite_path,
 )
 from plantpheno.registry.refs import ModelRef, check_alias, check_name
+from plantpheno.registry.stores import check_store, check_writable, read_only_error
 
 if TYPE_CHECKING:
     from plantpheno.config import Config
@@ -94,10 +96,13 @@ class VersionInfo:
 class ModelRegistry:
     """Register, list, resolve, promote, delete and download model versions.
 
-    ``ModelRegistry()`` opens the registry every command would use (:func:`resolve_registry_uri`)."""
+    ``ModelRegistry()`` opens the registry every command would use (:func:`resolve_registry_uri`), after
+    checking that it is one (:func:`~plantpheno.registry.stores.check_store`: scheme, SQLite file, server reachable
+    within seconds; ``say`` gets the line shown while it waits for a server)."""
 
-    def __init__(self, uri: str | None = None) -> None:
+    def __init__(self, uri: str | None = None, *, say: Callable[[str], None] | None = None) -> None:
         self.uri = uri or resolve_registry_uri()
+        check_store(self.uri, say=say)
         self.index: RegistryIndex = open_index(self.uri)
         self._client: Any = None
 
@@ -123,6 +128,7 @@ class ModelRegistry:
         check_name(name)
         if alias is not None:
             check_alias(alias)
+        check_writable(self.uri)
         with tempfile.TemporaryDirectory(prefix="plantpheno-package-") as tmp:
             package = package_run(run_dir, Path(tmp) / "package")
             if not force:
@@ -145,16 +151,20 @@ class ModelRegistry:
     def promote(self, name: str, version: int, alias: str) -> VersionInfo:
         """Point ``alias`` at ``version`` (one atomic update: the alias never resolves to two versions)."""
         self.resolve(ModelRef(check_name(name), version=version))
-        self.index.set_alias(name, check_alias(alias), version)
+        check_writable(self.uri)
+        with self._read_only_named():
+            self.index.set_alias(name, check_alias(alias), version)
         return self.resolve(ModelRef(name, alias=alias))
 
     def delete(self, name: str, version: int | None = None) -> None:
         """Delete one version, or the whole model with all its versions."""
         self.resolve(ModelRef(check_name(name), version=version))
-        if version is None:
-            self.client.delete_registered_model(name)
-        else:
-            self.client.delete_model_version(name, str(version))
+        check_writable(self.uri)
+        with self._read_only_named():
+            if version is None:
+                self.client.delete_registered_model(name)
+            else:
+                self.client.delete_model_version(name, str(version))
 
     # -- reading ------------------------------------------------------------------------------
     def list_versions(self, name: str | None = None) -> list[VersionInfo]:
@@ -211,6 +221,17 @@ class ModelRegistry:
             return self._fetch_file(info.source, Path(tmp), name).read_text(encoding="utf-8")
 
     # -- helpers ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _read_only_named(self) -> Iterator[None]:
+        """A write the store refused as read-only (a server's, or one found only when writing) in one message."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - sqlite3 and MLflow each have their own types
+            named = read_only_error(self.uri, exc)
+            if named is None:
+                raise
+            raise named from None
+
     @staticmethod
     def _info(record: VersionRecord, aliases: dict[str, int]) -> VersionInfo:
         mine = tuple(sorted(a for a, version in aliases.items() if version == record.version))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from plantpheno import distributed
 from plantpheno.atomic import append_text, atomic_write_text
+from plantpheno.epochlog import read_epoch_log, unreadable_path
 from plantpheno.errors import TrainingError
 from plantpheno.reporting import Progress, Reporter
 from plantpheno.rundir import RunDir
@@ -84,31 +85,32 @@ class MetricsLog:
     """Appends one JSON line per epoch to ``metrics.jsonl``.
 
     On (re)start, lines for epochs after the checkpoint's are dropped: a crash between writing the
-    line and the checkpoint must not leave a duplicate epoch in the log.
+    line and the checkpoint must not leave a duplicate epoch in the log. Lines that are not epoch records
+    (torn by a crash, cut, edited) are moved to ``metrics.jsonl.unreadable`` and named (line numbers) in a
+    warning; the records before and after them stay.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, *, reporter: Reporter | None = None) -> None:
+        self.path, self.reporter = path, reporter
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        if self.path.is_file():
-            kept = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-                    if _epoch_of(line) is not None and _epoch_of(line) <= trainer.state.epoch]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        if not self.path.is_file():
+            return
+        log = read_epoch_log(self.path)
+        if log.unreadable:  # kept aside first: a crash before the rewrite leaves them twice, never nowhere
+            aside = unreadable_path(self.path)
+            append_text(aside, "".join(line + "\n" for line in log.unreadable_text))
+            if self.reporter is not None:
+                self.reporter.warning(f"{log.describe_unreadable()}; moved to {aside.name}, the "
+                                      f"{len(log.records)} readable epoch record(s) are kept")
+        kept = [line for line, record in zip(log.record_text, log.records, strict=True)
+                if record["epoch"] <= trainer.state.epoch]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         record = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
         record["best"] = trainer.state.best_epoch == trainer.state.epoch
         append_text(self.path, json.dumps(record) + "\n")
-
-
-def _epoch_of(line: str) -> int | None:
-    """The epoch of one ``metrics.jsonl`` line; None for a line torn by a crash or a full disk."""
-    try:
-        epoch = json.loads(line).get("epoch")
-    except (ValueError, AttributeError):
-        return None
-    return epoch if isinstance(epoch, int) else None
 
 
 class Console:

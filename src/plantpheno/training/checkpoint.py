@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes of plain tensors/containers, loadable with ``torch.load(weights_only=True)``."""
+"""Checkpoints: atomic writes of plain tensors/containers, loadable with ``torch.load(weights_only=True)``, each
+with its SHA-256 sidecar (``best.pt.sha256``), checked before the checkpoint is used."""
 
 from __future__ import annotations
 
@@ -9,21 +10,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from plantpheno.atomic import atomic_write_with
+from plantpheno.atomic import atomic_write_with, verify_checksum
 from plantpheno.errors import RunDirError
+from plantpheno.rundir import BEST, LAST
 
 FORMAT = "plantpheno-checkpoint/1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` atomically: a crash mid-write leaves the previous file intact."""
-    atomic_write_with(path, lambda fh: torch.save({"format": FORMAT, **payload}, fh))
+    atomic_write_with(path, lambda fh: torch.save({"format": FORMAT, **payload}, fh), checksum=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint without unpickling arbitrary code (``weights_only=True``)."""
+    """Load a checkpoint without unpickling arbitrary code (``weights_only=True``), after checking its SHA-256.
+
+    Raises:
+        IntegrityError: the file does not match its checksum (the message says which checkpoint to use instead).
+        RunDirError: it is missing or not a plantpheno checkpoint.
+    """
     if not path.is_file():
         raise RunDirError(f"checkpoint {path} does not exist")
+    verify_checksum(path, remedy=_remedy(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
@@ -31,6 +39,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RunDirError(f"checkpoint {path} is not a plantpheno checkpoint ({FORMAT})")
     return payload
+
+
+def _remedy(path: Path) -> str:
+    """What a user can do when a checkpoint of a run folder is damaged."""
+    if path.name == BEST:
+        return (f"The run's {path.with_name(LAST)} (the latest epoch) is checked separately: move {BEST} "
+                f"aside and evaluate, report, predict and register use {LAST} (and say so), or train again.")
+    if path.name == LAST:
+        return (f"Resuming cannot continue from it; evaluate, report, predict and register use "
+                f"{path.with_name(BEST)} when it is intact; to train further, start a new run.")
+    return "Use another checkpoint, or restore this one from a copy."
 
 
 def capture_rng() -> dict[str, Any]:
