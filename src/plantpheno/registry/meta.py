@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 from plantpheno.errors import RegistryError, short_repr
 
 MAX_META_BYTES = 16 << 20  # a description is a few KB; 16 MiB allows a package with very many classes
-Number = StrictInt | StrictFloat  # not a bool, not text such as "hot"
+Number = StrictFloat  # an int or a float; not a bool, not text such as "hot"
 
 
 class PackageMeta(BaseModel):
