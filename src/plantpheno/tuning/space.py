@@ -292,9 +292,10 @@ def _float_range(field: str, low: Any, high: Any, step: Any, log: bool, grid_poi
     _bounds(low, high, integer=False, log=log)
     if grid_points is not None:
         _number("grid_points", grid_points, integer=True)
-        if not 2 <= grid_points <= MAX_GRID or step is not None:
-            raise ValueError(f"grid_points from 2 to {MAX_GRID:,} and no step (got grid_points={grid_points}, "
-                             f"step={step})")
+        if grid_points < 2 or step is not None:
+            raise ValueError(f"grid_points >= 2 and no step (got grid_points={grid_points}, step={step})")
+        if grid_points > MAX_GRID:  # a grid of more combinations is refused anyway, before its values are made
+            raise ValueError(f"grid_points <= {MAX_GRID:,} (got grid_points={grid_points:,})")
     if step is not None:
         _number("step", step, integer=False)
         if step <= 0:
