@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,9 +24,28 @@ from plantpheno.tasks import task_metrics
 from plantpheno.yamlfile import parse_yaml, read_yaml_mapping
 
 
+MAX_PROCESSES = 1024  # data.num_workers, training.threads: far above any machine, far below a fork bomb
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: every float field must be finite (an inf timeout or a NaN weight decay is a typo)
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return no_bool_numbers(cls, value, info)
+
+
+def no_bool_numbers(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """true/false is not a number (pydantic reads it as 1/0: training.epochs=true ran one epoch): a
+    ``field_validator("*", mode="before")`` of every schema whose numbers people write."""
+    if isinstance(value, bool) and info.field_name is not None:
+        annotation = cls.model_fields[info.field_name].annotation
+        accepted = set(get_args(annotation)) or {annotation}
+        if bool not in accepted and accepted & {int, float}:
+            raise ValueError(f"a number, not {str(value).lower()}")
+    return value
 
 
 def _bare_on_off(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -167,8 +187,8 @@ class DataConfig(_Section):
     @field_validator("num_workers")
     @classmethod
     def _workers_non_negative(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("an integer >= 0 or 'auto'")
+        if isinstance(v, int) and not 0 <= v <= MAX_PROCESSES:
+            raise ValueError(f"an integer from 0 to {MAX_PROCESSES} or 'auto'")
         return v
 
     @field_validator("extensions")
@@ -303,8 +323,8 @@ class TrainingConfig(_Section):
     @field_validator("threads")
     @classmethod
     def _threads_positive(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("a positive number of threads, or auto")
+        if isinstance(v, int) and not 1 <= v <= MAX_PROCESSES:
+            raise ValueError(f"a number of threads from 1 to {MAX_PROCESSES}, or auto")
         return v
 
     @field_validator("check_every")
@@ -432,7 +452,7 @@ class Config(_Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+        if v in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:[0-9]{1,3}", v):
             return v
         raise ValueError("auto, cpu, cuda, cuda:N or mps")
 

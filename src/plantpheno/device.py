@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +16,14 @@ import numpy as np
 import torch
 
 from plantpheno.config import Config
-from plantpheno.errors import ConfigError
+from plantpheno.errors import ConfigError, short_repr
 
 
 def resolve_device(setting: str) -> torch.device:
-    """``auto``: CUDA if available, then Apple MPS, then CPU. An unavailable explicit choice is an error."""
+    """``auto``: CUDA if available, then Apple MPS, then CPU. An unavailable explicit choice is an error, and so
+    is anything else (named, with what was expected)."""
+    if not isinstance(setting, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", setting, re.ASCII):
+        raise ConfigError(f"device: got {short_repr(setting)}; expected auto, cpu, cuda, cuda:N or mps")
     if setting == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -57,6 +57,11 @@ class TuningError(PlantPhenoError):
     """A study cannot run as asked (a study of that name made differently, a worker without its study, ...)."""
 
 
+class ArgumentError(PlantPhenoError, ValueError):
+    """A Python API function was called with an argument it cannot use (named in the message, with what was
+    expected). Also a ValueError, so code that caught the bare errors of earlier versions still does."""
+
+
 class DataCheckError(DataError):
     """The data checks found an error-level problem (leakage, conflicting labels, ...) and training was not started."""
 

@@ -86,6 +86,8 @@ def _check_expansion(root: yaml.Node, what: str) -> None:
             continue
         if key in sizes:
             continue
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicate_keys(node, what)
         entered.add(key)
         stack.append((node, True))
         for kid in kids:
@@ -94,6 +96,20 @@ def _check_expansion(root: yaml.Node, what: str) -> None:
                                   f"{kid.start_mark.line + 1}); recursive values are not allowed")
             if id(kid) not in sizes:
                 stack.append((kid, False))
+
+
+def _check_duplicate_keys(node: yaml.MappingNode, what: str) -> None:
+    """A key written twice in one mapping is an error: YAML loaders keep the last silently, so one of the two
+    settings the user wrote would be ignored without a word. (``<<`` merge keys may repeat.)"""
+    seen: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in seen:
+            raise ConfigError(f"{what}: key {clip(repr(key.value), 80)} appears twice in one mapping (lines "
+                              f"{seen[key.tag, key.value]} and {line}); keep one of them")
+        seen[key.tag, key.value] = line
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -160,7 +160,7 @@ def mlflow_env(classifier, monkeypatch):
     return uri
 
 
-def test_registered_version_is_an_mlflow_pyfunc_model(classifier, mlflow_env, tmp_path):
+def test_registered_version_is_an_mlflow_pyfunc_model(classifier, mlflow_env, tmp_path, disease_root):
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -168,7 +168,8 @@ def test_registered_version_is_an_mlflow_pyfunc_model(classifier, mlflow_env, tm
     run, _, _ = classifier
     expected = _expected(run)
     paths = list(expected)
-    model = mlflow.pyfunc.load_model("models:/leafnet@champion")
+    # 'path' inputs are read only inside the folder the model is loaded (served) with
+    model = mlflow.pyfunc.load_model("models:/leafnet@champion", model_config={"allowed_image_dir": str(disease_root)})
     inputs = model.metadata.signature.inputs.to_dict()
     assert {c["name"]: c["type"] for c in inputs} == {"image": "binary", "path": "string"}
     names = run.metrics()["class_names"]
@@ -216,13 +217,15 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_path):
-    """`mlflow models serve -m models:/leafnet@champion --env-manager local` as a deployment runs it."""
+def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_path, disease_root):
+    """`mlflow models serve -m models:/leafnet@champion --env-manager local` as a deployment runs it (allowed to
+    read images from the dataset's folder: SERVING_MODEL_CONFIG)."""
     run, _, _ = classifier
     expected = _expected(run)
     paths = list(expected)[:4]
     port = _free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "SERVING_MODEL_CONFIG": json.dumps({"allowed_image_dir": str(disease_root)})}
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/leafnet@champion",
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -144,8 +144,11 @@ def test_pyfunc_input_rows_base64_bytes_paths_and_errors(tmp_path):
     data = png.read_bytes()
     frame = pd.DataFrame({"image": [data, base64.b64encode(data), base64.b64encode(data).decode(), None],
                           "path": [None, None, None, str(png)]})
-    assert [_row_image(frame, i) for i in range(4)] == [data, data, data, png]
-    with pytest.raises(ValueError, match="not base64"):
-        _row_image(pd.DataFrame({"image": ["not base64!"]}), 0)
+    # a path is read only inside the allowed folder (tmp_path here), and then as its bytes
+    assert [_row_image(frame, i, tmp_path.resolve()) for i in range(4)] == [data, data, data, data]
     with pytest.raises(ValueError, match="neither 'image' nor 'path'"):
-        _row_image(pd.DataFrame({"image": [None]}), 0)
+        _row_image(frame, 3, None)  # no allowed folder: paths are never read (predict refuses the request first)
+    with pytest.raises(ValueError, match="not base64"):
+        _row_image(pd.DataFrame({"image": ["not base64!"]}), 0, None)
+    with pytest.raises(ValueError, match="neither 'image' nor 'path'"):
+        _row_image(pd.DataFrame({"image": [None]}), 0, None)

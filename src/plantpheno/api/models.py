@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from plantpheno.api.runs import Run, _run_path
-from plantpheno.errors import DataError
+from plantpheno.errors import ArgumentError, DataError, short_repr
 from plantpheno.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -167,8 +167,11 @@ class Model:
             DataError: listing every image that cannot be read; with ``on_bad_image="skip"`` those come back as
                 predictions with ``error`` set instead.
         """
+        from plantpheno.registry.predict import check_batch_size
+
         if on_bad_image not in ("error", "skip"):
-            raise DataError(f"on_bad_image: got {on_bad_image!r}; expected 'error' or 'skip'")
+            raise ArgumentError(f"on_bad_image: got {short_repr(on_bad_image)}; expected 'error' or 'skip'")
+        check_batch_size(batch_size)
         items, sources = _expand(images)
         results, bad = self._predictor.predict_images(items, batch_size=batch_size, progress=progress)
         if bad and on_bad_image == "error":
@@ -212,6 +215,9 @@ def load_model(ref: str | os.PathLike[str] | Run, *, registry: str | None = None
     """
     from plantpheno.registry.predict import Predictor, open_model
 
+    if not isinstance(ref, (str, os.PathLike, Run)) or not os.fspath(ref):
+        raise ArgumentError(f"ref: got {short_repr(ref)}; expected a registered model (NAME, NAME/VERSION, "
+                            f"NAME@alias), a run directory or a model package folder")
     source = str(_run_path(ref)) if isinstance(ref, (Run, os.PathLike)) else str(ref)
     stack = ExitStack()
     try:
@@ -233,8 +239,16 @@ def _expand(images: Any) -> tuple[list[Any], list[str | None]]:
         isinstance(images, np.ndarray) and images.ndim in (2, 3))
     items: list[Any] = []
     sources: list[str | None] = []
-    for item in [images] if one else list(images):
+    if not one and (not isinstance(images, Iterable) or isinstance(images, Mapping)):
+        raise ArgumentError(f"images: got a {type(images).__name__}; expected an image (path, bytes, PIL image, "
+                            f"array) or a list of them")
+    listed = [images] if one else list(images)
+    if not listed:
+        raise ArgumentError("images: got an empty list; expected at least one image")
+    for item in listed:
         if isinstance(item, (str, os.PathLike)):
+            if not os.fspath(item):  # Path("") is ".": the current folder would be scanned
+                raise ArgumentError("images: got an empty path ''; expected an image file or a folder of them")
             path = Path(item)
             found = collect_images([path]) if path.is_dir() else [path]
             items += found

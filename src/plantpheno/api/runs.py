@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from plantpheno.errors import RunDirError
+from plantpheno.errors import ArgumentError, RunDirError, short_repr
 from plantpheno.reporting import ConsoleReporter, LoggingReporter, Reporter
 from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
 
@@ -82,7 +82,18 @@ def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val"
     ``RUN_DIR/eval/SPLIT/`` and returns its metrics (with ``headline_metric`` and its ``confidence_interval``)."""
     from plantpheno import pipeline
 
-    return pipeline.evaluate_run(_run_path(run), split=split, device=device, reporter=_reporter(verbose, reporter))
+    return pipeline.evaluate_run(_run_path(run), split=check_split(split), device=device,
+                                 reporter=_reporter(verbose, reporter))
+
+
+SPLITS = ("train", "val", "test")
+
+
+def check_split(split: object) -> str:
+    """``split`` if it names a split (train, val or test)."""
+    if not isinstance(split, str) or split not in SPLITS:
+        raise ArgumentError(f"split: got {short_repr(split)}; expected one of {', '.join(SPLITS)}")
+    return split
 
 
 class Trainer:
@@ -176,7 +187,7 @@ class Run:
         its bootstrap ``confidence_interval``, the number of images and the checkpoint's epoch."""
         import json
 
-        path = RunDir(self.path).eval(split).metrics
+        path = RunDir(self.path).eval(check_split(split)).metrics
         if not path.is_file():
             raise RunDirError(f"{self.path} has no evaluation on the {split} split ({path} is missing); run "
                               f"plantpheno.evaluate(run, split={split!r}) first")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 
@@ -12,8 +13,8 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     """An argparse ``type``: a whole number in ``[low, high]``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
+        try:  # ASCII digits only: int() also reads '١٢' (Arabic-Indic) as 12, and isdigit() passes '²'
+            value = int(text.strip()) if re.fullmatch(r"\s*[+-]?[0-9]+\s*", text, re.ASCII) else int("x")
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number{_range(low, high)}, got {text!r}") from None
         if (low is not None and value < low) or (high is not None and value > high):

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,23 +132,28 @@ def load_rgb(path: str | os.PathLike[str], *, min_side: int | None = None,
              max_pixels: int | None = None) -> Image.Image:
     """Open an image file as 8-bit RGB (fully decoded). With ``min_side`` (the shorter side the consumer
     resizes to), a large JPEG is decoded at a reduced scale (:func:`open_image`). ``max_pixels`` refuses larger
-    images (:class:`TooLarge`); the default trusts files that the check pass already admitted."""
+    images (:class:`TooLarge`); the default trusts files that the check pass already admitted. A FIFO, device
+    or socket is refused (:class:`NotRegularFile`) before it is opened: reading one would block or never end."""
+    require_regular_file(path)
     with open_image(path, max_pixels=max_pixels, min_side=min_side) as img:
         img.load()
         return to_rgb(img)
 
 
-def rgb_from_bytes(data: bytes) -> Image.Image:
-    """Decode an encoded image (JPEG, PNG, TIFF, ... file contents) as 8-bit RGB."""
-    with Image.open(io.BytesIO(data)) as img:
+def rgb_from_bytes(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   min_side: int | None = None) -> Image.Image:
+    """Decode an encoded image (JPEG, PNG, TIFF, ... file contents) as 8-bit RGB, under the same pixel limit as
+    files (:func:`open_image`: refused before decoding; a 190 KB PNG can hold 196 M pixels = 590 MB decoded)."""
+    with open_image(io.BytesIO(data), max_pixels=max_pixels, min_side=min_side) as img:
         img.load()
         return to_rgb(img)
 
 
-def rgb_from_array(array: np.ndarray) -> Image.Image:
+def rgb_from_array(array: np.ndarray, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """An image array, channels last, as 8-bit RGB: ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)`` RGB or
     ``(H, W, 4)`` RGBA (alpha composited on black, as for files). ``uint8`` is taken as is; 16-bit by its range;
-    floats in [0, 1] are scaled by 255 (other floats are read as 0-255)."""
+    floats in [0, 1] are scaled by 255 (other floats are read as 0-255). More than ``max_pixels`` pixels
+    (:class:`TooLarge`) and NaN or infinite values (:class:`~plantpheno.errors.DataError`) are refused."""
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
@@ -156,10 +162,40 @@ def rgb_from_array(array: np.ndarray) -> Image.Image:
                         f"(H, W, 4), channels last")
     if arr.dtype.kind not in "uif" and arr.dtype != np.bool_:
         raise DataError(f"image array of dtype {arr.dtype}: expected unsigned/signed integers or floats")
+    if max_pixels is not None and arr.shape[0] * arr.shape[1] > max_pixels:
+        raise TooLarge(arr.shape[1], arr.shape[0], max_pixels)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise DataError(f"image array holds {bad:,} NaN or infinite value(s) of {arr.size:,}: expected finite pixel "
+                        f"values (0-1 or 0-255)")
     if arr.dtype != np.uint8:
         arr = _rescale_to_uint8(arr.astype(np.float64) if arr.dtype == np.bool_ else arr,
                                 sixteen_bit=arr.dtype == np.uint16)
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+class NotRegularFile(DataError):
+    """A path that is a FIFO, device, socket or folder, not an image file (opening one can block forever)."""
+
+
+def require_regular_file(path: str | os.PathLike[str]) -> None:
+    """Refuse anything but a regular file (a link to one is fine) before it is opened: a FIFO blocks the
+    reader until a writer comes, a device may never end. A missing file is left to the opener's own error."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(f"{path} is {_kind(mode)}, not an image file")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 @dataclass(frozen=True)
@@ -182,6 +218,9 @@ def check_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     entropy-decodes all of its data (so a truncated or corrupt file is caught) at a fraction of the time and
     memory, and the measures see the scale they work at."""
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block the read (and the whole check pass) forever
+            return ImageCheck(path, None, f"is {_kind(mode)}, not an image file")
         data = path.read_bytes()
     except FileNotFoundError:
         return ImageCheck(path, None, "file not found" if not path.is_symlink() else "broken symbolic link")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plantpheno.atomic import atomic_copy, atomic_write_bytes, atomic_write_text, verify_checksum
-from plantpheno.errors import RegistryError, RunDirError
+from plantpheno.errors import ModelError, RegistryError, RunDirError, clip
 from plantpheno.rundir import RunDir
 from plantpheno.tasks import task_metrics
 
@@ -55,10 +55,9 @@ class ModelPackage:
         if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise RegistryError(f"{folder} is not a plantpheno model package (needs {META_FILE} and {WEIGHTS_FILE})")
         verify_checksum(path, remedy=REMEDY)
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise RegistryError(f"{path}: unsupported package format {meta.get('format')!r}; expected {FORMAT}")
-        return cls(folder, meta)
+        from plantpheno.registry.meta import read_meta
+
+        return cls(folder, read_meta(path, expected_format=FORMAT))
 
     @property
     def task(self):
@@ -70,11 +69,25 @@ class ModelPackage:
     def build_model(self) -> nn.Module:
         """The network with its weights, in eval mode (no pretrained download, strict load)."""
         import timm
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        model = timm.create_model(self.meta["backbone"], pretrained=False, num_classes=int(self.meta["num_outputs"]))
-        verify_checksum(self.folder / WEIGHTS_FILE, remedy=REMEDY)
-        model.load_state_dict(load_file(str(self.folder / WEIGHTS_FILE)), strict=True)
+        backbone, weights = self.meta["backbone"], self.folder / WEIGHTS_FILE
+        if not timm.is_model(backbone):
+            raise ModelError(f"{self.folder / META_FILE}: backbone {backbone!r} is not a timm model (timm "
+                             f"{timm.__version__}); the package is damaged, or needs another timm version")
+        model = timm.create_model(backbone, pretrained=False, num_classes=int(self.meta["num_outputs"]))
+        verify_checksum(weights, remedy=REMEDY)
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{weights} cannot be read as safetensors weights ({exc}); the file is truncated or "
+                             f"damaged: register the run again") from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+            raise ModelError(f"{weights} does not hold the weights of a {backbone} with {self.meta['num_outputs']} "
+                             f"output(s): {clip(str(exc), 600)}") from None
         return model.eval()
 
     def sample_inputs(self) -> torch.Tensor | None:

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from plantpheno.csvfile import csv_text
-from plantpheno.data.images import DEFAULT_MAX_PIXELS, load_rgb, rgb_from_array, rgb_from_bytes, to_rgb
+from plantpheno.data.images import (DEFAULT_MAX_PIXELS, TooLarge, load_rgb, rgb_from_array, rgb_from_bytes,
+                                    to_rgb)
 from plantpheno.data.transforms import eval_transform
-from plantpheno.errors import DataError
+from plantpheno.errors import ArgumentError, DataError, short_repr
 from plantpheno.evaluation.metrics import rounded_counts
 from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
@@ -26,16 +27,19 @@ from plantpheno.rundir import RunDir
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 """What prediction takes: a file path, encoded image bytes, a PIL image, or an array (channels last)."""
+MAX_BATCH_SIZE = 65536  # as data.batch_size
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class Predictor:
     """A model with its stored preprocessing, ready to predict on image files, bytes, PIL images or arrays."""
 
-    def __init__(self, package: ModelPackage, *, device: str = "cpu") -> None:
+    def __init__(self, package: ModelPackage, *, device: str = "cpu",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         from plantpheno.device import resolve_device
 
         self.package = package
+        self.max_pixels = max_pixels  # every image, whatever its kind, is refused above this (as in training)
         self.device = resolve_device(device)  # auto: CUDA, then MPS, then CPU
         self.model = package.build_model().to(self.device)
         if wants_channels_last("auto", self.device, self.model):  # faster on CUDA and for BN CNNs on CPU
@@ -61,6 +65,7 @@ class Predictor:
         position in ``images``; and the positions that could not be read, with why."""
         from tqdm.auto import tqdm
 
+        check_batch_size(batch_size)
         results: list[tuple[int, torch.Tensor]] = []
         bad: list[tuple[int, str]] = []
         bar = tqdm(total=len(images), unit="img", disable=not progress, file=sys.stderr)
@@ -68,7 +73,8 @@ class Predictor:
             indices, tensors = [], []
             for i in range(start, min(start + batch_size, len(images))):
                 try:
-                    tensors.append(self.transform(to_rgb_image(images[i], min_side=self.image_size)))
+                    tensors.append(self.transform(to_rgb_image(images[i], min_side=self.image_size,
+                                                                 max_pixels=self.max_pixels)))
                     indices.append(i)
                 except Exception as exc:  # noqa: BLE001 - any unreadable image is reported, not fatal
                     bad.append((i, f"{type(exc).__name__}: {exc}"))
@@ -114,21 +120,33 @@ class Predictor:
         return csv_text(rows)
 
 
-def to_rgb_image(item: ImageInput, *, min_side: int | None = None) -> Image.Image:
+def to_rgb_image(item: ImageInput, *, min_side: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """An image file (path), encoded image bytes, a PIL image or an array (channels last) as 8-bit RGB, decoded
-    exactly as training decoded its files (EXIF orientation, grey/palette/alpha/16-bit converted). A file over
-    the pixel limit is refused; with ``min_side`` (the side the model resizes to) a large JPEG file is decoded
-    at a reduced scale that keeps at least twice that."""
+    exactly as training decoded its files (EXIF orientation, grey/palette/alpha/16-bit converted). Every kind is
+    held to the same pixel limit as training's files (``max_pixels``, refused before decoding); a FIFO or other
+    non-regular file and an array with NaN or infinite values are refused. With ``min_side`` (the side the model
+    resizes to) a large JPEG is decoded at a reduced scale that keeps at least twice that."""
     if isinstance(item, Image.Image):
+        if max_pixels is not None and item.width * item.height > max_pixels:
+            raise TooLarge(item.width, item.height, max_pixels)
         return to_rgb(item)
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return rgb_from_bytes(bytes(item))
+        return rgb_from_bytes(bytes(item), max_pixels=max_pixels, min_side=min_side)
     if isinstance(item, (str, os.PathLike)):
-        return load_rgb(item, min_side=min_side, max_pixels=DEFAULT_MAX_PIXELS)
+        return load_rgb(item, min_side=min_side, max_pixels=max_pixels)
     if isinstance(item, np.ndarray):
-        return rgb_from_array(item)
+        return rgb_from_array(item, max_pixels=max_pixels)
     raise DataError(f"cannot read an image from a {type(item).__name__}: expected a path, encoded image bytes, a "
                     f"PIL image or a numpy array (H, W[, C])")
+
+
+def check_batch_size(batch_size: object) -> int:
+    """``batch_size`` as given, if it is an integer from 1 to ``MAX_BATCH_SIZE`` (as data.batch_size)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ArgumentError(f"batch_size: got {short_repr(batch_size)}; expected an integer from 1 to "
+                            f"{MAX_BATCH_SIZE:,}")
+    return batch_size
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:

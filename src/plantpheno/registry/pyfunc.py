@@ -14,11 +14,18 @@ route: nothing is unpickled when the model loads (MLflow 3 refuses pickled pytho
 
 Input, one image per row: a column ``image`` with the encoded image file (JPEG, PNG, TIFF, ... bytes; base64 text
 in a JSON request, as MLflow's ``binary`` type is sent, in any of MLflow's request formats), or a column ``path``
-with an image file the serving process can read. Output, one row per input row: ``predicted`` (the class),
-``confidence`` and ``p_<class>`` for every class; or ``predicted`` (the trait value in its own units). Images are
-decoded and preprocessed exactly as ``plantpheno predict`` does; an unreadable image fails the request (HTTP 400)
-naming every bad row. The device is ``model_config={"device": ...}`` at load time: auto (the default: CUDA, then
-MPS, then CPU), cpu or cuda.
+naming an image file inside the folder the model was served with (``model_config`` ``allowed_image_dir``; without
+it a request with paths is refused and nothing is read: any HTTP client could otherwise have the server decode
+any file it can read). Output, one row per input row: ``predicted`` (the class), ``confidence`` and ``p_<class>``
+for every class; or ``predicted`` (the trait value in its own units). Images are decoded and preprocessed exactly
+as ``plantpheno predict`` does, under the same pixel limit as training; an unreadable image fails the request
+(HTTP 400) naming every bad row.
+
+``model_config`` at load time (``mlflow.pyfunc.load_model(uri, model_config={...})``, or the environment variable
+``SERVING_MODEL_CONFIG`` holding it as JSON for ``mlflow models serve``; versions registered before plantpheno
+stored these keys take none, so they refuse every path): ``device`` auto (the default: CUDA, then
+MPS, then CPU), cpu or cuda; ``allowed_image_dir`` (see above); ``max_image_pixels`` (default 100 M, as
+data.max_image_pixels); ``max_rows`` per request (default 256). An encoded image may hold at most 64 MiB.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
+import stat
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -36,6 +46,8 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from plantpheno import __version__
+from plantpheno.data.images import DEFAULT_MAX_PIXELS
+from plantpheno.errors import ModelError, short_repr
 from plantpheno.registry.package import FORMAT, PYFUNC_ARTIFACT, ModelPackage
 
 CODE_FILE = "plantpheno_pyfunc.py"
@@ -53,6 +65,47 @@ set_model(PlantPhenoPyfunc())
 # what a served model needs, pinned to the versions it was registered with (those that are installed)
 REQUIREMENTS = ("plantpheno", "mlflow", "torch", "torchvision", "timm", "safetensors", "pillow", "numpy", "pandas")
 MAX_LISTED_ERRORS = 10
+# Request limits. MLflow's server itself takes a body of any size; these bound what one request makes the model do.
+MAX_ROWS = 256  # images per request (model_config max_rows)
+MAX_IMAGE_BYTES = 64 << 20  # one encoded image, sent or read from allowed_image_dir (a 100 MP JPEG is ~30 MB)
+# stored with the model: MLflow lets a load (or SERVING_MODEL_CONFIG) set only the keys the model was saved with
+DEFAULT_MODEL_CONFIG = {"device": "auto", "allowed_image_dir": None, "max_image_pixels": DEFAULT_MAX_PIXELS,
+                        "max_rows": MAX_ROWS}
+SERVING_KEYS = tuple(DEFAULT_MODEL_CONFIG)
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """The served model's ``model_config``, checked when it loads."""
+
+    device: str = "auto"
+    allowed_image_dir: Path | None = None  # resolved: paths are only read inside it
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_rows: int = MAX_ROWS
+
+    @classmethod
+    def parse(cls, config: dict[str, Any]) -> ServingOptions:
+        """Every key checked, naming it and what was expected (:class:`~plantpheno.errors.ModelError`)."""
+        unknown = sorted(set(config) - set(SERVING_KEYS))
+        if unknown:
+            raise ModelError(f"model_config: unknown key(s) {', '.join(map(repr, unknown))}; expected some of "
+                             f"{', '.join(SERVING_KEYS)}")
+        folder = config.get("allowed_image_dir")
+        if folder is not None:
+            if not isinstance(folder, (str, os.PathLike)) or not str(folder) or not Path(folder).is_dir():
+                raise ModelError(f"model_config allowed_image_dir: got {short_repr(folder)}; expected an existing "
+                                 f"folder (the only one whose images 'path' inputs may name)")
+            folder = Path(os.path.realpath(folder))
+        return cls(device=str(config.get("device", "auto")), allowed_image_dir=folder,
+                   max_image_pixels=_positive_int(config, "max_image_pixels", DEFAULT_MAX_PIXELS),
+                   max_rows=_positive_int(config, "max_rows", MAX_ROWS))
+
+
+def _positive_int(config: dict[str, Any], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"model_config {key}: got {short_repr(value)}; expected an integer >= 1")
+    return value
 
 
 class PlantPhenoPyfunc(PythonModel):
@@ -61,9 +114,9 @@ class PlantPhenoPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from plantpheno.registry.predict import Predictor
 
-        config = dict(context.model_config or {})
+        self.options = ServingOptions.parse(dict(context.model_config or {}))
         self.predictor = Predictor(ModelPackage.open(Path(context.artifacts[PYFUNC_ARTIFACT])),
-                                   device=str(config.get("device", "auto")))
+                                   device=self.options.device, max_pixels=self.options.max_image_pixels)
 
     # MLflow reads predict's type hints: a DataFrame is the one hint it neither warns about nor turns into a
     # schema of its own (the signature written at registration says what the columns are)
@@ -76,10 +129,18 @@ class PlantPhenoPyfunc(PythonModel):
             raise MlflowException.invalid_parameter_value(
                 f"plantpheno model input needs a column 'image' (encoded image bytes; base64 in JSON) or 'path' "
                 f"(an image file), one image per row; got columns {list(frame.columns)}")
+        if len(frame) > self.options.max_rows:
+            raise MlflowException.invalid_parameter_value(
+                f"{len(frame)} images in one request; at most {self.options.max_rows} are accepted (model_config "
+                f"max_rows): send them in several requests")
+        if "path" in frame.columns and frame["path"].notna().any() and self.options.allowed_image_dir is None:
+            raise MlflowException.invalid_parameter_value(
+                "'path' inputs are refused: this model was served without model_config allowed_image_dir (the one "
+                "folder whose images requests may name); send the image bytes in the 'image' column")
         rows, images, bad = [], [], []
         for row in range(len(frame)):
             try:
-                images.append(_row_image(frame, row))
+                images.append(_row_image(frame, row, self.options.allowed_image_dir))
                 rows.append(row)
             except ValueError as exc:
                 bad.append((row, str(exc)))
@@ -94,23 +155,56 @@ class PlantPhenoPyfunc(PythonModel):
                             columns=output_columns(self.predictor.package))
 
 
-def _row_image(frame: pd.DataFrame, row: int) -> bytes | Path:
-    """The image of one input row: its bytes (base64 text is decoded), else its path."""
+def _row_image(frame: pd.DataFrame, row: int, allowed: Path | None) -> bytes:
+    """The encoded image of one input row: its bytes (base64 text is decoded), else the file its path names
+    inside ``allowed``."""
     image = frame["image"].iloc[row] if "image" in frame.columns else None
     if isinstance(image, str):
         try:
-            return base64.b64decode(image, validate=True)
+            decoded = base64.b64decode(image, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("'image' holds text that is not base64 (send the encoded file's bytes, base64-encoded "
                              "in JSON, or use the 'path' column)") from None
+        return _limited(decoded)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _maybe_base64(bytes(image))
+        return _limited(_maybe_base64(bytes(image)))
     path = frame["path"].iloc[row] if "path" in frame.columns else None
-    if isinstance(path, str) and path:
-        return Path(path)
+    if isinstance(path, str) and path and allowed is not None:
+        return read_allowed(path, allowed)
     if image is not None and not pd.isna(image):
         raise ValueError(f"'image' holds a {type(image).__name__}; expected encoded image bytes")
     raise ValueError("neither 'image' nor 'path' is given")
+
+
+def _limited(data: bytes) -> bytes:
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"an encoded image of {len(data):,} bytes; at most {MAX_IMAGE_BYTES:,} are accepted")
+    return data
+
+
+def read_allowed(path: str, allowed: Path) -> bytes:
+    """The bytes of the regular file ``path`` names (relative to ``allowed``, or absolute) if, with every link and
+    ``..`` resolved, it lies inside ``allowed``. A path outside, a missing or unreadable file, a folder, FIFO or
+    device all get the same refusal: whether a file exists outside the folder is not the client's to learn."""
+    refusal = ValueError(f"path {short_repr(path)}: no readable image file of that name inside the folder this "
+                         f"model serves images from (model_config allowed_image_dir)")
+    try:
+        resolved = Path(os.path.realpath(allowed / path))
+        if not resolved.is_relative_to(allowed):
+            raise refusal
+        # O_NONBLOCK: a FIFO swapped in after realpath cannot block the open; fstat then sees what was opened
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        raise refusal from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a folder, FIFO, device or socket
+        os.close(fd)
+        raise refusal
+    with os.fdopen(fd, "rb") as fh:
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise ValueError(f"path {short_repr(path)}: a file of {info.st_size:,} bytes; at most "
+                             f"{MAX_IMAGE_BYTES:,} are accepted")
+        return _limited(fh.read(MAX_IMAGE_BYTES + 1))
 
 
 def _maybe_base64(data: bytes) -> bytes:
@@ -194,5 +288,5 @@ def save_pyfunc_model(package: ModelPackage, path: Path) -> Path:
         mlflow.pyfunc.save_model(path=str(path), python_model=str(code),
                                  artifacts={PYFUNC_ARTIFACT: str(package.folder)}, signature=signature(package),
                                  input_example=input_example(package), pip_requirements=requirements(),
-                                 metadata=model_metadata(package))
+                                 metadata=model_metadata(package), model_config=DEFAULT_MODEL_CONFIG)
     return path

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from plantpheno.errors import ConfigError, short_repr
 from plantpheno.recipes import resolve as resolve_recipe
@@ -34,6 +34,13 @@ class TuneSettings(BaseModel):
     """How a study searches; every field can also be given on the command line."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        from plantpheno.config import no_bool_numbers
+
+        return no_bool_numbers(cls, value, info)
 
     study: str | None = Field(None, pattern=NAME_PATTERN,
                               description="Study name and folder (OUTPUT_DIR/<experiment>/<study>); "

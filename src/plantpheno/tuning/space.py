@@ -58,6 +58,12 @@ class FloatRange:
             inner = self.low + _INTERIOR * (self.high - self.low)
         return (self.low, inner, self.high)
 
+    def grid_size(self) -> int | None:
+        """How many values :meth:`grid_values` holds, without making them (None: not a grid)."""
+        if self.step is not None:
+            return round((self.high - self.low) / self.step) + 1
+        return self.grid_points
+
     def grid_values(self) -> tuple[float, ...] | None:
         if self.step is not None:
             count = round((self.high - self.low) / self.step) + 1
@@ -102,6 +108,9 @@ class IntRange:
     def check_values(self) -> tuple[int, ...]:
         return (self.low, self.high)
 
+    def grid_size(self) -> int:
+        return (self.high - self.low) // self.step + 1
+
     def grid_values(self) -> tuple[int, ...]:
         return tuple(range(self.low, self.high + 1, self.step))
 
@@ -131,6 +140,9 @@ class Choice:
 
     def check_values(self) -> tuple[Scalar, ...]:
         return self.choices
+
+    def grid_size(self) -> int:
+        return len(self.choices)
 
     def grid_values(self) -> tuple[Scalar, ...]:
         return self.choices
@@ -166,13 +178,15 @@ class SearchSpace:
         """Every combination of the fields' values (first field slowest), for ``--sampler grid``."""
         problems = [f"space.{p.field}: got {p.to_yaml()!r}; expected a list of values, a categorical, an int "
                     f"range, or a float range with a step or grid_points: N (--sampler grid enumerates every value)"
-                    for p in self.params if p.grid_values() is None]
+                    for p in self.params if p.grid_size() is None]
         if problems:
             raise ConfigError("invalid search space for --sampler grid:\n  " + "\n  ".join(problems))
-        values = [p.grid_values() for p in self.params]
-        size = math.prod(len(v) for v in values)
+        # counted before any value is made: a range of 4 billion integers was a MemoryError, 10^8 points a hang
+        size = math.prod(p.grid_size() for p in self.params)
         if size > limit:
-            raise ConfigError(f"the grid has {size} combinations, more than {limit}; use --sampler random or tpe")
+            raise ConfigError(f"the grid has {size:,} combinations, more than {limit:,}; use --sampler random or "
+                              f"tpe, or fewer values")
+        values = [p.grid_values() for p in self.params]
         return [dict(zip(self.fields, combo, strict=True)) for combo in itertools.product(*values)]
 
     def to_yaml(self) -> dict[str, Any]:
@@ -280,6 +294,8 @@ def _float_range(field: str, low: Any, high: Any, step: Any, log: bool, grid_poi
         _number("grid_points", grid_points, integer=True)
         if grid_points < 2 or step is not None:
             raise ValueError(f"grid_points >= 2 and no step (got grid_points={grid_points}, step={step})")
+        if grid_points > MAX_GRID:  # a grid of more combinations is refused anyway, before its values are made
+            raise ValueError(f"grid_points <= {MAX_GRID:,} (got grid_points={grid_points:,})")
     if step is not None:
         _number("step", step, integer=False)
         if step <= 0:

@@ -35,6 +35,9 @@ STUDY_ATTR = "plantpheno"  # what the study was created with: metric, sampler, s
 WORKER_CONFIG, WORKER_SPACE = "tune_config.yaml", "tune_space.yaml"
 
 
+MAX_WORKERS = 256  # as --workers: worker processes on one machine
+
+
 def tune(config: Config, space: SearchSpace, *, settings: TuneSettings, workers: int = 1,
          handle_signals: bool = True, echo: bool = True, reporter: Reporter | None = None) -> TuneResult:
     """Run (or continue) a hyperparameter study and write its reports into ``OUTPUT_DIR/<experiment>/<study>/``.
@@ -53,8 +56,9 @@ def tune(config: Config, space: SearchSpace, *, settings: TuneSettings, workers:
         TuningError: the storage holds a study of the same name made with another space, metric or sampler.
         Interrupted: after Ctrl-C/SIGTERM, once the reports are written; re-run to continue.
     """
-    if workers < 1:
-        raise TuningError(f"--workers: got {workers}; expected 1 or more")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise TuningError(f"workers: got {workers!r}; expected an integer from 1 to {MAX_WORKERS} (processes on "
+                          f"this machine)")
     reporter = default_reporter(reporter)
     plan = make_plan(config, space, settings)
     study = open_study(plan, reporter=reporter if echo else None)
