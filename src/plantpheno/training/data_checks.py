@@ -28,7 +28,7 @@ FEATURE_SIZE = 224
 FEATURE_MEMO = "checks/features-{backbone}-{size}.npz"  # under OUTPUT_DIR/.cache
 DOCTOR_HINT = "pip install 'plantpheno[doctor]'"
 REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
-REPORT_MEMO_VERSION = 1  # bump when a check's logic or wording changes: memoised reports are then redone
+REPORT_MEMO_VERSION = 2  # bump when a check's logic or wording changes: memoised reports are then redone
 
 
 def run_data_checks(prepared: PreparedData, config: Config, *, reporter: Reporter | None = None) -> DataCheckReport:
