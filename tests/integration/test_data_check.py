@@ -88,6 +88,18 @@ def test_data_check_exit_codes_output_and_report(tmp_path, disease_root, write_c
     assert listing.returncode == 0 and "background_shortcut" in listing.stdout
 
 
+def test_data_check_needs_no_config_file(tmp_path, disease_root):
+    manifest, original, copy = _manifest_with_one_leak(tmp_path, disease_root)
+    for given, status in (((str(disease_root),), 0), ((f"data.root={disease_root}",), 0), ((str(manifest),), 1)):
+        result = plantpheno("data", "check", *given, f"output_dir={tmp_path / 'runs'}")
+        assert result.returncode == status, (given, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "exact_duplicates.leak" in result.stdout  # the manifest alone: its leak is found
+    result = plantpheno("data", "check")
+    assert result.returncode == 2 and "give a CONFIG file, an image folder, a CSV manifest or overrides" in result.stderr
+    assert "from a path alone" in " ".join(plantpheno("data", "check", "--help").stdout.split())
+
+
 def test_data_check_reports_unreadable_files_instead_of_stopping(tmp_path, disease_root, write_config):
     root = tmp_path / "leaves"
     shutil.copytree(disease_root, root)
