@@ -116,9 +116,9 @@ def check_features(prepared: PreparedData, config: Config, *,
             raise ConfigError(f"data.checks.label_errors=on needs scikit-learn and cleanlab: {DOCTOR_HINT}")
         return None, f"scikit-learn or cleanlab is not installed ({DOCTOR_HINT})"
     if missing:
-        reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) "
-                      f"(computed once, cached in {memo_path.parent})")
-        memo.update(_compute(sorted(missing), wanted, config))
+        reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) for the label-"
+                      f"error and feature-duplicate checks (computed once, cached in {memo_path.parent})")
+        memo.update(_compute(sorted(missing), wanted, config, reporter))
         _write_memo(memo_path, memo)
     return {h: memo[h] for h in wanted}, None
 
@@ -129,7 +129,8 @@ def _libraries_present() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("sklearn", "cleanlab"))
 
 
-def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[str, np.ndarray]:
+def _compute(hashes: list[str], paths: dict[str, Path], config: Config,
+             reporter: Reporter) -> dict[str, np.ndarray]:
     import torch
 
     from plantpheno.data.datasets import resolve_num_workers
@@ -145,7 +146,8 @@ def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[
     with torch.inference_mode():
         features = extract_features(model, [paths[h] for h in hashes], image_size=FEATURE_SIZE, mean=mean, std=std,
                                     batch_size=pass_batch_size(64, device), device=device,
-                                    num_workers=resolve_num_workers(config.data.num_workers))
+                                    num_workers=resolve_num_workers(config.data.num_workers), reporter=reporter,
+                                    desc="data checks: frozen features")
     return dict(zip(hashes, features.numpy().astype(np.float16)))
 
 
