@@ -140,14 +140,30 @@ class DataChecksConfig(_Section):
         return v
 
 
+# the manifest's column-name fields and their defaults (the names read_manifest uses without a config)
+MANIFEST_COLUMNS = {"path_column": "path", "label_column": "label", "value_column": "value",
+                    "split_column": "split", "group_column": "group"}
+
+
 class DataConfig(_Section):
     """Where the images are and how they are split, loaded and augmented."""
 
     root: Path | None = Field(None, description="Image folder (root/<class>/<image>), or base for manifest paths.")
     manifest: Path | None = Field(
         None,
-        description="CSV with columns path,label (classification) or path,value (regression); optional split, group.",
+        description="CSV with columns path,label (classification) or path,value (regression); optional split, group "
+        "(the column names: data.*_column).",
     )
+    path_column: str = Field("path", min_length=1, description="The manifest's column of image paths.")
+    label_column: str = Field("label", min_length=1, description="The manifest's column of class labels "
+                              "(classification).")
+    value_column: str = Field("value", min_length=1, description="The manifest's column of trait values "
+                              "(regression).")
+    split_column: str = Field("split", min_length=1, description="The manifest's column of train/val/test, if any "
+                              "(a name other than split must exist).")
+    group_column: str = Field("group", min_length=1, description="The manifest's column of groups (images of one "
+                              "plant, tray or date, kept in one split), e.g. plant_id (a name other than group must "
+                              "exist).")
     image_size: int = Field(224, ge=16, le=2048, description="Side of the square image fed to the model (pixels).")
     resize: Literal["crop", "pad", "stretch"] = Field(
         "crop", description="How an image becomes the model's square: crop (shorter side to image_size, centre "
@@ -209,6 +225,11 @@ class DataConfig(_Section):
     def _source_and_fractions(self) -> DataConfig:
         if self.root is None and self.manifest is None:
             raise ValueError("set data.root (an image folder) or data.manifest (a CSV file); both are missing")
+        renamed = [f"data.{name}={getattr(self, name)}" for name, default in MANIFEST_COLUMNS.items()
+                   if getattr(self, name) != default]
+        if renamed and self.manifest is None:
+            raise ValueError(f"{', '.join(renamed)} name(s) a manifest column, but there is no data.manifest (an image "
+                             f"folder has no columns: its labels are the folder names)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"data.val_fraction + data.test_fraction must be < 1, got "

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from plantpheno.errors import ConfigError
+from plantpheno.errors import ConfigError, PlantPhenoError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,23 @@ class DistContext:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` on rank 0 alone (None elsewhere). A refusal there (a :class:`PlantPhenoError`: the data check
+        finds leakage, the output folder is not writable) is raised on every rank, so the other ranks end with the
+        same one-line message instead of waiting at the next collective call and dying of rank 0's exit."""
+        if not self.enabled:
+            return fn()
+        value, refusal = None, None
+        if self.is_main:
+            try:
+                value = fn()
+            except PlantPhenoError as exc:
+                refusal = exc
+        told = self.broadcast(refusal)
+        if told is not None:
+            raise (refusal if refusal is not None else told)
+        return value
 
     def all_gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order."""

@@ -131,13 +131,13 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
     setup = None
     with contextlib.ExitStack() as held:
         try:
-            if dist.is_main:
-                check_output_dir(config.output_dir)  # before the image check, which can take minutes
+            dist.on_main(lambda: check_output_dir(config.output_dir))  # before the image check (minutes)
             seed_everything(config.seed, deterministic=config.deterministic)
             set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
             # Data and model first: a bad image or backbone fails before any run folder exists.
             setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
-            checked = _check_data(setup)  # an error-level finding stops here too
+            # an error-level finding stops here too, on every rank (rank 0 checks, the others hear its verdict)
+            checked = dist.on_main(lambda: _check_data(setup))
             run = dist.broadcast(_new_run_dir(setup, held, checked) if dist.is_main else None)
             return _fit_and_evaluate(setup, run, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
         finally:

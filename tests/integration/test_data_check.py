@@ -88,6 +88,18 @@ def test_data_check_exit_codes_output_and_report(tmp_path, disease_root, write_c
     assert listing.returncode == 0 and "background_shortcut" in listing.stdout
 
 
+def test_data_check_needs_no_config_file(tmp_path, disease_root):
+    manifest, original, copy = _manifest_with_one_leak(tmp_path, disease_root)
+    for given, status in (((str(disease_root),), 0), ((f"data.root={disease_root}",), 0), ((str(manifest),), 1)):
+        result = plantpheno("data", "check", *given, f"output_dir={tmp_path / 'runs'}")
+        assert result.returncode == status, (given, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "exact_duplicates.leak" in result.stdout  # the manifest alone: its leak is found
+    result = plantpheno("data", "check")
+    assert result.returncode == 2 and "give a CONFIG file, an image folder, a CSV manifest or overrides" in result.stderr
+    assert "from a path alone" in " ".join(plantpheno("data", "check", "--help").stdout.split())
+
+
 def test_data_check_reports_unreadable_files_instead_of_stopping(tmp_path, disease_root, write_config):
     root = tmp_path / "leaves"
     shutil.copytree(disease_root, root)
@@ -155,3 +167,26 @@ def test_plantvillage_background_shortcut_fires_and_nothing_else(tmp_path):
     assert [f["check"] for f in warnings] == ["background_shortcut"], [f["message"] for f in warnings]
     details = warnings[0]["details"]
     assert details["accuracy"] > 0.4 and details["chance"] == pytest.approx(1 / 15) and details["p_value"] <= 0.01
+
+
+@pytest.mark.slow
+def test_synth_seeds_0_to_9_give_no_error_level_finding_and_seed_0_trains(tmp_path):
+    """The done-when check of issue 26: `plantpheno data synth` (its defaults) with seeds 0-9, then `train`. The
+    check below is train's own (pipeline._check_data calls run_data_checks on prepare_data(config)); one seed
+    also goes through a real `train` (seed 0: a healthy and a blighted leaf whose hashes are 4 bits apart)."""
+    from plantpheno.config import validate_config
+    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.synth import synthesize_disease
+    from plantpheno.training.data_checks import run_data_checks
+
+    for seed in range(10):
+        root = synthesize_disease(tmp_path / f"seed{seed}", seed=seed)
+        config = validate_config(tiny_config(tmp_path, data={"root": str(root)}))
+        report = run_data_checks(prepare_data(config), config)
+        assert not report.errors, (seed, [f.line() for f in report.errors])
+    config = tmp_path / "seed0.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path, data={"root": str(tmp_path / "seed0")},
+                                                 training={"epochs": 1, "progress_bar": False})))
+    result = plantpheno("train", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "near_duplicates.leak" not in result.stderr

@@ -116,3 +116,25 @@ def test_a_dead_rank_ends_the_job_quickly(tmp_path, disease_root, write_config):
     assert proc.returncode != 0
     assert time.monotonic() - killed_at < 60, "the job should end soon after one rank dies"
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_a_data_check_refusal_on_rank_0_ends_every_rank_with_its_message(tmp_path, disease_root, write_config):
+    files = sorted(disease_root.rglob("*.jpg"))
+    manifest = tmp_path / "leaky.csv"
+    rows = [f"{p},{p.parent.name},{('train', 'train', 'val', 'test')[i % 4]}" for i, p in enumerate(files)]
+    manifest.write_text("path,label,split\n" + "\n".join([*rows, f"{files[0]},{files[0].parent.name},test"]) + "\n")
+    config = write_config(data={"manifest": str(manifest)}, tracking={"system_metrics_interval": 0})
+    proc = torchrun(config, cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    # the workers print no traceback and no gloo error; torchrun's launcher itself always ends a job with a non-zero
+    # worker by raising ChildFailedError (its own traceback, through torch/distributed/run.py only)
+    for block in (out + err).split("Traceback (most recent call last):")[1:]:
+        frames = block.split("ChildFailedError")[0]
+        assert "ChildFailedError" in block and "/plantpheno/" not in frames, block[:3000]
+    assert "gloo" not in (out + err).lower() and "Connection" not in out + err, err[-3000:]
+    refusals = [line for line in (out + err).splitlines()
+                if line.startswith("plantpheno: error: the data checks found 1 error(s)")]
+    assert len(refusals) == 2, err[-3000:]  # rank 0's refusal, and the same message from rank 1
+    assert "duplicate_paths" in out + err
+    assert not (tmp_path / "runs" / "default" / "run").exists()

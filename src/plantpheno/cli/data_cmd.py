@@ -53,13 +53,16 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
 
 def _register_check(data_sub: argparse._SubParsersAction) -> None:
     c = data_sub.add_parser(
-        "check", help="run the data checks of a config (duplicates, leakage, labels, quality, shortcuts)",
-        description="Read the data section of CONFIG as `plantpheno train` would, run the data checks (the same "
-                    "ones train runs first) and print one line per finding: severity, check, what and how many, "
-                    "and the fix. Every finding, with the files involved, goes to data_check.json. Exit status: "
-                    "0 = no error-level finding (clean, or warnings only), 1 = at least one error-level finding, "
-                    "2 = the config or the data source itself is invalid.")
-    c.add_argument("config", nargs="?", type=Path, help="YAML config file or recipe name")
+        "check", help="run the data checks (duplicates, leakage, labels, quality, shortcuts)",
+        description="Read the data as `plantpheno train` would, run the data checks (the same ones train runs "
+                    "first) and print one line per finding: severity, check, what and how many, and the fix. The "
+                    "data comes from a config's data section, from overrides alone (data.root=leaves), or from a "
+                    "path alone (an image folder, or a CSV manifest). Every finding, with the files involved, goes "
+                    "to data_check.json. Exit status: 0 = no error-level finding (clean, or warnings only), 1 = at "
+                    "least one error-level finding, 2 = the config or the data source itself is invalid.")
+    c.add_argument("config", nargs="?", type=Path, metavar="CONFIG|DATA",
+                   help="YAML config file or recipe name (optional), or the data itself: an image folder (root/<class>/<image>) or "
+                        "a CSV manifest")
     c.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.root=leaves")
     c.add_argument("--out", type=Path, default=None,
                    help="where to write the findings (default: OUTPUT_DIR/<experiment>/data_check.json)")
@@ -95,6 +98,24 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_or_data(first: Path | None, overrides: list[str]) -> tuple[Path | None, list[str]]:
+    """The config file and overrides of ``data check FIRST OVERRIDES...``: FIRST is a YAML config, an override
+    (the config is optional), an image folder (data.root) or a CSV manifest (data.manifest)."""
+    if first is None:
+        if not overrides:
+            raise ConfigError("give a CONFIG file, an image folder, a CSV manifest or overrides such as "
+                              "data.root=leaves (which images to check)")
+        return None, overrides
+    text = str(first)
+    if "=" in text and not first.exists():
+        return None, [text, *overrides]
+    if first.is_dir():
+        return None, [f"data.root={text}", *overrides]
+    if first.suffix.lower() == ".csv":
+        return None, [f"data.manifest={text}", *overrides]
+    return first, overrides
+
+
 def run_check(args: argparse.Namespace) -> int:
     if args.list:
         from plantpheno.data.doctor.ids import CHECKS
@@ -102,20 +123,20 @@ def run_check(args: argparse.Namespace) -> int:
         for check, what in CHECKS.items():
             print(f"{check:<32} {what}")
         return 0
-    if args.config is None:
-        raise ConfigError("give a CONFIG file (the data section says which images to check)")
     from plantpheno.config import load_config
     from plantpheno.data.datasets import prepare_data
     from plantpheno.reporting import ConsoleReporter
     from plantpheno.rundir import data_check_path
     from plantpheno.training.data_checks import run_data_checks
 
-    overrides = [*args.overrides, *(["data.checks.label_errors=on"] if args.label_errors else [])]
-    config = load_config(args.config, overrides)
+    config_path, given = _config_or_data(args.config, args.overrides)
+    overrides = [*given, *(["data.checks.label_errors=on"] if args.label_errors else [])]
+    config = load_config(config_path, overrides)
+    reporter = ConsoleReporter()
     # every unreadable file becomes a finding, instead of stopping the check at the first list of them
     reading = config.model_copy(update={"data": config.data.model_copy(update={"on_bad_image": "skip"})})
-    prepared = prepare_data(reading)
-    report = run_data_checks(prepared, config, reporter=ConsoleReporter())
+    prepared = prepare_data(reading, reporter=reporter)
+    report = run_data_checks(prepared, config, reporter=reporter)
     out = args.out or data_check_path(config)
     report.write(out)
     if args.json:

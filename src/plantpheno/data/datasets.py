@@ -34,7 +34,8 @@ from plantpheno.data.batch_augment import (
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.doctor.pixels import ImageStats
 from plantpheno.data.images import check_images, load_rgb
-from plantpheno.data.sources import SPLITS, Sample, class_names_of, links_outside, read_folder, read_manifest
+from plantpheno.data.sources import (
+    SPLITS, Columns, Sample, class_names_of, ignored_columns, links_outside, read_folder, read_manifest)
 from plantpheno.data.splits import assign_splits
 from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.device import glibc
@@ -91,7 +92,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     if manifest_override is not None:
         samples = read_manifest(manifest_override, root=None, task=config.task, exact=True)
     elif data.manifest is not None:
-        samples = read_manifest(data.manifest, root=data.root, task=config.task)
+        columns = Columns(data.path_column, data.label_column, data.value_column, data.split_column, data.group_column)
+        samples = read_manifest(data.manifest, root=data.root, task=config.task, columns=columns)
+        _note_ignored_columns(data.manifest, config.task, columns, reporter)
     else:
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
@@ -113,6 +116,15 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
         raise DataError(f"classification needs at least 2 classes, found {class_names}")
     return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
                         links_policy=data.links_outside_root)
+
+
+def _note_ignored_columns(manifest: Path, task: str, columns: Columns, reporter: Reporter | None) -> None:
+    """Say once which of the manifest's columns nothing reads: data the user gave is never ignored without a word."""
+    ignored = ignored_columns(manifest, task=task, columns=columns)
+    if ignored and reporter is not None:
+        grouped = (f"groups come from {columns.group} (data.group_column)" if columns.group != Columns().group
+                   else "set data.group_column to group by one (its images then stay in one split)")
+        reporter.info(f"{manifest}: ignored columns: {', '.join(ignored)}; {grouped}")
 
 
 def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[list[Sample], list[tuple[Path, Path]]]:

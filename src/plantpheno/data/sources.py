@@ -28,6 +28,31 @@ class Sample:
     group: str | None = None
 
 
+@dataclass(frozen=True)
+class Columns:
+    """The manifest's column names (``data.path_column`` ... ``data.group_column``). A split or group column
+    is optional under its default name; one the user named must be there."""
+
+    path: str = "path"
+    label: str = "label"
+    value: str = "value"
+    split: str = "split"
+    group: str = "group"
+
+    def target(self, task: str) -> str:
+        return self.label if task == "classification" else self.value
+
+    def used(self, task: str) -> tuple[str, ...]:
+        return (self.path, self.target(task), self.split, self.group)
+
+
+def _field_of(columns: Columns, name: str) -> str:
+    """`` (data.group_column)`` for a column the user named in the config, else nothing."""
+    fields = [f for f in ("path", "label", "value", "split", "group")
+              if getattr(columns, f) == name and name != getattr(Columns(), f)]
+    return f" (data.{fields[0]}_column)" if fields else ""
+
+
 def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
@@ -80,8 +105,9 @@ def links_outside(samples: list[Sample], root: Path) -> list[tuple[Path, Path]]:
 
 
 def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classification", "regression"],
-                  exact: bool = False) -> list[Sample]:
-    """A CSV with ``path`` and ``label`` (classification) or ``value`` (regression) columns.
+                  exact: bool = False, columns: Columns = Columns()) -> list[Sample]:
+    """A CSV with ``path`` and ``label`` (classification) or ``value`` (regression) columns (other names:
+    ``columns``).
 
     Optional columns: ``split`` (train/val/test) and ``group`` (images of one plant, tray or date
     that must stay in one split). Relative paths resolve against ``root`` when given, else against
@@ -93,29 +119,24 @@ def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classific
         what = "is a folder, not a CSV file" if manifest.is_dir() else "does not exist"
         raise DataError(f"data.manifest {manifest} {what}")
     base = root if root is not None else manifest.parent
-    target_col = "label" if task == "classification" else "value"
+    target_col = columns.target(task)
     _check_text_file(manifest, target_col)
     try:
         with read_csv(manifest) as reader:
-            columns = [c.strip() for c in reader.fieldnames or []]
-            reader.fieldnames = columns
-            missing = [c for c in ("path", target_col) if c not in columns]
-            if missing:
-                raise DataError(
-                    f"data.manifest {manifest}: missing column(s) {', '.join(missing)}; found {columns or 'none'} "
-                    f"(task={task} expects path,{target_col} and optional split,group)"
-                )
-            has_split, has_group = "split" in columns, "group" in columns
+            found = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = found
+            _check_columns(manifest, found, columns, task)
+            has_split, has_group = columns.split in found, columns.group in found
             samples, problems = [], []
             for row in reader:
                 # the file's line number: blank lines are skipped by DictReader, and a quoted field may span lines
-                sample = _parse_row(row, reader.line_num, base, target_col, has_split, has_group, problems,
+                sample = _parse_row(row, reader.line_num, base, columns, target_col, has_split, has_group, problems,
                                     exact=exact)
                 if sample is not None:
                     samples.append(sample)
     except csv.Error as exc:
         raise DataError(f"data.manifest {manifest} is not a readable CSV file ({exc}); save it as UTF-8 CSV "
-                        f"with the columns path,{target_col}") from None
+                        f"with the columns {columns.path},{target_col}") from None
     except OSError as exc:
         raise DataError(f"data.manifest {manifest} cannot be read ({exc.strerror or exc})") from None
     if problems:
@@ -125,6 +146,33 @@ def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classific
     if not samples:
         raise DataError(f"data.manifest {manifest} has no rows")
     return samples
+
+
+def _check_columns(manifest: Path, found: list[str], columns: Columns, task: str) -> None:
+    """The path and target columns, and a split or group column the user named, must be in the header."""
+    default = Columns()
+    needed = [columns.path, columns.target(task)] + [
+        getattr(columns, f) for f in ("split", "group") if getattr(columns, f) != getattr(default, f)]
+    missing = [c for c in needed if c not in found]
+    target_field = "label" if task == "classification" else "value"
+    if missing:
+        raise DataError(
+            f"data.manifest {manifest}: missing column(s) {', '.join(c + _field_of(columns, c) for c in missing)}; "
+            f"found {found or 'none'} (task={task} expects {columns.path},{columns.target(task)} and optional "
+            f"{columns.split},{columns.group}; set data.path_column, data.{target_field}_column ... for other "
+            f"names)"
+        )
+
+
+def ignored_columns(manifest: Path, *, task: str, columns: Columns = Columns()) -> list[str]:
+    """The manifest's columns that nothing reads (a ``plant_id`` or ``date`` the user may have meant as groups)."""
+    try:
+        with read_csv(manifest) as reader:
+            found = [c.strip() for c in reader.fieldnames or []]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []  # read_manifest has already said what is wrong with the file
+    used = set(columns.used(task))
+    return [c for c in found if c and c not in used]
 
 
 def _check_text_file(manifest: Path, target_col: str) -> None:
@@ -141,13 +189,13 @@ def _check_text_file(manifest: Path, target_col: str) -> None:
                         f"columns path,{target_col}")
 
 
-def _parse_row(row: dict[str, str | None], line: int, base: Path, target_col: str, has_split: bool,
-               has_group: bool, problems: list[str], *, exact: bool = False) -> Sample | None:
+def _parse_row(row: dict[str, str | None], line: int, base: Path, columns: Columns, target_col: str,
+               has_split: bool, has_group: bool, problems: list[str], *, exact: bool = False) -> Sample | None:
     def field(name: str) -> str:
         value = row.get(name) or ""
         return value if exact else value.strip()
 
-    path_text, target_text = field("path"), field(target_col)
+    path_text, target_text = field(columns.path), field(target_col)
     if not path_text:
         problems.append(f"line {line}: empty path")
         return None
@@ -156,7 +204,7 @@ def _parse_row(row: dict[str, str | None], line: int, base: Path, target_col: st
         problems.append(f"line {line}: empty {target_col} for {shown}")
         return None
     # labels from a run's own split.csv may hold any bytes its class folder names held; a user's manifest is text
-    for name, text in ((target_col, target_text), ("group", field("group") if has_group else "")):
+    for name, text in ((target_col, target_text), (columns.group, field(columns.group) if has_group else "")):
         if has_surrogates(text) and not exact:
             problems.append(f"line {line}: {name} {undecodable_bytes(text)!r} for {shown} is not UTF-8 text; save "
                             f"the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD.csv > NEW.csv)")
@@ -175,11 +223,12 @@ def _parse_row(row: dict[str, str | None], line: int, base: Path, target_col: st
                             f"(|value| <= {MAX_TRAIT_MAGNITUDE:g}; traits are learned in float32): rescale the trait, "
                             f"e.g. to other units")
             return None
-    split = field("split").lower() if has_split else None
+    split = field(columns.split).lower() if has_split else None
     if has_split and split not in SPLITS:
-        problems.append(f"line {line}: split {_clip(row.get('split'))!r} for {shown}; expected train, val or test")
+        problems.append(f"line {line}: {columns.split} {_clip(row.get(columns.split))!r} for {shown}; expected train, "
+                        f"val or test")
         return None
-    group = (field("group") or None) if has_group else None
+    group = (field(columns.group) or None) if has_group else None
     path = Path(path_text)
     return Sample(path=path if path.is_absolute() else base / path, target=target, split=split, group=group)
 

@@ -31,7 +31,7 @@ FEATURE_MEMO = "checks/features-{backbone}-{size}.npz"  # under OUTPUT_DIR/.cach
 DOCTOR_HINT = ("pip install 'plantpheno[doctor]': scikit-learn (BSD-3-Clause) and cleanlab (Apache-2.0 from 2.8; "
                "AGPL-3.0 up to 2.7); every other data check runs without them")
 REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
-REPORT_MEMO_VERSION = 1  # bump when a check's logic or wording changes: memoised reports are then redone
+REPORT_MEMO_VERSION = 2  # bump when a check's logic or wording changes: memoised reports are then redone
 
 
 def run_data_checks(prepared: PreparedData, config: Config, *, reporter: Reporter | None = None) -> DataCheckReport:
@@ -120,9 +120,9 @@ def check_features(prepared: PreparedData, config: Config, *,
                               f"cleanlab, which are not installed ({DOCTOR_HINT})")
         return None, f"the label-error check needs scikit-learn and cleanlab, not installed ({DOCTOR_HINT})"
     if missing:
-        reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) "
-                      f"(computed once, cached in {memo_path.parent})")
-        memo.update(_compute(sorted(missing), wanted, config))
+        reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) for the label-"
+                      f"error and feature-duplicate checks (computed once, cached in {memo_path.parent})")
+        memo.update(_compute(sorted(missing), wanted, config, reporter))
         _write_memo(memo_path, memo)
     return {h: memo[h] for h in wanted}, None
 
@@ -133,7 +133,8 @@ def _libraries_present() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("sklearn", "cleanlab"))
 
 
-def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[str, np.ndarray]:
+def _compute(hashes: list[str], paths: dict[str, Path], config: Config,
+             reporter: Reporter) -> dict[str, np.ndarray]:
     import torch
 
     from plantpheno.data.datasets import resolve_num_workers
@@ -149,7 +150,8 @@ def _compute(hashes: list[str], paths: dict[str, Path], config: Config) -> dict[
     with torch.inference_mode():
         features = extract_features(model, [paths[h] for h in hashes], image_size=FEATURE_SIZE, mean=mean, std=std,
                                     batch_size=pass_batch_size(64, device), device=device,
-                                    num_workers=resolve_num_workers(config.data.num_workers))
+                                    num_workers=resolve_num_workers(config.data.num_workers), reporter=reporter,
+                                    desc="data checks: frozen features")
     return dict(zip(hashes, features.numpy().astype(np.float16)))
 
 

@@ -50,7 +50,7 @@ def check_data(prepared: PreparedData, config: Config, *, reporter: Reporter | N
     index = duplicates.index_duplicates(entries, max_distance=settings.near_duplicate_distance)
     run.seconds["duplicate_index"] = time.perf_counter() - start
     run(("exact_duplicates.leak", "exact_duplicates.within_split", "near_duplicates.leak",
-         "near_duplicates.within_split"), lambda: duplicates.duplicate_findings(index, conflicting=conflicting))
+         "near_duplicates.within_split", "near_duplicates.unconfirmed"), lambda: duplicates.duplicate_findings(index, conflicting=conflicting))
     if regression:
         for check in ("labels.case_variants", "labels.missing_from_split", "labels.imbalance", "label_errors"):
             run.skip(check, "classification only")
@@ -63,7 +63,7 @@ def check_data(prepared: PreparedData, config: Config, *, reporter: Reporter | N
     pictures = distinct_files(entries)
     fold_keys = _fold_keys(pictures, index)
     run(("background_shortcut",), lambda: _shortcut(run, pictures, fold_keys, settings, regression, config.seed))
-    _model_checks(run, pictures, fold_keys, features, features_skipped, settings, regression, config.seed)
+    _model_checks(run, pictures, fold_keys, features, features_skipped, settings, regression, config.seed, reporter)
     return DataCheckReport(run.findings, len(entries), run.ran, run.skipped, run.seconds, prepared.fingerprint)
 
 
@@ -125,7 +125,7 @@ def _shortcut(run: _Run, pictures: list[Entry], fold_keys: list[str], settings, 
 
 
 def _model_checks(run: _Run, pictures: list[Entry], fold_keys: list[str], features: Mapping[str, np.ndarray] | None,
-                  why_not: str | None, settings, regression: bool, seed: int) -> None:
+                  why_not: str | None, settings, regression: bool, seed: int, reporter: Reporter) -> None:
     wanted = [c for c in MODEL_CHECKS if run.selected(c) and not (regression and c == "label_errors")]
     for c in MODEL_CHECKS:
         if not run.selected(c):
@@ -142,6 +142,8 @@ def _model_checks(run: _Run, pictures: list[Entry], fold_keys: list[str], featur
 
     matrix = np.stack([np.asarray(features[pictures[i].content], dtype=np.float32) for i in rows])
     if "label_errors" in wanted:
+        reporter.info(f"data checks: likely label errors: a {settings.folds}-fold logistic regression on the frozen "
+                      f"features of {len(pictures)} images")
         run(("label_errors",), lambda: label_error_findings(pictures, matrix, fold_keys, folds=settings.folds,
                                                             seed=seed)[0])
     if "feature_duplicates" in wanted:

@@ -1,20 +1,31 @@
 """One file listed twice, one picture with two labels, and duplicate pictures: exact (same decoded pixels, in
-any file format) and near (perceptual hashes within a few bits: a re-saved, resized or re-exposed copy).
+any file format) and near (a re-saved, resized or re-exposed copy).
 
-A duplicate that crosses splits, or explicit groups, is leakage (an error): the test score is then measured
-partly on training images. Within one split it is a warning (the image weighs double).
+A near duplicate must be sure before it is reported: a pair whose perceptual hashes are within a few bits is
+only a candidate (two different leaves, each alone on a dark background, can be 4 bits apart), confirmed when
+their aligned 16 x 16 colour thumbnails correlate at least ``CONFIRM_SIMILARITY``. Unconfirmed candidates are a
+note. A duplicate that crosses splits, or explicit groups, is leakage (an error): the test score is then
+measured partly on training images. Within one split it is a warning (the image weighs double).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from plantpheno.data.doctor.catalog import Entry, same_target
 from plantpheno.data.doctor.findings import Finding
+from plantpheno.data.doctor.pixels import colour_thumb, thumb_similarity
+
+# Measured (thumbnail correlation, pixels.thumb_similarity): copies of 240 PlantVillage and 60 synthetic images
+# re-saved at x0.8 JPEG q75, at x0.5 q60, brightened x1.3, darkened x0.7, contrast x0.8 or saturated x1.3 (the
+# 589 of 600 within the hash distance) score 0.968 and more; different pictures do not reach it: the 371 pairs
+# within 10 bits among the PlantVillage subset and 10 synthetic seeds score at most 0.937 (one repeated shot
+# of one leaf, 0.951), the 4 synthetic pairs within 4 bits 0.757 to 0.915. README, "Data checks".
+CONFIRM_SIMILARITY = 0.95
 
 
 def duplicate_paths(entries: Sequence[Entry]) -> list[Finding]:
@@ -57,11 +68,13 @@ def conflicting_labels(entries: Sequence[Entry], *, regression: bool) -> tuple[l
 
 @dataclass(frozen=True)
 class DuplicateIndex:
-    """Pictures grouped by identical pixels, and clusters of pictures whose perceptual hashes are close."""
+    """Pictures grouped by identical pixels, clusters of confirmed near duplicates, and the candidate pairs
+    (close perceptual hashes) that the colour thumbnails did not confirm."""
 
     by_content: dict[str, list[Entry]]  # pixel hash -> every row showing that picture
-    clusters: list[list[str]]  # near-duplicate clusters of pixel hashes (two or more pictures each)
+    clusters: list[list[str]]  # confirmed near-duplicate clusters of pixel hashes (two or more pictures each)
     distance: int
+    unconfirmed: list[tuple[str, str, float]] = field(default_factory=list)  # (content, content, similarity)
 
     def cluster_ids(self, entries: Sequence[Entry]) -> list[str]:
         """A fold key per entry: rows of one picture, or of near-identical pictures, get the same key (so
@@ -85,12 +98,23 @@ def index_duplicates(entries: Sequence[Entry], *, max_distance: int) -> Duplicat
             i = parent[i]
         return i
 
+    thumbs = [colour_thumb(rows[0].stats) for rows in (by_content[c] for c in contents)]
+    unconfirmed = []
     for i, j in close_pairs(values, max_distance):
-        parent[root(i)] = root(j)
+        similarity = _similarity(thumbs[i], thumbs[j])
+        if similarity >= CONFIRM_SIMILARITY:
+            parent[root(i)] = root(j)
+        else:
+            unconfirmed.append((contents[i], contents[j], similarity))
     members: dict[int, list[str]] = defaultdict(list)
     for i, content in enumerate(contents):
         members[root(i)].append(content)
-    return DuplicateIndex(dict(by_content), [m for m in members.values() if len(m) > 1], max_distance)
+    return DuplicateIndex(dict(by_content), [m for m in members.values() if len(m) > 1], max_distance, unconfirmed)
+
+
+def _similarity(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """The thumbnails' similarity; NaN (never confirmed: an error must be sure) when one has none recorded."""
+    return float("nan") if a is None or b is None else thumb_similarity(a, b)
 
 
 def close_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
@@ -148,8 +172,9 @@ def duplicate_findings(index: DuplicateIndex, *, conflicting: set[str]) -> list[
         leaks = [g for g in groups if _crosses(g)]
         inside = [g for g in groups if not _crosses(g)]
         described = ("identical decoded pixels" if kind == "exact_duplicates" else
-                     f"near-identical images (perceptual hashes at most {index.distance} of 64 bits apart: "
-                     f"re-saved, resized or re-exposed copies)")
+                     f"near-identical images (perceptual hashes at most {index.distance} of 64 bits apart and "
+                     f"colour thumbnails correlating >= {CONFIRM_SIMILARITY:g}: re-saved, resized or re-exposed "
+                     f"copies)")
         if leaks:
             findings.append(_finding(
                 "error", f"{kind}.leak", leaks,
@@ -162,7 +187,26 @@ def duplicate_findings(index: DuplicateIndex, *, conflicting: set[str]) -> list[
                 "warning", f"{kind}.within_split", inside,
                 f"{len(inside)} group(s) of {described} within one split: each picture counts more than once.",
                 "delete the extra copies, or give each set of copies one group."))
+    findings += _unconfirmed(index, conflicting)
     return findings
+
+
+def _unconfirmed(index: DuplicateIndex, conflicting: set[str]) -> list[Finding]:
+    """One note for the hash candidates the colour thumbnails did not confirm (most alike first)."""
+    pairs = sorted((p for p in index.unconfirmed if not conflicting.intersection(p[:2])),
+                   key=lambda p: -p[2] if p[2] == p[2] else 1.0)  # NaN (no thumbnail) last
+    if not pairs:
+        return []
+    first = [(index.by_content[a][0], index.by_content[b][0], s) for a, b, s in pairs]
+    return [Finding(
+        "info", "near_duplicates.unconfirmed",
+        f"{len(pairs)} pair(s) of images have perceptual hashes at most {index.distance} of 64 bits apart but "
+        f"different colours or layout (colour thumbnails correlate < {CONFIRM_SIMILARITY:g}): most likely "
+        f"different pictures of a similar scene (one leaf on a plain background), not copies.", len(pairs),
+        "nothing, unless a pair is in fact one picture; then keep one copy.",
+        files=tuple((str(a.path), str(b.path)) for a, b, _ in first),
+        file_notes=tuple((f"{a.note()}, thumbnail correlation {s:.2f}", b.note()) for a, b, s in first),
+        details={"threshold": CONFIRM_SIMILARITY, "distance": index.distance})]
 
 
 def _crosses(rows: list[Entry]) -> bool:

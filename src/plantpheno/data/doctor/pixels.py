@@ -8,6 +8,7 @@ file and memoises the result with the file's size and mtime, so a later run does
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,9 +16,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-STATS_VERSION = 4  # bump when a measure below changes: memoised stats of an older version are recomputed
+STATS_VERSION = 5  # bump when a measure below changes: memoised stats of an older version are recomputed
 QUALITY_SIDE = 256  # quality measures on a copy whose longer side is at most this (the scale a model sees)
 BORDER_THUMB, BORDER_WIDTH = 64, 4  # border features: a 4-pixel frame of the image resized to 64 x 64
+# The brightest / darkest 0.1 % of the pixels decide "dark" / "washed out", and an image is uniform where fewer
+# than 0.1 % differ from its median colour: a seedling that covers 0.25 % of a photo on white paper or black cloth
+# (the smallest measured) still counts as content, so such photos are not called blank, dark or washed out.
+EXTREME_SHARE = 0.001
+UNIFORM_LEVELS = 32  # of 255 in any channel: far above sensor noise (sigma 6 keeps 100.000 % within), below a leaf
+COLOUR_THUMB = 16  # the aligned-pixel check of a near-duplicate candidate: the image as 16 x 16 RGB (768 bytes)
 _HIST_BINS = 8
 BORDER_FEATURES = 4 * 6 + 4 * 3 + 3 * _HIST_BINS
 
@@ -30,11 +37,12 @@ class ImageStats:
     height: int
     pixel_hash: str  # SHA-256 (128 bits) of the decoded RGB pixels and their shape: the same picture in any file
     phash: str  # 64-bit DCT perceptual hash (imagehash.phash) as 16 hex digits
-    dark: float  # 99th percentile of luma, 0..1: low when even the brightest pixels are dark
-    bright: float  # 1st percentile of luma, 0..1: high when even the darkest pixels are bright (washed out)
-    sharpness: float  # 99th percentile of the gradient over the image's luma range (-1: flat, not measured)
-    entropy: float  # Shannon entropy of the 256-bin luma histogram, bits (0 = one flat colour)
+    dark: float  # 99.9th percentile of luma, 0..1: low when even the brightest pixels are dark
+    bright: float  # 0.1th percentile of luma, 0..1: high when even the darkest pixels are bright (washed out)
+    sharpness: float  # 99.9th percentile of the gradient over the image's luma range (-1: flat, not measured)
+    uniform: float  # share of pixels within UNIFORM_LEVELS of the median colour in every channel (1 = one colour)
     border: tuple[float, ...]  # features of the border strip: see border_features
+    thumb: str = ""  # the image squeezed to COLOUR_THUMB x COLOUR_THUMB RGB, base64 of its bytes (see colour_thumb)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -64,14 +72,32 @@ def image_stats(rgb: Image.Image, *, size: tuple[int, int] | None = None) -> Ima
     small = rgb if max(rgb.size) <= QUALITY_SIDE else _shrunk(rgb, QUALITY_SIDE)
     luma = np.asarray(small.convert("L"))
     counts = np.bincount(luma.ravel(), minlength=256)
-    low, high = _percentiles(counts, (0.01, 0.99))
+    low, high = _percentiles(counts, (EXTREME_SHARE, 1 - EXTREME_SHARE))
     thumb = small.resize((BORDER_THUMB, BORDER_THUMB), Image.Resampling.BOX)
     width, height = size or rgb.size
     return ImageStats(
         width=width, height=height, pixel_hash=digest.hexdigest()[:32], phash=phash(thumb),
         dark=round(high / 255, 4), bright=round(low / 255, 4), sharpness=round(_sharpness(luma, high - low), 4),
-        entropy=round(_entropy(counts), 4), border=border_features(thumb),
+        uniform=round(_uniform_share(np.asarray(small)), 6), border=border_features(thumb),
+        thumb=base64.b64encode(thumb.resize((COLOUR_THUMB, COLOUR_THUMB), Image.Resampling.BOX).tobytes()).decode(),
     )
+
+
+def colour_thumb(stats: ImageStats) -> np.ndarray | None:
+    """The (16, 16, 3) float RGB thumbnail of :attr:`ImageStats.thumb`, or None when it was not recorded."""
+    if not stats.thumb:
+        return None
+    raw = np.frombuffer(base64.b64decode(stats.thumb), dtype=np.uint8)
+    return raw.reshape(COLOUR_THUMB, COLOUR_THUMB, 3).astype(np.float64) if raw.size == 3 * COLOUR_THUMB ** 2 else None
+
+
+def thumb_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """How alike two aligned colour thumbnails are: the correlation of their RGB values, each image standardised
+    by its own mean and spread over all three channels (so a re-exposed or lower-contrast copy still scores near
+    1, while a brown lesion where the other leaf is green lowers it). 1 = the same picture; -1..1."""
+    za = (a - a.mean()) / max(float(a.std()), 1e-6)
+    zb = (b - b.mean()) / max(float(b.std()), 1e-6)
+    return float((za * zb).mean())
 
 
 def phash(image: Image.Image) -> str:
@@ -102,21 +128,27 @@ def _percentiles(counts: np.ndarray, qs: tuple[float, ...]) -> list[float]:
 
 
 def _sharpness(luma: np.ndarray, spread: float) -> float:
-    """How steep the steepest edges are: the 99th percentile of the gradient (the larger of the horizontal and
+    """How steep the steepest edges are: the 99.9th percentile of the gradient (the larger of the horizontal and
     vertical central differences, halved: a one-pixel step of height h gives h / 2), relative to the image's own
-    luma range (1st to 99th percentile), so a low-contrast photo is not called blurry. A focused edge gives
-    about 0.2 and more; the same photo blurred with a Gaussian of sigma 2 px about 0.1."""
-    if min(luma.shape) < 3 or spread < 1:
-        return -1.0  # a flat image has no edges to judge: not measured
+    luma range (0.1th to 99.9th percentile), so a low-contrast photo is not called blurry. The steepest 0.1 %,
+    not 1 %: a seedling on white paper has few edge pixels, and below them lies sensor noise (0.03 at the 99th
+    percentile, which read as "blurry"). A focused edge gives about 0.15 and more; the same photo blurred with a
+    Gaussian of sigma 3 px about 0.09."""
+    if min(luma.shape) < 3 or spread < UNIFORM_LEVELS:
+        return -1.0  # nearly flat: no edges to judge, not measured
     values = luma.astype(np.int16)
     gradient = np.maximum(np.abs(values[2:, 1:-1] - values[:-2, 1:-1]), np.abs(values[1:-1, 2:] - values[1:-1, :-2]))
-    (top,) = _percentiles(np.bincount(gradient.ravel(), minlength=256), (0.99,))
+    (top,) = _percentiles(np.bincount(gradient.ravel(), minlength=256), (1 - EXTREME_SHARE,))
     return top / 2 / spread
 
 
-def _entropy(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+def _uniform_share(rgb: np.ndarray) -> float:
+    """The share of pixels within UNIFORM_LEVELS of the image's median colour in each of R, G and B."""
+    pixels = rgb.reshape(-1, 3)
+    median = [float(np.searchsorted(np.cumsum(np.bincount(pixels[:, c], minlength=256)), (len(pixels) + 1) / 2))
+              for c in range(3)]
+    far = (np.abs(pixels.astype(np.int16) - np.array(median, dtype=np.int16)) > UNIFORM_LEVELS).any(axis=1)
+    return 1.0 - float(far.mean())
 
 
 def border_features(rgb: Image.Image) -> tuple[float, ...]:
