@@ -214,7 +214,8 @@ def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = Non
 
 
 def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") -> Path:
-    """Rebuild ``RUN_DIR/report.html`` from the run's files and its best checkpoint (Grad-CAM needs the model);
+    """Rebuild the report of ``split`` (``RUN_DIR/report.html`` for test, ``report_<split>.html`` otherwise) from
+    the run's files and its best checkpoint (Grad-CAM needs the model);
     ``split`` defaults to the config's ``evaluation.split``."""
     from plantpheno.evaluation.html_report import write_run_report
 
