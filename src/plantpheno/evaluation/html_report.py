@@ -46,7 +46,7 @@ table.confusion th{font-size:12px;white-space:nowrap}.cm{display:inline-block;ma
 figure.plot{margin:6px 0}figure.plot img{max-width:100%;height:auto}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}.tile{margin:0;padding:6px;border:1px solid #ddd;border-radius:5px;
 width:262px}.tile img{margin-right:2px}.tile figcaption{font-size:12px}.tile.bad figcaption{color:#a11}
-.file{color:#666;word-break:break-all}.missing{width:258px;height:128px;background:#eee;font-size:12px}
+.tile.label{width:140px}.file{color:#666;word-break:break-all}.missing{width:258px;height:128px;background:#eee;font-size:12px}
 .sev-error{color:#b71c1c;font-weight:bold}.sev-warning{color:#a15c00}.files{font-size:12px;word-break:break-all}
 nav a{margin-right:10px}.muted{color:#666;font-size:12px}
 """
