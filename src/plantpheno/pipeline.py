@@ -227,7 +227,8 @@ def _checkpoint_to_use(run: RunDir, reporter: Reporter) -> dict[str, Any]:
 
 
 def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") -> Path:
-    """Rebuild ``RUN_DIR/report.html`` from the run's files and its best checkpoint (Grad-CAM needs the model);
+    """Rebuild the report of ``split`` (``RUN_DIR/report.html`` for test, ``report_<split>.html`` otherwise) from
+    the run's files and its best checkpoint (Grad-CAM needs the model);
     ``split`` defaults to the config's ``evaluation.split``."""
     from plantpheno.evaluation.html_report import write_run_report
 

@@ -220,8 +220,13 @@ class RunDir:
 
     @property
     def report(self) -> Path:
-        """``report.html``: the self-contained report of the run's latest evaluation."""
+        """``report.html``: the self-contained report of the run's test evaluation."""
         return self.path / REPORT_FILE
+
+    def report_for(self, split: str) -> Path:
+        """The report of ``split``'s evaluation: ``report.html`` for test, ``report_<split>.html`` for any other,
+        so evaluating another split never replaces the test report."""
+        return self.report if split == "test" else self.path / f"report_{split}.html"
 
     @property
     def temperature(self) -> Path:
@@ -238,7 +243,8 @@ class RunDir:
     def artifacts(self) -> tuple[Path, ...]:
         """The run's own files that trackers keep as artifacts (those that exist)."""
         files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
-                 self.training_curves, self.bad_images, self.data_check, self.temperature, self.report)
+                 self.training_curves, self.bad_images, self.data_check, self.temperature,
+                 *(self.report_for(split) for split in ("test", "val", "train")))
         return tuple(p for p in files if p.is_file())
 
     def is_run(self) -> bool:

@@ -166,7 +166,8 @@ def test_report_command_rebuilds_with_data_check_findings_and_evaluate_writes_on
     assert main(["report", str(run.path), "--split", "train"]) == 2
     assert "no evaluation of the train split" in capsys.readouterr().err
     metrics = pipeline.evaluate_run(run.path, split="val", device="cpu")
-    assert metrics["split"] == "val" and "(val)" in run.report.read_text(encoding="utf-8")
+    assert metrics["split"] == "val" and "(val)</title>" in run.report_for("val").read_text(encoding="utf-8")
+    assert "(test)</title>" in run.report.read_text(encoding="utf-8")  # the test report is still there
 
 
 def test_a_trait_model_worse_than_its_baseline_is_called_out(rosette_manifest, make_config, tmp_path):

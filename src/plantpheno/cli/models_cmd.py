@@ -163,10 +163,11 @@ def run_export(args: argparse.Namespace) -> int:
 
     from plantpheno.registry.export import export_package
     from plantpheno.registry.predict import open_model
+    from plantpheno.reporting import ConsoleReporter
 
     with ExitStack() as stack:
         package = open_model(args.ref, stack, registry_uri=registry_for(args.ref, args.registry))
-        report = export_package(package, args.format, args.out, tolerance=args.tolerance)
+        report = export_package(package, args.format, args.out, tolerance=args.tolerance, reporter=ConsoleReporter())
     print(report.summary())
     return 0
 

@@ -93,14 +93,21 @@ def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[T.Transform]
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))]
 
 
+def model_square(image_size: int, mean: Sequence[float], resize: str = "crop") -> Square:
+    """The square the model sees of an image at evaluation (``data.resize`` with the letterbox colour of the
+    normalisation ``mean``): the evaluation transforms start with it, and the report draws its images with it,
+    so what a person is shown is what the model saw."""
+    return Square(image_size, resize, pad_fill(mean))
+
+
 def square_transform(image_size: int, mean: Sequence[float], resize: str = "crop") -> T.Compose:
     """The evaluation preprocessing without normalisation: RGB in [0, 1], ``(3, S, S)`` (what exports take)."""
-    return T.Compose([Square(image_size, resize, pad_fill(mean)), T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+    return T.Compose([model_square(image_size, mean, resize), T.ToImage(), T.ToDtype(torch.float32, scale=True)])
 
 
 def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float], resize: str = "crop") -> T.Compose:
     """``data.resize`` to the square (crop: shorter side to ``image_size`` and the centre square), normalised."""
-    return T.Compose([Square(image_size, resize, pad_fill(mean)), *_to_tensor(mean, std)])
+    return T.Compose([model_square(image_size, mean, resize), *_to_tensor(mean, std)])
 
 
 def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float],

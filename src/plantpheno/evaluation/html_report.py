@@ -1,4 +1,5 @@
-"""``RUN_DIR/report.html``: one self-contained page per run that a plant scientist can open or mail.
+"""``RUN_DIR/report.html``: one self-contained page per evaluated split that a plant scientist can open or mail
+(``report.html`` for the test split, ``report_<split>.html`` for another, so no split's report replaces another's).
 
 Everything it shows comes from the run's own files (config, environment, dataset fingerprint, metrics
 log, ``eval/<split>/metrics.json`` and ``predictions.csv``, ``temperature.json``, ``data_check.json``)
@@ -46,14 +47,15 @@ table.confusion th{font-size:12px;white-space:nowrap}.cm{display:inline-block;ma
 figure.plot{margin:6px 0}figure.plot img{max-width:100%;height:auto}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}.tile{margin:0;padding:6px;border:1px solid #ddd;border-radius:5px;
 width:262px}.tile img{margin-right:2px}.tile figcaption{font-size:12px}.tile.bad figcaption{color:#a11}
-.file{color:#666;word-break:break-all}.missing{width:258px;height:128px;background:#eee;font-size:12px}
+.tile.label{width:140px}.file{color:#666;word-break:break-all}.missing{width:258px;height:128px;background:#eee;font-size:12px}
 .sev-error{color:#b71c1c;font-weight:bold}.sev-warning{color:#a15c00}.files{font-size:12px;word-break:break-all}
 nav a{margin-right:10px}.muted{color:#666;font-size:12px}
 """
 
 
 def write_run_report(run: RunDir, split: str, *, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``RUN_DIR/report.html`` for the evaluation of ``split`` and return its path.
+    """Write the report of the evaluation of ``split`` (``RUN_DIR/report.html`` for test,
+    ``report_<split>.html`` otherwise) and return its path.
 
     ``model`` (the evaluated weights) draws the Grad-CAM maps; ``meta`` is the checkpoint's metadata
     (image size, normalisation)."""
@@ -62,18 +64,21 @@ def write_run_report(run: RunDir, split: str, *, model: nn.Module, meta: dict[st
         raise RunDirError(f"{run.path} has no evaluation of the {split} split ({metrics_path} is missing); run "
                           f"`plantpheno evaluate {run.path} --split {split}` first")
     page = _page(run, split, json.loads(metrics_path.read_text(encoding="utf-8")), model=model, meta=meta)
-    atomic_write_text(run.report, page)
-    return run.report
+    path = run.report_for(split)
+    atomic_write_text(path, page)
+    return path
 
 
 def write_report_or_warn(run: RunDir, split: str, *, model: nn.Module, meta: dict[str, Any],
                          reporter: Reporter) -> Path | None:
     """The report at the end of ``train``/``evaluate``: a failure warns (the evaluation stands) and says how
     to retry."""
+    reporter.info(f"writing the {split} split's report ({run.report_for(split).name}): figures and the Grad-CAM maps "
+                  f"of its example images")
     try:
         path = write_run_report(run, split, model=model, meta=meta)
     except Exception as exc:  # noqa: BLE001 - the evaluation is written; the report can be rebuilt
-        reporter.warning(f"writing {run.report} failed ({type(exc).__name__}: {exc}); rebuild it with "
+        reporter.warning(f"writing {run.report_for(split)} failed ({type(exc).__name__}: {exc}); rebuild it with "
                          f"`plantpheno report {run.path} --split {split}`")
         return None
     reporter.info(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB, self-contained)")
@@ -86,8 +91,11 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
     env = _read_json(run.environment)
     status = run.read_status()
     rows = _read_csv(run.eval(split).predictions)
-    parts = [sections.verdict_banner(metrics), sections.summary(metrics, config=config, dataset=dataset),
-             sections.model_card(config_sha=_sha256(run.config), env=env, dataset=dataset, config=config),
+    check, check_problem = _data_check(run)
+    parts = [sections.verdict_banner(metrics),
+             sections.summary(metrics, config=config, dataset=dataset, warnings=sections.data_warnings(check)),
+             sections.model_card(config_sha=_sha256(run.config), env=env, dataset=dataset,
+                                 meta=_card_meta(meta, metrics, config)),
              _curves(run, config, status, metrics)]
     examples = config.evaluation.report_examples
     if metrics["task"] == "classification":
@@ -114,8 +122,16 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
         parts.append(sections.calibration(cal, figures.reliability_diagram(panels), split=split))
     if metrics.get("tta"):
         parts.append(sections.tta(metrics["tta"]))
-    parts.append(sections.data_check(*_data_check(run)))
+    parts.append(sections.data_check(check, check_problem))
+    parts.append(_label_errors(check, meta))
     return _document(run, split, "".join(p for p in parts if p))
+
+
+def _card_meta(meta: dict[str, Any], metrics: dict[str, Any], config: Any) -> dict[str, Any]:
+    """The checkpoint's metadata with what the evaluation applied on top: the fitted temperature, the TTA."""
+    cal = metrics.get("calibration") or {}
+    return {**meta, "task": metrics["task"], "temperature": cal.get("temperature") if cal.get("after") else 1.0,
+            "tta": config.evaluation.tta}
 
 
 def _curves(run: RunDir, config: Any, status: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -124,20 +140,32 @@ def _curves(run: RunDir, config: Any, status: dict[str, Any], metrics: dict[str,
         return sections.section("curves", "Training curves", "<p>No epoch was recorded.</p>")
     metric = config.monitor[0].split("/", 1)[-1]
     metric = metric if metric != "loss" else ("accuracy" if metrics["task"] == "classification" else "mae")
-    fine_tune = config.training.fine_tune.epochs > 0
     best = status.get("best_epoch") or metrics.get("checkpoint_epoch")
-    uri = figures.training_curves(history, metric=metric, best_epoch=best,
-                                  phase_change=config.training.epochs if fine_tune else None)
-    note = (f"Best epoch {best} by {config.monitor[0]}" + (f"; the fine-tune phase starts after epoch "
-                                                           f"{config.training.epochs}" if fine_tune else ""))
+    change = fine_tune_start(history)
+    uri = figures.training_curves(history, metric=metric, best_epoch=best, phase_change=change)
+    note = f"Best epoch {best} by {config.monitor[0]}"
+    if change is not None:
+        note += f"; the fine-tune phase starts after epoch {change}"
+    elif config.training.fine_tune.epochs > 0 and not any("phase" in r for r in history):
+        note += "; this run's log does not record its phases (an earlier plantpheno), so no phase is marked"
     return sections.section("curves", "Training curves", sections.figure(uri, "training curves", note))
+
+
+def fine_tune_start(history: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch after which the fine-tune phase began, as the run recorded it (``metrics.jsonl``'s ``phase``),
+    not as configured: early stopping can end the head phase long before ``training.epochs``. None when no
+    recorded epoch ran in the fine-tune phase."""
+    for record in history:
+        if record.get("phase") == "fine_tune" and isinstance(record.get("epoch"), int):
+            return record["epoch"] - 1
+    return None
 
 
 def _galleries(bad: Sequence[gallery.Example], good: Sequence[gallery.Example], model: nn.Module,
                meta: dict[str, Any], *, classification: bool) -> str:
     device = next(model.parameters()).device
     tiles = gallery.render([*bad, *good], model, image_size=int(meta["image_size"]), mean=meta["mean"],
-                           std=meta["std"], device=device)
+                           std=meta["std"], device=device, resize=str(meta.get("resize", "crop")))
     how = ("Each image as the model saw it, then its Grad-CAM map (red = most weight) for the "
            + ("predicted class on errors and the true class on correct examples" if classification
               else "predicted value (regions that raise it)") + ".")
@@ -149,11 +177,28 @@ def _galleries(bad: Sequence[gallery.Example], good: Sequence[gallery.Example], 
     return sections.section("gallery", "Examples with Grad-CAM", body)
 
 
+def _label_errors(check: dict[str, Any] | None, meta: dict[str, Any]) -> str:
+    """The data check's suspected label errors as thumbnails (as the model sees them), if it found any."""
+    from plantpheno.data.transforms import model_square
+
+    found = [f for f in (check or {}).get("findings") or [] if isinstance(f, dict)
+             and f.get("check") == "label_errors" and f.get("files")]
+    if not found:
+        return ""
+    square = model_square(int(meta["image_size"]), meta["mean"], str(meta.get("resize", "crop")))
+    intro = ("<p>Images whose given label a classifier on frozen pretrained features, which never saw them, finds "
+             "unlikely. Its figure is how much it disagrees, not proof: look at each image and correct only the "
+             "labels that are wrong.</p>")
+    return sections.section("label-errors", "Suspected label errors", intro + "".join(
+        gallery.label_error_html(f, square, sections.esc) for f in found))
+
+
 def _document(run: RunDir, split: str, body: str) -> str:
     title = f"plantpheno report: {run.experiment}/{run.name} ({split})"
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("summary", "Summary"), ("card", "Model card"), ("curves", "Curves"), ("gallery", "Examples"),
-        ("calibration", "Calibration"), ("data-check", "Data check")) if f'id="{a}"' in body)
+        ("calibration", "Calibration"), ("data-check", "Data check"), ("label-errors", "Label errors"))
+        if f'id="{a}"' in body)
     made = time.strftime("%Y-%m-%d %H:%M")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from plantpheno.data.batch_augment import BatchFinish
 from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, set_train_mode
+from plantpheno.reporting import Progress
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,11 @@ class Predictions:
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, *, task, device: torch.device,
             loss_fn: nn.Module | None = None, amp_dtype: torch.dtype | None = None,
-            finish: BatchFinish | None = None, tta: str = "none") -> Predictions:
+            finish: BatchFinish | None = None, tta: str = "none", progress: Progress | None = None) -> Predictions:
     """Evaluate ``model`` on every batch of ``loader`` in order (eval mode, no gradients); ``finish`` (the
     loaders' finishing step) moves each batch to ``device``. ``tta`` (:mod:`plantpheno.evaluation.tta`)
-    averages the raw outputs over flipped/turned views; ``raw_plain`` then keeps those without."""
+    averages the raw outputs over flipped/turned views; ``raw_plain`` then keeps those without. ``progress``
+    (from the caller's reporter) counts the batches."""
     set_train_mode(model, False)
     fmt, finish = input_format(model), finish or BatchFinish()
     targets, outputs, raws, plains, loss_sum = [], [], [], [], 0.0
@@ -46,6 +48,8 @@ def predict(model: nn.Module, loader: DataLoader, *, task, device: torch.device,
         outputs.append(task.predictions(raw).cpu())
         raws.append(raw.float().cpu())
         plains.append(plain.float().cpu())
+        if progress is not None:
+            progress.update(1)
     y = torch.cat(targets).numpy() if targets else np.zeros(0)
     out = torch.cat(outputs).numpy() if outputs else np.zeros(0)
     raw_all = torch.cat(raws).numpy() if raws else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +72,16 @@ def regression_examples(rows: Sequence[dict[str, str]], *, worst: int) -> tuple[
 
 
 def render(examples: Sequence[Example], model: nn.Module, *, image_size: int, mean: Sequence[float],
-           std: Sequence[float], device: torch.device) -> list[Tile]:
-    """Each example as a thumbnail and its Grad-CAM overlay (computed in chunks)."""
+           std: Sequence[float], device: torch.device, resize: str = "crop") -> list[Tile]:
+    """Each example as a thumbnail and its Grad-CAM overlay (computed in chunks), both of the square the model
+    saw (``resize``: the run's ``data.resize``)."""
+    from plantpheno.data.transforms import model_square
+
+    square = model_square(image_size, mean, resize)
     tiles: list[Tile] = []
     for start in range(0, len(examples), _CHUNK):
         chunk = examples[start:start + _CHUNK]
-        loaded = [_load(e.path, image_size) for e in chunk]
+        loaded = [load_square(e.path, square) for e in chunk]
         ok = [i for i, item in enumerate(loaded) if isinstance(item, np.ndarray)]
         cams: dict[int, np.ndarray] = {}
         if ok:
@@ -97,14 +101,13 @@ def render(examples: Sequence[Example], model: nn.Module, *, image_size: int, me
     return tiles
 
 
-def _load(path: Path, image_size: int) -> np.ndarray | str:
-    """The image as the model saw it (shorter side resized, centre square), uint8 RGB; or why it failed."""
-    from torchvision.transforms import v2 as T
-
+def load_square(path: Path, square: Callable[[Image.Image], Image.Image]) -> np.ndarray | str:
+    """The image as the model saw it (``square``: :func:`~plantpheno.data.transforms.model_square`), uint8 RGB;
+    or why it failed."""
     from plantpheno.data.images import load_rgb
 
     try:
-        img = T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size)])(load_rgb(path))
+        img = square(load_rgb(path))
     except Exception as exc:  # noqa: BLE001 - a moved or unreadable file is shown as such, not fatal
         return f"{type(exc).__name__}: {exc}"
     return np.asarray(img, dtype=np.uint8)
@@ -135,3 +138,32 @@ def tiles_html(tiles: Sequence[Tile], escape: Any) -> str:
                      f'{escape(str(t.example.path))}">{name}</span></figcaption></figure>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def label_error_html(finding: dict[str, Any], square: Callable[[Image.Image], Image.Image], escape: Any, *,
+                     limit: int = 24) -> str:
+    """The suspected label errors of a ``label_errors`` finding (``data_check.json``) as a grid of thumbnails as
+    the model saw them, each with its given and suggested label and how little the checker believes the given
+    one: a disagreement to look at, not a verdict."""
+    details = finding.get("details") or {}
+    files = [group[0] for group in finding.get("files") or [] if group]
+    given, suggested = details.get("given") or [], details.get("suggested") or []
+    p_given, p_suggested = details.get("given_probability") or [], details.get("suggested_probability") or []
+    parts = ['<div class="gallery">']
+    for i, path in enumerate(files[:limit]):
+        loaded = load_square(Path(path), square)
+        name = escape(Path(path).name)
+        body = (f'<div class="missing">{escape(loaded)}</div>' if isinstance(loaded, str)
+                else f'<img src="{_jpeg(loaded)}" alt="{name}" width="{THUMB}" height="{THUMB}">')
+        lines = [f"given: {given[i]}" if i < len(given) else "", f"suggested: {suggested[i]}" if i < len(suggested)
+                 else ""]
+        if i < len(p_given):
+            lines.append(f"the checker gives the given label {p_given[i]:.0%}"
+                         + (f", {suggested[i]} {p_suggested[i]:.0%}" if i < len(p_suggested) and i < len(suggested)
+                            else ""))
+        caption = "<br>".join(escape(line) for line in lines if line)
+        parts.append(f'<figure class="tile label">{body}<figcaption>{caption}<br><span class="file" title="'
+                     f'{escape(path)}">{name}</span></figcaption></figure>')
+    parts.append("</div>")
+    more = f"<p>and {len(files) - limit} more in data_check.json.</p>" if len(files) > limit else ""
+    return "".join(parts) + more

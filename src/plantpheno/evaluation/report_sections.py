@@ -12,12 +12,7 @@ from typing import Any
 
 import numpy as np
 
-INTENDED_USE = ("Research and decision support on images like the training images (same crops, camera, background "
-                "and lighting). Check predictions against expert judgement before acting on them.")
-LIMITS = ("Accuracy on photos taken in other conditions (field vs. lab, other cameras, other cultivars) is unknown "
-          "until measured; lab datasets such as PlantVillage carry background cues that do not transfer. Classes "
-          "not in the training list are forced into one of them.")
-
+from plantpheno.evaluation.card_text import INTENDED_USE, input_text, limits, output_text
 
 def esc(value: Any) -> str:
     return escape(str(value), quote=True)
@@ -65,7 +60,34 @@ def verdict_banner(metrics: dict[str, Any]) -> str:
             f'its predictions as they are.</div>')
 
 
-def summary(metrics: dict[str, Any], *, config: Any, dataset: dict[str, Any]) -> str:
+def finding_brief(finding: dict[str, Any]) -> str:
+    """A data-check finding (``data_check.json``) in a few words with its figure, for the summary: the border
+    shortcut as its accuracy against chance (or its R²), anything else as its message's first sentence."""
+    details = finding.get("details") or {}
+    if finding.get("check") == "background_shortcut":
+        if isinstance(details.get("r2"), (int, float)):
+            return (f"the image border alone explains R² = {details['r2']:.2f} of the trait (predicting the mean: "
+                    f"0)")
+        if isinstance(details.get("accuracy"), (int, float)) and isinstance(details.get("chance"), (int, float)):
+            return (f"the image border alone predicts {details['accuracy']:.1%} of labels (chance "
+                    f"{details['chance']:.1%})")
+    if finding.get("check") == "label_errors":
+        return f"{finding.get('count')} image(s) look mislabelled (see Suspected label errors below)"
+    message = str(finding.get("message", "")).strip()
+    first = message.split(". ")[0].rstrip(".")
+    return f"{finding.get('check')}: {first}"
+
+
+def data_warnings(report: dict[str, Any] | None) -> list[str]:
+    """Every warning- or error-level finding of the run's data check, in brief (:func:`finding_brief`)."""
+    findings = (report or {}).get("findings") or []
+    return [finding_brief(f) for f in findings if isinstance(f, dict) and f.get("severity") in ("error", "warning")]
+
+
+def summary(metrics: dict[str, Any], *, config: Any, dataset: dict[str, Any],
+            warnings: Sequence[str] = ()) -> str:
+    """The summary table; ``warnings`` (:func:`data_warnings`) stand next to the verdict ("better ..., but the
+    image border alone predicts ..."), so no true warning waits in the last section."""
     head = metrics["headline_metric"]
     ci = metrics.get("confidence_interval") or {}
     ci_text = (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f}, percentile bootstrap, "
@@ -87,7 +109,12 @@ def summary(metrics: dict[str, Any], *, config: Any, dataset: dict[str, Any]) ->
         items.append((f"Baseline ({base['kind']})", f"{v['metric']} {v['baseline']:.4f}" + (
             f" (class {base['majority_class']}; stratified chance {base['stratified']['accuracy']:.4f})"
             if "majority_class" in base else f" (always predicting {base['value']:.4g})")))
-        items.append(("Verdict", f"{v['verdict']}: {v['text']}"))
+        # "better than the baseline, but ..."; a verdict that is already a warning takes "and"
+        joint = "but" if v["verdict"] == "better" else "and"
+        but = f", {joint} {'; and '.join(warnings)}" if warnings else ""
+        items.append(("Verdict", f"{v['verdict']}: {v['text']}{but}"))
+    elif warnings:  # no verdict to stand beside: the warnings get their own row, as high up
+        items.append(("Data warnings", "; ".join(warnings)))
     cal = metrics.get("calibration") or {}
     if cal.get("after"):
         change = cal.get("ece_change") or {}
@@ -102,7 +129,10 @@ def summary(metrics: dict[str, Any], *, config: Any, dataset: dict[str, Any]) ->
     return section("summary", "Summary", f'<table class="kv">{rows}</table>')
 
 
-def model_card(*, config_sha: str, env: dict[str, Any], dataset: dict[str, Any], config: Any) -> str:
+def model_card(*, config_sha: str, env: dict[str, Any], dataset: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The card of the evaluated model: ``meta`` is its checkpoint's metadata (input size, ``data.resize``, task)
+    with the temperature and test-time augmentation it is evaluated with, so the card says what the model saw
+    and only what applies to its task (the registry's card says the same, :mod:`~plantpheno.evaluation.card_text`)."""
     items = [
         ("Dataset fingerprint", dataset.get("fingerprint", "unknown")),
         ("Config SHA-256", config_sha),
@@ -110,9 +140,10 @@ def model_card(*, config_sha: str, env: dict[str, Any], dataset: dict[str, Any],
         ("Versions", (f"plantpheno {env.get('plantpheno')}, torch {env.get('torch')}, timm {env.get('timm')}, "
                      f"Python {env.get('python')}")),
         ("Trained on", f"{env.get('device')} ({env.get('gpu') or env.get('platform', '')})"),
-        ("Input", f"RGB, shorter side resized to {config.data.image_size} px, centre square"),
+        ("Input", input_text(meta)),
+        ("Output", output_text(meta)),
         ("Intended use", INTENDED_USE),
-        ("Limits", LIMITS),
+        ("Limits", " ".join(limits(meta))),
     ]
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
     return section("card", "Model card", f'<table class="kv">{rows}</table>')

@@ -40,9 +40,15 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
     def run_on(name: str) -> Predictions:
         source, net = (validation if name == "val" and validation is not None and ev.tta == "none"
                        else (loaders, model))
-        return predict(net, source[name], task=task, device=device, amp_dtype=amp_dtype(config, device),
-                       finish=source.finish, tta=ev.tta)
+        bar = reporter.progress(total=_batches(source[name]), desc=f"predicting {name}", unit="batch")
+        try:
+            return predict(net, source[name], task=task, device=device, amp_dtype=amp_dtype(config, device),
+                           finish=source.finish, tta=ev.tta, progress=bar)
+        finally:
+            bar.close()
 
+    reporter.info(_announcement(split, len(prepared.splits[split]), config, classification=prepared.class_names
+                                is not None))
     p = run_on(split)
     y = p.targets
     boot = {"n_resamples": ev.bootstrap_samples, "confidence": ev.confidence, "seed": config.seed}
@@ -78,6 +84,26 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
     if verdict["verdict"] != baselines.BETTER:
         reporter.warning(f"on the {split} split the model {verdict['text']} ({base['kind']})")
     return metrics
+
+
+def _announcement(split: str, images: int, config: Config, *, classification: bool) -> str:
+    """The line that says what the evaluation does before it starts (it takes tens of seconds on real data)."""
+    ev = config.evaluation
+    steps = ["predictions" + (f" with test-time augmentation ({ev.tta})" if ev.tta != "none" else "")]
+    if classification and ev.temperature_scaling:
+        also = ")" if split == "val" else ", so val is predicted too)"
+        steps.append("the softmax temperature (fitted on val" + also)
+    steps.append("the trivial baseline and the verdict")
+    if ev.bootstrap_samples > 0:
+        steps.append(f"{ev.confidence:.0%} bootstrap intervals ({ev.bootstrap_samples} resamples)")
+    return f"evaluating the {split} split ({images} images): {', '.join(steps)}"
+
+
+def _batches(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable loader without a length: a count without a total
+        return None
 
 
 def _temperature(run: RunDir, val: Predictions | None, config: Config, checkpoint_epoch: int | None,

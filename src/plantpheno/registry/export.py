@@ -29,11 +29,13 @@ from plantpheno.atomic import check_output_path, replace_with_checksum, storage_
 from plantpheno.errors import ExportError
 from plantpheno.evaluation.tta import TTAModel
 from plantpheno.registry.package import ModelPackage, preprocessing
+from plantpheno.reporting import Reporter, default_reporter
 
 Format = Literal["onnx", "torchscript"]
 TOLERANCE = 1e-4  # max |difference| in probabilities (or in standardised trait units)
 PREPROCESSING_KEY = "plantpheno.preprocessing"  # ONNX metadata: the preprocessing the graph expects, as JSON
 PREPROCESSING_FILE = "plantpheno_preprocessing.json"  # the same, as a TorchScript extra file
+_FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 
 class DeployableModel(nn.Module):
@@ -76,12 +78,15 @@ class ExportReport:
 
 
 def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: float = TOLERANCE,
-                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ExportReport:
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   reporter: Reporter | None = None) -> ExportReport:
     """Export, check parity, and only then move the file to ``out`` (a failed export leaves nothing).
 
     ``mean``/``std`` replace the stored normalisation in the exported graph (for testing that the check
-    catches a broken export); the reference always uses the package's own.
+    catches a broken export); the reference always uses the package's own. ``reporter`` hears a line per step
+    (an ONNX export takes about a minute on a CPU).
     """
+    reporter = default_reporter(reporter)
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not math.isfinite(tolerance) \
             or tolerance < 0:
         raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r} (the parity check compares "
@@ -99,8 +104,12 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     tmp = Path(tmp_name)
     try:
         notes = json.dumps(preprocessing(package.meta))
+        reporter.info(f"exporting {package.meta.get('backbone')} to {_FORMAT_NAMES[fmt]} ("
+                      + ("torch.onnx with the dynamo exporter, about a minute on a CPU" if fmt == "onnx"
+                         else "tracing") + f"), then checking it against the PyTorch model on {len(images)} images")
         run = _export_onnx(exported_module, images, tmp, notes) if fmt == "onnx" else _export_torchscript(
             exported_module, images, tmp, notes)
+        reporter.info(f"checking the {_FORMAT_NAMES[fmt]} file against the PyTorch model (tolerance {tolerance:.0e})")
         with torch.no_grad():
             expected = reference(images).numpy()
         report = _compare(expected, run(images.numpy()), out, fmt, tolerance, package)

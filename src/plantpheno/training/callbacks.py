@@ -82,7 +82,7 @@ class Checkpointer:
 
 
 class MetricsLog:
-    """Appends one JSON line per epoch to ``metrics.jsonl``.
+    """Appends one JSON line per epoch to ``metrics.jsonl`` (with the training phase the epoch ran in).
 
     On (re)start, lines for epochs after the checkpoint's are dropped: a crash between writing the
     line and the checkpoint must not leave a duplicate epoch in the log. Lines that are not epoch records
@@ -110,6 +110,7 @@ class MetricsLog:
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         record = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
         record["best"] = trainer.state.best_epoch == trainer.state.epoch
+        record["phase"] = trainer.state.phase  # what ran, for the report's phase marks (early stopping moves them)
         append_text(self.path, json.dumps(record) + "\n")
 
 

@@ -66,9 +66,12 @@ def label_error_findings(entries: Sequence[Entry], features: np.ndarray, fold_ke
                         f"feature classifier {accuracy:.1%}).", 0, "nothing to do.", details=figures)], figures
     rows = [kept[i] for i in issues]
     suggested = [str(names[present[probs[i].argmax()]]) for i in issues]
-    notes = tuple(((f"given {entries[r].target!r}, suggested {s!r} (p = {probs[i].max():.2f}; given label "
-                    f"p = {probs[i][local[i]]:.2f}), {entries[r].split}"),)
-                  for r, s, i in zip(rows, suggested, issues))
+    # the out-of-sample probabilities are one classifier's disagreement with the label, not a certainty: worded so
+    given_p = [float(probs[i][local[i]]) for i in issues]
+    suggested_p = [float(probs[i].max()) for i in issues]
+    notes = tuple(((f"given {entries[r].target!r}, suggested {s!r}: the checker gives the given label {pg:.0%} and "
+                    f"{s!r} {ps:.0%}, {entries[r].split}"),)
+                  for r, s, pg, ps in zip(rows, suggested, given_p, suggested_p))
     return [Finding(
         "warning", "label_errors",
         f"{len(issues)} of {len(kept)} images look mislabelled: a logistic regression on frozen pretrained "
@@ -78,6 +81,7 @@ def label_error_findings(entries: Sequence[Entry], features: np.ndarray, fold_ke
         len(issues), "look at the listed images and correct the labels that are wrong; keep hard but correct ones.",
         files=tuple((str(entries[r].path),) for r in rows), file_notes=notes,
         details={**figures, "given": [str(entries[r].target) for r in rows], "suggested": suggested,
+                 "given_probability": given_p, "suggested_probability": suggested_p,
                  "tags": {"label_errors": str(len(issues))}})], figures
 
 
