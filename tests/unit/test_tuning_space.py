@@ -93,6 +93,31 @@ def test_grid_enumerates_every_combination_first_field_slowest():
         parse_space({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}).grid()
 
 
+def test_a_capped_grid_samples_the_whole_grid_reproducibly_and_covers_every_value(make_config):
+    config = make_config(data={"root": "leaves"})
+    # 3 x 3 x 6 = 54 combinations capped at 20: the first 20 in grid order miss the highest learning rate
+    space = parse_space({"training.learning_rate": [1e-4, 1e-3, 1e-2], "model.dropout": [0.0, 0.2, 0.4],
+                         "data.batch_size": [4, 8, 12, 16, 20, 24]})
+    assert 1e-2 not in {p["training.learning_rate"] for p in space.grid()[:20]}
+    for seed in range(5):
+        plan = make_plan(config, space, TuneSettings(sampler="grid", trials=20, seed=seed))
+        assert plan.n_trials == len(plan.grid) == 20 and plan.grid_size == 54
+        assert len({tuple(p.values()) for p in plan.grid}) == 20  # no combination twice
+        for field, values in zip(space.fields, ([1e-4, 1e-3, 1e-2], [0.0, 0.2, 0.4], [4, 8, 12, 16, 20, 24]),
+                                 strict=True):
+            assert sorted({p[field] for p in plan.grid}) == values, (seed, field)
+        again = make_plan(config, space, TuneSettings(sampler="grid", trials=20, seed=seed))
+        assert again.grid == plan.grid  # the same seed, the same trials
+    grids = {str(make_plan(config, space, TuneSettings(sampler="grid", trials=20, seed=s)).grid) for s in range(5)}
+    assert len(grids) > 1  # the seed chooses
+    # 6 trials are just enough to cover the 6 batch sizes; the seed defaults to the config's
+    six = make_plan(config, space, TuneSettings(sampler="grid", trials=6))
+    assert sorted(p["data.batch_size"] for p in six.grid) == [4, 8, 12, 16, 20, 24] and six.settings.seed == 0
+    assert "6 of its 54 combinations, sampled with seed 0" in "\n".join(describe_plan(six))
+    full = make_plan(config, space, TuneSettings(sampler="grid"))
+    assert full.grid == tuple(space.grid())  # uncapped: the whole grid in its written order
+
+
 def test_float_ranges_with_grid_points_are_gridded_and_still_sampled_whole():
     space = parse_space({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True,
                                                     "grid_points": 3},
@@ -108,7 +133,7 @@ def test_plan_resolves_metric_direction_budget_and_folders(make_config):
     space = parse_space({"model.dropout": [0.0, 0.2, 0.4]})
     plan = make_plan(config, space, TuneSettings(study="s1", sampler="grid", trials=2))
     assert (plan.metric, plan.direction, plan.n_trials) == ("val/macro_f1", "maximize", 2)
-    assert plan.grid == ({"model.dropout": 0.0}, {"model.dropout": 0.2})
+    assert len(plan.grid) == 2 and set(map(str, plan.grid)) < set(map(str, space.grid()))
     assert plan.study_dir == config.output_dir / "default" / "s1"
     assert plan.storage_url == f"journal://{(plan.study_dir / 'study.log').resolve()}"
     trial = plan.trial_config({"model.dropout": 0.2}, number=7, parent_run_id="abc")
