@@ -42,7 +42,7 @@ if args.workdir is not None:
 import plantpheno as pp
 
 # a YAML file (or a dict, or a Config) + overrides; data_path and output_path as `plantpheno train` takes them
-config = pp.load_config("configs/demo.yaml", {"training.epochs": 5}, data_path=".demo/leaves", output_path="runs")
+config = pp.load_config("configs/demo.yaml", {"training.epochs": 20}, data_path=".demo/leaves", output_path="runs")
 run = pp.train(config)                              # = plantpheno train; prints progress (verbose=False: quiet)
 test = run.metrics()                                # the held-out test split, with a bootstrap interval
 print(f"test accuracy {test['accuracy']:.3f}, 95% CI {test['confidence_interval']['low']:.3f}"

@@ -280,3 +280,45 @@ def test_pruners_and_samplers_follow_the_settings(queue_plan, pruner, kind):
         assert _pruner(plan)._max_resource == plan.config.training.epochs
     sampler = _sampler(plan)
     assert type(sampler).__name__ == "TrialSeededSampler" and type(sampler.inner).__name__ == "TPESampler"
+
+
+def _complete(params: dict, value: float = 0.5):
+    import optuna
+
+    dists = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in params.items()}
+    return optuna.trial.create_trial(params=params, distributions=dists, value=value)
+
+
+def test_parameter_importance_needs_enough_trials_and_two_varied_parameters():
+    from plantpheno.tuning.report import MIN_IMPORTANCE_TRIALS, importance_params
+
+    fields = ("training.learning_rate", "model.dropout", "data.batch_size")
+    many = [_complete({"training.learning_rate": 10.0 ** -(i % 4), "model.dropout": 0.1 * (i % 3),
+                       "data.batch_size": 8}) for i in range(MIN_IMPORTANCE_TRIALS)]
+    # the batch size never varied: it is not ranked
+    assert importance_params(many, fields) == (["training.learning_rate", "model.dropout"], None)
+    varied, reason = importance_params(many[:MIN_IMPORTANCE_TRIALS - 1], fields)
+    assert varied == [] and f"at least {MIN_IMPORTANCE_TRIALS} complete trials to rank more than noise, the study has 9" in reason
+    one = [_complete({"training.learning_rate": 10.0 ** -i, "model.dropout": 0.0, "data.batch_size": 8})
+           for i in range(MIN_IMPORTANCE_TRIALS)]
+    varied, reason = importance_params(one, fields)
+    assert varied == [] and "only training.learning_rate varied" in reason
+
+
+def test_the_study_summary_names_the_trivial_baseline_and_warns_below_it(tmp_path):
+    from plantpheno.tuning.report import TuneResult
+
+    def result(verdict: str | None) -> TuneResult:
+        baseline = None if verdict is None else {
+            "kind": "majority class", "split": "val", "value": 0.1, "verdict": verdict,
+            "text": f"{'beats' if verdict == 'better' else 'does NOT beat'} the baseline: accuracy 0.5 vs 0.25"}
+        return TuneResult(study="s", study_dir=tmp_path, storage="x", metric="val/macro_f1", direction="maximize",
+                          best_value=0.5, best_params={"model.dropout": 0.1}, best_trial=3, best_run_dir="r",
+                          counts={"COMPLETE": 4}, baseline=baseline)
+
+    good, bad, unknown = result("better"), result("worse"), result(None)
+    assert good.beats_baseline is True and bad.beats_baseline is False and unknown.beats_baseline is None
+    assert "the best trial beats the baseline: accuracy 0.5 vs 0.25 (on the val split, against the majority " \
+           "class baseline)" in good.summary()
+    assert any(line.startswith("WARNING: the best trial does NOT beat the baseline") for line in bad.summary())
+    assert "trivial baseline: not known" in "\n".join(unknown.summary())

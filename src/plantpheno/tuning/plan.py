@@ -49,10 +49,16 @@ class StudyPlan:
 
     def trial_config(self, values: dict[str, Any], *, number: int, parent_run_id: str | None = None) -> Config:
         """The training config of trial ``number``: the trial's values, its own run folder
-        (``STUDY_DIR/trial-0007``), and its tracked run nested under the study."""
+        (``STUDY_DIR/trial-0007``), and its tracked run nested under the study.
+
+        A trial never sees the test split: its final evaluation is on the validation split (``eval/val/``, tracked
+        as ``eval_val/*``), the split it is chosen on, and it registers no model. The test split is evaluated once,
+        by the run trained from ``best_config.yaml``; a study that looked at the test score of every trial would
+        invite choosing on test."""
         base = self.config
         managed: dict[str, Any] = {"output_dir": str(self.study_dir.parent), "experiment": self.name,
-                                   "run_name": f"trial-{number:04d}", "tracking.wandb.group": self.name}
+                                   "run_name": f"trial-{number:04d}", "tracking.wandb.group": self.name,
+                                   "evaluation.split": "val", "registry.name": None}
         if "mlflow" in base.tracking.backends:
             from plantpheno.tracking.mlflow_backend import tracking_uri
 
