@@ -268,18 +268,24 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
 
 
 def test_readme_example_script_trains_evaluates_registers_and_predicts(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "python_api.py"), "--workdir", str(tmp_path),
-                             "--tiny"], capture_output=True, text=True, timeout=900, check=False,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    """On the `make demo` data the example's model beats its trivial baseline on test, so registering it needs no
+    force (the registry refuses a model at chance without it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+                                                             "MLFLOW_LOGGING_LEVEL")}
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "python_api.py"), "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900, check=False,
+                            env={**env, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout.splitlines()
-    assert out[0].startswith("test accuracy ") and "95% CI" in out[0] and out[0].endswith("5 epochs")
+    assert out[0].startswith("test accuracy ") and "95% CI" in out[0] and out[0].endswith(" epochs")
     assert out[1].startswith("val accuracy ")
     assert [line.split()[0] for line in out[2:]] == [f".demo/leaves/rust/rust_{i:04d}.jpg" for i in range(3)]
     from plantpheno.registry.store import ModelRegistry
 
     registry = ModelRegistry(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    assert [(v.version, v.aliases) for v in registry.versions("leafnet")] == [(1, ("candidate",))]
+    [version] = registry.versions("leafnet")
+    assert (version.version, version.aliases, version.tags["test_vs_baseline"]) == (1, ("candidate",), "better")
+    assert "Created version" not in result.stderr and "%|" not in result.stderr  # MLflow's lines stay out
 
 
 def test_api_tracks_to_mlflow_by_default_beside_the_registry_and_prints_no_third_party_lines(
