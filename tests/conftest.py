@@ -147,6 +147,7 @@ def tiny_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         "training": {"epochs": 2, "learning_rate": 0.003, "progress_bar": False},
         "evaluation": {"bootstrap_samples": 200, "report": False},
     }
+    raw["tracking"] = {"backends": []}  # MLflow is on by default: off unless a test is about tracking (it sets them)
     for key, value in sections.items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)

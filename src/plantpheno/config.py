@@ -9,6 +9,7 @@ expected. The rest of the package receives frozen, typed :class:`Config` objects
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -412,8 +413,10 @@ class WandbConfig(_Section):
 class TrackingConfig(_Section):
     """Experiment trackers. A plain local log in the run directory is always written."""
 
-    backends: tuple[Literal["mlflow", "wandb", "tensorboard"], ...] = Field(
-        (), description="Any of mlflow, wandb, tensorboard (several at once is fine)."
+    backends: tuple[Literal["mlflow", "wandb", "tensorboard"], ...] | None = Field(
+        None, description="Any of mlflow, wandb, tensorboard (several at once is fine); null = mlflow when it is "
+                          "installed (with output_dir runs: the project's runs/mlflow.db, the registry's store), "
+                          "[] = none (the local log only)."
     )
     system_metrics_interval: float = Field(
         10.0, ge=0, description="Seconds between CPU/RAM/GPU samples during training; 0 = off."
@@ -424,10 +427,20 @@ class TrackingConfig(_Section):
 
     @field_validator("backends")
     @classmethod
-    def _no_repeats(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _no_repeats(cls, v: tuple[str, ...] | None) -> tuple[str, ...]:
+        if v is None:  # the default: a user's first runs reach MLflow without a setting; resolved once, here
+            return ("mlflow",) if _installed("mlflow") else ()
         if len(set(v)) != len(v):
             raise ValueError("each backend at most once")
         return v
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (MLflow's import takes seconds)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError, AttributeError):  # a module blocked in sys.modules (None) or without a spec
+        return False
 
 
 class DistributedConfig(_Section):
@@ -445,6 +458,8 @@ class RegistryConfig(_Section):
                              description="Registered model name; null = do not register automatically.")
     alias: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
                               description="Alias to point at the new version (e.g. candidate).")
+    force: bool = Field(False, description="Register (and set the alias) even if the model does not clearly beat "
+                                           "its trivial baseline on the test split (as models register --force).")
     uri: str | None = Field(None, description="Registry URI for this run; null = the one every command uses: "
                                               "$PLANTPHENO_REGISTRY_URI, $MLFLOW_REGISTRY_URI, $MLFLOW_TRACKING_URI, "
                                               "else the project's runs/mlflow.db.")

@@ -541,7 +541,7 @@ def _register(config: Config, run: RunDir, reporter: Reporter) -> None:
     reg = config.registry
     location = locate_registry(config=config)
     try:
-        info = ModelRegistry(location.uri).register(run.path, name=reg.name, alias=reg.alias)
+        info = ModelRegistry(location.uri).register(run.path, name=reg.name, alias=reg.alias, force=reg.force)
     except Exception as exc:  # noqa: BLE001 - the trained run stays valid whatever the registry does
         reporter.warning(f"registering {reg.name} failed ({type(exc).__name__}: {exc}); retry with: "
                          f"plantpheno models register {run.path} --name {reg.name} --registry {location.uri}")

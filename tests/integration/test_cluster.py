@@ -165,8 +165,8 @@ def test_three_tune_processes_share_a_postgres_study_and_an_mlflow_server(postgr
     assert sorted(p.name for p in study_dir.glob("trial-*")) == [f"trial-{i:04d}" for i in range(TRIALS)]
     statuses = [json.loads((study_dir / f"trial-{i:04d}" / "run.json").read_text()) for i in range(TRIALS)]
     assert all(s["status"] == "completed" and s["epochs"] == 1 for s in statuses)  # the override counted
-    assert sorted(s["registered"]["version"] for s in statuses) == list(range(1, TRIALS + 1))
-    assert {s["registered"]["uri"] for s in statuses} == {mlflow_server}
+    # a trial is evaluated on validation only and registers nothing: the run retrained from best_config.yaml does
+    assert not [s["registered"] for s in statuses if "registered" in s]
 
     client = MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])

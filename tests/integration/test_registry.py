@@ -28,8 +28,10 @@ def trained(tmp_path_factory, disease_root):
     from plantpheno.config import validate_config
 
     project = tmp_path_factory.mktemp("project")
-    raw = tiny_config(project, data={"root": str(disease_root)}, registry={"name": "leafnet", "alias": "candidate"},
-                      tracking={"system_metrics_interval": 0})
+    # force: 2 epochs of test_resnet do not clearly beat the majority class on 10 test images (accuracy 0.3 vs 0.2,
+    # improvement -0.3 to +0.5); the gate itself is tested in test_a_model_that_does_not_beat_its_baseline_...
+    raw = tiny_config(project, data={"root": str(disease_root)}, tracking={"system_metrics_interval": 0},
+                      registry={"name": "leafnet", "alias": "candidate", "force": True})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         for var in ISOLATED_VARS:
@@ -84,7 +86,11 @@ def test_from_the_project_folder_no_command_needs_a_registry_flag(trained, tmp_p
     trial = project / "runs" / "default" / "space" / "trial-0000"
     assert len((trial / "metrics.jsonl").read_text().splitlines()) == 1  # the override after the flags counted
     capsys.readouterr()
-    assert cli(["models", "register", str(trial), "--name", "leafnet"]) == 0
+    assert cli(["models", "register", str(trial), "--name", "leafnet"]) == 2  # a trial is evaluated on val only
+    assert f"{trial} has no evaluation on the test split" in capsys.readouterr().err
+    assert cli(["evaluate", str(trial), "--split", "test"]) == 0  # as the message says; at chance, so --force
+    capsys.readouterr()
+    assert cli(["models", "register", str(trial), "--name", "leafnet", "--force"]) == 0
     out, err = capsys.readouterr()
     version = _registered_version(out)
     assert where in err and version > first.version
@@ -101,7 +107,7 @@ def test_from_the_project_folder_no_command_needs_a_registry_flag(trained, tmp_p
     assert "candidate" in candidate_line
     monkeypatch.chdir(project)
 
-    assert cli(["models", "promote", "leafnet", str(version), "--alias", "champion"]) == 0
+    assert cli(["models", "promote", "leafnet", str(version), "--alias", "champion", "--force"]) == 0
     out, err = capsys.readouterr()
     assert f"leafnet@champion -> version {version}" in out and where in err
     champion = registry.resolve(parse_ref("leafnet@champion"))
@@ -121,7 +127,7 @@ def test_from_the_project_folder_no_command_needs_a_registry_flag(trained, tmp_p
     assert (tmp_path / "m.onnx").stat().st_size > 0
 
     # moving the alias is atomic and it always resolves to exactly one version
-    assert cli(["models", "promote", "leafnet", str(first.version), "--alias", "champion"]) == 0
+    assert cli(["models", "promote", "leafnet", str(first.version), "--alias", "champion", "--force"]) == 0
     assert f"(was version {version})" in capsys.readouterr().out
     versions = registry.versions("leafnet")
     assert [v.version for v in versions if "champion" in v.aliases] == [first.version]
@@ -137,7 +143,8 @@ def test_read_commands_are_fast_and_never_import_mlflow_or_torch(trained, tmp_pa
     _, uri = trained
     code = ("import sys; from plantpheno.cli import main; u = sys.argv[1]; "
             "codes = [main(['models', 'list', '--registry', u]), main(['models', 'show', 'leafnet@candidate', "
-            "'--registry', u]), main(['models', 'promote', 'leafnet', '1', '--alias', 'speedy', '--registry', u])]; "
+            "'--registry', u]), main(['models', 'promote', 'leafnet', '1', '--alias', 'speedy', '--registry', u, "
+            "'--force'])]; "
             "print(codes, 'mlflow' in sys.modules, 'torch' in sys.modules, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, timeout=300)
     assert done.stderr.strip().splitlines()[-1] == "[0, 0, 0] False False", done.stderr
@@ -165,7 +172,7 @@ def test_a_version_for_another_task_or_other_classes_is_refused_unless_forced(tr
 
     result, _ = trained
     uri = f"sqlite:///{tmp_path / 'jobs.db'}"
-    assert cli(["models", "register", str(result.run_dir), "--name", "leafnet", "--registry", uri]) == 0
+    assert cli(["models", "register", str(result.run_dir), "--name", "leafnet", "--registry", uri, "--force"]) == 0
     renamed = tmp_path / "renamed"  # the same run, with its classes in another order (a relabelled dataset)
     shutil.copytree(result.run_dir, renamed)
     best = torch.load(renamed / "checkpoints" / "best.pt", weights_only=True)
@@ -219,7 +226,7 @@ def test_four_processes_registering_at_once_get_four_distinct_versions(trained, 
     uri = f"sqlite:///{tmp_path / 'shared.db'}"
     ModelRegistry(uri).client.search_registered_models()  # create the tables once, as a server would have
     code = ("import sys; from pathlib import Path; from plantpheno.registry.store import ModelRegistry; "
-            "print(ModelRegistry(sys.argv[1]).register(Path(sys.argv[2]), name='shared').version)")
+            "print(ModelRegistry(sys.argv[1]).register(Path(sys.argv[2]), name='shared', force=True).version)")
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(result.run_dir)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -237,9 +244,9 @@ def test_reading_the_sqlite_store_directly_agrees_with_mlflows_client(trained, t
     result, _ = trained
     registry = ModelRegistry(f"sqlite:///{tmp_path / 'parity.db'}")
     for name in ("alpha", "alpha", "alpha", "beta"):
-        registry.register(result.run_dir, name=name, alias="candidate")
+        registry.register(result.run_dir, name=name, alias="candidate", force=True)
     registry.delete("alpha", 2)
-    registry.promote("alpha", 3, "champion")
+    registry.promote("alpha", 3, "champion", force=True)
     registry.client.set_registered_model_alias("beta", "legacy", "1")
     fast, slow = SqliteIndex(tmp_path / "parity.db"), MlflowIndex(registry.uri)
     assert isinstance(registry.index, SqliteIndex) and fast.compatible
@@ -279,3 +286,49 @@ def test_package_holds_no_pickles_and_predict_lists_bad_files(trained, tmp_path,
     assert "skipped 2 unreadable file(s)" in err and "broken.jpg" in err and "empty.png" in err
     assert len((tmp_path / "preds.skipped.csv").read_text().splitlines()) == 3
     assert cli(["predict", "no-such-model", str(images), "--registry", uri]) == 2
+
+
+def test_a_model_that_does_not_clearly_beat_its_baseline_needs_force_to_be_registered_or_aliased(trained, tmp_path,
+                                                                                                 capsys):
+    import plantpheno as pp
+    from plantpheno.registry.store import ModelRegistry
+
+    result, _ = trained  # 2 epochs: not clearly better than the majority class on its 10 test images
+    verdict = json.loads((result.run_dir / "eval" / "test" / "metrics.json").read_text())["baseline"]["verdict"]
+    assert verdict["verdict"] != "better"
+    uri = f"sqlite:///{tmp_path / 'gate.db'}"
+    assert cli(["models", "register", str(result.run_dir), "--name", "gate", "--alias", "candidate",
+                "--registry", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"{result.run_dir} does not clearly beat its trivial baseline on the test split" in err
+    assert f"accuracy {verdict['model']:.4g} vs {verdict['baseline']:.4g}" in err and "interval" in err
+    assert "registering it as gate (alias candidate) needs --force" in err and "Traceback" not in err
+    assert not (tmp_path / "gate.db").exists() or not ModelRegistry(uri).list_versions()  # nothing, no alias
+
+    assert cli(["models", "register", str(result.run_dir), "--name", "gate", "--registry", uri, "--force"]) == 0
+    registry = ModelRegistry(uri)
+    [version] = registry.versions("gate")
+    assert version.aliases == () and version.tags["test_vs_baseline"] == verdict["verdict"]
+    assert cli(["models", "promote", "gate", "1", "--alias", "champion", "--registry", uri]) == 2
+    assert "does not clearly beat its trivial baseline" in capsys.readouterr().err
+    assert ModelRegistry(uri).versions("gate")[0].aliases == ()
+    assert cli(["models", "promote", "gate", "1", "--alias", "champion", "--registry", uri, "--force"]) == 0
+
+    with pytest.raises(RegistryError, match=r"does not clearly beat .* needs --force \(force=True in Python\)"):
+        pp.register_model(result.run_dir, "gate", alias="candidate", registry=uri)
+    with pytest.raises(RegistryError, match="needs --force"):
+        pp.Registry(uri).promote("gate", 1, "candidate")
+    assert [v.aliases for v in ModelRegistry(uri).versions("gate")] == [("champion",)]
+    assert pp.register_model(result.run_dir, "gate", alias="candidate", registry=uri, force=True).version == 2
+
+
+def test_a_model_that_beats_its_baseline_passes_the_gate(tmp_path):
+    from plantpheno.registry.store import check_beats_baseline
+
+    better = {"verdict": "better", "text": "beats the baseline: accuracy 0.9 vs 0.25"}
+    check_beats_baseline({"baseline_verdict": better}, run_dir=tmp_path, what="registering it")  # no error
+    for verdict in ({**better, "verdict": "worse"}, {**better, "verdict": "not clearly better"}):
+        with pytest.raises(RegistryError, match="needs --force"):
+            check_beats_baseline({"baseline_verdict": verdict}, run_dir=tmp_path, what="registering it")
+    with pytest.raises(RegistryError, match="has no evaluation on the test split"):
+        check_beats_baseline({}, run_dir=tmp_path, what="registering it")

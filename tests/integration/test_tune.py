@@ -110,8 +110,9 @@ def test_tpe_with_pruning_and_best_config_retrains_to_the_reported_value(write_c
     assert f"train it: plantpheno train {study_dir / 'best_config.yaml'}" in capsys.readouterr().out
     best = json.loads((study_dir / "best.json").read_text())
     assert sum(best["trials"].values()) == 5 and set(best["trials"]) <= {"COMPLETE", "PRUNED"}
-    for plot in ("optimization_history", "intermediate_values", "parallel_coordinate", "param_importances"):
+    for plot in ("optimization_history", "intermediate_values", "parallel_coordinate"):
         assert (study_dir / f"{plot}.png").stat().st_size > 1000, plot
+    assert not (study_dir / "param_importances.png").exists()  # 5 trials rank noise (see the unit test)
     retrained = load_config(study_dir / "best_config.yaml")
     assert retrained.training.learning_rate == best["params"]["training.learning_rate"]
     assert retrained.model.dropout == best["params"]["model.dropout"]
@@ -165,3 +166,45 @@ def test_a_killed_worker_is_resumed_by_running_the_same_command_again(write_conf
     assert retry.state.name == "COMPLETE" and retry.params == trials[0].params
     rows = {r["number"]: r for r in _rows(study_dir)}
     assert f"retried as trial {retry.number}" in rows["0"]["error"]
+
+
+def test_trials_never_touch_the_test_split_and_a_best_trial_at_chance_is_called_so(write_config, disease_root,
+                                                                                   tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from plantpheno.tracking.mlflow_backend import default_uri
+
+    # learning rates far too small for 1 epoch: every trial stays at chance; registry.name is set to show that a
+    # trial registers nothing (only the run retrained from best_config.yaml may)
+    config = write_config(data={"root": str(disease_root)}, training={"epochs": 1},
+                          tracking={"backends": ["mlflow"], "system_metrics_interval": 0},
+                          registry={"name": "tuned", "alias": "candidate"})
+    tuning = _tuning_file(tmp_path, {"sampler": "grid", "pruner": "none",
+                                     "storage": f"sqlite:///{tmp_path / 'optuna.db'}"},
+                          {"training.learning_rate": [1e-7, 2e-7], "model.dropout": [0.0]})
+    assert main(["tune", str(config), str(tuning)]) == 0
+    out = capsys.readouterr().out
+    study_dir = tmp_path / "runs" / "default" / "space"
+    trial_dirs = sorted(study_dir.glob("trial-*"))
+    assert len(trial_dirs) == 2
+    for run_dir in trial_dirs:
+        assert (run_dir / "eval" / "val" / "metrics.json").is_file()
+        assert not (run_dir / "eval" / "test").exists(), run_dir
+        assert set(json.loads((run_dir / "run.json").read_text())["evaluation"]) == {"val"}
+        assert "registered" not in json.loads((run_dir / "run.json").read_text())
+    local = [json.loads(line)["key"] for path in study_dir.rglob("*.jsonl") for line in path.read_text().splitlines()
+             if '"key"' in line]
+    assert local and not [k for k in local if k.startswith("test/")]
+    client = MlflowClient(default_uri(tmp_path / "runs"))
+    runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    assert len(runs) == 3 and all(r.data.metrics for r in runs)  # the study's run and its 2 trials
+    assert not [k for r in runs for k in r.data.metrics if k.startswith("test/")]
+    assert any(k.startswith("eval_val/") for r in runs for k in r.data.metrics)
+    assert not client.search_registered_models()
+    # the best trial is no better than the class frequencies on validation: the study says so, file and console
+    best = json.loads((study_dir / "best.json").read_text())
+    assert best["baseline"]["split"] == "val" and best["baseline"]["verdict"] != "better"
+    assert "WARNING: the best trial" in out and "against the majority class baseline" in out
+    # 2 complete trials and 1 varied parameter: no importance plot, and the reason
+    assert not (study_dir / "param_importances.png").exists()
+    assert "param_importances.png left out: parameter importances need at least 10 complete trials" in out

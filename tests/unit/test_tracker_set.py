@@ -83,3 +83,12 @@ def test_system_monitor_logs_its_start_sample_at_the_step_training_started_at(tm
     steps = [json.loads(line)["step"] for line in run.tracking.metrics.read_text().splitlines()
              if json.loads(line)["key"] == "system/process_rss_gb"]
     assert steps == [0, 5]
+
+
+def test_mlflow_tracking_is_on_by_default_when_installed_and_off_with_one_field(tmp_path, monkeypatch):
+    base = {"data": {"root": str(tmp_path)}, "output_dir": str(tmp_path)}
+    assert validate_config(base).tracking.backends == ("mlflow",)
+    assert validate_config({**base, "tracking": {"backends": []}}).tracking.backends == ()
+    assert validate_config({**base, "tracking": {"backends": ["wandb"]}}).tracking.backends == ("wandb",)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if MLflow were not installed: no tracker, no error
+    assert validate_config(base).tracking.backends == ()

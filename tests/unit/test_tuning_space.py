@@ -93,6 +93,31 @@ def test_grid_enumerates_every_combination_first_field_slowest():
         parse_space({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}).grid()
 
 
+def test_a_capped_grid_samples_the_whole_grid_reproducibly_and_covers_every_value(make_config):
+    config = make_config(data={"root": "leaves"})
+    # 3 x 3 x 6 = 54 combinations capped at 20: the first 20 in grid order miss the highest learning rate
+    space = parse_space({"training.learning_rate": [1e-4, 1e-3, 1e-2], "model.dropout": [0.0, 0.2, 0.4],
+                         "data.batch_size": [4, 8, 12, 16, 20, 24]})
+    assert 1e-2 not in {p["training.learning_rate"] for p in space.grid()[:20]}
+    for seed in range(5):
+        plan = make_plan(config, space, TuneSettings(sampler="grid", trials=20, seed=seed))
+        assert plan.n_trials == len(plan.grid) == 20 and plan.grid_size == 54
+        assert len({tuple(p.values()) for p in plan.grid}) == 20  # no combination twice
+        for field, values in zip(space.fields, ([1e-4, 1e-3, 1e-2], [0.0, 0.2, 0.4], [4, 8, 12, 16, 20, 24]),
+                                 strict=True):
+            assert sorted({p[field] for p in plan.grid}) == values, (seed, field)
+        again = make_plan(config, space, TuneSettings(sampler="grid", trials=20, seed=seed))
+        assert again.grid == plan.grid  # the same seed, the same trials
+    grids = {str(make_plan(config, space, TuneSettings(sampler="grid", trials=20, seed=s)).grid) for s in range(5)}
+    assert len(grids) > 1  # the seed chooses
+    # 6 trials are just enough to cover the 6 batch sizes; the seed defaults to the config's
+    six = make_plan(config, space, TuneSettings(sampler="grid", trials=6))
+    assert sorted(p["data.batch_size"] for p in six.grid) == [4, 8, 12, 16, 20, 24] and six.settings.seed == 0
+    assert "6 of its 54 combinations, sampled with seed 0" in "\n".join(describe_plan(six))
+    full = make_plan(config, space, TuneSettings(sampler="grid"))
+    assert full.grid == tuple(space.grid())  # uncapped: the whole grid in its written order
+
+
 def test_float_ranges_with_grid_points_are_gridded_and_still_sampled_whole():
     space = parse_space({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True,
                                                     "grid_points": 3},
@@ -108,7 +133,7 @@ def test_plan_resolves_metric_direction_budget_and_folders(make_config):
     space = parse_space({"model.dropout": [0.0, 0.2, 0.4]})
     plan = make_plan(config, space, TuneSettings(study="s1", sampler="grid", trials=2))
     assert (plan.metric, plan.direction, plan.n_trials) == ("val/macro_f1", "maximize", 2)
-    assert plan.grid == ({"model.dropout": 0.0}, {"model.dropout": 0.2})
+    assert len(plan.grid) == 2 and set(map(str, plan.grid)) < set(map(str, space.grid()))
     assert plan.study_dir == config.output_dir / "default" / "s1"
     assert plan.storage_url == f"journal://{(plan.study_dir / 'study.log').resolve()}"
     trial = plan.trial_config({"model.dropout": 0.2}, number=7, parent_run_id="abc")
@@ -255,3 +280,45 @@ def test_pruners_and_samplers_follow_the_settings(queue_plan, pruner, kind):
         assert _pruner(plan)._max_resource == plan.config.training.epochs
     sampler = _sampler(plan)
     assert type(sampler).__name__ == "TrialSeededSampler" and type(sampler.inner).__name__ == "TPESampler"
+
+
+def _complete(params: dict, value: float = 0.5):
+    import optuna
+
+    dists = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in params.items()}
+    return optuna.trial.create_trial(params=params, distributions=dists, value=value)
+
+
+def test_parameter_importance_needs_enough_trials_and_two_varied_parameters():
+    from plantpheno.tuning.report import MIN_IMPORTANCE_TRIALS, importance_params
+
+    fields = ("training.learning_rate", "model.dropout", "data.batch_size")
+    many = [_complete({"training.learning_rate": 10.0 ** -(i % 4), "model.dropout": 0.1 * (i % 3),
+                       "data.batch_size": 8}) for i in range(MIN_IMPORTANCE_TRIALS)]
+    # the batch size never varied: it is not ranked
+    assert importance_params(many, fields) == (["training.learning_rate", "model.dropout"], None)
+    varied, reason = importance_params(many[:MIN_IMPORTANCE_TRIALS - 1], fields)
+    assert varied == [] and f"at least {MIN_IMPORTANCE_TRIALS} complete trials to rank more than noise, the study has 9" in reason
+    one = [_complete({"training.learning_rate": 10.0 ** -i, "model.dropout": 0.0, "data.batch_size": 8})
+           for i in range(MIN_IMPORTANCE_TRIALS)]
+    varied, reason = importance_params(one, fields)
+    assert varied == [] and "only training.learning_rate varied" in reason
+
+
+def test_the_study_summary_names_the_trivial_baseline_and_warns_below_it(tmp_path):
+    from plantpheno.tuning.report import TuneResult
+
+    def result(verdict: str | None) -> TuneResult:
+        baseline = None if verdict is None else {
+            "kind": "majority class", "split": "val", "value": 0.1, "verdict": verdict,
+            "text": f"{'beats' if verdict == 'better' else 'does NOT beat'} the baseline: accuracy 0.5 vs 0.25"}
+        return TuneResult(study="s", study_dir=tmp_path, storage="x", metric="val/macro_f1", direction="maximize",
+                          best_value=0.5, best_params={"model.dropout": 0.1}, best_trial=3, best_run_dir="r",
+                          counts={"COMPLETE": 4}, baseline=baseline)
+
+    good, bad, unknown = result("better"), result("worse"), result(None)
+    assert good.beats_baseline is True and bad.beats_baseline is False and unknown.beats_baseline is None
+    assert "the best trial beats the baseline: accuracy 0.5 vs 0.25 (on the val split, against the majority " \
+           "class baseline)" in good.summary()
+    assert any(line.startswith("WARNING: the best trial does NOT beat the baseline") for line in bad.summary())
+    assert "trivial baseline: not known" in "\n".join(unknown.summary())

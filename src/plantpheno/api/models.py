@@ -38,11 +38,14 @@ class Registry:
         self.uri = uri
 
     def register_model(self, run: Run | str | os.PathLike[str], name: str, *,
-                       alias: str | None = None) -> VersionInfo:
+                       alias: str | None = None, force: bool = False) -> VersionInfo:
         """Register a run's best checkpoint as a new version of ``name`` (an MLflow pyfunc model holding the
-        plantpheno package); ``alias`` also points that alias at it."""
+        plantpheno package); ``alias`` also points that alias at it.
+
+        A run that does not clearly beat its trivial baseline on the test split (or has no test evaluation), or
+        that does another job than the name's latest version, raises ``RegistryError`` unless ``force``."""
         path = _run_path(run)
-        return self._store(run=path).register(path, name=name, alias=alias)
+        return self._store(run=path).register(path, name=name, alias=alias, force=force)
 
     def list_models(self) -> list[VersionInfo]:
         """The latest version of every registered model."""
@@ -58,9 +61,10 @@ class Registry:
 
         return self._store().resolve(parse_ref(ref))
 
-    def promote(self, name: str, version: int, alias: str) -> VersionInfo:
-        """Point ``alias`` at ``version`` (atomically: the alias never resolves to two versions)."""
-        return self._store().promote(name, version, alias)
+    def promote(self, name: str, version: int, alias: str, *, force: bool = False) -> VersionInfo:
+        """Point ``alias`` at ``version`` (atomically: the alias never resolves to two versions); a version that does
+        not clearly beat its trivial baseline on test needs ``force``."""
+        return self._store().promote(name, version, alias, force=force)
 
     def delete(self, name: str, version: int | None = None) -> None:
         """Delete one version, or the whole model."""
@@ -78,10 +82,10 @@ class Registry:
 
 
 def register_model(run: Run | str | os.PathLike[str], name: str, *, alias: str | None = None,
-                   registry: str | None = None) -> VersionInfo:
+                   registry: str | None = None, force: bool = False) -> VersionInfo:
     """Register a run as a new version of ``name`` (``plantpheno models register RUN --name NAME``), in
-    ``registry`` or where the run's config registers by default."""
-    return Registry(registry).register_model(run, name, alias=alias)
+    ``registry`` or where the run's config registers by default; ``force`` as in :meth:`Registry.register_model`."""
+    return Registry(registry).register_model(run, name, alias=alias, force=force)
 
 
 def _model_registry(uri: str | None, *, run: Path | None = None) -> ModelRegistry:

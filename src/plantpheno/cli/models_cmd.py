@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("--name", required=True)
     reg.add_argument("--alias", default=None, help="also point this alias (e.g. candidate) at the new version")
     reg.add_argument("--force", action="store_true",
-                     help="register even if the run's task or classes differ from NAME's latest version")
+                     help="register even if the run does not clearly beat its trivial baseline on the test split "
+                          "(or has no test evaluation), or its task or classes differ from NAME's latest version")
     lst = add("list", "list every registered version with its aliases (newest first)", run_list)
     lst.add_argument("name", nargs="?", default=None, help="only this model")
     lst.add_argument("--json", action="store_true", help="one JSON object per version")
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("name")
     promote.add_argument("version", type=integer(1))
     promote.add_argument("--alias", required=True)
+    promote.add_argument("--force", action="store_true",
+                         help="point the alias at a version that does not clearly beat its trivial baseline on test")
     delete = add("delete", "delete one version, or a whole model", run_delete)
     delete.add_argument("ref", metavar="NAME[/version]")
     export = add("export", "export to ONNX or TorchScript and check it against the PyTorch model", run_export)
@@ -139,7 +142,7 @@ def run_show(args: argparse.Namespace) -> int:
 def run_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     before = next((v.version for v in registry.list_versions(args.name) if args.alias in v.aliases), None)
-    info = registry.promote(args.name, args.version, args.alias)
+    info = registry.promote(args.name, args.version, args.alias, force=args.force)
     moved = f" (was version {before})" if before not in (None, info.version) else ""
     print(f"{info.name}@{args.alias} -> version {info.version}{moved}")
     return 0

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(result.summary()))
     if "best_config" in result.files:
         print(f"train it: plantpheno train {result.files['best_config']}")
+        print("(the trials were scored and evaluated on the validation split only; that run evaluates the test "
+              "split, once)")
     return 0
 
 

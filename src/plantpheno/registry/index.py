@@ -352,8 +352,9 @@ class MlflowIndex:
 
 
 def mlflow_client(uri: str) -> Any:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our CLI prints its own lines
+    from plantpheno.tracking.mlflow_backend import quiet_mlflow
+
+    quiet_mlflow()  # our commands print their own lines
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -375,7 +376,9 @@ def fetch_local_or_mlflow(source: str, dst: Path, *, only: str | None, tracking_
         else:
             shutil.copytree(local, folder, dirs_exist_ok=True)
         return folder
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from plantpheno.tracking.mlflow_backend import quiet_mlflow
+
+    quiet_mlflow()  # no download bars in our output
     import mlflow
 
     if only is None:

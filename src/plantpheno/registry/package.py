@@ -175,6 +175,8 @@ def _package_meta(run: RunDir, checkpoint: dict[str, Any], path: Path, metrics: 
         "mlflow_run_id": (status.get("tracking") or {}).get("mlflow"),
         "test_metrics": {k: metrics[k] for k in summary if k in metrics},
         "headline_metric": headline, "confidence_interval": metrics.get("confidence_interval"),
+        # the test evaluation's paired verdict against the trivial baseline (None: no test evaluation)
+        "baseline_verdict": (metrics.get("baseline") or {}).get("verdict"),
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         # applied by predict and inside exports: softmax(logits / temperature), logits averaged over the TTA views
         "temperature": float(_read_json(run.temperature).get("temperature", 1.0)),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from plantpheno.errors import RegistryError
+from plantpheno.evaluation.baselines import BETTER
 from plantpheno.registry.index import RegistryIndex, VersionRecord, mlflow_client, open_index
 from plantpheno.registry.location import (
     ENV_URI,
@@ -39,6 +40,7 @@ __all__ = ["ENV_URI", "ModelRegistry", "RegistryLocation", "VersionInfo", "defau
            "locate_registry", "resolve_registry_uri", "run_registry_uri"]
 
 ARTIFACT_EXPERIMENT = "plantpheno-models"
+BASELINE_TAG = "test_vs_baseline"  # the test verdict against the trivial baseline: better, not clearly better, worse
 T = TypeVar("T")
 
 
@@ -119,9 +121,13 @@ class ModelRegistry:
         (``registry/pyfunc.py``) that holds the package.
 
         Raises:
-            RegistryError: the run's task or class names differ from those of the name's latest version (unless
-                ``force``), or the name or alias is invalid.
+            RegistryError: unless ``force``: the run does not clearly beat its trivial baseline on the test split
+                (or has no test evaluation), or its task or class names differ from those of the name's latest
+                version; and whatever ``force`` says, an invalid name or alias.
         """
+        from plantpheno.tracking.mlflow_backend import quiet_mlflow
+
+        quiet_mlflow()  # before registry.pyfunc imports MLflow: its INFO lines stay out of our output
         from plantpheno.registry.package import package_run
         from plantpheno.registry.pyfunc import save_pyfunc_model
 
@@ -133,6 +139,8 @@ class ModelRegistry:
             package = package_run(run_dir, Path(tmp) / "package")
             if not force:
                 self._check_same_job(name, package.meta, Path(tmp) / "latest")
+                check_beats_baseline(package.meta, run_dir=run_dir, what=f"registering it as {name}" +
+                                     (f" (alias {alias})" if alias else ""))
             if self.index.exists is False:
                 self._create_store()
             model_dir = save_pyfunc_model(package, Path(tmp) / "model")
@@ -148,9 +156,19 @@ class ModelRegistry:
         self.index = open_index(self.uri)  # a new store can now be read without MLflow
         return self.resolve(ModelRef(name, version=int(version.version)))
 
-    def promote(self, name: str, version: int, alias: str) -> VersionInfo:
-        """Point ``alias`` at ``version`` (one atomic update: the alias never resolves to two versions)."""
-        self.resolve(ModelRef(check_name(name), version=version))
+    def promote(self, name: str, version: int, alias: str, *, force: bool = False) -> VersionInfo:
+        """Point ``alias`` at ``version`` (one atomic update: the alias never resolves to two versions).
+
+        Raises:
+            RegistryError: the version was registered with ``force`` although it does not clearly beat its trivial
+                baseline on test (its ``test_vs_baseline`` tag), unless ``force`` again.
+        """
+        info = self.resolve(ModelRef(check_name(name), version=version))
+        said = info.tags.get(BASELINE_TAG)
+        if not force and said is not None and said != BETTER:
+            raise RegistryError(f"{name} version {version} does not clearly beat its trivial baseline on the test "
+                                f"split ({BASELINE_TAG}: {said}); pointing alias {alias} at it needs --force "
+                                f"(force=True in Python)")
         check_writable(self.uri)
         with self._read_only_named():
             self.index.set_alias(name, check_alias(alias), version)
@@ -332,6 +350,23 @@ def _names(names: list[str], shown: int = 6) -> str:
     return f"[{text}]"
 
 
+def check_beats_baseline(meta: dict[str, Any], *, run_dir: Path, what: str) -> None:
+    """Refuse a model that does not clearly beat its trivial baseline on the test split (the paired verdict the
+    evaluation computed: the whole interval of the improvement above zero), or that has no test evaluation.
+
+    Raises:
+        RegistryError: naming the figures and ``--force``.
+    """
+    verdict = meta.get("baseline_verdict")
+    if verdict is None:
+        raise RegistryError(f"{run_dir} has no evaluation on the test split, so nothing shows that it beats its "
+                            f"trivial baseline; evaluate it (plantpheno evaluate {run_dir} --split test) or pass "
+                            f"--force (force=True in Python) to {what} anyway")
+    if verdict.get("verdict") != BETTER:
+        raise RegistryError(f"{run_dir} does not clearly beat its trivial baseline on the test split: the model "
+                            f"{verdict.get('text')}; {what} needs --force (force=True in Python)")
+
+
 def lineage_tags(package: ModelPackage) -> dict[str, str]:
     """Where a version came from, as registry tags (searchable in MLflow)."""
     m = package.meta
@@ -342,6 +377,7 @@ def lineage_tags(package: ModelPackage) -> dict[str, str]:
         "config_sha256": m["config_sha256"], "dataset_fingerprint": m["dataset_fingerprint"],
         "git_commit": str(m["git_commit"]), "git_dirty": str(m["git_dirty"]),
         "plantpheno_version": m["plantpheno_version"], "checkpoint_epoch": str(m["checkpoint_epoch"]),
+        BASELINE_TAG: str((m.get("baseline_verdict") or {}).get("verdict") or "not evaluated on test"),
     }
     tags.update({f"test_{k}": f"{v:.6g}" for k, v in (m.get("test_metrics") or {}).items()})
     ci = m.get("confidence_interval") or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -11,6 +12,21 @@ from plantpheno.config import MlflowConfig
 
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow's INFO lines ("Creating initial MLflow database tables", "Created version '1' of model ...") and
+    its artifact upload/download progress bars out of plantpheno's output, which says itself what happened.
+
+    MLflow sets its logger to INFO when it is imported, so this imports it first; a user's own
+    ``$MLFLOW_LOGGING_LEVEL`` or ``$MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` wins."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401 - configures its logger on import; the level below must come after
+
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logger = logging.getLogger("mlflow")
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
 
 
 def default_uri(output_dir: Path) -> str:
@@ -29,7 +45,7 @@ class MlflowTracker:
     name = "mlflow"
 
     def __init__(self, settings: MlflowConfig, *, experiment: str, output_dir: Path) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        quiet_mlflow()
         from mlflow import MlflowClient
 
         self.uri = tracking_uri(settings, output_dir)

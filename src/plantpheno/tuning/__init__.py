@@ -15,14 +15,19 @@ Each trial is a full ``pipeline.train`` run of CONFIG with the trial's values, i
 ``OUTPUT_DIR/<experiment>/<study>/trial-NNNN``, tracked as a child of the study's MLflow run (when
 mlflow is a backend) and in W&B group ``<study>``. Its objective is the best value of the metric
 over its epochs (default ``training.monitor``); every epoch's value goes to the pruner. Pruned
-trials are PRUNED, failing trials FAIL with ``user_attrs["error"]``; neither stops the study.
+trials are PRUNED, failing trials FAIL with ``user_attrs["error"]``; neither stops the study. A trial never touches the test split: its
+final evaluation is on validation (``eval/val/``, with the trivial baseline's verdict) and it registers no
+model; the test split is evaluated once, by the run trained from ``best_config.yaml``.
 
 The study (default storage: the journal file ``<study folder>/study.log``) holds exactly N trials
 in a queue that any number of workers share: ``--workers K`` on one machine, or the same command on
 several machines with a shared ``--storage`` (a journal file on a shared file system, or a
 database URL). Re-running the command continues the study; trials whose worker died are failed
 and run again (:mod:`plantpheno.tuning.queue`). The study folder gets ``trials.csv``,
-``best.json``, ``best_config.yaml`` (train it with ``plantpheno train``) and PNG plots.
+``best.json`` (with the best trial against the trivial baseline on validation: a best trial that does not
+clearly beat it is called out), ``best_config.yaml`` (train it with ``plantpheno train``) and PNG plots (a
+capped grid is a seeded sample covering every value; parameter importance needs 10 complete trials and 2
+varied parameters, else it is left out with the reason).
 
 ``tune(config, space, settings=...)`` is the same from Python. Importing this package does not
 import optuna or torch: :func:`tune` and :func:`run_worker` load them when called.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ class StudyPlan:
     settings: TuneSettings  # study, metric, direction, trials, storage and seed filled in
     study_dir: Path
     grid: tuple[dict[str, Any], ...] | None  # the combinations to run, for sampler grid
-    grid_size: int | None = None  # all combinations of the space (grid may hold the first ``trials`` of them)
+    grid_size: int | None = None  # all combinations of the space (grid may hold a seeded sample of them)
 
     @property
     def name(self) -> str:
@@ -48,10 +49,16 @@ class StudyPlan:
 
     def trial_config(self, values: dict[str, Any], *, number: int, parent_run_id: str | None = None) -> Config:
         """The training config of trial ``number``: the trial's values, its own run folder
-        (``STUDY_DIR/trial-0007``), and its tracked run nested under the study."""
+        (``STUDY_DIR/trial-0007``), and its tracked run nested under the study.
+
+        A trial never sees the test split: its final evaluation is on the validation split (``eval/val/``, tracked
+        as ``eval_val/*``), the split it is chosen on, and it registers no model. The test split is evaluated once,
+        by the run trained from ``best_config.yaml``; a study that looked at the test score of every trial would
+        invite choosing on test."""
         base = self.config
         managed: dict[str, Any] = {"output_dir": str(self.study_dir.parent), "experiment": self.name,
-                                   "run_name": f"trial-{number:04d}", "tracking.wandb.group": self.name}
+                                   "run_name": f"trial-{number:04d}", "tracking.wandb.group": self.name,
+                                   "evaluation.split": "val", "registry.name": None}
         if "mlflow" in base.tracking.backends:
             from plantpheno.tracking.mlflow_backend import tracking_uri
 
@@ -80,11 +87,12 @@ def make_plan(config: Config, space: SearchSpace, settings: TuneSettings) -> Stu
     if settings.direction is not None and settings.direction != natural:
         raise ConfigError(f"tuning.direction: got {settings.direction!r}; expected {natural!r} for {metric} "
                           f"({'higher' if natural == 'maximize' else 'lower'} is better)")
+    seed = config.seed if settings.seed is None else settings.seed
     grid = tuple(space.grid()) if settings.sampler == "grid" else None
     combinations = len(grid) if grid is not None else None
     if grid is not None:
         trials = min(settings.trials or len(grid), len(grid))
-        grid = grid[:trials]
+        grid = cap_grid(grid, trials, seed=seed)
     else:
         trials = settings.trials or DEFAULT_TRIALS
     study = settings.study or "study"
@@ -92,8 +100,31 @@ def make_plan(config: Config, space: SearchSpace, settings: TuneSettings) -> Stu
     storage = settings.storage or f"journal://{(study_dir / JOURNAL_FILE).resolve()}"
     resolved = settings.model_copy(update={
         "study": study, "metric": metric, "direction": natural, "trials": trials, "storage": storage,
-        "seed": config.seed if settings.seed is None else settings.seed})
+        "seed": seed})
     return StudyPlan(config, space, resolved, study_dir, grid, combinations)
+
+
+def cap_grid(grid: tuple[dict[str, Any], ...], trials: int, *, seed: int) -> tuple[dict[str, Any], ...]:
+    """``trials`` combinations of ``grid``, chosen with ``seed`` so that every value of every field is in one of
+    them when ``trials`` allows it (at least as many trials as the field with the most values has values).
+
+    The first N combinations of a full grid all share the first field's first value (a grid capped at 20 of 54
+    ran every trial at the lowest learning rate): greedily, each pick is the combination, in a seeded shuffled
+    order, that adds the most values not yet covered; once all are covered, the rest follow the shuffled order.
+    On a full grid each pick can cover one new value of every field that still has one, so ``max(values per
+    field)`` picks cover them all. The whole grid keeps its written order (first field slowest)."""
+    if trials >= len(grid):
+        return grid
+    order = list(grid)
+    random.Random(seed).shuffle(order)
+    uncovered = {(k, repr(v)) for point in grid for k, v in point.items()}
+    chosen: list[dict[str, Any]] = []
+    while len(chosen) < trials and uncovered:
+        best = max(order, key=lambda p: len(uncovered & {(k, repr(v)) for k, v in p.items()}))  # first of ties
+        order.remove(best)
+        chosen.append(best)
+        uncovered -= {(k, repr(v)) for k, v in best.items()}
+    return tuple(chosen + order[:trials - len(chosen)])
 
 
 def _check_metric(config: Config, metric: str) -> None:
@@ -119,8 +150,8 @@ def describe_plan(plan: StudyPlan) -> list[str]:
              f"{plan.n_trials} trials" + (f", timeout {s.timeout:g} s" if s.timeout else ""),
              "space:", *(f"  {line}" for line in plan.space.describe())]
     if plan.grid is not None:
-        cut = (f" (the first {plan.n_trials} of its {plan.grid_size} combinations: --trials or tuning.trials "
-               f"caps a grid)" if plan.grid_size and plan.grid_size > plan.n_trials else "")
+        cut = (f" ({plan.n_trials} of its {plan.grid_size} combinations, sampled with seed {plan.settings.seed} "
+               f"to cover every value: --trials or tuning.trials caps a grid)" if plan.grid_size and plan.grid_size > plan.n_trials else "")
         lines.append(f"grid: {plan.n_trials} trials{cut}")
         lines += [f"  {i:4d}  " + "  ".join(f"{k}={v!r}" for k, v in point.items())
                   for i, point in enumerate(plan.grid)]

@@ -19,9 +19,15 @@ from optuna.trial import FrozenTrial, TrialState
 from plantpheno.atomic import atomic_write_text, atomic_write_with
 from plantpheno.config import config_to_yaml
 from plantpheno.tuning.plan import StudyPlan
+from plantpheno.evaluation.baselines import BETTER
 from plantpheno.tuning.queue import QUEUED_ATTR, STALE_ATTR
 
 BEST_FILE, BEST_CONFIG, TRIALS_CSV = "best.json", "best_config.yaml", "trials.csv"
+# Parameter importance (Optuna's fANOVA: a random forest fitted to the complete trials) ranks noise below this:
+# with a handful of trials one or two points decide every split of the forest. 10 is also where Optuna's TPE
+# sampler stops drawing at random and starts modelling the objective.
+MIN_IMPORTANCE_TRIALS = 10
+BASELINE_ATTR = "baseline"  # trial user attr (set by the worker): its model against the trivial baseline, on val
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,14 @@ class TuneResult:
     counts: dict[str, int]  # visible trials by state: COMPLETE, PRUNED, FAIL, RUNNING, WAITING
     files: dict[str, Path] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    baseline: dict[str, Any] | None = None  # the best trial against the trivial baseline, on validation
+
+    @property
+    def beats_baseline(self) -> bool | None:
+        """Whether the best trial's model clearly beats the trivial baseline on validation (None: not known)."""
+        if not self.baseline or not self.baseline.get("verdict"):
+            return None
+        return bool(self.baseline["verdict"] == BETTER)
 
     def summary(self) -> list[str]:
         """Lines for the console: counts, the best trial and values, and where the files are."""
@@ -50,9 +64,21 @@ class TuneResult:
         else:
             lines.append(f"best {self.metric}: {self.best_value:.6g} (trial {self.best_trial}, {self.best_run_dir})")
             lines += [f"  {k}: {v!r}" for k, v in self.best_params.items()]
+            lines.append(baseline_line(self.baseline))
         lines += [f"note: {note}" for note in self.notes]
         lines += [f"{name}: {path}" for name, path in self.files.items()]
         return lines
+
+
+def baseline_line(baseline: dict[str, Any] | None) -> str:
+    """The best trial against the trivial baseline on validation, in one line; a loud one when it does not beat it."""
+    if not baseline or not baseline.get("verdict"):
+        return "trivial baseline: not known (the best trial has no final evaluation on validation)"
+    where = f"on the {baseline.get('split') or 'val'} split, against the {baseline.get('kind')} baseline"
+    if baseline["verdict"] == BETTER:
+        return f"the best trial {baseline['text']} ({where})"
+    return (f"WARNING: the best trial {baseline['text']} ({where}): no trial clearly learned more than the class "
+            f"frequencies or the mean; check the data and the space before training best_config.yaml")
 
 
 def visible_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -70,6 +96,7 @@ def write_reports(plan: StudyPlan, study: optuna.Study) -> TuneResult:
     atomic_write_text(files["trials"], trials_csv(plan, trials, stale=stale))
     best = _best_trial(trials, maximize=plan.direction == "maximize")
     notes: list[str] = []
+    baseline = None if best is None else best.user_attrs.get(BASELINE_ATTR)
     if best is not None:
         values = {k: best.params[k] for k in plan.space.fields if k in best.params}
         files["best"], files["best_config"] = folder / BEST_FILE, folder / BEST_CONFIG
@@ -79,8 +106,9 @@ def write_reports(plan: StudyPlan, study: optuna.Study) -> TuneResult:
             "trial": best.number, "params": values, "run_dir": best.user_attrs.get("run_dir"),
             "best_epoch": best.user_attrs.get("best_epoch"), "best_config": str(files["best_config"]),
             "trials": dict(Counter(t.state.name for t in trials)), "storage": plan.storage_url,
+            "baseline": baseline,
         }, indent=2) + "\n")
-    files.update(write_plots(study, folder, metric=plan.metric, notes=notes))
+    files.update(write_plots(study, folder, metric=plan.metric, notes=notes, fields=plan.space.fields))
     counts = {s.name: sum(t.state == s for t in trials) for s in
               (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
     return TuneResult(
@@ -88,7 +116,7 @@ def write_reports(plan: StudyPlan, study: optuna.Study) -> TuneResult:
         best_value=None if best is None else best.value, best_trial=None if best is None else best.number,
         best_params={} if best is None else {k: best.params[k] for k in plan.space.fields if k in best.params},
         best_run_dir=None if best is None else best.user_attrs.get("run_dir"), counts=counts, files=files,
-        notes=tuple(notes))
+        notes=tuple(notes), baseline=baseline)
 
 
 def _best_trial(trials: list[FrozenTrial], *, maximize: bool) -> FrozenTrial | None:
@@ -129,7 +157,8 @@ _PLOTS = {
 }
 
 
-def write_plots(study: optuna.Study, folder: Path, *, metric: str, notes: list[str]) -> dict[str, Path]:
+def write_plots(study: optuna.Study, folder: Path, *, metric: str, notes: list[str],
+                fields: tuple[str, ...] = ()) -> dict[str, Path]:
     """Optuna's matplotlib plots as PNG files; a plot that cannot be drawn yet is skipped with a note."""
     import matplotlib
 
@@ -144,15 +173,23 @@ def write_plots(study: optuna.Study, folder: Path, *, metric: str, notes: list[s
         if not complete:
             notes.append(f"{name}.png skipped: no complete trial yet")
             continue
-        if name == "param_importances" and len(complete) < 2:
-            notes.append(f"{name}.png skipped: parameter importances need at least 2 complete trials")
-            continue
+        kwargs: dict[str, Any] = {"target_name": metric} if name in (
+            "optimization_history", "parallel_coordinate", "param_importances") else {}
+        if name == "param_importances":
+            varied, reason = importance_params(complete, fields)
+            if reason is not None:
+                notes.append(f"{name}.png left out: {reason}")
+                (folder / f"{name}.png").unlink(missing_ok=True)  # an earlier, smaller study's plot would mislead
+                continue
+            kwargs["params"] = varied
+            fixed = [k for k in fields if k not in varied]
+            if fixed:
+                notes.append(f"{name}.png ranks only the parameters that varied; left out (one value in every "
+                             f"complete trial): {', '.join(fixed)}")
         path = folder / f"{name}.png"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-                kwargs = {"target_name": metric} if name in ("optimization_history", "parallel_coordinate",
-                                                             "param_importances") else {}
                 axes = getattr(ovm, function)(study, **kwargs)
             figure = _figure(axes)
             atomic_write_with(path, lambda fh, f=figure: f.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
@@ -162,6 +199,21 @@ def write_plots(study: optuna.Study, folder: Path, *, metric: str, notes: list[s
             notes.append(f"{name}.png skipped: {type(exc).__name__}: {exc}")
             plt.close("all")
     return written
+
+
+def importance_params(complete: list[FrozenTrial], fields: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """The parameters an importance plot may rank (those that took 2 or more values in the complete trials), or
+    why there is no plot: fewer than :data:`MIN_IMPORTANCE_TRIALS` complete trials, or fewer than 2 varied
+    parameters (one alone is trivially 100 % important)."""
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return [], (f"parameter importances need at least {MIN_IMPORTANCE_TRIALS} complete trials to rank more than "
+                    f"noise, the study has {len(complete)}")
+    names = list(fields) or sorted({k for t in complete for k in t.params})
+    varied = [k for k in names if len({repr(t.params.get(k)) for t in complete}) > 1]
+    if len(varied) < 2:
+        what = f"only {varied[0]} varied" if varied else "no parameter varied"
+        return [], f"parameter importances need at least 2 parameters that varied in the complete trials; {what}"
+    return varied, None
 
 
 def _figure(axes: Any) -> Any:

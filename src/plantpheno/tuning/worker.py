@@ -17,6 +17,7 @@ from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.training.trainer import EarlyExit, Interrupted
 from plantpheno.tuning.plan import StudyPlan
 from plantpheno.tuning.queue import Lease, claim_next, fail_stale_trials, queue_lock, top_up
+from plantpheno.tuning.report import BASELINE_ATTR
 from plantpheno.tuning.sampler import TrialSeededSampler
 from plantpheno.tuning.storage import open_storage
 
@@ -137,7 +138,8 @@ def run_trial(plan: StudyPlan, study: optuna.Study, trial: optuna.Trial, *, pare
             values = plan.space.suggest(trial)
             config = plan.trial_config(values, number=trial.number, parent_run_id=parent_run_id)
             trial.set_user_attr("run_dir", str(config.output_dir / config.experiment / str(config.run_name)))
-            pipeline.train(config, callbacks=[pruning], handle_signals=handle_signals, reporter=reporter)
+            result = pipeline.train(config, callbacks=[pruning], handle_signals=handle_signals, reporter=reporter)
+            trial.set_user_attr(BASELINE_ATTR, baseline_record(result.metrics, metric=plan.metric))
             if pruning.best is None:
                 raise TrainingError(f"{plan.metric} had no finite value in any epoch")
             state, value = TrialState.COMPLETE, pruning.best
@@ -155,6 +157,20 @@ def run_trial(plan: StudyPlan, study: optuna.Study, trial: optuna.Trial, *, pare
             _release_memory()
     _finish(study, trial, pruning, reporter, started, state, value)
     return state
+
+
+def baseline_record(metrics: dict[str, Any], *, metric: str) -> dict[str, Any] | None:
+    """The trivial baseline of a trial's final evaluation (on validation): its score on the study's metric, where
+    the evaluation has one (accuracy, macro F1, MAE, ...; not the loss), and the paired verdict on the trial's model
+    (:mod:`plantpheno.evaluation.baselines`)."""
+    baseline = metrics.get("baseline") or {}
+    verdict = baseline.get("verdict") or {}
+    if not verdict:
+        return None
+    value = baseline.get(metric.split("/", 1)[1])
+    return {"kind": baseline.get("kind"), "split": metrics.get("split"),
+            "value": float(value) if isinstance(value, (int, float)) else None,
+            "verdict": verdict.get("verdict"), "text": verdict.get("text")}
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, pruning: PruningReporter, reporter: Reporter, started: float,
