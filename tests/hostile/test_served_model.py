@@ -244,3 +244,27 @@ def test_mlflow_models_serve_refuses_paths_without_an_allow_list(tiny_model, wor
     finally:
         stop_process_group(server)
         log.close()
+
+
+def test_fifo_given_to_predict_is_refused_without_opening_it(tiny_model, world):
+    """The API and ``plantpheno predict`` refuse a FIFO path at once (opening it would wait for a writer)."""
+    import plantpheno as pp
+    from plantpheno.errors import DataError
+
+    tmp, _, _ = world
+    fifo = tmp / "outside-pipe.jpg"
+    outcome: dict[str, object] = {}
+
+    def both() -> None:
+        with pp.load_model(tiny_model.package) as model, pytest.raises(DataError) as caught:
+            model.predict(fifo)
+        outcome["api"] = str(caught.value)
+        outcome["cli"] = in_process("predict", str(tiny_model.package), str(fifo), "--out", str(tmp / "fifo.csv"))
+
+    worker = threading.Thread(target=both, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "predict hangs on a FIFO"
+    assert "is a FIFO (named pipe), not an image file" in outcome["api"]
+    code, _, err = outcome["cli"]
+    assert code == 0 and "skipped 1 unreadable file(s)" in err and "is a FIFO (named pipe)" in err, err

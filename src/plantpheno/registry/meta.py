@@ -79,7 +79,8 @@ def read_meta(path: Path, *, expected_format: str) -> dict[str, Any]:
             raise RegistryError(f"{path}: {size:,} bytes; a package description holds at most {MAX_META_BYTES:,}")
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{path} is not valid JSON ({exc}); the package is damaged: register the run again") from None
+        raise RegistryError(f"{path} is not valid JSON ({exc}); the package is damaged: register the run "
+                            f"again") from None
     except RecursionError:
         raise RegistryError(f"{path} is nested too deeply to be a package description") from None
     except OSError as exc:

@@ -21,7 +21,8 @@ def check_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not _ALIAS.match(alias) or alias.lower() == "latest" or re.fullmatch(r"v[0-9]+", alias):
+    if (not isinstance(alias, str) or not _ALIAS.match(alias) or alias.lower() == "latest"
+            or re.fullmatch(r"v[0-9]+", alias)):
         raise RegistryError(f"alias {alias!r} is invalid: use a letter then letters, digits, '_' or '-' "
                             f"(not 'latest' or 'v<number>', which MLflow reserves)")
     return alias
