@@ -1,4 +1,5 @@
-"""Every ``plantpheno`` command shown in the README's shell blocks and in the packaged recipes' comments parses, and
+"""Every ``plantpheno`` command shown in the README's and the docs' shell blocks and in the packaged recipes' comments
+parses, and
 every ``plantpheno tune`` one runs (as a dry run); ``key=value`` overrides may stand anywhere on a command line."""
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _usage_lines() -> list[tuple[str, str]]:
-    """(where, command) for each plantpheno command in README shell blocks and in the recipes' comments."""
+    """(where, command) for each plantpheno command in the shell blocks of README and docs/, and in the recipes'
+    comments."""
     found = []
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S):
-        joined = block.replace("\\\n", " ")
-        found += [("README.md", line.strip()) for line in joined.splitlines()
-                  if line.strip().startswith("plantpheno ")]
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        where = page.relative_to(REPO).as_posix()
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            joined = block.replace("\\\n", " ")
+            found += [(where, line.strip()) for line in joined.splitlines() if line.strip().startswith("plantpheno ")]
     for path in sorted(RECIPES_DIR.rglob("*.yaml")):
         for line in path.read_text(encoding="utf-8").splitlines():
             match = re.match(r"#\s+(?:Usage:\s+)?(plantpheno \S.*)$", line)
@@ -41,7 +43,7 @@ def _argv(line: str) -> list[str]:
 
 
 def test_the_shipped_files_show_tune_commands():
-    assert {where for where, _ in TUNE} >= {"README.md", "tune/demo_space.yaml"}
+    assert {where for where, _ in TUNE} >= {"docs/guide/tuning.md", "tune/demo_space.yaml"}
 
 
 @pytest.mark.parametrize(("where", "line"), LINES, ids=[line for _, line in LINES])
@@ -75,7 +77,7 @@ def test_a_tune_override_after_the_flags_reaches_the_trials(monkeypatch, capsys)
     assert main(["tune", "demo", "tune/demo_space", "--sampler", "grid", "--dry-run",
                  "model.backbone=test_resnet", "--trials", "2"]) == 0
     out = capsys.readouterr().out
-    assert "grid: 2 trials (the first 2 of its 54 combinations" in out
+    assert "grid: 2 trials (2 of its 54 combinations, sampled with seed 0" in out
     assert main(["tune", "demo", "tune/demo_space.yaml", "--dry-run",
                  "training.epochs=ten"]) == 2
     assert "training.epochs: got 'ten'" in capsys.readouterr().err
