@@ -139,8 +139,8 @@ def read_run(run_dir: Path) -> RunSummary:
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's per-epoch records (``metrics.jsonl``: lr, train and val metrics, epoch time, images/s), in order;
-    empty when no epoch has finished."""
+    """The run's per-epoch records (``metrics.jsonl``: lr, train and val metrics, epoch time, images/s, the
+    training phase), in order; empty when no epoch has finished."""
     return _read_metrics_log(RunDir(Path(run_dir)).metrics_log)
 
 

@@ -118,7 +118,8 @@ def test_the_border_shortcut_stands_next_to_the_verdict(pad_run):
     accuracy, chance = shortcut["details"]["accuracy"], shortcut["details"]["chance"]
     joint = "but" if json.loads(run.eval("test").metrics.read_text())["baseline"]["verdict"]["verdict"] == "better" \
         else "and"
-    assert f", {joint} the image border alone predicts {accuracy:.1%} of labels (chance {chance:.1%})" in verdict, verdict
+    brief = f"the image border alone predicts {accuracy:.1%} of labels (chance {chance:.1%})"
+    assert f", {joint} {brief}" in verdict, verdict
 
 
 def test_evaluating_val_writes_its_own_report_and_keeps_the_test_report(pad_run, tmp_path, capsys):
