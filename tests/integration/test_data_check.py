@@ -90,7 +90,8 @@ def test_data_check_exit_codes_output_and_report(tmp_path, disease_root, write_c
 
 def test_data_check_needs_no_config_file(tmp_path, disease_root):
     manifest, original, copy = _manifest_with_one_leak(tmp_path, disease_root)
-    for given, status in (((str(disease_root),), 0), ((f"data.root={disease_root}",), 0), ((str(manifest),), 1)):
+    for given, status in (((str(disease_root),), 0), ((f"data.root={disease_root}",), 0),
+                          (("--data-path", str(disease_root)), 0), ((str(manifest),), 1)):
         result = plantpheno("data", "check", *given, f"output_dir={tmp_path / 'runs'}")
         assert result.returncode == status, (given, result.stderr)
         assert "Traceback" not in result.stderr

@@ -64,6 +64,9 @@ def _register_check(data_sub: argparse._SubParsersAction) -> None:
                    help="YAML config file or recipe name (optional), or the data itself: an image folder (root/<class>/<image>) or "
                         "a CSV manifest")
     c.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.root=leaves")
+    c.add_argument("--data-path", type=Path, default=None, metavar="PATH",
+                   help="the dataset: an image folder (sets data.root) or a CSV manifest (sets data.manifest), as "
+                        "for train; the same as giving it in place of CONFIG")
     c.add_argument("--out", type=Path, default=None,
                    help="where to write the findings (default: OUTPUT_DIR/<experiment>/data_check.json)")
     c.add_argument("--label-errors", action="store_true",
@@ -98,22 +101,20 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_or_data(first: Path | None, overrides: list[str]) -> tuple[Path | None, list[str]]:
-    """The config file and overrides of ``data check FIRST OVERRIDES...``: FIRST is a YAML config, an override
-    (the config is optional), an image folder (data.root) or a CSV manifest (data.manifest)."""
-    if first is None:
-        if not overrides:
-            raise ConfigError("give a CONFIG file, an image folder, a CSV manifest or overrides such as "
-                              "data.root=leaves (which images to check)")
-        return None, overrides
-    text = str(first)
-    if "=" in text and not first.exists():
-        return None, [text, *overrides]
-    if first.is_dir():
-        return None, [f"data.root={text}", *overrides]
-    if first.suffix.lower() == ".csv":
-        return None, [f"data.manifest={text}", *overrides]
-    return first, overrides
+def _config_or_data(first: Path | None, overrides: list[str],
+                    data_path: Path | None) -> tuple[Path | None, list[str], Path | None]:
+    """The config file, overrides and data path of ``data check FIRST OVERRIDES...``: FIRST is a YAML config, an
+    override (the config is optional), or the data itself (an image folder or a CSV manifest)."""
+    if first is not None and "=" in str(first) and not first.exists():
+        first, overrides = None, [str(first), *overrides]
+    if first is not None and (first.is_dir() or first.suffix.lower() == ".csv"):
+        if data_path is not None:
+            raise ConfigError(f"the data is given twice: {first} and --data-path {data_path}")
+        first, data_path = None, first
+    if first is None and data_path is None and not overrides:
+        raise ConfigError("give a CONFIG file, an image folder, a CSV manifest or overrides such as "
+                          "data.root=leaves (which images to check)")
+    return first, overrides, data_path
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -129,9 +130,9 @@ def run_check(args: argparse.Namespace) -> int:
     from plantpheno.rundir import data_check_path
     from plantpheno.training.data_checks import run_data_checks
 
-    config_path, given = _config_or_data(args.config, args.overrides)
+    config_path, given, data_path = _config_or_data(args.config, args.overrides, args.data_path)
     overrides = [*given, *(["data.checks.label_errors=on"] if args.label_errors else [])]
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, overrides, data_path=data_path)
     reporter = ConsoleReporter()
     # every unreadable file becomes a finding, instead of stopping the check at the first list of them
     reading = config.model_copy(update={"data": config.data.model_copy(update={"on_bad_image": "skip"})})

@@ -50,7 +50,8 @@ def check_data(prepared: PreparedData, config: Config, *, reporter: Reporter | N
     index = duplicates.index_duplicates(entries, max_distance=settings.near_duplicate_distance)
     run.seconds["duplicate_index"] = time.perf_counter() - start
     run(("exact_duplicates.leak", "exact_duplicates.within_split", "near_duplicates.leak",
-         "near_duplicates.within_split", "near_duplicates.unconfirmed"), lambda: duplicates.duplicate_findings(index, conflicting=conflicting))
+         "near_duplicates.within_split", "near_duplicates.unconfirmed"),
+        lambda: duplicates.duplicate_findings(index, conflicting=conflicting))
     if regression:
         for check in ("labels.case_variants", "labels.missing_from_split", "labels.imbalance", "label_errors"):
             run.skip(check, "classification only")

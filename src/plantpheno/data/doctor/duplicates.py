@@ -194,7 +194,7 @@ def duplicate_findings(index: DuplicateIndex, *, conflicting: set[str]) -> list[
 def _unconfirmed(index: DuplicateIndex, conflicting: set[str]) -> list[Finding]:
     """One note for the hash candidates the colour thumbnails did not confirm (most alike first)."""
     pairs = sorted((p for p in index.unconfirmed if not conflicting.intersection(p[:2])),
-                   key=lambda p: -p[2] if p[2] == p[2] else 1.0)  # NaN (no thumbnail) last
+                   key=lambda p: -p[2] if p[2] == p[2] else 2.0)  # NaN (no thumbnail) last
     if not pairs:
         return []
     first = [(index.by_content[a][0], index.by_content[b][0], s) for a, b, s in pairs]

@@ -35,12 +35,12 @@ class Measure:
 
 
 # Thresholds measured on the PlantVillage subset, 10 synthetic disease seeds, synthetic rosettes and seedlings
-# drawn on white paper and black cloth (0.25 % to 10 % of the photo is plant), against the subset degraded on
-# purpose: luma p99.9 < 0.2 after darkening to 15 % (minimum elsewhere 0.40, seedlings on black 0.66); luma p0.1
-# > 0.8 after blending 85 % white (maximum elsewhere 0.44, seedlings on white 0.74); sharpness < 0.10 for most
-# of 300 subset photos blurred with a Gaussian of sigma 3 px (median 0.09; the originals at least 0.128, the
-# synthetic leaves 0.146, the seedlings 0.206); uniform > 99.9 % for a flat colour with sensor noise up to sigma 6 (100 %; the smallest seedling
-# 99.77 %, the subset at most 90.9 %). README, "Data checks".
+# drawn on white paper and black cloth (0.25 % to 10 % of the photo is plant), against 300 subset photos degraded
+# on purpose. Dark: luma p99.9 at most 0.149 after darkening to 15 %; elsewhere at least 0.40 (seedlings on black
+# 0.66). Bright: luma p0.1 at least 0.847 after blending 85 % white; elsewhere at most 0.44 (seedlings on white
+# 0.74). Blurry: sharpness median 0.09 after a Gaussian blur of sigma 3 px; the originals at least 0.128, the
+# synthetic leaves 0.146, the seedlings 0.206. Uniform: 100 % for a flat colour with sensor noise up to sigma 6;
+# the smallest seedling 99.77 %, the subset at most 90.9 %. README, "Data checks".
 MEASURES = (
     Measure("quality.dark", "dark", "low", 0.20,
             "very dark (the brightest 0.1 % of pixels reach only {v:.0%} brightness)",
