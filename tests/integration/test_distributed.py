@@ -118,13 +118,27 @@ def test_a_dead_rank_ends_the_job_quickly(tmp_path, disease_root, write_config):
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
 
 
-def test_a_data_check_refusal_on_rank_0_ends_every_rank_with_its_message(tmp_path, disease_root, write_config):
+def _leaky_config(tmp_path: Path, disease_root: Path, write_config) -> Path:
+    """A manifest that lists one image in train and in test: the data checks refuse it (an error-level finding)."""
     files = sorted(disease_root.rglob("*.jpg"))
     manifest = tmp_path / "leaky.csv"
     rows = [f"{p},{p.parent.name},{('train', 'train', 'val', 'test')[i % 4]}" for i, p in enumerate(files)]
     manifest.write_text("path,label,split\n" + "\n".join([*rows, f"{files[0]},{files[0].parent.name},test"]) + "\n")
-    config = write_config(data={"manifest": str(manifest)}, tracking={"system_metrics_interval": 0})
-    proc = torchrun(config, cwd=tmp_path)
+    return write_config(data={"manifest": str(manifest), "checks": {"enabled": True}},
+                        tracking={"system_metrics_interval": 0})
+
+
+def _assert_refused_by_every_rank(out: str, err: str, tmp_path: Path) -> None:
+    assert "gloo" not in (out + err).lower() and "Connection" not in out + err, err[-3000:]
+    refusals = [line for line in (out + err).splitlines()
+                if line.startswith("plantpheno: error: the data checks found 1 error(s)")]
+    assert len(refusals) == 2, err[-3000:]  # rank 0's refusal, and the same message from rank 1
+    assert "duplicate_paths" in out + err
+    assert not (tmp_path / "runs" / "default" / "run").exists()
+
+
+def test_a_data_check_refusal_on_rank_0_ends_every_rank_with_its_message(tmp_path, disease_root, write_config):
+    proc = torchrun(_leaky_config(tmp_path, disease_root, write_config), cwd=tmp_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
     # the workers print no traceback and no gloo error; torchrun's launcher itself always ends a job with a non-zero
@@ -132,9 +146,16 @@ def test_a_data_check_refusal_on_rank_0_ends_every_rank_with_its_message(tmp_pat
     for block in (out + err).split("Traceback (most recent call last):")[1:]:
         frames = block.split("ChildFailedError")[0]
         assert "ChildFailedError" in block and "/plantpheno/" not in frames, block[:3000]
-    assert "gloo" not in (out + err).lower() and "Connection" not in out + err, err[-3000:]
-    refusals = [line for line in (out + err).splitlines()
-                if line.startswith("plantpheno: error: the data checks found 1 error(s)")]
-    assert len(refusals) == 2, err[-3000:]  # rank 0's refusal, and the same message from rank 1
-    assert "duplicate_paths" in out + err
-    assert not (tmp_path / "runs" / "default" / "run").exists()
+    _assert_refused_by_every_rank(out, err, tmp_path)
+
+
+def test_train_nproc_ends_a_refusal_with_the_message_exit_2_and_no_traceback(tmp_path, disease_root, write_config):
+    """``plantpheno train --nproc 2`` runs torchrun's launcher (plantpheno.cli.torchrun), which ends a job whose
+    every failed rank exited 2 (one line each, already printed) without the launcher's ChildFailedError traceback."""
+    config = _leaky_config(tmp_path, disease_root, write_config)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "plantpheno", "train", str(config), "--nproc", "2"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr and "ChildFailedError" not in done.stderr, done.stderr[-3000:]
+    _assert_refused_by_every_rank(done.stdout, done.stderr, tmp_path)

@@ -92,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
-    """``torchrun --standalone --nproc_per_node=N -m plantpheno train ...`` (PyTorch's launcher, not ours)."""
+    """``torchrun --standalone --nproc_per_node=N -m plantpheno train ...`` (PyTorch's launcher, not ours, run by
+    ``plantpheno.cli.torchrun`` so that a refusal every rank explained ends without the launcher's traceback)."""
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+    command = [sys.executable, "-m", "plantpheno.cli.torchrun", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "plantpheno", "train"]
     if args.resume is not None:
         command += ["--resume", str(args.resume)]
