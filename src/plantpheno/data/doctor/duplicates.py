@@ -24,7 +24,7 @@ from plantpheno.data.doctor.pixels import colour_thumb, thumb_similarity
 # re-saved at x0.8 JPEG q75, at x0.5 q60, brightened x1.3, darkened x0.7, contrast x0.8 or saturated x1.3 (the
 # 589 of 600 within the hash distance) score 0.968 and more; different pictures do not reach it: the 371 pairs
 # within 10 bits among the PlantVillage subset and 10 synthetic seeds score at most 0.937 (one repeated shot
-# of one leaf, 0.951), the 4 synthetic pairs within 4 bits 0.757 to 0.915. README, "Data checks".
+# of one leaf, 0.951), the 4 synthetic pairs within 4 bits 0.757 to 0.915. docs/guide/data-checks.md.
 CONFIRM_SIMILARITY = 0.95
 
 

@@ -18,7 +18,7 @@ from plantpheno.data.doctor.findings import Finding
 from plantpheno.data.doctor.folds import group_folds, single_threaded_blas
 
 LOGISTIC_C = 0.5  # inverse L2 strength on standardised features
-FEATURE_SIMILARITY = 0.95  # frozen-feature cosine that counts as the same picture (see README, Data checks)
+FEATURE_SIMILARITY = 0.95  # frozen-feature cosine that counts as the same picture (see docs/guide/data-checks.md)
 
 
 def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, fold_keys: Sequence[str], *, folds: int,

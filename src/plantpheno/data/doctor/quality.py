@@ -5,7 +5,7 @@ of the data set falls below one, that is how the data set looks (a lab set shot 
 focus everywhere), and one note says so instead of a warning per image. Sizes and aspect ratios are judged
 against the data set itself: beyond 3 x IQR of the log from the quartiles, and at least 2x (area) or 1.5x
 (aspect) from the median. Checked on the PlantVillage subset (2,250 lab photos on plain backgrounds) and on
-photos of small plants on white and on black: no image is flagged (README, "Data checks").
+photos of small plants on white and on black: no image is flagged (docs/guide/data-checks.md).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Measure:
 # 0.66). Bright: luma p0.1 at least 0.847 after blending 85 % white; elsewhere at most 0.44 (seedlings on white
 # 0.74). Blurry: sharpness median 0.09 after a Gaussian blur of sigma 3 px; the originals at least 0.128, the
 # synthetic leaves 0.146, the seedlings 0.206. Uniform: 100 % for a flat colour with sensor noise up to sigma 6;
-# the smallest seedling 99.77 %, the subset at most 90.9 %. README, "Data checks".
+# the smallest seedling 99.77 %, the subset at most 90.9 %. docs/guide/data-checks.md.
 MEASURES = (
     Measure("quality.dark", "dark", "low", 0.20,
             "very dark (the brightest 0.1 % of pixels reach only {v:.0%} brightness)",
