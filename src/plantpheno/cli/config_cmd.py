@@ -36,7 +36,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def config_table() -> str:
-    """Markdown table of all config fields (the README embeds this; a test keeps them equal)."""
+    """Markdown table of all config fields (the docs site generates its configuration reference from it: docs/hooks.py)."""
     from plantpheno.config import field_docs
 
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
