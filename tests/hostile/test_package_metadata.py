@@ -23,10 +23,19 @@ def package(tiny_model, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_model.package, tmp_path / "package"))
 
 
+def _write(path: Path, content: bytes) -> None:
+    """Replace a package file and record its new SHA-256 beside it, as a careful hand edit would: the checksum (its
+    own tests: test_integrity.py) passes, so what is tested here is the schema's check of the content."""
+    from plantpheno.atomic import checksum_file, file_sha256
+
+    path.write_bytes(content)
+    checksum_file(path).write_text(f"{file_sha256(path)}  {path.name}\n")
+
+
 def _edit(package: Path, change) -> None:
     meta = json.loads((package / META).read_text())
     change(meta)
-    (package / META).write_text(json.dumps(meta))
+    _write(package / META, json.dumps(meta).encode())
 
 
 def _refused(package: Path, *fragments: str) -> None:
@@ -75,7 +84,7 @@ def test_nan_temperature(package):
     text = (package / META).read_text()
     meta = json.loads(text)
     meta["temperature"] = float("nan")
-    (package / META).write_text(json.dumps(meta))  # Python writes the non-standard NaN literal
+    _write(package / META, json.dumps(meta).encode())  # Python writes the non-standard NaN literal
     _refused(package, "temperature: Input should be a finite number")
 
 
@@ -84,7 +93,7 @@ def test_nan_temperature(package):
                                                (b"\xff\xfe garbage", "is not valid JSON"),
                                                (b"[" * 100_000, "")])
 def test_description_not_an_object(package, content, fragment):
-    (package / META).write_bytes(content)
+    _write(package / META, content)
     _refused(package, META, fragment)
 
 
@@ -92,7 +101,7 @@ def test_truncated_weights(package):
     weights = package / "model.safetensors"
     data = weights.read_bytes()
     for cut in (len(data) // 2, 5):
-        weights.write_bytes(data[:cut])
+        _write(weights, data[:cut])
         _refused(package, "model.safetensors cannot be read as safetensors weights", "truncated or damaged")
 
 
