@@ -203,7 +203,8 @@ CASES = {
     # --- run directories and the registry (harm 11 and its relatives)
     "evaluate_missing_run": lambda w: (["evaluate", str(w.tmp / "no_run")], ["is not a plantpheno run directory"]),
     "resume_not_a_run": lambda w: (["train", "--resume", str(w.leaves)], ["is not a plantpheno run directory"]),
-    "resume_corrupt_checkpoint": lambda w: (["train", "--resume", str(_corrupt_run(w))], ["last.pt is damaged", "start a new run"]),
+    "resume_corrupt_checkpoint": lambda w: (["train", "--resume", str(_corrupt_run(w))],
+                                            ["last.pt is damaged", "start a new run"]),
     "train_over_a_completed_run": lambda w: (["train", str(w.config(output_dir=str(w.run.parents[1]), run_name="run"))],
                                              ["already exists (status: completed)", "choose another run_name"]),
     "models_list_mistyped_registry": lambda w: (["models", "list", "--registry", f"sqlite:///{w.tmp}/typo/mlflow.db"],
