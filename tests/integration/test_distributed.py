@@ -43,7 +43,8 @@ def test_two_process_ddp_run(tmp_path, disease_root, write_config):
     runs = tmp_path / "runs" / "default"
     assert [p.name for p in runs.iterdir()] == ["run"]
     run = runs / "run"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256"]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["best.pt", "best.pt.sha256", "last.pt", "last.pt.sha256"]
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "completed"
     job = status["distributed"]
