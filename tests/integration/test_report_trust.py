@@ -54,7 +54,8 @@ def pad_run(tmp_path_factory, wide_root):
     tmp = tmp_path_factory.mktemp("runs")
     raw = tiny_config(tmp, run_name="pad", data={"root": str(wide_root), "resize": "pad", "image_size": 32,
                                                  "checks": {"on_error": "warn"}},
-                      tracking={"system_metrics_interval": 0}, training={"epochs": 2, "progress_bar": False})
+                      tracking={"system_metrics_interval": 0}, training={"epochs": 2, "progress_bar": False},
+                      evaluation={"report": True})
     reporter = RecordingReporter()
     result = pipeline.train(validate_config(raw), reporter=reporter)
     return RunDir(result.run_dir), reporter
@@ -68,7 +69,8 @@ def trait_run(tmp_path_factory, rosette_manifest):
                       data={"manifest": str(rosette_manifest), "augment": {"enabled": False}},
                       model={"freeze_backbone": True}, tracking={"system_metrics_interval": 0},
                       training={"epochs": 6, "progress_bar": False, "early_stopping": {"patience": 1, "min_delta": 1e9},
-                                "fine_tune": {"epochs": 1, "blocks": 1}})
+                                "fine_tune": {"epochs": 1, "blocks": 1}},
+                      evaluation={"report": True})
     return RunDir(pipeline.train(validate_config(raw)).run_dir)
 
 
