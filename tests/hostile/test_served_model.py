@@ -8,15 +8,12 @@ and ``plantpheno predict``. In-process through ``mlflow.pyfunc`` (what the serve
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_harness import huge_png, in_process
+from conftest import free_port, post_json
 from PIL import Image
 from tiny_model import tiny_model  # noqa: F401 (a fixture)
 
@@ -190,19 +188,6 @@ def test_request_row_limit(tiny_model):
 # ----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_mlflow_models_serve_refuses_paths_without_an_allow_list(tiny_model, world, tmp_path):
@@ -211,7 +196,7 @@ def test_mlflow_models_serve_refuses_paths_without_an_allow_list(tiny_model, wor
     from conftest import stop_process_group
 
     tmp, _, secret = world
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("SERVING_MODEL_CONFIG", None)
     log = (tmp_path / "serve.log").open("w")
@@ -232,14 +217,15 @@ def test_mlflow_models_serve_refuses_paths_without_an_allow_list(tiny_model, wor
                 time.sleep(1)
         answers = set()
         for path in (str(tmp / "outside-pipe.jpg"), str(secret), str(tmp / "missing.jpg"), "/etc/passwd"):
-            status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["path"], "data": [[path]]}})
+            request = {"dataframe_split": {"columns": ["path"], "data": [[path]]}}
+            status, body = post_json(f"{base}/invocations", request)
             assert status == 400, body
             # MLflow's message starts with the request's data; what the model said follows it
             assert "'path' inputs are refused" in body["message"], body
             answers.add(body["message"][body["message"].index("'path' inputs are refused"):])
         assert len(answers) == 1 and "allowed_image_dir" in answers.pop()
         image = base64.b64encode(tiny_model.images[0].read_bytes()).decode("ascii")
-        status, body = _post(f"{base}/invocations", {"dataframe_records": [{"image": image}]})
+        status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": image}]})
         assert status == 200 and body["predictions"][0]["confidence"] > 0, body
     finally:
         stop_process_group(server)

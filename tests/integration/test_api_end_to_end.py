@@ -7,11 +7,9 @@ import base64
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 from PIL import Image
 
 import plantpheno as pp
-from conftest import stop_process_group
+from conftest import free_port, post_json, stop_process_group
 from plantpheno.errors import DataError, RegistryError, RunDirError
 
 pytestmark = pytest.mark.slow
@@ -203,19 +201,6 @@ def test_registered_version_is_an_mlflow_pyfunc_model(classifier, mlflow_env, tm
     assert served["predicted"][0] in names
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_path, disease_root):
@@ -224,7 +209,7 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
     run, _, _ = classifier
     expected = _expected(run)
     paths = list(expected)[:4]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "SERVING_MODEL_CONFIG": json.dumps({"allowed_image_dir": str(disease_root)})}
     log = (tmp_path / "serve.log").open("w")
@@ -244,17 +229,18 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
             except OSError:
                 time.sleep(1)
         images = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]
-        status, body = _post(f"{base}/invocations", {"dataframe_records": [{"image": b} for b in images]})
+        status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": b} for b in images]})
         assert status == 200, body
         for path, row in zip(paths, body["predictions"]):
             assert row["predicted"] == expected[path]["predicted"]
             assert row["confidence"] == pytest.approx(float(expected[path]["confidence"]), abs=2e-6)
-        status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["path"], "data": [[paths[0]]]}})
+        status, body = post_json(f"{base}/invocations",
+                                 {"dataframe_split": {"columns": ["path"], "data": [[paths[0]]]}})
         assert status == 200 and body["predictions"][0]["predicted"] == expected[paths[0]]["predicted"]
-        status, body = _post(f"{base}/invocations", {"inputs": {"image": images[:2]}})
+        status, body = post_json(f"{base}/invocations", {"inputs": {"image": images[:2]}})
         assert status == 200 and [r["predicted"] for r in body["predictions"]] == [
             expected[p]["predicted"] for p in paths[:2]]
-        status, body = _post(f"{base}/invocations",
+        status, body = post_json(f"{base}/invocations",
                              {"dataframe_records": [{"image": base64.b64encode(b"garbage").decode()}]})
         assert status == 400 and "could not be read: row 0" in body["message"]
     finally:
