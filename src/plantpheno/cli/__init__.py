@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PlantPhenoError as exc:
-        print(f"plantpheno: error: {exc}", file=sys.stderr)
+        _error_line(f"plantpheno: error: {exc}")
         return EXIT_USAGE
     except BrokenPipeError:  # `plantpheno models show X | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -68,8 +68,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.errno not in STORAGE_ERRNOS or not exc.filename:
             raise
         target = Path(os.fsdecode(exc.filename))
-        print(f"plantpheno: error: {storage_error(exc, target, existed=target.exists())}", file=sys.stderr)
+        _error_line(f"plantpheno: error: {storage_error(exc, target, existed=target.exists())}")
         return EXIT_USAGE
+
+
+def _error_line(message: str) -> None:
+    """Write ``message`` and its newline to stderr in one write: under torchrun every rank prints the same refusal
+    into one pipe, and ``print`` (the text, then the newline) let another rank's lines land between the two (a
+    write of up to 4 KiB to a pipe is never interleaved)."""
+    sys.stderr.flush()
+    data = (message + "\n").encode(sys.stderr.encoding or "utf-8", errors="backslashreplace")
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stderr (pytest's capsys, an IDE): no descriptor
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        return
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
