@@ -63,7 +63,7 @@ class ImageStats:
 
 
 def image_stats(rgb: Image.Image, *, size: tuple[int, int] | None = None) -> ImageStats:
-    """Measure one decoded 8-bit RGB image (about 3 ms of CPU for a 256 px photo on a 2-core Xeon, half of it the
+    """Measure one decoded 8-bit RGB image (about 3 ms of CPU for a 256 px photo on a 2-core AMD EPYC, half of it the
     uniform share and colour thumbnail; memoised, so only once per file).
 
     ``size`` is the file's own (width, height) when ``rgb`` was decoded at a reduced scale (a large JPEG's draft
