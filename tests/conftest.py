@@ -199,3 +199,21 @@ def post_json(url: str, body: dict, timeout: float = 120) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def wait_for_server(server: subprocess.Popen, base: str, log: Path, timeout: float = 300) -> None:
+    """Wait until the server at ``base`` answers ``/ping`` with 200; fail with its log if it exits or does not
+    answer within ``timeout`` seconds (torch, timm and mlflow load slowly on 2 busy cores)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"server not up in {timeout:.0f} s: " + log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)

@@ -13,15 +13,13 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from cli_harness import huge_png, in_process
-from conftest import free_port, post_json
+from conftest import free_port, post_json, wait_for_server
 from PIL import Image
 from tiny_model import tiny_model  # noqa: F401 (a fixture)
 
@@ -205,16 +203,7 @@ def test_mlflow_models_serve_refuses_paths_without_an_allow_list(tiny_model, wor
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300  # torch, timm and mlflow load on 2 busy cores
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server not up in 300 s"
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+        wait_for_server(server, base, tmp_path / "serve.log")
         answers = set()
         for path in (str(tmp / "outside-pipe.jpg"), str(secret), str(tmp / "missing.jpg"), "/etc/passwd"):
             request = {"dataframe_split": {"columns": ["path"], "data": [[path]]}}

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import plantpheno as pp
-from conftest import free_port, post_json, stop_process_group
+from conftest import free_port, post_json, stop_process_group, wait_for_server
 from plantpheno.errors import DataError, RegistryError, RunDirError
 
 pytestmark = pytest.mark.slow
@@ -218,16 +218,7 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300  # bounded: torch, timm and mlflow load on 2 busy cores
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server not up in 300 s: " + (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+        wait_for_server(server, base, tmp_path / "serve.log")
         images = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]
         status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": b} for b in images]})
         assert status == 200, body
