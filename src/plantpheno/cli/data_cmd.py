@@ -111,6 +111,13 @@ def _config_or_data(first: Path | None, overrides: list[str],
         if data_path is not None:
             raise ConfigError(f"the data is given twice: {first} and --data-path {data_path}")
         first, data_path = None, first
+    if first is not None and not first.exists():
+        from plantpheno.recipes import find_recipe
+
+        if find_recipe(first) is None:
+            raise ConfigError(f"{first} does not exist and is not a recipe name: give a config file or recipe, an "
+                              f"image folder (root/<class>/<image>), a CSV manifest, or overrides such as "
+                              f"data.root=leaves")
     if first is None and data_path is None and not overrides:
         raise ConfigError("give a CONFIG file, an image folder, a CSV manifest or overrides such as "
                           "data.root=leaves (which images to check)")
