@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from plantpheno.data.synth import synthesize_disease
-    from plantpheno.rundir import RunDir
+    from plantpheno.run.folder import RunDir
     from plantpheno.training.checkpoint import FORMAT
 
     rng = random.Random(args.seed)
@@ -133,7 +133,7 @@ def _epochs(run: Path) -> list[int]:
 
 
 def _finished(run: Path, epochs: int) -> dict[str, object]:
-    from plantpheno.rundir import RunDir
+    from plantpheno.run.folder import RunDir
 
     return {"run": run.name, "status": RunDir(run).current_status(),
             "epochs_logged_once_in_order": _epochs(run) == list(range(1, epochs + 1)),

@@ -28,8 +28,8 @@ from plantpheno.data.datasets import EpochSampler, Loaders
 from plantpheno.reporting import RecordingReporter
 from plantpheno.training.callbacks import Console, EarlyStopping
 from plantpheno.training.optim import build_optimizer, build_scheduler
-from plantpheno.training.tasks import Classification
-from plantpheno.training.trainer import Networks, Optimization, Trainer
+from plantpheno.training.objectives import Classification
+from plantpheno.training.loop import Networks, Optimization, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, machine  # benchmarks/ is not a package; records the machine

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from plantpheno.version import __version__
 
 __all__ = ["Model", "Prediction", "Registry", "Run", "Trainer", "__version__", "evaluate", "load_config", "load_model",
            "open_run", "register_model", "resume", "train"]

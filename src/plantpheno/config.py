@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from plantpheno.errors import ConfigError, clip, short_repr
 from plantpheno.recipes import resolve as resolve_recipe
 from plantpheno.tasks import task_metrics
-from plantpheno.yamlfile import parse_yaml, read_yaml_mapping
+from plantpheno.files.yamlfile import parse_yaml, read_yaml_mapping
 
 
 MAX_PROCESSES = 1024  # data.num_workers, training.threads: far above any machine, far below a fork bomb
@@ -132,7 +132,7 @@ class DataChecksConfig(_Section):
     @field_validator("ignore")
     @classmethod
     def _known_checks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from plantpheno.data.doctor.ids import CHECKS, FAMILIES, unknown
+        from plantpheno.check_ids import CHECKS, FAMILIES, unknown
 
         bad = unknown(v)
         if bad:

@@ -1,7 +1,7 @@
 """The one path from a config to a trained, evaluated run: ``train()``, ``resume()`` and ``evaluate_run()``.
 
     config -> data, task, model, loaders (_setup)  -> run directory  -> tracking
-           -> each training phase (Trainer.fit)    -> evaluation     -> registry
+           -> each training phase (TrainingLoop.fit)    -> evaluation     -> registry
 
 Messages go to the ``reporter`` the caller gives (the command line prints them); without one they go to
 Python's logging.
@@ -20,24 +20,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from plantpheno import __version__, distributed
-from plantpheno.atomic import remove_stale_temp_files_under
+from plantpheno import distributed
+from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
 from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
 from plantpheno.device import amp_dtype, check_every, resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
-from plantpheno.epochlog import read_epoch_log
+from plantpheno.run.epochlog import read_epoch_log
 from plantpheno.errors import ConfigError, DataError, RunDirError, StorageError, TrainingError
 from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.rundir import RunDir, check_output_dir, create_run_dir
+from plantpheno.run.folder import RunDir, check_output_dir, create_run_dir
 from plantpheno.tracking.lifecycle import log_run_results, open_run_tracking
 from plantpheno.tracking.session import SystemMonitor, TrackerSet
+from plantpheno.version import __version__
 from plantpheno.training.callbacks import (
     Checkpointer,
     Console,
@@ -51,14 +52,14 @@ from plantpheno.training.features import CachedHead
 from plantpheno.training.losses import build_loss
 from plantpheno.training.optim import build_optimizer, build_scheduler, steps_per_batch
 from plantpheno.training.phases import FrozenFeatures, Phase, check_phases, enter, plan_phases
-from plantpheno.training.tasks import Classification, Regression
-from plantpheno.training.trainer import (
+from plantpheno.training.objectives import Classification, Regression
+from plantpheno.training.loop import (
     EarlyExit,
     Interrupted,
     Networks,
     NonFiniteLossError,
     Optimization,
-    Trainer,
+    TrainingLoop,
     TrainState,
 )
 
@@ -99,7 +100,7 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     if prepared.class_names is not None:
         task: Classification | Regression = Classification(prepared.class_names)
     else:
-        task = Regression(*prepared.target_stats(), counts=prepared.counts())
+        task = Regression(*prepared.target_stats(), counts=prepared.is_count_trait())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
     model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
     check_phases(model, config)
@@ -439,7 +440,7 @@ def _builtin(setup: _Setup, run: RunDir, replicas: ReplicaCheck | None, phase: P
 
 
 def _build_trainer(setup: _Setup, run: RunDir, phase: Phase, state: TrainState,
-                   checkpoint: dict[str, Any] | None, callbacks: Sequence[object]) -> Trainer:
+                   checkpoint: dict[str, Any] | None, callbacks: Sequence[object]) -> TrainingLoop:
     """The trainer of one phase, continuing ``state`` (restored from ``checkpoint`` when resuming)."""
     config, model, dist = setup.config, setup.model, setup.dist
     enter(phase, model)
@@ -464,7 +465,7 @@ def _build_trainer(setup: _Setup, run: RunDir, phase: Phase, state: TrainState,
     channels_last = input_format(net) == torch.channels_last and not isinstance(net, CachedHead)
     optimization = Optimization(optimizer, scheduler, steps_per_batch(settings), scaler, dtype,
                                 config.training.grad_clip_norm)
-    return Trainer(nets=Networks(trained=net, stepped=_stepped_module(net, setup), whole=model), task=setup.task,
+    return TrainingLoop(nets=Networks(trained=net, stepped=_stepped_module(net, setup), whole=model), task=setup.task,
                    loss_fn=loss_fn, optimization=optimization, loaders=loaders, device=setup.device,
                    epochs=state.phase_start + phase.epochs, monitor=config.monitor, callbacks=callbacks, state=state,
                    dist=dist, channels_last=channels_last,
@@ -497,7 +498,7 @@ def _resumed_state(saved: dict[str, Any], world_size: int) -> TrainState:
     return state
 
 
-def _fit(trainer: Trainer, run: RunDir, *, handle_signals: bool) -> TrainState:
+def _fit(trainer: TrainingLoop, run: RunDir, *, handle_signals: bool) -> TrainState:
     if trainer.dist.is_main:
         run.write_status("running")
     use_signals = handle_signals and threading.current_thread() is threading.main_thread()
@@ -586,7 +587,7 @@ def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None)
 
 
 @contextlib.contextmanager
-def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
+def _stop_on_signals(trainer: TrainingLoop) -> Iterator[None]:
     """SIGINT/SIGTERM: finish the current batch, save ``last``, stop. A second SIGINT stops at once."""
 
     def handler(signum: int, frame: Any) -> None:

@@ -4,7 +4,7 @@ This is the one home of those facts. The config checks ``training.monitor`` agai
 loaded (before any run folder or cache exists), the trainer and the tuner pick their choices from it,
 the evaluation reports its headline metric, run listings resolve ``monitor: auto`` with it. It imports
 neither torch nor numpy, so reading runs and configs stays light; the torch side of a task (loss
-targets, predictions) is :mod:`plantpheno.training.tasks`.
+targets, predictions) is :mod:`plantpheno.training.objectives`.
 """
 
 from __future__ import annotations

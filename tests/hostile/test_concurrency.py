@@ -12,7 +12,7 @@ import pytest
 import yaml
 from cli_harness import kill, plantpheno, refused, start, wait_for
 
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 pytestmark = pytest.mark.slow
 

@@ -125,7 +125,7 @@ def test_cli_version_arguments_are_ascii_digits(version):
 
 
 def test_csv_text_cells_are_neutralised_numbers_are_not(tmp_path):
-    from plantpheno.csvfile import read_csv, write_csv
+    from plantpheno.files.csvfile import read_csv, write_csv
 
     cells = ['=HYPERLINK("http://evil","x")', "+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx", "'=quoted", "plain",
              "-0.5", "+1e3", -0.5, 3, "-leaf.jpg"]

@@ -338,7 +338,7 @@ def test_the_pixel_limit_is_a_config_field(world, tmp_path):
 def test_a_symlink_leaving_the_root_is_followed_and_recorded_by_default(world, tmp_path):
     from plantpheno.config import validate_config
     from plantpheno.data.datasets import prepare_data, write_data_files
-    from plantpheno.rundir import RunDir
+    from plantpheno.run.folder import RunDir
 
     root = _linked(world)
     raw = json.loads(json.dumps(TINY))

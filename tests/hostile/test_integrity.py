@@ -58,7 +58,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def test_every_checkpoint_and_package_file_has_a_sha256sum_compatible_sidecar(trained):
-    from plantpheno.atomic import checksum_file
+    from plantpheno.files.atomic import checksum_file
 
     run, model_dir = trained["run"], trained["model_dir"]
     package = next(model_dir.rglob("plantpheno_model.json")).parent
@@ -180,7 +180,7 @@ def test_evaluate_says_when_it_falls_back_to_last_pt(trained, tmp_path):
 def test_a_crash_between_the_two_renames_leaves_a_sidecar_that_accepts_either_file(tmp_path, monkeypatch):
     import os
 
-    from plantpheno.atomic import atomic_write_bytes, verify_checksum
+    from plantpheno.files.atomic import atomic_write_bytes, verify_checksum
     from plantpheno.errors import IntegrityError
 
     path = tmp_path / "w.bin"
@@ -208,7 +208,7 @@ def test_a_crash_between_the_two_renames_leaves_a_sidecar_that_accepts_either_fi
 
 
 def test_a_sidecar_that_is_not_a_checksum_file_is_reported(tmp_path):
-    from plantpheno.atomic import atomic_write_bytes, checksum_file, verify_checksum
+    from plantpheno.files.atomic import atomic_write_bytes, checksum_file, verify_checksum
     from plantpheno.errors import IntegrityError
 
     path = tmp_path / "w.bin"
@@ -220,7 +220,7 @@ def test_a_sidecar_that_is_not_a_checksum_file_is_reported(tmp_path):
 
 
 def test_a_metrics_jsonl_cut_mid_line_is_reported_and_its_lines_are_kept_on_resume(trained, tmp_path, caplog):
-    from plantpheno.runs import read_history
+    from plantpheno.run.listing import read_history
 
     run = _copy_run(trained, tmp_path)
     log = run / "metrics.jsonl"

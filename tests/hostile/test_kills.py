@@ -19,7 +19,7 @@ import torch
 import yaml
 from cli_harness import kill, plantpheno, start, wait_for
 
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import FORMAT, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ KILL_AT = """
 import os, signal, sys
 import plantpheno.pipeline
 from plantpheno.data.doctor.findings import DataCheckReport
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)

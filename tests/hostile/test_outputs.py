@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cli_harness import assert_refused, in_process
 
-from plantpheno.atomic import atomic_write_bytes, atomic_write_text
+from plantpheno.files.atomic import atomic_write_bytes, atomic_write_text
 from plantpheno.errors import StorageError
 
 TINY = {"seed": 0, "device": "cpu", "model": {"backbone": "test_resnet"},

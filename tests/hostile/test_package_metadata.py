@@ -26,7 +26,7 @@ def package(tiny_model, tmp_path) -> Path:
 def _write(path: Path, content: bytes) -> None:
     """Replace a package file and record its new SHA-256 beside it, as a careful hand edit would: the checksum (its
     own tests: test_integrity.py) passes, so what is tested here is the schema's check of the content."""
-    from plantpheno.atomic import checksum_file, file_sha256
+    from plantpheno.files.atomic import checksum_file, file_sha256
 
     path.write_bytes(content)
     checksum_file(path).write_text(f"{file_sha256(path)}  {path.name}\n")

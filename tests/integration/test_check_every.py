@@ -17,7 +17,7 @@ from plantpheno import pipeline
 from plantpheno.config import validate_config
 from plantpheno.device import GPU_CHECK_EVERY, check_every
 from plantpheno.errors import ConfigError, TrainingError
-from plantpheno.training.trainer import Interrupted
+from plantpheno.training.loop import Interrupted
 
 VOLATILE = ("time/", "lr_")
 # 44 training images, batch 8, ragged tail dropped -> 5 steps per epoch

@@ -11,9 +11,9 @@ import torch
 from conftest import StopAt
 from plantpheno import pipeline
 from plantpheno.errors import ConfigError, ModelError
-from plantpheno.runs import read_run
+from plantpheno.run.listing import read_run
 from plantpheno.training.fine_tune import fine_tune_cut, sequential_trunk, unfreeze_last
-from plantpheno.training.trainer import Interrupted
+from plantpheno.training.loop import Interrupted
 
 
 def _log(run_dir):

@@ -16,7 +16,7 @@ import pytest
 
 from plantpheno import pipeline
 from plantpheno.device import _malloc_trim, release_freed_memory
-from plantpheno.training import trainer as trainer_module
+from plantpheno.training import loop as trainer_module
 
 GLIBC = _malloc_trim() is not None
 

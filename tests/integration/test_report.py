@@ -23,7 +23,7 @@ from plantpheno.evaluation.calibration import softmax
 from plantpheno.evaluation.gradcam import grad_cam
 from plantpheno.evaluation.tta import VIEWS, view
 from plantpheno.reporting import RecordingReporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import save_checkpoint
 from report_browser import assert_report_ok, open_in_browser
 

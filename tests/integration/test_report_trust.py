@@ -23,7 +23,7 @@ from plantpheno.cli import main
 from plantpheno.config import validate_config
 from plantpheno.data.batch_augment import pad_fill
 from plantpheno.reporting import RecordingReporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from conftest import StopAt
 from plantpheno import pipeline
 from plantpheno.config import load_config
 from plantpheno.tracking.mlflow_backend import default_uri
-from plantpheno.training.trainer import Interrupted
+from plantpheno.training.loop import Interrupted
 
 
 def _tracked(make_config, disease_root, backends, **sections):

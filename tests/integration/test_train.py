@@ -11,7 +11,7 @@ import torch
 from conftest import StopAt
 from plantpheno import pipeline
 from plantpheno.errors import TrainingError
-from plantpheno.training.trainer import Interrupted
+from plantpheno.training.loop import Interrupted
 
 VOLATILE = ("time/", "lr_")  # wall-clock figures differ between any two runs
 
@@ -142,7 +142,7 @@ class Prune:
     """Ends the run after epoch 1, as a tuning pruner would."""
 
     def on_epoch_end(self, trainer, metrics) -> None:
-        from plantpheno.training.trainer import EarlyExit
+        from plantpheno.training.loop import EarlyExit
 
         class Pruned(EarlyExit):
             status = "pruned"
@@ -151,7 +151,7 @@ class Prune:
 
 
 def test_callback_can_end_a_run_early_with_a_status(make_config, disease_root):
-    from plantpheno.training.trainer import EarlyExit
+    from plantpheno.training.loop import EarlyExit
 
     config = make_config(data={"root": str(disease_root)}, training={"epochs": 3})
     with pytest.raises(EarlyExit, match="pruned at epoch 1"):

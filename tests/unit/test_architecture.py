@@ -17,14 +17,15 @@ PACKAGE = Path(plantpheno.__file__).parent
 # (importer part, imported part): never allowed
 FORBIDDEN = [
     *((core, "cli") for core in ("data", "models", "training", "evaluation", "tracking", "registry", "tuning",
-                                 "pipeline", "rundir", "runs", "reporting", "tasks", "config", "recipes", "api")),
+                                 "pipeline", "run", "files", "reporting", "tasks", "check_ids", "version", "config",
+                                 "recipes", "api")),
     ("data", "models"), ("data", "training"),
     ("tracking", "training"),
     *((part, "tuning") for part in ("data", "models", "training", "evaluation", "tracking", "registry", "pipeline",
-                                    "rundir", "runs", "reporting", "tasks", "config", "recipes", "api")),
+                                    "run", "files", "reporting", "tasks", "config", "recipes", "api")),
 ]
-CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "registry", "pipeline.py", "rundir.py",
-        "runs.py", "tasks.py", "config.py", "recipes", "distributed.py", "device.py", "api")
+CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "registry", "pipeline.py", "run", "files",
+        "tasks.py", "check_ids.py", "version.py", "config.py", "recipes", "distributed.py", "device.py", "api")
 
 
 def _modules() -> list[Path]:
@@ -74,8 +75,8 @@ def test_no_module_imports_across_a_forbidden_edge():
     assert not broken, "\n".join(broken)
 
 
-@pytest.mark.parametrize("module", ["plantpheno.rundir", "plantpheno.runs", "plantpheno.tasks", "plantpheno.reporting",
-                                    "plantpheno.config", "plantpheno.recipes", "plantpheno.api"])
+@pytest.mark.parametrize("module", ["plantpheno.run.folder", "plantpheno.run.listing", "plantpheno.tasks",
+                                    "plantpheno.reporting", "plantpheno.config", "plantpheno.recipes", "plantpheno.api"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -109,13 +110,13 @@ def test_tuning_uses_only_public_optuna_names():
     assert not private, "\n".join(private)
 
 
-def test_run_file_names_live_only_in_rundir():
+def test_run_file_names_live_only_in_the_run_folder_module():
     names = ('"run.json"', '"config.yaml"', '"metrics.jsonl"', '"split.csv"', '"dataset.json"', '"environment.json"',
              '"best.pt"', '"last.pt"', '"training_curves.png"', '"bad_images.csv"', '"predictions.csv"', '"run.lock"',
              '"data_check.json"')
     found = []
     for path in _modules():
-        if path.name == "rundir.py":
+        if path.relative_to(PACKAGE).as_posix() == "run/folder.py":
             continue
         text = path.read_text(encoding="utf-8")
         found += [f"{path.relative_to(PACKAGE)}: {n}" for n in names if n in text]

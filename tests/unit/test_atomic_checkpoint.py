@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_BACKBONE
-from plantpheno.atomic import atomic_open, atomic_write_bytes, atomic_write_text, atomic_write_with
+from plantpheno.files.atomic import atomic_open, atomic_write_bytes, atomic_write_text, atomic_write_with
 from plantpheno.errors import IntegrityError, RunDirError
 from plantpheno.training.checkpoint import FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
@@ -274,7 +274,7 @@ def _dead_pid() -> int:
 
 
 def _temp_name(target: str, pid: int) -> str:
-    from plantpheno import atomic
+    from plantpheno.files import atomic
 
     return f".{target}.p{pid}-{atomic._HOST}-abcd1234.tmp"
 
@@ -303,7 +303,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path) 
 
 
 def test_a_resume_sweep_removes_every_temporary_file_under_the_run(tmp_path) -> None:
-    from plantpheno.atomic import remove_stale_temp_files_under
+    from plantpheno.files.atomic import remove_stale_temp_files_under
 
     (tmp_path / "checkpoints").mkdir()
     legacy = tmp_path / "checkpoints" / ".last.pt.k2j4x9qa.tmp"  # named before temporary files named their writer

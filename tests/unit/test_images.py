@@ -16,7 +16,7 @@ from PIL import Image
 from plantpheno.data.datasets import prepare_data, write_data_files
 from plantpheno.data.images import check_image, check_images, load_rgb, to_rgb
 from plantpheno.errors import DataError
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 ORIENTATION = 0x0112
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

@@ -44,7 +44,7 @@ def test_head_has_one_output_per_class_or_one_for_a_trait(cfg, backbone, task, n
 def test_a_trait_head_starts_as_the_mean_predictor(cfg, backbone) -> None:
     """timm's EfficientNet head init draws U(-1, 1) for one output: a trait model's first predictions were tens
     of standard deviations off (see plantpheno.models.zero_head); a regression head starts at zero instead."""
-    from plantpheno.training.tasks import Regression
+    from plantpheno.training.objectives import Regression
 
     config = cfg(task="regression", model={"backbone": backbone})
     model = build_model(config.model, num_outputs=1, regression=True).eval()

@@ -84,7 +84,7 @@ def test_image_check_shows_progress_for_the_files_it_decodes(tmp_path):
 def test_summary_lists_every_headline_figure_and_the_baseline(tmp_path):
     from plantpheno.evaluation.baselines import regression_baseline
     from plantpheno.evaluation.report import summary_lines, write_evaluation
-    from plantpheno.rundir import EvalDir
+    from plantpheno.run.folder import EvalDir
 
     y = np.array([3, 4, 5, 6, 7, 8, 9, 10] * 4, dtype=float)
     pred = y + np.tile([0.2, -0.3, 0.6, -1.6], 8)

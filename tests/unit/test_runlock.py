@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from plantpheno import runlock
+from plantpheno.run import lock as runlock
 from plantpheno.errors import RunDirError
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 
 def _python(code: str) -> subprocess.Popen:
@@ -29,7 +29,7 @@ def _hold(run: Path, *, fork_child: bool = False) -> subprocess.Popen:
     which says "forked", and printing the child's PID)."""
     return _python(f"""
         import os, sys, time
-        from plantpheno.rundir import RunDir
+        from plantpheno.run.folder import RunDir
         lock = RunDir.of({str(run)!r}).lock("training").acquire()
         if {fork_child}:
             child = os.fork()

@@ -1,4 +1,4 @@
-"""Tests for plantpheno.runs and ``plantpheno runs list|compare``: tables read from local run directories."""
+"""Tests for plantpheno.run.listing and ``plantpheno runs list|compare``: tables read from local run directories."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 from conftest import tiny_config
 from plantpheno.cli import main
 from plantpheno.errors import RunDirError
-from plantpheno.runs import compare_runs, find_runs, format_table, read_run
+from plantpheno.run.listing import compare_runs, find_runs, format_table, read_run
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from plantpheno.config import validate_config
 from plantpheno.errors import ConfigError
 from plantpheno.reporting import RecordingReporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 from plantpheno.tracking import flatten
 from plantpheno.tracking.session import TrackerSet, build_trackers
 

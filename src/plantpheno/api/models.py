@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from plantpheno.api.runs import Run, _run_path
 from plantpheno.errors import ArgumentError, DataError, short_repr
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 if TYPE_CHECKING:
     from plantpheno.registry.predict import ImageInput, Predictor

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from plantpheno.errors import ArgumentError, RunDirError, short_repr
 from plantpheno.reporting import ConsoleReporter, LoggingReporter, Reporter
-from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
+from plantpheno.run.folder import CONFIG_FILE, STATUS_FILE, RunDir
 
 if TYPE_CHECKING:
     from plantpheno.api.models import Model
     from plantpheno.config import Config
     from plantpheno.registry.store import VersionInfo
-    from plantpheno.runs import RunSummary
+    from plantpheno.run.listing import RunSummary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def train(config: str | os.PathLike[str] | Config | Mapping[str, Any],
     ``config``, ``overrides``, ``data_path`` and ``output_path`` are those of :func:`load_config`.
     ``callbacks`` are trainer callbacks (objects with ``on_*`` methods, see ``training/callbacks.py``).
     Ctrl-C finishes the current batch, saves ``checkpoints/last.pt`` and raises
-    :class:`~plantpheno.training.trainer.Interrupted`; :func:`resume` continues the run.
+    :class:`~plantpheno.training.loop.Interrupted`; :func:`resume` continues the run.
     """
     return Trainer(config, overrides, data_path=data_path, output_path=output_path, verbose=verbose,
                    reporter=reporter, callbacks=callbacks).fit()
@@ -100,7 +100,7 @@ class Trainer:
     """The specification's trainer object: a config, validated when the trainer is made, then :meth:`fit`.
 
     ``Trainer(config, overrides, ...).fit()`` is :func:`train`; the training loop itself is
-    :class:`plantpheno.training.trainer.Trainer`, which :func:`train` builds for each training phase.
+    :class:`plantpheno.training.loop.Trainer`, which :func:`train` builds for each training phase.
     """
 
     def __init__(self, config: str | os.PathLike[str] | Config | Mapping[str, Any],
@@ -171,14 +171,14 @@ class Run:
     def history(self) -> list[dict[str, Any]]:
         """One dict per finished epoch: ``epoch``, ``lr``, ``train/...`` and ``val/...`` metrics, epoch time,
         images/s (``metrics.jsonl``)."""
-        from plantpheno.runs import read_history
+        from plantpheno.run.listing import read_history
 
         return read_history(self.path)
 
     @property
     def summary(self) -> RunSummary:
         """What ``plantpheno runs list`` shows about the run."""
-        from plantpheno.runs import read_run
+        from plantpheno.run.listing import read_run
 
         return read_run(self.path)
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from plantpheno import __version__
+from plantpheno.version import __version__
 from plantpheno.errors import PlantPhenoError
 
 EXIT_USAGE = 2
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("plantpheno: aborted", file=sys.stderr)
         return 130
     except OSError as exc:  # a write outside plantpheno's own helpers (a library's) that the disk refused
-        from plantpheno.atomic import STORAGE_ERRNOS, storage_error
+        from plantpheno.files.atomic import STORAGE_ERRNOS, storage_error
 
         if exc.errno not in STORAGE_ERRNOS or not exc.filename:
             raise

@@ -126,7 +126,7 @@ def _config_or_data(first: Path | None, overrides: list[str],
 
 def run_check(args: argparse.Namespace) -> int:
     if args.list:
-        from plantpheno.data.doctor.ids import CHECKS
+        from plantpheno.check_ids import CHECKS
 
         for check, what in CHECKS.items():
             print(f"{check:<32} {what}")
@@ -134,7 +134,7 @@ def run_check(args: argparse.Namespace) -> int:
     from plantpheno.config import load_config
     from plantpheno.data.datasets import prepare_data
     from plantpheno.reporting import ConsoleReporter
-    from plantpheno.rundir import data_check_path
+    from plantpheno.run.folder import data_check_path
     from plantpheno.training.data_checks import run_data_checks
 
     config_path, given, data_path = _config_or_data(args.config, args.overrides, args.data_path)

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from plantpheno.evaluation.report import summary_lines
     from plantpheno.pipeline import evaluate_run
     from plantpheno.reporting import ConsoleReporter
-    from plantpheno.rundir import RunDir
+    from plantpheno.run.folder import RunDir
 
     m = evaluate_run(args.run_dir, split=args.split, device=args.device, reporter=ConsoleReporter())
     for line in summary_lines(m):

@@ -61,7 +61,7 @@ def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
 
     config = None
     if run_dir is not None and not args.registry:
-        from plantpheno.rundir import RunDir
+        from plantpheno.run.folder import RunDir
 
         config = RunDir.of(run_dir).read_config()
     location = locate_registry(args.registry, config=config)
@@ -91,7 +91,7 @@ def run_register(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     import time
 
-    from plantpheno.runs import format_table
+    from plantpheno.run.listing import format_table
 
     versions = _registry(args).list_versions(args.name)
     if args.json:

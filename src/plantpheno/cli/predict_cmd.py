@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.files.atomic import atomic_write_text
 from plantpheno.cli import models_cmd
 from plantpheno.cli.options import integer
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from contextlib import ExitStack
 
-    from plantpheno.atomic import check_output_path
+    from plantpheno.files.atomic import check_output_path
     from plantpheno.registry.predict import Predictor, collect_images, open_model
 
     paths = collect_images(args.images)
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 def write_predictions(predictor, results, bad, out: Path | None) -> None:
     """The CSV to ``out`` (atomically) or stdout; unreadable files listed on stderr (and beside ``out``)."""
-    from plantpheno.csvfile import write_csv
+    from plantpheno.files.csvfile import write_csv
 
     text = predictor.to_csv(results)
     if out is None:  # file names that are not UTF-8 go out as the bytes they are, as `ls` prints them

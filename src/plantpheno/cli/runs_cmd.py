@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one table row (or JSON object) per run under ``--output-dir``."""
-    from plantpheno.runs import experiments, find_runs, format_table, is_run_dir, list_rows
+    from plantpheno.run.listing import experiments, find_runs, format_table, is_run_dir, list_rows
 
     found = find_runs(args.output_dir, experiment=args.experiment)
     if args.json:
@@ -58,7 +58,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Print the runs side by side (or as JSON)."""
-    from plantpheno.runs import compare_runs, format_table, jsonable, read_run
+    from plantpheno.run.listing import compare_runs, format_table, jsonable, read_run
 
     if len(args.run_dirs) < 2:
         raise RunDirError(f"runs compare needs at least two run directories; got only {args.run_dirs[0]}")

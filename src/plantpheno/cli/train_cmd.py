@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from plantpheno import pipeline
     from plantpheno.config import load_config
     from plantpheno.reporting import ConsoleReporter
-    from plantpheno.training.trainer import Interrupted
+    from plantpheno.training.loop import Interrupted
 
     main_rank = os.environ.get("RANK", "0") == "0"
     reporter = ConsoleReporter()

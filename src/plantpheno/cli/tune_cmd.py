@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _quiet_optuna(verbose=getattr(args, "verbose", False))
     from plantpheno.reporting import ConsoleReporter
-    from plantpheno.training.trainer import Interrupted
+    from plantpheno.training.loop import Interrupted
 
     try:
         if args.worker:

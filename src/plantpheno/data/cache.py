@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from plantpheno.atomic import atomic_open, atomic_write_text
+from plantpheno.files.atomic import atomic_open, atomic_write_text
 from plantpheno.config import DataConfig
 from plantpheno.data.images import load_rgb
 from plantpheno.errors import DataError

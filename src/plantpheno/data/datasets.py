@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.files.atomic import atomic_write_text
 from plantpheno.config import Config
-from plantpheno.csvfile import write_csv
+from plantpheno.files.csvfile import write_csv
 from plantpheno.data.batch_augment import (
     BatchAugment,
     BatchedAugmentation,
@@ -41,7 +41,7 @@ from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.device import glibc
 from plantpheno.errors import DataError
 from plantpheno.reporting import Reporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files already checked (size, mtime, hash)
 
@@ -68,7 +68,7 @@ class PreparedData:
         index = {name: i for i, name in enumerate(self.class_names)}
         return [index[str(s.target)] for s in self.splits[split]]
 
-    def counts(self) -> bool:
+    def is_count_trait(self) -> bool:
         """Whether the trait is a count: every training value a whole number."""
         return self.class_names is None and all(float(v).is_integer() for v in self.targets("train"))
 

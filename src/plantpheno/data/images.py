@@ -332,7 +332,7 @@ def _read_memo(path: Path, max_pixels: int | None) -> dict[str, list]:
 
 
 def _write_memo(path: Path, files: dict[str, list], max_pixels: int | None) -> None:
-    from plantpheno.atomic import atomic_write_text
+    from plantpheno.files.atomic import atomic_write_text
     from plantpheno.errors import StorageError
 
     try:

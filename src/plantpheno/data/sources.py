@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from plantpheno.csvfile import has_surrogates, printable, read_csv, undecodable_bytes
+from plantpheno.files.csvfile import has_surrogates, printable, read_csv, undecodable_bytes
 from plantpheno.errors import DataError
 
 SPLITS = ("train", "val", "test")

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.files.atomic import atomic_write_text
 from plantpheno.errors import DataError
 
 DISEASE_CLASSES: tuple[str, ...] = ("healthy", "leaf_spot", "rust", "blight")

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with intervals, baselines, calibration, test-time augmentation, reports and figures."""

@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from plantpheno import __version__
-from plantpheno.atomic import atomic_write_text
-from plantpheno.csvfile import read_csv
-from plantpheno.epochlog import read_epoch_log
+from plantpheno.version import __version__
+from plantpheno.files.atomic import atomic_write_text
+from plantpheno.files.csvfile import read_csv
+from plantpheno.run.epochlog import read_epoch_log
 from plantpheno.errors import RunDirError
 from plantpheno.evaluation import report_figures as figures
 from plantpheno.evaluation import report_gallery as gallery
 from plantpheno.evaluation import report_sections as sections
 from plantpheno.reporting import Reporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'none'; connect-src 'none'; "
        "font-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'")

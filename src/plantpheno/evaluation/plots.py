@@ -16,8 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from plantpheno.atomic import atomic_write_with
-from plantpheno.csvfile import printable
+from plantpheno.files.atomic import atomic_write_with
+from plantpheno.files.csvfile import printable
 
 _DPI = 120
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from plantpheno.atomic import atomic_write_text
-from plantpheno.csvfile import write_csv
+from plantpheno.files.atomic import atomic_write_text
+from plantpheno.files.csvfile import write_csv
 from plantpheno.evaluation.metrics import (
     METRIC_FUNCTIONS,
     bootstrap_ci,
@@ -21,7 +21,7 @@ from plantpheno.evaluation.metrics import (
     rounded_counts,
 )
 from plantpheno.evaluation.plots import plot_confusion_matrix, plot_predicted_vs_true
-from plantpheno.rundir import EvalDir
+from plantpheno.run.folder import EvalDir
 from plantpheno.tasks import task_metrics
 
 

@@ -12,18 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.files.atomic import atomic_write_text
 from plantpheno.config import Config
 from plantpheno.data.datasets import Loaders, PreparedData
 from plantpheno.device import amp_dtype
 from plantpheno.evaluation import baselines
 from plantpheno.evaluation.calibration import calibration_summary, fit_temperature, reliability, softmax
 from plantpheno.evaluation.metrics import bootstrap_ci, classification_metrics, regression_metrics
-from plantpheno.evaluation.predict import Predictions, predict
+from plantpheno.evaluation.inference import Predictions, predict
 from plantpheno.evaluation.report import write_evaluation
 from plantpheno.evaluation.tta import views
 from plantpheno.reporting import Reporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 
 def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any, prepared: PreparedData,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.files.atomic import atomic_write_text
 from plantpheno.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent

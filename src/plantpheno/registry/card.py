@@ -8,7 +8,7 @@ from plantpheno.evaluation.card_text import INTENDED_USE, input_text, limits, ou
 
 if TYPE_CHECKING:
     from plantpheno.registry.package import ModelPackage
-    from plantpheno.rundir import RunDir
+    from plantpheno.run.folder import RunDir
 
 
 def model_card(package: ModelPackage, *, run: RunDir) -> str:

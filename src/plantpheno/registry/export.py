@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plantpheno.atomic import check_output_path, replace_with_checksum, storage_error
+from plantpheno.files.atomic import check_output_path, replace_with_checksum, storage_error
 from plantpheno.errors import ExportError
 from plantpheno.evaluation.tta import TTAModel
 from plantpheno.registry.package import ModelPackage, preprocessing

@@ -5,7 +5,7 @@ Folder layout (also what a registry version stores):
   model.safetensors       weights (loading never unpickles code)
   sample_inputs.safetensors  a few preprocessed test images (export parity checks)
   MODEL_CARD.md, config.yaml, metrics.json, dataset.json
-  NAME.sha256             the SHA-256 of each file above (atomic.py), checked before the file is used
+  NAME.sha256             the SHA-256 of each file above (files/atomic.py), checked before the file is used
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plantpheno.atomic import atomic_copy, atomic_write_bytes, atomic_write_text, verify_checksum
+from plantpheno.files.atomic import atomic_copy, atomic_write_bytes, atomic_write_text, verify_checksum
 from plantpheno.errors import ModelError, RegistryError, RunDirError, clip
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 from plantpheno.tasks import task_metrics
 
 META_FILE = "plantpheno_model.json"
@@ -62,7 +62,7 @@ class ModelPackage:
     @property
     def task(self):
         """The task adapter that turns outputs into probabilities or trait values."""
-        from plantpheno.training.tasks import task_from_meta
+        from plantpheno.training.objectives import task_from_meta
 
         return task_from_meta(self.meta)
 
@@ -219,7 +219,7 @@ def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     split = run.split_manifest
     if not split.is_file():
         return
-    from plantpheno.csvfile import read_csv
+    from plantpheno.files.csvfile import read_csv
 
     with read_csv(split) as reader:
         paths = [Path(row["path"]) for row in reader if row["split"] == "test"][:NUM_SAMPLES]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from plantpheno.csvfile import csv_text
+from plantpheno.files.csvfile import csv_text
 from plantpheno.data.images import (DEFAULT_MAX_PIXELS, TooLarge, load_rgb, rgb_from_array, rgb_from_bytes,
                                     to_rgb)
 from plantpheno.data.transforms import eval_transform
@@ -23,7 +23,7 @@ from plantpheno.evaluation.metrics import rounded_counts
 from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
 from plantpheno.registry.package import META_FILE, MLMODEL_FILE, ModelPackage
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 """What prediction takes: a file path, encoded image bytes, a PIL image, or an array (channels last)."""

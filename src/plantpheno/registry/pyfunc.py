@@ -45,7 +45,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from plantpheno import __version__
+from plantpheno.version import __version__
 from plantpheno.data.images import DEFAULT_MAX_PIXELS
 from plantpheno.errors import ModelError, short_repr
 from plantpheno.registry.package import FORMAT, PYFUNC_ARTIFACT, ModelPackage

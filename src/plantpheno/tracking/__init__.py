@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from plantpheno.config import Config, flatten_dict
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 
 RunStatus = Literal["completed", "failed", "interrupted"]
 Axis = Literal["epoch", "step"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from plantpheno.config import Config, config_to_dict
 from plantpheno.reporting import Reporter
-from plantpheno.rundir import EVAL_DIR, RunDir
+from plantpheno.run.folder import EVAL_DIR, RunDir
 from plantpheno.tracking import flatten
 from plantpheno.tracking.session import TrackerSet, build_trackers
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from plantpheno.atomic import atomic_write_text
-from plantpheno.rundir import TrackingDir
+from plantpheno.files.atomic import atomic_write_text
+from plantpheno.run.folder import TrackingDir
 
 
 class LocalTracker:

@@ -12,7 +12,7 @@ from typing import Any
 from plantpheno.config import Config
 from plantpheno.errors import ConfigError
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 from plantpheno.tracking import Axis, RunStatus, Tracker, create_tracker
 
 log = logging.getLogger(__name__)

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from plantpheno import distributed
-from plantpheno.atomic import append_text, atomic_write_text
-from plantpheno.epochlog import read_epoch_log, unreadable_path
+from plantpheno.files.atomic import append_text, atomic_write_text
+from plantpheno.run.epochlog import read_epoch_log, unreadable_path
 from plantpheno.errors import TrainingError
 from plantpheno.reporting import Progress, Reporter
-from plantpheno.rundir import RunDir
+from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import capture_rng, load_checkpoint, save_checkpoint
-from plantpheno.training.trainer import Trainer
+from plantpheno.training.loop import TrainingLoop
 
 if TYPE_CHECKING:
     from plantpheno.tracking import Tracker
@@ -30,7 +30,7 @@ class EarlyStopping:
         self.patience, self.min_delta, self.reporter = patience, min_delta, reporter
         self.phase, self.then = phase, then  # for the message: what ends, and what comes next (if anything)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         name, mode = trainer.monitor
         value, state = metrics[name], trainer.state
         best = state.best_value
@@ -58,7 +58,7 @@ class Checkpointer:
     def __init__(self, run: RunDir, *, meta: dict[str, Any]) -> None:
         self.run, self.meta = run, meta
 
-    def payload(self, trainer: Trainer, *, full: bool) -> dict[str, Any]:
+    def payload(self, trainer: TrainingLoop, *, full: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"model": trainer.nets.whole.state_dict(), "state": trainer.state.to_dict(),
                                "meta": self.meta}
         if full:
@@ -68,15 +68,15 @@ class Checkpointer:
                        rng=capture_rng())
         return out
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         if trainer.state.best_epoch == trainer.state.epoch:
             save_checkpoint(self.run.best_checkpoint, self.payload(trainer, full=False))
         save_checkpoint(self.run.last_checkpoint, self.payload(trainer, full=True))
 
-    def on_interrupt(self, trainer: Trainer) -> None:
+    def on_interrupt(self, trainer: TrainingLoop) -> None:
         save_checkpoint(self.run.last_checkpoint, self.payload(trainer, full=True))
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainingLoop) -> None:
         if self.run.best_checkpoint.is_file():
             trainer.nets.whole.load_state_dict(load_checkpoint(self.run.best_checkpoint)["model"])
 
@@ -93,7 +93,7 @@ class MetricsLog:
     def __init__(self, path: Path, *, reporter: Reporter | None = None) -> None:
         self.path, self.reporter = path, reporter
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
         if not self.path.is_file():
             return
         log = read_epoch_log(self.path)
@@ -107,7 +107,7 @@ class MetricsLog:
                 if record["epoch"] <= trainer.state.epoch]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         record = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
         record["best"] = trainer.state.best_epoch == trainer.state.epoch
         record["phase"] = trainer.state.phase  # what ran, for the report's phase marks (early stopping moves them)
@@ -122,14 +122,14 @@ class Console:
         self.reporter, self.progress_bar = reporter, progress_bar
         self.bar: Progress | None = None
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainingLoop) -> None:
         if not self.progress_bar:
             return
         total = len(trainer.loaders["train"]) + trainer.state.batch
         self.bar = self.reporter.progress(total=total, initial=trainer.state.batch, unit="batch",
                                           desc=f"epoch {trainer.state.epoch + 1}/{trainer.epochs}")
 
-    def on_batch_end(self, trainer: Trainer, loss: float, images: int) -> None:
+    def on_batch_end(self, trainer: TrainingLoop, loss: float, images: int) -> None:
         if self.bar is None:
             return
         acc = trainer.state.partial
@@ -144,10 +144,10 @@ class Console:
             self.bar.close()
             self.bar = None
 
-    def on_interrupt(self, trainer: Trainer) -> None:
+    def on_interrupt(self, trainer: TrainingLoop) -> None:
         self._close()
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         self._close()
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                           if k not in ("epoch",) and isinstance(v, float))
@@ -176,12 +176,12 @@ class TrackerCallback:
     def __init__(self, tracker: Tracker, *, system: SystemSampler | None = None) -> None:
         self.tracker, self.system = tracker, system
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
         if self.system is not None:
             state = trainer.state
             self.system.start(lambda: state.global_step)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
         if self.system is not None:
             self.system.record()
@@ -190,10 +190,10 @@ class TrackerCallback:
         if self.system is not None:
             self.system.stop()
 
-    def on_interrupt(self, trainer: Trainer) -> None:
+    def on_interrupt(self, trainer: TrainingLoop) -> None:
         self.close()
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainingLoop) -> None:
         self.close()
 
 
@@ -205,7 +205,7 @@ class ReplicaCheck:
         self.dist = dist
         self.identical: bool | None = None
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainingLoop) -> None:
         digests = self.dist.all_gather(distributed.parameters_digest(trainer.model))
         self.identical = len(set(digests)) == 1
         if not self.identical:

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from plantpheno.atomic import atomic_write_with, verify_checksum
+from plantpheno.files.atomic import atomic_write_with, verify_checksum
 from plantpheno.errors import RunDirError
-from plantpheno.rundir import BEST, LAST
+from plantpheno.run.folder import BEST, LAST
 
 FORMAT = "plantpheno-checkpoint/1"
 

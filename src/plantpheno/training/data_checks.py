@@ -18,10 +18,10 @@ from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.datasets import PreparedData
 from plantpheno.data.doctor.check import MODEL_CHECKS, check_data
 from plantpheno.data.doctor.findings import DataCheckReport
-from plantpheno.data.doctor.ids import selected
+from plantpheno.check_ids import selected
 from plantpheno.errors import ConfigError, DataCheckError
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.rundir import data_check_path
+from plantpheno.run.folder import data_check_path
 
 FEATURE_BACKBONE = "tf_efficientnet_lite0"
 FEATURE_SIZE = 224
@@ -60,7 +60,7 @@ def _report_key(prepared: PreparedData, config: Config, features_skipped: str | 
     import hashlib
     import json
 
-    from plantpheno import __version__
+    from plantpheno.version import __version__
     from plantpheno.data.doctor.pixels import STATS_VERSION
 
     rows = [[split, str(s.path), s.target, s.group,
@@ -164,7 +164,7 @@ def _read_memo(path: Path) -> dict[str, np.ndarray]:
 
 
 def _write_memo(path: Path, memo: dict[str, np.ndarray]) -> None:
-    from plantpheno.atomic import atomic_write_bytes
+    from plantpheno.files.atomic import atomic_write_bytes
 
     buffer = io.BytesIO()
     hashes = sorted(memo)

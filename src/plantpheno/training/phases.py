@@ -9,7 +9,7 @@ A run has one or two phases (:func:`plan_phases`):
 
 With ``training.feature_cache`` the frozen part of the network runs once, and a phase trains on what it
 produced (:class:`FrozenFeatures`): pooled features for the head, or the activations where the unfrozen
-blocks begin, shared by both phases. :class:`~plantpheno.training.trainer.TrainState` records the phase
+blocks begin, shared by both phases. :class:`~plantpheno.training.loop.TrainState` records the phase
 the loop is in, so a resumed run continues in the right one.
 """
 

@@ -128,7 +128,7 @@ def cap_grid(grid: tuple[dict[str, Any], ...], trials: int, *, seed: int) -> tup
 
 
 def _check_metric(config: Config, metric: str) -> None:
-    from plantpheno.training.tasks import Classification, Regression
+    from plantpheno.training.objectives import Classification, Regression
 
     task = Classification if config.task == "classification" else Regression
     known = ["val/loss", *(f"val/{m}" for m in task.metric_names), "train/loss", f"train/{task.train_metric}"]

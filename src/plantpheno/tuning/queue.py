@@ -40,7 +40,7 @@ STALE_ATTR = "plantpheno:stale:"  # + trial number, a study user attribute: why 
 HOST = socket.gethostname()
 
 
-def counts(trial: FrozenTrial) -> bool:
+def uses_a_trial(trial: FrozenTrial) -> bool:
     """Whether a trial uses up one of the study's N trials (retried, stale and surplus trials do not).
 
     A worker records ``error`` before it tells a trial FAIL; a FAIL trial without it was failed by another
@@ -64,9 +64,9 @@ def trial_error(study: optuna.Study, trial: FrozenTrial) -> str | None:
 def top_up(study: optuna.Study, plan: StudyPlan) -> int:
     """Enqueue the trials the study still lacks: retries of failed-stale trials first; return how many."""
     trials = study.get_trials(deepcopy=False)
-    live = [t for t in trials if counts(t)]
+    live = [t for t in trials if uses_a_trial(t)]
     retried = {t.user_attrs.get("retry_of") for t in trials}
-    lost = [t for t in trials if not counts(t) and not t.user_attrs.get("surplus") and t.number not in retried]
+    lost = [t for t in trials if not uses_a_trial(t) and not t.user_attrs.get("surplus") and t.number not in retried]
     if plan.grid is not None:
         have = {_key(trial_values(t)) for t in live}
         lost_by_key = {_key(trial_values(t)): t.number for t in lost}
@@ -115,7 +115,7 @@ def claim_next(study: optuna.Study, plan: StudyPlan) -> optuna.Trial | None:
             return None
         trial = study.ask()  # the sampler's before_trial runs here
         queued = QUEUED_ATTR in trial.user_attrs  # else another machine took the last one and ask made this
-        before = sum(counts(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+        before = sum(uses_a_trial(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
         if queued and before < plan.n_trials:
             return trial
         trial.set_user_attr("surplus", True)

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from plantpheno.atomic import atomic_write_text, atomic_write_with
+from plantpheno.files.atomic import atomic_write_text, atomic_write_with
 from plantpheno.config import config_to_yaml
 from plantpheno.tuning.plan import StudyPlan
 from plantpheno.evaluation.baselines import BETTER

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from plantpheno.errors import ConfigError, short_repr
 from plantpheno.recipes import resolve as resolve_recipe
 from plantpheno.tuning.space import SearchSpace, parse_space
-from plantpheno.yamlfile import read_yaml_mapping
+from plantpheno.files.yamlfile import read_yaml_mapping
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from plantpheno.atomic import atomic_write_text
+from plantpheno.files.atomic import atomic_write_text
 from plantpheno.config import Config, config_to_dict, config_to_yaml, flatten_dict
 from plantpheno.errors import TuningError
 from plantpheno.reporting import Reporter, default_reporter

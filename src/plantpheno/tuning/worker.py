@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from plantpheno.errors import TrainingError, TuningError
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.training.trainer import EarlyExit, Interrupted
+from plantpheno.training.loop import EarlyExit, Interrupted
 from plantpheno.tuning.plan import StudyPlan
 from plantpheno.tuning.queue import Lease, claim_next, fail_stale_trials, queue_lock, top_up
 from plantpheno.tuning.report import BASELINE_ATTR
@@ -105,7 +105,7 @@ def run_worker(plan: StudyPlan, *, worker_index: int = 0, deadline: float | None
 
     A trial that fails (invalid values, NaN loss, out of memory, ...) is recorded as FAIL with its
     error in ``user_attrs["error"]`` and the worker goes on. An interrupted trial (Ctrl-C, SIGTERM) is
-    recorded as FAIL to be retried, and :class:`~plantpheno.training.trainer.Interrupted` is re-raised.
+    recorded as FAIL to be retried, and :class:`~plantpheno.training.loop.Interrupted` is re-raised.
     """
     reporter = default_reporter(reporter)
     study = load_study(plan, worker_index=worker_index)

@@ -11,7 +11,7 @@ import numpy as np
 from plantpheno.data.doctor import duplicates, labels, quality
 from plantpheno.data.doctor.catalog import Entry, catalog, distinct_files
 from plantpheno.data.doctor.findings import DataCheckReport, Finding
-from plantpheno.data.doctor.ids import CHECKS, selected
+from plantpheno.check_ids import CHECKS, selected
 from plantpheno.reporting import Reporter, default_reporter
 
 if TYPE_CHECKING:

@@ -116,7 +116,7 @@ class DataCheckReport:
                    data.get("dataset_fingerprint", ""))
 
     def write(self, path: Path) -> None:
-        from plantpheno.atomic import atomic_write_text
+        from plantpheno.files.atomic import atomic_write_text
 
         # ASCII with \u escapes: a file name that is not UTF-8 (a lone surrogate) stays valid JSON in a UTF-8 file
         atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")

@@ -141,7 +141,7 @@ def lock_holder(lock_file: Path) -> dict[str, Any] | None:
 
 
 def _cannot_lock(lock_file: Path, exc: OSError) -> Exception:
-    from plantpheno.atomic import STORAGE_ERRNOS, storage_error
+    from plantpheno.files.atomic import STORAGE_ERRNOS, storage_error
 
     if exc.errno in STORAGE_ERRNOS:
         return storage_error(exc, lock_file, existed=False)

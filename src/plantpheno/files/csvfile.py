@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from plantpheno.atomic import TEXT_ENCODING, atomic_write_text
+from plantpheno.files.atomic import TEXT_ENCODING, atomic_write_text
 
 
 # a formula trigger after any quotes already there (those get one more, so that reading is exact); a plain number

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from plantpheno.config import flatten_dict
-from plantpheno.epochlog import read_epoch_log
+from plantpheno.run.epochlog import read_epoch_log
 from plantpheno.errors import ConfigError, RunDirError
-from plantpheno.rundir import CONFIG_FILE, STATUS_FILE, RunDir
+from plantpheno.run.folder import CONFIG_FILE, STATUS_FILE, RunDir
 from plantpheno.tasks import TASKS
-from plantpheno.yamlfile import parse_yaml
+from plantpheno.files.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from plantpheno.data.datasets import Loaders
 from plantpheno.device import release_freed_memory
 from plantpheno.distributed import DistContext
 from plantpheno.errors import TrainingError
-from plantpheno.evaluation.predict import Predictions, predict
+from plantpheno.evaluation.inference import Predictions, predict
 from plantpheno.models import set_train_mode
-from plantpheno.training.tasks import Task
+from plantpheno.training.objectives import Task
 
 
 @dataclass
@@ -97,12 +97,12 @@ class Callback(Protocol):
     ``on_batch_end`` gets each step's loss as a number once the trainer has read it back from the device: after
     every step on the CPU, in order for the steps since the last check on a GPU (``training.check_every``)."""
 
-    def on_fit_start(self, trainer: Trainer) -> None: ...
-    def on_epoch_start(self, trainer: Trainer) -> None: ...
-    def on_batch_end(self, trainer: Trainer, loss: float, images: int) -> None: ...
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
-    def on_interrupt(self, trainer: Trainer) -> None: ...
-    def on_fit_end(self, trainer: Trainer) -> None: ...
+    def on_fit_start(self, trainer: TrainingLoop) -> None: ...
+    def on_epoch_start(self, trainer: TrainingLoop) -> None: ...
+    def on_batch_end(self, trainer: TrainingLoop, loss: float, images: int) -> None: ...
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None: ...
+    def on_interrupt(self, trainer: TrainingLoop) -> None: ...
+    def on_fit_end(self, trainer: TrainingLoop) -> None: ...
 
 
 class NonFiniteLossError(TrainingError):
@@ -130,7 +130,7 @@ class Interrupted(Exception):
         super().__init__(reason)
 
 
-class Trainer:
+class TrainingLoop:
     """Fits ``nets.trained`` on ``loaders["train"]``, validating on ``loaders["val"]`` after every epoch."""
 
     def __init__(self, *, nets: Networks, task: Task, loss_fn: nn.Module, optimization: Optimization,

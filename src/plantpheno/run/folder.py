@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plantpheno.atomic import atomic_write_text, storage_error
+from plantpheno.files.atomic import atomic_write_text, storage_error
 from plantpheno.config import Config, config_to_yaml, load_config
 from plantpheno.errors import RunDirError
-from plantpheno.runlock import RunLock, lock_holder
+from plantpheno.run.lock import RunLock, lock_holder
 
 CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
@@ -175,7 +175,7 @@ class RunDir:
 
     @property
     def lock_file(self) -> Path:
-        """``run.lock``: held (flock) by the one process that writes the run; see :mod:`plantpheno.runlock`."""
+        """``run.lock``: held (flock) by the one process that writes the run; see :mod:`plantpheno.run.lock`."""
         return self.path / LOCK_FILE
 
     def lock(self, purpose: str) -> RunLock:
@@ -360,7 +360,7 @@ def environment(device: str) -> dict[str, Any]:
     import timm
     import torch
 
-    from plantpheno import __version__
+    from plantpheno.version import __version__
 
     commit, dirty = _git_state()
     return {

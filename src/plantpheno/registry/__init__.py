@@ -1,0 +1,1 @@
+"""The model registry: packages, stores, aliases, export, and prediction with a packaged model."""
