@@ -29,7 +29,7 @@ from plantpheno.reporting import RecordingReporter
 from plantpheno.training.callbacks import Console, EarlyStopping
 from plantpheno.training.optim import build_optimizer, build_scheduler
 from plantpheno.training.objectives import Classification
-from plantpheno.training.loop import Networks, Optimization, Trainer
+from plantpheno.training.loop import Networks, Optimization, TrainingLoop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, machine  # benchmarks/ is not a package; records the machine
@@ -70,13 +70,13 @@ def minimal_loop(model: nn.Module, loader: DataLoader, config) -> float:
 def trainer_loop(model: nn.Module, loaders: dict[str, DataLoader], config) -> float:
     opt = build_optimizer(model, config)
     sched = build_scheduler(opt, config, steps_per_epoch=len(loaders["train"]))
-    trainer = Trainer(nets=Networks(model), task=Classification([str(i) for i in range(10)]),
-                      loss_fn=nn.CrossEntropyLoss(),
-                      optimization=Optimization(opt, sched, step_scheduler_per_batch=True,
-                                                scaler=torch.amp.GradScaler("cpu", enabled=False)),
-                      loaders=Loaders(loaders), device=torch.device("cpu"), epochs=1, monitor=("val/loss", "min"),
-                      callbacks=[EarlyStopping(patience=None, min_delta=0),
-                                 Console(RecordingReporter(), progress_bar=False)])
+    trainer = TrainingLoop(nets=Networks(model), task=Classification([str(i) for i in range(10)]),
+                           loss_fn=nn.CrossEntropyLoss(),
+                           optimization=Optimization(opt, sched, step_scheduler_per_batch=True,
+                                                     scaler=torch.amp.GradScaler("cpu", enabled=False)),
+                           loaders=Loaders(loaders), device=torch.device("cpu"), epochs=1, monitor=("val/loss", "min"),
+                           callbacks=[EarlyStopping(patience=None, min_delta=0),
+                                      Console(RecordingReporter(), progress_bar=False)])
     start = time.perf_counter()
     trainer.train_epoch()  # the training loop alone (validation is not part of the comparison)
     return time.perf_counter() - start

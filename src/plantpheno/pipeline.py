@@ -466,11 +466,11 @@ def _build_trainer(setup: _Setup, run: RunDir, phase: Phase, state: TrainState,
     optimization = Optimization(optimizer, scheduler, steps_per_batch(settings), scaler, dtype,
                                 config.training.grad_clip_norm)
     return TrainingLoop(nets=Networks(trained=net, stepped=_stepped_module(net, setup), whole=model), task=setup.task,
-                   loss_fn=loss_fn, optimization=optimization, loaders=loaders, device=setup.device,
-                   epochs=state.phase_start + phase.epochs, monitor=config.monitor, callbacks=callbacks, state=state,
-                   dist=dist, channels_last=channels_last,
-                   check_every=check_every(config.training.check_every, setup.device),
-                   release_memory=config.training.release_memory)
+                        loss_fn=loss_fn, optimization=optimization, loaders=loaders, device=setup.device,
+                        epochs=state.phase_start + phase.epochs, monitor=config.monitor, callbacks=callbacks,
+                        state=state, dist=dist, channels_last=channels_last,
+                        check_every=check_every(config.training.check_every, setup.device),
+                        release_memory=config.training.release_memory)
 
 
 def _stepped_module(net: nn.Module, setup: _Setup) -> nn.Module:
