@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from plantpheno import distributed
+import plantpheno.distributed as distributed
 from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files

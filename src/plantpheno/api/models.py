@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from plantpheno.api.runs import Run, _run_path
 from plantpheno.errors import ArgumentError, DataError, short_repr
 from plantpheno.run.folder import RunDir
 
 if TYPE_CHECKING:
+    from plantpheno.api.runs import Run
     from plantpheno.registry.predict import ImageInput, Predictor
     from plantpheno.registry.store import ModelRegistry, VersionInfo
 
@@ -217,12 +217,13 @@ def load_model(ref: str | os.PathLike[str] | Run, *, registry: str | None = None
     ``registry`` is the registry URI (default: found as every command finds it, see :class:`Registry`);
     ``device`` is cpu (default), cuda, mps or auto.
     """
-    from plantpheno.registry.predict import Predictor, open_model
+    from plantpheno.registry.model_source import open_model
+    from plantpheno.registry.predict import Predictor
 
-    if not isinstance(ref, (str, os.PathLike, Run)) or not os.fspath(ref):
+    if not isinstance(ref, (str, os.PathLike)) or not os.fspath(ref):  # a Run is an os.PathLike
         raise ArgumentError(f"ref: got {short_repr(ref)}; expected a registered model (NAME, NAME/VERSION, "
                             f"NAME@alias), a run directory or a model package folder")
-    source = str(_run_path(ref)) if isinstance(ref, (Run, os.PathLike)) else str(ref)
+    source = str(_run_path(ref)) if isinstance(ref, os.PathLike) else str(ref)
     stack = ExitStack()
     try:
         predictor = Predictor(open_model(source, stack, registry_uri=registry), device=device)
@@ -261,3 +262,9 @@ def _expand(images: Any) -> tuple[list[Any], list[str | None]]:
             items.append(item)
             sources.append(None)
     return items, sources
+
+
+def _run_path(run: Run | str | os.PathLike[str]) -> Path:
+    """A run's folder; a :class:`~plantpheno.api.runs.Run` is an ``os.PathLike``, so this module needs no run-time
+    import of :mod:`plantpheno.api.runs` (which imports this one to register and load its runs)."""
+    return Path(os.fspath(run))

@@ -39,7 +39,7 @@ def load_config(config: str | os.PathLike[str] | Config | Mapping[str, Any] | No
     Raises:
         ConfigError: listing every invalid field with its dotted name, the value given and what was expected.
     """
-    from plantpheno import config as schema
+    import plantpheno.config as schema
 
     if isinstance(config, schema.Config):
         base, path = schema.config_to_dict(config), None
@@ -70,7 +70,7 @@ def resume(run: Run | str | os.PathLike[str], *, verbose: bool = True, reporter:
            callbacks: Sequence[object] = ()) -> Run:
     """Continue an interrupted run from its last checkpoint, exactly where it stopped (``plantpheno train
     --resume``), then evaluate it as :func:`train` does."""
-    from plantpheno import pipeline
+    import plantpheno.pipeline as pipeline
 
     result = pipeline.resume(_run_path(run), callbacks=callbacks, reporter=_reporter(verbose, reporter))
     return Run(result.run_dir)
@@ -80,7 +80,7 @@ def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val"
              device: str | None = None, verbose: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
     """Evaluate a run's best checkpoint on one of its splits (``plantpheno evaluate``): writes
     ``RUN_DIR/eval/SPLIT/`` and returns its metrics (with ``headline_metric`` and its ``confidence_interval``)."""
-    from plantpheno import pipeline
+    import plantpheno.pipeline as pipeline
 
     return pipeline.evaluate_run(_run_path(run), split=check_split(split), device=device,
                                  reporter=_reporter(verbose, reporter))
@@ -113,7 +113,7 @@ class Trainer:
 
     def fit(self) -> Run:
         """Train, evaluate (and register, with ``registry.name``); the finished :class:`Run`."""
-        from plantpheno import pipeline
+        import plantpheno.pipeline as pipeline
 
         result = pipeline.train(self.config, callbacks=self.callbacks, reporter=self.reporter)
         return Run(result.run_dir)

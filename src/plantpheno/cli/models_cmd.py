@@ -165,7 +165,7 @@ def run_export(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from plantpheno.registry.export import export_package
-    from plantpheno.registry.predict import open_model
+    from plantpheno.registry.model_source import open_model
     from plantpheno.reporting import ConsoleReporter
 
     with ExitStack() as stack:
@@ -177,7 +177,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def registry_for(source: str, explicit: str | None) -> str | None:
     """For a model given as a registry reference (not a run or package folder): the registry, announced."""
-    from plantpheno.registry.predict import is_registry_ref
+    from plantpheno.registry.model_source import is_registry_ref
 
     if not is_registry_ref(source):
         return explicit

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from plantpheno.files.atomic import atomic_write_text
-from plantpheno.cli import models_cmd
+import plantpheno.cli.models_cmd as models_cmd
 from plantpheno.cli.options import integer
 
 
@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from plantpheno.files.atomic import check_output_path
-    from plantpheno.registry.predict import Predictor, collect_images, open_model
+    from plantpheno.registry.model_source import open_model
+    from plantpheno.registry.predict import Predictor, collect_images
 
     paths = collect_images(args.images)
     if args.out is not None:  # before any work: never replace a link, a FIFO, a device or an image being read

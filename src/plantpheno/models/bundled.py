@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from plantpheno.errors import ModelError
+from plantpheno.models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def rename_lukemelas(state: dict[str, torch.Tensor], sizes: list[int]) -> dict[s
 
 def bundled_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """The full renamed ImageNet state_dict of ``backbone``, 1000-class ``classifier`` included."""
-    from plantpheno.models import read_state_dict  # the package imports this module lazily
-
     state = read_state_dict(bundled_weights_path(backbone))
     try:
         return rename_lukemelas(state, stage_sizes(backbone))

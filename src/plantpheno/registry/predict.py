@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,7 @@ from plantpheno.errors import ArgumentError, DataError, short_repr
 from plantpheno.evaluation.metrics import rounded_counts
 from plantpheno.evaluation.tta import tta_outputs
 from plantpheno.models import input_format, to_channels_last, wants_channels_last
-from plantpheno.registry.package import META_FILE, MLMODEL_FILE, ModelPackage
-from plantpheno.run.folder import RunDir
+from plantpheno.registry.package import ModelPackage
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 """What prediction takes: a file path, encoded image bytes, a PIL image, or an array (channels last)."""
@@ -163,33 +160,3 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     if not found:
         raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
     return found
-
-
-def is_registry_ref(source: str) -> bool:
-    """Whether ``source`` names a registered model (NAME, NAME@alias, NAME/version) rather than a run or a package
-    folder on disk."""
-    path = Path(source)
-    return not RunDir(path).config.is_file() and not path.is_dir()
-
-
-def open_model(source: str, stack: ExitStack, *, registry_uri: str | None = None) -> ModelPackage:
-    """A run directory, a package folder, or a registry reference (NAME, NAME@alias, NAME/version) in
-    ``registry_uri`` (default: :func:`~plantpheno.registry.store.resolve_registry_uri`)."""
-    from plantpheno.errors import RegistryError
-    from plantpheno.registry.package import package_run
-    from plantpheno.registry.refs import parse_ref
-    from plantpheno.registry.store import ModelRegistry
-
-    path = Path(source)
-    if path.is_dir() and any((path / name).is_file() for name in (META_FILE, MLMODEL_FILE)):
-        return ModelPackage.open(path)  # a package (it holds a copy of its run's config.yaml too)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plantpheno-model-")))
-    if not is_registry_ref(source):
-        return package_run(path, tmp / "model") if RunDir(path).config.is_file() else ModelPackage.open(path)
-    try:
-        ref = parse_ref(source)
-    except RegistryError:  # not a model reference, so it was meant as a path
-        what = "is a file" if path.exists() else "does not exist"
-        raise DataError(f"{source} {what}; MODEL is a run directory, a model package folder, or a registered model "
-                        f"(NAME, NAME@alias or NAME/VERSION)") from None
-    return ModelRegistry(registry_uri).download(ref, tmp)  # reading: it makes no registry

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from plantpheno import distributed
+import plantpheno.distributed as distributed
 from plantpheno.files.atomic import append_text, atomic_write_text
 from plantpheno.run.epochlog import read_epoch_log, unreadable_path
 from plantpheno.errors import TrainingError
