@@ -176,7 +176,8 @@ def test_import_names_resolve_to_modules_and_type_checking_imports_are_free(tmp_
     source = tmp_path / "example.py"
     source.write_text("from typing import TYPE_CHECKING\nfrom plantpheno import distributed, __version__\n"
                       "if TYPE_CHECKING:\n    from plantpheno.pipeline import RunResult\n"
-                      "def f():\n    import plantpheno.cli.models_cmd as m\n    from plantpheno.errors import DataError\n")
+                      "def f():\n    import plantpheno.cli.models_cmd as m\n"
+                      "    from plantpheno.errors import DataError\n")
     assert _imports(source) == [("distributed", 2), ("__init__", 2), ("cli.models_cmd", 6), ("errors", 7)]
 
 
