@@ -17,14 +17,18 @@ PACKAGE = Path(plantpheno.__file__).parent
 # (importer part, imported part): never allowed
 FORBIDDEN = [
     *((core, "cli") for core in ("data", "models", "training", "evaluation", "tracking", "registry", "tuning",
-                                 "pipeline", "rundir", "runs", "reporting", "tasks", "config", "recipes", "api")),
+                                 "pipeline", "rundir", "runs", "reporting", "tasks", "config", "recipes", "api",
+                                 "labelling")),
     ("data", "models"), ("data", "training"),
     ("tracking", "training"),
     *((part, "tuning") for part in ("data", "models", "training", "evaluation", "tracking", "registry", "pipeline",
-                                    "rundir", "runs", "reporting", "tasks", "config", "recipes", "api")),
+                                    "rundir", "runs", "reporting", "tasks", "config", "recipes", "api", "labelling")),
+    # labelling (what to label next) uses a trained run: the registry/pipeline layer; nothing below it uses it
+    *((part, "labelling") for part in ("data", "models", "training", "evaluation", "tracking", "registry",
+                                       "pipeline", "rundir", "runs", "reporting", "tasks", "config", "recipes")),
 ]
 CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "registry", "pipeline.py", "rundir.py",
-        "runs.py", "tasks.py", "config.py", "recipes", "distributed.py", "device.py", "api")
+        "runs.py", "tasks.py", "config.py", "recipes", "distributed.py", "device.py", "api", "labelling")
 
 
 def _modules() -> list[Path]:

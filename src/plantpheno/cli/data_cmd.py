@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from plantpheno.cli import suggest_cmd
 from plantpheno.cli.options import integer
 from plantpheno.errors import ConfigError
 
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     _register_synth(data_sub)
     _register_check(data_sub)
+    suggest_cmd.register(data_sub)
 
 
 def _register_synth(data_sub: argparse._SubParsersAction) -> None:
