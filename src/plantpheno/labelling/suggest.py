@@ -20,6 +20,7 @@ import numpy as np
 from plantpheno.csvfile import write_csv
 from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.datasets import IMAGE_CHECK_MEMO
+from plantpheno.data.doctor.folds import single_threaded_blas
 from plantpheno.data.images import ImageCheck, check_images
 from plantpheno.errors import ArgumentError, DataError, RunDirError, short_repr
 from plantpheno.labelling.features import RunModel, features_of, head_outputs, load_run_model
@@ -95,8 +96,9 @@ def suggest(run_dir: Path, pool: Path, *, budget: int, strategy: str | None = No
     workers = 0 if run_model.config.data.num_workers == "auto" else int(run_model.config.data.num_workers)
     known = features_of(run_model, labelled_checks, num_workers=workers, reporter=reporter)
     feats = features_of(run_model, the_pool.checks, num_workers=workers, reporter=reporter)
-    view, predicted = _view(run_model, labelled, known, feats, seed=seed)
-    choice = select(view, budget, strategy=strategy, seed=seed)
+    with single_threaded_blas():  # small fits: BLAS threads only spin against each other (doctor/folds.py)
+        view, predicted = _view(run_model, labelled, known, feats, seed=seed)
+        choice = select(view, budget, strategy=strategy, seed=seed)
     sims = view.features[choice.indices] @ view.labelled.T
     nearest = sims.argmax(axis=1)
     rows = [Suggestion(the_pool.checks[i].path, rank + 1, float(choice.scores[rank]), choice.reasons[rank],
