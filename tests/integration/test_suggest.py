@@ -36,7 +36,7 @@ def test_suggest_writes_ranked_csv_contact_sheet_and_reuses_the_cached_features(
     rows = _rows(out / "suggestions.csv")
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert set(rows[0]) == {"path", "rank", "score", "reason", "predicted_class", "nearest_labelled", "similarity"}
-    assert all(r["reason"].startswith("the model is torn between") for r in rows)  # the default: margin
+    assert all(r["reason"].startswith("among the most uncertain (torn between") for r in rows)  # cluster-margin
     assert all(Path(r["path"]).is_relative_to(pool) and Path(r["nearest_labelled"]).is_relative_to(disease_root)
                for r in rows)
     assert [Path(r["path"]).name for r in _rows(out / "skipped.csv")] == ["broken.jpg"]
