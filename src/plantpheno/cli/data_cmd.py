@@ -1,5 +1,6 @@
 """``plantpheno data synth OUT``: a synthetic demo dataset, drawn procedurally (no download);
-``plantpheno data check CONFIG``: the data checks alone."""
+``plantpheno data check CONFIG``: the data checks alone; ``plantpheno data suggest RUN`` (:mod:`.suggest_cmd`): what
+to label next."""
 
 from __future__ import annotations
 
