@@ -53,17 +53,20 @@ def test_images_in_the_splits_and_copies_of_labelled_images_are_left_out(tmp_pat
     labelled = leaves[0]
     source = _pool(tmp_path, leaves)
     shutil.copy(labelled[0].path, source / "in_splits_elsewhere.jpg")  # the same picture, another file
+    twice = next(p for p in sorted(source.rglob("*.jpg")) if p.parent != source)
+    shutil.copy(twice, source / "zz_twice.jpg")  # one new picture twice in the pool: suggested once
     img = Image.open(labelled[1].path)
     img.resize((58, 58)).save(source / "resaved.jpg", quality=80)  # a re-saved, slightly resized copy
     csv = tmp_path / "pool.csv"
     csv.write_text("path\n" + "\n".join([str(labelled[2].path), "pool/resaved.jpg", "pool/in_splits_elsewhere.jpg",
                                          *(str(p) for p in sorted(source.rglob("*.jpg")) if p.parent != source)])
-                   + "\n")
+                   + "\npool/zz_twice.jpg\n")
     pool = _read(csv, leaves)
     assert len(pool.checks) == 8  # the labelled file itself is not even considered
     why = {p.name: w for p, w in pool.skipped}
     assert why["in_splits_elsewhere.jpg"].startswith("same picture as labelled")
     assert why["resaved.jpg"].startswith("near duplicate of labelled")
+    assert why["zz_twice.jpg"] == f"same picture as pool image {twice}"
 
 
 def test_an_empty_pool_is_refused(tmp_path, leaves):

@@ -145,13 +145,21 @@ def _check_scale(pool: Pool, labelled: Sequence[ImageCheck], source: Path) -> No
 
 def _drop_copies(pool: Pool, labelled: Sequence[Labelled], labelled_checks: Sequence[ImageCheck],
                  near_distance: int) -> None:
-    """Leave out exact copies (same decoded pixels) and confirmed near duplicates of labelled images."""
+    """Leave out exact copies (same decoded pixels) and confirmed near duplicates of labelled images, and repeats of
+    one picture within the pool."""
     stats: list[ImageStats | None] = [c.stats for c in labelled_checks]
     by_pixels = {s.pixel_hash: e.path for e, s in zip(labelled, stats) if s is not None}
     copy_of: dict[int, str] = {}
+    first_in_pool: dict[str, Path] = {}
     for i, c in enumerate(pool.checks):
-        if c.stats is not None and c.stats.pixel_hash in by_pixels:
+        if c.stats is None:
+            continue
+        if c.stats.pixel_hash in by_pixels:
             copy_of[i] = f"same picture as labelled {by_pixels[c.stats.pixel_hash]}"
+        elif c.stats.pixel_hash in first_in_pool:  # one picture twice in the pool: suggest it once
+            copy_of[i] = f"same picture as pool image {first_in_pool[c.stats.pixel_hash]}"
+        else:
+            first_in_pool[c.stats.pixel_hash] = c.path
     hashed = [(e.path, s) for e, s in zip(labelled, stats) if s is not None]
     ours = [(i, c.stats) for i, c in enumerate(pool.checks) if c.stats is not None and i not in copy_of]
     values = np.array([int(s.phash, 16) for _, s in hashed] + [int(s.phash, 16) for _, s in ours], dtype=np.uint64)

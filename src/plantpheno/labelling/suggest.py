@@ -90,6 +90,8 @@ def suggest(run_dir: Path, pool: Path, *, budget: int, strategy: str | None = No
     run_model = load_run_model(run, device=resolve_device(device))
     strategy = check_strategy(strategy or (DEFAULT_TRAIT_STRATEGY if run_model.regression else DEFAULT_STRATEGY),
                               regression=run_model.regression)
+    if recheck and run_model.regression:
+        raise ArgumentError("--recheck lists likely label errors among class labels; this run predicts a trait")
     labelled, labelled_checks, the_pool = _read(run, run_model, Path(pool))
     if budget > len(the_pool.checks):
         raise ArgumentError(f"--budget {budget} is larger than the pool: {pool} has {len(the_pool.checks)} usable "
@@ -155,8 +157,6 @@ def _view(run_model: RunModel, labelled: list[Labelled], known: np.ndarray, feat
 def _recheck(labelled: list[Labelled], checks: list[ImageCheck], known: np.ndarray, k: int, run_model: RunModel,
              seed: int) -> list[Recheck]:
     """The ``k`` labelled images the data doctor's label-error finder trusts least (classification only)."""
-    if run_model.regression:
-        raise ArgumentError("--recheck lists likely label errors among class labels; this run predicts a trait")
     from plantpheno.data.doctor.catalog import Entry
     from plantpheno.data.doctor.label_errors import label_error_findings
 
