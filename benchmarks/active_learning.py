@@ -1,14 +1,14 @@
 """What to label next, simulated: does a strategy of ``plantpheno data suggest`` reach the accuracy of all the
 labels with fewer of them than labelling at random? And how long does one suggestion round take?
 
-    python benchmarks/active_learning.py [--seeds 5] [--work /tmp/plantpheno-active-learning]
+    python benchmarks/active_learning.py [--seeds 5] [--work /tmp/plantpheno-active-learning] [--data DIR]
 
 Classes: the PlantVillage subset (``../shared/data/plantvillage-subset``, 15 classes). The unlabelled pool is its
 training split with the labels hidden; the test split only scores (it never chooses anything); the validation
 split is not used. Each seed starts from 2 labelled images per class, then every round a strategy picks N more
 (N = 30; rounds also stop at exactly 5 % and 10 % of the pool), their labels are revealed, and the head is
 retrained: a logistic regression (C = 0.5) on the frozen features — the classify recipe's head stage, not its
-fine-tune — and its probabilities drive the next round. Up to half the pool.
+fine-tune — and its probabilities drive the next round. Until the whole pool is labelled.
 
 Traits: synthetic rosettes (``plantpheno data synth --kind rosette``: leaf counts 3-12), 2 views per plant, split by
 plant (70 % pool, 30 % test); start from 10 labelled images, 10 more per round, a ridge regression head (leave-one-
@@ -53,8 +53,9 @@ def interval(values: list[float]) -> dict[str, float]:
 
 
 def schedule(pool: int, start: int, step: int) -> list[int]:
-    marks = {int(round(0.05 * pool)), int(round(0.10 * pool))}
-    return sorted(set(range(start, pool // 2 + 1, step)) | {m for m in marks if m > start})
+    """Label counts from ``start`` to the whole pool, ``step`` apart, with stops at exactly 5 % and 10 % of it."""
+    marks = {int(round(0.05 * pool)), int(round(0.10 * pool)), pool}
+    return sorted(set(range(start, pool + 1, step)) | {m for m in marks if m > start})
 
 
 def simulate(*args: Any, **kwargs: Any) -> list[float]:
@@ -98,7 +99,8 @@ def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: flo
               lower_is_better: bool) -> dict[str, Any]:
     goal = full * 1.10 if lower_is_better else full - 0.01
     reached = (lambda v: v <= goal) if lower_is_better else (lambda v: v >= goal)
-    at = {f"{p}%": counts.index(int(round(p / 100 * pool))) for p in (5, 10)}
+    # the first stop at or above 5 % and 10 % of the pool (exactly there unless the start set is larger)
+    at = {f"{p}%": next(i for i, c in enumerate(counts) if c >= int(round(p / 100 * pool))) for p in (5, 10)}
     out: dict[str, Any] = {}
     for name, runs in curves.items():
         need = [next((c for c, v in zip(counts, run) if reached(v)), None) for run in runs]
@@ -111,10 +113,11 @@ def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: flo
             "auc_minus_random": interval([float(np.mean(a) - np.mean(b)) for a, b in zip(runs, curves["random"])]),
             "mean_curve": [float(v) for v in np.mean(runs, axis=0)],
         }
-    return {"counts": counts, "full_pool_score": full, "goal": goal, "pool": pool, "strategies": out}
+    return {"counts": counts, "full_pool_score": full, "goal": goal, "pool": pool, "strategies": out,
+            "at_counts": {p: counts[i] for p, i in at.items()}}
 
 
-def train_run(work: Path, rows: list[dict[str, str]]) -> Path:
+def train_run(work: Path, rows: list[dict[str, str]], data: Path) -> Path:
     """A classify run (frozen bundled Lite0, head only) on 5 / 2 / 2 images per class of train / val / test."""
     import plantpheno as pp
     from plantpheno.csvfile import write_csv
@@ -125,7 +128,7 @@ def train_run(work: Path, rows: list[dict[str, str]]) -> Path:
         for r in rows:
             if r["split"] == split and seen.get(r["label"], 0) < n:
                 seen[r["label"]] = seen.get(r["label"], 0) + 1
-                picked.append([str(DATA / r["path"]), r["label"], split])
+                picked.append([str(data / r["path"]), r["label"], split])
     write_csv(work / "run.csv", [["path", "label", "split"], *picked])
     raw = {"seed": 0, "task": "classification", "output_dir": str(work / "runs"), "experiment": "al",
            "run_name": "run", "device": "cpu",
@@ -155,6 +158,11 @@ def features(run_dir: Path, paths: list[Path]) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--data", type=Path, default=DATA, help="a folder with splits.csv (path,label,split)")
+    ap.add_argument("--plants", type=int, default=300, help="synthetic rosettes (2 views each)")
+    ap.add_argument("--out", type=Path, default=OUT, help="where the results go (the plot also to docs/assets/ "
+                    "when this is benchmarks/results)")
+    ap.add_argument("--suggest-pool", type=int, default=2000, help="images in the timed suggestion round's pool")
     ap.add_argument("--work", type=Path, default=Path("/tmp/plantpheno-active-learning"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -166,35 +174,38 @@ def main() -> None:
 
     began = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
-    with read_csv(DATA / "splits.csv") as reader:
+    data = args.data
+    with read_csv(data / "splits.csv") as reader:
         rows = list(reader)
     t = time.time()
-    run_dir = train_run(args.work, rows)
+    run_dir = train_run(args.work, rows, data)
     timings: dict[str, float] = {"train_run_s": time.time() - t}
     t = time.time()
-    all_feats = features(run_dir, [DATA / r["path"] for r in rows])
+    all_feats = features(run_dir, [data / r["path"] for r in rows])
     timings["features_2250_s"] = time.time() - t
 
     # the suggestion round on a 2,000-image pool (features cached by the pass above)
     in_run = set()
     with read_csv(run_dir / "split.csv") as reader:
         in_run = {os.path.normpath(r["path"]) for r in reader}
-    pool_paths = [str(DATA / r["path"]) for r in rows if os.path.normpath(str(DATA / r["path"])) not in in_run][:2000]
+    pool_paths = [str(data / r["path"]) for r in rows
+                  if os.path.normpath(str(data / r["path"])) not in in_run][:args.suggest_pool]
     write_csv(args.work / "pool.csv", [["path"], *([p] for p in pool_paths)])
     import plantpheno as pp
     rounds = []
     for strategy in ("margin", "kcenter", "cluster-margin"):
         t = time.time()
-        result = pp.suggest(run_dir, pool=args.work / "pool.csv", budget=50, strategy=strategy, recheck=10,
+        result = pp.suggest(run_dir, pool=args.work / "pool.csv", budget=min(50, len(pool_paths) // 2),
+                            strategy=strategy, recheck=10,
                             out=args.work / f"suggestions-{strategy}", verbose=False)
-        rounds.append({"strategy": strategy, "pool": result.pool_size, "budget": 50, "recheck": 10,
+        rounds.append({"strategy": strategy, "pool": result.pool_size, "budget": len(result.suggestions), "recheck": 10,
                        "seconds": time.time() - t})
     print("suggestion rounds:", rounds, flush=True)
 
     labels = np.array([r["label"] for r in rows])
     names, y = np.unique(labels, return_inverse=True)
     split = np.array([r["split"] for r in rows])
-    pca = PCA(128, random_state=0).fit(all_feats[split == "train"])
+    pca = PCA(min(128, int((split == "train").sum()) - 1), random_state=0).fit(all_feats[split == "train"])
     x = pca.transform(all_feats)
     pool_x, pool_y, test_x, test_y = x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"]
     full = float((logistic_probabilities(pool_x, pool_y, test_x, classes=len(names)).argmax(1) == test_y).mean())
@@ -214,7 +225,7 @@ def main() -> None:
 
     manifest = args.work / "rosettes" / "labels.csv"
     if not manifest.is_file():
-        synthesize_rosettes(args.work / "rosettes", plants=300, views_per_plant=2, image_size=128, seed=0,
+        synthesize_rosettes(args.work / "rosettes", plants=args.plants, views_per_plant=2, image_size=128, seed=0,
                             overwrite=True)
     with read_csv(manifest) as reader:
         rrows = list(reader)
@@ -225,7 +236,7 @@ def main() -> None:
     plants = sorted({r["group"] for r in rrows})
     test_plants = set(np.random.default_rng(0).choice(plants, int(0.3 * len(plants)), replace=False))
     is_test = np.array([r["group"] in test_plants for r in rrows])
-    rpca = PCA(128, random_state=0).fit(rfeats[~is_test])
+    rpca = PCA(min(128, int((~is_test).sum()) - 1), random_state=0).fit(rfeats[~is_test])
     rx = rpca.transform(rfeats)
     rpool, rpool_y, rtest, rtest_y = rx[~is_test], values[~is_test], rx[is_test], values[is_test]
     rfull = float(np.abs(ridge_predict(rpool, rpool_y, rtest) - rtest_y).mean())
@@ -241,17 +252,17 @@ def main() -> None:
 
     result = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(began)),
               "seconds": time.time() - began, "seeds": args.seeds, "timings": timings, "suggest_rounds": rounds,
-              "classes": {"data": "plantvillage-subset", "pool": int(len(pool_x)), "test": int(len(test_x)),
+              "classes": {"data": data.name, "pool": int(len(pool_x)), "test": int(len(test_x)),
                           "head": "logistic regression C=0.5 on 128-d PCA of frozen Lite0 features", "step": 30,
                           "metric": "test accuracy",
                           **summarise(class_curves, counts, full, len(pool_x), lower_is_better=False)},
-              "traits": {"data": "synthetic rosettes, 300 plants x 2 views, 128 px, leaf counts 3-12",
+              "traits": {"data": f"synthetic rosettes, {args.plants} plants x 2 views, 128 px, leaf counts 3-12",
                          "pool": int(len(rpool)), "test": int(len(rtest)), "step": 10, "metric": "test MAE (leaves)",
                          "head": "ridge regression (leave-one-out alpha) on 128-d PCA of frozen Lite0 features",
                          **summarise(trait_curves, rcounts, rfull, len(rpool), lower_is_better=True)}}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "active_learning.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "active_learning.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out)
     print(json.dumps({k: result[k] for k in ("seconds", "timings", "suggest_rounds")}, indent=1))
     for part in ("classes", "traits"):
         for name, s in result[part]["strategies"].items():
@@ -259,7 +270,7 @@ def main() -> None:
                                for k, v in s.items() if isinstance(v, dict)}, "labels to goal", s["labels_to_goal"])
 
 
-def plot(result: dict[str, Any]) -> None:
+def plot(result: dict[str, Any], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,7 +290,8 @@ def plot(result: dict[str, Any]) -> None:
             ax.set_ylim(max(0.5, min(min(s["mean_curve"]) for s in r["strategies"].values())), 1.0)
     fig.text(0.01, 0.01, describe(result["machine"])[:150], fontsize=6, color="#555")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    for path in (OUT / "active_learning.png", REPO / "docs" / "assets" / "active_learning.png"):
+    for path in [out / "active_learning.png", *([REPO / "docs" / "assets" / "active_learning.png"]
+                                                  if out.resolve() == OUT.resolve() else [])]:
         fig.savefig(path)
     plt.close(fig)
 

@@ -77,3 +77,31 @@ def test_trait_runs_rank_by_ensemble_disagreement_or_coverage(trained_run, roset
     assert default.strategy == "kcenter"
     assert main(["data", "suggest", str(run), "--pool", str(new), "--budget", "2", "--strategy", "margin"]) == 2
     assert "this run predicts a trait" in capsys.readouterr().err
+
+
+def test_the_active_learning_benchmark_runs_every_strategy_at_tiny_scale(tmp_path):
+    """benchmarks/active_learning.py end to end on 4 classes x 10 synthetic leaves and 10 rosettes: its figures at
+    this scale mean nothing; it must run every strategy, time the rounds and write its results with the machine."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from plantpheno.data.synth import synthesize_disease
+
+    root = synthesize_disease(tmp_path / "leaves", per_class=10, image_size=72, seed=3)
+    lines = ["path,label,split"]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for i, image in enumerate(sorted(folder.glob("*.jpg"))):
+            lines.append(f"{image.relative_to(root)},{folder.name},{('val', 'test', 'train', 'train', 'train')[i % 5]}")
+    (root / "splits.csv").write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "active_learning.py"), "--data", str(root),
+                           "--seeds", "2", "--plants", "10", "--suggest-pool", "10", "--work", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads((tmp_path / "out" / "active_learning.json").read_text())
+    assert set(result["classes"]["strategies"]) == {"random", "margin", "entropy", "kcenter", "cluster-margin"}
+    assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement"}
+    assert result["classes"]["counts"][-1] == result["classes"]["pool"]  # the curve ends with the whole pool
+    assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin"]
+    assert result["machine"]["cpu_model"] and result["machine"]["cpus_online"] and (tmp_path / "out" / "active_learning.png").is_file()
