@@ -63,6 +63,22 @@ def test_a_budget_larger_than_the_pool_and_a_strategy_of_the_other_task_are_one_
     assert "for trait (regression) runs" in capsys.readouterr().err
 
 
+
+def test_a_copy_of_a_test_image_is_never_suggested(trained_run, disease_root, pool, tmp_path):
+    """Labelled for training, a copy of a test image would leak into the score: it is left out like any copy."""
+    import shutil
+
+    import plantpheno as pp
+
+    run = trained_run(data={"root": str(disease_root)}).run_dir
+    test_image = next(Path(r["path"]) for r in _rows(run / "split.csv") if r["split"] == "test")
+    shutil.copy(test_image, tmp_path / "copy_of_test.jpg")
+    listed = tmp_path / "pool.csv"
+    listed.write_text("path\n" + "\n".join(["copy_of_test.jpg", *map(str, sorted(pool.rglob("healthy_*.jpg")))]) + "\n")
+    result = pp.suggest(run, pool=listed, budget=2, out=tmp_path / "out", verbose=False)
+    assert (tmp_path / "copy_of_test.jpg", f"same picture as labelled {test_image}") in result.skipped
+    assert all(s.path.name != "copy_of_test.jpg" for s in result.suggestions)
+
 def test_trait_runs_rank_by_ensemble_disagreement_or_coverage(trained_run, rosette_manifest, tmp_path, capsys):
     from plantpheno.data.synth import synthesize_rosettes
 

@@ -77,9 +77,10 @@ def _key(path: Path) -> str:
 
 def read_pool(source: Path, labelled: Sequence[Labelled], labelled_checks: Sequence[ImageCheck], *,
               memo: Path | None, near_distance: int, max_pixels: int | None) -> Pool:
-    """The usable images of ``source``: not in the run's splits, readable, not a copy of a labelled image, and of
-    a band layout the run was trained on. Raises :class:`DataError` for an empty pool and for a pool of another
-    band layout or image scale than the run's."""
+    """The usable images of ``source``: not in the run's splits (``labelled``: every row of them), readable, not a
+    copy of a labelled image (``labelled_checks``: the readable ones, test split included: a copy of a test image
+    labelled for training would leak), and of a band layout the run was trained on. Raises :class:`DataError` for
+    an empty pool and for a pool of another band layout or image scale than the run's."""
     files = list_pool(source)
     known = {_key(e.path) for e in labelled}
     fresh = list(dict.fromkeys(p for p in files if _key(p) not in known))
@@ -95,7 +96,7 @@ def read_pool(source: Path, labelled: Sequence[Labelled], labelled_checks: Seque
                         f"{pool.skipped[0][0]}: {pool.skipped[0][1]}); nothing to suggest")
     _drop_other_layouts(pool, labelled_checks, source)
     _check_scale(pool, labelled_checks, source)
-    _drop_copies(pool, labelled, labelled_checks, near_distance)
+    _drop_copies(pool, labelled_checks, near_distance)
     if not pool.checks:
         raise DataError(f"--pool {source}: every new image is a copy of a labelled one ({len(pool.skipped)} "
                         f"skipped); nothing to suggest")
@@ -143,12 +144,10 @@ def _check_scale(pool: Pool, labelled: Sequence[ImageCheck], source: Path) -> No
                         f"or train a run on images like these")
 
 
-def _drop_copies(pool: Pool, labelled: Sequence[Labelled], labelled_checks: Sequence[ImageCheck],
-                 near_distance: int) -> None:
+def _drop_copies(pool: Pool, labelled_checks: Sequence[ImageCheck], near_distance: int) -> None:
     """Leave out exact copies (same decoded pixels) and confirmed near duplicates of labelled images, and repeats of
     one picture within the pool."""
-    stats: list[ImageStats | None] = [c.stats for c in labelled_checks]
-    by_pixels = {s.pixel_hash: e.path for e, s in zip(labelled, stats) if s is not None}
+    by_pixels = {c.stats.pixel_hash: c.path for c in labelled_checks if c.stats is not None}
     copy_of: dict[int, str] = {}
     first_in_pool: dict[str, Path] = {}
     for i, c in enumerate(pool.checks):
@@ -160,7 +159,7 @@ def _drop_copies(pool: Pool, labelled: Sequence[Labelled], labelled_checks: Sequ
             copy_of[i] = f"same picture as pool image {first_in_pool[c.stats.pixel_hash]}"
         else:
             first_in_pool[c.stats.pixel_hash] = c.path
-    hashed = [(e.path, s) for e, s in zip(labelled, stats) if s is not None]
+    hashed: list[tuple[Path, ImageStats]] = [(c.path, c.stats) for c in labelled_checks if c.stats is not None]
     ours = [(i, c.stats) for i, c in enumerate(pool.checks) if c.stats is not None and i not in copy_of]
     values = np.array([int(s.phash, 16) for _, s in hashed] + [int(s.phash, 16) for _, s in ours], dtype=np.uint64)
     for a, b in close_pairs(values, near_distance):

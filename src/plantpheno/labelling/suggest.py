@@ -98,6 +98,9 @@ def suggest(run_dir: Path, pool: Path, *, budget: int, strategy: str | None = No
                             f"new image(s) ({len(the_pool.skipped)} skipped); ask for at most {len(the_pool.checks)}")
     reporter.info(f"suggest: {len(the_pool.checks)} pool images, {len(labelled)} labelled (train + val), strategy "
                   f"{strategy}, budget {budget}")
+    if the_pool.skipped:
+        reporter.warning(f"{len(the_pool.skipped)} pool image(s) left out (unreadable, copies of the run's images, or "
+                         f"another band layout); each with why in {SKIPPED_CSV}")
     workers = 0 if run_model.config.data.num_workers == "auto" else int(run_model.config.data.num_workers)
     known = features_of(run_model, labelled_checks, num_workers=workers, reporter=reporter)
     feats = features_of(run_model, the_pool.checks, num_workers=workers, reporter=reporter)
@@ -129,16 +132,15 @@ def _read(run: RunDir, run_model: RunModel, pool: Path) -> tuple[list[Labelled],
     everyone = read_labelled(run.split_manifest)
     data = run_model.config.data
     memo = run.path.parent.parent / CACHE_DIR / IMAGE_CHECK_MEMO
-    candidates = [e for e in everyone if e.split in ("train", "val")]
-    checks = check_images([e.path for e in candidates], memo=memo, max_pixels=data.max_image_pixels)
-    keep = [i for i, c in enumerate(checks) if c.problem is None]
+    checks = check_images([e.path for e in everyone], memo=memo, max_pixels=data.max_image_pixels)
+    keep = [i for i, (e, c) in enumerate(zip(everyone, checks)) if c.problem is None and e.split in ("train", "val")]
     if not keep:
-        raise DataError(f"none of the run's {len(candidates)} training and validation images can be read now "
-                        f"(moved?): the suggestions are measured against them")
-    labelled, labelled_checks = [candidates[i] for i in keep], [checks[i] for i in keep]
-    the_pool = read_pool(pool, everyone, labelled_checks, memo=memo,
+        raise DataError(f"none of the run's training and validation images can be read now (moved?): the "
+                        f"suggestions are measured against them")
+    # copies of any split's images are left out of the pool; only train + val count as labelled for choosing
+    the_pool = read_pool(pool, everyone, [c for c in checks if c.problem is None], memo=memo,
                          near_distance=data.checks.near_duplicate_distance, max_pixels=data.max_image_pixels)
-    return labelled, labelled_checks, the_pool
+    return [everyone[i] for i in keep], [checks[i] for i in keep], the_pool
 
 
 def _view(run_model: RunModel, labelled: list[Labelled], known: np.ndarray, feats: np.ndarray, *,
