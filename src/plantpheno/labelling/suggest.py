@@ -33,7 +33,7 @@ from plantpheno.rundir import RunDir
 # benchmarks/active_learning.py on the PlantVillage subset (5 seeds): cluster-margin beat random by 12.4 points of
 # accuracy at 5 % of the labels (95 % interval 6.4 to 18.4), margin by 5.1 (0.8 to 9.4); see docs/guide/suggest.md
 DEFAULT_STRATEGY = "cluster-margin"
-# on synthetic rosettes no strategy beat random beyond its interval; kcenter had the lowest mean MAE over the curve
+# on synthetic rosettes no strategy beat random beyond its interval; kcenter had the lowest area under the MAE curve
 DEFAULT_TRAIT_STRATEGY = "kcenter"
 MAX_BUDGET = 100_000
 SUGGESTIONS_CSV, SKIPPED_CSV, RECHECK_CSV, SHEET_HTML = ("suggestions.csv", "skipped.csv", "recheck.csv",
