@@ -186,7 +186,7 @@ def write_files(result: Suggestions, run_model: RunModel) -> None:
                                          f"{s.similarity:.4f}"] for s in result.suggestions)])
     write_csv(out / SKIPPED_CSV, [["path", "why"], *([str(p), why] for p, why in result.skipped)])
     write_csv(out / RECHECK_CSV, [["path", "given", "suggested", "given_probability"],
-                                  *([str(r.path), r.given, r.suggested, f"{r.given_probability:.4f}"]
+                                  *([str(r.path), r.given, r.suggested, f"{r.given_probability:.4g}"]
                                     for r in result.recheck)])
     result.files = {"suggestions": out / SUGGESTIONS_CSV, "skipped": out / SKIPPED_CSV, "recheck": out / RECHECK_CSV,
                     "sheet": out / SHEET_HTML}
