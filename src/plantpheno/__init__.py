@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from plantpheno.version import __version__
 
 __all__ = ["Model", "Prediction", "Registry", "Run", "Trainer", "__version__", "evaluate", "load_config", "load_model",
-           "open_run", "register_model", "resume", "train"]
+           "open_run", "register_model", "resume", "suggest", "train"]
 _API = frozenset(__all__) - {"__version__"}  # the names plantpheno.api defines
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from
         open_run,
         register_model,
         resume,
+        suggest,
         train,
     )
 

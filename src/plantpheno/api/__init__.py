@@ -8,6 +8,7 @@
     pp.register_model(run, "leafnet", alias="candidate")
     model = pp.load_model("leafnet@candidate")  # NAME, NAME/3, NAME@alias, a run directory or a package folder
     model.predict(["leaf.jpg", pil_image, array])   # [Prediction(label=..., confidence=..., probabilities=...)]
+    round = pp.suggest(run, pool="unlabelled/", budget=50)   # what to label next (plantpheno data suggest)
 
 Each function is the command of the same name (``plantpheno train``, ``evaluate``, ``models register``,
 ``predict``), runs the same code and raises the same errors (:class:`~plantpheno.errors.PlantPhenoError`
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from plantpheno.api.models import Model, Prediction, Registry, load_model, register_model
 from plantpheno.api.runs import Run, Trainer, evaluate, load_config, open_run, resume, train
+from plantpheno.api.suggest import suggest
 
 __all__ = ["Model", "Prediction", "Registry", "Run", "Trainer", "evaluate", "load_config", "load_model",
-           "open_run", "register_model", "resume", "train"]
+           "open_run", "register_model", "resume", "suggest", "train"]

@@ -214,6 +214,12 @@ class Run:
 
         return load_model(self, device=device)
 
+    def suggest(self, *, pool: str | os.PathLike[str], budget: int, **options: Any) -> Any:
+        """:func:`~plantpheno.api.suggest.suggest` with this run: which images of ``pool`` to label next."""
+        from plantpheno.api.suggest import suggest
+
+        return suggest(self, pool=pool, budget=budget, **options)
+
     def __fspath__(self) -> str:
         return str(self.path)
 

@@ -1,5 +1,6 @@
 """``plantpheno data synth OUT``: a synthetic demo dataset, drawn procedurally (no download);
-``plantpheno data check CONFIG``: the data checks alone."""
+``plantpheno data check CONFIG``: the data checks alone; ``plantpheno data suggest RUN`` (:mod:`.suggest_cmd`): what
+to label next."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from plantpheno.cli import suggest_cmd
 from plantpheno.cli.options import integer
 from plantpheno.errors import ConfigError
 
@@ -19,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     _register_synth(data_sub)
     _register_check(data_sub)
+    suggest_cmd.register(data_sub)
 
 
 def _register_synth(data_sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,191 @@
+"""Which unlabelled images to label next: selection strategies on frozen features (numpy and scikit-learn only).
+
+Every strategy takes a :class:`PoolView` (the pool's features, the labelled images' features, and the model's
+view of the pool: class probabilities, or the trait predictions of a small ensemble of heads) and a budget, and
+returns a :class:`Choice`: the chosen pool rows in rank order, a score each and the reason in words.
+
+scikit-activeml (BSD) implements these too, but it is not installed here and each strategy is a few lines on the
+feature matrix; its query interface wants an estimator refitted per query, where these work on the run's own
+predictions (see docs/guide/suggest.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from plantpheno.errors import ArgumentError
+
+CLASSIFICATION_ONLY = ("margin", "entropy", "cluster-margin")
+TRAIT_ONLY = ("disagreement",)
+CLUSTER_PREFILTER = 10  # cluster-margin: k-means over the budget x this most uncertain images (Zhdanov 2019)
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What the strategies see. ``features`` (N, D) and ``labelled`` (M, D) are L2-normalised frozen features;
+    ``probabilities`` (N, K) the model's class probabilities (classification), ``ensemble`` (E, N) the trait
+    predictions of E heads (traits); ``class_names`` name the K columns."""
+
+    features: np.ndarray
+    labelled: np.ndarray
+    probabilities: np.ndarray | None = None
+    ensemble: np.ndarray | None = None
+    class_names: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Chosen pool rows, best first, with a score each (higher = more worth labelling) and the reason in words."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    reasons: list[str]
+
+
+def _top(scores: np.ndarray, budget: int) -> np.ndarray:
+    """The ``budget`` highest scores, best first (ties by row: deterministic)."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return order[:budget]
+
+
+def _two_best(view: PoolView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    probs = _probabilities(view)
+    order = np.argsort(-probs, axis=1)[:, :2]
+    rows = np.arange(len(probs))
+    return order, probs[rows, order[:, 0]], probs[rows, order[:, 1]]
+
+
+def _probabilities(view: PoolView) -> np.ndarray:
+    assert view.probabilities is not None, "classification strategies need the model's probabilities"
+    return view.probabilities
+
+
+def _names(view: PoolView, k: int) -> str:
+    return view.class_names[k] if k < len(view.class_names) else f"class {k}"
+
+
+def random_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choice:
+    """A uniform draw: the baseline every other strategy has to beat."""
+    chosen = rng.choice(len(view.features), size=budget, replace=False)
+    return Choice(chosen, np.zeros(budget), ["drawn at random (the baseline strategy)"] * budget)
+
+
+def margin_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choice:
+    """Smallest gap between the two most likely classes first (score = 1 - gap)."""
+    order, p1, p2 = _two_best(view)
+    scores = 1.0 - (p1 - p2)
+    chosen = _top(scores, budget)
+    reasons = [f"the model is torn between {_names(view, order[i, 0])} ({p1[i]:.0%}) and "
+               f"{_names(view, order[i, 1])} ({p2[i]:.0%})" for i in chosen]
+    return Choice(chosen, scores[chosen], reasons)
+
+
+def entropy_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choice:
+    """Most spread-out class probabilities first (entropy over its maximum, log K: 0 = sure, 1 = no idea)."""
+    probs = _probabilities(view)
+    scores = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1) / np.log(max(probs.shape[1], 2))
+    chosen = _top(scores, budget)
+    best = probs.argmax(axis=1)
+    reasons = [f"the model's probabilities are spread (entropy {scores[i]:.2f} of 1; best guess "
+               f"{_names(view, best[i])} at {probs[i, best[i]]:.0%})" for i in chosen]
+    return Choice(chosen, scores[chosen], reasons)
+
+
+def kcenter_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choice:
+    """Greedy k-center (Sener & Savarese 2018): each pick is the pool image farthest from every labelled image and
+    every image picked before it, so the batch covers the feature space (score = that distance)."""
+    nearest = _distance_to(view.features, view.labelled)
+    typical = float(np.median(nearest)) if len(nearest) else 0.0
+    chosen, scores = [], []
+    for _ in range(budget):
+        i = int(np.argmax(nearest))
+        chosen.append(i)
+        scores.append(float(nearest[i]))
+        nearest = np.minimum(nearest, _distance_to(view.features, view.features[i:i + 1]))
+        nearest[i] = -1.0  # never picked twice
+    reasons = [f"far from every labelled image and every earlier pick (feature distance {s:.2f}; the pool's "
+               f"median distance to its nearest labelled image is {typical:.2f})" for s in scores]
+    return Choice(np.array(chosen, dtype=int), np.array(scores), reasons)
+
+
+def _distance_to(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each point to its nearest centre (inf without centres)."""
+    if len(centres) == 0:
+        return np.full(len(points), np.inf)
+    best = np.full(len(points), np.inf)
+    for start in range(0, len(centres), 2048):
+        block = centres[start:start + 2048]
+        sq = (points ** 2).sum(1)[:, None] - 2 * points @ block.T + (block ** 2).sum(1)[None, :]
+        best = np.minimum(best, np.sqrt(np.maximum(sq, 0.0)).min(axis=1))
+    return best
+
+
+def cluster_margin_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choice:
+    """Uncertainty and diversity in one batch (Zhdanov 2019, "diverse mini-batch active learning"): the
+    ``CLUSTER_PREFILTER x budget`` smallest-margin images are grouped by k-means (weighted by uncertainty) into
+    ``budget`` clusters, and the image nearest each cluster's centre is chosen, so the batch does not spend its
+    labels on many near-identical uncertain images."""
+    from sklearn.cluster import KMeans
+
+    order, p1, p2 = _two_best(view)
+    uncertainty = 1.0 - (p1 - p2)
+    candidates = _top(uncertainty, min(len(uncertainty), CLUSTER_PREFILTER * budget))
+    if len(candidates) <= budget:
+        return margin_choice(view, budget, rng)
+    points = view.features[candidates]
+    kmeans = KMeans(n_clusters=budget, n_init=1, random_state=int(rng.integers(2**31 - 1)))
+    kmeans.fit(points, sample_weight=uncertainty[candidates] + 1e-6)
+    picked: list[int] = []
+    for c in range(budget):
+        members = np.flatnonzero(kmeans.labels_ == c)
+        if len(members) == 0:
+            continue
+        d = ((points[members] - kmeans.cluster_centers_[c]) ** 2).sum(1)
+        picked.append(int(candidates[members[np.argmin(d)]]))
+    rest = [int(i) for i in candidates if int(i) not in set(picked)]  # empty clusters: fill by margin
+    chosen = np.array((picked + rest)[:budget], dtype=int)
+    chosen = chosen[np.argsort(-uncertainty[chosen], kind="stable")]
+    reasons = [f"among the most uncertain (torn between {_names(view, order[i, 0])} {p1[i]:.0%} and "
+               f"{_names(view, order[i, 1])} {p2[i]:.0%}) and unlike the other picks (one per k-means cluster)"
+               for i in chosen]
+    return Choice(chosen, uncertainty[chosen], reasons)
+
+
+def disagreement_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choice:
+    """Traits: the images on which a small ensemble of heads (trained on resamples of the labelled images)
+    disagrees most (score = the spread of their predictions, in the trait's units)."""
+    assert view.ensemble is not None, "disagreement needs the ensemble's predictions"
+    spread = view.ensemble.std(axis=0)
+    mean = view.ensemble.mean(axis=0)
+    chosen = _top(spread, budget)
+    reasons = [f"{len(view.ensemble)} heads trained on resamples of the labelled images disagree: "
+               f"{mean[i]:.3g} +/- {spread[i]:.3g}" for i in chosen]
+    return Choice(chosen, spread[chosen], reasons)
+
+
+STRATEGIES: dict[str, Callable[[PoolView, int, np.random.Generator], Choice]] = {
+    "random": random_choice, "margin": margin_choice, "entropy": entropy_choice, "kcenter": kcenter_choice,
+    "cluster-margin": cluster_margin_choice, "disagreement": disagreement_choice,
+}
+
+
+def check_strategy(strategy: object, *, regression: bool) -> str:
+    """``strategy`` if it is a known strategy that fits the task."""
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ArgumentError(f"strategy: got {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if regression and strategy in CLASSIFICATION_ONLY:
+        raise ArgumentError(f"strategy {strategy!r} ranks class probabilities, and this run predicts a trait: use "
+                            f"one of {', '.join(s for s in STRATEGIES if s not in CLASSIFICATION_ONLY)}")
+    if not regression and strategy in TRAIT_ONLY:
+        raise ArgumentError(f"strategy {strategy!r} is for trait (regression) runs: use one of "
+                            f"{', '.join(s for s in STRATEGIES if s not in TRAIT_ONLY)}")
+    return strategy
+
+
+def select(view: PoolView, budget: int, *, strategy: str, seed: int = 0) -> Choice:
+    """The ``budget`` pool images ``strategy`` would label next (``budget`` <= the pool: checked by the caller)."""
+    assert 0 < budget <= len(view.features), (budget, len(view.features))
+    return STRATEGIES[strategy](view, budget, np.random.default_rng(seed))
