@@ -22,8 +22,12 @@ FORBIDDEN = [
     ("tracking", "training"),
     *((part, "tuning") for part in ("data", "models", "training", "evaluation", "tracking", "registry", "pipeline",
                                     "rundir", "runs", "reporting", "tasks", "config", "recipes", "api")),
+    # budget mode is a client of train() at the tuning layer; only the API's train(budget=) and the CLI call it
+    *((part, "budget") for part in ("data", "models", "training", "evaluation", "tracking", "registry", "pipeline",
+                                    "rundir", "runs", "reporting", "tasks", "config", "recipes", "tuning")),
+    ("budget", "cli"), ("budget", "tuning"), ("budget", "api"),
 ]
-CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "registry", "pipeline.py", "rundir.py",
+CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "budget", "registry", "pipeline.py", "rundir.py",
         "runs.py", "tasks.py", "config.py", "recipes", "distributed.py", "device.py", "api")
 
 
