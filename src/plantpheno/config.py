@@ -508,7 +508,10 @@ class BudgetConfig(_Section):
     def _a_duration(cls, v: Any) -> Any:
         if v is None:
             return v
-        parse_duration(v)
+        try:
+            parse_duration(v)
+        except ValueError:  # the field's error already shows the value given
+            raise ValueError("a positive duration such as 90s, 15m or 1h30m") from None
         return str(v)
 
     @property

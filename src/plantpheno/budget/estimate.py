@@ -3,7 +3,7 @@
 The prior is the 2-core AMD EPYC's (torch 2.14.1, benchmarks/results/backbone_pass.md and recipe_choice.md):
 Lite0 at 224 px passes 22 ms an image; a head on cached features trains at ~0.05 ms an image an epoch; fine-tuning
 one block on cached activations costs 3.7 ms an image an epoch, two 12 ms, three ~20 ms; a run's fixed part
-(data, model, evaluation) ~8 s plus 4 ms an image. After each candidate the prior is rescaled by the ratio of the
+(data, model, evaluation) ~8 s plus 4 ms an image, and 0.25 s an epoch (validation, checkpoints, the log). After each candidate the prior is rescaled by the ratio of the
 measured to the estimated seconds of the candidates so far, so a faster machine (or a GPU) is learnt from the
 first candidate on.
 """
@@ -16,10 +16,12 @@ from plantpheno.budget.ladder import Candidate
 
 PASS_S = 0.022  # a Lite0 224 px backbone pass, seconds an image
 HEAD_S = 0.00005  # head training on cached features, seconds an image an epoch
+EPOCH_S = 0.25  # an epoch's fixed part: validation, checkpoints, the log
 FINE_TUNE_S = {0: 0.0, 1: 0.0037, 2: 0.012, 3: 0.020}  # seconds an image an epoch, Lite0 224 px
 FIXED_S, FIXED_PER_IMAGE_S = 8.0, 0.004
 TTA_VIEWS = 4  # flips: identity, horizontal, vertical, half turn
 FULL_MODEL_S = 0.03  # a whole-model forward pass, seconds an image (evaluation with TTA, the test split)
+REPORT_S = 10.0  # report.html with Grad-CAM, the trackers' artifacts
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Estimator:
         train_images = s.train if s.folds == 1 else trainval * (s.folds - 1) / s.folds
         fit = train_images * (self.head_epochs * HEAD_S + self.fine_tune_epochs * FINE_TUNE_S[candidate.blocks]
                               * candidate.relative_cost ** 0.5)  # the fine-tuned blocks are a part of the network
-        fixed = FIXED_S + FIXED_PER_IMAGE_S * s.total
+        fixed = FIXED_S + FIXED_PER_IMAGE_S * s.total + self._epochs(candidate) * EPOCH_S
         tta = (s.val if s.folds == 1 else trainval) * TTA_VIEWS * FULL_MODEL_S * candidate.relative_cost \
             if candidate.tta != "none" else 0.0
         return pass_s + s.folds * (fixed + fit) + tta
@@ -72,16 +74,23 @@ class Estimator:
         return self.prior(candidate, pass_cached=pass_cached) * self.factor
 
     def final_seconds(self, candidate: Candidate) -> float:
-        """The chosen candidate's final run: trained once more on train (passes cached), then the test split
-        through the whole model (with its TTA views), the report and the trackers."""
+        """The chosen candidate's final run: trained once more on train (passes cached), then evaluated."""
         s = self.size
         fit = s.train * (self.head_epochs * HEAD_S + self.fine_tune_epochs * FINE_TUNE_S[candidate.blocks]
                          * candidate.relative_cost ** 0.5)
+        fixed = FIXED_S + FIXED_PER_IMAGE_S * s.total + self._epochs(candidate) * EPOCH_S
+        return (fixed + fit) * self.factor + self.evaluation_seconds(candidate)
+
+    def _epochs(self, candidate: Candidate) -> int:
+        return self.head_epochs + (self.fine_tune_epochs if candidate.blocks else 0)
+
+    def evaluation_seconds(self, candidate: Candidate) -> float:
+        """The final run's end: the test split through the whole model (with its TTA views, and val too for
+        TTA), the report with Grad-CAM and the trackers' artifacts."""
+        s = self.size
         views = TTA_VIEWS if candidate.tta != "none" else 1
-        evaluation = (s.test + (s.val if candidate.tta != "none" else 0)) * views * FULL_MODEL_S \
-            * candidate.relative_cost
-        report = 10.0  # report.html with Grad-CAM, the trackers' artifacts
-        return (FIXED_S + FIXED_PER_IMAGE_S * s.total + fit + evaluation + report) * self.factor
+        images = s.test + (s.val if candidate.tta != "none" else 0)
+        return (images * views * FULL_MODEL_S * candidate.relative_cost + REPORT_S) * self.factor
 
     def record(self, candidate: Candidate, *, pass_cached: bool, seconds: float) -> None:
         self.measured.append((self.prior(candidate, pass_cached=pass_cached), seconds))

@@ -28,6 +28,7 @@ from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.rundir import RunDir
 from plantpheno.training.feature_store import FeatureStore
 
+OVERRUN = 1.10  # the most a budget run may take, as a multiple of the budget (issue 33)
 Z = 1.959963984540054  # the 95 % normal quantile: a bootstrap interval's half-width over Z is a standard error
 
 
@@ -131,12 +132,20 @@ class _Loop:
         self.reporter.info(f"budget: candidate {row.rung} {row.name} ({row.reason}); about {estimate:.0f} s, "
                            f"{left:.0f} s left")
         began = time.monotonic()
+        # a candidate that runs far past its estimate must not eat the final run's time: it stops at this deadline
+        deadline = _Deadline(self.start + self.budget_s - final)
         try:
-            results = [self._one(candidate, row, k, store) for k in range(max(1, len(self.manifests)))]
+            results = [self._one(candidate, row, k, store, deadline) for k in range(max(1, len(self.manifests)))]
         except TrainingError as exc:  # a diverging candidate; bad data or weights stop budget mode
             row.status, row.note = "failed", str(exc)
             self.reporter.warning(f"budget: candidate {row.name} failed: {exc}")
             return True
+        if deadline.fired:
+            row.status, row.seconds, self.stopped = "cut", round(time.monotonic() - began, 1), True
+            row.note = "stopped at the budget's deadline before its last epoch: not comparable, not chosen"
+            self.reporter.warning(f"budget: {row.name} ran past its estimate ({estimate:.0f} s) and was stopped to "
+                                  f"leave the final run its time; it is left out of the choice")
+            return False
         row.seconds = round(time.monotonic() - began, 1)
         self.estimator.record(candidate, pass_cached=cached, seconds=row.seconds)
         self.plan.passes_done.add(key)
@@ -148,12 +157,12 @@ class _Loop:
         self.leader_final_s = max(self.leader_final_s, self.estimator.final_seconds(candidate))
         return True
 
-    def _one(self, candidate: Candidate, row: leaderboard.Row, fold: int,
-             store: FeatureStore) -> tuple[float, tuple[float, float] | None]:
+    def _one(self, candidate: Candidate, row: leaderboard.Row, fold: int, store: FeatureStore,
+             deadline: _Deadline) -> tuple[float, tuple[float, float] | None]:
         manifest = self.manifests[fold] if self.manifests else None
         config = candidate_config(self.plan, candidate, rung=row.rung, fold=fold + 1 if manifest else None,
                                   manifest=manifest, first=row.rung == 1)
-        result = pipeline.train(config, reporter=self.plan.quiet, feature_store=store)
+        result = pipeline.train(config, reporter=self.plan.quiet, feature_store=store, callbacks=[deadline])
         row.runs.append(str(result.run_dir))
         return leaderboard.score_of(result.metrics, self.plan.metric)
 
@@ -173,8 +182,13 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
                           folds=max(1, len(loop.manifests)), extra=extra)
 
     began = loop.elapsed()
+    # the hard stop: training ends in time for the test evaluation to finish within 10 % over the budget
+    deadline = _Deadline(loop.start + loop.budget_s * OVERRUN - loop.estimator.evaluation_seconds(best))
     result = pipeline.train(config, reporter=reporter, feature_store=store,
-                            callbacks=[_WriteAtStart(lambda: write(loop.elapsed())), *callbacks])
+                            callbacks=[_WriteAtStart(lambda: write(loop.elapsed())), deadline, *callbacks])
+    if deadline.fired:
+        reporter.warning("budget: the final run reached the budget's deadline and stopped training early; its best "
+                         "checkpoint (on validation) was evaluated")
     total = loop.elapsed()
     extra["final_run_s"] = round(total - began, 1)
     write(total)
@@ -182,6 +196,24 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
     reporter.info(f"budget: done in {total:.0f} s of {loop.budget_s:.0f} s"
                   + (f" ({over:.0%} over)" if over > 0 else "") + f"; leaderboard: {run.budget_leaderboard_csv}")
     return result
+
+
+class _Deadline:
+    """Trainer callback: no new epoch (nor phase) starts after ``at`` (a ``time.monotonic()`` value); the best
+    checkpoint so far is what the run keeps, as with early stopping."""
+
+    def __init__(self, at: float) -> None:
+        self.at, self.fired = at, False
+
+    def _check(self, trainer: Any) -> None:
+        if time.monotonic() >= self.at:
+            trainer.should_stop = self.fired = True
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._check(trainer)
+
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self._check(trainer)
 
 
 class _WriteAtStart:

@@ -57,6 +57,13 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
                                     or args.budget is not None):
         raise ConfigError("--resume RUN_DIR takes no config or overrides (nor --data-path, --output-path, --budget): "
                           "a run resumes with its own config")
+    if args.budget is not None:
+        from plantpheno.config import parse_duration
+
+        try:
+            parse_duration(args.budget)
+        except ValueError as exc:
+            raise ConfigError(f"--budget: expected {exc}") from None
     if args.resume is None and config is None:
         raise ConfigError("give a CONFIG file (or --config CONFIG, or --resume RUN_DIR); CONFIG may be a recipe "
                           "name such as classify (`plantpheno config list` names them)")
