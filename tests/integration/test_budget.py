@@ -1,0 +1,81 @@
+"""Budget mode end to end on tiny synthetic leaves (issue 33): no candidate is evaluated on the test split before
+the choice, the chosen candidate becomes a normal run evaluated on test once, with the leaderboard in its folder,
+its report and its tracking log, and the backbone pass of a candidate serves the later ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from plantpheno import pipeline
+from plantpheno.budget import train_in_budget
+from plantpheno.budget.ladder import Candidate
+from plantpheno.rundir import RunDir
+
+TINY_LADDER = [Candidate("tf_efficientnet_lite0", 32, 0, reason="head only"),
+               Candidate("tf_efficientnet_lite0", 32, 1, reason="one block fine-tuned")]
+
+
+class Recorder:
+    """A reporter that keeps every message in the shared event list."""
+
+    def __init__(self, events: list[tuple[str, str]]) -> None:
+        self.events = events
+
+    def info(self, message: str) -> None:
+        self.events.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.events.append(("warning", message))
+
+    def progress(self, **kwargs):
+        from plantpheno.reporting import LoggingReporter
+
+        return LoggingReporter().progress(**kwargs)
+
+
+def test_no_candidate_is_evaluated_on_test_before_the_choice(disease_root, make_config, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real = pipeline.evaluate_split
+
+    def recorded(model, loaders, *, split, config, run, **kwargs):
+        events.append(("evaluate", f"{split} {run.path}"))
+        return real(model, loaders, split=split, config=config, run=run, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_split", recorded)
+    config = make_config(data={"root": str(disease_root)}, budget={"folds": 2}, run_name="chosen",
+                         evaluation={"report": True, "bootstrap_samples": 200})
+    result = train_in_budget(config, budget_s=1800, reporter=Recorder(events), ladder=TINY_LADDER)
+
+    chose = next(i for i, (kind, m) in enumerate(events) if kind == "info" and m.startswith("budget: chose "))
+    evaluations = [(i, m.split(" ", 1)) for i, (kind, m) in enumerate(events) if kind == "evaluate"]
+    before = [(split, run) for i, (split, run) in evaluations if i < chose]
+    after = [(split, run) for i, (split, run) in evaluations if i > chose]
+    assert len(before) == 4 and all(split == "val" for split, _ in before)  # 2 candidates x 2 folds
+    assert all("-candidates" in run for _, run in before)
+    assert after == [("test", str(result.run.run_dir))]  # the test split, once, for the chosen candidate
+    # the candidates' folders hold no test evaluation either
+    for row in result.rows:
+        assert row.status == "done" and len(row.folds) == 2 and row.se is not None
+        for run in row.runs:
+            assert not RunDir(Path(run)).eval("test").path.exists()
+
+    run = RunDir(result.run.run_dir)
+    assert run.read_status()["status"] == "completed" and run.path.name == "chosen"
+    board = json.loads(run.budget_leaderboard.read_text())
+    assert board["chosen"] == result.chosen.name and board["folds"] == 2 and "one standard error" in board["rule"]
+    assert [c["name"] for c in board["candidates"]] == ["lite0-32-crop-head", "lite0-32-crop-ft1"]
+    assert run.budget_leaderboard_csv.read_text().splitlines()[0].startswith("rung,candidate,status,val_accuracy")
+    assert "Budget mode: candidates" in run.report_for("test").read_text()
+    assert str(run.budget_leaderboard) in (run.path / "tracking" / "artifacts.txt").read_text()
+    # progress: which candidate runs, its validation figure, the time left
+    lines = [m for kind, m in events if kind == "info"]
+    assert any(m.startswith("budget: candidate 1 lite0-32-crop-head") and "s left" in m for m in lines)
+    assert any(m.startswith("budget: lite0-32-crop-head: validation accuracy") and "over 2 folds" in m for m in lines)
+    # the backbone pass the candidates made served the final run
+    assert any("reused from an earlier run's pass" in m for kind, m in events[chose:])
+
+    from plantpheno.api import load_model
+
+    image = next(disease_root.rglob("*.jpg"))  # the chosen run predicts like any run
+    assert load_model(run.path).predict([image])[0].label in {d.name for d in disease_root.iterdir()}
