@@ -3,7 +3,7 @@ intervals, and each budget run's wall time against its budget (issue 33).
 
     python benchmarks/budget.py                 # PlantVillage subset + synthetic rosettes, budgets 5, 10, 20 min
     python benchmarks/budget.py --quick         # small subsets, a 2 min budget on each (about 6 min)
-    python benchmarks/budget.py --datasets plantvillage --budgets 10m
+    python benchmarks/budget.py --datasets plantvillage --budgets 10m   # writes budget_plantvillage.*
 
 Per dataset: the shipped recipe (``classify`` for PlantVillage, ``traits`` for the rosettes) trained once with
 ``pipeline.train``, then ``train_in_budget`` at each budget, all with seed 0 on the same split. Each budget run
@@ -163,7 +163,8 @@ def main() -> None:
     folds = 2 if args.quick else 5
     doc: dict[str, Any] = {"quick": args.quick, "machine": machine(), "command": " ".join(["python", *sys.argv]),
                            "started": time.strftime("%Y-%m-%d %H:%M"), "datasets": {}}
-    stem = "budget_quick" if args.quick else "budget"
+    stem = ("budget_quick" if args.quick else "budget") + (
+        "" if sorted(args.datasets) == ["plantvillage", "traits"] else "_" + "_".join(args.datasets))
 
     def save() -> None:
         OUT.mkdir(exist_ok=True)

@@ -89,6 +89,9 @@ def test_the_choice_is_the_best_mean_with_ties_within_one_se_to_the_cheaper_rung
     maes = [_row(1, 0.50, 0.02), _row(2, 0.40, 0.02), _row(3, 0.41, 0.01)]
     assert leaderboard.choose(maes, direction="min").rung == 2  # lower is better; 0.41 is tied but later
     assert leaderboard.choose([_row(1, None, None, "skipped")], direction="max") is None
+    cut = [_row(1, 0.5, 0.1, "cut"), _row(2, None, None, "not tried")]  # only when no candidate finished
+    assert leaderboard.choose(cut, direction="max") is None
+    assert leaderboard.choose(cut, direction="max", status="cut").rung == 1
 
 
 def test_a_score_has_a_spread_over_folds_or_from_the_bootstrap_interval():

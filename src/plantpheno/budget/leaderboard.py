@@ -61,9 +61,10 @@ def summarise(row: Row, results: Sequence[tuple[float, tuple[float, float] | Non
         row.se = (interval[1] - interval[0]) / (2 * z) if interval else 0.0
 
 
-def choose(rows: Sequence[Row], *, direction: str) -> Row | None:
-    """The rule of :data:`RULE`: best mean; within one standard error of it, the earliest rung."""
-    done = [r for r in rows if r.status == "done" and r.score is not None]
+def choose(rows: Sequence[Row], *, direction: str, status: str = "done") -> Row | None:
+    """The rule of :data:`RULE`: best mean; within one standard error of it, the earliest rung (among the rows
+    of ``status``: finished ones; cut ones only when none finished)."""
+    done = [r for r in rows if r.status == status and r.score is not None]
     if not done:
         return None
     sign = 1.0 if direction == "max" else -1.0

@@ -82,6 +82,9 @@ def train_in_budget(config: Config, *, budget_s: float | None = None, reporter: 
         candidates.append(tta)
         tried.run(rows[-1], tta, store)
     chosen = leaderboard.choose(rows, direction=direction)
+    if chosen is None and (chosen := leaderboard.choose(rows, direction=direction, status="cut")) is not None:
+        reporter.warning(f"budget: no candidate finished before its deadline; choosing {chosen.name}, which was cut "
+                         f"short: this budget is too tight for this machine and data")
     if chosen is None:
         raise ConfigError(f"no candidate finished within the budget of {budget_s:.0f} s (see the messages above); "
                           f"give a longer budget")
@@ -134,17 +137,24 @@ class _Loop:
         began = time.monotonic()
         # a candidate that runs far past its estimate must not eat the final run's time: it stops at this deadline
         deadline = _Deadline(self.start + self.budget_s - final)
+        results = []
         try:
-            results = [self._one(candidate, row, k, store, deadline) for k in range(max(1, len(self.manifests)))]
+            for k in range(max(1, len(self.manifests))):
+                if deadline.fired:  # the later folds would not train at all
+                    break
+                results.append(self._one(candidate, row, k, store, deadline))
         except TrainingError as exc:  # a diverging candidate; bad data or weights stop budget mode
             row.status, row.note = "failed", str(exc)
             self.reporter.warning(f"budget: candidate {row.name} failed: {exc}")
             return True
         if deadline.fired:
             row.status, row.seconds, self.stopped = "cut", round(time.monotonic() - began, 1), True
-            row.note = "stopped at the budget's deadline before its last epoch: not comparable, not chosen"
+            leaderboard.summarise(row, results, z=Z)
+            row.note = (f"stopped at the budget's deadline before its last epoch ({len(results)} fold(s) run): "
+                        f"chosen only if no candidate finished")
             self.reporter.warning(f"budget: {row.name} ran past its estimate ({estimate:.0f} s) and was stopped to "
-                                  f"leave the final run its time; it is left out of the choice")
+                                  f"leave the final run its time; it is left out of the choice unless no candidate "
+                                  f"finished (the budget is tight for this machine)")
             return False
         row.seconds = round(time.monotonic() - began, 1)
         self.estimator.record(candidate, pass_cached=cached, seconds=row.seconds)
