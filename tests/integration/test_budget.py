@@ -79,3 +79,50 @@ def test_no_candidate_is_evaluated_on_test_before_the_choice(disease_root, make_
 
     image = next(disease_root.rglob("*.jpg"))  # the chosen run predicts like any run
     assert load_model(run.path).predict([image])[0].label in {d.name for d in disease_root.iterdir()}
+
+
+def test_a_run_served_by_the_feature_store_trains_the_same_model(disease_root, make_config):
+    """The store only saves the backbone pass: a run whose cached activations come from an earlier run's pass ends
+    with the same weights and validation figures as the run that made them (and as a run without a store)."""
+    import torch
+
+    from plantpheno.training.feature_store import FeatureStore
+
+    def config(name):
+        return make_config(data={"root": str(disease_root)}, run_name=name,
+                           model={"backbone": "tf_efficientnet_lite0", "pretrained": "bundled",
+                                  "freeze_backbone": True},
+                           training={"epochs": 2, "feature_cache": True, "progress_bar": False,
+                                     "fine_tune": {"epochs": 1, "blocks": 1}},
+                           evaluation={"split": "val", "bootstrap_samples": 0, "report": False})
+
+    store = FeatureStore()
+    plain = pipeline.train(config("plain"))
+    made = pipeline.train(config("made"), feature_store=store)
+    assert store.hits == 0 and store.misses > 0 and len(store.keys()) == 1
+    served = pipeline.train(config("served"), feature_store=store)
+    assert store.hits == store.misses  # every image of the second run came from the store
+    for run in (made, served):
+        assert run.metrics["accuracy"] == plain.metrics["accuracy"]
+        weights = torch.load(RunDir(run.run_dir).best_checkpoint, weights_only=False)["model"]
+        reference = torch.load(RunDir(plain.run_dir).best_checkpoint, weights_only=False)["model"]
+        assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_budget_mode_on_a_trait_chooses_by_the_lowest_mae(rosette_manifest, make_config):
+    """Regression: the metric is the MAE, lower is better, and the folds keep each plant's views together."""
+    from plantpheno.reporting import RecordingReporter
+
+    config = make_config(task="regression", data={"manifest": str(rosette_manifest)}, budget={"folds": 2},
+                         run_name="chosen")
+    result = train_in_budget(config, budget_s=1800, reporter=RecordingReporter(), ladder=TINY_LADDER[:1])
+    board = json.loads(RunDir(result.run.run_dir).budget_leaderboard.read_text())
+    assert board["metric"] == "mae" and board["direction"] == "min" and "lower is better" in board["rule"]
+    assert result.chosen.status == "done" and len(result.chosen.folds) == 2
+    assert result.run.metrics["headline_metric"] == "mae"
+    folds = [line.split(",") for line in (Path(config.output_dir) / "default-candidates" / "folds" / "fold1.csv")
+             .read_text().splitlines()[1:]]
+    split_of_group: dict[str, set[str]] = {}
+    for _, _, split, group in folds:
+        split_of_group.setdefault(group, set()).add(split)
+    assert all(len(s) == 1 for s in split_of_group.values())  # a plant's views in one fold

@@ -61,6 +61,11 @@ def summarise(row: Row, results: Sequence[tuple[float, tuple[float, float] | Non
         row.se = (interval[1] - interval[0]) / (2 * z) if interval else 0.0
 
 
+def rule_text(metric: str, direction: str) -> str:
+    """The choice rule in words, for ``metric`` (``max``: higher is better)."""
+    return RULE.format(metric=metric, direction="higher is better" if direction == "max" else "lower is better")
+
+
 def choose(rows: Sequence[Row], *, direction: str, status: str = "done") -> Row | None:
     """The rule of :data:`RULE`: best mean; within one standard error of it, the earliest rung (among the rows
     of ``status``: finished ones; cut ones only when none finished)."""
@@ -78,8 +83,7 @@ def write(path_json: Path, path_csv: Path, *, rows: Sequence[Row], chosen: Row |
           direction: str, budget_s: float, elapsed_s: float, folds: int, extra: dict[str, Any]) -> None:
     """Both files, atomically."""
     doc = {"version": VERSION, "metric": metric, "direction": direction,
-           "rule": RULE.format(metric=metric, direction="higher is better" if direction == "max" else
-                               "lower is better"),
+           "rule": rule_text(metric, direction),
            "budget_s": budget_s, "elapsed_s": round(elapsed_s, 1), "folds": folds,
            "chosen": chosen.name if chosen else None, **extra, "candidates": [asdict(r) for r in rows]}
     atomic_write_text(path_json, json.dumps(doc, indent=2, default=str) + "\n")

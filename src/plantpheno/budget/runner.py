@@ -73,32 +73,42 @@ def train_in_budget(config: Config, *, budget_s: float | None = None, reporter: 
     for row, candidate in zip(rows, candidates, strict=True):
         if not tried.run(row, candidate, store):
             break
-    leader = leaderboard.choose(rows, direction=direction)
-    if leader is not None and ladder is None:  # TTA on the leader, when it fits
-        tta = Candidate(**{**leader_candidate(candidates, rows, leader).__dict__, "tta": "flips",
-                           "reason": TTA_REASON})
-        rows.append(leaderboard.Row(len(rows) + 1, tta.name(resize_of(tta, plan.recipe_resize)), TTA_REASON,
-                                    _settings(tta, plan)))
-        candidates.append(tta)
-        tried.run(rows[-1], tta, store)
-    chosen = leaderboard.choose(rows, direction=direction)
-    if chosen is None and (chosen := leaderboard.choose(rows, direction=direction, status="cut")) is not None:
+    if ladder is None:
+        _try_tta(rows, candidates, plan, tried, store)
+    for row in rows:
+        row.status = "not tried" if row.status == "pending" else row.status
+    chosen = _choose(rows, plan, reporter, budget_s)
+    best = candidates[chosen.rung - 1]
+    reporter.info(f"budget: chose {chosen.name} (validation {metric} {chosen.score:.4f} ± {chosen.se:.4f} SE) by "
+                  f"the rule: {leaderboard.rule_text(metric, direction)}; training it as the final run and "
+                  f"evaluating the test split once; {budget_s - tried.elapsed():.0f} s left")
+    result = _final_run(plan, best, rows, chosen, store, tried, callbacks, reporter)
+    return BudgetResult(result, chosen, tuple(rows), tried.elapsed(), budget_s)
+
+
+def _try_tta(rows: list[leaderboard.Row], candidates: list[Candidate], plan: BudgetPlan, loop: _Loop,
+             store: FeatureStore) -> None:
+    """The last rung: the leader with test-time augmentation, when it fits."""
+    leader = leaderboard.choose(rows, direction=plan.direction)
+    if leader is None or loop.stopped:
+        return
+    tta = Candidate(**{**candidates[leader.rung - 1].__dict__, "tta": "flips", "reason": TTA_REASON})
+    rows.append(leaderboard.Row(len(rows) + 1, tta.name(resize_of(tta, plan.recipe_resize)), TTA_REASON,
+                                _settings(tta, plan)))
+    candidates.append(tta)
+    loop.run(rows[-1], tta, store)
+
+
+def _choose(rows: list[leaderboard.Row], plan: BudgetPlan, reporter: Reporter, budget_s: float) -> leaderboard.Row:
+    """The rule over the finished candidates; over those cut at their deadline only when none finished."""
+    chosen = leaderboard.choose(rows, direction=plan.direction)
+    if chosen is None and (chosen := leaderboard.choose(rows, direction=plan.direction, status="cut")) is not None:
         reporter.warning(f"budget: no candidate finished before its deadline; choosing {chosen.name}, which was cut "
                          f"short: this budget is too tight for this machine and data")
     if chosen is None:
         raise ConfigError(f"no candidate finished within the budget of {budget_s:.0f} s (see the messages above); "
                           f"give a longer budget")
-    best = candidates[chosen.rung - 1]
-    reporter.info(f"budget: chose {chosen.name} (validation {metric} {chosen.score:.4f} ± {chosen.se:.4f} SE) by "
-                  f"the rule: {leaderboard.RULE.format(metric=metric, direction=direction)}; training it as the "
-                  f"final run and evaluating the test split once; {budget_s - tried.elapsed():.0f} s left")
-    result = _final_run(plan, best, rows, chosen, store, tried, callbacks, reporter)
-    return BudgetResult(result, chosen, tuple(rows), tried.elapsed(), budget_s)
-
-
-def leader_candidate(candidates: Sequence[Candidate], rows: Sequence[leaderboard.Row],
-                     leader: leaderboard.Row) -> Candidate:
-    return candidates[[r.rung for r in rows].index(leader.rung)]
+    return chosen
 
 
 class _Loop:
@@ -149,6 +159,9 @@ class _Loop:
             return True
         if deadline.fired:
             row.status, row.seconds, self.stopped = "cut", round(time.monotonic() - began, 1), True
+            # it would have taken longer still: its seconds are a lower bound, the best the final run's estimate has
+            self.estimator.record(candidate, pass_cached=cached, seconds=row.seconds)
+            self.plan.passes_done.add(key)
             leaderboard.summarise(row, results, z=Z)
             row.note = (f"stopped at the budget's deadline before its last epoch ({len(results)} fold(s) run): "
                         f"chosen only if no candidate finished")
@@ -263,5 +276,5 @@ def _announce(reporter: Reporter, plan: BudgetPlan, candidates: Sequence[Candida
            else f"the validation split ({len(profile.prepared.splits['val'])} images)")
     reporter.info(f"budget: {budget_s:.0f} s for up to {len(candidates)} candidates (+ TTA on the leader), scored "
                   f"on {how}; rule, fixed now: "
-                  f"{leaderboard.RULE.format(metric=plan.metric, direction=plan.direction)}; the test split is "
+                  f"{leaderboard.rule_text(plan.metric, plan.direction)}; the test split is "
                   f"evaluated once, for the chosen candidate")
