@@ -62,11 +62,12 @@ def test_the_ladder_runs_cheapest_first_and_gives_a_reason_for_every_rung():
 
 
 def test_the_estimator_counts_a_cached_pass_as_free_and_learns_from_the_runs():
-    est = Estimator(DataSize(1600, 340, 340), head_epochs=60, fine_tune_epochs=6)
+    est = Estimator(DataSize(1600, 340, 340), head_epochs=60, fine_tune_epochs=6, probed=3.0)
+    assert est.factor == 3.0  # the probe's, until a candidate has run
     first, fine = LADDER[0], LADDER[2]
     assert est.seconds(first, pass_cached=True) < est.seconds(first, pass_cached=False) / 2
     assert est.seconds(fine, pass_cached=True) > est.seconds(first, pass_cached=True)
-    prior = est.seconds(first, pass_cached=False)
+    prior = est.prior(first, pass_cached=False)
     est.record(first, pass_cached=False, seconds=prior * 2)
     assert est.factor == pytest.approx(2)
     assert est.seconds(fine, pass_cached=True) == pytest.approx(2 * est.prior(fine, pass_cached=True))

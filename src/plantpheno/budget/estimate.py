@@ -46,12 +46,14 @@ class Estimator:
     head_epochs: int
     fine_tune_epochs: int
     measured: list[tuple[float, float]] = field(default_factory=list)  # (prior estimate, measured seconds)
+    probed: float = 1.0  # this machine's speed against the reference before any candidate ran (:func:`probe`)
 
     @property
     def factor(self) -> float:
-        """Measured over estimated seconds so far (1 before any candidate ran), kept within [0.1, 10]."""
+        """Measured over estimated seconds so far (the probe's factor before any candidate ran), kept within
+        [0.1, 10]."""
         if not self.measured:
-            return 1.0
+            return self.probed
         prior, actual = (sum(x) for x in zip(*self.measured, strict=True))
         return min(10.0, max(0.1, actual / prior)) if prior > 0 else 1.0
 
@@ -94,3 +96,34 @@ class Estimator:
 
     def record(self, candidate: Candidate, *, pass_cached: bool, seconds: float) -> None:
         self.measured.append((self.prior(candidate, pass_cached=pass_cached), seconds))
+
+
+PROBE_IMAGES = 8
+
+
+def probe(device: str) -> float:
+    """How much slower (> 1) or faster (< 1) than the reference this machine runs a Lite0 pass now: 8 random
+    224 px images through a randomly initialised Lite0, timed after a warm-up batch of the same shape (which
+    creates the kernels; 0.2 s a batch on the reference). It sees the machine's load too, which the prior cannot; the first candidate's measured seconds
+    replace it."""
+    import time
+
+    import timm
+    import torch
+
+    from plantpheno.device import resolve_device
+
+    target = resolve_device(device)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval().to(target)
+    images = torch.randn(PROBE_IMAGES, 3, 224, 224, device=target)
+    with torch.no_grad():
+        model(images)  # the first batch of a shape creates its kernels: not timed
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        began = time.perf_counter()
+        model(images)
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        seconds = time.perf_counter() - began
+    # a fast device still pays the runs' fixed parts (data, checkpoints, the log): no less than a quarter
+    return min(10.0, max(0.25, seconds / (PROBE_IMAGES * PASS_S)))

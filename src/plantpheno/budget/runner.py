@@ -17,7 +17,7 @@ from typing import Any
 
 from plantpheno import pipeline
 from plantpheno.budget import leaderboard
-from plantpheno.budget.estimate import DataSize, Estimator
+from plantpheno.budget.estimate import DataSize, Estimator, probe
 from plantpheno.budget.folds import validation_too_small, write_fold_manifests
 from plantpheno.budget.ladder import TTA_REASON, Candidate, ladder_for, resize_of
 from plantpheno.budget.profile import DataProfile, profile_data
@@ -61,7 +61,8 @@ def train_in_budget(config: Config, *, budget_s: float | None = None, reporter: 
     folds = config.budget.folds if small else 1
     candidates = list(ladder) if ladder is not None else ladder_for(aspect_varies=profile.aspect_varies)
     size = DataSize(*(len(profile.prepared.splits[s]) for s in ("train", "val", "test")), folds=folds)
-    estimator = Estimator(size, head_epochs=plan.head_epochs, fine_tune_epochs=plan.fine_tune_epochs)
+    estimator = Estimator(size, head_epochs=plan.head_epochs, fine_tune_epochs=plan.fine_tune_epochs,
+                          probed=probe(plan.base.device))
     _check_fits(candidates[0], estimator, budget_s - (time.monotonic() - start), budget_s)
     manifests = (write_fold_manifests(profile.prepared, folds, seed=config.seed, folder=plan.candidates_dir / "folds")
                  if folds > 1 else [])
