@@ -1,6 +1,6 @@
 """Budget mode's parts without training: durations, the ladder, the estimator, the choice rule, the folds, the
 feature store, and the refusals before anything runs (issue 33). The end-to-end run and the proof that no
-candidate is evaluated on test before the choice: tests/integration/test_budget.py."""
+candidate is evaluated on test before the choice: tests/integration/test_budget_end_to_end.py."""
 
 from __future__ import annotations
 
