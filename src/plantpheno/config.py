@@ -465,6 +465,60 @@ class RegistryConfig(_Section):
                                               "else the project's runs/mlflow.db.")
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds of a duration written ``90s``, ``15m``, ``1h30m`` or ``2h`` (a bare number counts as seconds).
+
+    Raises:
+        ValueError: anything else, or a duration that is not positive (the message says what is accepted).
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"a duration such as 90s, 15m or 1h30m, got {text!r}")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        spelled = str(text).strip().lower().replace(" ", "")
+        match = _DURATION.fullmatch(spelled)
+        if re.fullmatch(r"\d+(?:\.\d+)?", spelled):
+            seconds = float(spelled)
+        elif spelled and match is not None and any(match.groups()):
+            hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+            seconds = hours * 3600 + minutes * 60 + secs
+        else:
+            raise ValueError(f"a duration such as 90s, 15m or 1h30m, got {short_repr(text)}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a positive duration such as 90s, 15m or 1h30m, got {short_repr(text)}")
+    return seconds
+
+
+class BudgetConfig(_Section):
+    """Budget mode (``plantpheno train --budget 15m``): the best validated candidate of a ladder within a time."""
+
+    time: str | None = Field(
+        None, description="Wall-clock budget such as 90s, 15m or 1h30m; null = train this config as it is. With a "
+        "budget, candidates (bundled EfficientNet-Lite backbones, input sizes, head-only or fine-tuned blocks, resize, "
+        "TTA) are chosen on validation data only; the chosen one is evaluated on test once (docs: guide/budget).")
+    folds: int = Field(5, ge=2, le=20, description="Group K-fold on train+val when the validation split is small "
+                       "(< 200 images, or < 20 a class): each candidate's score is the mean over K folds.")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _a_duration(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        try:
+            parse_duration(v)
+        except ValueError:  # the field's error already shows the value given
+            raise ValueError("a positive duration such as 90s, 15m or 1h30m") from None
+        return str(v)
+
+    @property
+    def seconds(self) -> float | None:
+        return parse_duration(self.time) if self.time is not None else None
+
+
 class Config(_Section):
     """A complete plantpheno run configuration."""
 
@@ -484,6 +538,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     @field_validator("device")
     @classmethod

@@ -48,6 +48,7 @@ from plantpheno.training.callbacks import (
     TrackerCallback,
 )
 from plantpheno.training.checkpoint import load_checkpoint, restore_rng
+from plantpheno.training.feature_store import FeatureStore
 from plantpheno.training.features import CachedHead
 from plantpheno.training.losses import build_loss
 from plantpheno.training.optim import build_optimizer, build_scheduler, steps_per_batch
@@ -92,8 +93,9 @@ class _Setup:
 
 
 def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, reporter: Reporter,
-           dist: DistContext = DistContext(), splits: Sequence[str] = SPLITS) -> _Setup:
-    """Data, task, model and loaders."""
+           dist: DistContext = DistContext(), splits: Sequence[str] = SPLITS,
+           feature_store: FeatureStore | None = None) -> _Setup:
+    """Data, task, model and loaders; ``feature_store`` shares frozen backbone passes with other runs."""
     main = dist.is_main  # only rank 0 shows progress
     prepared = prepare_data(config, manifest_override=manifest, reporter=reporter if main else None)
     _report_links(prepared, config, reporter)
@@ -116,13 +118,17 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
             "dataset_fingerprint": prepared.fingerprint}
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
-                               reporter=reporter if main else None) if config.training.feature_cache else None)
+                               reporter=reporter if main else None, store=feature_store)
+                if config.training.feature_cache else None)
     return _Setup(config, prepared, task, model, loaders, device, meta, dist, reporter, plan_phases(config), features)
 
 
 def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: bool = True,
-          reporter: Reporter | None = None) -> RunResult:
+          reporter: Reporter | None = None, feature_store: FeatureStore | None = None) -> RunResult:
     """Train a new run from ``config``, evaluate it, and return where it is.
+
+    ``feature_store`` (with ``training.feature_cache``) keeps the frozen backbone's passes for later runs of this
+    process and serves the ones an earlier run made (budget mode's candidates share them).
 
     Under torchrun every rank calls this; rank 0 creates the run directory (and holds its lock) and tells the
     others.
@@ -136,7 +142,8 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
             seed_everything(config.seed, deterministic=config.deterministic)
             set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
             # Data and model first: a bad image or backbone fails before any run folder exists.
-            setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
+            setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter,
+                           feature_store=feature_store)
             # an error-level finding stops here too, on every rank (rank 0 checks, the others hear its verdict)
             checked = dist.on_main(lambda: _check_data(setup))
             run = dist.broadcast(_new_run_dir(setup, held, checked) if dist.is_main else None)

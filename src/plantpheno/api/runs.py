@@ -53,9 +53,13 @@ def load_config(config: str | os.PathLike[str] | Config | Mapping[str, Any] | No
 def train(config: str | os.PathLike[str] | Config | Mapping[str, Any],
           overrides: Sequence[str] | Mapping[str, Any] = (), *, data_path: str | os.PathLike[str] | None = None,
           output_path: str | os.PathLike[str] | None = None, verbose: bool = True, reporter: Reporter | None = None,
-          callbacks: Sequence[object] = ()) -> Run:
+          callbacks: Sequence[object] = (), budget: str | float | None = None) -> Run:
     """Train a new run, evaluate its best checkpoint on the held-out split, register it when
     ``registry.name`` is set, and return the :class:`Run` (``plantpheno train``).
+
+    ``budget`` (``"15m"``, ``"1h30m"``, or seconds; or ``budget.time`` in the config) is budget mode
+    (``plantpheno train --budget``): the best candidate on validation data within that wall-clock time, trained as
+    the returned run, whose folder holds the leaderboard (``budget_leaderboard.csv``).
 
     ``config``, ``overrides``, ``data_path`` and ``output_path`` are those of :func:`load_config`.
     ``callbacks`` are trainer callbacks (objects with ``on_*`` methods, see ``training/callbacks.py``).
@@ -63,7 +67,7 @@ def train(config: str | os.PathLike[str] | Config | Mapping[str, Any],
     :class:`~plantpheno.training.loop.Interrupted`; :func:`resume` continues the run.
     """
     return Trainer(config, overrides, data_path=data_path, output_path=output_path, verbose=verbose,
-                   reporter=reporter, callbacks=callbacks).fit()
+                   reporter=reporter, callbacks=callbacks, budget=budget).fit()
 
 
 def resume(run: Run | str | os.PathLike[str], *, verbose: bool = True, reporter: Reporter | None = None,
@@ -106,8 +110,11 @@ class Trainer:
     def __init__(self, config: str | os.PathLike[str] | Config | Mapping[str, Any],
                  overrides: Sequence[str] | Mapping[str, Any] = (), *,
                  data_path: str | os.PathLike[str] | None = None, output_path: str | os.PathLike[str] | None = None,
-                 verbose: bool = True, reporter: Reporter | None = None, callbacks: Sequence[object] = ()) -> None:
+                 verbose: bool = True, reporter: Reporter | None = None, callbacks: Sequence[object] = (),
+                 budget: str | float | None = None) -> None:
         self.config: Config = load_config(config, overrides, data_path=data_path, output_path=output_path)
+        if budget is not None:  # checked here, like the config: a bad duration fails before anything runs
+            self.config = load_config(self.config, {"budget.time": str(budget)})
         self.reporter = _reporter(verbose, reporter)
         self.callbacks = tuple(callbacks)
 
@@ -115,6 +122,10 @@ class Trainer:
         """Train, evaluate (and register, with ``registry.name``); the finished :class:`Run`."""
         import plantpheno.pipeline as pipeline
 
+        if self.config.budget.time is not None:
+            from plantpheno.budget import train_in_budget
+
+            return Run(train_in_budget(self.config, reporter=self.reporter, callbacks=self.callbacks).run.run_dir)
         result = pipeline.train(self.config, callbacks=self.callbacks, reporter=self.reporter)
         return Run(result.run_dir)
 

@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-path", type=Path, default=None, metavar="DIR",
                    help="where runs go (sets output_dir): DIR/<experiment>/<run_name>/")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--budget", default=None, metavar="DURATION",
+                   help="budget mode: within DURATION (90s, 15m, 1h30m) try bundled EfficientNet-Lite candidates "
+                        "cheapest first, choose on validation only, train the chosen one as this run and evaluate "
+                        "its test split once (sets budget.time; docs: guide/budget)")
     p.add_argument("--nproc", type=integer(1, 1024), default=None, metavar="N",
                    help="launch N data-parallel processes on this machine with torchrun (--standalone)")
     p.set_defaults(func=run)
@@ -49,9 +53,17 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
         elif config is not None:
             raise ConfigError(f"the config is given twice ({config} and --config {args.config_option}); give one")
         config = args.config_option
-    if args.resume is not None and (config is not None or overrides or args.data_path or args.output_path):
-        raise ConfigError("--resume RUN_DIR takes no config or overrides (nor --data-path, --output-path): a run "
-                          "resumes with its own config")
+    if args.resume is not None and (config is not None or overrides or args.data_path or args.output_path
+                                    or args.budget is not None):
+        raise ConfigError("--resume RUN_DIR takes no config or overrides (nor --data-path, --output-path, --budget): "
+                          "a run resumes with its own config")
+    if args.budget is not None:
+        from plantpheno.config import parse_duration
+
+        try:
+            parse_duration(args.budget)
+        except ValueError as exc:
+            raise ConfigError(f"--budget: expected {exc}") from None
     if args.resume is None and config is None:
         raise ConfigError("give a CONFIG file (or --config CONFIG, or --resume RUN_DIR); CONFIG may be a recipe "
                           "name such as classify (`plantpheno config list` names them)")
@@ -60,6 +72,8 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     args = resolve_arguments(args)
+    if args.nproc is not None and args.budget is not None:
+        raise ConfigError("--budget runs its candidates in this process; it does not combine with --nproc")
     if args.nproc is not None:
         return _launch_torchrun(args)
     from plantpheno import pipeline
@@ -73,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
         if args.resume is not None:
             result = pipeline.resume(args.resume, reporter=reporter)
         else:
-            config = load_config(args.config, args.overrides, data_path=args.data_path, output_path=args.output_path)
-            result = pipeline.train(config, reporter=reporter)
+            overrides = [*args.overrides, *([f"budget.time={args.budget}"] if args.budget is not None else [])]
+            config = load_config(args.config, overrides, data_path=args.data_path, output_path=args.output_path)
+            if config.budget.time is not None:
+                from plantpheno.budget import train_in_budget
+
+                result = train_in_budget(config, reporter=reporter).run
+            else:
+                result = pipeline.train(config, reporter=reporter)
     except Interrupted as exc:
         if main_rank:
             print(f"plantpheno: interrupted by {exc.reason} at epoch {exc.state.epoch + 1}, batch {exc.state.batch}; "

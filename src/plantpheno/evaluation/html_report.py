@@ -122,6 +122,8 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
         parts.append(sections.calibration(cal, figures.reliability_diagram(panels), split=split))
     if metrics.get("tta"):
         parts.append(sections.tta(metrics["tta"]))
+    if run.budget_leaderboard.is_file():  # budget mode: the candidates this run was chosen from
+        parts.append(sections.budget(_read_json(run.budget_leaderboard)))
     parts.append(sections.data_check(check, check_problem))
     parts.append(_label_errors(check, meta))
     return _document(run, split, "".join(p for p in parts if p))

@@ -234,6 +234,25 @@ def tta(block: dict[str, Any]) -> str:
     return section("tta", "Test-time augmentation", body)
 
 
+def budget(board: dict[str, Any]) -> str:
+    """Budget mode's leaderboard (``budget_leaderboard.json``): every candidate's validation score and seconds,
+    the rule fixed before the first one ran, and the choice."""
+    metric = board["metric"]
+    rows = [(c["rung"], c["name"] + (" (chosen)" if c["name"] == board.get("chosen") else ""), c["status"],
+             None if c.get("score") is None else f"{fmt(c['score'])} ± {fmt(c.get('se'))}",
+             len(c.get("folds") or []) or "", None if c.get("seconds") is None else f"{c['seconds']:.0f}",
+             c.get("reason", "")) for c in board["candidates"]]
+    folds = board.get("folds", 1)
+    scored = (f"group {folds}-fold cross-validation on train+val (mean ± standard error over folds)" if folds > 1
+              else "the validation split (± the standard error from its bootstrap interval)")
+    note = (f"<p>Budget {board['budget_s']:.0f} s, used {board['elapsed_s']:.0f} s. Candidates were scored on "
+            f"{esc(scored)}; none was evaluated on the test split. Rule, fixed before the first candidate: "
+            f"{esc(board['rule'])}. The chosen candidate was then trained as this run; its test figures above are "
+            f"its only test evaluation.</p>")
+    return section("budget", "Budget mode: candidates", table(
+        ("rung", "candidate", "status", f"val {metric}", "folds", "seconds", "why on the ladder"), rows) + note)
+
+
 # --------------------------------------------------------------------------- traits
 
 

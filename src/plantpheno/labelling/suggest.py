@@ -136,7 +136,7 @@ def _read(run: RunDir, run_model: RunModel, pool: Path) -> tuple[list[Labelled],
     keep = [i for i, (e, c) in enumerate(zip(everyone, checks)) if c.problem is None and e.split in ("train", "val")]
     if not keep:
         raise DataError("none of the run's training and validation images can be read now (moved?): the "
-                        f"suggestions are measured against them")
+                        "suggestions are measured against them")
     # copies of any split's images are left out of the pool; only train + val count as labelled for choosing
     the_pool = read_pool(pool, everyone, [c for c in checks if c.problem is None], memo=memo,
                          near_distance=data.checks.near_duplicate_distance, max_pixels=data.max_image_pixels)

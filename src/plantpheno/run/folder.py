@@ -244,8 +244,18 @@ class RunDir:
         """The run's own files that trackers keep as artifacts (those that exist)."""
         files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
                  self.training_curves, self.bad_images, self.data_check, self.temperature,
+                 self.budget_leaderboard, self.budget_leaderboard_csv,
                  *(self.report_for(split) for split in ("test", "val", "train")))
         return tuple(p for p in files if p.is_file())
+
+    @property
+    def budget_leaderboard(self) -> Path:
+        """Budget mode's candidates, their validation scores and seconds, the rule and the choice (JSON)."""
+        return self.path / "budget_leaderboard.json"
+
+    @property
+    def budget_leaderboard_csv(self) -> Path:
+        return self.path / "budget_leaderboard.csv"
 
     def is_run(self) -> bool:
         """A folder is a run when it holds ``config.yaml`` or ``run.json``."""

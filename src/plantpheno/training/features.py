@@ -18,7 +18,7 @@ them, and the fine-tune phase trains on them directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from plantpheno.data.datasets import EpochSampler, ImageDataset, Loaders, Prepar
 from plantpheno.data.transforms import eval_transform
 from plantpheno.models import input_format
 from plantpheno.reporting import Reporter
+from plantpheno.training.feature_store import FeatureStore
 
 
 class CachedHead(nn.Module):
@@ -153,22 +154,31 @@ def pass_batch_size(train_batch: int, device: torch.device) -> int:
 def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Module, config: Config, *,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
                  fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 reporter: Reporter | None = None) -> dict[str, torch.Tensor]:
+                 reporter: Reporter | None = None, store: FeatureStore | None = None,
+                 store_key: Hashable | None = None) -> dict[str, torch.Tensor]:
     """``fn`` (default: the pooled features) of every train and val image, ``(views, N, ...)``: view 0 with
     the evaluation preprocessing, ``training.feature_cache_views - 1`` augmented views of the training images.
-    ``reporter`` shows each pass's progress."""
+    ``reporter`` shows each pass's progress. With ``store`` and ``store_key`` (the pass's identity), view 0 comes
+    from the store when it holds every image, and goes into it otherwise."""
     cached = {}
     for split in ("train", "val"):
         images = image_loaders[split]
         batch = pass_batch_size(images.batch_size, device)
-        # the loader's decoded-image cache serves when it holds the evaluation size: always for val, and for
-        # train when training takes no random crops
-        same_size = split == "val" or cache_spec(config.data, train=True) == cache_spec(config.data, train=False)
-        outputs = extract_features(model, [s.path for s in prepared.splits[split]], image_size=config.data.image_size,
-                                   mean=mean, std=std, batch_size=batch, device=device,
-                                   num_workers=images.num_workers, fn=fn, resize=config.data.resize,
-                                   cache=images.dataset.cache if same_size else None, reporter=reporter,
-                                   desc=f"backbone pass ({split})")
+        paths = [s.path for s in prepared.splits[split]]
+        outputs = store.get(store_key, paths) if store is not None and store_key is not None else None
+        if outputs is None:
+            # the loader's decoded-image cache serves when it holds the evaluation size: always for val, and for
+            # train when training takes no random crops
+            same_size = split == "val" or cache_spec(config.data, train=True) == cache_spec(config.data, train=False)
+            outputs = extract_features(model, paths, image_size=config.data.image_size,
+                                       mean=mean, std=std, batch_size=batch, device=device,
+                                       num_workers=images.num_workers, fn=fn, resize=config.data.resize,
+                                       cache=images.dataset.cache if same_size else None, reporter=reporter,
+                                       desc=f"backbone pass ({split})")
+            if store is not None and store_key is not None:
+                store.put(store_key, paths, outputs)
+        elif reporter is not None:
+            reporter.info(f"backbone pass ({split}): {len(paths)} images reused from an earlier run's pass")
         views = config.training.feature_cache_views
         extra = (augmented_views(model, images.dataset, views=views - 1, seed=config.seed, batch_size=batch,
                                  num_workers=images.num_workers, device=device, finish=image_loaders.finish, fn=fn,
@@ -213,7 +223,8 @@ def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config
 
 def feature_loaders(prepared: PreparedData, image_loaders: Loaders, model: nn.Module,
                     config: Config, *, mean: Sequence[float], std: Sequence[float],
-                    device: torch.device, reporter: Reporter | None = None) -> Loaders:
+                    device: torch.device, reporter: Reporter | None = None, store: FeatureStore | None = None,
+                    store_key: Hashable | None = None) -> Loaders:
     """Train/val loaders over cached pooled features (see :func:`loaders_over`)."""
     return loaders_over(cache_inputs(prepared, image_loaders, model, config, mean=mean, std=std, device=device,
-                                     reporter=reporter), image_loaders, config)
+                                     reporter=reporter, store=store, store_key=store_key), image_loaders, config)

@@ -26,6 +26,7 @@ from torch import nn
 from plantpheno.config import Config
 from plantpheno.data.datasets import Loaders, PreparedData
 from plantpheno.reporting import Reporter
+from plantpheno.training.feature_store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,10 @@ class FrozenFeatures:
 
     def __init__(self, model: nn.Module, prepared: PreparedData, loaders: Loaders, config: Config, *,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 reporter: Reporter | None) -> None:
+                 reporter: Reporter | None, store: FeatureStore | None = None) -> None:
         self.model, self.prepared, self.loaders, self.config = model, prepared, loaders, config
         self.mean, self.std, self.device, self.reporter = mean, std, device, reporter
+        self.store = store  # passes shared with other runs of this process (budget mode), or None
         self._cut: BackboneCut | None = None
         self._cut_found = False
         self._activations: dict[str, torch.Tensor] | None = None
@@ -147,7 +149,8 @@ class FrozenFeatures:
                          config.model.backbone)
                 return self.loaders, model
             return (feature_loaders(self.prepared, self.loaders, model, config, mean=self.mean, std=self.std,
-                                    device=self.device, reporter=self.reporter),
+                                    device=self.device, reporter=self.reporter, store=self.store,
+                                    store_key=self._store_key("pooled")),
                     CachedHead(model, dropout=config.model.dropout))
         acts = self._activations_at(cut)
         suffix = CutSuffix(model, cut.trunk[cut.index:])
@@ -164,8 +167,18 @@ class FrozenFeatures:
 
             self._activations = cache_inputs(self.prepared, self.loaders, self.model, self.config,
                                              fn=Prefix(cut.trunk[:cut.index]), mean=self.mean, std=self.std,
-                                             device=self.device, reporter=self.reporter)
+                                             device=self.device, reporter=self.reporter, store=self.store,
+                                             store_key=self._store_key(f"cut {cut.index}"))
             mib = sum(t.numel() * t.element_size() for t in self._activations.values()) / 2**20
             log.info("cached the frozen backbone's activations before module %d of %d: %.0f MiB", cut.index,
                      len(cut.trunk), mib)
         return self._activations
+
+    def _store_key(self, where: str) -> tuple[object, ...] | None:
+        """What fixes the frozen part's output for an image (:mod:`plantpheno.training.feature_store`); None (do not
+        share) for randomly initialised weights, which depend on the run's seed, and for augmented views."""
+        config = self.config
+        if self.store is None or config.model.pretrained is False or config.training.feature_cache_views > 1:
+            return None
+        return (where, config.model.backbone, str(config.model.pretrained), config.data.image_size,
+                config.data.resize, tuple(self.mean), tuple(self.std), self.device.type)

@@ -1,0 +1,129 @@
+"""How long a candidate will take, before it runs: a prior cost model, scaled by what the candidates that ran took.
+
+The prior is the 2-core AMD EPYC's (torch 2.14.1, benchmarks/results/backbone_pass.md and recipe_choice.md):
+Lite0 at 224 px passes 22 ms an image; a head on cached features trains at ~0.05 ms an image an epoch; fine-tuning
+one block on cached activations costs 3.7 ms an image an epoch, two 12 ms, three ~20 ms; a run's fixed part
+(data, model, evaluation) ~8 s plus 4 ms an image, and 0.25 s an epoch (validation, checkpoints, the log). After each candidate the prior is rescaled by the ratio of the
+measured to the estimated seconds of the candidates so far, so a faster machine (or a GPU) is learnt from the
+first candidate on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plantpheno.budget.ladder import Candidate
+
+PASS_S = 0.022  # a Lite0 224 px backbone pass, seconds an image
+HEAD_S = 0.00005  # head training on cached features, seconds an image an epoch
+EPOCH_S = 0.25  # an epoch's fixed part: validation, checkpoints, the log
+FINE_TUNE_S = {0: 0.0, 1: 0.0037, 2: 0.012, 3: 0.020}  # seconds an image an epoch, Lite0 224 px
+FIXED_S, FIXED_PER_IMAGE_S = 8.0, 0.004
+TTA_VIEWS = 4  # flips: identity, horizontal, vertical, half turn
+FULL_MODEL_S = 0.03  # a whole-model forward pass, seconds an image (evaluation with TTA, the test split)
+REPORT_S = 10.0  # report.html with Grad-CAM, the trackers' artifacts
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """Images per split (and how many folds score each candidate)."""
+
+    train: int
+    val: int
+    test: int
+    folds: int = 1  # 1 = the validation split; K = group K-fold on train+val
+
+    @property
+    def total(self) -> int:
+        return self.train + self.val + self.test
+
+
+@dataclass
+class Estimator:
+    """Prior seconds of a candidate, times a factor learnt from the ones that ran."""
+
+    size: DataSize
+    head_epochs: int
+    fine_tune_epochs: int
+    measured: list[tuple[float, float]] = field(default_factory=list)  # (prior estimate, measured seconds)
+    probed: float = 1.0  # this machine's speed against the reference before any candidate ran (:func:`probe`)
+
+    @property
+    def factor(self) -> float:
+        """Measured over estimated seconds so far (the probe's factor before any candidate ran), kept within
+        [0.1, 10]."""
+        if not self.measured:
+            return self.probed
+        prior, actual = (sum(x) for x in zip(*self.measured, strict=True))
+        return min(10.0, max(0.1, actual / prior)) if prior > 0 else 1.0
+
+    def prior(self, candidate: Candidate, *, pass_cached: bool) -> float:
+        """Seconds on the reference machine: the pass (unless cached), then per fold the fixed part and training."""
+        s = self.size
+        trainval = s.train + s.val
+        pass_s = 0.0 if pass_cached else trainval * PASS_S * candidate.relative_cost
+        # in K-fold each fold trains on (K-1)/K of train+val
+        train_images = s.train if s.folds == 1 else trainval * (s.folds - 1) / s.folds
+        fit = train_images * (self.head_epochs * HEAD_S + self.fine_tune_epochs * FINE_TUNE_S[candidate.blocks]
+                              * candidate.relative_cost ** 0.5)  # the fine-tuned blocks are a part of the network
+        fixed = FIXED_S + FIXED_PER_IMAGE_S * s.total + self._epochs(candidate) * EPOCH_S
+        tta = (s.val if s.folds == 1 else trainval) * TTA_VIEWS * FULL_MODEL_S * candidate.relative_cost \
+            if candidate.tta != "none" else 0.0
+        return pass_s + s.folds * (fixed + fit) + tta
+
+    def seconds(self, candidate: Candidate, *, pass_cached: bool) -> float:
+        """The estimate for this machine."""
+        return self.prior(candidate, pass_cached=pass_cached) * self.factor
+
+    def final_seconds(self, candidate: Candidate) -> float:
+        """The chosen candidate's final run: trained once more on train (passes cached), then evaluated."""
+        s = self.size
+        fit = s.train * (self.head_epochs * HEAD_S + self.fine_tune_epochs * FINE_TUNE_S[candidate.blocks]
+                         * candidate.relative_cost ** 0.5)
+        fixed = FIXED_S + FIXED_PER_IMAGE_S * s.total + self._epochs(candidate) * EPOCH_S
+        return (fixed + fit) * self.factor + self.evaluation_seconds(candidate)
+
+    def _epochs(self, candidate: Candidate) -> int:
+        return self.head_epochs + (self.fine_tune_epochs if candidate.blocks else 0)
+
+    def evaluation_seconds(self, candidate: Candidate) -> float:
+        """The final run's end: the test split through the whole model (with its TTA views, and val too for
+        TTA), the report with Grad-CAM and the trackers' artifacts."""
+        s = self.size
+        views = TTA_VIEWS if candidate.tta != "none" else 1
+        images = s.test + (s.val if candidate.tta != "none" else 0)
+        return (images * views * FULL_MODEL_S * candidate.relative_cost + REPORT_S) * self.factor
+
+    def record(self, candidate: Candidate, *, pass_cached: bool, seconds: float) -> None:
+        self.measured.append((self.prior(candidate, pass_cached=pass_cached), seconds))
+
+
+PROBE_IMAGES = 8
+
+
+def probe(device: str) -> float:
+    """How much slower (> 1) or faster (< 1) than the reference this machine runs a Lite0 pass now: 8 random
+    224 px images through a randomly initialised Lite0, timed after a warm-up batch of the same shape (which
+    creates the kernels; 0.2 s a batch on the reference). It sees the machine's load too, which the prior cannot; the first candidate's measured seconds
+    replace it."""
+    import time
+
+    import timm
+    import torch
+
+    from plantpheno.device import resolve_device
+
+    target = resolve_device(device)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval().to(target)
+    images = torch.randn(PROBE_IMAGES, 3, 224, 224, device=target)
+    with torch.no_grad():
+        model(images)  # the first batch of a shape creates its kernels: not timed
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        began = time.perf_counter()
+        model(images)
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        seconds = time.perf_counter() - began
+    # a fast device still pays the runs' fixed parts (data, checkpoints, the log): no less than a quarter
+    return min(10.0, max(0.25, seconds / (PROBE_IMAGES * PASS_S)))

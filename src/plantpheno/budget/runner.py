@@ -1,0 +1,281 @@
+"""Budget mode's loop: profile the data, try the ladder's candidates cheapest first while the rest of the budget
+fits the next one, choose on validation only, then train the chosen candidate as a normal run evaluated on test.
+
+No candidate is evaluated on the test split: each runs with ``evaluation.split: val`` (as tuning trials do) in its
+own folder under ``OUTPUT_DIR/<experiment>-candidates/``. Only the final run, started after the choice, evaluates
+the test split, once; it is an ordinary run folder (report, registry, export, predict, serving) that also holds the
+leaderboard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plantpheno import pipeline
+from plantpheno.budget import leaderboard
+from plantpheno.budget.estimate import DataSize, Estimator, probe
+from plantpheno.budget.folds import validation_too_small, write_fold_manifests
+from plantpheno.budget.ladder import TTA_REASON, Candidate, ladder_for, resize_of
+from plantpheno.budget.profile import DataProfile, profile_data
+from plantpheno.budget.settings import BudgetPlan, candidate_config, final_config, plan_budget
+from plantpheno.config import Config
+from plantpheno.errors import ConfigError, TrainingError
+from plantpheno.reporting import Reporter, default_reporter
+from plantpheno.run.folder import RunDir
+from plantpheno.training.feature_store import FeatureStore
+
+OVERRUN = 1.10  # the most a budget run may take, as a multiple of the budget (issue 33)
+Z = 1.959963984540054  # the 95 % normal quantile: a bootstrap interval's half-width over Z is a standard error
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """The final run (a normal :class:`~plantpheno.pipeline.RunResult`) and the leaderboard that chose it."""
+
+    run: pipeline.RunResult
+    chosen: leaderboard.Row
+    rows: tuple[leaderboard.Row, ...]
+    elapsed_s: float
+    budget_s: float
+
+
+def train_in_budget(config: Config, *, budget_s: float | None = None, reporter: Reporter | None = None,
+                    ladder: Sequence[Candidate] | None = None, callbacks: Sequence[object] = ()) -> BudgetResult:
+    """The best validated candidate of the ladder (:mod:`plantpheno.budget.ladder`) within ``budget_s`` seconds
+    of wall-clock time (default: ``budget.time`` of the config), trained as a normal run and evaluated on test once.
+
+    ``ladder`` replaces the ladder (tests use a tiny one). Raises ConfigError when the budget cannot fit the
+    cheapest candidate (saying how much it needs) or when no budget is given."""
+    start = time.monotonic()
+    reporter = default_reporter(reporter)
+    budget_s = budget_s if budget_s is not None else config.budget.seconds
+    if budget_s is None:
+        raise ConfigError("budget mode needs a budget: --budget 15m, budget= in the API, or budget.time in the config")
+    plan = plan_budget(config, reporter=reporter)
+    profile = profile_data(plan.base, reporter=reporter)
+    small = validation_too_small(profile.prepared)
+    folds = config.budget.folds if small else 1
+    candidates = list(ladder) if ladder is not None else ladder_for(aspect_varies=profile.aspect_varies)
+    size = DataSize(*(len(profile.prepared.splits[s]) for s in ("train", "val", "test")), folds=folds)
+    estimator = Estimator(size, head_epochs=plan.head_epochs, fine_tune_epochs=plan.fine_tune_epochs,
+                          probed=probe(plan.base.device))
+    _check_fits(candidates[0], estimator, budget_s - (time.monotonic() - start), budget_s)
+    manifests = (write_fold_manifests(profile.prepared, folds, seed=config.seed, folder=plan.candidates_dir / "folds")
+                 if folds > 1 else [])
+    metric, direction = plan.metric, plan.direction
+    _announce(reporter, plan, candidates, budget_s, small, folds, profile)
+    rows = [leaderboard.Row(i + 1, c.name(resize_of(c, plan.recipe_resize)), c.reason, _settings(c, plan))
+            for i, c in enumerate(candidates)]
+    store, tried = FeatureStore(), _Loop(plan, estimator, reporter, start, budget_s, manifests)
+    for row, candidate in zip(rows, candidates, strict=True):
+        if not tried.run(row, candidate, store):
+            break
+    if ladder is None:
+        _try_tta(rows, candidates, plan, tried, store)
+    for row in rows:
+        row.status = "not tried" if row.status == "pending" else row.status
+    chosen = _choose(rows, plan, reporter, budget_s)
+    best = candidates[chosen.rung - 1]
+    reporter.info(f"budget: chose {chosen.name} (validation {metric} {chosen.score:.4f} ± {chosen.se:.4f} SE) by "
+                  f"the rule: {leaderboard.rule_text(metric, direction)}; training it as the final run and "
+                  f"evaluating the test split once; {budget_s - tried.elapsed():.0f} s left")
+    result = _final_run(plan, best, rows, chosen, store, tried, callbacks, reporter)
+    return BudgetResult(result, chosen, tuple(rows), tried.elapsed(), budget_s)
+
+
+def _try_tta(rows: list[leaderboard.Row], candidates: list[Candidate], plan: BudgetPlan, loop: _Loop,
+             store: FeatureStore) -> None:
+    """The last rung: the leader with test-time augmentation, when it fits."""
+    leader = leaderboard.choose(rows, direction=plan.direction)
+    if leader is None or loop.stopped:
+        return
+    tta = Candidate(**{**candidates[leader.rung - 1].__dict__, "tta": "flips", "reason": TTA_REASON})
+    rows.append(leaderboard.Row(len(rows) + 1, tta.name(resize_of(tta, plan.recipe_resize)), TTA_REASON,
+                                _settings(tta, plan)))
+    candidates.append(tta)
+    loop.run(rows[-1], tta, store)
+
+
+def _choose(rows: list[leaderboard.Row], plan: BudgetPlan, reporter: Reporter, budget_s: float) -> leaderboard.Row:
+    """The rule over the finished candidates; over those cut at their deadline only when none finished."""
+    chosen = leaderboard.choose(rows, direction=plan.direction)
+    if chosen is None and (chosen := leaderboard.choose(rows, direction=plan.direction, status="cut")) is not None:
+        reporter.warning(f"budget: no candidate finished before its deadline; choosing {chosen.name}, which was cut "
+                         f"short: this budget is too tight for this machine and data")
+    if chosen is None:
+        raise ConfigError(f"no candidate finished within the budget of {budget_s:.0f} s (see the messages above); "
+                          f"give a longer budget")
+    return chosen
+
+
+class _Loop:
+    """Runs one candidate at a time while the budget allows, and keeps the clock and the estimator."""
+
+    def __init__(self, plan: BudgetPlan, estimator: Estimator, reporter: Reporter, start: float, budget_s: float,
+                 manifests: Sequence[Path]) -> None:
+        self.plan, self.estimator, self.reporter = plan, estimator, reporter
+        self.start, self.budget_s, self.manifests = start, budget_s, list(manifests)
+        self.stopped = False
+        self.leader_final_s = 0.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def run(self, row: leaderboard.Row, candidate: Candidate, store: FeatureStore) -> bool:
+        """Run ``candidate`` if the rest of the budget fits it and the final run after it; False once it does
+        not (no later candidate starts)."""
+        if self.stopped:
+            row.status = "not tried"
+            return False
+        key = self.plan.pass_key(candidate)
+        cached = key in self.plan.passes_done
+        estimate = self.estimator.seconds(candidate, pass_cached=cached)
+        final = max(self.leader_final_s, self.estimator.final_seconds(candidate))
+        left = self.budget_s - self.elapsed()
+        row.estimate_s = round(estimate, 1)
+        if estimate + final > left:
+            row.status, self.stopped = "skipped", True
+            row.note = (f"estimated {estimate:.0f} s + {final:.0f} s for the final run > {left:.0f} s left")
+            self.reporter.info(f"budget: stopping before {row.name}: it would take about {estimate:.0f} s and the "
+                               f"final run {final:.0f} s, {left:.0f} s are left")
+            return False
+        self.reporter.info(f"budget: candidate {row.rung} {row.name} ({row.reason}); about {estimate:.0f} s, "
+                           f"{left:.0f} s left")
+        began = time.monotonic()
+        # a candidate that runs far past its estimate must not eat the final run's time: it stops at this deadline
+        deadline = _Deadline(self.start + self.budget_s - final)
+        results = []
+        try:
+            for k in range(max(1, len(self.manifests))):
+                if deadline.fired:  # the later folds would not train at all
+                    break
+                results.append(self._one(candidate, row, k, store, deadline))
+        except TrainingError as exc:  # a diverging candidate; bad data or weights stop budget mode
+            row.status, row.note = "failed", str(exc)
+            self.reporter.warning(f"budget: candidate {row.name} failed: {exc}")
+            return True
+        if deadline.fired:
+            row.status, row.seconds, self.stopped = "cut", round(time.monotonic() - began, 1), True
+            # it would have taken longer still: its seconds are a lower bound, the best the final run's estimate has
+            self.estimator.record(candidate, pass_cached=cached, seconds=row.seconds)
+            self.plan.passes_done.add(key)
+            leaderboard.summarise(row, results, z=Z)
+            row.note = (f"stopped at the budget's deadline before its last epoch ({len(results)} fold(s) run): "
+                        f"chosen only if no candidate finished")
+            self.reporter.warning(f"budget: {row.name} ran past its estimate ({estimate:.0f} s) and was stopped to "
+                                  f"leave the final run its time; it is left out of the choice unless no candidate "
+                                  f"finished (the budget is tight for this machine)")
+            return False
+        row.seconds = round(time.monotonic() - began, 1)
+        self.estimator.record(candidate, pass_cached=cached, seconds=row.seconds)
+        self.plan.passes_done.add(key)
+        leaderboard.summarise(row, results, z=Z)
+        row.status = "done"
+        spread = f"± {row.se:.4f} SE" + (f" over {len(results)} folds" if len(results) > 1 else "")
+        self.reporter.info(f"budget: {row.name}: validation {self.plan.metric} {row.score:.4f} {spread} in "
+                           f"{row.seconds:.0f} s; {self.budget_s - self.elapsed():.0f} s left")
+        self.leader_final_s = max(self.leader_final_s, self.estimator.final_seconds(candidate))
+        return True
+
+    def _one(self, candidate: Candidate, row: leaderboard.Row, fold: int, store: FeatureStore,
+             deadline: _Deadline) -> tuple[float, tuple[float, float] | None]:
+        manifest = self.manifests[fold] if self.manifests else None
+        config = candidate_config(self.plan, candidate, rung=row.rung, fold=fold + 1 if manifest else None,
+                                  manifest=manifest, first=row.rung == 1)
+        result = pipeline.train(config, reporter=self.plan.quiet, feature_store=store, callbacks=[deadline])
+        row.runs.append(str(result.run_dir))
+        return leaderboard.score_of(result.metrics, self.plan.metric)
+
+
+def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], chosen: leaderboard.Row,
+               store: FeatureStore, loop: _Loop, callbacks: Sequence[object],
+               reporter: Reporter) -> pipeline.RunResult:
+    """The chosen candidate trained on train (validated on val), evaluated on test, with the leaderboard in its
+    folder before its report is written (the report shows it) and its files reach the trackers."""
+    config = final_config(plan, best)
+    run = RunDir(config.output_dir / config.experiment / str(config.run_name))
+    extra = {"candidates_dir": str(plan.candidates_dir), "final_run": str(run.path)}
+
+    def write(elapsed: float) -> None:
+        leaderboard.write(run.budget_leaderboard, run.budget_leaderboard_csv, rows=rows, chosen=chosen,
+                          metric=plan.metric, direction=plan.direction, budget_s=loop.budget_s, elapsed_s=elapsed,
+                          folds=max(1, len(loop.manifests)), extra=extra)
+
+    began = loop.elapsed()
+    # the hard stop: training ends in time for the test evaluation to finish within 10 % over the budget
+    deadline = _Deadline(loop.start + loop.budget_s * OVERRUN - loop.estimator.evaluation_seconds(best))
+    result = pipeline.train(config, reporter=reporter, feature_store=store,
+                            callbacks=[_WriteAtStart(lambda: write(loop.elapsed())), deadline, *callbacks])
+    if deadline.fired:
+        reporter.warning("budget: the final run reached the budget's deadline and stopped training early; its best "
+                         "checkpoint (on validation) was evaluated")
+    total = loop.elapsed()
+    extra["final_run_s"] = round(total - began, 1)
+    write(total)
+    over = total / loop.budget_s - 1
+    reporter.info(f"budget: done in {total:.0f} s of {loop.budget_s:.0f} s"
+                  + (f" ({over:.0%} over)" if over > 0 else "") + f"; leaderboard: {run.budget_leaderboard_csv}")
+    return result
+
+
+class _Deadline:
+    """Trainer callback: no new epoch (nor phase) starts after ``at`` (a ``time.monotonic()`` value); the best
+    checkpoint so far is what the run keeps, as with early stopping."""
+
+    def __init__(self, at: float) -> None:
+        self.at, self.fired = at, False
+
+    def _check(self, trainer: Any) -> None:
+        if time.monotonic() >= self.at:
+            trainer.should_stop = self.fired = True
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._check(trainer)
+
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self._check(trainer)
+
+
+class _WriteAtStart:
+    """Trainer callback: write the leaderboard when the final run's first phase starts (its folder exists)."""
+
+    def __init__(self, write: Any) -> None:
+        self.write, self.done = write, False
+
+    def on_fit_start(self, trainer: object) -> None:
+        if not self.done:
+            self.write()
+            self.done = True
+
+
+def _check_fits(first: Candidate, estimator: Estimator, left: float, budget_s: float) -> None:
+    need = estimator.seconds(first, pass_cached=False) + estimator.final_seconds(first)
+    if need > left:
+        raise ConfigError(f"a budget of {budget_s:.0f} s is below the cheapest candidate's estimated cost: "
+                          f"{first.name('crop').rsplit('-', 2)[0]} head-only and its final run need about "
+                          f"{need:.0f} s on this data ({estimator.size.train + estimator.size.val} train+val "
+                          f"images); give at least --budget {_spell(need * 1.2)}")
+
+
+def _spell(seconds: float) -> str:
+    minutes = int(seconds // 60) + 1
+    return f"{minutes}m" if seconds >= 60 else f"{int(seconds) + 1}s"
+
+
+def _settings(candidate: Candidate, plan: BudgetPlan) -> dict[str, Any]:
+    return candidate.overrides(resize=resize_of(candidate, plan.recipe_resize),
+                               fine_tune_epochs=plan.fine_tune_epochs)
+
+
+def _announce(reporter: Reporter, plan: BudgetPlan, candidates: Sequence[Candidate], budget_s: float,
+              small: str | None, folds: int, profile: DataProfile) -> None:
+    how = (f"group {folds}-fold cross-validation on train+val ({small})" if folds > 1
+           else f"the validation split ({len(profile.prepared.splits['val'])} images)")
+    reporter.info(f"budget: {budget_s:.0f} s for up to {len(candidates)} candidates (+ TTA on the leader), scored "
+                  f"on {how}; rule, fixed now: "
+                  f"{leaderboard.rule_text(plan.metric, plan.direction)}; the test split is "
+                  f"evaluated once, for the chosen candidate")
