@@ -23,6 +23,8 @@ from torch import nn
 import plantpheno.distributed as distributed
 from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
+from plantpheno.band_config import band_names
+from plantpheno.data.bands import band_meta
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
 from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
@@ -102,7 +104,10 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     else:
         task = Regression(*prepared.target_stats(), counts=prepared.is_count_trait())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
-    model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
+    model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression),
+                        bands=band_names(config.data.bands) if config.data.bands else None)
+    if main and hasattr(model, "plantpheno_input_adapter"):
+        reporter.info(model.plantpheno_input_adapter)
     check_phases(model, config)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
@@ -113,7 +118,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
                             reporter=reporter if main else None)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
             "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
-            "dataset_fingerprint": prepared.fingerprint}
+            "dataset_fingerprint": prepared.fingerprint,
+            **band_meta(config.data.bands, prepared.band_norm, getattr(model, "plantpheno_input_adapter", None))}
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None) if config.training.feature_cache else None)
@@ -238,7 +244,8 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
     split = split or config.evaluation.split
     checkpoint = _checkpoint_to_use(run, default_reporter(None))
     model = build_model(config.model.model_copy(update={"pretrained": False}),
-                        num_outputs=int(checkpoint["meta"]["num_outputs"]))
+                        num_outputs=int(checkpoint["meta"]["num_outputs"]),
+                        bands=band_names(config.data.bands) if config.data.bands else None)
     model.load_state_dict(checkpoint["model"])
     return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=checkpoint["meta"])
 
@@ -581,7 +588,10 @@ def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None)
     metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
                              config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
                              checkpoint_epoch=best_epoch, validation=validation)
-    if setup.config.evaluation.report:
+    if setup.config.evaluation.report and setup.config.data.bands is not None:
+        setup.reporter.warning("no HTML report for data.bands yet (its figures and Grad-CAM draw RGB images); the "
+                               "metrics and predictions files are written")
+    elif setup.config.evaluation.report:
         write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
     return metrics
 
