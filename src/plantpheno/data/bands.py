@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -45,45 +46,56 @@ class BandError(DataError):
     """An image file that does not hold the configured bands (too few channels, NaN values, unreadable)."""
 
 
-def read_raw(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """The file's pixels as ``(H, W, C)`` in their own dtype (see the module's docstring for the formats)."""
-    path = Path(path)
-    require_regular_file(path)
-    suffix = path.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
-        arr = _read_tiff(path, max_pixels)
-    elif suffix in ARRAY_SUFFIXES:
-        arr = _read_array(path, max_pixels)
+class BandCountError(BandError):
+    """An image with fewer bands than ``data.bands`` (or a model package) reads from it."""
+
+
+def read_raw(source: str | os.PathLike[str] | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+             ) -> np.ndarray:
+    """A file's (or its encoded bytes') pixels as ``(H, W, C)`` in their own dtype; the format is recognised by
+    its first bytes (see the module's docstring for the formats)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = io.BytesIO(bytes(source)), "image bytes"
+        head = bytes(source[:8])
     else:
-        arr = _read_pil(path, max_pixels)
+        require_regular_file(source)
+        data, name = Path(source), str(source)
+        with open(source, "rb") as f:
+            head = f.read(8)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF and BigTIFF
+        arr = _read_tiff(data, name, max_pixels)
+    elif head.startswith(b"\x93NUMPY") or head.startswith(b"PK"):
+        arr = _read_array(data, name, max_pixels, archive=head.startswith(b"PK"))
+    else:
+        arr = _read_pil(data, name, max_pixels)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or 0 in arr.shape:
-        raise BandError(f"{path}: pixels of shape {tuple(arr.shape)}; expected (H, W) or (H, W, C)")
+        raise BandError(f"{name}: pixels of shape {tuple(arr.shape)}; expected (H, W) or (H, W, C)")
     if arr.dtype.kind not in "uifb":
-        raise BandError(f"{path}: pixels of dtype {arr.dtype}; expected integers or floats")
+        raise BandError(f"{name}: pixels of dtype {arr.dtype}; expected integers or floats")
     return arr
 
 
-def _limit(path: Path, height: int, width: int, max_pixels: int | None) -> None:
+def _limit(height: int, width: int, max_pixels: int | None) -> None:
     if max_pixels is not None and height * width > max_pixels:
         raise TooLarge(width, height, max_pixels)
 
 
-def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
+def _read_tiff(path: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
     import tifffile  # imported here: only band data needs it
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, shape = series.axes, series.shape
         if "Y" not in axes or "X" not in axes:
-            raise BandError(f"{path}: a TIFF of axes {axes}; expected an image with Y and X axes")
-        _limit(path, shape[axes.index("Y")], shape[axes.index("X")], max_pixels)
+            raise BandError(f"{name}: a TIFF of axes {axes}; expected an image with Y and X axes")
+        _limit(shape[axes.index("Y")], shape[axes.index("X")], max_pixels)
         if axes == "YX" and len(tif.series) > 1:  # one page per band, each its own series
             pages = [s.asarray() for s in tif.series]
             if any(p.shape != pages[0].shape for p in pages):
                 sizes = sorted({p.shape for p in pages})
-                raise BandError(f"{path}: its pages have different sizes {sizes}; expected one size for every band")
+                raise BandError(f"{name}: its pages have different sizes {sizes}; expected one size for every band")
             return np.stack(pages, axis=-1)
         arr = series.asarray()
     extra = [i for i, a in enumerate(axes) if a not in "YX"]
@@ -93,32 +105,32 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
         axes = "".join(a for i, a in enumerate(axes) if i not in squeeze)
         extra = [i for i, a in enumerate(axes) if a not in "YX"]
         if len(extra) > 1:
-            raise BandError(f"{path}: a TIFF of axes {axes} {tuple(arr.shape)}; expected one band axis (pages or "
+            raise BandError(f"{name}: a TIFF of axes {axes} {tuple(arr.shape)}; expected one band axis (pages or "
                             f"samples) besides Y and X")
     order = [axes.index("Y"), axes.index("X"), *extra]
     return np.transpose(arr, order)
 
 
-def _read_array(path: Path, max_pixels: int | None) -> np.ndarray:
+def _read_array(path: Path | io.BytesIO, name: str, max_pixels: int | None, *, archive: bool) -> np.ndarray:
     try:
-        if path.suffix.lower() == ".npy":
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not archive:
+            arr = np.load(path, mmap_mode="r" if isinstance(path, Path) else None, allow_pickle=False)
         else:
             with np.load(path, allow_pickle=False) as archive:
                 names = list(archive.keys())
                 key = names[0] if len(names) == 1 else "image" if "image" in names else None
                 if key is None:
-                    raise BandError(f"{path}: holds arrays {', '.join(names) or '(none)'}; expected one array, or one "
+                    raise BandError(f"{name}: holds arrays {', '.join(names) or '(none)'}; expected one array, or one "
                                     f"named 'image'")
                 arr = archive[key]
     except (ValueError, OSError, EOFError) as exc:
-        raise BandError(f"{path}: not a readable numpy array ({exc})") from None
+        raise BandError(f"{name}: not a readable numpy array ({exc})") from None
     if arr.ndim in (2, 3):
-        _limit(path, arr.shape[0], arr.shape[1], max_pixels)
+        _limit(arr.shape[0], arr.shape[1], max_pixels)
     return np.asarray(arr)
 
 
-def _read_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+def _read_pil(path: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
     from PIL import ImageOps, UnidentifiedImageError
 
     from plantpheno.data.images import open_image
@@ -131,7 +143,7 @@ def _read_pil(path: Path, max_pixels: int | None) -> np.ndarray:
                 img = img.convert("RGB")
             return np.asarray(img)
     except UnidentifiedImageError:
-        raise BandError(f"{path}: not an image (format not recognised)") from None
+        raise BandError(f"{name}: not an image (format not recognised)") from None
 
 
 def select_bands(arr: np.ndarray, bands: Sequence[BandSpec], *, source: object = "image") -> np.ndarray:
@@ -146,7 +158,7 @@ def select_bands(arr: np.ndarray, bands: Sequence[BandSpec], *, source: object =
     needed = max((b.channel for b in bands if b.channel is not None), default=0)
     if needed >= channels:
         missing = [f"{b.name} (channel {b.channel})" for b in bands if b.channel is not None and b.channel >= channels]
-        raise BandError(f"{source}: has {channels} band(s); data.bands needs {', '.join(missing)}: expected at least "
+        raise BandCountError(f"{source}: has {channels} band(s); data.bands needs {', '.join(missing)}: expected at least "
                         f"{needed + 1} bands")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int(np.count_nonzero(~np.isfinite(arr)))
