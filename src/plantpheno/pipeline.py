@@ -24,6 +24,7 @@ import plantpheno.distributed as distributed
 from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.band_config import band_names
+from plantpheno.data.band_loaders import build_band_loaders
 from plantpheno.data.bands import band_meta
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
 from plantpheno.data.doctor.findings import DataCheckReport
@@ -113,9 +114,13 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     device = resolve_device(config.device)
     if wants_channels_last(config.training.channels_last, device, model):
         to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
-    loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
-                            reporter=reporter if main else None)
+    if prepared.band_norm is not None:  # data.bands: float N-band images, their own loaders
+        loaders = build_band_loaders(prepared, config, norm=prepared.band_norm, pin_memory=device.type == "cuda",
+                                     rank=dist.rank, world=dist.world_size, splits=splits)
+    else:
+        loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
+                                rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
+                                reporter=reporter if main else None)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
             "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint,

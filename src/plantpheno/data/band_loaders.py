@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 from plantpheno.band_config import RGB, BandSpec
 from plantpheno.config import AugmentConfig, Config
 from plantpheno.data.bands import BandNorm, read_bands
-from plantpheno.reporting import Reporter
+from plantpheno.data.datasets import EpochSampler, Loaders, PreparedData, _balanced_weights, resolve_num_workers
 
 
 class BandSquare:
@@ -132,12 +132,10 @@ class BandDataset(Dataset):
             return self.transform(image), self.targets[index]
 
 
-def build_band_loaders(prepared, config: Config, *, norm: BandNorm, pin_memory: bool = False, rank: int = 0,
-                       world: int = 1, splits: Sequence[str], reporter: Reporter | None = None):
+def build_band_loaders(prepared: PreparedData, config: Config, *, norm: BandNorm, pin_memory: bool = False,
+                       rank: int = 0, world: int = 1, splits: Sequence[str]) -> Loaders:
     """:func:`~plantpheno.data.datasets.build_loaders` for ``data.bands``: the same samplers (order and seeds
     from ``(seed, epoch)``), sharding and batching, with :class:`BandDataset` and per-image augmentation."""
-    from plantpheno.data.datasets import EpochSampler, Loaders, _balanced_weights, resolve_num_workers
-
     data = config.data
     assert data.bands is not None
     names = [b.name.lower() for b in data.bands]

@@ -31,7 +31,6 @@ from plantpheno.data.batch_augment import (
     augment_batch,
     make_square,
 )
-from plantpheno.data.band_loaders import build_band_loaders
 from plantpheno.data.bands import BandNorm, band_check, band_statistics
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.doctor.pixels import ImageStats
@@ -397,10 +396,6 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
     predictions are gathered); test stays whole for the final evaluation on rank 0.
     """
     data = config.data
-    if data.bands is not None:
-        assert prepared.band_norm is not None  # prepare_data computes it for data.bands
-        return build_band_loaders(prepared, config, norm=prepared.band_norm, pin_memory=pin_memory, rank=rank,
-                                  world=world, splits=splits, reporter=reporter)
     regression = prepared.class_names is None
     workers = resolve_num_workers(data.num_workers)
     loaders = {}
