@@ -69,3 +69,21 @@ def test_a_file_with_too_few_bands_stops_training_naming_it(leaves, tmp_path) ->
     raw = tiny_config(tmp_path, data={"root": str(data), "bands": BANDS})
     with pytest.raises(DataError, match=r"three_bands.tif: has 3 band\(s\); data.bands needs nir"):
         pipeline.train(validate_config(raw), handle_signals=False)
+
+
+def test_a_band_model_registers_predicts_from_the_registry_and_refuses_onnx(band_run, leaves, tmp_path) -> None:
+    """Registration writes the MLflow model (its input example is a band TIFF); the registered version predicts as
+    the run does; an export, which takes RGB, is refused with one message (exit 2), not run on 3 channels."""
+    from plantpheno.api import load_model, register_model
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    version = register_model(band_run, "bandnet", registry=uri, force=True)
+    files = sorted((leaves / "healthy").glob("*.tif"))[:4]
+    with load_model(band_run) as run_model, load_model(f"bandnet/{version.version}", registry=uri) as registered:
+        got, want = registered.predict(files), run_model.predict(files)
+        assert [p.label for p in got] == [p.label for p in want]
+        assert [p.confidence for p in got] == pytest.approx([p.confidence for p in want], abs=1e-6)
+    done = subprocess.run([sys.executable, "-m", "plantpheno", "models", "export", f"bandnet/{version.version}",
+                           str(tmp_path / "m.onnx"), "--format", "onnx", "--registry", uri],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "cannot be exported to onnx yet" in done.stderr, done.stderr
