@@ -288,6 +288,10 @@ def _check_data(setup: _Setup) -> DataCheckReport | None:
         return None
     from plantpheno.training.data_checks import enforce, run_data_checks
 
+    if setup.config.data.bands is not None:
+        setup.reporter.info("data checks on band images: the pixel measures behind the quality, shortcut and "
+                            "near-duplicate checks are taken of RGB images only, so those checks find nothing here "
+                            "(per-band checks: not yet); exact duplicates and labels are checked")
     report = run_data_checks(setup.prepared, setup.config, reporter=setup.reporter)
     return enforce(report, setup.config, reporter=setup.reporter)
 

@@ -218,3 +218,35 @@ def test_saturation_only_with_red_green_and_blue() -> None:
     torch.manual_seed(0)
     out = BandJitter(RGBN, norm4, 0.2)(torch.randn(4, 6, 6))
     assert out.shape == (4, 6, 6) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- synthetic set
+
+
+def test_synthetic_stress_shows_in_nir_only(tmp_path: Path) -> None:
+    from plantpheno.data.synth_bands import render_leaf
+
+    def leaf_means(stressed: bool) -> np.ndarray:
+        means = []
+        for i in range(40):
+            pixels = render_leaf(np.random.default_rng([7, int(stressed), i]), 48, stressed=stressed).astype(float)
+            leaf = pixels[..., 1] > 1.5 * pixels[..., 0]  # green above red: the leaf, not the soil
+            means.append(pixels[leaf].mean(axis=0))
+        return np.array(means)
+
+    healthy, stressed = leaf_means(False), leaf_means(True)
+    gap = (healthy.mean(axis=0) - stressed.mean(axis=0)) / healthy.std(axis=0)
+    assert np.abs(gap[:3]).max() < 0.5  # red, green, blue: one distribution for both classes
+    assert gap[3] > 0.5  # NIR: lower where the leaf is stressed
+    assert render_leaf(np.random.default_rng(0), 48, stressed=True).dtype == np.uint16
+
+
+def test_synth_cli_writes_four_band_tiffs(tmp_path: Path) -> None:
+    from plantpheno.cli import main
+
+    assert main(["data", "synth", str(tmp_path / "ms"), "--kind", "multispectral", "--per-class", "2",
+                 "--image-size", "32"]) == 0
+    files = sorted((tmp_path / "ms").rglob("*.tif"))
+    assert [f.parent.name for f in files] == ["healthy"] * 2 + ["stressed"] * 2
+    pixels = read_raw(files[0])
+    assert pixels.shape == (32, 32, 4) and pixels.dtype == np.uint16
