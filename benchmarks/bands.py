@@ -8,7 +8,9 @@ Part 1, same data, split, seed and recipe, only ``data.bands`` differs:
   (rgb)  data.bands = [red, green, blue]: goal within 10 points of chance (50 %);
   (rgbn) data.bands = [red, green, blue, nir]: goal >= 95 % test accuracy.
 Part 2 (``--adapters``): bundled ImageNet EfficientNet-Lite0 on the four bands with model.input_adapter = mean
-(default), tile and random: validation loss after each epoch and test accuracy, same seeds.
+(default), tile and random, the backbone frozen (only the head trains, BatchNorm keeps its ImageNet statistics):
+how good the features are that each adapted network starts from. Validation loss after each epoch and test
+accuracy, same seeds.
 
 Rows of an earlier run that this run does not redo are kept (marked with its date).
 Accuracies are on the test split with 95 % bootstrap intervals (the run's own evaluation). Writes
@@ -89,8 +91,9 @@ def main() -> None:
             for adapter in ("mean", "tile", "random"):
                 rows.append(train_one(data, Path(tmp) / "runs", f"adapter-{adapter}", RGBN, size=args.size,
                                       epochs=args.adapter_epochs, backbone="tf_efficientnet_lite0",
-                                      extra={"model": {"pretrained": "bundled", "input_adapter": adapter},
-                                             "training": {"learning_rate": 0.001}}))
+                                      extra={"model": {"pretrained": "bundled", "input_adapter": adapter,
+                                                       "freeze_backbone": True},
+                                             "training": {"learning_rate": 0.01}}))
                 print(json.dumps(rows[-1]), flush=True)
     OUT.mkdir(exist_ok=True)
     earlier = json.loads((OUT / "bands.json").read_text()) if (OUT / "bands.json").is_file() else {"rows": []}
