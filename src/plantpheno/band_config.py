@@ -74,7 +74,7 @@ def check_bands(bands: Sequence[BandSpec]) -> None:
     names = [b.name.lower() for b in bands]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ValueError(f"band names must be distinct; {', '.join(twice)} appear(s) more than once")
+        raise ValueError(f"distinct band names; {', '.join(twice)} appear(s) more than once")
     read = [b.name.lower() for b in bands if not b.derived]
     if not read:
         raise ValueError("every band is derived; at least one must be read from the file (channel)")

@@ -247,6 +247,10 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
     run = RunDir.of(run_dir)
     config = run.read_config()
     split = split or config.evaluation.split
+    if config.data.bands is not None:
+        raise ConfigError(f"{run.path}: a run of data.bands ({', '.join(band_names(config.data.bands))}) has no HTML "
+                          f"report yet (its figures and Grad-CAM draw RGB images); its metrics are in "
+                          f"{run.eval(split).metrics}")
     checkpoint = _checkpoint_to_use(run, default_reporter(None))
     model = build_model(config.model.model_copy(update={"pretrained": False}),
                         num_outputs=int(checkpoint["meta"]["num_outputs"]),
