@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from plantpheno.band_config import BandSpec, band_option_conflicts, check_bands, parse_bands
 from plantpheno.errors import ConfigError, clip, short_repr
 from plantpheno.recipes import resolve as resolve_recipe
 from plantpheno.tasks import task_metrics
@@ -198,8 +199,23 @@ class DataConfig(_Section):
         "(use them), skip or error. Either way they are reported and listed in dataset.json.")
     mean: tuple[float, float, float] | None = Field(None, description="Normalisation mean; default: the backbone's.")
     std: tuple[float, float, float] | None = Field(None, description="Normalisation std; default: the backbone's.")
+    bands: tuple[BandSpec, ...] | None = Field(
+        None, description="The channels the model sees and where each comes from (see docs/guide/bands.md), e.g. "
+        "[red, green, blue, nir]; null: 8-bit RGB.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _band_shorthand(cls, v: Any) -> Any:
+        return parse_bands(v)
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_consistent(cls, v: tuple[BandSpec, ...] | None) -> tuple[BandSpec, ...] | None:
+        if v is not None:
+            check_bands(v)
+        return v
 
     @field_validator("num_workers")
     @classmethod
@@ -249,6 +265,10 @@ class ModelConfig(_Section):
         "plantpheno[weights]: tf_efficientnet_lite0/1/2) or a path to a .pt/.pth/.safetensors weights file.",
     )
     freeze_backbone: bool = Field(False, description="Train only the head; backbone weights and BN stats fixed.")
+    input_adapter: Literal["mean", "tile", "random"] = Field(
+        "mean", description="With data.bands other than RGB, the first layer's weights for them: mean (RGB filters "
+        "copied onto red/green/blue, other bands get their mean, scaled to keep the output variance), tile (timm's "
+        "repeat of the RGB filters) or random.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
 
 
@@ -563,6 +583,10 @@ class Config(_Section):
             raise ValueError(f"training.feature_cache_views={self.training.feature_cache_views} needs "
                              "training.feature_cache=true and data.augment.enabled=true (the extra views are "
                              "augmented copies)")
+        conflict = band_option_conflicts(bands=self.data.bands, cache=self.data.cache, mean=self.data.mean,
+                                         std=self.data.std, feature_cache=self.training.feature_cache)
+        if conflict:
+            raise ValueError(conflict)
         monitor = self.training.monitor
         if monitor != "auto" and monitor not in task_metrics(self.task).monitor_choices():
             raise ValueError(f"training.monitor: got {monitor!r}; expected auto or one of "

@@ -23,6 +23,9 @@ from torch import nn
 import plantpheno.distributed as distributed
 from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
+from plantpheno.band_config import band_names
+from plantpheno.data.band_loaders import build_band_loaders
+from plantpheno.data.bands import band_meta
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
 from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.sources import SPLITS
@@ -104,18 +107,26 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     else:
         task = Regression(*prepared.target_stats(), counts=prepared.is_count_trait())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
-    model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
+    model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression),
+                        bands=band_names(config.data.bands) if config.data.bands else None)
+    if main and hasattr(model, "plantpheno_input_adapter"):
+        reporter.info(model.plantpheno_input_adapter)
     check_phases(model, config)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
     if wants_channels_last(config.training.channels_last, device, model):
         to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
-    loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
-                            reporter=reporter if main else None)
+    if prepared.band_norm is not None:  # data.bands: float N-band images, their own loaders
+        loaders = build_band_loaders(prepared, config, norm=prepared.band_norm, pin_memory=device.type == "cuda",
+                                     rank=dist.rank, world=dist.world_size, splits=splits)
+    else:
+        loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
+                                rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
+                                reporter=reporter if main else None)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
             "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
-            "dataset_fingerprint": prepared.fingerprint}
+            "dataset_fingerprint": prepared.fingerprint,
+            **band_meta(config.data.bands, prepared.band_norm, getattr(model, "plantpheno_input_adapter", None))}
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None, store=feature_store)
@@ -243,9 +254,14 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
     run = RunDir.of(run_dir)
     config = run.read_config()
     split = split or config.evaluation.split
+    if config.data.bands is not None:
+        raise ConfigError(f"{run.path}: a run of data.bands ({', '.join(band_names(config.data.bands))}) has no HTML "
+                          f"report yet (its figures and Grad-CAM draw RGB images); its metrics are in "
+                          f"{run.eval(split).metrics}")
     checkpoint = _checkpoint_to_use(run, default_reporter(None))
     model = build_model(config.model.model_copy(update={"pretrained": False}),
-                        num_outputs=int(checkpoint["meta"]["num_outputs"]))
+                        num_outputs=int(checkpoint["meta"]["num_outputs"]),
+                        bands=band_names(config.data.bands) if config.data.bands else None)
     model.load_state_dict(checkpoint["model"])
     return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=checkpoint["meta"])
 
@@ -283,6 +299,10 @@ def _check_data(setup: _Setup) -> DataCheckReport | None:
         return None
     from plantpheno.training.data_checks import enforce, run_data_checks
 
+    if setup.config.data.bands is not None:
+        setup.reporter.info("data checks on band images: the pixel measures behind the quality, shortcut and "
+                            "near-duplicate checks are taken of RGB images only, so those checks find nothing here "
+                            "(per-band checks: not yet); exact duplicates and labels are checked")
     report = run_data_checks(setup.prepared, setup.config, reporter=setup.reporter)
     return enforce(report, setup.config, reporter=setup.reporter)
 
@@ -588,7 +608,10 @@ def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None)
     metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
                              config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
                              checkpoint_epoch=best_epoch, validation=validation)
-    if setup.config.evaluation.report:
+    if setup.config.evaluation.report and setup.config.data.bands is not None:
+        setup.reporter.warning("no HTML report for data.bands yet (its figures and Grad-CAM draw RGB images); the "
+                               "metrics and predictions files are written")
+    elif setup.config.evaluation.report:
         write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
     return metrics
 

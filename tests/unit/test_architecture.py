@@ -22,7 +22,7 @@ PACKAGE = Path(plantpheno.__file__).parent
 # "budget" beside "tuning"); one the table does not know fails test_every_module_has_a_layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("errors", "version", "tasks", "check_ids", "files", "reporting")),
-    ("config", ("config", "recipes")),
+    ("config", ("config", "recipes", "band_config")),
     ("run folder and device", ("run", "device", "distributed")),
     ("data", ("data",)),
     ("models", ("models",)),

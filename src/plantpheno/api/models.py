@@ -165,7 +165,9 @@ class Model:
 
         An image is a file path (a folder means every image file in it), encoded image bytes, a PIL image, or a
         numpy array, channels last: ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, uint8 (0-255) or
-        float (0-1); a ``(N, H, W, C)`` array is N images. Each is decoded and preprocessed as training did.
+        float (0-1); a ``(N, H, W, C)`` array is N images. Each is decoded and preprocessed as training did. A
+        model of ``data.bands`` takes its band files (TIFF, ``.npy``, ``.npz``, false-colour PNG/JPEG) or arrays of
+        their channels ``(H, W, C)``; an image with fewer bands than it reads raises one DataError.
 
         Raises:
             DataError: listing every image that cannot be read; with ``on_bad_image="skip"`` those come back as

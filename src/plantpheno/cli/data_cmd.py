@@ -33,7 +33,8 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
                                         "then a manifest labels.csv (path,label,split) and defects.json (what "
                                         "was planted where) are written too.")
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
-    s.add_argument("--kind", choices=("disease", "rosette"), default="disease")
+    s.add_argument("--kind", choices=("disease", "rosette", "multispectral"), default="disease",
+                   help="multispectral: 4-band 16-bit TIFFs (red, green, blue, nir), stress visible in NIR only")
     s.add_argument("--per-class", type=integer(1, 100_000), default=40, help="images per class (disease)")
     s.add_argument("--plants", type=integer(1, 100_000), default=40,
                    help="plants (rosette); each photographed --views times")
@@ -95,6 +96,15 @@ def run_synth(args: argparse.Namespace) -> int:
                   f" what was planted: {out}/defects.json)")
         else:
             print(f"wrote an image-folder dataset to {out} (use data.root={out})")
+    elif args.kind == "multispectral":
+        from plantpheno.data.synth_bands import synthesize_multispectral
+
+        if defects.any():
+            raise ConfigError("--plant-* options work with --kind disease only")
+        out = synthesize_multispectral(args.out, per_class=args.per_class, image_size=args.image_size,
+                                       seed=args.seed, overwrite=args.overwrite)
+        print(f"wrote a four-band TIFF dataset to {out} (use data.root={out} "
+              f"'data.bands=[red, green, blue, nir]')")
     else:
         if defects.any():
             raise ConfigError("--plant-* options work with --kind disease only")

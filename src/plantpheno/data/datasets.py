@@ -31,6 +31,7 @@ from plantpheno.data.batch_augment import (
     augment_batch,
     make_square,
 )
+from plantpheno.data.bands import BandNorm, band_check, band_statistics
 from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
 from plantpheno.data.doctor.pixels import ImageStats
 from plantpheno.data.images import check_images, load_rgb
@@ -60,6 +61,7 @@ class PreparedData:
     # symlinked class folders or images of a folder dataset that lead outside data.root: (link, target)
     links_outside_root: list[tuple[Path, Path]] = field(default_factory=list)
     links_policy: str = "follow"
+    band_norm: BandNorm | None = None  # with data.bands: per-band scaling from the training split
 
     def targets(self, split: str) -> list[int] | list[float]:
         """Class indices (classification) or float values (regression) of one split."""
@@ -99,9 +101,11 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
         samples, links = _apply_link_policy(samples, data.root, data.links_outside_root)
+    check = band_check(data.bands, data.max_image_pixels)  # None: RGB
     samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO,
-                                              max_pixels=data.max_image_pixels, reporter=reporter)
+                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO if check is None
+                                              else None, max_pixels=data.max_image_pixels, reporter=reporter,
+                                              check=check)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -114,8 +118,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     class_names = class_names_of(samples) if config.task == "classification" else None
     if class_names is not None and len(class_names) < 2:
         raise DataError(f"classification needs at least 2 classes, found {class_names}")
+    norm = band_statistics([s.path for s in splits["train"]], data.bands, seed=config.seed) if data.bands else None
     return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
-                        links_policy=data.links_outside_root)
+                        links_policy=data.links_outside_root, band_norm=norm)
 
 
 def _note_ignored_columns(manifest: Path, task: str, columns: Columns, reporter: Reporter | None) -> None:
@@ -146,9 +151,9 @@ def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[
 
 
 def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, max_pixels: int | None = None,
-           reporter: Reporter | None = None
+           reporter: Reporter | None = None, check: Any = None
            ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
-    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter,
+    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter, check=check,
                           **({"max_pixels": max_pixels} if max_pixels is not None else {}))
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
@@ -186,6 +191,7 @@ def write_data_files(prepared: PreparedData, run: RunDir) -> None:
             for name in SPLITS
         } if prepared.class_names is not None else None,
         "skipped_bad_images": len(prepared.bad_files),
+        **({"bands": prepared.band_norm.to_json()} if prepared.band_norm is not None else {}),
         "links_outside_root": {"policy": prepared.links_policy,
                                "links": [{"link": str(link), "target": str(target)}
                                          for link, target in prepared.links_outside_root]},

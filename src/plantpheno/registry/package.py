@@ -76,7 +76,9 @@ class ModelPackage:
         if not timm.is_model(backbone):
             raise ModelError(f"{self.folder / META_FILE}: backbone {backbone!r} is not a timm model (timm "
                              f"{timm.__version__}); the package is damaged, or needs another timm version")
-        model = timm.create_model(backbone, pretrained=False, num_classes=int(self.meta["num_outputs"]))
+        bands = (self.meta.get("bands") or {}).get("names")  # a model of data.bands: its first layer takes N bands
+        model = timm.create_model(backbone, pretrained=False, num_classes=int(self.meta["num_outputs"]),
+                                  **({"in_chans": len(bands)} if bands else {}))
         verify_checksum(weights, remedy=REMEDY)
         try:
             state = load_file(str(weights))
@@ -217,7 +219,7 @@ def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     from plantpheno.data.images import load_rgb
 
     split = run.split_manifest
-    if not split.is_file():
+    if not split.is_file() or meta.get("bands"):  # band images are not RGB; exports of them are refused for now
         return
     from plantpheno.files.csvfile import read_csv
 

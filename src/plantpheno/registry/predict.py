@@ -15,6 +15,7 @@ from PIL import Image
 from plantpheno.files.csvfile import csv_text
 from plantpheno.data.images import (DEFAULT_MAX_PIXELS, TooLarge, load_rgb, rgb_from_array, rgb_from_bytes,
                                     to_rgb)
+from plantpheno.data.band_input import BandCountError, BandInput
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import ArgumentError, DataError, short_repr
 from plantpheno.evaluation.metrics import rounded_counts
@@ -46,6 +47,7 @@ class Predictor:
         self.image_size = int(m["image_size"])
         # packages from before data.resize existed were all centre-cropped
         self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"], m.get("resize", "crop"))
+        self.bands = BandInput.of(m)  # None: an RGB model
         # fitted on the validation split when the run was evaluated; packages made before have neither
         self.temperature, self.tta = float(m.get("temperature") or 1.0), str(m.get("tta") or "none")
 
@@ -70,9 +72,12 @@ class Predictor:
             indices, tensors = [], []
             for i in range(start, min(start + batch_size, len(images))):
                 try:
-                    tensors.append(self.transform(to_rgb_image(images[i], min_side=self.image_size,
-                                                                 max_pixels=self.max_pixels)))
+                    tensors.append(self.bands(images[i], max_pixels=self.max_pixels) if self.bands is not None
+                                   else self.transform(to_rgb_image(images[i], min_side=self.image_size,
+                                                                    max_pixels=self.max_pixels)))
                     indices.append(i)
+                except BandCountError:
+                    raise  # the model's bands are not in these files: one message, not one per file
                 except Exception as exc:  # noqa: BLE001 - any unreadable image is reported, not fatal
                     bad.append((i, f"{type(exc).__name__}: {exc}"))
             if tensors:

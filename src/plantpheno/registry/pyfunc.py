@@ -249,6 +249,10 @@ def input_example(package: ModelPackage) -> pd.DataFrame:
     import numpy as np
     from PIL import Image
 
+    if package.meta.get("bands"):  # a model of data.bands reads TIFFs of its bands
+        from plantpheno.data.band_input import example_tiff
+
+        return pd.DataFrame({"image": [example_tiff(package.meta)]})
     samples = package.sample_inputs()
     size = int(package.meta["image_size"])
     if samples is not None and len(samples):

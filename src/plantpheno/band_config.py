@@ -1,0 +1,111 @@
+"""The schema of ``data.bands``: which channels the model sees and where each one comes from.
+
+A band is a named channel. It is read from a file (``channel``: its index in a multi-band TIFF, an (H, W, C)
+``.npy``/``.npz`` array, or the R, G, B of a false-colour PNG/JPEG) or derived from two other bands as their
+normalised difference ``(a - b) / (a + b)`` (``difference: [a, b]``; ``ndvi`` is ``[nir, red]``). Names are what
+the model's first layer is matched by (:mod:`plantpheno.models.input_adapter`): ``red``, ``green`` and ``blue``
+receive a pretrained network's RGB filters, whatever their channel index.
+
+Written in a config either as names (``[red, green, blue, nir]``: the n-th name is channel n; ``ndvi`` alone is
+derived) or as mappings (``{name: nir, channel: 3}``, ``{name: gndvi, difference: [nir, green]}``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RGB = ("red", "green", "blue")
+# the shorthand names that mean a derived band when written alone
+DERIVED = {"ndvi": ("nir", "red")}
+MAX_BANDS = 64
+
+
+class BandSpec(BaseModel):
+    """One band: its name and either the file channel it is read from or the two bands it is derived from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+                      description="The band's name (red, green, blue, nir, red_edge, thermal, ndvi, ...).")
+    channel: int | None = Field(None, ge=0, le=1023, description="Its channel index in the image file.")
+    difference: tuple[str, str] | None = Field(
+        None, description="Derived: the normalised difference (a - b) / (a + b) of two bands read from the file.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BandSpec:
+        if (self.channel is None) == (self.difference is None):
+            raise ValueError(f"band {self.name!r}: give exactly one of channel (read from the file) or difference "
+                             f"(derived from two bands)")
+        return self
+
+    @property
+    def derived(self) -> bool:
+        return self.difference is not None
+
+
+def parse_bands(value: Any) -> Any:
+    """A ``data.bands`` list as written (names or mappings) -> mappings with explicit sources (before validation)."""
+    if value is None or not isinstance(value, (list, tuple)):
+        return value
+    out: list[Any] = []
+    read = 0
+    for item in value:
+        if isinstance(item, str) and item.lower() in DERIVED:
+            out.append({"name": item, "difference": list(DERIVED[item.lower()])})
+        elif isinstance(item, str):
+            out.append({"name": item, "channel": read})
+            read += 1
+        else:
+            out.append(item)
+            if isinstance(item, dict) and "channel" in item:
+                read += 1
+    return out
+
+
+def check_bands(bands: Sequence[BandSpec]) -> None:
+    """Names distinct; a derived band names two bands read from the file; at least one band. Raises ValueError."""
+    if not bands:
+        raise ValueError("at least one band (e.g. [red, green, blue, nir]); leave data.bands unset for RGB")
+    if len(bands) > MAX_BANDS:
+        raise ValueError(f"{len(bands)} bands; at most {MAX_BANDS}")
+    names = [b.name.lower() for b in bands]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"distinct band names; {', '.join(twice)} appear(s) more than once")
+    read = [b.name.lower() for b in bands if not b.derived]
+    if not read:
+        raise ValueError("every band is derived; at least one must be read from the file (channel)")
+    for band in bands:
+        if band.difference is None:
+            continue
+        unknown = [n for n in band.difference if n.lower() not in read]
+        if unknown:
+            raise ValueError(f"derived band {band.name!r}: unknown band {', '.join(map(repr, unknown))} in "
+                             f"difference {list(band.difference)}; expected names of bands read from the file: "
+                             f"{', '.join(read)}")
+        if band.difference[0].lower() == band.difference[1].lower():
+            raise ValueError(f"derived band {band.name!r}: difference of {band.difference[0]!r} with itself is 0")
+
+
+def band_names(bands: Sequence[BandSpec] | None) -> tuple[str, ...]:
+    """The names the model sees, lower-case, in order (RGB when ``data.bands`` is unset)."""
+    return RGB if bands is None else tuple(b.name.lower() for b in bands)
+
+
+def band_option_conflicts(*, bands: Sequence[BandSpec] | None, cache: str, mean: object, std: object,
+                          feature_cache: bool) -> str | None:
+    """Why the other options cannot go with ``data.bands`` (yet), or None."""
+    if bands is None:
+        return None
+    if cache != "none":
+        return (f"data.cache={cache} does not work with data.bands yet (the cache holds 8-bit RGB); set "
+                f"data.cache=none")
+    if mean is not None or std is not None:
+        return ("data.mean/data.std do not apply with data.bands: each band is normalised by statistics of the "
+                "training split; leave them unset")
+    if feature_cache:
+        return "training.feature_cache=true does not work with data.bands yet; set it to false"
+    return None

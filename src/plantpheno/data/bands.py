@@ -1,0 +1,277 @@
+"""Reading the bands of ``data.bands`` from one multi-band file per image, and normalising them per band.
+
+An image file becomes a float32 ``(H, W, C)`` array of the configured bands, in their order, with the file's own
+values: a 16-bit band keeps its 65,536 levels (float32 holds every integer up to 2**24 exactly), a float band its
+values; nothing goes through 8 bits. Files:
+
+* TIFF (``tifffile``): multi-page (one band per page) or multi-sample (planar or interleaved), any dtype;
+* ``.npy`` / ``.npz``: an array ``(H, W)`` or ``(H, W, C)``, channels last (an ``.npz`` holds one array, or one
+  named ``image``);
+* anything PIL reads (PNG, JPEG, ...): its channels (R, G, B of a false-colour composite, or grey), EXIF
+  orientation applied.
+
+Each band is then scaled by statistics of the training split (:class:`BandNorm`): clipped to robust percentiles
+(a few saturated or dead pixels do not stretch the scale) and standardised by the mean and standard deviation of
+the clipped values.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plantpheno.band_config import BandSpec
+from plantpheno.data.images import DEFAULT_MAX_PIXELS, ImageCheck, TooLarge, require_regular_file
+from plantpheno.errors import DataError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+ARRAY_SUFFIXES = (".npy", ".npz")
+# robust range of a band: values outside the training split's 1st-99th percentiles are clipped before the mean
+# and standard deviation are taken (and before every image is standardised)
+PERCENTILES = (1.0, 99.0)
+STATS_IMAGES = 256  # training images sampled for the statistics (all of them when there are fewer)
+STATS_PIXELS = 4096  # pixels sampled per image
+
+
+class BandError(DataError):
+    """An image file that does not hold the configured bands (too few channels, NaN values, unreadable)."""
+
+
+class BandCountError(BandError):
+    """An image with fewer bands than ``data.bands`` (or a model package) reads from it."""
+
+
+def read_raw(source: str | os.PathLike[str] | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+             ) -> np.ndarray:
+    """A file's (or its encoded bytes') pixels as ``(H, W, C)`` in their own dtype; the format is recognised by
+    its first bytes (see the module's docstring for the formats)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = io.BytesIO(bytes(source)), "image bytes"
+        head = bytes(source[:8])
+    else:
+        require_regular_file(source)
+        data, name = Path(source), str(source)
+        with open(source, "rb") as f:
+            head = f.read(8)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF and BigTIFF
+        arr = _read_tiff(data, name, max_pixels)
+    elif head.startswith(b"\x93NUMPY") or head.startswith(b"PK"):
+        arr = _read_array(data, name, max_pixels, archive=head.startswith(b"PK"))
+    else:
+        arr = _read_pil(data, name, max_pixels)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise BandError(f"{name}: pixels of shape {tuple(arr.shape)}; expected (H, W) or (H, W, C)")
+    if arr.dtype.kind not in "uifb":
+        raise BandError(f"{name}: pixels of dtype {arr.dtype}; expected integers or floats")
+    return arr
+
+
+def _limit(height: int, width: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        raise TooLarge(width, height, max_pixels)
+
+
+def _read_tiff(path: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
+    import tifffile  # imported here: only band data needs it
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, shape = series.axes, series.shape
+        if "Y" not in axes or "X" not in axes:
+            raise BandError(f"{name}: a TIFF of axes {axes}; expected an image with Y and X axes")
+        _limit(shape[axes.index("Y")], shape[axes.index("X")], max_pixels)
+        if axes == "YX" and len(tif.series) > 1:  # one page per band, each its own series
+            pages = [s.asarray() for s in tif.series]
+            if any(p.shape != pages[0].shape for p in pages):
+                sizes = sorted({p.shape for p in pages})
+                raise BandError(f"{name}: its pages have different sizes {sizes}; expected one size for every band")
+            return np.stack(pages, axis=-1)
+        arr = series.asarray()
+    extra = [i for i, a in enumerate(axes) if a not in "YX"]
+    if len(extra) > 1:
+        squeeze = tuple(i for i in extra if arr.shape[i] == 1)
+        arr = np.squeeze(arr, axis=squeeze) if squeeze else arr
+        axes = "".join(a for i, a in enumerate(axes) if i not in squeeze)
+        extra = [i for i, a in enumerate(axes) if a not in "YX"]
+        if len(extra) > 1:
+            raise BandError(f"{name}: a TIFF of axes {axes} {tuple(arr.shape)}; expected one band axis (pages or "
+                            f"samples) besides Y and X")
+    order = [axes.index("Y"), axes.index("X"), *extra]
+    return np.transpose(arr, order)
+
+
+def _read_array(path: Path | io.BytesIO, name: str, max_pixels: int | None, *, archive: bool) -> np.ndarray:
+    try:
+        if not archive:
+            arr = np.load(path, mmap_mode="r" if isinstance(path, Path) else None, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                names = list(archive.keys())
+                key = names[0] if len(names) == 1 else "image" if "image" in names else None
+                if key is None:
+                    raise BandError(f"{name}: holds arrays {', '.join(names) or '(none)'}; expected one array, or one "
+                                    f"named 'image'")
+                arr = archive[key]
+    except (ValueError, OSError, EOFError) as exc:
+        raise BandError(f"{name}: not a readable numpy array ({exc})") from None
+    if arr.ndim in (2, 3):
+        _limit(arr.shape[0], arr.shape[1], max_pixels)
+    return np.asarray(arr)
+
+
+def _read_pil(path: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.ndarray:
+    from PIL import ImageOps, UnidentifiedImageError
+
+    from plantpheno.data.images import open_image
+
+    try:
+        with open_image(path, max_pixels=max_pixels) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode == "P":
+                img = img.convert("RGB")
+            return np.asarray(img)
+    except UnidentifiedImageError:
+        raise BandError(f"{name}: not an image (format not recognised)") from None
+
+
+def select_bands(arr: np.ndarray, bands: Sequence[BandSpec], *, source: object = "image") -> np.ndarray:
+    """The configured bands of a raw ``(H, W, C)`` array as float32 ``(H, W, len(bands))``.
+
+    Raises:
+        BandError: too few channels (naming the band that is missing), NaN or infinite values.
+    """
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    channels = arr.shape[2]
+    needed = max((b.channel for b in bands if b.channel is not None), default=0)
+    if needed >= channels:
+        missing = [f"{b.name} (channel {b.channel})" for b in bands if b.channel is not None and b.channel >= channels]
+        raise BandCountError(f"{source}: has {channels} band(s); data.bands needs {', '.join(missing)}: expected at least "
+                        f"{needed + 1} bands")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise BandError(f"{source}: {bad:,} NaN or infinite pixel value(s); expected finite values in every band "
+                        f"(mask or fill them before training)")
+    read = {b.name.lower(): arr[:, :, b.channel].astype(np.float32) for b in bands if b.channel is not None}
+    out = np.empty((*arr.shape[:2], len(bands)), dtype=np.float32)
+    for i, band in enumerate(bands):
+        if band.difference is None:
+            out[:, :, i] = read[band.name.lower()]
+        else:
+            a, b = (read[n.lower()] for n in band.difference)
+            total = a + b
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[:, :, i] = np.where(total != 0, (a - b) / np.where(total != 0, total, 1), 0)
+    return out
+
+
+def read_bands(path: str | os.PathLike[str], bands: Sequence[BandSpec], *,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The configured bands of an image file as float32 ``(H, W, len(bands))`` (:func:`read_raw`,
+    :func:`select_bands`)."""
+    return select_bands(read_raw(path, max_pixels=max_pixels), bands, source=path)
+
+
+def check_band_file(path: Path, bands: Sequence[BandSpec], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                    ) -> ImageCheck:
+    """The check pass for band data: read and hash ``path`` and read its bands; report a problem instead of raising
+    (band count, dtype and NaN problems are named in it)."""
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            return ImageCheck(path, None, "not a regular file")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        return ImageCheck(path, None, f"cannot read file ({exc.strerror or exc})")
+    try:
+        arr = read_raw(path, max_pixels=max_pixels)
+        select_bands(arr, bands, source=path)
+    except (BandError, TooLarge) as exc:
+        return ImageCheck(path, digest, str(exc).replace(f"{path}: ", ""))
+    except Exception as exc:  # noqa: BLE001 - decoders of corrupt files raise many kinds
+        return ImageCheck(path, digest, f"truncated or corrupt image ({str(exc) or type(exc).__name__})")
+    return ImageCheck(path, digest, None)
+
+
+@dataclass(frozen=True)
+class BandNorm:
+    """Per-band scaling learnt on the training split: clip to ``[low, high]``, then ``(x - mean) / std``."""
+
+    names: tuple[str, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """``(H, W, C)`` float32 bands -> clipped and standardised, same shape."""
+        low, high = np.asarray(self.low, np.float32), np.asarray(self.high, np.float32)
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return (np.clip(pixels, low, high) - mean) / std
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": list(self.names), "percentiles": list(PERCENTILES), "low": list(self.low),
+                "high": list(self.high), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BandNorm:
+        return cls(*(tuple(data[k]) for k in ("names", "low", "high", "mean", "std")))
+
+
+def band_statistics(paths: Sequence[Path], bands: Sequence[BandSpec], *, seed: int = 0) -> BandNorm:
+    """:class:`BandNorm` from up to ``STATS_IMAGES`` of ``paths`` (the training split), ``STATS_PIXELS`` random
+    pixels of each; the same paths and seed always give the same statistics (a resumed run or an evaluation
+    recomputes them exactly)."""
+    rng = np.random.default_rng(seed)
+    chosen = sorted(paths, key=str)
+    if len(chosen) > STATS_IMAGES:
+        chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), STATS_IMAGES, replace=False))]
+    samples = []
+    for path in chosen:
+        pixels = read_bands(path, bands, max_pixels=None).reshape(-1, len(bands))
+        take = rng.choice(len(pixels), min(STATS_PIXELS, len(pixels)), replace=False)
+        samples.append(pixels[np.sort(take)].astype(np.float64))
+    if not samples:
+        raise DataError("no training images to compute the band statistics from")
+    values = np.concatenate(samples)
+    low, high = np.percentile(values, PERCENTILES, axis=0)
+    clipped = np.clip(values, low, high)
+    mean, std = clipped.mean(axis=0), clipped.std(axis=0)
+    std = np.where(std > 0, std, 1.0)  # a constant band: centred, not scaled
+    return BandNorm(tuple(b.name.lower() for b in bands), *(tuple(float(v) for v in a) for a in (low, high, mean, std)))
+
+
+def band_check(bands: Sequence[BandSpec] | None, max_pixels: int | None) -> Callable[[Path], ImageCheck] | None:
+    """The check pass's reader for ``data.bands`` (None for RGB, which :func:`~plantpheno.data.images.check_image`
+    checks)."""
+    return None if bands is None else functools.partial(check_band_file, bands=tuple(bands), max_pixels=max_pixels)
+
+
+def band_meta(bands: Sequence[BandSpec] | None, norm: BandNorm | None, adapter: str | None) -> dict[str, Any]:
+    """What a checkpoint and a model package record of ``data.bands`` (nothing for RGB, so RGB packages stay as
+    they were): ``{"bands": {"specs": [...], "names", "low", "high", "mean", "std", "percentiles",
+    "input_adapter"}}``. Predict reads the files and scales the bands from it."""
+    if bands is None or norm is None:
+        return {}
+    specs = [b.model_dump(mode="json", exclude_none=True) for b in bands]
+    return {"bands": {"specs": specs, **norm.to_json(), "input_adapter": adapter}}
+
+
+def bands_from_meta(meta: dict[str, Any]) -> tuple[tuple[BandSpec, ...], BandNorm] | None:
+    """The band specs and scaling a checkpoint or package records (None: an RGB model)."""
+    block = meta.get("bands")
+    if not block:
+        return None
+    return tuple(BandSpec.model_validate(s) for s in block["specs"]), BandNorm.from_json(block)

@@ -1,0 +1,96 @@
+"""``model.input_adapter``: the first convolution of an RGB network, widened to the bands of ``data.bands``.
+
+Pretrained weights expect red, green and blue; multispectral data has other bands, more of them, or the same ones
+in another order. Three ways to fill the first layer's new weights:
+
+* ``mean`` (default): the pretrained filter of each band named red, green or blue is copied onto the band of that
+  name, wherever it sits (bands are matched by name, never by position); every other band gets the mean of the
+  RGB filters (what a grey-level detector looks like). Then all filters are scaled together so that the layer's
+  output keeps the variance it had on RGB input (each band is standardised, so with independent unit-variance
+  bands that variance is the sum of the squared weights): the layers after it see activations of the scale they
+  were trained on.
+* ``tile``: timm's ``adapt_input_conv``: the RGB filters repeated over the bands by position and scaled by 3 / N.
+  It puts the red filter on whatever band comes first.
+* ``random``: a fresh initialisation of the layer (PyTorch's default for a convolution).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from plantpheno.errors import ModelError
+
+RGB = ("red", "green", "blue")
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The name and module of the convolution that sees the input (timm's ``pretrained_cfg['first_conv']``, else
+    the first ``Conv2d`` with 3 input channels)."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    if name:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    for found, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return found, module
+    raise ModelError(f"{type(model).__name__}: no first convolution with 3 input channels found; data.bands needs "
+                     f"a convolutional stem")
+
+
+def adapted_weight(weight: torch.Tensor, names: Sequence[str], method: str) -> torch.Tensor:
+    """``weight`` ``(O, 3, kh, kw)`` of an RGB layer -> ``(O, len(names), kh, kw)`` by ``method`` (``mean`` or
+    ``tile``; see the module's docstring)."""
+    out_channels, _, kh, kw = weight.shape
+    count = len(names)
+    if method == "tile":
+        repeat = math.ceil(count / 3)
+        return weight.repeat(1, repeat, 1, 1)[:, :count] * (3 / count)
+    if method != "mean":
+        raise ValueError(f"unknown input adapter {method!r}")
+    mean = weight.mean(dim=1)
+    new = torch.stack([weight[:, RGB.index(n)] if n in RGB else mean for n in names], dim=1)
+    before, after = float(weight.pow(2).sum()), float(new.pow(2).sum())
+    return new * math.sqrt(before / after) if after > 0 else new
+
+
+def adapt_input(model: nn.Module, names: Sequence[str], method: str) -> str:
+    """Replace ``model``'s first convolution by one taking ``len(names)`` bands (weights by ``method``: mean, tile
+    or random), in place; returns a one-line description for the run's log."""
+    names = [n.lower() for n in names]
+    where, conv = first_conv(model)
+    # a copy keeps the layer's class and settings (timm's same-padding Conv2dSame has its own forward)
+    new = copy.deepcopy(conv)
+    new.in_channels = len(names)
+    with torch.no_grad():
+        weight = conv.weight.detach()
+        new.weight = nn.Parameter(torch.empty(weight.shape[0], len(names) // conv.groups, *weight.shape[2:],
+                                              dtype=weight.dtype, device=weight.device))
+        if method == "random":
+            nn.Conv2d.reset_parameters(new)
+        else:
+            new.weight.copy_(adapted_weight(weight, names, method))
+    parent, _, leaf = where.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    if hasattr(model, "pretrained_cfg") and isinstance(model.pretrained_cfg, dict):
+        model.pretrained_cfg = {**model.pretrained_cfg, "num_chans": len(names)}  # the input it now takes
+    copied = [n for n in names if n in RGB]
+    if method == "mean":
+        others = [n for n in names if n not in RGB]
+        how = (f"{', '.join(copied) or 'no band'} from the pretrained filter of that name; "
+               f"{', '.join(others) or 'no band'} from their mean; scaled to keep the output variance")
+    elif method == "tile":
+        how = "the RGB filters repeated over the bands by position, scaled by 3/N (timm)"
+    else:
+        how = "randomly initialised"
+    return f"model.input_adapter={method}: first layer {where} takes {len(names)} bands ({', '.join(names)}): {how}"

