@@ -31,6 +31,10 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
                                         "was planted where) are written too.")
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette"), default="disease")
+    s.add_argument("--style", choices=("plain", "field"), default="plain",
+                   help="disease kind: plain (lab photos: one leaf on soil, paper or cloth) or field (the same leaves "
+                        "among grass, stones and other leaves, with a colour cast, uneven light and some defocus), to "
+                        "build a lab -> field shift (use another --seed for the field set)")
     s.add_argument("--per-class", type=integer(1, 100_000), default=40, help="images per class (disease)")
     s.add_argument("--plants", type=integer(1, 100_000), default=40,
                    help="plants (rosette); each photographed --views times")
@@ -86,15 +90,15 @@ def run_synth(args: argparse.Namespace) -> int:
                       background_shortcut=args.plant_background_shortcut)
     if args.kind == "disease":
         out = synthesize_disease(args.out, per_class=args.per_class, image_size=args.image_size, seed=args.seed,
-                                 overwrite=args.overwrite, defects=defects)
+                                 overwrite=args.overwrite, defects=defects, style=args.style)
         if defects.any():
             print(f"wrote an image-folder dataset with planted defects to {out} (use data.manifest={out}/labels.csv;"
                   f" what was planted: {out}/defects.json)")
         else:
             print(f"wrote an image-folder dataset to {out} (use data.root={out})")
     else:
-        if defects.any():
-            raise ConfigError("--plant-* options work with --kind disease only")
+        if defects.any() or args.style != "plain":
+            raise ConfigError("--plant-* and --style options work with --kind disease only")
         out = synthesize_rosettes(args.out, plants=args.plants, views_per_plant=args.views,
                                   image_size=args.image_size, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote a leaf-count dataset; manifest {out} (use data.manifest={out} task=regression)")
