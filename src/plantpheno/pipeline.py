@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from plantpheno import __version__, distributed
+from plantpheno import __version__, distributed, source_eval
 from plantpheno.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
@@ -136,6 +136,7 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
             set_threads(config.training.threads, processes_per_machine=distributed.local_world_size())
             # Data and model first: a bad image or backbone fails before any run folder exists.
             setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
+            dist.on_main(lambda: source_eval.check_sources(config, setup.prepared.class_names))
             # an error-level finding stops here too, on every rank (rank 0 checks, the others hear its verdict)
             checked = dist.on_main(lambda: _check_data(setup))
             run = dist.broadcast(_new_run_dir(setup, held, checked) if dist.is_main else None)
@@ -359,7 +360,7 @@ def _evaluate_and_record(setup: _Setup, run: RunDir, state: TrainState, trackers
         run.write_status("evaluating", distributed=_job_summary(setup, replicas))
     _plot_history(run)
     split = config.evaluation.split
-    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch)
+    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch, sources=True)
     name, _ = config.monitor
     run.write_status("completed", epochs=state.epoch, best_epoch=state.best_epoch, best_value=state.best_value,
                      monitor=name, evaluation={split: _headline(metrics)})
@@ -573,13 +574,17 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key], "confidence_interval": metrics.get("confidence_interval")}
 
 
-def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None) -> dict[str, Any]:
+def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None,
+              sources: bool = False) -> dict[str, Any]:
     # with the feature cache, the validation predictions come from the cached inputs (the frozen part is not
     # run over the validation images again), in the order and shard of the image loaders
     validation = setup.features.validation_source() if setup.features is not None else None
     metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
                              config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
                              checkpoint_epoch=best_epoch, validation=validation)
+    if sources and setup.config.evaluation.sources:  # before the report, which shows them
+        source_eval.evaluate_sources(setup.model, run, config=setup.config, meta=setup.meta, device=setup.device,
+                                     checkpoint_epoch=best_epoch, reporter=setup.reporter)
     if setup.config.evaluation.report:
         write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
     return metrics

@@ -81,8 +81,13 @@ def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = Non
                             num_outputs=int(meta["num_outputs"]))
         model.load_state_dict(checkpoint["model"])
         target = resolve_device(device or config.device)
-        return evaluate_loaded(model.to(target), run, spec, config=config, meta=meta, device=target,
-                               checkpoint_epoch=checkpoint["state"]["epoch"], reporter=reporter)
+        metrics = evaluate_loaded(model.to(target), run, spec, config=config, meta=meta, device=target,
+                                  checkpoint_epoch=checkpoint["state"]["epoch"], reporter=reporter)
+        if config.evaluation.report and run.eval("test").metrics.is_file():  # its "On another source" section
+            from plantpheno.evaluation.html_report import write_report_or_warn
+
+            write_report_or_warn(run, "test", model=model, meta=meta, reporter=reporter)
+        return metrics
 
 
 def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: Config, meta: dict[str, Any],
@@ -246,3 +251,39 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     if sep.get("accuracy") is not None:
         lines.append(f"  sources apart by their borders: {sep['accuracy']:.1%} (majority {sep['majority']:.1%})")
     return lines
+
+
+def check_sources(config: Config, class_names: list[str] | None) -> None:
+    """Before training: every ``evaluation.sources`` entry can be read and mapped (a bad class map or an empty
+    source fails now, not after the training it would follow)."""
+    if not config.evaluation.sources:
+        return
+    if class_names is None:
+        raise DataError("evaluation.sources needs a classification run (task: classification); this config trains "
+                        "a regression")
+    for i, entry in enumerate(config.evaluation.sources):
+        spec = SourceSpec(entry.data, entry.class_map, entry.name)
+        where = f"evaluation.sources[{i}]"
+        try:
+            source_name(spec)
+            class_map = load_class_map(spec.class_map, class_names) if spec.class_map is not None else ClassMap()
+            map_source(read_source(spec.data, config), class_map, class_names, source=str(spec.data))
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+
+
+def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: dict[str, Any], device: torch.device,
+                     checkpoint_epoch: int | None, reporter: Reporter) -> None:
+    """The end of ``train``: each ``evaluation.sources`` entry, evaluated with the best weights (a failure warns:
+    the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it)."""
+    for entry in config.evaluation.sources:
+        spec = SourceSpec(entry.data, entry.class_map, entry.name)
+        try:
+            metrics = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
+                                      checkpoint_epoch=checkpoint_epoch, reporter=reporter)
+        except Exception as exc:  # noqa: BLE001 - the run is trained and evaluated in source; this is extra
+            reporter.warning(f"evaluating on {spec.data} failed ({type(exc).__name__}: {exc}); retry with "
+                             f"plantpheno evaluate {run.path} --data {spec.data}")
+            continue
+        for line in summary_lines(metrics):
+            reporter.info(line)
