@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from plantpheno import __version__, distributed, source_eval
+from plantpheno import __version__, distributed, parent_model, source_eval
 from plantpheno.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.data.datasets import Loaders, PreparedData, build_loaders, close_loaders, prepare_data, write_data_files
@@ -100,8 +100,12 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
         task: Classification | Regression = Classification(prepared.class_names)
     else:
         task = Regression(*prepared.target_stats(), counts=prepared.counts())
-    model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
+    starting = load_pretrained and config.model.init_from is not None  # the parent's weights replace pretrained ones
+    model_cfg = (config.model if load_pretrained and not starting
+                 else config.model.model_copy(update={"pretrained": False}))
     model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
+    parent = (parent_model.start_from_parent(model, config, task=task.name, class_names=prepared.class_names)
+              if starting else None)
     check_phases(model, config)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
@@ -113,6 +117,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
             "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint}
+    if parent is not None:  # lineage: checkpoints, and so registry packages, name the model this run started from
+        meta["parent_model"] = parent
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None) if config.training.feature_cache else None)
@@ -168,6 +174,8 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
             recorded = run.split_manifest.is_file() and run.dataset_info.is_file()
             setup = _setup(config, manifest=run.split_manifest if recorded else None,
                            load_pretrained=checkpoint is None, dist=dist, reporter=reporter)
+            if checkpoint is not None and "parent_model" in checkpoint["meta"]:  # keep the lineage on resume
+                setup.meta["parent_model"] = checkpoint["meta"]["parent_model"]
             if recorded:
                 _check_same_data(run, setup.prepared)
             elif dist.is_main:  # it stopped while writing its data files: write them now
