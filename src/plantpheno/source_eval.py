@@ -136,7 +136,7 @@ def read_source(data: Path, config: Config) -> list[Sample]:
     and ``label`` columns, paths relative to the manifest's folder)."""
     if data.is_dir():
         return read_folder(data, extensions=config.data.extensions)
-    if data.suffix.lower() == ".csv" or data.is_file():
+    if data.is_file():
         return read_manifest(data, root=None, task="classification")
     raise DataError(f"--data {data} does not exist; expected an image folder (root/<label>/<image>) or a CSV "
                     f"manifest (path,label)")
