@@ -8,8 +8,11 @@ with a few labelled field images per class wins back.
 2. Train a lab model; ``evaluate --data`` on the field test set gives the drop from its lab test accuracy with
    the interval of the difference, and the ECE before/after its temperature on the field images.
 3. For each seed and each budget of 5, 10, 20 labelled field images per class, fine-tune from the lab model
-   (``model.init_from``) on those images (the lab validation split stays the validation split: nothing is chosen
-   on field images), and evaluate on the same field test set.
+   (``model.init_from``) on those images mixed with the lab training images (the lab validation split stays the
+   validation split: nothing is chosen on field images), and evaluate on the same field test set. Mixed, because
+   fine-tuning on the few field images alone (measured first: 20-40 images, 1-2 steps an epoch, the epoch chosen
+   on lab validation) lost lab accuracy within one epoch and ended at 0.44-0.62 field accuracy, no better than
+   the lab model's 0.56.
 
 Writes field accuracy per budget (each seed's figure with its bootstrap interval, the median over seeds) and the
 share of the drop recovered ((acc_k - acc_0) / drop), with the machine, to ``benchmarks/results/adapt.json``.
@@ -79,10 +82,11 @@ def main() -> None:
     start = time.time()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    lab_n, field_n = (20, 20) if args.quick else (50, 80)
+    lab_n, field_n = (20, 20) if args.quick else (40, 80)
     seeds = (0,) if args.quick else (0, 1, 2)
     budgets = (5, 10) if args.quick else (5, 10, 20)
     epochs = 2 if args.quick else 10
+    ft_epochs = 1 if args.quick else 4
     lab = synthesize_disease(args.work / "lab", per_class=lab_n, image_size=64, seed=0)
     field = synthesize_disease(args.work / "field", per_class=field_n, image_size=64, seed=1, style="field")
     pool, test_rows = _field_rows(field, field_n)
@@ -100,11 +104,10 @@ def main() -> None:
         for seed in seeds:
             rng = np.random.default_rng([seed, k])
             picked = [(p, name, "train") for name in CLASSES for p in rng.choice(pool[name], k, replace=False)]
-            kept = [row for row in lab_split if row[2] != "train"]  # lab val (to choose the epoch) and test
-            manifest = _manifest(args.work / f"ft_{k}_{seed}.csv", kept + picked)
+            manifest = _manifest(args.work / f"ft_{k}_{seed}.csv", lab_split + picked)
             cfg = _config(args.work, f"ft_{k}_{seed}", seed=seed, data={"manifest": str(manifest)},
                           model={"init_from": str(lab_run.path)},
-                          training={"epochs": max(1, epochs // 2), "learning_rate": 0.003})
+                          training={"epochs": ft_epochs, "learning_rate": 0.003})
             run = api.train(cfg, reporter=quiet)
             results[str(k)].append({"seed": seed, **_figures(api.evaluate(run, data=field_test, name="field",
                                                                             reporter=quiet))})
@@ -113,7 +116,7 @@ def main() -> None:
               "quick": args.quick, "seconds": round(time.time() - start, 1),
               "setup": {"lab_per_class": lab_n, "field_per_class": field_n, "field_test_images": len(test_rows),
                         "image_size": 64, "backbone": "test_resnet", "lab_epochs": epochs,
-                        "fine_tune_epochs": max(1, epochs // 2), "seeds": list(seeds)},
+                        "fine_tune_epochs": ft_epochs, "seeds": list(seeds)},
               "lab_test_accuracy": drop["in_source"], "drop": drop,
               "calibration_on_field": zero["shift"]["calibration"] | {"reliability": None},
               "separability": zero.get("separability"), "by_budget": results, "summary": summary}

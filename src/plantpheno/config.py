@@ -400,8 +400,9 @@ class EvaluationConfig(_Section):
     report_examples: int = Field(16, ge=0, le=200, description="Worst errors shown in the report's gallery (and "
                                                                 "up to 2 correct examples per class).")
     sources: tuple[SourceConfig, ...] = Field(
-        (), description="Other image sources to evaluate on after training (classification): how much the model "
-                        "drops there; see docs/guide/another-source.md.")
+        (), description="Other image sources to evaluate on after training (classification), each {data: folder or "
+                        "CSV, class_map: YAML or null, name: eval folder or null}: how much the model drops there "
+                        "(docs/guide/another-source.md).")
 
 
 class MlflowConfig(_Section):
@@ -750,6 +751,7 @@ def field_docs() -> list[tuple[str, str, str, str]]:
                 continue
             default = "required" if field.is_required() else _fmt_default(field.get_default(call_default_factory=True))
             type_name = str(ann).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+            type_name = type_name.replace("plantpheno.config.", "")
             rows.append((dotted, type_name, default, field.description or ""))
 
     walk(Config, "")

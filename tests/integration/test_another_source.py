@@ -18,7 +18,7 @@ import torch
 import plantpheno as pp
 from conftest import tiny_config
 from plantpheno.data.synth import synthesize_disease
-from plantpheno.errors import ConfigError
+from plantpheno.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,19 +82,28 @@ def test_evaluate_on_another_source_writes_its_eval_folder(lab_run, field, tmp_p
     ("- healthy\n- rust\n", "is a list; expected a mapping 'source label: run class'"),
     ("mosaic: unknown\n", "maps none of them to a run class"),
 ])
-def test_bad_class_maps_fail_in_one_line(lab_run, field, tmp_path, content, expected):
+def test_bad_class_maps_are_refused_with_what_was_expected(lab_run, field, tmp_path, content, expected):
     root, _ = field
     cmap = tmp_path / "map.yaml"
     cmap.write_text(content)
-    done = _cli("evaluate", str(lab_run), "--data", str(root), "--class-map", str(cmap))
-    assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(DataError, match=expected):
+        pp.evaluate(lab_run, data=root, class_map=cmap, verbose=False)
     assert not (lab_run / "eval" / "field").exists()
+
+
+def test_a_bad_class_map_on_the_command_line_is_one_line_and_exit_2(lab_run, field, tmp_path):
+    root, _ = field
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("Spots: spots\n")
+    done = _cli("evaluate", str(lab_run), "--data", str(root), "--class-map", str(cmap))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "which is not a class of the run" in done.stderr
 
 
 def test_train_ends_with_evaluation_sources_and_init_from_records_the_parent(lab_run, field, tmp_path):
     root, cmap = field
     raw = tiny_config(tmp_path, data={"root": str(root)}, model={"init_from": str(lab_run)},
-                      evaluation={"sources": [{"data": str(root), "class_map": str(cmap), "name": "same"}]})
+                      evaluation={"sources": [{"data": str(root), "name": "same"}]})  # its own classes: no map
     run = pp.train(raw, verbose=False)
     checkpoint = torch.load(run.path / "checkpoints" / "best.pt", weights_only=True)
     parent = checkpoint["meta"]["parent_model"]
