@@ -268,8 +268,8 @@ def check_sources(config: Config, class_names: list[str] | None) -> None:
             source_name(spec)
             class_map = load_class_map(spec.class_map, class_names) if spec.class_map is not None else ClassMap()
             map_source(read_source(spec.data, config), class_map, class_names, source=str(spec.data))
-        except DataError as exc:
-            raise DataError(f"{where}: {exc}") from None
+        except (DataError, ArgumentError) as exc:  # the config's field named, not the command line's
+            raise DataError(f"{where}: {str(exc).replace('; give one with --name', '; set its name')}") from None
 
 
 def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: dict[str, Any], device: torch.device,

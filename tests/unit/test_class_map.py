@@ -169,3 +169,25 @@ def test_parent_weights_are_copied_with_head_rows_matched_by_class_name() -> Non
     with pytest.raises(ConfigError, match="its backbone is 'resnet18' and this config's model.backbone is 'test_resnet'"):
         check_parent({"task": "classification", "backbone": "resnet18"}, task="classification",
                      backbone="test_resnet", origin="runs/x")
+
+
+def test_evaluation_sources_are_checked_before_training_and_name_their_entry(make_config, tmp_path: Path) -> None:
+    from plantpheno.source_eval import check_sources
+
+    other = tmp_path / "other"
+    for label in ("Rust", "mosaic"):
+        (other / label).mkdir(parents=True)
+        (other / label / "a.jpg").write_bytes(b"")  # listed, not decoded, by the check
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("Rust: rust\n")
+    ok = make_config(data={"root": str(tmp_path)}, evaluation={"sources": [{"data": str(other), "class_map": str(cmap)}]})
+    check_sources(ok, CLASSES)
+    with pytest.raises(DataError, match=r"evaluation.sources\[0\]: .* none is one of the run's classes"):
+        check_sources(make_config(data={"root": str(tmp_path)}, evaluation={"sources": [{"data": str(other)}]}),
+                      CLASSES)
+    with pytest.raises(DataError, match=r"evaluation.sources\[1\]: name 'val' .* set its name"):
+        check_sources(make_config(data={"root": str(tmp_path)}, evaluation={"sources": [
+            {"data": str(other), "class_map": str(cmap)}, {"data": str(other), "class_map": str(cmap),
+                                                            "name": "val"}]}), CLASSES)
+    with pytest.raises(DataError, match="needs a classification run"):
+        check_sources(ok, None)
