@@ -270,6 +270,11 @@ class ModelConfig(_Section):
         "copied onto red/green/blue, other bands get their mean, scaled to keep the output variance), tile (timm's "
         "repeat of the RGB filters) or random.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
+    init_from: str | None = Field(
+        None, min_length=1,
+        description="Start from an existing model's weights: a run directory or a registered model (NAME@alias, "
+                    "NAME/VERSION). Same task and backbone; classes matched by name (new classes get fresh head "
+                    "rows). Recorded in the run's lineage as its parent model.")
 
 
 class EarlyStoppingConfig(_Section):
@@ -388,6 +393,15 @@ class TrainingConfig(_Section):
         return self
 
 
+class SourceConfig(_Section):
+    """Another image source the trained classifier is evaluated on at the end of training (eval/<name>/)."""
+
+    data: Path = Field(description="An image folder (root/<label>/<image>) or a CSV manifest (path,label).")
+    class_map: Path | None = Field(None, description="YAML mapping 'source label: run class' (or unknown); "
+                                                     "null = labels named as the run's classes.")
+    name: str | None = Field(None, description="The folder under RUN_DIR/eval/; null = the data's name.")
+
+
 class EvaluationConfig(_Section):
     """Evaluation at the end of training (and defaults for `plantpheno evaluate`)."""
 
@@ -405,6 +419,10 @@ class EvaluationConfig(_Section):
     report: bool = Field(True, description="Write RUN_DIR/report.html after each evaluation (with Grad-CAM).")
     report_examples: int = Field(16, ge=0, le=200, description="Worst errors shown in the report's gallery (and "
                                                                 "up to 2 correct examples per class).")
+    sources: tuple[SourceConfig, ...] = Field(
+        (), description="Other image sources to evaluate on after training (classification), each {data: folder or "
+                        "CSV, class_map: YAML or null, name: eval folder or null}: how much the model drops there "
+                        "(docs/guide/another-source.md).")
 
 
 class MlflowConfig(_Section):
@@ -812,6 +830,7 @@ def field_docs() -> list[tuple[str, str, str, str]]:
                 continue
             default = "required" if field.is_required() else _fmt_default(field.get_default(call_default_factory=True))
             type_name = str(ann).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+            type_name = type_name.replace("plantpheno.config.", "")
             rows.append((dotted, type_name, default, field.description or ""))
 
     walk(Config, "")

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 import plantpheno.distributed as distributed
+import plantpheno.parent_model as parent_model
+import plantpheno.source_eval as source_eval
 from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.config import Config, config_to_dict, validate_config
 from plantpheno.band_config import band_names
@@ -106,11 +108,15 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
         task: Classification | Regression = Classification(prepared.class_names)
     else:
         task = Regression(*prepared.target_stats(), counts=prepared.is_count_trait())
-    model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
+    starting = load_pretrained and config.model.init_from is not None  # the parent's weights replace pretrained ones
+    model_cfg = (config.model if load_pretrained and not starting
+                 else config.model.model_copy(update={"pretrained": False}))
     model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression),
                         bands=band_names(config.data.bands) if config.data.bands else None)
     if main and hasattr(model, "plantpheno_input_adapter"):
         reporter.info(model.plantpheno_input_adapter)
+    parent = (parent_model.start_from_parent(model, config, task=task.name, class_names=prepared.class_names)
+              if starting else None)
     check_phases(model, config)
     mean, std = normalization(model, config)
     device = resolve_device(config.device)
@@ -127,6 +133,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
             "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint,
             **band_meta(config.data.bands, prepared.band_norm, getattr(model, "plantpheno_input_adapter", None))}
+    if parent is not None:  # lineage: checkpoints, and so registry packages, name the model this run started from
+        meta["parent_model"] = parent
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None, store=feature_store)
@@ -155,6 +163,7 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
             # Data and model first: a bad image or backbone fails before any run folder exists.
             setup = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter,
                            feature_store=feature_store)
+            dist.on_main(lambda: source_eval.check_sources(config, setup.prepared.class_names))
             # an error-level finding stops here too, on every rank (rank 0 checks, the others hear its verdict)
             checked = dist.on_main(lambda: _check_data(setup))
             run = dist.broadcast(_new_run_dir(setup, held, checked) if dist.is_main else None)
@@ -186,6 +195,8 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
             recorded = run.split_manifest.is_file() and run.dataset_info.is_file()
             setup = _setup(config, manifest=run.split_manifest if recorded else None,
                            load_pretrained=checkpoint is None, dist=dist, reporter=reporter)
+            if checkpoint is not None and "parent_model" in checkpoint["meta"]:  # keep the lineage on resume
+                setup.meta["parent_model"] = checkpoint["meta"]["parent_model"]
             if recorded:
                 _check_same_data(run, setup.prepared)
             elif dist.is_main:  # it stopped while writing its data files: write them now
@@ -387,7 +398,7 @@ def _evaluate_and_record(setup: _Setup, run: RunDir, state: TrainState, trackers
         run.write_status("evaluating", distributed=_job_summary(setup, replicas))
     _plot_history(run)
     split = config.evaluation.split
-    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch)
+    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch, sources=True)
     name, _ = config.monitor
     run.write_status("completed", epochs=state.epoch, best_epoch=state.best_epoch, best_value=state.best_value,
                      monitor=name, evaluation={split: _headline(metrics)})
@@ -601,13 +612,17 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key], "confidence_interval": metrics.get("confidence_interval")}
 
 
-def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None) -> dict[str, Any]:
+def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None,
+              sources: bool = False) -> dict[str, Any]:
     # with the feature cache, the validation predictions come from the cached inputs (the frozen part is not
     # run over the validation images again), in the order and shard of the image loaders
     validation = setup.features.validation_source() if setup.features is not None else None
     metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
                              config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
                              checkpoint_epoch=best_epoch, validation=validation)
+    if sources and setup.config.evaluation.sources:  # before the report, which shows them
+        source_eval.evaluate_sources(setup.model, run, config=setup.config, meta=setup.meta, device=setup.device,
+                                     checkpoint_epoch=best_epoch, reporter=setup.reporter)
     if setup.config.evaluation.report and setup.config.data.bands is not None:
         setup.reporter.warning("no HTML report for data.bands yet (its figures and Grad-CAM draw RGB images); the "
                                "metrics and predictions files are written")

@@ -238,3 +238,15 @@ def test_host_memory_runs_release_memory_off_and_on_side_by_side(tiny_manifest, 
     assert pair["total_on"] >= pair["pss_on"]
     assert pair["total_ratio"] == pytest.approx(pair["total_on"] / pair["total_off"])
     assert "release_memory off and on" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_adapt_measures_the_drop_and_each_fine_tuning_budget(tmp_path):
+    out = tmp_path / "adapt.json"
+    _run("adapt.py", "--quick", "--work", str(tmp_path / "work"), "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_model"] and report["quick"] is True
+    drop = report["drop"]
+    assert drop["drop"] == pytest.approx(drop["in_source"] - drop["source"]) and drop["low"] <= drop["high"]
+    assert set(report["by_budget"]) == {"0", "5", "10"} and all(len(v) == 1 for v in report["by_budget"].values())
+    assert report["calibration_on_field"]["ece_before"]["low"] is not None

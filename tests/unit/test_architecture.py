@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation, tracking", ("evaluation", "tracking")),
     ("training", ("training",)),
     ("registry", ("registry",)),
-    ("pipeline", ("pipeline", "labelling")),
+    ("pipeline", ("pipeline", "labelling", "parent_model", "source_eval")),
     ("api, tuning", ("api", "tuning", "budget", "__init__")),
     ("cli", ("cli", "__main__")),
 ]

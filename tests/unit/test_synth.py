@@ -243,3 +243,43 @@ def test_background_shortcut_gives_each_class_its_own_background(tmp_path: Path)
     assert class_corner_spread(shortcut) > 2 * class_corner_spread(clean)
     with pytest.raises(DataError, match="planted defects need as many training images"):
         synthesize_disease(tmp_path / "few", per_class=3, image_size=40, defects=Defects(flips=50))
+
+
+def test_field_style_keeps_leaf_and_label_but_changes_the_scene(tmp_path: Path) -> None:
+    from plantpheno.data.synth import disease_example
+
+    lab = synthesize_disease(tmp_path / "lab", per_class=2, image_size=64, seed=3)
+    field = synthesize_disease(tmp_path / "field", per_class=2, image_size=64, seed=3, style="field")
+    assert sorted(_files(lab)) == sorted(_files(field))  # same classes, same files, same labels
+    inside, outside = [], []
+    for name in DISEASE_CLASSES:
+        for i in range(2):
+            _, _, leaf = disease_example(name, i, image_size=64, seed=3)
+            a, b = (np.asarray(Image.open(root / name / f"{name}_{i:04d}.jpg"), np.float32) for root in (lab, field))
+            for mask, found in ((leaf > 0.9, inside), (leaf < 0.05, outside)):
+                found.append(np.corrcoef(a[mask].ravel(), b[mask].ravel())[0, 1])
+    # the leaf is the same leaf (only relit); the background is another scene
+    assert min(inside) > 0.8 and np.mean(outside) < 0.4
+    again = synthesize_disease(tmp_path / "again", per_class=2, image_size=64, seed=3, style="field")
+    assert _files(again) == _files(field)  # deterministic by seed
+
+
+def test_field_style_backgrounds_are_greener_than_lab_ones(tmp_path: Path) -> None:
+    lab = synthesize_disease(tmp_path / "lab", per_class=4, image_size=64, seed=0)
+    field = synthesize_disease(tmp_path / "field", per_class=4, image_size=64, seed=0, style="field")
+
+    def border_green(root: Path) -> float:  # the image's outer frame: background almost everywhere
+        shares = []
+        for path in sorted(root.rglob("*.jpg")):
+            _, green, _, _ = _colour_masks(path)
+            frame = np.ones_like(green)
+            frame[6:-6, 6:-6] = False
+            shares.append(green[frame].mean())
+        return float(np.mean(shares))
+
+    assert border_green(field) > border_green(lab) + 0.05
+
+
+def test_unknown_style_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="style must be one of plain, field, got 'forest'"):
+        synthesize_disease(tmp_path / "x", per_class=1, style="forest")

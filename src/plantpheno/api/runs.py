@@ -80,14 +80,30 @@ def resume(run: Run | str | os.PathLike[str], *, verbose: bool = True, reporter:
     return Run(result.run_dir)
 
 
-def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val", "test"] = "test",
-             device: str | None = None, verbose: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
+def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val", "test"] | None = None,
+             data: str | os.PathLike[str] | None = None, class_map: str | os.PathLike[str] | None = None,
+             name: str | None = None, device: str | None = None, verbose: bool = True,
+             reporter: Reporter | None = None) -> dict[str, Any]:
     """Evaluate a run's best checkpoint on one of its splits (``plantpheno evaluate``): writes
-    ``RUN_DIR/eval/SPLIT/`` and returns its metrics (with ``headline_metric`` and its ``confidence_interval``)."""
-    import plantpheno.pipeline as pipeline
+    ``RUN_DIR/eval/SPLIT/`` and returns its metrics (with ``headline_metric`` and its ``confidence_interval``).
 
-    return pipeline.evaluate_run(_run_path(run), split=check_split(split), device=device,
-                                 reporter=_reporter(verbose, reporter))
+    With ``data`` (an image folder or a CSV manifest of another source), evaluate on that source instead
+    (``plantpheno evaluate RUN --data``): ``class_map`` is a YAML file mapping its labels to the run's classes,
+    ``name`` the folder under ``RUN_DIR/eval/``; the metrics then hold ``source``, ``shift`` (the drop from the
+    test split with its interval, per-class drops, calibration) and ``separability``."""
+    if data is None:
+        if class_map is not None or name is not None:
+            raise ArgumentError("class_map and name go with data (an evaluation on another source)")
+        import plantpheno.pipeline as pipeline
+
+        return pipeline.evaluate_run(_run_path(run), split=check_split(split or "test"), device=device,
+                                     reporter=_reporter(verbose, reporter))
+    if split is not None:
+        raise ArgumentError("split and data exclude each other: data evaluates on another source")
+    import plantpheno.source_eval as source_eval
+
+    spec = source_eval.SourceSpec(Path(data), Path(class_map) if class_map is not None else None, name)
+    return source_eval.evaluate_source(_run_path(run), spec, device=device, reporter=_reporter(verbose, reporter))
 
 
 SPLITS = ("train", "val", "test")
@@ -209,7 +225,7 @@ class Run:
         """The checkpoint that evaluation, registration and prediction use (the best, else the last)."""
         return RunDir(self.path).checkpoint_to_use()
 
-    def evaluate(self, split: Literal["train", "val", "test"] = "test", **options: Any) -> dict[str, Any]:
+    def evaluate(self, split: Literal["train", "val", "test"] | None = None, **options: Any) -> dict[str, Any]:
         """:func:`evaluate` on this run."""
         return evaluate(self, split=split, **options)
 

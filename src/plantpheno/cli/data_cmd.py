@@ -35,6 +35,10 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette", "multispectral"), default="disease",
                    help="multispectral: 4-band 16-bit TIFFs (red, green, blue, nir), stress visible in NIR only")
+    s.add_argument("--style", choices=("plain", "field"), default="plain",
+                   help="disease kind: plain (lab photos: one leaf on soil, paper or cloth) or field (the same leaves "
+                        "among grass, stones and other leaves, with a colour cast, uneven light and some defocus), to "
+                        "build a lab -> field shift (use another --seed for the field set)")
     s.add_argument("--per-class", type=integer(1, 100_000), default=40, help="images per class (disease)")
     s.add_argument("--plants", type=integer(1, 100_000), default=40,
                    help="plants (rosette); each photographed --views times")
@@ -90,7 +94,7 @@ def run_synth(args: argparse.Namespace) -> int:
                       background_shortcut=args.plant_background_shortcut)
     if args.kind == "disease":
         out = synthesize_disease(args.out, per_class=args.per_class, image_size=args.image_size, seed=args.seed,
-                                 overwrite=args.overwrite, defects=defects)
+                                 overwrite=args.overwrite, defects=defects, style=args.style)
         if defects.any():
             print(f"wrote an image-folder dataset with planted defects to {out} (use data.manifest={out}/labels.csv;"
                   f" what was planted: {out}/defects.json)")
@@ -106,8 +110,8 @@ def run_synth(args: argparse.Namespace) -> int:
         print(f"wrote a four-band TIFF dataset to {out} (use data.root={out} "
               f"'data.bands=[red, green, blue, nir]')")
     else:
-        if defects.any():
-            raise ConfigError("--plant-* options work with --kind disease only")
+        if defects.any() or args.style != "plain":
+            raise ConfigError("--plant-* and --style options work with --kind disease only")
         out = synthesize_rosettes(args.out, plants=args.plants, views_per_plant=args.views,
                                   image_size=args.image_size, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote a leaf-count dataset; manifest {out} (use data.manifest={out} task=regression)")

@@ -1,4 +1,5 @@
-"""``plantpheno evaluate RUN_DIR [--split test]``."""
+"""``plantpheno evaluate RUN_DIR [--split test]`` and ``plantpheno evaluate RUN_DIR --data DIR_OR_CSV [--class-map
+MAP.yaml] [--name NAME]``."""
 
 from __future__ import annotations
 
@@ -7,25 +8,50 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on one of its splits",
+    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on one of its splits or another source",
                        description="Evaluate a run's best checkpoint on its train, val or test split; writes "
                                    "RUN_DIR/eval/SPLIT/ (metrics.json, reports, plots, predictions.csv) and the HTML "
                                    "report (RUN_DIR/report.html for test, RUN_DIR/report_SPLIT.html for val or "
-                                   "train, so no split's report replaces another's).")
+                                   "train, so no split's report replaces another's). With --data, evaluate it on "
+                                   "another image source instead (an image folder or a CSV manifest path,label): "
+                                   "writes RUN_DIR/eval/NAME/ with the drop from the test split, per-class drops, "
+                                   "calibration, and the images whose labels have no run class (expected unknown).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--split", choices=("train", "val", "test"), default=None, help="the run's split (default test)")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR_OR_CSV",
+                   help="another source: an image folder (root/<label>/<image>) or a CSV manifest (path,label)")
+    p.add_argument("--class-map", type=Path, default=None, metavar="MAP.yaml",
+                   help="with --data: YAML mapping 'source label: run class' (or unknown); labels it does not map "
+                        "are expected to be unknown (default: labels named as the run's classes)")
+    p.add_argument("--name", default=None, help="with --data: the folder under RUN_DIR/eval/ (default: the data's name)")
     p.add_argument("--device", default=None, help="override the run's device (auto, cpu, cuda, ...)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from plantpheno.evaluation.report import summary_lines
-    from plantpheno.pipeline import evaluate_run
+    from plantpheno.errors import ArgumentError
     from plantpheno.reporting import ConsoleReporter
     from plantpheno.run.folder import RunDir
 
-    m = evaluate_run(args.run_dir, split=args.split, device=args.device, reporter=ConsoleReporter())
-    for line in summary_lines(m):
+    if args.data is None:
+        if args.class_map is not None or args.name is not None:
+            raise ArgumentError("--class-map and --name go with --data (an evaluation on another source)")
+        from plantpheno.evaluation.report import summary_lines
+        from plantpheno.pipeline import evaluate_run
+
+        split = args.split or "test"
+        m = evaluate_run(args.run_dir, split=split, device=args.device, reporter=ConsoleReporter())
+        for line in summary_lines(m):
+            print(line)
+        print(f"reports: {RunDir(args.run_dir).eval(split).path}")
+        return 0
+    if args.split is not None:
+        raise ArgumentError("--split and --data exclude each other: --data evaluates on another source")
+    from plantpheno import source_eval
+
+    spec = source_eval.SourceSpec(args.data, args.class_map, args.name)
+    m = source_eval.evaluate_source(args.run_dir, spec, device=args.device, reporter=ConsoleReporter())
+    for line in source_eval.summary_lines(m):
         print(line)
-    print(f"reports: {RunDir(args.run_dir).eval(args.split).path}")
+    print(f"reports: {RunDir(args.run_dir).eval(m['split']).path}")
     return 0

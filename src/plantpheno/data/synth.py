@@ -24,6 +24,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
 from plantpheno.files.atomic import atomic_write_text
+from plantpheno.data.synth_field import STYLES, field_generator, fieldify
 from plantpheno.errors import DataError
 
 DISEASE_CLASSES: tuple[str, ...] = ("healthy", "leaf_spot", "rust", "blight")
@@ -66,7 +67,7 @@ class Defects:
 
 def synthesize_disease(
     out_dir: str | Path, *, per_class: int = 40, image_size: int = 96, seed: int = 0, overwrite: bool = False,
-    defects: Defects | None = None,
+    defects: Defects | None = None, style: str = "plain",
 ) -> Path:
     """Write an image-folder dataset ``out_dir/<class>/<class>_<i:04d>.jpg`` and return ``out_dir``.
 
@@ -77,7 +78,12 @@ def synthesize_disease(
     With ``defects`` (any planted), a seeded 70/15/15 split per class is written as ``labels.csv``
     (``path,label,split``, paths relative to ``out_dir``) and what was planted where as ``defects.json``; the
     clean images are the same as without defects (except where a background shortcut is planted).
+
+    ``style``: ``plain`` (lab photos) or ``field`` (the same leaves in a cluttered, unevenly lit scene with a
+    colour cast and some defocus: :mod:`plantpheno.data.synth_field`), to build a lab -> field shift.
     """
+    if style not in STYLES:
+        raise DataError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     _check_int("per_class", per_class, 1)
     _check_int("image_size", image_size, 32, 1024)
     _check_int("seed", seed, 0)
@@ -93,8 +99,11 @@ def synthesize_disease(
     for class_index, name in enumerate(DISEASE_CLASSES):
         for i in range(per_class):
             rng = np.random.default_rng([seed, _TAG_DISEASE, class_index, i])
-            canvas = _render_disease(rng, class_index, _canvas_size(image_size),
+            masks: dict[str, _Array] = {}
+            canvas = _render_disease(rng, class_index, _canvas_size(image_size), masks=masks,
                                      shortcut=defects.background_shortcut)
+            if style == "field":  # the same leaf, photographed in the field
+                canvas = fieldify(field_generator(seed, class_index, i), canvas, masks["leaf"])
             given = plan.flips.get((class_index, i))
             folder = DISEASE_CLASSES[given] if given is not None else name
             rel = f"{folder}/{name}_{i:04d}_flip.jpg" if given is not None else f"{name}/{name}_{i:04d}.jpg"

@@ -28,6 +28,7 @@ from plantpheno.errors import RunDirError
 from plantpheno.evaluation import report_figures as figures
 from plantpheno.evaluation import report_gallery as gallery
 from plantpheno.evaluation import report_sections as sections
+from plantpheno.evaluation import report_source
 from plantpheno.reporting import Reporter
 from plantpheno.run.folder import RunDir
 
@@ -124,6 +125,8 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
         parts.append(sections.tta(metrics["tta"]))
     if run.budget_leaderboard.is_file():  # budget mode: the candidates this run was chosen from
         parts.append(sections.budget(_read_json(run.budget_leaderboard)))
+    if split == "test":  # the run's main report: how it did on other sources, too
+        parts.append(report_source.other_sources(run, model=model, meta=meta, worst=examples))
     parts.append(sections.data_check(check, check_problem))
     parts.append(_label_errors(check, meta))
     return _document(run, split, "".join(p for p in parts if p))

@@ -379,6 +379,10 @@ def lineage_tags(package: ModelPackage) -> dict[str, str]:
         "plantpheno_version": m["plantpheno_version"], "checkpoint_epoch": str(m["checkpoint_epoch"]),
         BASELINE_TAG: str((m.get("baseline_verdict") or {}).get("verdict") or "not evaluated on test"),
     }
+    parent = m.get("parent_model") or {}
+    if parent:  # model.init_from: the model this one was fine-tuned from
+        tags["parent_model"] = str(parent.get("reference"))
+        tags["parent_run_dir"] = str(parent.get("run_dir") or "")
     tags.update({f"test_{k}": f"{v:.6g}" for k, v in (m.get("test_metrics") or {}).items()})
     ci = m.get("confidence_interval") or {}
     if ci.get("low") is not None:

@@ -1,0 +1,289 @@
+"""Evaluating a trained classifier on another image source (``plantpheno evaluate RUN --data DIR_OR_CSV``).
+
+The other source (an image folder or a CSV manifest) is read, its labels mapped to the run's classes by a class
+map (:mod:`plantpheno.data.class_map`), every image predicted with the run's best weights and its temperature,
+and ``RUN_DIR/eval/<name>/`` written like a split's evaluation, with the figures of the shift on top
+(:mod:`plantpheno.evaluation.shift`): the drop from the in-source test figures, per-class drops, calibration on the
+other source, how far the data doctor's border classifier tells the two sources apart, the images expected to be
+unknown, and the worst errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from plantpheno.config import Config
+from plantpheno.files.csvfile import read_csv, write_csv
+from plantpheno.data.class_map import ClassMap, MappedSource, load_class_map, map_source
+from plantpheno.data.datasets import ImageDataset, collate
+from plantpheno.data.sources import SPLITS, Sample, read_folder, read_manifest
+from plantpheno.data.transforms import eval_transform
+from plantpheno.device import resolve_device
+from plantpheno.errors import ArgumentError, DataError
+from plantpheno.evaluation.calibration import softmax
+from plantpheno.evaluation.inference import predict
+from plantpheno.evaluation.report import write_evaluation
+from plantpheno.evaluation.shift import shift_summary, worst_errors
+from plantpheno.models import build_model
+from plantpheno.reporting import Reporter, default_reporter
+from plantpheno.run.folder import RunDir
+from plantpheno.training.checkpoint import load_checkpoint
+from plantpheno.training.objectives import Classification
+
+UNMAPPED_FILE = "unmapped.csv"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One other source: where its images are, its class map (None: labels named as the run's classes) and the
+    name of its evaluation folder (None: from the data's file or folder name)."""
+
+    data: Path
+    class_map: Path | None = None
+    name: str | None = None
+
+
+def source_name(spec: SourceSpec) -> str:
+    """The checked name of ``eval/<name>/``: a plain file name that is not one of the run's own splits."""
+    name = spec.name if spec.name is not None else spec.data.stem if spec.data.suffix else spec.data.name
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in SPLITS:
+        raise ArgumentError(f"name {name!r} of the evaluation on {spec.data} must be 1-64 letters, digits, '_', '.' "
+                            f"or '-' (starting with a letter or digit) and not one of the run's splits "
+                            f"({', '.join(SPLITS)}); give one with --name")
+    return name
+
+
+def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = None,
+                    reporter: Reporter | None = None) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint on another source and write ``RUN_DIR/eval/<name>/``; returns its
+    metrics (those of ``metrics.json``)."""
+    reporter = default_reporter(reporter)
+    run = RunDir.of(run_dir)
+    config = run.read_config()
+    with run.lock("evaluating another source"):
+        path = run.checkpoint_to_use()
+        if path is None:
+            raise DataError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} is missing)")
+        checkpoint = load_checkpoint(path)
+        meta = checkpoint["meta"]
+        _check_classification(run, meta)
+        model = build_model(config.model.model_copy(update={"pretrained": False}),
+                            num_outputs=int(meta["num_outputs"]))
+        model.load_state_dict(checkpoint["model"])
+        target = resolve_device(device or config.device)
+        metrics = evaluate_loaded(model.to(target), run, spec, config=config, meta=meta, device=target,
+                                  checkpoint_epoch=checkpoint["state"]["epoch"], reporter=reporter)
+        if config.evaluation.report and run.eval("test").metrics.is_file():  # its "On another source" section
+            from plantpheno.evaluation.html_report import write_report_or_warn
+
+            write_report_or_warn(run, "test", model=model, meta=meta, reporter=reporter)
+        return metrics
+
+
+def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: Config, meta: dict[str, Any],
+                    device: torch.device, checkpoint_epoch: int | None, reporter: Reporter) -> dict[str, Any]:
+    """:func:`evaluate_source` with the model already built (the end of ``train``, which holds the run's lock)."""
+    _check_classification(run, meta)
+    names = list(meta["class_names"])
+    name = source_name(spec)
+    class_map = load_class_map(spec.class_map, names) if spec.class_map is not None else ClassMap()
+    source = map_source(read_source(spec.data, config), class_map, names, source=str(spec.data))
+    ev = config.evaluation
+    reporter.info(f"evaluating on {spec.data} ({len(source.mapped)} images with a run class, {len(source.unmapped)} "
+                  f"expected unknown) -> {run.eval(name).path}")
+    if source.unused_keys:
+        reporter.warning(f"class map {spec.class_map}: no image of {spec.data} carries the label(s) "
+                         f"{', '.join(source.unused_keys)}")
+    logits = _logits(model, [s.path for s, _ in source.mapped] + [s.path for s in source.unmapped],
+                     config=config, meta=meta, device=device)
+    mapped, rest = logits[:len(source.mapped)], logits[len(source.mapped):]
+    y = np.array([c for _, c in source.mapped], dtype=np.int64)
+    temperature, applied = _temperature(run)
+    test = _test_predictions(run, names)
+    shift = shift_summary(source_logits=mapped, source_targets=y, test_targets=test[0] if test else None,
+                          test_predicted=test[1] if test else None, class_names=names, temperature=temperature,
+                          temperature_applied=applied, bins=ev.calibration_bins,
+                          bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=config.seed)
+    paths = [s.path for s, _ in source.mapped]
+    extra = {"split": name, "num_images": len(y), "checkpoint_epoch": checkpoint_epoch,
+             "source": _source_block(spec, source, class_map, rest, temperature, names),
+             "shift": shift, "separability": _separability(run, source, config, reporter),
+             "worst_errors": worst_errors([str(p) for p in paths], mapped, y, names, temperature=temperature,
+                                          limit=ev.report_examples)}
+    if test is None:
+        extra["shift"]["no_drop"] = (f"no in-source test evaluation ({run.eval('test').predictions} is missing): run "
+                                     f"plantpheno evaluate {run.path} --split test first")
+    out = run.eval(name)
+    metrics = write_evaluation(out, targets=y, outputs=softmax(mapped, temperature).astype(np.float32), paths=paths,
+                               class_names=names, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence,
+                               seed=config.seed, extra=extra)
+    _write_unmapped(out.path / UNMAPPED_FILE, source.unmapped, rest, temperature, names)
+    return metrics
+
+
+def read_source(data: Path, config: Config) -> list[Sample]:
+    """The images of another source: an image folder (``root/<label>/<image>``) or a CSV manifest (``path``
+    and ``label`` columns, paths relative to the manifest's folder)."""
+    if data.is_dir():
+        return read_folder(data, extensions=config.data.extensions)
+    if data.is_file():
+        return read_manifest(data, root=None, task="classification")
+    raise DataError(f"--data {data} does not exist; expected an image folder (root/<label>/<image>) or a CSV "
+                    f"manifest (path,label)")
+
+
+def _check_classification(run: RunDir, meta: dict[str, Any]) -> None:
+    if meta.get("task") != "classification" or not meta.get("class_names"):
+        raise DataError(f"{run.path} is a {meta.get('task')} run: evaluation on another source with a class map "
+                        f"needs a classification run")
+
+
+def _logits(model: nn.Module, paths: list[Path], *, config: Config, meta: dict[str, Any],
+            device: torch.device) -> np.ndarray:
+    """Raw outputs (TTA-averaged as the run evaluates) for ``paths``, in order."""
+    size = int(meta["image_size"])
+    transform = eval_transform(size, meta["mean"], meta["std"], meta.get("resize", "crop"))
+    dataset = ImageDataset(paths, [0] * len(paths), transform, regression=False, min_side=size)
+    loader = DataLoader(dataset, batch_size=config.data.batch_size, sampler=[(i, 0) for i in range(len(paths))],
+                        collate_fn=collate, num_workers=0)
+    try:
+        found = predict(model, loader, task=Classification(list(meta["class_names"])), device=device,
+                        tta=config.evaluation.tta)
+    except OSError as exc:
+        raise DataError(f"an image of the other source cannot be read ({exc})") from None
+    assert found.raw is not None
+    return found.raw.astype(np.float64)
+
+
+def _temperature(run: RunDir) -> tuple[float, bool]:
+    """The run's softmax temperature (fitted on its own validation split), and whether it is applied."""
+    if not run.temperature.is_file():
+        return 1.0, False
+    record = json.loads(run.temperature.read_text(encoding="utf-8"))
+    return float(record.get("temperature", 1.0)), bool(record.get("applied", False))
+
+
+def _test_predictions(run: RunDir, names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(true, predicted) class indices of the run's in-source test evaluation, if it has one."""
+    path = run.eval("test").predictions
+    if not path.is_file():
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    with read_csv(path) as reader:
+        rows = [(index[r["label"]], index[r["predicted"]]) for r in reader]
+    return np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+
+def _source_block(spec: SourceSpec, source: MappedSource, class_map: ClassMap, rest: np.ndarray,
+                  temperature: float, names: list[str]) -> dict[str, Any]:
+    """What the other source held and what the model answered on the images it has no class for."""
+    total = len(source.mapped) + len(source.unmapped)
+    block: dict[str, Any] = {
+        "data": str(spec.data), "class_map": class_map.origin, "mapping": class_map.mapping or None,
+        "images": total, "mapped": len(source.mapped), "unmapped": len(source.unmapped),
+        "unmapped_fraction": len(source.unmapped) / total, "labels": source.labels,
+        "unused_map_entries": list(source.unused_keys),
+        # no out-of-distribution score in this run: images the map leaves out are counted, not flagged
+        "unknown": {"flagged_by": "class map only (the run has no out-of-distribution score)"},
+    }
+    if len(rest):
+        conf = softmax(rest, temperature).max(1)
+        block["unknown"].update(mean_confidence=float(conf.mean()), confident_share=float((conf >= 0.9).mean()),
+                                answered_as={n: int(c) for n, c in zip(names, np.bincount(
+                                    rest.argmax(1), minlength=len(names)))})
+    return block
+
+
+def _separability(run: RunDir, source: MappedSource, config: Config, reporter: Reporter) -> dict[str, Any]:
+    """The border classifier telling the run's own images (all its splits) from the other source's."""
+    from plantpheno.data.doctor.sources_apart import sources_apart
+
+    if not run.split_manifest.is_file():
+        return {"accuracy": None, "reason": f"{run.split_manifest} is missing"}
+    own = [s.path for s in read_manifest(run.split_manifest, root=None, task="classification", exact=True)]
+    other = [s.path for s, _ in source.mapped] + [s.path for s in source.unmapped]
+    found = sources_apart(own, other, seed=config.seed)
+    if found.get("accuracy") is not None:
+        reporter.info(f"border classifier tells the run's own images from the other source's with "
+                      f"{found['accuracy']:.1%} accuracy (majority {found['majority']:.1%})")
+    return found
+
+
+def _write_unmapped(path: Path, samples: list[Sample], logits: np.ndarray, temperature: float,
+                    names: list[str]) -> None:
+    """What the model answered on each image expected to be unknown."""
+    rows: list[list[object]] = [["path", "label", "predicted", "confidence"]]
+    if len(samples):
+        probs = softmax(logits, temperature)
+        rows += [[str(s.path), str(s.target), names[int(p.argmax())], f"{float(p.max()):.6f}"]
+                 for s, p in zip(samples, probs)]
+    write_csv(path, rows)
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """The lines ``plantpheno evaluate --data`` prints."""
+    src, shift = metrics["source"], metrics["shift"]
+    ci = metrics.get("confidence_interval") or {}
+    lines = [f"{metrics['split']} ({src['mapped']} images with a run class): accuracy {metrics['accuracy']:.4f}"
+             + (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})" if ci.get("low") is not None
+                else "") + f"  macro-F1 {metrics['macro_f1']:.4f}"]
+    drop = (shift.get("drop") or {}).get("accuracy")
+    if drop:
+        interval = f" (CI {drop['low']:.4f} to {drop['high']:.4f})" if drop["low"] is not None else ""
+        lines.append(f"  drop from the in-source test accuracy {drop['in_source']:.4f}: {drop['drop']:.4f}{interval}")
+    cal = shift["calibration"]
+    after = cal.get("ece_after")
+    lines.append(f"  ECE {cal['ece_before']['estimate']:.4f} before the temperature"
+                 + (f", {after['estimate']:.4f} after (T = {cal['temperature']:.3g})" if after else ""))
+    lines.append(f"  expected unknown (labels without a run class): {src['unmapped']} of {src['images']} "
+                 f"({src['unmapped_fraction']:.1%})")
+    sep = metrics.get("separability") or {}
+    if sep.get("accuracy") is not None:
+        lines.append(f"  sources apart by their borders: {sep['accuracy']:.1%} (majority {sep['majority']:.1%})")
+    return lines
+
+
+def check_sources(config: Config, class_names: list[str] | None) -> None:
+    """Before training: every ``evaluation.sources`` entry can be read and mapped (a bad class map or an empty
+    source fails now, not after the training it would follow)."""
+    if not config.evaluation.sources:
+        return
+    if class_names is None:
+        raise DataError("evaluation.sources needs a classification run (task: classification); this config trains "
+                        "a regression")
+    for i, entry in enumerate(config.evaluation.sources):
+        spec = SourceSpec(entry.data, entry.class_map, entry.name)
+        where = f"evaluation.sources[{i}]"
+        try:
+            source_name(spec)
+            class_map = load_class_map(spec.class_map, class_names) if spec.class_map is not None else ClassMap()
+            map_source(read_source(spec.data, config), class_map, class_names, source=str(spec.data))
+        except (DataError, ArgumentError) as exc:  # the config's field named, not the command line's
+            raise DataError(f"{where}: {str(exc).replace('; give one with --name', '; set its name')}") from None
+
+
+def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: dict[str, Any], device: torch.device,
+                     checkpoint_epoch: int | None, reporter: Reporter) -> None:
+    """The end of ``train``: each ``evaluation.sources`` entry, evaluated with the best weights (a failure warns:
+    the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it)."""
+    for entry in config.evaluation.sources:
+        spec = SourceSpec(entry.data, entry.class_map, entry.name)
+        try:
+            metrics = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
+                                      checkpoint_epoch=checkpoint_epoch, reporter=reporter)
+        except Exception as exc:  # noqa: BLE001 - the run is trained and evaluated in source; this is extra
+            reporter.warning(f"evaluating on {spec.data} failed ({type(exc).__name__}: {exc}); retry with "
+                             f"plantpheno evaluate {run.path} --data {spec.data}")
+            continue
+        for line in summary_lines(metrics):
+            reporter.info(line)
