@@ -34,6 +34,8 @@ from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
+from plantpheno.records.evaluation import Evaluation
+from plantpheno.records.model_meta import ModelMeta, build_model_meta
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import RunDir, check_output_dir, create_run_dir
 from plantpheno.tracking.lifecycle import log_run_results, open_run_tracking
@@ -84,7 +86,7 @@ class _Setup:
     model: nn.Module  # the whole network
     loaders: Loaders
     device: torch.device
-    meta: dict[str, Any]  # what checkpoints record to rebuild the model and its preprocessing
+    meta: ModelMeta  # what checkpoints record to rebuild the model and its preprocessing
     dist: DistContext
     reporter: Reporter
     phases: tuple[Phase, ...]
@@ -111,9 +113,9 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
                             rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
                             reporter=reporter if main else None)
-    meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
-            "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
-            "dataset_fingerprint": prepared.fingerprint}
+    meta = build_model_meta(task=task.to_meta(), backbone=config.model.backbone, image_size=config.data.image_size,
+                            resize=config.data.resize, mean=mean, std=std, dataset_fingerprint=prepared.fingerprint,
+                            plantpheno_version=__version__)
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None) if config.training.feature_cache else None)
@@ -237,10 +239,10 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
     config = run.read_config()
     split = split or config.evaluation.split
     checkpoint = _checkpoint_to_use(run, default_reporter(None))
-    model = build_model(config.model.model_copy(update={"pretrained": False}),
-                        num_outputs=int(checkpoint["meta"]["num_outputs"]))
+    meta = ModelMeta.from_checkpoint(checkpoint, source=run.path)
+    model = build_model(config.model.model_copy(update={"pretrained": False}), num_outputs=meta.num_outputs)
     model.load_state_dict(checkpoint["model"])
-    return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=checkpoint["meta"])
+    return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -570,8 +572,7 @@ def _plot_history(run: RunDir) -> None:
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    key = metrics["headline_metric"]
-    return {key: metrics[key], "confidence_interval": metrics.get("confidence_interval")}
+    return Evaluation.from_dict(metrics).headline_summary()
 
 
 def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None) -> dict[str, Any]:

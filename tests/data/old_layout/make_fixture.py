@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
