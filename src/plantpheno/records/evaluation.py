@@ -211,6 +211,43 @@ class Evaluation(_Record):
         return json.dumps(_finite(self.to_dict()), indent=2) + "\n"
 
 
+class BaselineSummary(_Record):
+    """A trial's final evaluation against its trivial baseline, as a tuning study keeps it (an Optuna user
+    attribute and ``best.json``): the baseline's kind, the split, its figure on the study's metric, the verdict."""
+
+    kind: str | None = None
+    split: str | None = None
+    value: float | None = None
+    verdict: str | None = None
+    text: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return bool(self.verdict)
+
+    @property
+    def is_better(self) -> bool:
+        return self.verdict == BETTER
+
+    @classmethod
+    def of(cls, evaluation: Evaluation, *, metric: str) -> BaselineSummary | None:
+        """The summary of ``evaluation``'s baseline and verdict, its figure on ``metric`` (a bare metric name such
+        as ``accuracy``: None where the baseline has none, as for the loss); None without a verdict."""
+        baseline, verdict = evaluation.baseline, evaluation.verdict
+        if baseline is None or verdict is None:
+            return None
+        return cls(kind=baseline.kind, split=evaluation.split, value=baseline.score(metric), verdict=verdict.verdict,
+                   text=verdict.text)
+
+    @classmethod
+    def read(cls, data: Any) -> BaselineSummary | None:
+        """A stored summary (None, or one not in this shape, reads as not known)."""
+        try:
+            return cls.model_validate(data) if isinstance(data, dict) else None
+        except ValidationError:
+            return None
+
+
 def build_evaluation(*, task: str, headline_metric: str, metrics: dict[str, Any],
                      extra: dict[str, Any] | None = None) -> Evaluation:
     """The record of a finished evaluation: the task's metrics (with ``confidence_interval``, ``per_class`` ...)

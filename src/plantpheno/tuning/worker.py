@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from plantpheno.errors import TrainingError, TuningError
-from plantpheno.records.evaluation import Evaluation
+from plantpheno.records.evaluation import BaselineSummary, Evaluation
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.training.loop import EarlyExit, Interrupted
 from plantpheno.tuning.plan import StudyPlan
@@ -164,12 +164,8 @@ def baseline_record(metrics: dict[str, Any], *, metric: str) -> dict[str, Any] |
     """The trivial baseline of a trial's final evaluation (on validation): its score on the study's metric, where
     the evaluation has one (accuracy, macro F1, MAE, ...; not the loss), and the paired verdict on the trial's model
     (:mod:`plantpheno.evaluation.baselines`)."""
-    ev = Evaluation.from_dict(metrics)
-    baseline, verdict = ev.baseline, ev.verdict
-    if baseline is None or verdict is None:
-        return None
-    return {"kind": baseline.kind, "split": ev.split, "value": baseline.score(metric.split("/", 1)[1]),
-            "verdict": verdict.verdict, "text": verdict.text}
+    summary = BaselineSummary.of(Evaluation.from_dict(metrics), metric=metric.split("/", 1)[1])
+    return summary.to_dict() if summary is not None else None
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, pruning: PruningReporter, reporter: Reporter, started: float,
