@@ -212,7 +212,7 @@ def test_broken_export_is_caught_and_not_written(trained, tmp_path):
 
     _, uri = trained
     package = ModelRegistry(uri).download(parse_ref("leafnet"), tmp_path / "pkg")
-    assert package.meta["mean"] != [0.0, 0.0, 0.0]
+    assert list(package.meta.mean) != [0.0, 0.0, 0.0]
     out = tmp_path / "broken.onnx"
     with pytest.raises(ExportError, match=r"parity check failed: onnx export .* max \|difference\|"):
         export_package(package, "onnx", out, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # normalisation forgotten

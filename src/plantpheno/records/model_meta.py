@@ -174,15 +174,15 @@ def migrate_meta(data: dict[str, Any], *, source: str | Path,
     """The one migration: metadata written by an older plantpheno, in the current version's fields.
 
     Version 1 (no ``meta_version``) recorded no ``bands`` (always RGB) and, before ``data.resize`` existed, no
-    ``resize`` (always the centre crop); trait runs before counts recorded no ``counts`` (not a count). A version
-    newer than this plantpheno's is refused rather than half-read."""
+    ``resize`` (always the centre crop). What else older files lack (``counts``, ``temperature``, ``tta``) has a
+    default that means what those versions did. A version newer than this plantpheno's is refused rather than
+    half-read."""
     version = data.get("meta_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= META_VERSION:
         raise error(f"{source}: meta_version {short_repr(version)}; this plantpheno reads versions 1 to "
                     f"{META_VERSION} (a newer plantpheno wrote it: upgrade to use it)")
     if version == 1:
-        data = {**data, "meta_version": 2, "bands": data.get("bands", "RGB"), "resize": data.get("resize", "crop"),
-                "counts": data.get("counts", False)}
+        data = {**data, "meta_version": 2, "bands": data.get("bands", "RGB"), "resize": data.get("resize", "crop")}
     return data
 
 
