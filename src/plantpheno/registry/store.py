@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from plantpheno.errors import RegistryError
 from plantpheno.evaluation.baselines import BETTER
+from plantpheno.records.evaluation import Verdict
 from plantpheno.records.model_meta import ModelMeta, read_meta
 from plantpheno.registry.index import RegistryIndex, VersionRecord, mlflow_client, open_index
 from plantpheno.registry.location import (
@@ -139,7 +140,7 @@ class ModelRegistry:
             package = package_run(run_dir, Path(tmp) / "package")
             if not force:
                 self._check_same_job(name, package.meta, Path(tmp) / "latest")
-                check_beats_baseline(package.meta, run_dir=run_dir, what=f"registering it as {name}" +
+                check_beats_baseline(package.meta.baseline_verdict, run_dir=run_dir, what=f"registering it as {name}" +
                                      (f" (alias {alias})" if alias else ""))
             if self.index.exists is False:
                 self._create_store()
@@ -349,14 +350,13 @@ def _names(names: list[str], shown: int = 6) -> str:
     return f"[{text}]"
 
 
-def check_beats_baseline(meta: ModelMeta, *, run_dir: Path, what: str) -> None:
+def check_beats_baseline(verdict: Verdict | None, *, run_dir: Path, what: str) -> None:
     """Refuse a model that does not clearly beat its trivial baseline on the test split (the paired verdict the
     evaluation computed: the whole interval of the improvement above zero), or that has no test evaluation.
 
     Raises:
         RegistryError: naming the figures and ``--force``.
     """
-    verdict = meta.baseline_verdict
     if verdict is None:
         raise RegistryError(f"{run_dir} has no evaluation on the test split, so nothing shows that it beats its "
                             f"trivial baseline; evaluate it (plantpheno evaluate {run_dir} --split test) or pass "
