@@ -11,6 +11,7 @@ from torch import nn
 
 from plantpheno.config import Config
 from plantpheno.errors import ConfigError, RegistryError
+from plantpheno.records.model_meta import ModelMeta
 from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import load_checkpoint
 from plantpheno.training.init_from import check_parent, load_parent_weights
@@ -28,7 +29,7 @@ def start_from_parent(model: nn.Module, config: Config, *, task: str,
     return record
 
 
-def _read_parent(ref: str, config: Config) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _read_parent(ref: str, config: Config) -> tuple[dict[str, Any], ModelMeta, dict[str, Any]]:
     path = Path(ref).expanduser()
     if RunDir(path).config.is_file():
         run = RunDir(path)
@@ -36,9 +37,10 @@ def _read_parent(ref: str, config: Config) -> tuple[dict[str, Any], dict[str, An
         if found is None:
             raise ConfigError(f"model.init_from {ref}: the run has no checkpoint ({run.best_checkpoint} is missing)")
         checkpoint = load_checkpoint(found)
-        return checkpoint["model"], checkpoint["meta"], {
+        meta = ModelMeta.from_checkpoint(checkpoint, source=found)
+        return checkpoint["model"], meta, {
             "reference": ref, "kind": "run", "run_dir": str(path.resolve()), "checkpoint": found.name,
-            "checkpoint_epoch": checkpoint["state"]["epoch"], "backbone": checkpoint["meta"].get("backbone")}
+            "checkpoint_epoch": checkpoint["state"]["epoch"], "backbone": meta.backbone}
     if path.exists():
         what = "a folder without config.yaml" if path.is_dir() else "a file"
         raise ConfigError(f"model.init_from {ref} is {what}, not a run directory; give a run directory "
@@ -46,7 +48,7 @@ def _read_parent(ref: str, config: Config) -> tuple[dict[str, Any], dict[str, An
     return _from_registry(ref, config)
 
 
-def _from_registry(ref: str, config: Config) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _from_registry(ref: str, config: Config) -> tuple[dict[str, Any], ModelMeta, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from plantpheno.registry.package import WEIGHTS_FILE
@@ -64,7 +66,7 @@ def _from_registry(ref: str, config: Config) -> tuple[dict[str, Any], dict[str, 
     with tempfile.TemporaryDirectory(prefix="plantpheno-parent-") as tmp:
         package = registry.download(parsed, Path(tmp))
         state = load_file(str(package.folder / WEIGHTS_FILE))
-        meta = dict(package.meta)
+        meta = package.meta
     return state, meta, {"reference": ref, "kind": "registry", "registry": location.uri, "name": info.name,
-                         "version": info.version, "run_dir": meta.get("source_run_dir"),
-                         "checkpoint_epoch": meta.get("checkpoint_epoch"), "backbone": meta.get("backbone")}
+                         "version": info.version, "run_dir": meta.source_run_dir,
+                         "checkpoint_epoch": meta.checkpoint_epoch, "backbone": meta.backbone}

@@ -39,6 +39,8 @@ from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_training_curves
 from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.models import build_model, input_format, normalization, to_channels_last, wants_channels_last
+from plantpheno.records.evaluation import Evaluation
+from plantpheno.records.model_meta import ModelMeta, build_model_meta
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import RunDir, check_output_dir, create_run_dir
 from plantpheno.tracking.lifecycle import log_run_results, open_run_tracking
@@ -90,7 +92,7 @@ class _Setup:
     model: nn.Module  # the whole network
     loaders: Loaders
     device: torch.device
-    meta: dict[str, Any]  # what checkpoints record to rebuild the model and its preprocessing
+    meta: ModelMeta  # what checkpoints record to rebuild the model and its preprocessing
     dist: DistContext
     reporter: Reporter
     phases: tuple[Phase, ...]
@@ -129,12 +131,12 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
         loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
                                 rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
                                 reporter=reporter if main else None)
-    meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
-            "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
-            "dataset_fingerprint": prepared.fingerprint,
-            **band_meta(config.data.bands, prepared.band_norm, getattr(model, "plantpheno_input_adapter", None))}
-    if parent is not None:  # lineage: checkpoints, and so registry packages, name the model this run started from
-        meta["parent_model"] = parent
+    meta = build_model_meta(task=task.to_meta(), backbone=config.model.backbone, image_size=config.data.image_size,
+                            resize=config.data.resize, mean=mean, std=std, dataset_fingerprint=prepared.fingerprint,
+                            plantpheno_version=__version__,
+                            bands=band_meta(config.data.bands, prepared.band_norm,
+                                            getattr(model, "plantpheno_input_adapter", None)),
+                            parent_model=parent)
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None, store=feature_store)
@@ -195,8 +197,9 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
             recorded = run.split_manifest.is_file() and run.dataset_info.is_file()
             setup = _setup(config, manifest=run.split_manifest if recorded else None,
                            load_pretrained=checkpoint is None, dist=dist, reporter=reporter)
-            if checkpoint is not None and "parent_model" in checkpoint["meta"]:  # keep the lineage on resume
-                setup.meta["parent_model"] = checkpoint["meta"]["parent_model"]
+            saved = ModelMeta.from_checkpoint(checkpoint, source=run.path) if checkpoint is not None else None
+            if saved is not None and saved.parent_model is not None:  # keep the lineage on resume
+                setup.meta = setup.meta.model_copy(update={"parent_model": saved.parent_model})
             if recorded:
                 _check_same_data(run, setup.prepared)
             elif dist.is_main:  # it stopped while writing its data files: write them now
@@ -270,11 +273,11 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
                           f"report yet (its figures and Grad-CAM draw RGB images); its metrics are in "
                           f"{run.eval(split).metrics}")
     checkpoint = _checkpoint_to_use(run, default_reporter(None))
-    model = build_model(config.model.model_copy(update={"pretrained": False}),
-                        num_outputs=int(checkpoint["meta"]["num_outputs"]),
+    meta = ModelMeta.from_checkpoint(checkpoint, source=run.path)
+    model = build_model(config.model.model_copy(update={"pretrained": False}), num_outputs=meta.num_outputs,
                         bands=band_names(config.data.bands) if config.data.bands else None)
     model.load_state_dict(checkpoint["model"])
-    return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=checkpoint["meta"])
+    return write_run_report(run, split, model=model.to(resolve_device(device)).eval(), meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -608,8 +611,7 @@ def _plot_history(run: RunDir) -> None:
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    key = metrics["headline_metric"]
-    return {key: metrics[key], "confidence_interval": metrics.get("confidence_interval")}
+    return Evaluation.from_dict(metrics).headline_summary()
 
 
 def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None,

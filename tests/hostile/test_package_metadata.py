@@ -70,6 +70,9 @@ CASES = {
     "image size text": (_set("image_size", "32"), ("image_size: Input should be a valid integer",)),
     "std zero": (_set("std", [0, 1, 1]), ("std: got [0.0, 1.0, 1.0]; expected three values > 0",)),
     "resize bogus": (_set("resize", "zoom"), ("resize: Input should be 'crop', 'pad' or 'stretch'",)),
+    "meta_version from the future": (_set("meta_version", 99), ("meta_version 99; this plantpheno reads versions 1 "
+                                                               "to 2",)),
+    "bands not RGB": (_set("bands", "RGBN"), ("bands: Input should be 'RGB'",)),
 }
 
 

@@ -212,7 +212,7 @@ def test_broken_export_is_caught_and_not_written(trained, tmp_path):
 
     _, uri = trained
     package = ModelRegistry(uri).download(parse_ref("leafnet"), tmp_path / "pkg")
-    assert package.meta["mean"] != [0.0, 0.0, 0.0]
+    assert list(package.meta.mean) != [0.0, 0.0, 0.0]
     out = tmp_path / "broken.onnx"
     with pytest.raises(ExportError, match=r"parity check failed: onnx export .* max \|difference\|"):
         export_package(package, "onnx", out, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # normalisation forgotten
@@ -323,12 +323,14 @@ def test_a_model_that_does_not_clearly_beat_its_baseline_needs_force_to_be_regis
 
 
 def test_a_model_that_beats_its_baseline_passes_the_gate(tmp_path):
+    from plantpheno.records.evaluation import Verdict
     from plantpheno.registry.store import check_beats_baseline
 
-    better = {"verdict": "better", "text": "beats the baseline: accuracy 0.9 vs 0.25"}
-    check_beats_baseline({"baseline_verdict": better}, run_dir=tmp_path, what="registering it")  # no error
-    for verdict in ({**better, "verdict": "worse"}, {**better, "verdict": "not clearly better"}):
+    better = Verdict(metric="accuracy", verdict="better", text="beats the baseline: accuracy 0.9 vs 0.25")
+    check_beats_baseline(better, run_dir=tmp_path, what="registering it")  # no error
+    for word in ("worse", "not clearly better"):
         with pytest.raises(RegistryError, match="needs --force"):
-            check_beats_baseline({"baseline_verdict": verdict}, run_dir=tmp_path, what="registering it")
+            check_beats_baseline(better.model_copy(update={"verdict": word}), run_dir=tmp_path,
+                                 what="registering it")
     with pytest.raises(RegistryError, match="has no evaluation on the test split"):
-        check_beats_baseline({}, run_dir=tmp_path, what="registering it")
+        check_beats_baseline(None, run_dir=tmp_path, what="registering it")

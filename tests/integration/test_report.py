@@ -137,7 +137,7 @@ def test_packages_predict_and_exports_apply_the_temperature_and_tta(demo, tmp_pa
     run, _, _ = demo
     package = package_run(run.path, tmp_path / "pkg")
     temperature = json.loads(run.temperature.read_text())["temperature"]
-    assert package.meta["temperature"] == pytest.approx(temperature) and package.meta["tta"] == "flips"
+    assert package.meta.temperature == pytest.approx(temperature) and package.meta.tta == "flips"
     paths = [run.path.parent.parent.parent / "leaves" / "rust" / f"rust_{i:04d}.jpg" for i in range(3)]
     results, bad = Predictor(package).predict_files(paths)
     assert not bad

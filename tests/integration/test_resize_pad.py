@@ -77,10 +77,10 @@ def test_pad_reaches_evaluation_predict_and_an_onnx_export(runs, tmp_path):
 
     pad = runs["pad"]
     package = package_run(pad.run_dir, tmp_path / "pkg")
-    assert package.meta["resize"] == "pad"
+    assert package.meta.resize == "pad"
     assert "letterboxed" in (tmp_path / "pkg" / "MODEL_CARD.md").read_text()
     stored = package.sample_inputs()  # the export check's images: letterboxed, so a fill border above and below
-    fill = torch.tensor(pad_fill(package.meta["mean"]), dtype=torch.float32).view(1, 3, 1, 1) / 255
+    fill = torch.tensor(pad_fill(package.meta.mean), dtype=torch.float32).view(1, 3, 1, 1) / 255
     assert stored is not None and torch.equal(stored[:, :, :5, :], fill.expand(len(stored), 3, 5, 32))
 
     # predict applies the package's pad resize: the run's own evaluation and predict agree image by image

@@ -21,7 +21,7 @@ PACKAGE = Path(plantpheno.__file__).parent
 # A new package or root module goes into the row where it belongs (e.g. "labelling" beside "registry",
 # "budget" beside "tuning"); one the table does not know fails test_every_module_has_a_layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "version", "tasks", "check_ids", "files", "reporting")),
+    ("foundation", ("errors", "version", "tasks", "check_ids", "files", "reporting", "records")),
     ("config", ("config", "recipes", "band_config")),
     ("run folder and device", ("run", "device", "distributed")),
     ("data", ("data",)),
@@ -36,8 +36,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # Edges the layers allow but DESIGN.md's house rules do not: tuning is a client of train(), not a layer under it.
 NEVER = [("api", "tuning"), ("__init__", "tuning"), ("budget", "tuning"), ("budget", "api")]
 CORE = ("data", "models", "training", "evaluation", "tracking", "tuning", "budget", "registry", "pipeline.py", "run",
-        "files", "tasks.py", "check_ids.py", "version.py", "config.py", "recipes", "distributed.py", "device.py",
-        "api", "labelling")
+        "files", "records", "tasks.py", "check_ids.py", "version.py", "config.py", "recipes", "distributed.py",
+        "device.py", "api", "labelling")
 
 
 def _modules() -> list[Path]:
@@ -190,7 +190,8 @@ def test_config_imports_nothing_above_it():
 
 @pytest.mark.parametrize("module", ["plantpheno.version", "plantpheno.check_ids", "plantpheno.run.folder",
                                     "plantpheno.run.listing", "plantpheno.tasks", "plantpheno.reporting",
-                                    "plantpheno.config", "plantpheno.recipes", "plantpheno.api"])
+                                    "plantpheno.config", "plantpheno.recipes", "plantpheno.api",
+                                    "plantpheno.records.model_meta", "plantpheno.records.evaluation"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -175,12 +175,18 @@ def test_statistics_clip_outliers_and_standardise(tmp_path: Path) -> None:
 
 
 def test_band_meta_is_absent_for_rgb_and_round_trips_for_bands() -> None:
-    assert band_meta(None, None, None) == {}
+    from plantpheno.records.model_meta import ModelMeta
+
+    assert band_meta(None, None, None) is None
     norm = BandNorm(("red", "nir"), (0, 0), (1, 1), (0.5, 0.6), (0.1, 0.2))
-    meta = {"image_size": 16, **band_meta(bands("red", "nir"), norm, "model.input_adapter=mean: ...")}
+    rgb = ModelMeta(task="classification", num_outputs=2, class_names=["a", "b"], backbone="test_resnet",
+                    image_size=16, mean=(0.5,) * 3, std=(0.2,) * 3)
+    meta = rgb.model_copy(update={"bands": band_meta(bands("red", "nir"), norm, "model.input_adapter=mean: ...")})
+    meta = ModelMeta.model_validate(meta.to_dict())  # the block as a checkpoint stores it, read back
+    assert meta.band_names == ["red", "nir"]
     made = BandInput.of(meta)
     assert made is not None and made.norm == norm and [b.name for b in made.bands] == ["red", "nir"]
-    assert BandInput.of({"image_size": 16}) is None
+    assert BandInput.of(rgb) is None
     assert read_raw(example_tiff(meta)).shape == (32, 32, 2)
 
 

@@ -150,13 +150,19 @@ def test_parent_weights_are_copied_with_head_rows_matched_by_class_name() -> Non
     import timm
     import torch
 
+    from plantpheno.records.model_meta import ModelMeta
     from plantpheno.training.init_from import check_parent, load_parent_weights
+
+    def meta(task: str, backbone: str) -> ModelMeta:
+        scaling = ({"class_names": CLASSES, "num_outputs": len(CLASSES)} if task == "classification"
+                   else {"num_outputs": 1, "target_mean": 0.0, "target_std": 1.0})
+        return ModelMeta(task=task, backbone=backbone, image_size=32, mean=(0.5,) * 3, std=(0.2,) * 3, **scaling)
 
     torch.manual_seed(0)
     parent = timm.create_model("test_resnet", num_classes=3)
     child = timm.create_model("test_resnet", num_classes=3)
     fresh = child.get_classifier().weight.detach().clone()
-    record = load_parent_weights(child, parent.state_dict(), {"class_names": CLASSES},
+    record = load_parent_weights(child, parent.state_dict(), meta("classification", "test_resnet"),
                                  class_names=["rust", "mosaic", "blight"], origin="parent")
     assert record == {"classes_kept": ["rust", "blight"], "classes_new": ["mosaic"], "classes_dropped": ["healthy"]}
     w, pw = child.get_classifier().weight, parent.get_classifier().weight
@@ -164,10 +170,10 @@ def test_parent_weights_are_copied_with_head_rows_matched_by_class_name() -> Non
     body = [k for k in parent.state_dict() if not k.startswith("fc.")]
     assert all(torch.equal(child.state_dict()[k], parent.state_dict()[k]) for k in body)
     with pytest.raises(ConfigError, match="it is a regression model and this config trains classification"):
-        check_parent({"task": "regression", "backbone": "test_resnet"}, task="classification",
+        check_parent(meta("regression", "test_resnet"), task="classification",
                      backbone="test_resnet", origin="runs/x")
     with pytest.raises(ConfigError, match="its backbone is 'resnet18' and this config's model.backbone is 'test_resnet'"):
-        check_parent({"task": "classification", "backbone": "resnet18"}, task="classification",
+        check_parent(meta("classification", "resnet18"), task="classification",
                      backbone="test_resnet", origin="runs/x")
 
 

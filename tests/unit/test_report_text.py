@@ -8,6 +8,8 @@ from types import SimpleNamespace
 from plantpheno.evaluation import report_sections as sections
 from plantpheno.evaluation.card_text import input_text, limits, output_text
 from plantpheno.evaluation.html_report import fine_tune_start
+from plantpheno.records.evaluation import Evaluation
+from plantpheno.records.model_meta import ModelMeta
 
 TRAIT_SHORTCUT = {"severity": "warning", "check": "background_shortcut", "count": 1, "fix": "...",
                   "message": "The image border alone predicts the label: a ridge regression ... R² = 0.68 ...",
@@ -19,14 +21,14 @@ IMBALANCE = {"severity": "warning", "check": "labels.imbalance", "count": 1, "fi
              "message": "class rust has 5x fewer images than healthy. More words.", "details": {}}
 
 
-def _metrics(task: str, verdict: str | None) -> dict:
+def _metrics(task: str, verdict: str | None) -> Evaluation:
     m = {"task": task, "headline_metric": "mae" if task == "regression" else "accuracy", "mae": 1.2,
          "accuracy": 0.9, "split": "test", "num_images": 30, "checkpoint_epoch": 3}
     if verdict:
         m["baseline"] = {"kind": "training mean", "value": 5.0,
                          "verdict": {"verdict": verdict, "text": "beats the baseline", "metric": "mae",
                                      "baseline": 2.0}}
-    return m
+    return Evaluation.from_dict(m)
 
 
 CONFIG = SimpleNamespace(model=SimpleNamespace(backbone="test_resnet", pretrained=False))
@@ -62,12 +64,15 @@ def test_the_fine_tune_mark_is_where_the_recorded_phase_changed():
 
 
 def test_card_lines_are_task_aware_and_say_how_the_image_was_made():
-    trait = {"task": "regression", "target_mean": 7.5, "target_std": 2.0, "counts": True, "image_size": 224,
-             "resize": "pad", "tta": "none"}
-    leaf = {"task": "classification", "temperature": 1.5, "image_size": 224, "resize": "crop", "tta": "flips"}
+    model = {"backbone": "test_resnet", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    trait = ModelMeta.model_validate({**model, "task": "regression", "num_outputs": 1, "target_mean": 7.5,
+                                      "target_std": 2.0, "counts": True, "image_size": 224, "resize": "pad",
+                                      "tta": "none"})
+    leaf = ModelMeta.model_validate({**model, "task": "classification", "num_outputs": 2, "class_names": ["a", "b"],
+                                     "temperature": 1.5, "image_size": 224, "resize": "crop", "tta": "flips"})
     assert "softmax" not in output_text(trait) and "temperature" not in output_text(trait)
     assert "training mean 7.5, std 2" in output_text(trait) and "rounded" in output_text(trait)
     assert "softmax of the logits / 1.5" in output_text(leaf) and "flips" in output_text(leaf)
     assert not any("Classes" in line for line in limits(trait)) and any("Classes" in line for line in limits(leaf))
     assert "letterboxed into a 224 px square" in input_text(trait) and "centre-cropped" in input_text(leaf)
-    assert "stretched to 224 x 224" in input_text({**leaf, "resize": "stretch"})
+    assert "stretched to 224 x 224" in input_text(leaf.model_copy(update={"resize": "stretch"}))

@@ -93,11 +93,11 @@ def test_summary_lists_every_headline_figure_and_the_baseline(tmp_path):
                          class_names=None, bootstrap_samples=200, confidence=0.95, seed=0,
                          extra={"split": "test", "num_images": len(y),
                                 "baseline": regression_baseline([6.0, 7.0], y, counts=True)})
-    assert m["baseline"]["mae"] == pytest.approx(np.abs(y - 6.5).mean())
+    assert m.baseline.score("mae") == pytest.approx(np.abs(y - 6.5).mean())
     lines = summary_lines(m)
-    assert lines[0].startswith(f"test (32 images): MAE {m['mae']:.4f} (95% CI ")
+    assert lines[0].startswith(f"test (32 images): MAE {m.value('mae'):.4f} (95% CI ")
     assert "RMSE " in lines[0] and "R² " in lines[0]
     assert lines[1] == ("  counts: DiC -0.2500  |DiC| 0.7500  exact count 50.0%  count within one 75.0%")
-    assert lines[2] == f"  baseline, always the training mean (6.5): MAE {m['baseline']['mae']:.4f}"
+    assert lines[2] == f"  baseline, always the training mean (6.5): MAE {m.baseline.score('mae'):.4f}"
     header = (tmp_path / "eval/predictions.csv").read_text().splitlines()[0]
     assert header == "path,value,predicted,predicted_count,error"

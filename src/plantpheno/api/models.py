@@ -15,6 +15,7 @@ from plantpheno.run.folder import RunDir
 
 if TYPE_CHECKING:
     from plantpheno.api.runs import Run
+    from plantpheno.records.model_meta import ModelMeta
     from plantpheno.registry.predict import ImageInput, Predictor
     from plantpheno.registry.store import ModelRegistry, VersionInfo
 
@@ -139,17 +140,23 @@ class Model:
     @property
     def task(self) -> str:
         """``classification`` or ``regression``."""
-        return str(self.meta["task"])
+        return self.metadata.task
 
     @property
     def class_names(self) -> list[str] | None:
-        return self.meta.get("class_names")
+        names = self.metadata.class_names
+        return list(names) if names is not None else None
+
+    @property
+    def metadata(self) -> ModelMeta:
+        """The package's description as a record (:class:`~plantpheno.records.model_meta.ModelMeta`): backbone,
+        task, classes or trait scaling, preprocessing, bands, temperature, TTA, lineage, test metrics."""
+        return self._predictor.package.meta
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The package's description: backbone, task, classes or trait scaling, preprocessing, lineage, test
-        metrics."""
-        return self._predictor.package.meta
+        """The package's description as the plain mapping ``plantpheno_model.json`` holds (see :attr:`metadata`)."""
+        return self.metadata.to_dict()
 
     @property
     def card(self) -> str:
@@ -208,7 +215,7 @@ class Model:
 
     def __repr__(self) -> str:
         what = f"{len(self.class_names)} classes" if self.class_names else "trait"
-        return f"Model({self.source!r}, {self.meta['backbone']}, {self.task}, {what})"
+        return f"Model({self.source!r}, {self.metadata.backbone}, {self.task}, {what})"
 
 
 def load_model(ref: str | os.PathLike[str] | Run, *, registry: str | None = None, device: str = "cpu") -> Model:

@@ -212,13 +212,13 @@ class Run:
     def metrics(self, split: Literal["train", "val", "test"] = "test") -> dict[str, Any]:
         """The evaluation of one split (``eval/SPLIT/metrics.json``): the task's metrics, ``headline_metric``,
         its bootstrap ``confidence_interval``, the number of images and the checkpoint's epoch."""
-        import json
+        from plantpheno.records.evaluation import read_evaluation
 
         path = RunDir(self.path).eval(check_split(split)).metrics
         if not path.is_file():
             raise RunDirError(f"{self.path} has no evaluation on the {split} split ({path} is missing); run "
                               f"plantpheno.evaluate(run, split={split!r}) first")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_evaluation(path).to_dict()
 
     @property
     def best_checkpoint(self) -> Path | None:

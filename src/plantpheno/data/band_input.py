@@ -13,6 +13,7 @@ from plantpheno.band_config import BandSpec
 from plantpheno.data.band_loaders import BandSquare
 from plantpheno.data.bands import (DEFAULT_MAX_PIXELS, BandCountError, BandNorm, TooLarge, bands_from_meta,
                                    read_raw, select_bands)
+from plantpheno.records.model_meta import ModelMeta
 from plantpheno.errors import DataError
 
 __all__ = ["BandCountError", "BandInput"]
@@ -28,12 +29,12 @@ class BandInput:
     square: BandSquare
 
     @classmethod
-    def of(cls, meta: dict[str, Any]) -> BandInput | None:
+    def of(cls, meta: ModelMeta) -> BandInput | None:
         """From a package's (or checkpoint's) metadata; None for an RGB model."""
         found = bands_from_meta(meta)
         if found is None:
             return None
-        return cls(*found, BandSquare(int(meta["image_size"]), str(meta.get("resize", "crop"))))
+        return cls(*found, BandSquare(meta.image_size, meta.resize))
 
     def __call__(self, item: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         from PIL import Image
@@ -58,7 +59,7 @@ class BandInput:
         return self.square(standard)
 
 
-def example_tiff(meta: dict[str, Any]) -> bytes:
+def example_tiff(meta: ModelMeta) -> bytes:
     """A small TIFF with the channels a model of ``data.bands`` reads, each at its training mean (an MLflow input
     example)."""
     import io

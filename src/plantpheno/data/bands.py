@@ -31,6 +31,7 @@ import numpy as np
 
 from plantpheno.band_config import BandSpec
 from plantpheno.data.images import DEFAULT_MAX_PIXELS, ImageCheck, TooLarge, require_regular_file
+from plantpheno.records.model_meta import BandsMeta, ModelMeta
 from plantpheno.errors import DataError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -259,19 +260,19 @@ def band_check(bands: Sequence[BandSpec] | None, max_pixels: int | None) -> Call
     return None if bands is None else functools.partial(check_band_file, bands=tuple(bands), max_pixels=max_pixels)
 
 
-def band_meta(bands: Sequence[BandSpec] | None, norm: BandNorm | None, adapter: str | None) -> dict[str, Any]:
-    """What a checkpoint and a model package record of ``data.bands`` (nothing for RGB, so RGB packages stay as
-    they were): ``{"bands": {"specs": [...], "names", "low", "high", "mean", "std", "percentiles",
-    "input_adapter"}}``. Predict reads the files and scales the bands from it."""
+def band_meta(bands: Sequence[BandSpec] | None, norm: BandNorm | None, adapter: str | None) -> dict[str, Any] | None:
+    """The ``bands`` block a checkpoint and a model package record of ``data.bands`` (None for RGB, so RGB
+    metadata stays as it was): ``{"specs": [...], "names", "low", "high", "mean", "std", "percentiles",
+    "input_adapter"}``. Predict reads the files and scales the bands from it."""
     if bands is None or norm is None:
-        return {}
-    specs = [b.model_dump(mode="json", exclude_none=True) for b in bands]
-    return {"bands": {"specs": specs, **norm.to_json(), "input_adapter": adapter}}
-
-
-def bands_from_meta(meta: dict[str, Any]) -> tuple[tuple[BandSpec, ...], BandNorm] | None:
-    """The band specs and scaling a checkpoint or package records (None: an RGB model)."""
-    block = meta.get("bands")
-    if not block:
         return None
-    return tuple(BandSpec.model_validate(s) for s in block["specs"]), BandNorm.from_json(block)
+    specs = [b.model_dump(mode="json", exclude_none=True) for b in bands]
+    return {"specs": specs, **norm.to_json(), "input_adapter": adapter}
+
+
+def bands_from_meta(meta: ModelMeta) -> tuple[tuple[BandSpec, ...], BandNorm] | None:
+    """The band specs and scaling a checkpoint or package records (None: an RGB model)."""
+    if not isinstance(meta.bands, BandsMeta):
+        return None
+    block = meta.bands.model_dump(mode="json")
+    return tuple(BandSpec.model_validate(s) for s in meta.bands.specs), BandNorm.from_json(block)

@@ -3,8 +3,7 @@ written once from the checkpoint's metadata so both cards say the same, and only
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from plantpheno.records.model_meta import ModelMeta
 
 INTENDED_USE = ("Research and decision support on images like the training images (same crops, camera, background "
                 "and lighting). Check predictions against expert judgement before acting on them.")
@@ -12,10 +11,9 @@ _CONDITIONS = ("Accuracy on photos taken in other conditions (field vs. lab, oth
                "unknown until measured; lab datasets such as PlantVillage carry background cues that do not transfer.")
 
 
-def input_text(meta: Mapping[str, Any]) -> str:
+def input_text(meta: ModelMeta) -> str:
     """How an image becomes the model's input (``data.resize`` and the size), as the model saw it."""
-    size = meta["image_size"]
-    resize = meta.get("resize", "crop")
+    size, resize = meta.image_size, meta.resize
     if resize == "pad":
         return (f"RGB, the whole image with its longer side resized to {size} px and letterboxed into a {size} px "
                 f"square (data.resize: pad; the border is the normalisation mean)")
@@ -25,25 +23,25 @@ def input_text(meta: Mapping[str, Any]) -> str:
             f"tall images are not seen)")
 
 
-def output_text(meta: Mapping[str, Any]) -> str:
+def output_text(meta: ModelMeta) -> str:
     """What the model outputs: class probabilities (softmax with the fitted temperature) for a classifier, the
     trait value in its own units for a regression model; and the test-time augmentation."""
-    tta = meta.get("tta") or "none"
-    if meta.get("task") == "regression":
-        stats = (f" (training mean {float(meta['target_mean']):.4g}, std {float(meta['target_std']):.4g})"
-                 if meta.get("target_mean") is not None and meta.get("target_std") is not None else "")
-        counts = "; counts are read as the rounded value" if meta.get("counts") else ""
+    tta = meta.applied_tta
+    if not meta.is_classification:
+        stats = (f" (training mean {meta.target_mean:.4g}, std {meta.target_std:.4g})"
+                 if meta.target_mean is not None and meta.target_std is not None else "")
+        counts = "; counts are read as the rounded value" if meta.counts else ""
         return (f"Prediction: the trait value in the units of the training targets, the network's output "
                 f"de-standardised with the training targets' mean and std{stats}{counts}; test-time augmentation: "
                 f"{tta}.")
-    temperature = float(meta.get("temperature") or 1.0)
+    temperature = meta.applied_temperature
     return (f"Probabilities: softmax of the logits / {temperature:.4g} (temperature fitted on the validation split; "
             f"1 = none); test-time augmentation: {tta}.")
 
 
-def limits(meta: Mapping[str, Any]) -> list[str]:
+def limits(meta: ModelMeta) -> list[str]:
     """What the model cannot be trusted for, by task."""
-    if meta.get("task") == "regression":
+    if not meta.is_classification:
         return [_CONDITIONS, "Plants unlike the training ones (other sizes, growth stages or counts outside the "
                              "training range) are predicted by extrapolation; check such values against measurements."]
     return [_CONDITIONS, "Classes not in the training list are forced into one of them."]

@@ -29,6 +29,8 @@ from plantpheno.evaluation import report_figures as figures
 from plantpheno.evaluation import report_gallery as gallery
 from plantpheno.evaluation import report_sections as sections
 from plantpheno.evaluation import report_source
+from plantpheno.records.evaluation import Evaluation, read_evaluation
+from plantpheno.records.model_meta import ModelMeta
 from plantpheno.reporting import Reporter
 from plantpheno.run.folder import RunDir
 
@@ -54,7 +56,7 @@ nav a{margin-right:10px}.muted{color:#666;font-size:12px}
 """
 
 
-def write_run_report(run: RunDir, split: str, *, model: nn.Module, meta: dict[str, Any]) -> Path:
+def write_run_report(run: RunDir, split: str, *, model: nn.Module, meta: ModelMeta) -> Path:
     """Write the report of the evaluation of ``split`` (``RUN_DIR/report.html`` for test,
     ``report_<split>.html`` otherwise) and return its path.
 
@@ -64,13 +66,13 @@ def write_run_report(run: RunDir, split: str, *, model: nn.Module, meta: dict[st
     if not metrics_path.is_file():
         raise RunDirError(f"{run.path} has no evaluation of the {split} split ({metrics_path} is missing); run "
                           f"`plantpheno evaluate {run.path} --split {split}` first")
-    page = _page(run, split, json.loads(metrics_path.read_text(encoding="utf-8")), model=model, meta=meta)
+    page = _page(run, split, read_evaluation(metrics_path), model=model, meta=meta)
     path = run.report_for(split)
     atomic_write_text(path, page)
     return path
 
 
-def write_report_or_warn(run: RunDir, split: str, *, model: nn.Module, meta: dict[str, Any],
+def write_report_or_warn(run: RunDir, split: str, *, model: nn.Module, meta: ModelMeta,
                          reporter: Reporter) -> Path | None:
     """The report at the end of ``train``/``evaluate``: a failure warns (the evaluation stands) and says how
     to retry."""
@@ -86,27 +88,28 @@ def write_report_or_warn(run: RunDir, split: str, *, model: nn.Module, meta: dic
     return path
 
 
-def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module, meta: dict[str, Any]) -> str:
+def _page(run: RunDir, split: str, ev: Evaluation, *, model: nn.Module, meta: ModelMeta) -> str:
     config = run.read_config()
     dataset = run.read_dataset_info()
     env = _read_json(run.environment)
     status = run.read_status()
     rows = _read_csv(run.eval(split).predictions)
     check, check_problem = _data_check(run)
-    parts = [sections.verdict_banner(metrics),
-             sections.summary(metrics, config=config, dataset=dataset, warnings=sections.data_warnings(check)),
+    parts = [sections.verdict_banner(ev),
+             sections.summary(ev, config=config, dataset=dataset, warnings=sections.data_warnings(check)),
              sections.model_card(config_sha=_sha256(run.config), env=env, dataset=dataset,
-                                 meta=_card_meta(meta, metrics, config)),
-             _curves(run, config, status, metrics)]
+                                 meta=_card_meta(meta, ev, config)),
+             _curves(run, config, status, ev)]
     examples = config.evaluation.report_examples
-    if metrics["task"] == "classification":
-        parts += [sections.per_class(metrics), sections.confusion(metrics), sections.confused_pairs(metrics)]
-        bad, good = gallery.classification_examples(rows, metrics["class_names"], worst=examples)
+    classification = ev.task == "classification"
+    if classification:
+        parts += [sections.per_class(ev), sections.confusion(ev), sections.confused_pairs(ev)]
+        bad, good = gallery.classification_examples(rows, ev.class_names or [], worst=examples)
     else:
         y = np.array([float(r["value"]) for r in rows])
         pred = np.array([float(r["predicted"]) for r in rows])
-        counts = "dic" in metrics
-        parts += [sections.trait_metrics(metrics),
+        counts = "dic" in ev.values
+        parts += [sections.trait_metrics(ev),
                   sections.section("trait-plots", "Predictions", sections.figure(
                       figures.regression_plots(y, pred, counts=counts, seed=config.seed),
                       "predicted vs true, residuals vs true, Bland-Altman",
@@ -115,14 +118,14 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
                       "agreement (bias ± 1.96 SD).")),
                   sections.per_value(y, pred, counts=counts)]
         bad, good = gallery.regression_examples(rows, worst=examples)
-    parts.append(_galleries(bad, good, model, meta, classification=metrics["task"] == "classification"))
-    cal = metrics.get("calibration")
-    if cal:
-        panels = [("before temperature scaling", cal["before"])] + (
-            [(f"after (T = {cal['temperature']:.3f})", cal["after"])] if cal.get("after") else [])
+    parts.append(_galleries(bad, good, model, meta, classification=classification))
+    cal = ev.calibration
+    if cal is not None and cal.before is not None:
+        panels = [("before temperature scaling", cal.before.to_dict())] + (
+            [(f"after (T = {cal.temperature:.3f})", cal.after.to_dict())] if cal.after is not None else [])
         parts.append(sections.calibration(cal, figures.reliability_diagram(panels), split=split))
-    if metrics.get("tta"):
-        parts.append(sections.tta(metrics["tta"]))
+    if ev.tta is not None:
+        parts.append(sections.tta(ev.tta))
     if run.budget_leaderboard.is_file():  # budget mode: the candidates this run was chosen from
         parts.append(sections.budget(_read_json(run.budget_leaderboard)))
     if split == "test":  # the run's main report: how it did on other sources, too
@@ -132,20 +135,20 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
     return _document(run, split, "".join(p for p in parts if p))
 
 
-def _card_meta(meta: dict[str, Any], metrics: dict[str, Any], config: Any) -> dict[str, Any]:
+def _card_meta(meta: ModelMeta, ev: Evaluation, config: Any) -> ModelMeta:
     """The checkpoint's metadata with what the evaluation applied on top: the fitted temperature, the TTA."""
-    cal = metrics.get("calibration") or {}
-    return {**meta, "task": metrics["task"], "temperature": cal.get("temperature") if cal.get("after") else 1.0,
-            "tta": config.evaluation.tta}
+    cal = ev.calibration
+    applied = cal.temperature if cal is not None and cal.after is not None else None
+    return meta.as_applied(temperature=applied or 1.0, tta=config.evaluation.tta)
 
 
-def _curves(run: RunDir, config: Any, status: dict[str, Any], metrics: dict[str, Any]) -> str:
+def _curves(run: RunDir, config: Any, status: dict[str, Any], ev: Evaluation) -> str:
     history = read_epoch_log(run.metrics_log).records  # unreadable lines: named when training resumed
     if not history:
         return sections.section("curves", "Training curves", "<p>No epoch was recorded.</p>")
     metric = config.monitor[0].split("/", 1)[-1]
-    metric = metric if metric != "loss" else ("accuracy" if metrics["task"] == "classification" else "mae")
-    best = status.get("best_epoch") or metrics.get("checkpoint_epoch")
+    metric = metric if metric != "loss" else ("accuracy" if ev.task == "classification" else "mae")
+    best = status.get("best_epoch") or ev.checkpoint_epoch
     change = fine_tune_start(history)
     uri = figures.training_curves(history, metric=metric, best_epoch=best, phase_change=change)
     note = f"Best epoch {best} by {config.monitor[0]}"
@@ -167,10 +170,10 @@ def fine_tune_start(history: Sequence[dict[str, Any]]) -> int | None:
 
 
 def _galleries(bad: Sequence[gallery.Example], good: Sequence[gallery.Example], model: nn.Module,
-               meta: dict[str, Any], *, classification: bool) -> str:
+               meta: ModelMeta, *, classification: bool) -> str:
     device = next(model.parameters()).device
-    tiles = gallery.render([*bad, *good], model, image_size=int(meta["image_size"]), mean=meta["mean"],
-                           std=meta["std"], device=device, resize=str(meta.get("resize", "crop")))
+    tiles = gallery.render([*bad, *good], model, image_size=meta.image_size, mean=list(meta.mean),
+                           std=list(meta.std), device=device, resize=meta.resize)
     how = ("Each image as the model saw it, then its Grad-CAM map (red = most weight) for the "
            + ("predicted class on errors and the true class on correct examples" if classification
               else "predicted value (regions that raise it)") + ".")
@@ -182,7 +185,7 @@ def _galleries(bad: Sequence[gallery.Example], good: Sequence[gallery.Example], 
     return sections.section("gallery", "Examples with Grad-CAM", body)
 
 
-def _label_errors(check: dict[str, Any] | None, meta: dict[str, Any]) -> str:
+def _label_errors(check: dict[str, Any] | None, meta: ModelMeta) -> str:
     """The data check's suspected label errors as thumbnails (as the model sees them), if it found any."""
     from plantpheno.data.transforms import model_square
 
@@ -190,7 +193,7 @@ def _label_errors(check: dict[str, Any] | None, meta: dict[str, Any]) -> str:
              and f.get("check") == "label_errors" and f.get("files")]
     if not found:
         return ""
-    square = model_square(int(meta["image_size"]), meta["mean"], str(meta.get("resize", "crop")))
+    square = model_square(meta.image_size, list(meta.mean), meta.resize)
     intro = ("<p>Images whose given label a classifier on frozen pretrained features, which never saw them, finds "
              "unlikely. Its figure is how much it disagrees, not proof: look at each image and correct only the "
              "labels that are wrong.</p>")

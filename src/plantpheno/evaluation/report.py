@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,15 @@ from plantpheno.evaluation.metrics import (
     rounded_counts,
 )
 from plantpheno.evaluation.plots import plot_confusion_matrix, plot_predicted_vs_true
+from plantpheno.records.evaluation import Evaluation, build_evaluation
 from plantpheno.run.folder import EvalDir
 from plantpheno.tasks import task_metrics
 
 
 def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, paths: Sequence[Path],
                      class_names: list[str] | None, bootstrap_samples: int, confidence: float,
-                     seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compute metrics for one split and write every report file into ``out``; return the metrics.
+                     seed: int, extra: dict[str, Any] | None = None) -> Evaluation:
+    """Compute metrics for one split and write every report file into ``out``; return the evaluation.
 
     The trivial baseline and the verdict on it come in ``extra["baseline"]``
     (:mod:`plantpheno.evaluation.run_eval`).
@@ -47,9 +46,9 @@ def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, 
         ci = bootstrap_ci(METRIC_FUNCTIONS[headline], targets, predicted, n_resamples=bootstrap_samples,
                           confidence=confidence, seed=seed)
         metrics["confidence_interval"] = {"metric": headline, **ci}
-    metrics = {"task": task, "headline_metric": headline, **metrics, **(extra or {})}
-    atomic_write_text(out.metrics, json.dumps(_finite(metrics), indent=2) + "\n")
-    return metrics
+    evaluation = build_evaluation(task=task, headline_metric=headline, metrics=metrics, extra=extra)
+    atomic_write_text(out.metrics, evaluation.to_json())
+    return evaluation
 
 
 def _classification(out: EvalDir, y: np.ndarray, probs: np.ndarray, paths: Sequence[Path],
@@ -92,48 +91,28 @@ _LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mae": "MAE", "rmse":
            "dic": "DiC", "abs_dic": "|DiC|", "count_accuracy": "exact count", "count_within_one": "count within one"}
 
 
-def summary_lines(metrics: dict[str, Any]) -> list[str]:
+def summary_lines(metrics: Evaluation | dict[str, Any]) -> list[str]:
     """A finished evaluation in a few lines for a person: every headline figure of the task (accuracy and
     macro-F1; MAE, RMSE and R², and for counts DiC, |DiC|, exact and within-one agreement), the headline's
     confidence interval, and the trivial predictor's figure it must beat."""
-    headline = metrics["headline_metric"]
-    ci = metrics.get("confidence_interval") or {}
+    ev = metrics if isinstance(metrics, Evaluation) else Evaluation.from_dict(metrics)
+    headline, ci, values = ev.headline_metric, ev.interval, ev.values
 
     def shown(key: str) -> str:
-        value = metrics[key]
+        value = values[key]
         text = f"{value:.1%}" if key in ("count_accuracy", "count_within_one") else f"{value:.4f}"
-        if key == headline and ci.get("low") is not None:
-            text += f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})"
+        if key == headline and ci is not None:
+            text += f" ({ci.confidence:.0%} CI {ci.low:.4f} to {ci.high:.4f})"
         return f"{_LABELS[key]} {text}"
 
-    keys = ("accuracy", "macro_f1") if metrics["task"] == "classification" else ("mae", "rmse", "r2")
-    where = f"{metrics.get('split', 'evaluation')} ({metrics['num_images']} images)" if "num_images" in metrics \
-        else str(metrics.get("split", "evaluation"))
-    lines = [f"{where}: " + "  ".join(shown(k) for k in keys if metrics.get(k) is not None)]
-    counting = [k for k in ("dic", "abs_dic", "count_accuracy", "count_within_one") if metrics.get(k) is not None]
+    keys = ("accuracy", "macro_f1") if ev.task == "classification" else ("mae", "rmse", "r2")
+    split = ev.split or "evaluation"
+    where = f"{split} ({ev.num_images} images)" if ev.num_images is not None else split
+    lines = [f"{where}: " + "  ".join(shown(k) for k in keys if k in values)]
+    counting = [k for k in ("dic", "abs_dic", "count_accuracy", "count_within_one") if k in values]
     if counting:
         lines.append("  counts: " + "  ".join(shown(k) for k in counting))
-    base = metrics.get("baseline") or {}
-    if headline in base:
-        lines.append(f"  baseline, {_predictor(base)}: {_LABELS[headline]} {base[headline]:.4f}")
+    base = ev.baseline
+    if base is not None and base.score(headline) is not None:
+        lines.append(f"  baseline, {base.predictor_text()}: {_LABELS[headline]} {base.score(headline):.4f}")
     return lines
-
-
-def _predictor(base: dict[str, Any]) -> str:
-    """The trivial predictor of a baseline block (:mod:`plantpheno.evaluation.baselines`) in words."""
-    if "majority_class" in base:
-        return f"always the most frequent training class ({base['majority_class']})"
-    if "value" in base:
-        return f"always the training mean ({base['value']:.4g})"
-    return str(base.get("kind", "trivial predictor"))
-
-
-def _finite(value: Any) -> Any:
-    # JSON has no NaN/inf: write null so every JSON parser can read metrics.json
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

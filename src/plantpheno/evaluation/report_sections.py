@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from plantpheno.evaluation.card_text import INTENDED_USE, input_text, limits, output_text
+from plantpheno.records.evaluation import (Calibration, CalibrationScores, Evaluation, PerClass,
+                                           TestTimeAugmentation)
+from plantpheno.records.model_meta import ModelMeta
 
 def esc(value: Any) -> str:
     return escape(str(value), quote=True)
@@ -24,6 +27,11 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return esc(value)
+
+
+def _number(value: float | None) -> str:
+    """A figure to four decimals; ``n/a`` where the evaluation could not compute it (written as null)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, cls: str = "") -> str:
@@ -48,15 +56,14 @@ def section(anchor: str, title: str, body: str) -> str:
 # --------------------------------------------------------------------------- summary and verdict
 
 
-def verdict_banner(metrics: dict[str, Any]) -> str:
+def verdict_banner(ev: Evaluation) -> str:
     """A red box at the very top when the model does not beat its trivial baseline."""
-    base = metrics.get("baseline") or {}
-    verdict = base.get("verdict") or {}
-    if not verdict or verdict.get("verdict") == "better":
+    verdict = ev.verdict
+    if ev.baseline is None or verdict is None or verdict.is_better:
         return ""
-    word = "does NOT beat" if verdict["verdict"] == "worse" else "is not clearly better than"
-    return (f'<div class="alert" role="alert"><strong>Warning: on the {esc(metrics.get("split"))} split this model '
-            f'{word} its trivial baseline ({esc(base.get("kind"))}).</strong> {esc(verdict["text"])}. Do not rely on '
+    word = "does NOT beat" if verdict.verdict == "worse" else "is not clearly better than"
+    return (f'<div class="alert" role="alert"><strong>Warning: on the {esc(ev.split)} split this model '
+            f'{word} its trivial baseline ({esc(ev.baseline.kind)}).</strong> {esc(verdict.text)}. Do not rely on '
             f'its predictions as they are.</div>')
 
 
@@ -84,52 +91,48 @@ def data_warnings(report: dict[str, Any] | None) -> list[str]:
     return [finding_brief(f) for f in findings if isinstance(f, dict) and f.get("severity") in ("error", "warning")]
 
 
-def summary(metrics: dict[str, Any], *, config: Any, dataset: dict[str, Any],
-            warnings: Sequence[str] = ()) -> str:
+def summary(ev: Evaluation, *, config: Any, dataset: dict[str, Any], warnings: Sequence[str] = ()) -> str:
     """The summary table; ``warnings`` (:func:`data_warnings`) stand next to the verdict ("better ..., but the
     image border alone predicts ..."), so no true warning waits in the last section."""
-    head = metrics["headline_metric"]
-    ci = metrics.get("confidence_interval") or {}
-    ci_text = (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f}, percentile bootstrap, "
-               f"{ci['n_resamples']} resamples)" if ci.get("low") is not None else " (no confidence interval)")
+    head, ci = ev.headline_metric, ev.interval
+    ci_text = (f" ({ci.confidence:.0%} CI {ci.low:.4f} to {ci.high:.4f}, percentile bootstrap, "
+               f"{ci.n_resamples} resamples)" if ci is not None else " (no confidence interval)")
     counts = dataset.get("num_images") or {}
-    classes = dataset.get("class_names") or metrics.get("class_names")
+    classes = dataset.get("class_names") or ev.class_names
     what = (f"{len(classes)} classes: {', '.join(map(str, classes))}" if classes else "a numeric trait")
     items = [
-        ("Task", f"{metrics['task']} ({what})"),
+        ("Task", f"{ev.task} ({what})"),
         ("Model", (f"{config.model.backbone} (pretrained: {config.model.pretrained}), checkpoint of epoch "
-                  f"{metrics.get('checkpoint_epoch')}")),
+                  f"{ev.checkpoint_epoch}")),
         ("Data", ", ".join(f"{k} {v}" for k, v in counts.items()) + " images"),
-        ("Evaluated", f"{metrics.get('split')} split, {metrics.get('num_images')} images"),
-        (f"Headline: {head}", f"{metrics[head]:.4f}{ci_text}"),
+        ("Evaluated", f"{ev.split} split, {ev.num_images} images"),
+        (f"Headline: {head}", f"{_number(ev.headline)}{ci_text}"),
     ]
-    base = metrics.get("baseline") or {}
-    if base:
-        v = base["verdict"]
-        items.append((f"Baseline ({base['kind']})", f"{v['metric']} {v['baseline']:.4f}" + (
-            f" (class {base['majority_class']}; stratified chance {base['stratified']['accuracy']:.4f})"
-            if "majority_class" in base else f" (always predicting {base['value']:.4g})")))
+    base, v = ev.baseline, ev.verdict
+    if base is not None and v is not None:
+        items.append((f"Baseline ({base.kind})", f"{v.metric} {_number(v.baseline)}" + (
+            f" (class {base.majority_class}; stratified chance {_number(base.stratified_accuracy)})"
+            if base.majority_class is not None else f" (always predicting {base.value:.4g})")))
         # "better than the baseline, but ..."; a verdict that is already a warning takes "and"
-        joint = "but" if v["verdict"] == "better" else "and"
+        joint = "but" if v.is_better else "and"
         but = f", {joint} {'; and '.join(warnings)}" if warnings else ""
-        items.append(("Verdict", f"{v['verdict']}: {v['text']}{but}"))
+        items.append(("Verdict", f"{v.verdict}: {v.text}{but}"))
     elif warnings:  # no verdict to stand beside: the warnings get their own row, as high up
         items.append(("Data warnings", "; ".join(warnings)))
-    cal = metrics.get("calibration") or {}
-    if cal.get("after"):
-        change = cal.get("ece_change") or {}
-        interval = (f"; change {change['estimate']:+.4f}, {change['confidence']:.0%} interval {change['low']:+.4f} "
-                    f"to {change['high']:+.4f}" if change.get("low") is not None else "")
-        items.append(("Calibration", (f"ECE {cal['before']['ece']:.4f} before, {cal['after']['ece']:.4f} after "
-                                     f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val{interval})")))
-    tta = metrics.get("tta")
-    if tta:
-        items.append(("Test-time augmentation", f"{tta['mode']} ({len(tta['views'])} views): see below"))
+    cal = ev.calibration
+    if cal is not None and cal.after is not None and cal.before is not None:
+        change = cal.ece_change
+        interval = (f"; change {change.estimate:+.4f}, {change.confidence:.0%} interval {change.low:+.4f} "
+                    f"to {change.high:+.4f}" if change is not None and change.known else "")
+        items.append(("Calibration", (f"ECE {_number(cal.before.ece)} before, {_number(cal.after.ece)} after "
+                                     f"temperature scaling (T = {cal.temperature:.3f}, fitted on val{interval})")))
+    if ev.tta is not None:
+        items.append(("Test-time augmentation", f"{ev.tta.mode} ({len(ev.tta.views)} views): see below"))
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
     return section("summary", "Summary", f'<table class="kv">{rows}</table>')
 
 
-def model_card(*, config_sha: str, env: dict[str, Any], dataset: dict[str, Any], meta: dict[str, Any]) -> str:
+def model_card(*, config_sha: str, env: dict[str, Any], dataset: dict[str, Any], meta: ModelMeta) -> str:
     """The card of the evaluated model: ``meta`` is its checkpoint's metadata (input size, ``data.resize``, task)
     with the temperature and test-time augmentation it is evaluated with, so the card says what the model saw
     and only what applies to its task (the registry's card says the same, :mod:`~plantpheno.evaluation.card_text`)."""
@@ -157,19 +160,17 @@ def figure(uri: str, alt: str, caption: str = "") -> str:
 # --------------------------------------------------------------------------- classification
 
 
-def per_class(metrics: dict[str, Any]) -> str:
-    names, pc = metrics["class_names"], metrics["per_class"]
-    rows = [(n, pc["precision"][i], pc["recall"][i], pc["f1"][i], pc["support"][i]) for i, n in enumerate(names)]
-    rows += [("macro avg", metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"],
-              metrics["num_samples"]),
-             ("weighted avg", metrics["weighted_precision"], metrics["weighted_recall"], metrics["weighted_f1"],
-              metrics["num_samples"])]
+def per_class(ev: Evaluation) -> str:
+    names, pc, v = ev.class_names or [], ev.per_class or PerClass(), ev.values
+    rows = [(n, pc.precision[i], pc.recall[i], pc.f1[i], pc.support[i]) for i, n in enumerate(names)]
+    rows += [(f"{avg} avg", *(v.get(f"{avg}_{k}") for k in ("precision", "recall", "f1")), ev.num_samples)
+             for avg in ("macro", "weighted")]
     return section("per-class", "Per class", table(("class", "precision", "recall", "F1", "support"), rows,
                                                    cls="num"))
 
 
-def confusion(metrics: dict[str, Any]) -> str:
-    names, cm = metrics["class_names"], np.asarray(metrics["confusion_matrix"])
+def confusion(ev: Evaluation) -> str:
+    names, cm = ev.class_names or [], np.asarray(ev.confusion_matrix)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
 
@@ -191,8 +192,8 @@ def confusion(metrics: dict[str, Any]) -> str:
                                                                                            "true class)", True))
 
 
-def confused_pairs(metrics: dict[str, Any], *, top: int = 10) -> str:
-    names, cm = metrics["class_names"], np.asarray(metrics["confusion_matrix"])
+def confused_pairs(ev: Evaluation, *, top: int = 10) -> str:
+    names, cm = ev.class_names or [], np.asarray(ev.confusion_matrix)
     off = [(int(cm[i, j]), i, j) for i in range(len(names)) for j in range(len(names)) if i != j and cm[i, j]]
     off.sort(key=lambda t: (-t[0], t[1], t[2]))
     if not off:
@@ -203,33 +204,31 @@ def confused_pairs(metrics: dict[str, Any], *, top: int = 10) -> str:
                                                          rows))
 
 
-def calibration(cal: dict[str, Any], diagram_uri: str, *, split: str) -> str:
+def calibration(cal: Calibration, diagram_uri: str, *, split: str) -> str:
     keys = ("ece", "mce", "brier", "nll", "mean_confidence", "accuracy")
-    rows = [("before (T = 1)", *(cal["before"][k] for k in keys))]
-    if cal.get("after"):
-        rows.append((f"after (T = {cal['temperature']:.3f})", *(cal["after"][k] for k in keys)))
-    change = cal.get("ece_change") or {}
-    if change.get("low") is not None:
-        rows.append(((f"change of ECE by scaling: {change['estimate']:+.4f} ({change['confidence']:.0%} bootstrap "
-                     f"interval {change['low']:+.4f} to {change['high']:+.4f})"), *([None] * len(keys))))
-    note = (f"<p>{esc(cal['binning'])}. ECE: bin-weighted mean |accuracy - confidence|; MCE: the largest gap; Brier: "
+    rows = [("before (T = 1)", *(cal.before or CalibrationScores()).row())]
+    if cal.after is not None:
+        rows.append((f"after (T = {cal.temperature:.3f})", *cal.after.row()))
+    change = cal.ece_change
+    if change is not None and change.known:
+        rows.append(((f"change of ECE by scaling: {change.estimate:+.4f} ({change.confidence:.0%} bootstrap "
+                     f"interval {change.low:+.4f} to {change.high:+.4f})"), *([None] * len(keys))))
+    note = (f"<p>{esc(cal.binning)}. ECE: bin-weighted mean |accuracy - confidence|; MCE: the largest gap; Brier: "
             "mean squared error of the probability vector (0 best, 2 worst); NLL: mean -log p(true class). "
             + ("The temperature was fitted on the validation split; it changes confidences, never the class."
-               if cal.get("after") else f"Temperature scaling was not applied: {esc(cal['not_applied'])}."
-               if cal.get("not_applied") else "Temperature scaling is off (evaluation.temperature_scaling).")
+               if cal.after is not None else f"Temperature scaling was not applied: {esc(cal.not_applied)}."
+               if cal.not_applied else "Temperature scaling is off (evaluation.temperature_scaling).")
             + (" This is the split it was fitted on, so the figures after scaling are optimistic."
-               if cal.get("after") and split == "val" else "") + "</p>")
+               if cal.after is not None and split == "val" else "") + "</p>")
     return section("calibration", "Calibration", table(("probabilities", "ECE", "MCE", "Brier", "NLL",
                                                         "mean confidence", "accuracy"), rows) + note
                    + figure(diagram_uri, "reliability diagram"))
 
 
-def tta(block: dict[str, Any]) -> str:
-    rows = [(f"{split} {which}", *(v for v in scores.values()))
-            for split, part in (("evaluated", block), ("val", block.get("val") or {}))
-            for which, scores in ((w, part.get(w)) for w in ("with", "without")) if scores]
-    keys = list(block["with"])
-    body = table(("split", *keys), rows) + (f"<p>Views: {esc(', '.join(block['views']))}; raw outputs averaged. "
+def tta(block: TestTimeAugmentation) -> str:
+    rows = [(label, *scores.values()) for label, scores in block.rows()]
+    keys = list(block.with_ or {})
+    body = table(("split", *keys), rows) + (f"<p>Views: {esc(', '.join(block.views))}; raw outputs averaged. "
                                             "Decide on TTA from the validation rows.</p>")
     return section("tta", "Test-time augmentation", body)
 
@@ -284,16 +283,17 @@ def per_value(y: np.ndarray, pred: np.ndarray, *, counts: bool) -> str:
     return section("per-value", title, table(header, rows, cls="num"))
 
 
-def trait_metrics(metrics: dict[str, Any]) -> str:
-    keys = [k for k in ("mae", "rmse", "r2", "mean_error", "dic", "abs_dic", "count_accuracy") if k in metrics]
-    base = metrics.get("baseline") or {}
-    rows = [("model", *(metrics[k] for k in keys))]
-    if base:
-        rows.append((f"baseline ({base['kind']} {base['value']:.4g})", *(base.get(k) for k in keys)))
+def trait_metrics(ev: Evaluation) -> str:
+    values = ev.values
+    keys = [k for k in ("mae", "rmse", "r2", "mean_error", "dic", "abs_dic", "count_accuracy") if k in values]
+    base = ev.baseline
+    rows = [("model", *(values[k] for k in keys))]
+    if base is not None:
+        rows.append((f"baseline ({base.kind} {base.value:.4g})", *(base.score(k) for k in keys)))
     labels = {"mae": "MAE", "rmse": "RMSE", "r2": "R²", "mean_error": "bias", "dic": "DiC", "abs_dic": "|DiC|",
               "count_accuracy": "exact count"}
     note = ("<p>DiC (CVPPP): mean of round(predicted) - true; |DiC| its absolute value per image; exact count: "
-            "share with round(predicted) = true.</p>" if "dic" in metrics else "")
+            "share with round(predicted) = true.</p>" if "dic" in values else "")
     return section("trait", "Trait metrics", table(("", *(labels[k] for k in keys)), rows) + note)
 
 

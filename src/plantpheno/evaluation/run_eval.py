@@ -76,14 +76,14 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
                             "with": _pick(regression_metrics(y, outputs), ("mae", "rmse", "r2")),
                             "without": _pick(regression_metrics(y, plain), ("mae", "rmse", "r2"))}
     extra["baseline"] = base
-    metrics = write_evaluation(run.eval(split), targets=y, outputs=outputs,
-                               paths=[s.path for s in prepared.splits[split]], class_names=names,
-                               bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=config.seed,
-                               extra=extra)
-    verdict = base["verdict"]
-    if verdict["verdict"] != baselines.BETTER:
-        reporter.warning(f"on the {split} split the model {verdict['text']} ({base['kind']})")
-    return metrics
+    evaluation = write_evaluation(run.eval(split), targets=y, outputs=outputs,
+                                  paths=[s.path for s in prepared.splits[split]], class_names=names,
+                                  bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=config.seed,
+                                  extra=extra)
+    verdict = evaluation.verdict
+    if evaluation.baseline is not None and verdict is not None and not verdict.is_better:
+        reporter.warning(f"on the {split} split the model {verdict.text} ({evaluation.baseline.kind})")
+    return evaluation.to_dict()
 
 
 def _announcement(split: str, images: int, config: Config, *, classification: bool) -> str:

@@ -46,14 +46,14 @@ class DeployableModel(nn.Module):
                  std: Sequence[float] | None = None) -> None:
         super().__init__()
         m = package.meta
-        tta = str(m.get("tta") or "none")
+        tta = m.applied_tta
         self.model = model if tta == "none" else TTAModel(model, tta)
-        self.temperature = float(m.get("temperature") or 1.0)
-        self.register_buffer("mean", torch.tensor(mean or m["mean"], dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std or m["std"], dtype=torch.float32).view(1, 3, 1, 1))
-        self.classification = m["task"] == "classification"
-        self.target_mean = float(m.get("target_mean") or 0.0)
-        self.target_std = float(m.get("target_std") or 1.0)
+        self.temperature = m.applied_temperature
+        self.register_buffer("mean", torch.tensor(mean or list(m.mean), dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std or list(m.std), dtype=torch.float32).view(1, 3, 1, 1))
+        self.classification = m.is_classification
+        self.target_mean = float(m.target_mean or 0.0)
+        self.target_std = float(m.target_std or 1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model((images - self.mean) / self.std)
@@ -87,8 +87,9 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     (an ONNX export takes about a minute on a CPU).
     """
     reporter = default_reporter(reporter)
-    if package.meta.get("bands"):
-        raise ExportError(f"{package.folder}: a model of data.bands ({', '.join(package.meta['bands']['names'])}) "
+    bands = package.meta.band_names
+    if bands:
+        raise ExportError(f"{package.folder}: a model of data.bands ({', '.join(bands)}) "
                           f"cannot be exported to {fmt} yet (the exported graph takes RGB); use `plantpheno "
                           f"predict` or the Python API")
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not math.isfinite(tolerance) \
@@ -108,7 +109,7 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     tmp = Path(tmp_name)
     try:
         notes = json.dumps(preprocessing(package.meta))
-        reporter.info(f"exporting {package.meta.get('backbone')} to {_FORMAT_NAMES[fmt]} ("
+        reporter.info(f"exporting {package.meta.backbone} to {_FORMAT_NAMES[fmt]} ("
                       + ("torch.onnx with the dynamo exporter, about a minute on a CPU" if fmt == "onnx"
                          else "tracing") + f"), then checking it against the PyTorch model on {len(images)} images")
         run = _export_onnx(exported_module, images, tmp, notes) if fmt == "onnx" else _export_torchscript(
@@ -126,7 +127,7 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
 def _inputs(package: ModelPackage) -> list[Path]:
     """The files an export must never overwrite: the package's, and its run's own files and checkpoints."""
     files = [p for p in package.folder.rglob("*") if p.is_file()]
-    run = Path(str(package.meta.get("source_run_dir") or ""))
+    run = Path(str(package.meta.source_run_dir or ""))
     if run.is_absolute() and run.is_dir():
         files += [*run.glob("*"), *run.glob("checkpoints/*")]
     return files
@@ -135,7 +136,7 @@ def _inputs(package: ModelPackage) -> list[Path]:
 def _check_images(package: ModelPackage) -> torch.Tensor:
     images = package.sample_inputs()
     if images is None:
-        size = int(package.meta["image_size"])
+        size = package.meta.image_size
         images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     return images.float()
 
@@ -184,7 +185,7 @@ def _compare(expected: np.ndarray, actual: np.ndarray, out: Path, fmt: str, tole
         raise ExportError(f"{fmt} export output shape {actual.shape} differs from PyTorch's {expected.shape}")
     diff = float(np.max(np.abs(expected - actual)))
     agreement = None
-    if package.meta["task"] == "classification":
+    if package.meta.is_classification:
         agreement = float(np.mean(expected.argmax(axis=1) == actual.argmax(axis=1)))
     report = ExportReport(out, fmt, diff, agreement, len(expected), tolerance)
     if not np.isfinite(diff) or diff > tolerance:

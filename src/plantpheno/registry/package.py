@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from plantpheno.files.atomic import atomic_copy, atomic_write_bytes, atomic_write_text, verify_checksum
 from plantpheno.errors import ModelError, RegistryError, RunDirError, clip
+from plantpheno.records.evaluation import Evaluation, read_evaluation
+from plantpheno.records.model_meta import ModelMeta, read_meta
 from plantpheno.run.folder import RunDir
 from plantpheno.tasks import task_metrics
 
@@ -44,7 +46,7 @@ class ModelPackage:
     """A model package folder, read and validated."""
 
     folder: Path
-    meta: dict[str, Any]
+    meta: ModelMeta
 
     @classmethod
     def open(cls, folder: Path) -> ModelPackage:
@@ -55,8 +57,6 @@ class ModelPackage:
         if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise RegistryError(f"{folder} is not a plantpheno model package (needs {META_FILE} and {WEIGHTS_FILE})")
         verify_checksum(path, remedy=REMEDY)
-        from plantpheno.registry.meta import read_meta
-
         return cls(folder, read_meta(path, expected_format=FORMAT))
 
     @property
@@ -72,12 +72,12 @@ class ModelPackage:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        backbone, weights = self.meta["backbone"], self.folder / WEIGHTS_FILE
+        backbone, weights = self.meta.backbone, self.folder / WEIGHTS_FILE
         if not timm.is_model(backbone):
             raise ModelError(f"{self.folder / META_FILE}: backbone {backbone!r} is not a timm model (timm "
                              f"{timm.__version__}); the package is damaged, or needs another timm version")
-        bands = (self.meta.get("bands") or {}).get("names")  # a model of data.bands: its first layer takes N bands
-        model = timm.create_model(backbone, pretrained=False, num_classes=int(self.meta["num_outputs"]),
+        bands = self.meta.band_names  # a model of data.bands: its first layer takes N bands
+        model = timm.create_model(backbone, pretrained=False, num_classes=self.meta.num_outputs,
                                   **({"in_chans": len(bands)} if bands else {}))
         verify_checksum(weights, remedy=REMEDY)
         try:
@@ -88,7 +88,7 @@ class ModelPackage:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:  # missing, unexpected or misshapen tensors
-            raise ModelError(f"{weights} does not hold the weights of a {backbone} with {self.meta['num_outputs']} "
+            raise ModelError(f"{weights} does not hold the weights of a {backbone} with {self.meta.num_outputs} "
                              f"output(s): {clip(str(exc), 600)}") from None
         return model.eval()
 
@@ -143,11 +143,11 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     for source in (run.config, run.dataset_info, run.environment, run.temperature):
         if source.is_file():
             atomic_copy(source, out / source.name, checksum=True)
-    metrics = _test_metrics(run)
-    if metrics:
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n", checksum=True)
-    meta = _package_meta(run, checkpoint, path, metrics)
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n", checksum=True)
+    evaluation = read_evaluation(run.eval("test").metrics) if run.eval("test").metrics.is_file() else None
+    if evaluation is not None:
+        atomic_write_text(out / "metrics.json", evaluation.to_json(), checksum=True)
+    meta = _package_meta(run, checkpoint, path, evaluation)
+    atomic_write_text(out / META_FILE, meta.to_json(), checksum=True)
     _write_samples(run, meta, out / SAMPLES_FILE)
     package = ModelPackage(out, meta)
     from plantpheno.registry.card import model_card
@@ -156,62 +156,52 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     return package
 
 
-def _test_metrics(run: RunDir) -> dict[str, Any]:
-    path = run.eval("test").metrics
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _package_meta(run: RunDir, checkpoint: dict[str, Any], path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+def _package_meta(run: RunDir, checkpoint: dict[str, Any], path: Path,
+                  evaluation: Evaluation | None) -> ModelMeta:
     import timm
 
+    meta = ModelMeta.from_checkpoint(checkpoint, source=path)
     env = _read_json(run.environment)
     status = _read_json(run.status)
     config_text = run.config.read_bytes() if run.config.is_file() else b""
-    headline = metrics.get("headline_metric")
-    summary = task_metrics(checkpoint["meta"]["task"]).summary_metrics
-    return {
-        "format": FORMAT, **checkpoint["meta"], "timm_version": timm.__version__,
-        "checkpoint": path.name, "checkpoint_epoch": checkpoint["state"]["epoch"],
-        "source_run_dir": str(run.path.resolve()), "config_sha256": hashlib.sha256(config_text).hexdigest(),
-        "git_commit": env.get("git_commit", "unknown"), "git_dirty": env.get("git_dirty"),
-        "mlflow_run_id": (status.get("tracking") or {}).get("mlflow"),
-        "test_metrics": {k: metrics[k] for k in summary if k in metrics},
-        "headline_metric": headline, "confidence_interval": metrics.get("confidence_interval"),
-        # the test evaluation's paired verdict against the trivial baseline (None: no test evaluation)
-        "baseline_verdict": (metrics.get("baseline") or {}).get("verdict"),
-        "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        # applied by predict and inside exports: softmax(logits / temperature), logits averaged over the TTA views
-        "temperature": float(_read_json(run.temperature).get("temperature", 1.0)),
-        "tta": run.read_config().evaluation.tta if run.config.is_file() else "none",
-    }
+    lineage = {"timm_version": timm.__version__, "checkpoint": path.name,
+               "checkpoint_epoch": checkpoint["state"]["epoch"], "source_run_dir": str(run.path.resolve()),
+               "config_sha256": hashlib.sha256(config_text).hexdigest(),
+               "git_commit": env.get("git_commit", "unknown"), "git_dirty": env.get("git_dirty"),
+               "mlflow_run_id": (status.get("tracking") or {}).get("mlflow"),
+               "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return meta.for_package(package_format=FORMAT, lineage=lineage, evaluation=evaluation,
+                            summary_metrics=task_metrics(meta.task).summary_metrics,
+                            temperature=float(_read_json(run.temperature).get("temperature", 1.0)),
+                            tta=run.read_config().evaluation.tta if run.config.is_file() else "none")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def raw_transform(meta: dict[str, Any]):
+def raw_transform(meta: ModelMeta):
     """The package's evaluation preprocessing without normalisation (``data.resize`` to the square, RGB in
     [0, 1]): what an export takes."""
     from plantpheno.data.transforms import square_transform
 
-    return square_transform(int(meta["image_size"]), meta["mean"], meta.get("resize", "crop"))
+    return square_transform(meta.image_size, list(meta.mean), meta.resize)
 
 
-def preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
+def preprocessing(meta: ModelMeta) -> dict[str, Any]:
     """What a deployment must do to an image before the exported graph: resize mode, size, letterbox colour."""
     from plantpheno.data.batch_augment import pad_fill
 
-    resize = meta.get("resize", "crop")
+    resize = meta.resize
     steps = {"crop": "shorter side to image_size, then the centre square",
              "pad": "longer side to image_size, then centred on a square of pad_fill (letterbox)",
              "stretch": "both sides to image_size"}
-    return {"image_size": int(meta["image_size"]), "resize": resize, "resize_steps": steps[resize],
-            "pad_fill": list(pad_fill(meta["mean"])) if resize == "pad" else None,
+    return {"image_size": meta.image_size, "resize": resize, "resize_steps": steps[resize],
+            "pad_fill": list(pad_fill(list(meta.mean))) if resize == "pad" else None,
             "input": "RGB in [0, 1], N x 3 x image_size x image_size (antialiased bilinear resize)"}
 
 
-def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
+def _write_samples(run: RunDir, meta: ModelMeta, out: Path) -> None:
     """A few test images, preprocessed, so an export can be checked without the dataset at hand."""
     import torch
     from safetensors.torch import save
@@ -219,7 +209,7 @@ def _write_samples(run: RunDir, meta: dict[str, Any], out: Path) -> None:
     from plantpheno.data.images import load_rgb
 
     split = run.split_manifest
-    if not split.is_file() or meta.get("bands"):  # band images are not RGB; exports of them are refused for now
+    if not split.is_file() or meta.band_names:  # band images are not RGB; exports of them are refused for now
         return
     from plantpheno.files.csvfile import read_csv
 

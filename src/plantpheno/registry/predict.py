@@ -44,12 +44,11 @@ class Predictor:
             to_channels_last(self.model)
         self.task = package.task
         m = package.meta
-        self.image_size = int(m["image_size"])
-        # packages from before data.resize existed were all centre-cropped
-        self.transform = eval_transform(int(m["image_size"]), m["mean"], m["std"], m.get("resize", "crop"))
+        self.image_size = m.image_size
+        self.transform = eval_transform(m.image_size, list(m.mean), list(m.std), m.resize)
         self.bands = BandInput.of(m)  # None: an RGB model
         # fitted on the validation split when the run was evaluated; packages made before have neither
-        self.temperature, self.tta = float(m.get("temperature") or 1.0), str(m.get("tta") or "none")
+        self.temperature, self.tta = m.applied_temperature, m.applied_tta
 
     def predict_files(self, paths: Sequence[Path], *, batch_size: int = 32,
                       progress: bool = False) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, str]]]:
@@ -94,7 +93,7 @@ class Predictor:
     def describe(self, output: torch.Tensor) -> dict[str, Any]:
         """One prediction as plain values: ``predicted`` (class name), ``confidence`` and ``probabilities``
         (class -> probability), or ``predicted`` (the trait value in its own units)."""
-        names = self.package.meta.get("class_names")
+        names = self.package.meta.class_names
         if not names:
             return {"predicted": float(output)}
         probs = output.tolist()
@@ -104,7 +103,7 @@ class Predictor:
     def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
         """``path,predicted,confidence,p_<class>...`` (classes), ``path,predicted`` (traits) or
         ``path,predicted,predicted_count`` (counts: the value rounded as the count metrics round it)."""
-        names = self.package.meta.get("class_names")
+        names = self.package.meta.class_names
         rows: list[list[object]] = []
         if names:
             rows.append(["path", "predicted", "confidence", *(f"p_{n}" for n in names)])

@@ -229,7 +229,7 @@ def _row_output(described: dict[str, Any]) -> dict[str, Any]:
 def output_columns(package: ModelPackage) -> list[str]:
     """``predicted, confidence, p_<class>...`` (classification) or ``predicted`` (trait), as ``plantpheno predict``
     writes them."""
-    names = package.meta.get("class_names")
+    names = package.meta.class_names
     return ["predicted", "confidence", *(f"p_{n}" for n in names)] if names else ["predicted"]
 
 
@@ -239,7 +239,7 @@ def signature(package: ModelPackage) -> Any:
     from mlflow.types import ColSpec, Schema
 
     inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)])
-    outputs = [ColSpec("string" if package.meta.get("class_names") else "double", "predicted")]
+    outputs = [ColSpec("string" if package.meta.class_names else "double", "predicted")]
     outputs += [ColSpec("double", name) for name in output_columns(package)[1:]]
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
@@ -249,12 +249,12 @@ def input_example(package: ModelPackage) -> pd.DataFrame:
     import numpy as np
     from PIL import Image
 
-    if package.meta.get("bands"):  # a model of data.bands reads TIFFs of its bands
+    if package.meta.band_names:  # a model of data.bands reads TIFFs of its bands
         from plantpheno.data.band_input import example_tiff
 
         return pd.DataFrame({"image": [example_tiff(package.meta)]})
     samples = package.sample_inputs()
-    size = int(package.meta["image_size"])
+    size = package.meta.image_size
     if samples is not None and len(samples):
         pixels = (samples[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     else:
@@ -279,9 +279,8 @@ def requirements() -> list[str]:
 def model_metadata(package: ModelPackage) -> dict[str, Any]:
     """What MLflow shows about the model (MLmodel's metadata): task, classes, backbone, input size, test metrics."""
     m = package.meta
-    return {"plantpheno_format": FORMAT, "task": m["task"], "backbone": m["backbone"],
-            "image_size": m["image_size"], "class_names": m.get("class_names"),
-            "headline_metric": m.get("headline_metric"), "test_metrics": m.get("test_metrics") or {}}
+    return {"plantpheno_format": FORMAT, "task": m.task, "backbone": m.backbone, "image_size": m.image_size,
+            "class_names": m.class_names, "headline_metric": m.headline_metric, "test_metrics": m.test_metrics or {}}
 
 
 def save_pyfunc_model(package: ModelPackage, path: Path) -> Path:

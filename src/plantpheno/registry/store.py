@@ -10,7 +10,6 @@ do not import MLflow (:mod:`plantpheno.registry.index`), so they take a fraction
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import tempfile
 import time
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from plantpheno.errors import RegistryError
 from plantpheno.evaluation.baselines import BETTER
+from plantpheno.records.evaluation import Verdict
+from plantpheno.records.model_meta import ModelMeta, read_meta
 from plantpheno.registry.index import RegistryIndex, VersionRecord, mlflow_client, open_index
 from plantpheno.registry.location import (
     ENV_URI,
@@ -139,7 +140,7 @@ class ModelRegistry:
             package = package_run(run_dir, Path(tmp) / "package")
             if not force:
                 self._check_same_job(name, package.meta, Path(tmp) / "latest")
-                check_beats_baseline(package.meta, run_dir=run_dir, what=f"registering it as {name}" +
+                check_beats_baseline(package.meta.baseline_verdict, run_dir=run_dir, what=f"registering it as {name}" +
                                      (f" (alias {alias})" if alias else ""))
             if self.index.exists is False:
                 self._create_store()
@@ -271,25 +272,24 @@ class ModelRegistry:
                 failure = exc
         raise RegistryError(f"{source} holds no {name} ({failure})")
 
-    def _check_same_job(self, name: str, meta: dict[str, Any], tmp: Path) -> None:
+    def _check_same_job(self, name: str, meta: ModelMeta, tmp: Path) -> None:
         """A new version must predict what the name's latest version predicts: same task, same classes in order."""
-        from plantpheno.registry.package import META_FILE
+        from plantpheno.registry.package import FORMAT, META_FILE
 
         versions = self.index.versions(name)
         if not versions:
             return
         latest = versions[-1]
         try:
-            theirs = json.loads(self._fetch_file(latest.source, tmp, META_FILE).read_text(encoding="utf-8"))
+            theirs = read_meta(self._fetch_file(latest.source, tmp, META_FILE), expected_format=FORMAT)
+            their_task, their_names = theirs.task, theirs.class_names
         except (OSError, ValueError, RegistryError):
-            theirs = {"task": latest.tags.get("task"), "class_names": None}  # its package is gone: the tags say
+            their_task, their_names = latest.tags.get("task"), None  # its package is gone: the tags say
         problems = []
-        if theirs.get("task") and theirs["task"] != meta["task"]:
-            problems.append(f"its task is {theirs['task']}, this run's is {meta['task']}")
-        elif meta["task"] == "classification" and theirs.get("class_names") is not None \
-                and list(theirs["class_names"]) != list(meta["class_names"]):
-            problems.append(f"its classes are {_names(theirs['class_names'])}, this run's are "
-                            f"{_names(meta['class_names'])}")
+        if their_task and their_task != meta.task:
+            problems.append(f"its task is {their_task}, this run's is {meta.task}")
+        elif meta.is_classification and their_names is not None and list(their_names) != list(meta.class_names or ()):
+            problems.append(f"its classes are {_names(their_names)}, this run's are {_names(meta.class_names or [])}")
         if problems:
             raise RegistryError(f"{name} version {latest.version} (the latest) does another job: {problems[0]}. "
                                 f"Register this run under another name, or add it as version "
@@ -350,42 +350,41 @@ def _names(names: list[str], shown: int = 6) -> str:
     return f"[{text}]"
 
 
-def check_beats_baseline(meta: dict[str, Any], *, run_dir: Path, what: str) -> None:
+def check_beats_baseline(verdict: Verdict | None, *, run_dir: Path, what: str) -> None:
     """Refuse a model that does not clearly beat its trivial baseline on the test split (the paired verdict the
     evaluation computed: the whole interval of the improvement above zero), or that has no test evaluation.
 
     Raises:
         RegistryError: naming the figures and ``--force``.
     """
-    verdict = meta.get("baseline_verdict")
     if verdict is None:
         raise RegistryError(f"{run_dir} has no evaluation on the test split, so nothing shows that it beats its "
                             f"trivial baseline; evaluate it (plantpheno evaluate {run_dir} --split test) or pass "
                             f"--force (force=True in Python) to {what} anyway")
-    if verdict.get("verdict") != BETTER:
+    if not verdict.is_better:
         raise RegistryError(f"{run_dir} does not clearly beat its trivial baseline on the test split: the model "
-                            f"{verdict.get('text')}; {what} needs --force (force=True in Python)")
+                            f"{verdict.text}; {what} needs --force (force=True in Python)")
 
 
 def lineage_tags(package: ModelPackage) -> dict[str, str]:
     """Where a version came from, as registry tags (searchable in MLflow)."""
     m = package.meta
     tags = {
-        "task": m["task"], "backbone": m["backbone"], "image_size": str(m["image_size"]),
-        "num_classes": str(len(m["class_names"])) if m.get("class_names") else "",
-        "source_run_dir": m["source_run_dir"], "training_mlflow_run_id": str(m.get("mlflow_run_id") or ""),
-        "config_sha256": m["config_sha256"], "dataset_fingerprint": m["dataset_fingerprint"],
-        "git_commit": str(m["git_commit"]), "git_dirty": str(m["git_dirty"]),
-        "plantpheno_version": m["plantpheno_version"], "checkpoint_epoch": str(m["checkpoint_epoch"]),
-        BASELINE_TAG: str((m.get("baseline_verdict") or {}).get("verdict") or "not evaluated on test"),
+        "task": m.task, "backbone": m.backbone, "image_size": str(m.image_size),
+        "num_classes": str(len(m.class_names)) if m.class_names else "",
+        "source_run_dir": str(m.source_run_dir), "training_mlflow_run_id": str(m.mlflow_run_id or ""),
+        "config_sha256": str(m.config_sha256), "dataset_fingerprint": str(m.dataset_fingerprint),
+        "git_commit": str(m.git_commit), "git_dirty": str(m.git_dirty),
+        "plantpheno_version": m.plantpheno_version, "checkpoint_epoch": str(m.checkpoint_epoch),
+        BASELINE_TAG: m.baseline_verdict.verdict if m.baseline_verdict else "not evaluated on test",
     }
-    parent = m.get("parent_model") or {}
-    if parent:  # model.init_from: the model this one was fine-tuned from
-        tags["parent_model"] = str(parent.get("reference"))
-        tags["parent_run_dir"] = str(parent.get("run_dir") or "")
-    tags.update({f"test_{k}": f"{v:.6g}" for k, v in (m.get("test_metrics") or {}).items()})
-    ci = m.get("confidence_interval") or {}
-    if ci.get("low") is not None:
-        tags.update({f"test_{ci['metric']}_ci_low": f"{ci['low']:.6g}", f"test_{ci['metric']}_ci_high":
-                     f"{ci['high']:.6g}", "test_ci_confidence": f"{ci.get('confidence', 0.95):g}"})
+    parent = m.parent_model
+    if parent is not None:  # model.init_from: the model this one was fine-tuned from
+        tags["parent_model"] = parent.reference
+        tags["parent_run_dir"] = parent.run_dir or ""
+    tags.update({f"test_{k}": f"{v:.6g}" for k, v in (m.test_metrics or {}).items() if v is not None})
+    ci = m.confidence_interval
+    if ci is not None and ci.known:
+        tags.update({f"test_{ci.metric}_ci_low": f"{ci.low:.6g}", f"test_{ci.metric}_ci_high": f"{ci.high:.6g}",
+                     "test_ci_confidence": f"{ci.confidence:g}"})
     return tags

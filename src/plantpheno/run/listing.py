@@ -22,14 +22,13 @@ from plantpheno.config import flatten_dict
 from plantpheno.run.epochlog import read_epoch_log
 from plantpheno.errors import ConfigError, RunDirError
 from plantpheno.run.folder import CONFIG_FILE, STATUS_FILE, RunDir
+from plantpheno.records.evaluation import headline_of
 from plantpheno.tasks import TASKS
 from plantpheno.files.yamlfile import parse_yaml
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_STATUS = "unknown"  # a run that crashed before writing run.json
-# Bookkeeping counts in eval/<split>/metrics.json that are not metrics.
-_NOT_METRICS = frozenset({"num_samples", "num_images", "checkpoint_epoch"})
 # Shown in the header of a comparison, so never repeated as a differing parameter.
 _NAMING_PARAMS = frozenset({"run_name", "experiment"})
 _ALWAYS_COMPARED = ("seed", "model.backbone", "task")
@@ -237,14 +236,7 @@ def _evaluation(run: RunDir, split: str,
     report = _as_dict(_read_json(run.eval(split).metrics))
     if not report:
         report = _as_dict(_as_dict(status.get("evaluation")).get(split))
-    metrics = {key: float(value) for key, value in report.items()
-               if key not in _NOT_METRICS and _as_float(value) is not None}
-    ci = _as_dict(report.get("confidence_interval"))
-    headline = _as_str(report.get("headline_metric")) or _as_str(ci.get("metric"))
-    if headline is None and len(metrics) == 1:
-        headline = next(iter(metrics))
-    low, high = _as_float(ci.get("low")), _as_float(ci.get("high"))
-    return metrics, headline, (low, high) if low is not None and high is not None else None
+    return headline_of(report)
 
 
 def _mtime(run: RunDir) -> str | None:

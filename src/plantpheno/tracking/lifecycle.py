@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from plantpheno.config import Config, config_to_dict
+from plantpheno.records.evaluation import Evaluation
 from plantpheno.reporting import Reporter
 from plantpheno.run.folder import EVAL_DIR, RunDir
 from plantpheno.tracking import flatten
@@ -52,17 +53,18 @@ def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], 
                     log_checkpoint: bool) -> None:
     """Final evaluation metrics (``test/accuracy`` ...) and the run's files as artifacts."""
     prefix = "test" if split == "test" else f"eval_{split}"
-    final = {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    ci = metrics.get("confidence_interval") or {}
-    if ci.get("low") is not None:
-        final[f"{prefix}/{ci['metric']}_ci_low"], final[f"{prefix}/{ci['metric']}_ci_high"] = ci["low"], ci["high"]
-    verdict = (metrics.get("baseline") or {}).get("verdict") or {}
-    if verdict:
-        final[f"{prefix}/baseline_{verdict['metric']}"] = verdict["baseline"]
-    calibration = metrics.get("calibration") or {}
-    for when in ("before", "after"):
-        if calibration.get(when):
-            final[f"{prefix}/ece_{when}_temperature"] = calibration[when]["ece"]
+    ev = Evaluation.from_dict(metrics)
+    final = {f"{prefix}/{k}": v for k, v in ev.counts_and_values().items()}
+    ci = ev.interval
+    if ci is not None:
+        final[f"{prefix}/{ci.metric}_ci_low"], final[f"{prefix}/{ci.metric}_ci_high"] = ci.low, ci.high
+    verdict = ev.verdict
+    if verdict is not None and verdict.baseline is not None:
+        final[f"{prefix}/baseline_{verdict.metric}"] = verdict.baseline
+    calibration = ev.calibration
+    for when, scores in (("before", calibration and calibration.before), ("after", calibration and calibration.after)):
+        if scores and scores.ece is not None:
+            final[f"{prefix}/ece_{when}_temperature"] = scores.ece
     trackers.log_metrics(final, step=step)
     for path in run.artifacts():
         trackers.log_artifact(path, folder="run")

@@ -12,6 +12,7 @@ import plantpheno.distributed as distributed
 from plantpheno.files.atomic import append_text, atomic_write_text
 from plantpheno.run.epochlog import read_epoch_log, unreadable_path
 from plantpheno.errors import TrainingError
+from plantpheno.records.model_meta import ModelMeta
 from plantpheno.reporting import Progress, Reporter
 from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import capture_rng, load_checkpoint, save_checkpoint
@@ -55,8 +56,8 @@ class Checkpointer:
     """Writes ``best.pt`` when the monitored metric improves and ``last.pt`` after every epoch (and on
     interruption, mid-epoch); restores the best weights when training ends."""
 
-    def __init__(self, run: RunDir, *, meta: dict[str, Any]) -> None:
-        self.run, self.meta = run, meta
+    def __init__(self, run: RunDir, *, meta: ModelMeta) -> None:
+        self.run, self.meta = run, meta.to_dict()  # checkpoints hold plain values (weights_only loading)
 
     def payload(self, trainer: TrainingLoop, *, full: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"model": trainer.nets.whole.state_dict(), "state": trainer.state.to_dict(),

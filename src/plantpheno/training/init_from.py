@@ -15,22 +15,23 @@ import torch
 from torch import nn
 
 from plantpheno.errors import ConfigError
+from plantpheno.records.model_meta import ModelMeta
 
 
-def check_parent(parent_meta: Mapping[str, Any], *, task: str, backbone: str, origin: str) -> None:
+def check_parent(parent_meta: ModelMeta, *, task: str, backbone: str, origin: str) -> None:
     """A ConfigError when the parent model is of another task or backbone than the run to start from it."""
     problems = []
-    if parent_meta.get("task") != task:
-        problems.append(f"it is a {parent_meta.get('task')} model and this config trains {task}")
-    if parent_meta.get("backbone") != backbone:
-        problems.append(f"its backbone is {parent_meta.get('backbone')!r} and this config's model.backbone is "
+    if parent_meta.task != task:
+        problems.append(f"it is a {parent_meta.task} model and this config trains {task}")
+    if parent_meta.backbone != backbone:
+        problems.append(f"its backbone is {parent_meta.backbone!r} and this config's model.backbone is "
                         f"{backbone!r}")
     if problems:
         raise ConfigError(f"model.init_from {origin}: " + "; ".join(problems) + " (start from a model of the same "
                           "task and backbone, or set model.backbone to the parent's)")
 
 
-def load_parent_weights(model: nn.Module, state: Mapping[str, torch.Tensor], parent_meta: Mapping[str, Any], *,
+def load_parent_weights(model: nn.Module, state: Mapping[str, torch.Tensor], parent_meta: ModelMeta, *,
                         class_names: Sequence[str] | None, origin: str) -> dict[str, Any]:
     """Copy ``state`` (the parent's weights) into ``model`` in place, the head's rows matched by class name;
     returns what was kept, added and dropped (for the lineage record)."""
@@ -64,10 +65,10 @@ def _head_prefix(model: nn.Module) -> str | None:
 
 
 def _head_rows(head: str, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-               parent_meta: Mapping[str, Any], class_names: Sequence[str] | None,
+               parent_meta: ModelMeta, class_names: Sequence[str] | None,
                origin: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     keys = [k for k in own if k.startswith(head + ".")]
-    parent_names = list(parent_meta.get("class_names") or [])
+    parent_names = list(parent_meta.class_names or [])
     if class_names is None:  # a trait: one output, copied as it is
         missing = [k for k in keys if k not in state or state[k].shape != own[k].shape]
         if missing:

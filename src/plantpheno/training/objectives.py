@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from plantpheno.evaluation.metrics import classification_metrics, regression_metrics
+from plantpheno.records.model_meta import ModelMeta
 from plantpheno.tasks import CLASSIFICATION, REGRESSION, TaskMetrics
 
 
@@ -97,8 +98,8 @@ class Regression:
         return {k: m[k] for k in self.metric_names}
 
 
-def task_from_meta(meta: dict[str, Any]) -> Classification | Regression:
+def task_from_meta(meta: ModelMeta) -> Classification | Regression:
     """The task a checkpoint's or model package's metadata (:meth:`Task.to_meta`) describes."""
-    if meta["task"] == "classification":
-        return Classification(list(meta["class_names"]))
-    return Regression(float(meta["target_mean"]), float(meta["target_std"]), counts=bool(meta.get("counts", False)))
+    if meta.is_classification:
+        return Classification(list(meta.class_names or ()))
+    return Regression(float(meta.target_mean or 0.0), float(meta.target_std or 1.0), counts=meta.counts)

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plantpheno.files.atomic import atomic_write_text, atomic_write_with
 from plantpheno.config import config_to_yaml
 from plantpheno.tuning.plan import StudyPlan
-from plantpheno.evaluation.baselines import BETTER
+from plantpheno.records.evaluation import BaselineSummary
 from plantpheno.tuning.queue import QUEUED_ATTR, STALE_ATTR
 
 BEST_FILE, BEST_CONFIG, TRIALS_CSV = "best.json", "best_config.yaml", "trials.csv"
@@ -51,9 +51,8 @@ class TuneResult:
     @property
     def beats_baseline(self) -> bool | None:
         """Whether the best trial's model clearly beats the trivial baseline on validation (None: not known)."""
-        if not self.baseline or not self.baseline.get("verdict"):
-            return None
-        return bool(self.baseline["verdict"] == BETTER)
+        summary = BaselineSummary.read(self.baseline)
+        return summary.is_better if summary is not None and summary.known else None
 
     def summary(self) -> list[str]:
         """Lines for the console: counts, the best trial and values, and where the files are."""
@@ -72,12 +71,13 @@ class TuneResult:
 
 def baseline_line(baseline: dict[str, Any] | None) -> str:
     """The best trial against the trivial baseline on validation, in one line; a loud one when it does not beat it."""
-    if not baseline or not baseline.get("verdict"):
+    summary = BaselineSummary.read(baseline)
+    if summary is None or not summary.known:
         return "trivial baseline: not known (the best trial has no final evaluation on validation)"
-    where = f"on the {baseline.get('split') or 'val'} split, against the {baseline.get('kind')} baseline"
-    if baseline["verdict"] == BETTER:
-        return f"the best trial {baseline['text']} ({where})"
-    return (f"WARNING: the best trial {baseline['text']} ({where}): no trial clearly learned more than the class "
+    where = f"on the {summary.split or 'val'} split, against the {summary.kind} baseline"
+    if summary.is_better:
+        return f"the best trial {summary.text} ({where})"
+    return (f"WARNING: the best trial {summary.text} ({where}): no trial clearly learned more than the class "
             f"frequencies or the mean; check the data and the space before training best_config.yaml")
 
 

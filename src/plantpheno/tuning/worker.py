@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from plantpheno.errors import TrainingError, TuningError
+from plantpheno.records.evaluation import BaselineSummary, Evaluation
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.training.loop import EarlyExit, Interrupted
 from plantpheno.tuning.plan import StudyPlan
@@ -163,14 +164,8 @@ def baseline_record(metrics: dict[str, Any], *, metric: str) -> dict[str, Any] |
     """The trivial baseline of a trial's final evaluation (on validation): its score on the study's metric, where
     the evaluation has one (accuracy, macro F1, MAE, ...; not the loss), and the paired verdict on the trial's model
     (:mod:`plantpheno.evaluation.baselines`)."""
-    baseline = metrics.get("baseline") or {}
-    verdict = baseline.get("verdict") or {}
-    if not verdict:
-        return None
-    value = baseline.get(metric.split("/", 1)[1])
-    return {"kind": baseline.get("kind"), "split": metrics.get("split"),
-            "value": float(value) if isinstance(value, (int, float)) else None,
-            "verdict": verdict.get("verdict"), "text": verdict.get("text")}
+    summary = BaselineSummary.of(Evaluation.from_dict(metrics), metric=metric.split("/", 1)[1])
+    return summary.to_dict() if summary is not None else None
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, pruning: PruningReporter, reporter: Reporter, started: float,
