@@ -368,6 +368,30 @@ class TrainingConfig(_Section):
         return self
 
 
+class OODConfig(_Section):
+    """Out-of-distribution detection: an image past the threshold is flagged unknown (evaluation/ood.py)."""
+
+    enabled: bool = Field(True, description="Fit the OOD detector at the end of train (on train/val only) and flag "
+                                            "unknown images in predict, the API, the served model and evaluate.")
+    score: Literal["knn", "energy", "msp", "mahalanobis"] = Field(
+        "knn", description="The score that flags unknown images: knn (distance to the k-th nearest training image "
+                           "in the normalised penultimate features), energy, msp (1 - max softmax) or mahalanobis; "
+                           "trait models always use knn.")
+    k: int = Field(10, ge=1, le=1000, description="Neighbours of the knn score (the k-th nearest one counts).")
+    keep: float = Field(0.95, gt=0, lt=1, description="Fraction of in-distribution validation images the threshold "
+                                                       "keeps as known.")
+    max_train_features: int = Field(5000, ge=1, le=1_000_000, description="Training images whose features are "
+                                    "stored for knn/mahalanobis (a seeded subsample; float16, D x 2 bytes each).")
+
+
+class SelectiveConfig(_Section):
+    """Selective prediction: the confidence threshold chosen on validation for a target accuracy."""
+
+    target_accuracy: float = Field(0.99, gt=0, le=1, description="Accuracy the kept (confident enough) validation "
+                                                                 "images must reach; the report gives the coverage "
+                                                                 "and accuracy this threshold gives on the split.")
+
+
 class EvaluationConfig(_Section):
     """Evaluation at the end of training (and defaults for `plantpheno evaluate`)."""
 
@@ -385,6 +409,8 @@ class EvaluationConfig(_Section):
     report: bool = Field(True, description="Write RUN_DIR/report.html after each evaluation (with Grad-CAM).")
     report_examples: int = Field(16, ge=0, le=200, description="Worst errors shown in the report's gallery (and "
                                                                 "up to 2 correct examples per class).")
+    ood: OODConfig = Field(default_factory=OODConfig)
+    selective: SelectiveConfig = Field(default_factory=SelectiveConfig)
 
 
 class MlflowConfig(_Section):

@@ -61,6 +61,7 @@ from plantpheno.training.trainer import (
     Trainer,
     TrainState,
 )
+from plantpheno.training.unknowns import evaluate_unknowns, fit_run_detector
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ def _evaluate_and_record(setup: _Setup, run: RunDir, state: TrainState, trackers
         run.write_status("evaluating", distributed=_job_summary(setup, replicas))
     _plot_history(run)
     split = config.evaluation.split
-    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch)
+    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch, fit_ood=True)
     name, _ = config.monitor
     run.write_status("completed", epochs=state.epoch, best_epoch=state.best_epoch, best_value=state.best_value,
                      monitor=name, evaluation={split: _headline(metrics)})
@@ -573,16 +574,32 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key], "confidence_interval": metrics.get("confidence_interval")}
 
 
-def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None) -> dict[str, Any]:
+def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None,
+              fit_ood: bool = False) -> dict[str, Any]:
     # with the feature cache, the validation predictions come from the cached inputs (the frozen part is not
     # run over the validation images again), in the order and shard of the image loaders
     validation = setup.features.validation_source() if setup.features is not None else None
     metrics = evaluate_split(setup.model, setup.loaders, split=split, task=setup.task, prepared=setup.prepared,
                              config=setup.config, device=setup.device, run=run, reporter=setup.reporter,
                              checkpoint_epoch=best_epoch, validation=validation)
+    # after evaluate_split: the detector's MSP/energy scores use the temperature it fitted
+    unknowns = dict(prepared=setup.prepared, loaders=setup.loaders, config=setup.config, device=setup.device,
+                    run=run, mean=setup.meta["mean"], std=setup.meta["std"], reporter=setup.reporter)
+    if fit_ood:  # only train fits it, on train/val; evaluate applies what train stored
+        fit_run_detector(setup.model, cached=_cached_pooled(setup), **unknowns)
+    evaluate_unknowns(setup.model, split=split, **unknowns)
     if setup.config.evaluation.report:
         write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
     return metrics
+
+
+def _cached_pooled(setup: _Setup) -> dict[str, Any] | None:
+    """The feature cache's pooled train/val features (view 0: the evaluation preprocessing) when the last phase
+    trained the head on them, so they are the final model's; None after a fine-tune phase changed the backbone."""
+    source = setup.features.validation_source() if setup.features is not None else None
+    if source is None or not isinstance(source[1], CachedHead):
+        return None
+    return {split: source[0][split].dataset.features[0].numpy() for split in ("train", "val")}
 
 
 @contextlib.contextmanager

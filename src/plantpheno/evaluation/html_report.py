@@ -28,6 +28,7 @@ from plantpheno.errors import RunDirError
 from plantpheno.evaluation import report_figures as figures
 from plantpheno.evaluation import report_gallery as gallery
 from plantpheno.evaluation import report_sections as sections
+from plantpheno.evaluation.report_unknown import read_unknowns, unknown_section
 from plantpheno.reporting import Reporter
 from plantpheno.rundir import RunDir
 
@@ -122,6 +123,7 @@ def _page(run: RunDir, split: str, metrics: dict[str, Any], *, model: nn.Module,
         parts.append(sections.calibration(cal, figures.reliability_diagram(panels), split=split))
     if metrics.get("tta"):
         parts.append(sections.tta(metrics["tta"]))
+    parts.append(unknown_section(read_unknowns(run, split)))
     parts.append(sections.data_check(check, check_problem))
     parts.append(_label_errors(check, meta))
     return _document(run, split, "".join(p for p in parts if p))
