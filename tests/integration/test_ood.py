@@ -131,3 +131,46 @@ def test_evaluate_on_a_run_without_a_detector_says_so(run_dir, tmp_path, capsys)
     assert cli(["evaluate", str(old)]) == 0
     assert "has no OOD threshold" in capsys.readouterr().err
     assert not (old / "eval" / "test" / "unknown.json").exists()
+
+
+def test_a_trait_model_gets_the_knn_score_from_the_feature_cache_pass(rosette_manifest, make_config):
+    """Regression: knn whatever evaluation.ood.score says; with the feature cache the stored training features are
+    the cache's (the same backbone pass), in the split's order."""
+    import numpy as np
+
+    from plantpheno import pipeline
+    from plantpheno.evaluation.ood import normalise
+    from plantpheno.registry.package import ModelPackage, package_run
+    from plantpheno.registry.predict import Predictor
+    from plantpheno.reporting import RecordingReporter
+    from plantpheno.rundir import RunDir
+    from plantpheno.training.features import extract_features
+
+    config = make_config(task="regression", data={"manifest": str(rosette_manifest)},
+                         model={"backbone": "test_resnet", "freeze_backbone": True},
+                         training={"epochs": 2, "feature_cache": True}, evaluation={"ood": {"score": "energy"}},
+                         tracking={"system_metrics_interval": 0})
+    reporter = RecordingReporter()
+    run = RunDir(pipeline.train(config, reporter=reporter).run_dir)
+    detector = OODDetector.load(run.path)
+    assert detector.score == "knn" and detector.labels is None
+    passes = [desc for desc, *_ in reporter.progress_calls]
+    assert "OOD features (test)" in passes  # the split evaluated; train and val come from the cache
+    assert "OOD features (train)" not in passes and "OOD features (val)" not in passes
+    assert any("OOD detector fitted on train/val: knn" in line for _, line in reporter.lines)
+    with run.split_manifest.open() as fh:
+        train = [Path(r["path"]) for r in csv.DictReader(fh) if r["split"] == "train"]
+    package: ModelPackage = package_run(run.path, run.path.parent / "pkg")
+    predictor = Predictor(package)
+    meta = package.meta
+    fresh = extract_features(predictor.model, train, image_size=meta["image_size"], mean=meta["mean"],
+                             std=meta["std"], batch_size=8, device=predictor.device, num_workers=0).numpy()
+    assert detector.bank.shape == fresh.shape
+    np.testing.assert_allclose(detector.bank.astype(np.float32), normalise(fresh), atol=2e-3)
+    rows = list(csv.DictReader(io.StringIO(predictor.to_csv(*_files_and_scores(predictor, train[:2])))))
+    assert all("ood_score" in r and r["unknown"] in ("true", "false") for r in rows)
+
+
+def _files_and_scores(predictor, paths):
+    results, _, scores = predictor.predict_files_with_scores(paths)
+    return results, scores
