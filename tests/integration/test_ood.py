@@ -174,3 +174,13 @@ def test_a_trait_model_gets_the_knn_score_from_the_feature_cache_pass(rosette_ma
 def _files_and_scores(predictor, paths):
     results, _, scores = predictor.predict_files_with_scores(paths)
     return results, scores
+
+
+def test_the_report_has_the_unknown_and_risk_coverage_section(run_dir, tmp_path):
+    from plantpheno.pipeline import report_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    html = report_run(copy).read_text(encoding="utf-8")
+    assert 'id="unknown"' in html and "flagged unknown" in html
+    assert "Risk-coverage curve" in html and "evaluation.selective.target_accuracy" in html
