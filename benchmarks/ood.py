@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 from machine import describe, machine  # benchmarks/ is not a package
 
 KS = (1, 5, 10, 20, 50)
+TARGETS = ("near", "synthetic_leaves", "non_leaf")
 HELD_OUT = 3
 
 
@@ -181,7 +182,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"default_score_per_seed": [r["default_score"] for r in runs],
                            "k_per_seed": [r["k"] for r in runs],
                            "test_accuracy_known": spread([r["test_accuracy_known"] for r in runs])}
-    for target in [t for t in runs[0] if isinstance(runs[0][t], dict) and "msp" in runs[0][t]]:
+    for target in TARGETS:
         out[target] = {score: {m: spread([r[target][score][m] for r in runs]) for m in runs[0][target][score]}
                        for score in runs[0][target]}
         out[target]["default"] = {m: spread([r[target][r["default_score"].split("@")[0]][m] for r in runs])
@@ -197,7 +198,7 @@ def markdown(summary: dict[str, Any], info: dict[str, Any], wall: float, args: a
              f"{summary['test_accuracy_known']['median']:.3f}.", "",
              "| target | score | AUROC median (min-max) | FPR95 median (min-max) | flagged at the val threshold |",
              "|---|---|---|---|---|"]
-    for target in ("near", "synthetic_leaves", "non_leaf"):
+    for target in TARGETS:
         for score, m in summary[target].items():
             a, f, g = m["auroc"], m["fpr95"], m["flagged_at_val_threshold"]
             lines.append(f"| {target} | {score} | {a['median']:.3f} ({a['min']:.3f}-{a['max']:.3f}) | "
@@ -210,6 +211,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--far", type=int, default=120, help="synthetic leaves and non-leaf images, each")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ood")
+    parser.add_argument("--features", type=Path, default=None,
+                        help="a .npy file keeping the backbone features: read when it exists, else written")
     args = parser.parse_args()
     torch.set_num_threads(2)
     info, started = machine(), time.perf_counter()
@@ -219,13 +222,18 @@ def main() -> None:
     paths = [DATA / r["path"] for r in rows]
     labels = np.array([names.index(r["label"]) for r in rows])
     splits = np.array([r["split"] for r in rows])
-    with tempfile.TemporaryDirectory() as tmp:
-        synth = synthetic_leaves(Path(tmp), args.far, seed=7)
-        other = non_leaf_images(Path(tmp), args.far, seed=11)
-        everything = featurise(paths + synth + other)
+    if args.features is not None and args.features.is_file():  # the backbone pass of an earlier run (minutes)
+        everything = np.load(args.features)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            synth = synthetic_leaves(Path(tmp), args.far, seed=7)
+            other = non_leaf_images(Path(tmp), args.far, seed=11)
+            everything = featurise(paths + synth + other)
+        if args.features is not None:
+            np.save(args.features, everything)
     feats = everything[:len(paths)]
-    far = {"synthetic_leaves": everything[len(paths):len(paths) + len(synth)],
-           "non_leaf": everything[len(paths) + len(synth):]}
+    far = {"synthetic_leaves": everything[len(paths):len(paths) + args.far],
+           "non_leaf": everything[len(paths) + args.far:]}
     runs = [one_seed(seed, feats, labels, splits, far, len(names)) for seed in range(args.seeds)]
     wall = time.perf_counter() - started
     summary = summarise(runs)

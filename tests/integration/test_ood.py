@@ -184,3 +184,12 @@ def test_the_report_has_the_unknown_and_risk_coverage_section(run_dir, tmp_path)
     html = report_run(copy).read_text(encoding="utf-8")
     assert 'id="unknown"' in html and "flagged unknown" in html
     assert "Risk-coverage curve" in html and "evaluation.selective.target_accuracy" in html
+
+
+def test_served_model_refuses_an_unknown_label_that_is_not_a_boolean():
+    from plantpheno.errors import ModelError
+    from plantpheno.registry.pyfunc import ServingOptions
+
+    assert ServingOptions.parse({"unknown_label": True}).unknown_label is True
+    with pytest.raises(ModelError, match="model_config unknown_label: got 'yes'; expected true or false"):
+        ServingOptions.parse({"unknown_label": "yes"})
