@@ -61,7 +61,7 @@ from plantpheno.training.trainer import (
     Trainer,
     TrainState,
 )
-from plantpheno.training.unknowns import evaluate_unknowns, fit_run_detector
+from plantpheno.training.unknowns import cached_pooled, evaluate_unknowns, fit_run_detector
 
 
 @dataclass(frozen=True)
@@ -586,20 +586,12 @@ def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None,
     unknowns = dict(prepared=setup.prepared, loaders=setup.loaders, config=setup.config, device=setup.device,
                     run=run, mean=setup.meta["mean"], std=setup.meta["std"], reporter=setup.reporter)
     if fit_ood:  # only train fits it, on train/val; evaluate applies what train stored
-        fit_run_detector(setup.model, cached=_cached_pooled(setup), **unknowns)
+        cached = setup.features.validation_source() if setup.features is not None else None
+        fit_run_detector(setup.model, cached=cached_pooled(cached, setup.model, setup.device), **unknowns)
     evaluate_unknowns(setup.model, split=split, **unknowns)
     if setup.config.evaluation.report:
         write_report_or_warn(run, split, model=setup.model, meta=setup.meta, reporter=setup.reporter)
     return metrics
-
-
-def _cached_pooled(setup: _Setup) -> dict[str, Any] | None:
-    """The feature cache's pooled train/val features (view 0: the evaluation preprocessing) when the last phase
-    trained the head on them, so they are the final model's; None after a fine-tune phase changed the backbone."""
-    source = setup.features.validation_source() if setup.features is not None else None
-    if source is None or not isinstance(source[1], CachedHead):
-        return None
-    return {split: source[0][split].dataset.features[0].numpy() for split in ("train", "val")}
 
 
 @contextlib.contextmanager

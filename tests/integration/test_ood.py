@@ -133,9 +133,11 @@ def test_evaluate_on_a_run_without_a_detector_says_so(run_dir, tmp_path, capsys)
     assert not (old / "eval" / "test" / "unknown.json").exists()
 
 
-def test_a_trait_model_gets_the_knn_score_from_the_feature_cache_pass(rosette_manifest, make_config):
-    """Regression: knn whatever evaluation.ood.score says; with the feature cache the stored training features are
-    the cache's (the same backbone pass), in the split's order."""
+@pytest.mark.parametrize("fine_tune", [False, True], ids=["head-only", "fine-tuned"])
+def test_a_trait_model_gets_the_knn_score_from_the_feature_cache_pass(rosette_manifest, make_config, fine_tune):
+    """Regression: knn whatever evaluation.ood.score says. With the feature cache the stored training features come
+    from the cache (after a fine-tune phase: its cached activations through the fine-tuned blocks), in the split's
+    order, and equal the final model's features from a fresh pass."""
     import numpy as np
 
     from plantpheno import pipeline
@@ -146,9 +148,12 @@ def test_a_trait_model_gets_the_knn_score_from_the_feature_cache_pass(rosette_ma
     from plantpheno.rundir import RunDir
     from plantpheno.training.features import extract_features
 
+    training = {"epochs": 2, "feature_cache": True}
+    if fine_tune:
+        training["fine_tune"] = {"epochs": 1, "blocks": 1, "learning_rate": 1e-3}
     config = make_config(task="regression", data={"manifest": str(rosette_manifest)},
                          model={"backbone": "test_resnet", "freeze_backbone": True},
-                         training={"epochs": 2, "feature_cache": True}, evaluation={"ood": {"score": "energy"}},
+                         training=training, evaluation={"ood": {"score": "energy"}},
                          tracking={"system_metrics_interval": 0})
     reporter = RecordingReporter()
     run = RunDir(pipeline.train(config, reporter=reporter).run_dir)

@@ -48,6 +48,28 @@ def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: st
                             desc=f"OOD features ({split})").numpy()
 
 
+def cached_pooled(source: tuple[Loaders, nn.Module] | None, model: nn.Module,
+                  device: torch.device) -> dict[str, np.ndarray] | None:
+    """The final model's pooled train/val features from the feature cache (view 0: the evaluation preprocessing),
+    given the last phase's inputs (``FrozenFeatures.validation_source``): the cached pooled features when that
+    phase trained the head on them; the cached activations at the cut run through the fine-tuned blocks when it
+    was a fine-tune phase (a few blocks, not the whole backbone again); None otherwise."""
+    from plantpheno.training.features import CachedHead, map_cached
+    from plantpheno.training.fine_tune import CutSuffix
+
+    if source is None:
+        return None
+    loaders, net = source
+    if isinstance(net, CachedHead):
+        return {split: loaders[split].dataset.features[0].numpy() for split in ("train", "val")}
+    if not isinstance(net, CutSuffix):
+        return None
+    acts = {split: loaders[split].dataset.features[:1] for split in ("train", "val")}
+    pooled = map_cached(acts, lambda a: model.forward_head(net.forward_trunk(a), pre_logits=True), model,
+                        device=device)
+    return {split: tensor[0].numpy() for split, tensor in pooled.items()}
+
+
 @torch.no_grad()
 def head_logits(model: nn.Module, features: np.ndarray, device: torch.device) -> np.ndarray | None:
     """The classifier applied to pooled features (the model's logits, as ``model(x)`` gives them in eval mode), or
