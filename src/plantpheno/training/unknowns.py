@@ -96,6 +96,9 @@ def fit_run_detector(model: nn.Module, *, prepared: PreparedData, loaders: Loade
         for name in (ood.DETECTOR_FILE, ood.FEATURES_FILE):
             (run.path / name).unlink(missing_ok=True)
         return None
+    if not prepared.splits.get("val"):
+        reporter.warning("no OOD detector fitted: its threshold is set on the validation split, which is empty")
+        return None
     classification = prepared.class_names is not None
     score = settings.score if classification else "knn"  # a trait model has no class probabilities
     picked = ood.subsample(len(prepared.splits["train"]), settings.max_train_features, config.seed)
