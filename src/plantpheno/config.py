@@ -373,10 +373,10 @@ class OODConfig(_Section):
 
     enabled: bool = Field(True, description="Fit the OOD detector at the end of train (on train/val only) and flag "
                                             "unknown images in predict, the API, the served model and evaluate.")
-    score: Literal["knn", "energy", "msp", "mahalanobis"] = Field(
+    score: Literal["knn", "energy", "msp", "mahalanobis", "energy+knn"] = Field(
         "knn", description="The score that flags unknown images: knn (distance to the k-th nearest training image "
-                           "in the normalised penultimate features), energy, msp (1 - max softmax) or mahalanobis; "
-                           "trait models always use knn.")
+                           "in the normalised penultimate features), energy, msp (1 - max softmax), mahalanobis, or "
+                           "energy+knn (both standardised on validation, summed); trait models always use knn.")
     k: int = Field(10, ge=1, le=1000, description="Neighbours of the knn score (the k-th nearest one counts).")
     keep: float = Field(0.95, gt=0, lt=1, description="Fraction of in-distribution validation images the threshold "
                                                        "keeps as known.")

@@ -122,3 +122,21 @@ def test_wilson_interval():
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
     assert selective.wilson(0, 0) is None
     assert selective.wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_energy_plus_knn_flags_what_either_part_finds_and_round_trips(planted, tmp_path):
+    rng = np.random.default_rng(2)
+    logits = lambda labels: np.eye(3)[labels] * 8 + rng.normal(size=(len(labels), 3))  # noqa: E731
+    detector = ood.fit_detector("energy+knn", keep=0.95, train_features=planted["train"], val_features=planted["val"],
+                                val_logits=logits(planted["val_labels"]), k=5)
+    assert 0.95 <= detector.val_kept <= 0.96 and set(detector.norms) == {"energy", "knn"}
+    near = np.eye(32)[:1] * 10
+    confident = logits(np.array([0]))
+    assert not detector.unknown(detector.scores(logits=confident, features=near)).any()
+    assert detector.unknown(detector.scores(logits=confident, features=planted["far"][:1])).all()  # not a leaf
+    assert detector.unknown(detector.scores(logits=np.full((1, 3), -8.0), features=near)).all()  # no class responds
+    detector.save(tmp_path)
+    loaded = ood.OODDetector.load(tmp_path)
+    assert loaded.norms == detector.norms
+    assert loaded.scores(logits=confident, features=near) == pytest.approx(detector.scores(logits=confident,
+                                                                                           features=near), abs=1e-3)

@@ -109,8 +109,10 @@ def fit_run_detector(model: nn.Module, *, prepared: PreparedData, loaders: Loade
         train = cached["train"][picked] if cached is not None else pooled(model, prepared, loaders, "train",
                                                                           indices=picked, **args)
     logits = head_logits(model, val, device) if classification else None
-    if classification and logits is None and score not in ood.FEATURE_SCORES:
-        score, train = "knn", pooled(model, prepared, loaders, "train", indices=picked, **args)
+    if classification and logits is None and score in ood.LOGIT_SCORES:  # a head that is not one module
+        score = "knn"
+        if train is None:
+            train = pooled(model, prepared, loaders, "train", indices=picked, **args)
     temperature = _temperature(run)
     labels = np.asarray(prepared.targets("train"))[picked].astype(int) if classification else None
     detector = ood.fit_detector(score, keep=settings.keep, train_features=train, train_labels=labels,
