@@ -191,7 +191,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
     out: dict[str, Any] = {"default_score_per_seed": [r["default_score"] for r in runs],
-                           "k_per_seed": [r["k"] for r in runs], "combined_k_per_seed": [r["combined_k"] for r in runs],
+                           "k_per_seed": [r["k"] for r in runs],
+                           "combined_k_per_seed": [r["combined_k"] for r in runs],
                            "test_accuracy_known": spread([r["test_accuracy_known"] for r in runs])}
     for target in TARGETS:
         out[target] = {score: {m: spread([r[target][score][m] for r in runs]) for m in runs[0][target][score]}
@@ -205,8 +206,8 @@ def markdown(summary: dict[str, Any], info: dict[str, Any], wall: float, args: a
     lines = ["# Out-of-distribution scores on the PlantVillage subset (3 held-out classes)", "",
              f"`python benchmarks/ood.py --seeds {args.seeds} --far {args.far}`, {wall:.0f} s; {describe(info)}", "",
              f"Default score per seed (chosen on validation): {summary['default_score_per_seed']}; k per seed: "
-             f"{summary['k_per_seed']} (knn), {summary['combined_k_per_seed']} (energy+knn). Accuracy on the 12 known classes (test): "
-             f"{summary['test_accuracy_known']['median']:.3f}.", "",
+             f"{summary['k_per_seed']} (knn), {summary['combined_k_per_seed']} (energy+knn). Accuracy on the 12 "
+             f"known classes (test): {summary['test_accuracy_known']['median']:.3f}.", "",
              "| target | score | AUROC median (min-max) | FPR95 median (min-max) | flagged at the val threshold |",
              "|---|---|---|---|---|"]
     for target in TARGETS:

@@ -171,7 +171,8 @@ class OODDetector:
         what = {"knn": f"distance to the {self.k}-th nearest of {self.num_train_images} training images",
                 "mahalanobis": "class-conditional Mahalanobis distance", "msp": "1 - maximum softmax probability",
                 "energy": "energy score",
-                "energy+knn": f"energy + distance to the {self.k}-th nearest training image, standardised"}[self.score]
+                "energy+knn": f"energy + distance to the {self.k}-th nearest training image, each standardised"
+                }[self.score]
         return (f"{self.score} ({what}); threshold {self.threshold:.4g} keeps {self.val_kept:.1%} of "
                 f"{self.num_val_images} validation images (target {self.keep:.0%})")
 
@@ -218,9 +219,9 @@ class OODDetector:
                 labels = npz["labels"] if "labels" in npz.files else None
             if record["score"] == "mahalanobis":
                 maha = fit_mahalanobis(bank.astype(np.float32), labels)
-        fields = {k: record[k] for k in ("score", "threshold", "keep", "temperature", "k", "num_val_images",
-                                         "val_kept", "num_train_images", "confidence_threshold", "target_accuracy", "norms")
-                  if k in record}
+        names = ("score", "threshold", "keep", "temperature", "k", "num_val_images", "val_kept", "num_train_images",
+                 "confidence_threshold", "target_accuracy", "norms")
+        fields = {k: record[k] for k in names if k in record}
         return cls(**fields, bank=bank, labels=labels, _maha=maha)
 
 
