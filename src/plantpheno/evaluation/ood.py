@@ -113,11 +113,21 @@ def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.nda
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """Probability that an out-of-distribution image scores higher than an in-distribution one (ties: half)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.concatenate([in_scores, out_scores]))
+    ranks = _average_ranks(np.concatenate([in_scores, out_scores]))
     n_in, n_out = len(in_scores), len(out_scores)
     return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank (scipy's rankdata, without needing scipy)."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    mean_rank = (starts + ends + 1) / 2.0  # the mean of ranks start+1 .. end
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
 
 
 def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float:

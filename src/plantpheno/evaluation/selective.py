@@ -10,15 +10,16 @@ kept images as the threshold sweeps from "keep everything" to "keep only the mos
 from __future__ import annotations
 
 
+from statistics import NormalDist
+
 import numpy as np
-from scipy.stats import norm
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> list[float] | None:
     """The Wilson score interval of a proportion, or None for n = 0."""
     if n <= 0:
         return None
-    z = float(norm.ppf(0.5 + confidence / 2))
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
