@@ -121,7 +121,7 @@ def test_wilson_interval():
     low, high = selective.wilson(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
     assert selective.wilson(0, 0) is None
-    assert selective.wilson(10, 10)[1] == pytest.approx(1.0)
+    assert selective.wilson(10, 10)[1] == 1.0 and selective.wilson(0, 10)[0] == 0.0
 
 
 def test_energy_plus_knn_flags_what_either_part_finds_and_round_trips(planted, tmp_path):

@@ -23,7 +23,10 @@ def wilson(successes: int, n: int, confidence: float = 0.95) -> list[float] | No
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+    # exact ends for 0 and n successes (centre - half is 0 or 1 up to rounding)
+    low = 0.0 if successes == 0 else float(max(0.0, centre - half))
+    high = 1.0 if successes == n else float(min(1.0, centre + half))
+    return [low, high]
 
 
 def risk_coverage(confidence: np.ndarray, correct: np.ndarray, *, points: int = 50) -> dict[str, list[float]]:
