@@ -70,6 +70,7 @@ from plantpheno.training.loop import (
     TrainingLoop,
     TrainState,
 )
+from plantpheno.training.unknowns import cached_pooled, evaluate_unknowns, fit_run_detector
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,7 @@ def _evaluate_and_record(setup: _Setup, run: RunDir, state: TrainState, trackers
         run.write_status("evaluating", distributed=_job_summary(setup, replicas))
     _plot_history(run)
     split = config.evaluation.split
-    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch, sources=True)
+    metrics = _evaluate(setup, run, split=split, best_epoch=state.best_epoch, sources=True, fit_ood=True)
     name, _ = config.monitor
     run.write_status("completed", epochs=state.epoch, best_epoch=state.best_epoch, best_value=state.best_value,
                      monitor=name, evaluation={split: _headline(metrics)})
@@ -615,7 +616,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None,
-              sources: bool = False) -> dict[str, Any]:
+              sources: bool = False, fit_ood: bool = False) -> dict[str, Any]:
     # with the feature cache, the validation predictions come from the cached inputs (the frozen part is not
     # run over the validation images again), in the order and shard of the image loaders
     validation = setup.features.validation_source() if setup.features is not None else None
@@ -625,6 +626,13 @@ def _evaluate(setup: _Setup, run: RunDir, *, split: str, best_epoch: int | None,
     if sources and setup.config.evaluation.sources:  # before the report, which shows them
         source_eval.evaluate_sources(setup.model, run, config=setup.config, meta=setup.meta, device=setup.device,
                                      checkpoint_epoch=best_epoch, reporter=setup.reporter)
+    # after evaluate_split: the detector's MSP/energy scores use the temperature it fitted
+    unknowns = dict(prepared=setup.prepared, loaders=setup.loaders, config=setup.config, device=setup.device,
+                    run=run, mean=list(setup.meta.mean), std=list(setup.meta.std), reporter=setup.reporter)
+    if fit_ood:  # only train fits it, on train/val; evaluate applies what train stored
+        cached = setup.features.validation_source() if setup.features is not None else None
+        fit_run_detector(setup.model, cached=cached_pooled(cached, setup.model, setup.device), **unknowns)
+    evaluate_unknowns(setup.model, split=split, **unknowns)
     if setup.config.evaluation.report and setup.config.data.bands is not None:
         setup.reporter.warning("no HTML report for data.bands yet (its figures and Grad-CAM draw RGB images); the "
                                "metrics and predictions files are written")

@@ -172,7 +172,8 @@ def test_registered_version_is_an_mlflow_pyfunc_model(classifier, mlflow_env, tm
     inputs = model.metadata.signature.inputs.to_dict()
     assert {c["name"]: c["type"] for c in inputs} == {"image": "binary", "path": "string"}
     names = run.metrics()["class_names"]
-    assert model.metadata.signature.outputs.input_names() == ["predicted", "confidence", *(f"p_{n}" for n in names)]
+    assert model.metadata.signature.outputs.input_names() == ["predicted", "confidence", *(f"p_{n}" for n in names),
+                                                              "ood_score", "unknown"]
 
     for frame in (pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}), pd.DataFrame({"path": paths})):
         out = model.predict(frame)

@@ -271,7 +271,8 @@ def test_package_holds_no_pickles_and_predict_lists_bad_files(trained, tmp_path,
     package = ModelRegistry(uri).download(parse_ref("leafnet"), tmp_path / "pkg")
     files = [p for p in package.folder.iterdir() if p.suffix != ".sha256"]
     assert sorted(p.suffix for p in files) == sorted(
-        [".json", ".safetensors", ".safetensors", ".md", ".yaml", ".json", ".json", ".json", ".json"])  # + temperature
+        [".json", ".safetensors", ".safetensors", ".md", ".yaml", ".json", ".json", ".json", ".json",
+         ".json", ".npz"])  # + temperature, the OOD detector and its features
     assert all(p.with_name(p.name + ".sha256").is_file() for p in files)  # each with its checksum
     images = tmp_path / "images"
     images.mkdir()

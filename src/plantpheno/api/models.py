@@ -107,7 +107,8 @@ def _model_registry(uri: str | None, *, run: Path | None = None) -> ModelRegistr
 class Prediction:
     """One image's prediction: ``label``, ``confidence`` and ``probabilities`` (class -> probability) for a
     classifier, ``value`` (in the trait's units) for a trait model. ``source`` is the file's path (None for
-    images given in memory); ``error`` says why an image could not be read (only with ``on_bad_image="skip"``)."""
+    images given in memory); ``error`` says why an image could not be read (only with ``on_bad_image="skip"``).
+    ``ood_score`` and ``unknown``: see :attr:`Model.has_ood`."""
 
     source: str | None
     label: str | None = None
@@ -115,6 +116,10 @@ class Prediction:
     probabilities: dict[str, float] | None = None
     value: float | None = None
     error: str | None = None
+    # the OOD detector's score (higher = less like the training images) and whether it passes the threshold;
+    # None for a model without a detector (trained or registered before plantpheno fitted one)
+    ood_score: float | None = None
+    unknown: bool | None = None
 
     @property
     def predicted(self) -> str | float | None:
@@ -166,9 +171,17 @@ class Model:
         path = self._predictor.package.folder / CARD_FILE
         return path.read_text(encoding="utf-8") if path.is_file() else ""
 
+    @property
+    def has_ood(self) -> bool:
+        """Whether the model has an OOD detector: then every prediction carries ``ood_score`` and ``unknown`` (the
+        score past the threshold that keeps ``evaluation.ood.keep`` of the validation images)."""
+        return self._predictor.ood is not None
+
     def predict(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32,
-                on_bad_image: Literal["error", "skip"] = "error", progress: bool = False) -> list[Prediction]:
-        """Predict for one image or many, in the order given.
+                on_bad_image: Literal["error", "skip"] = "error", progress: bool = False,
+                unknown_label: bool = False) -> list[Prediction]:
+        """Predict for one image or many, in the order given; ``unknown_label`` makes ``label`` ``"unknown"`` for
+        images the OOD detector flags.
 
         An image is a file path (a folder means every image file in it), encoded image bytes, a PIL image, or a
         numpy array, channels last: ``(H, W)`` grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, uint8 (0-255) or
@@ -186,19 +199,20 @@ class Model:
             raise ArgumentError(f"on_bad_image: got {short_repr(on_bad_image)}; expected 'error' or 'skip'")
         check_batch_size(batch_size)
         items, sources = _expand(images)
-        results, bad = self._predictor.predict_images(items, batch_size=batch_size, progress=progress)
+        results, bad, scores = self._predictor.predict_with_scores(items, batch_size=batch_size, progress=progress)
         if bad and on_bad_image == "error":
             listed = "; ".join(f"{sources[i] or f'image {i}'}: {why}" for i, why in bad)
             raise DataError(f"{len(bad)} of {len(items)} image(s) could not be read: {listed}")
         predictions: list[Prediction | None] = [None] * len(items)
         for i, output in results:
-            described = self._predictor.describe(output)
+            described = self._predictor.describe(output, scores.get(i), unknown_label=unknown_label)
+            ood = {"ood_score": described.get("ood_score"), "unknown": described.get("unknown")}
             if "probabilities" in described:
                 predictions[i] = Prediction(sources[i], label=described["predicted"],
                                             confidence=described["confidence"],
-                                            probabilities=described["probabilities"])
+                                            probabilities=described["probabilities"], **ood)
             else:
-                predictions[i] = Prediction(sources[i], value=described["predicted"])
+                predictions[i] = Prediction(sources[i], value=described["predicted"], **ood)
         for i, why in bad:
             predictions[i] = Prediction(sources[i], error=why)
         return [p for p in predictions if p is not None]
@@ -239,6 +253,10 @@ def load_model(ref: str | os.PathLike[str] | Run, *, registry: str | None = None
     except BaseException:
         stack.close()
         raise
+    if predictor.ood_note is not None:  # one line, not an error: the model predicts as it always did
+        import logging
+
+        logging.getLogger("plantpheno").warning(predictor.ood_note.replace(str(predictor.package.folder), source))
     return Model(predictor, stack, source)
 
 

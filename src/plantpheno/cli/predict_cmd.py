@@ -15,13 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict classes or trait values for images with a registered or trained model",
                        description="Predict with NAME, NAME@alias, NAME/VERSION (from the registry), a model "
                                    "package folder, or a run directory. Writes path, predicted class, confidence "
-                                   "and per-class probabilities (or the trait value) per image; unreadable files "
-                                   "are listed, not fatal.")
+                                   "and per-class probabilities (or the trait value) per image, and for models "
+                                   "with an OOD detector its ood_score and an unknown flag; unreadable files are "
+                                   "listed, not fatal.")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGES_OR_FOLDER")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: standard output)")
     p.add_argument("--batch-size", type=integer(1, 65536), default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--unknown-label", action="store_true",
+                   help="write 'unknown' as the class of images the model's OOD detector flags (the ood_score and "
+                        "unknown columns are written either way, for models that have a detector)")
     p.add_argument("--registry", default=None, metavar="URI", help=models_cmd.REGISTRY_HELP.split("; for `")[0])
     p.set_defaults(func=run)
 
@@ -41,18 +45,21 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         package = open_model(args.model, stack, registry_uri=models_cmd.registry_for(args.model, args.registry))
         predictor = Predictor(package, device=args.device)
-        results, bad = predictor.predict_files(paths, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    write_predictions(predictor, results, bad, args.out)
+        if predictor.ood_note is not None:
+            print(f"plantpheno: {predictor.ood_note.replace(str(package.folder), args.model)}", file=sys.stderr)
+        results, bad, scores = predictor.predict_files_with_scores(paths, batch_size=args.batch_size,
+                                                                   progress=sys.stderr.isatty())
+    write_predictions(predictor, results, bad, args.out, scores=scores, unknown_label=args.unknown_label)
     if args.out is not None:
         print(f"wrote {len(results)} prediction(s) to {args.out}", file=sys.stderr)
     return 0
 
 
-def write_predictions(predictor, results, bad, out: Path | None) -> None:
+def write_predictions(predictor, results, bad, out: Path | None, *, scores=None, unknown_label: bool = False) -> None:
     """The CSV to ``out`` (atomically) or stdout; unreadable files listed on stderr (and beside ``out``)."""
     from plantpheno.files.csvfile import write_csv
 
-    text = predictor.to_csv(results)
+    text = predictor.to_csv(results, scores, unknown_label=unknown_label)
     if out is None:  # file names that are not UTF-8 go out as the bytes they are, as `ls` prints them
         sys.stdout.flush()
         sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))

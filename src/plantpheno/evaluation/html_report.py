@@ -31,6 +31,7 @@ from plantpheno.evaluation import report_sections as sections
 from plantpheno.evaluation import report_source
 from plantpheno.records.evaluation import Evaluation, read_evaluation
 from plantpheno.records.model_meta import ModelMeta
+from plantpheno.evaluation.report_unknown import read_unknowns, unknown_section
 from plantpheno.reporting import Reporter
 from plantpheno.run.folder import RunDir
 
@@ -130,6 +131,7 @@ def _page(run: RunDir, split: str, ev: Evaluation, *, model: nn.Module, meta: Mo
         parts.append(sections.budget(_read_json(run.budget_leaderboard)))
     if split == "test":  # the run's main report: how it did on other sources, too
         parts.append(report_source.other_sources(run, model=model, meta=meta, worst=examples))
+    parts.append(unknown_section(read_unknowns(run, split)))
     parts.append(sections.data_check(check, check_problem))
     parts.append(_label_errors(check, meta))
     return _document(run, split, "".join(p for p in parts if p))

@@ -5,6 +5,7 @@ Folder layout (also what a registry version stores):
   model.safetensors       weights (loading never unpickles code)
   sample_inputs.safetensors  a few preprocessed test images (export parity checks)
   MODEL_CARD.md, config.yaml, metrics.json, dataset.json
+  ood.json, ood_features.npz  the OOD detector and its training features (models trained before have neither)
   NAME.sha256             the SHA-256 of each file above (files/atomic.py), checked before the file is used
 """
 
@@ -143,6 +144,7 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     for source in (run.config, run.dataset_info, run.environment, run.temperature):
         if source.is_file():
             atomic_copy(source, out / source.name, checksum=True)
+    _copy_ood(run, out)
     evaluation = read_evaluation(run.eval("test").metrics) if run.eval("test").metrics.is_file() else None
     if evaluation is not None:
         atomic_write_text(out / "metrics.json", evaluation.to_json(), checksum=True)
@@ -154,6 +156,18 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
 
     atomic_write_text(out / CARD_FILE, model_card(package, run=run), checksum=True)
     return package
+
+
+def _copy_ood(run: RunDir, out: Path) -> None:
+    """The run's OOD detector (evaluation/ood.py), checked, as its own files beside the weights: not in the
+    metadata, so a model without one (trained before plantpheno fitted one) is told apart by their absence."""
+    from plantpheno.evaluation.ood import DETECTOR_FILE, FEATURES_FILE
+
+    for name in (DETECTOR_FILE, FEATURES_FILE):
+        source = run.path / name
+        if source.is_file():
+            verify_checksum(source, remedy="train the run again to refit its OOD detector")
+            atomic_copy(source, out / name, checksum=True)
 
 
 def _package_meta(run: RunDir, checkpoint: dict[str, Any], path: Path,

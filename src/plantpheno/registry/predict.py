@@ -26,6 +26,7 @@ from plantpheno.registry.package import ModelPackage
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 """What prediction takes: a file path, encoded image bytes, a PIL image, or an array (channels last)."""
 MAX_BATCH_SIZE = 65536  # as data.batch_size
+UNKNOWN = "unknown"  # the label of an image the OOD detector flags, where the user asks for it
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -49,6 +50,11 @@ class Predictor:
         self.bands = BandInput.of(m)  # None: an RGB model
         # fitted on the validation split when the run was evaluated; packages made before have neither
         self.temperature, self.tta = m.applied_temperature, m.applied_tta
+        # the OOD detector fitted at the end of training (evaluation/ood.py); packages made before have none
+        from plantpheno.evaluation.ood import OODDetector, describe_missing
+
+        self.ood = OODDetector.load(package.folder)
+        self.ood_note = None if self.ood is not None else describe_missing(str(package.folder))
 
     def predict_files(self, paths: Sequence[Path], *, batch_size: int = 32,
                       progress: bool = False) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, str]]]:
@@ -56,16 +62,30 @@ class Predictor:
         results, bad = self.predict_images(paths, batch_size=batch_size, progress=progress)
         return [(paths[i], out) for i, out in results], [(paths[i], why) for i, why in bad]
 
-    @torch.no_grad()
+    def predict_files_with_scores(self, paths: Sequence[Path], *, batch_size: int = 32, progress: bool = False
+                                  ) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, str]], list[float]]:
+        """As :meth:`predict_files`, and the OOD score of each prediction, in order (empty without a detector)."""
+        results, bad, scores = self.predict_with_scores(paths, batch_size=batch_size, progress=progress)
+        return ([(paths[i], out) for i, out in results], [(paths[i], why) for i, why in bad],
+                [scores[i] for i, _ in results] if scores else [])
+
     def predict_images(self, images: Sequence[ImageInput], *, batch_size: int = 32,
                        progress: bool = False) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]]]:
         """Predictions for image files, encoded image bytes, PIL images or arrays (:func:`to_rgb_image`), by
         position in ``images``; and the positions that could not be read, with why."""
+        results, bad, _ = self.predict_with_scores(images, batch_size=batch_size, progress=progress)
+        return results, bad
+
+    @torch.no_grad()
+    def predict_with_scores(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False
+                            ) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]], dict[int, float]]:
+        """As :meth:`predict_images`, and each image's OOD score by position (empty without a detector)."""
         from tqdm.auto import tqdm
 
         check_batch_size(batch_size)
         results: list[tuple[int, torch.Tensor]] = []
         bad: list[tuple[int, str]] = []
+        scores: dict[int, float] = {}
         bar = tqdm(total=len(images), unit="img", disable=not progress, file=sys.stderr)
         for start in range(0, len(images), batch_size):
             indices, tensors = [], []
@@ -81,43 +101,85 @@ class Predictor:
                     bad.append((i, f"{type(exc).__name__}: {exc}"))
             if tensors:
                 batch = torch.stack(tensors).to(self.device).contiguous(memory_format=input_format(self.model))
-                raw, _ = tta_outputs(self.model, batch, self.tta)
+                raw, ood_scores = self._forward(batch)
                 if self.task.name == "classification":
                     raw = raw / self.temperature
                 outputs = self.task.predictions(raw).cpu()
                 results.extend(zip(indices, outputs))
+                if ood_scores is not None:
+                    scores.update(zip(indices, ood_scores.tolist()))
             bar.update(min(batch_size, len(images) - start))
         bar.close()
-        return results, bad
+        return results, bad, scores
 
-    def describe(self, output: torch.Tensor) -> dict[str, Any]:
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """The raw outputs (TTA-averaged) and the OOD scores; the scores take the image as it is (no TTA), as
+        their threshold was fitted, and the feature scores the pooled features of the same pass."""
+        if self.ood is None:
+            return tta_outputs(self.model, batch, self.tta)[0], None
+        from plantpheno.training.features import pooled_features
+
+        head = self.model.get_classifier()
+        if not self.ood.needs_features or not isinstance(head, torch.nn.Module):
+            raw, plain = tta_outputs(self.model, batch, self.tta)
+            features = pooled_features(self.model)(batch).float() if self.ood.needs_features else None
+        else:
+            features = pooled_features(self.model)(batch).float()
+            plain = head(features).float()
+            raw = plain if self.tta == "none" else tta_outputs(self.model, batch, self.tta)[0]
+        scores = self.ood.scores(logits=plain.cpu().numpy(),
+                                 features=features.cpu().numpy() if features is not None else None)
+        return raw, scores
+
+    def describe(self, output: torch.Tensor, ood_score: float | None = None, *,
+                 unknown_label: bool = False) -> dict[str, Any]:
         """One prediction as plain values: ``predicted`` (class name), ``confidence`` and ``probabilities``
-        (class -> probability), or ``predicted`` (the trait value in its own units)."""
+        (class -> probability), or ``predicted`` (the trait value in its own units); with a detector also
+        ``ood_score`` and ``unknown`` (and, with ``unknown_label``, ``predicted`` = ``unknown`` for a flagged
+        image of a classifier)."""
         names = self.package.meta.class_names
+        out: dict[str, Any]
         if not names:
-            return {"predicted": float(output)}
-        probs = output.tolist()
-        k = int(output.argmax())
-        return {"predicted": names[k], "confidence": probs[k], "probabilities": dict(zip(names, probs))}
+            out = {"predicted": float(output)}
+        else:
+            probs = output.tolist()
+            k = int(output.argmax())
+            out = {"predicted": names[k], "confidence": probs[k], "probabilities": dict(zip(names, probs))}
+        if self.ood is not None and ood_score is not None:
+            out["ood_score"] = float(ood_score)
+            out["unknown"] = bool(self.ood.unknown(np.array([ood_score]))[0])
+            if unknown_label and out["unknown"] and names:
+                out["predicted"] = UNKNOWN
+        return out
 
-    def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]]) -> str:
+    def to_csv(self, results: Iterable[tuple[Path, torch.Tensor]], ood_scores: Sequence[float] | None = None, *,
+               unknown_label: bool = False) -> str:
         """``path,predicted,confidence,p_<class>...`` (classes), ``path,predicted`` (traits) or
-        ``path,predicted,predicted_count`` (counts: the value rounded as the count metrics round it)."""
+        ``path,predicted,predicted_count`` (counts: the value rounded as the count metrics round it); with a
+        detector and ``ood_scores`` (one per result) also ``ood_score,unknown`` at the end of each row, and with
+        ``unknown_label`` a flagged image's class is ``unknown``."""
         names = self.package.meta.class_names
+        found = list(results)
         rows: list[list[object]] = []
         if names:
             rows.append(["path", "predicted", "confidence", *(f"p_{n}" for n in names)])
-            for path, probs in results:
+            for path, probs in found:
                 k = int(probs.argmax())
                 rows.append([str(path), names[k], f"{probs[k]:.6f}", *(f"{p:.6f}" for p in probs.tolist())])
         elif getattr(self.task, "counts", False):
-            found = list(results)
             counts = rounded_counts(np.array([float(value) for _, value in found]))
             rows.append(["path", "predicted", "predicted_count"])
             rows += [[str(path), f"{float(value):.6f}", str(c)] for (path, value), c in zip(found, counts)]
         else:
             rows.append(["path", "predicted"])
-            rows += [[str(path), f"{float(value):.6f}"] for path, value in results]
+            rows += [[str(path), f"{float(value):.6f}"] for path, value in found]
+        if self.ood is not None and ood_scores is not None:
+            flags = self.ood.unknown(np.asarray(ood_scores, dtype=float))
+            rows[0] += ["ood_score", "unknown"]
+            for row, score, flag in zip(rows[1:], ood_scores, flags):
+                row += [f"{score:.6f}", "true" if flag else "false"]
+                if unknown_label and flag and names:
+                    row[1] = UNKNOWN
         return csv_text(rows)
 
 

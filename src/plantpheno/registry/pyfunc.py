@@ -17,7 +17,9 @@ in a JSON request, as MLflow's ``binary`` type is sent, in any of MLflow's reque
 naming an image file inside the folder the model was served with (``model_config`` ``allowed_image_dir``; without
 it a request with paths is refused and nothing is read: any HTTP client could otherwise have the server decode
 any file it can read). Output, one row per input row: ``predicted`` (the class), ``confidence`` and ``p_<class>``
-for every class; or ``predicted`` (the trait value in its own units). Images are decoded and preprocessed exactly
+for every class; or ``predicted`` (the trait value in its own units); for a model with an OOD detector also
+``ood_score`` and ``unknown`` (``predicted`` is ``unknown`` for flagged images with model_config
+``unknown_label: true``). Images are decoded and preprocessed exactly
 as ``plantpheno predict`` does, under the same pixel limit as training; an unreadable image fails the request
 (HTTP 400) naming every bad row.
 
@@ -25,7 +27,8 @@ as ``plantpheno predict`` does, under the same pixel limit as training; an unrea
 ``SERVING_MODEL_CONFIG`` holding it as JSON for ``mlflow models serve``; versions registered before plantpheno
 stored these keys take none, so they refuse every path): ``device`` auto (the default: CUDA, then
 MPS, then CPU), cpu or cuda; ``allowed_image_dir`` (see above); ``max_image_pixels`` (default 100 M, as
-data.max_image_pixels); ``max_rows`` per request (default 256). An encoded image may hold at most 64 MiB.
+data.max_image_pixels); ``max_rows`` per request (default 256); ``unknown_label`` (default false). An encoded
+image may hold at most 64 MiB.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ MAX_ROWS = 256  # images per request (model_config max_rows)
 MAX_IMAGE_BYTES = 64 << 20  # one encoded image, sent or read from allowed_image_dir (a 100 MP JPEG is ~30 MB)
 # stored with the model: MLflow lets a load (or SERVING_MODEL_CONFIG) set only the keys the model was saved with
 DEFAULT_MODEL_CONFIG = {"device": "auto", "allowed_image_dir": None, "max_image_pixels": DEFAULT_MAX_PIXELS,
-                        "max_rows": MAX_ROWS}
+                        "max_rows": MAX_ROWS, "unknown_label": False}
 SERVING_KEYS = tuple(DEFAULT_MODEL_CONFIG)
 
 
@@ -82,6 +85,7 @@ class ServingOptions:
     allowed_image_dir: Path | None = None  # resolved: paths are only read inside it
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_rows: int = MAX_ROWS
+    unknown_label: bool = False  # 'predicted' is 'unknown' for images the OOD detector flags
 
     @classmethod
     def parse(cls, config: dict[str, Any]) -> ServingOptions:
@@ -96,7 +100,10 @@ class ServingOptions:
                 raise ModelError(f"model_config allowed_image_dir: got {short_repr(folder)}; expected an existing "
                                  f"folder (the only one whose images 'path' inputs may name)")
             folder = Path(os.path.realpath(folder))
-        return cls(device=str(config.get("device", "auto")), allowed_image_dir=folder,
+        unknown_label = config.get("unknown_label", False)
+        if not isinstance(unknown_label, bool):
+            raise ModelError(f"model_config unknown_label: got {short_repr(unknown_label)}; expected true or false")
+        return cls(device=str(config.get("device", "auto")), allowed_image_dir=folder, unknown_label=unknown_label,
                    max_image_pixels=_positive_int(config, "max_image_pixels", DEFAULT_MAX_PIXELS),
                    max_rows=_positive_int(config, "max_rows", MAX_ROWS))
 
@@ -144,15 +151,16 @@ class PlantPhenoPyfunc(PythonModel):
                 rows.append(row)
             except ValueError as exc:
                 bad.append((row, str(exc)))
-        results, unreadable = self.predictor.predict_images(images)
+        results, unreadable, scores = self.predictor.predict_with_scores(images)
         bad += [(rows[i], why) for i, why in unreadable]
         if bad:
             listed = "; ".join(f"row {row}: {why}" for row, why in sorted(bad)[:MAX_LISTED_ERRORS])
             more = f" (and {len(bad) - MAX_LISTED_ERRORS} more)" if len(bad) > MAX_LISTED_ERRORS else ""
             raise MlflowException.invalid_parameter_value(
                 f"{len(bad)} of {len(frame)} image(s) could not be read: {listed}{more}")
-        return pd.DataFrame([_row_output(self.predictor.describe(out)) for _, out in results],
-                            columns=output_columns(self.predictor.package))
+        described = [self.predictor.describe(out, scores.get(i), unknown_label=self.options.unknown_label)
+                     for i, out in results]
+        return pd.DataFrame([_row_output(d) for d in described], columns=output_columns(self.predictor.package))
 
 
 def _row_image(frame: pd.DataFrame, row: int, allowed: Path | None) -> bytes:
@@ -223,14 +231,20 @@ def _row_output(described: dict[str, Any]) -> dict[str, Any]:
     if "probabilities" in described:
         row["confidence"] = described["confidence"]
         row.update({f"p_{name}": p for name, p in described["probabilities"].items()})
+    if "ood_score" in described:
+        row.update(ood_score=described["ood_score"], unknown=described["unknown"])
     return row
 
 
 def output_columns(package: ModelPackage) -> list[str]:
     """``predicted, confidence, p_<class>...`` (classification) or ``predicted`` (trait), as ``plantpheno predict``
     writes them."""
+    from plantpheno.evaluation.ood import DETECTOR_FILE
+
     names = package.meta.class_names
-    return ["predicted", "confidence", *(f"p_{n}" for n in names)] if names else ["predicted"]
+    columns = ["predicted", "confidence", *(f"p_{n}" for n in names)] if names else ["predicted"]
+    # a package with an OOD detector: its score and the unknown flag (versions registered before have neither)
+    return columns + (["ood_score", "unknown"] if (package.folder / DETECTOR_FILE).is_file() else [])
 
 
 def signature(package: ModelPackage) -> Any:
@@ -240,7 +254,7 @@ def signature(package: ModelPackage) -> Any:
 
     inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)])
     outputs = [ColSpec("string" if package.meta.class_names else "double", "predicted")]
-    outputs += [ColSpec("double", name) for name in output_columns(package)[1:]]
+    outputs += [ColSpec("boolean" if name == "unknown" else "double", name) for name in output_columns(package)[1:]]
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
