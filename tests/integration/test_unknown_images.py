@@ -170,8 +170,8 @@ def test_a_trait_model_gets_the_knn_score_from_the_feature_cache_pass(rosette_ma
     package: ModelPackage = package_run(run.path, run.path.parent / "pkg")
     predictor = Predictor(package)
     meta = package.meta
-    fresh = extract_features(predictor.model, train, image_size=meta["image_size"], mean=meta["mean"],
-                             std=meta["std"], batch_size=8, device=predictor.device, num_workers=0).numpy()
+    fresh = extract_features(predictor.model, train, image_size=meta.image_size, mean=list(meta.mean),
+                             std=list(meta.std), batch_size=8, device=predictor.device, num_workers=0).numpy()
     assert detector.bank.shape == fresh.shape
     np.testing.assert_allclose(detector.bank.astype(np.float32), normalise(fresh), atol=2e-3)
     rows = list(csv.DictReader(io.StringIO(predictor.to_csv(*_files_and_scores(predictor, train[:2])))))
