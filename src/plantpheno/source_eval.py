@@ -34,6 +34,8 @@ from plantpheno.evaluation.inference import predict
 from plantpheno.evaluation.report import write_evaluation
 from plantpheno.evaluation.shift import shift_summary, worst_errors
 from plantpheno.models import build_model
+from plantpheno.records.evaluation import Evaluation
+from plantpheno.records.model_meta import ModelMeta
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import load_checkpoint
@@ -64,9 +66,9 @@ def source_name(spec: SourceSpec) -> str:
 
 
 def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = None,
-                    reporter: Reporter | None = None) -> dict[str, Any]:
+                    reporter: Reporter | None = None) -> Evaluation:
     """Evaluate a run's best checkpoint on another source and write ``RUN_DIR/eval/<name>/``; returns its
-    metrics (those of ``metrics.json``)."""
+    evaluation (that of ``metrics.json``, with ``source``, ``shift`` and ``separability``)."""
     reporter = default_reporter(reporter)
     run = RunDir.of(run_dir)
     config = run.read_config()
@@ -75,10 +77,9 @@ def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = Non
         if path is None:
             raise DataError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} is missing)")
         checkpoint = load_checkpoint(path)
-        meta = checkpoint["meta"]
+        meta = ModelMeta.from_checkpoint(checkpoint, source=path)
         _check_classification(run, meta)
-        model = build_model(config.model.model_copy(update={"pretrained": False}),
-                            num_outputs=int(meta["num_outputs"]))
+        model = build_model(config.model.model_copy(update={"pretrained": False}), num_outputs=meta.num_outputs)
         model.load_state_dict(checkpoint["model"])
         target = resolve_device(device or config.device)
         metrics = evaluate_loaded(model.to(target), run, spec, config=config, meta=meta, device=target,
@@ -90,11 +91,10 @@ def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = Non
         return metrics
 
 
-def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: Config, meta: dict[str, Any],
-                    device: torch.device, checkpoint_epoch: int | None, reporter: Reporter) -> dict[str, Any]:
+def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: Config, meta: ModelMeta,
+                    device: torch.device, checkpoint_epoch: int | None, reporter: Reporter) -> Evaluation:
     """:func:`evaluate_source` with the model already built (the end of ``train``, which holds the run's lock)."""
-    _check_classification(run, meta)
-    names = list(meta["class_names"])
+    names = _check_classification(run, meta)
     name = source_name(spec)
     class_map = load_class_map(spec.class_map, names) if spec.class_map is not None else ClassMap()
     source = map_source(read_source(spec.data, config), class_map, names, source=str(spec.data))
@@ -124,11 +124,11 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
         extra["shift"]["no_drop"] = (f"no in-source test evaluation ({run.eval('test').predictions} is missing): run "
                                      f"plantpheno evaluate {run.path} --split test first")
     out = run.eval(name)
-    metrics = write_evaluation(out, targets=y, outputs=softmax(mapped, temperature).astype(np.float32), paths=paths,
+    evaluation = write_evaluation(out, targets=y, outputs=softmax(mapped, temperature).astype(np.float32), paths=paths,
                                class_names=names, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence,
                                seed=config.seed, extra=extra)
     _write_unmapped(out.path / UNMAPPED_FILE, source.unmapped, rest, temperature, names)
-    return metrics
+    return evaluation
 
 
 def read_source(data: Path, config: Config) -> list[Sample]:
@@ -142,22 +142,24 @@ def read_source(data: Path, config: Config) -> list[Sample]:
                     f"manifest (path,label)")
 
 
-def _check_classification(run: RunDir, meta: dict[str, Any]) -> None:
-    if meta.get("task") != "classification" or not meta.get("class_names"):
-        raise DataError(f"{run.path} is a {meta.get('task')} run: evaluation on another source with a class map "
+def _check_classification(run: RunDir, meta: ModelMeta) -> list[str]:
+    """The run's class names; a regression run cannot be evaluated through a class map."""
+    if not meta.is_classification or not meta.class_names:
+        raise DataError(f"{run.path} is a {meta.task} run: evaluation on another source with a class map "
                         f"needs a classification run")
+    return list(meta.class_names)
 
 
-def _logits(model: nn.Module, paths: list[Path], *, config: Config, meta: dict[str, Any],
+def _logits(model: nn.Module, paths: list[Path], *, config: Config, meta: ModelMeta,
             device: torch.device) -> np.ndarray:
     """Raw outputs (TTA-averaged as the run evaluates) for ``paths``, in order."""
-    size = int(meta["image_size"])
-    transform = eval_transform(size, meta["mean"], meta["std"], meta.get("resize", "crop"))
+    size = meta.image_size
+    transform = eval_transform(size, meta.mean, meta.std, meta.resize)
     dataset = ImageDataset(paths, [0] * len(paths), transform, regression=False, min_side=size)
     loader = DataLoader(dataset, batch_size=config.data.batch_size, sampler=[(i, 0) for i in range(len(paths))],
                         collate_fn=collate, num_workers=0)
     try:
-        found = predict(model, loader, task=Classification(list(meta["class_names"])), device=device,
+        found = predict(model, loader, task=Classification(list(meta.class_names or [])), device=device,
                         tta=config.evaluation.tta)
     except OSError as exc:
         raise DataError(f"an image of the other source cannot be read ({exc})") from None
@@ -230,27 +232,32 @@ def _write_unmapped(path: Path, samples: list[Sample], logits: np.ndarray, tempe
     write_csv(path, rows)
 
 
-def summary_lines(metrics: dict[str, Any]) -> list[str]:
+def summary_lines(evaluation: Evaluation) -> list[str]:
     """The lines ``plantpheno evaluate --data`` prints."""
-    src, shift = metrics["source"], metrics["shift"]
-    ci = metrics.get("confidence_interval") or {}
-    lines = [f"{metrics['split']} ({src['mapped']} images with a run class): accuracy {metrics['accuracy']:.4f}"
-             + (f" ({ci['confidence']:.0%} CI {ci['low']:.4f} to {ci['high']:.4f})" if ci.get("low") is not None
-                else "") + f"  macro-F1 {metrics['macro_f1']:.4f}"]
+    src, shift = evaluation.source or {}, evaluation.shift or {}
+    ci = evaluation.interval
+    lines = [f"{evaluation.split} ({src['mapped']} images with a run class): accuracy "
+             f"{_figure(evaluation.value('accuracy'))}"
+             + (f" ({ci.confidence:.0%} CI {ci.low:.4f} to {ci.high:.4f})" if ci is not None else "")
+             + f"  macro-F1 {_figure(evaluation.value('macro_f1'))}"]
     drop = (shift.get("drop") or {}).get("accuracy")
     if drop:
         interval = f" (CI {drop['low']:.4f} to {drop['high']:.4f})" if drop["low"] is not None else ""
         lines.append(f"  drop from the in-source test accuracy {drop['in_source']:.4f}: {drop['drop']:.4f}{interval}")
-    cal = shift["calibration"]
-    after = cal.get("ece_after")
-    lines.append(f"  ECE {cal['ece_before']['estimate']:.4f} before the temperature"
-                 + (f", {after['estimate']:.4f} after (T = {cal['temperature']:.3g})" if after else ""))
+    shift_cal = shift["calibration"]
+    after = shift_cal.get("ece_after")
+    lines.append(f"  ECE {shift_cal['ece_before']['estimate']:.4f} before the temperature"
+                 + (f", {after['estimate']:.4f} after (T = {shift_cal['temperature']:.3g})" if after else ""))
     lines.append(f"  expected unknown (labels without a run class): {src['unmapped']} of {src['images']} "
                  f"({src['unmapped_fraction']:.1%})")
-    sep = metrics.get("separability") or {}
+    sep = evaluation.separability or {}
     if sep.get("accuracy") is not None:
         lines.append(f"  sources apart by their borders: {sep['accuracy']:.1%} (majority {sep['majority']:.1%})")
     return lines
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def check_sources(config: Config, class_names: list[str] | None) -> None:
@@ -272,18 +279,18 @@ def check_sources(config: Config, class_names: list[str] | None) -> None:
             raise DataError(f"{where}: {str(exc).replace('; give one with --name', '; set its name')}") from None
 
 
-def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: dict[str, Any], device: torch.device,
+def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: ModelMeta, device: torch.device,
                      checkpoint_epoch: int | None, reporter: Reporter) -> None:
     """The end of ``train``: each ``evaluation.sources`` entry, evaluated with the best weights (a failure warns:
     the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it)."""
     for entry in config.evaluation.sources:
         spec = SourceSpec(entry.data, entry.class_map, entry.name)
         try:
-            metrics = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
+            evaluation = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
                                       checkpoint_epoch=checkpoint_epoch, reporter=reporter)
         except Exception as exc:  # noqa: BLE001 - the run is trained and evaluated in source; this is extra
             reporter.warning(f"evaluating on {spec.data} failed ({type(exc).__name__}: {exc}); retry with "
                              f"plantpheno evaluate {run.path} --data {spec.data}")
             continue
-        for line in summary_lines(metrics):
+        for line in summary_lines(evaluation):
             reporter.info(line)

@@ -103,7 +103,9 @@ def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val"
     import plantpheno.source_eval as source_eval
 
     spec = source_eval.SourceSpec(Path(data), Path(class_map) if class_map is not None else None, name)
-    return source_eval.evaluate_source(_run_path(run), spec, device=device, reporter=_reporter(verbose, reporter))
+    # the metrics as metrics.json holds them, as for a split (the record's extra blocks included)
+    return source_eval.evaluate_source(_run_path(run), spec, device=device,
+                                       reporter=_reporter(verbose, reporter)).to_dict()
 
 
 SPLITS = ("train", "val", "test")

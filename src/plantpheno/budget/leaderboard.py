@@ -13,6 +13,7 @@ from typing import Any
 
 from plantpheno.files.atomic import atomic_write_text
 from plantpheno.files.csvfile import write_csv
+from plantpheno.records.evaluation import Evaluation
 
 VERSION = 1
 RULE = ("the best mean validation {metric} ({direction}); candidates within one standard error of the best are tied, "
@@ -39,13 +40,18 @@ class Row:
     note: str = ""
 
 
-def score_of(metrics: dict[str, Any], metric: str) -> tuple[float, tuple[float, float] | None]:
-    """A validation evaluation's ``metric`` and its bootstrap interval (when that is the interval's metric)."""
-    value = float(metrics[metric])
-    ci = metrics.get("confidence_interval") or {}
-    if ci.get("metric") == metric and ci.get("low") is not None:
-        return value, (float(ci["low"]), float(ci["high"]))
-    return value, None
+def score_of(evaluation: Evaluation, metric: str) -> tuple[float, tuple[float, float] | None]:
+    """A validation evaluation's ``metric`` and its bootstrap interval (when that is the interval's metric).
+
+    A figure that was not finite reads as NaN, as the evaluation computed it (the record leaves it out of its
+    values); a metric the evaluation does not have at all is a mistake of the caller."""
+    if metric not in evaluation.counts_and_values():
+        raise KeyError(f"evaluation has no metric {metric!r} (it has {', '.join(evaluation.values)})")
+    value = evaluation.value(metric)
+    interval = evaluation.interval
+    if interval is not None and interval.metric == metric:
+        return float("nan") if value is None else value, (float(interval.low), float(interval.high))
+    return float("nan") if value is None else value, None
 
 
 def summarise(row: Row, results: Sequence[tuple[float, tuple[float, float] | None]], *, z: float) -> None:

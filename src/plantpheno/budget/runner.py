@@ -24,6 +24,7 @@ from plantpheno.budget.profile import DataProfile, profile_data
 from plantpheno.budget.settings import BudgetPlan, candidate_config, final_config, plan_budget
 from plantpheno.config import Config
 from plantpheno.errors import ConfigError, TrainingError
+from plantpheno.records.evaluation import Evaluation
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import RunDir
 from plantpheno.training.feature_store import FeatureStore
@@ -188,7 +189,7 @@ class _Loop:
                                   manifest=manifest, first=row.rung == 1)
         result = pipeline.train(config, reporter=self.plan.quiet, feature_store=store, callbacks=[deadline])
         row.runs.append(str(result.run_dir))
-        return leaderboard.score_of(result.metrics, self.plan.metric)
+        return leaderboard.score_of(Evaluation.from_dict(result.metrics), self.plan.metric)
 
 
 def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], chosen: leaderboard.Row,

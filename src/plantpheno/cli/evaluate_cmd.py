@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from plantpheno import source_eval
 
     spec = source_eval.SourceSpec(args.data, args.class_map, args.name)
-    m = source_eval.evaluate_source(args.run_dir, spec, device=args.device, reporter=ConsoleReporter())
-    for line in source_eval.summary_lines(m):
+    evaluation = source_eval.evaluate_source(args.run_dir, spec, device=args.device, reporter=ConsoleReporter())
+    for line in source_eval.summary_lines(evaluation):
         print(line)
-    print(f"reports: {RunDir(args.run_dir).eval(m['split']).path}")
+    print(f"reports: {RunDir(args.run_dir).eval(str(evaluation.split)).path}")
     return 0

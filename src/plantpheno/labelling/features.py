@@ -14,7 +14,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from plantpheno.config import Config
 from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.images import ImageCheck
 from plantpheno.models import build_model
+from plantpheno.records.model_meta import ModelMeta
 from plantpheno.reporting import Reporter
 from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import load_checkpoint
@@ -41,17 +41,17 @@ class RunModel:
     run: RunDir
     config: Config
     model: nn.Module
-    meta: dict[str, Any]
+    meta: ModelMeta
     temperature: float
     device: torch.device
 
     @property
     def regression(self) -> bool:
-        return not self.meta.get("class_names")
+        return not self.meta.is_classification
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names") or [])
+        return list(self.meta.class_names or [])
 
     @property
     def memo(self) -> Path:
@@ -68,8 +68,8 @@ def load_run_model(run: RunDir, *, device: torch.device) -> RunModel:
 
         raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} is missing): train it first")
     checkpoint = load_checkpoint(path)
-    meta = checkpoint["meta"]
-    model = build_model(config.model.model_copy(update={"pretrained": False}), num_outputs=int(meta["num_outputs"]))
+    meta = ModelMeta.from_checkpoint(checkpoint, source=path)
+    model = build_model(config.model.model_copy(update={"pretrained": False}), num_outputs=meta.num_outputs)
     model.load_state_dict(checkpoint["model"])
     temperature = 1.0
     if run.temperature.is_file():
@@ -77,11 +77,12 @@ def load_run_model(run: RunDir, *, device: torch.device) -> RunModel:
     return RunModel(run, config, model.to(device).eval(), meta, temperature, device)
 
 
-def _backbone_key(model: nn.Module, meta: dict[str, Any]) -> str:
+def _backbone_key(model: nn.Module, meta: ModelMeta) -> str:
     """A hash of the backbone's weights and buffers (the classifier left out) and the preprocessing."""
     head = {id(t) for t in model.get_classifier().state_dict(keep_vars=True).values()}
-    digest = hashlib.sha256(json.dumps([meta["backbone"], meta["image_size"], meta.get("resize", "crop"),
-                                        meta["mean"], meta["std"]]).encode())
+    # the same text as when the metadata was a mapping (lists), so memos written then stay valid
+    digest = hashlib.sha256(json.dumps([meta.backbone, meta.image_size, meta.resize, list(meta.mean),
+                                        list(meta.std)]).encode())
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) not in head:
             digest.update(name.encode())
@@ -99,8 +100,8 @@ def features_of(run_model: RunModel, checks: Sequence[ImageCheck], *, num_worker
         first = {c.sha256: c.path for c in reversed(checks)}
         meta = run_model.meta
         with torch.inference_mode():
-            found = extract_features(run_model.model, [first[h] for h in todo], image_size=int(meta["image_size"]),
-                                     mean=meta["mean"], std=meta["std"], resize=meta.get("resize", "crop"),
+            found = extract_features(run_model.model, [first[h] for h in todo], image_size=meta.image_size,
+                                     mean=list(meta.mean), std=list(meta.std), resize=meta.resize,
                                      batch_size=pass_batch_size(64, run_model.device), device=run_model.device,
                                      num_workers=num_workers, reporter=reporter, desc="suggest: backbone pass")
         memo.update(zip(todo, found.numpy().astype(np.float16)))

@@ -44,7 +44,7 @@ def _img(path: Path, square) -> str:  # noqa: ANN001 - a model_square
 def write_sheet(path: Path, result: Suggestions, run_model: RunModel) -> None:
     """Write the contact sheet of ``result`` to ``path`` (atomically)."""
     meta = run_model.meta
-    square = model_square(int(meta["image_size"]), meta["mean"], meta.get("resize", "crop"))
+    square = model_square(meta.image_size, list(meta.mean), meta.resize)
     tiles = []
     for s in result.suggestions:
         caption = (f"<b>#{s.rank}</b> score {s.score:.3f}<br>{esc(s.reason)}<br>predicted: {esc(s.predicted)}<br>"

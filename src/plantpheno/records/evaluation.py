@@ -160,6 +160,18 @@ class Evaluation(_Record):
     baseline: Baseline | None = None
     calibration: Calibration | None = None
     tta: TestTimeAugmentation | None = None
+    # an evaluation on another source (plantpheno evaluate RUN --data): what the source held, the figures of the
+    # shift from the in-source test split, how far a border classifier tells the sources apart, the worst errors.
+    # Plain mappings as plantpheno.evaluation.shift computes them; None on a split's own evaluation.
+    source: dict[str, Any] | None = None
+    shift: dict[str, Any] | None = None
+    separability: dict[str, Any] | None = None
+    worst_errors: list[dict[str, Any]] | None = None
+
+    @property
+    def is_other_source(self) -> bool:
+        """Whether this is an evaluation on another source (it has the figures of the shift)."""
+        return self.shift is not None
 
     @property
     def values(self) -> dict[str, float]:
