@@ -112,6 +112,7 @@ def candidate_config(plan: BudgetPlan, candidate: Candidate, *, rung: int, fold:
         "experiment": plan.candidates_dir.name, "run_name": f"{plan.name}-r{rung:02d}-{short}"
         + (f"-fold{fold}" if fold else ""), "evaluation.split": "val", "evaluation.report": False,
         "tracking.backends": [], "registry.name": None, "registry.alias": None,
+        "evaluation.ood.enabled": False,  # a candidate is never predicted with: no OOD detector to fit
     })
     if not (first and fold in (None, 1)):
         overrides["data.checks.enabled"] = False

@@ -58,7 +58,9 @@ class StudyPlan:
         base = self.config
         managed: dict[str, Any] = {"output_dir": str(self.study_dir.parent), "experiment": self.name,
                                    "run_name": f"trial-{number:04d}", "tracking.wandb.group": self.name,
-                                   "evaluation.split": "val", "registry.name": None}
+                                   "evaluation.split": "val", "registry.name": None,
+                                   # a trial is never predicted with: no OOD detector (a backbone pass per trial)
+                                   "evaluation.ood.enabled": False}
         if "mlflow" in base.tracking.backends:
             from plantpheno.tracking.mlflow_backend import tracking_uri
 

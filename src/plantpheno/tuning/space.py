@@ -30,7 +30,8 @@ from plantpheno.errors import ConfigError
 Scalar = str | int | float | bool | None
 # Set by the tuner itself for every trial; a space may not vary them.
 MANAGED_FIELDS = frozenset({"output_dir", "experiment", "run_name", "tracking.mlflow.parent_run_id",
-                            "tracking.wandb.group", "evaluation.split", "registry.name"})
+                            "tracking.wandb.group", "evaluation.split", "registry.name",
+                            "evaluation.ood.enabled"})
 MAX_GRID = 100_000
 _INTERIOR = 0.381966  # an interior point that is almost never a round number (catches float ranges on int fields)
 
