@@ -75,11 +75,12 @@ def main() -> None:
     args = parser.parse_args()
     from plantpheno.config import validate_config
     from plantpheno.data import images
-    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.prepared import prepare_data
     from plantpheno.data.doctor.check import check_data
     from plantpheno.data.images import check_images
     from plantpheno.data.sources import read_folder
-    from plantpheno.training.data_checks import run_data_checks
+    from plantpheno.data.doctor.runner import run_data_checks
+    from plantpheno.training.doctor_features import frozen_features
 
     meta = {"machine": machine(), "data": str(args.data)}
     results: dict[str, dict[str, float]] = {}
@@ -103,9 +104,9 @@ def main() -> None:
         with timed(results, "pixel and label checks"):
             report = check_data(prepared, config)
         with timed(results, "warm start (prepare + checks)"):
-            report = run_data_checks(prepare_data(config), config)
+            report = run_data_checks(prepare_data(config), config, extract=frozen_features(config))
         with timed(results, "again (report memoised)"):
-            run_data_checks(prepare_data(config), config)
+            run_data_checks(prepare_data(config), config, extract=frozen_features(config))
         meta["findings"] = [f.line() for f in report.findings]
         meta["check_seconds"] = report.seconds
         if args.label_errors:
@@ -120,9 +121,9 @@ def main() -> None:
                 shutil.copyfile(args.feature_memo, out / CACHE_DIR / "checks" / args.feature_memo.name)
             with timed(results, "frozen features (" + ("cached" if args.feature_memo else "cold") + ")"):
                 from plantpheno.reporting import LoggingReporter
-                from plantpheno.training.data_checks import check_features
+                from plantpheno.data.doctor.runner import check_features
 
-                features, _ = check_features(prepared, on, reporter=LoggingReporter())
+                features, _ = check_features(prepared, on, extract=frozen_features(on), reporter=LoggingReporter())
             with timed(results, "label errors + feature dups"):
                 full = check_data(prepared, on, features=features)
             meta["findings_with_features"] = [f.line() for f in full.findings]

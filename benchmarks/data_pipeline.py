@@ -256,7 +256,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"skipped: {args.data} does not exist (the PlantVillage subset lives in ../shared/data)")
         return 0
-    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.prepared import prepare_data
 
     info = machine()  # before the runs: its load average is the machine's, not this benchmark's
     load = (info.get("load_average_1_5_15_min") or [None])[0]

@@ -204,7 +204,8 @@ def test_augmenting_on_the_device_matches_augmenting_in_the_loader(make_config, 
     # data.augment.on_device ships uint8 pixels + per-sample parameters and augments in the training loop
     # (on CUDA: on the GPU). Here on the CPU it must give the loader path's images and the same training run.
     from plantpheno.data.batch_augment import Pending
-    from plantpheno.data.datasets import build_loaders, close_loaders, prepare_data
+    from plantpheno.data.datasets import build_loaders, close_loaders
+    from plantpheno.data.prepared import prepare_data
 
     batches, results = {}, {}
     for mode in ("off", "on"):

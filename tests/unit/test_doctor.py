@@ -14,7 +14,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from conftest import tiny_config
 from plantpheno.config import validate_config
-from plantpheno.data.datasets import prepare_data
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.doctor.check import check_data
 from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.synth import Defects, synthesize_disease, synthesize_rosettes
@@ -238,15 +238,15 @@ def test_rosette_views_of_one_plant_are_not_near_duplicates(tmp_path):
 
 
 def test_the_report_is_memoised_for_the_same_data_and_settings(tmp_path, disease_root, monkeypatch):
-    from plantpheno.training import data_checks
+    from plantpheno.data.doctor import runner
 
     config = validate_config(tiny_config(tmp_path, data={"root": str(disease_root)}))
     prepared = prepare_data(config)
-    first = data_checks.run_data_checks(prepared, config)
+    first = runner.run_data_checks(prepared, config, extract=None)
     calls = []
-    monkeypatch.setattr(data_checks, "check_data", lambda *a, **k: calls.append(1) or check_data(*a, **k))
-    assert data_checks.run_data_checks(prepared, config).to_json() == first.to_json()
+    monkeypatch.setattr(runner, "check_data", lambda *a, **k: calls.append(1) or check_data(*a, **k))
+    assert runner.run_data_checks(prepared, config, extract=None).to_json() == first.to_json()
     assert not calls, "the same data and settings were checked again"
     other = validate_config(tiny_config(tmp_path, data={"root": str(disease_root), "checks": {"folds": 3}}))
-    data_checks.run_data_checks(prepared, other)
+    runner.run_data_checks(prepared, other, extract=None)
     assert calls == [1], "other settings must be checked afresh"

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from conftest import tiny_config
 from plantpheno.config import validate_config
-from plantpheno.data.datasets import prepare_data
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.doctor.check import check_data
 from plantpheno.data.doctor.duplicates import CONFIRM_SIMILARITY
 from plantpheno.data.doctor.pixels import colour_thumb, image_stats, thumb_similarity

@@ -17,7 +17,8 @@ from torchvision.transforms import v2 as T
 from plantpheno import pipeline
 from plantpheno.data import cache as cache_module
 from plantpheno.data.cache import CACHE_DIR, CacheSpec, build_image_cache, cache_spec, decode_resized, shared_buffer
-from plantpheno.data.datasets import build_loaders, prepare_data
+from plantpheno.data.datasets import build_loaders
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform
 

@@ -13,7 +13,8 @@ from PIL import Image
 from plantpheno.config import AugmentConfig
 from plantpheno.data.batch_augment import BatchAugment, augment_batch, make_square, pad_fill
 from plantpheno.data.cache import CacheSpec, build_image_cache, cache_key, cache_spec, resize_image
-from plantpheno.data.datasets import build_loaders, prepare_data
+from plantpheno.data.datasets import build_loaders
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform, square_transform, train_transform
 

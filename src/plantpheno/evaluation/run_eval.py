@@ -14,7 +14,8 @@ from torch import nn
 
 from plantpheno.files.atomic import atomic_write_text
 from plantpheno.config import Config
-from plantpheno.data.datasets import Loaders, PreparedData
+from plantpheno.data.datasets import Loaders
+from plantpheno.data.prepared import PreparedData
 from plantpheno.device import amp_dtype
 from plantpheno.evaluation import baselines
 from plantpheno.evaluation.calibration import calibration_summary, fit_temperature, reliability, softmax

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from plantpheno.config import Config
 from plantpheno.data.batch_augment import BatchFinish
 from plantpheno.data.cache import ImageCache, cache_spec
-from plantpheno.data.datasets import EpochSampler, ImageDataset, Loaders, PreparedData, collate
+from plantpheno.data.datasets import EpochSampler, ImageDataset, Loaders, collate
+from plantpheno.data.prepared import PreparedData
 from plantpheno.data.transforms import eval_transform
 from plantpheno.models import input_format
 from plantpheno.reporting import Reporter

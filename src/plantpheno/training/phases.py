@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from plantpheno.config import Config
-from plantpheno.data.datasets import Loaders, PreparedData
+from plantpheno.data.datasets import Loaders
+from plantpheno.data.prepared import PreparedData
 from plantpheno.reporting import Reporter
 
 log = logging.getLogger(__name__)

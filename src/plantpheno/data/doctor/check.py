@@ -16,7 +16,7 @@ from plantpheno.reporting import Reporter, default_reporter
 
 if TYPE_CHECKING:
     from plantpheno.config import Config
-    from plantpheno.data.datasets import PreparedData
+    from plantpheno.data.prepared import PreparedData
 
 MODEL_CHECKS = ("label_errors", "feature_duplicates")
 
@@ -28,7 +28,7 @@ def check_data(prepared: PreparedData, config: Config, *, reporter: Reporter | N
     check, the files it could not read).
 
     ``features`` (frozen pretrained features by decoded-pixel hash, from
-    :func:`plantpheno.training.data_checks.check_features`) enables the label-error and feature-duplicate checks;
+    :func:`plantpheno.data.doctor.runner.check_features`) enables the label-error and feature-duplicate checks;
     without them those checks are reported as skipped, with ``features_skipped`` as the reason."""
     reporter = default_reporter(reporter)
     settings = config.data.checks

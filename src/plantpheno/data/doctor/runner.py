@@ -1,27 +1,36 @@
-"""The data checks of a config, as ``plantpheno train`` and ``plantpheno data check`` run them.
+"""The data checks of a config, as ``plantpheno train`` and ``plantpheno data check`` run them: the memoised report,
+the frozen features the model checks use, and what an error-level finding does (:func:`enforce`).
 
-The pixel and label checks live in :mod:`plantpheno.data.doctor`; the checks that need a network (likely label
-errors, feature near-duplicates) get their frozen pretrained features from here, since data never imports
-models. The features are those of the bundled ImageNet EfficientNet-Lite0 (offline, ``plantpheno[weights]``) at
-224 px, memoised per decoded picture in ``OUTPUT_DIR/.cache/checks/``, so a second check computes nothing.
+The checks that need a network (likely label errors, feature near-duplicates) get their features from an
+``extract`` function their caller passes in (:func:`plantpheno.training.doctor_features.frozen_features`), since
+data never imports models. The features are those of the bundled ImageNet EfficientNet-Lite0 at 224 px,
+memoised per decoded picture in ``OUTPUT_DIR/.cache/checks/``, so a second check computes nothing.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plantpheno.config import Config, ModelConfig
+from plantpheno.check_ids import selected
 from plantpheno.data.cache import CACHE_DIR
-from plantpheno.data.datasets import PreparedData
 from plantpheno.data.doctor.check import MODEL_CHECKS, check_data
 from plantpheno.data.doctor.findings import DataCheckReport
-from plantpheno.check_ids import selected
 from plantpheno.errors import ConfigError, DataCheckError
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import data_check_path
+
+if TYPE_CHECKING:
+    from plantpheno.config import Config
+    from plantpheno.data.prepared import PreparedData
+
+# Frozen features of images, one row per path, in order, showing progress to the reporter (computed above the data
+# layer, where models are known).
+FeatureExtractor = Callable[[Sequence[Path], Reporter], np.ndarray]
 
 FEATURE_BACKBONE = "tf_efficientnet_lite0"
 FEATURE_SIZE = 224
@@ -34,14 +43,16 @@ REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
 REPORT_MEMO_VERSION = 2  # bump when a check's logic or wording changes: memoised reports are then redone
 
 
-def run_data_checks(prepared: PreparedData, config: Config, *, reporter: Reporter | None = None) -> DataCheckReport:
-    """Every data check of ``config.data.checks`` on ``prepared``, with frozen features where enabled.
+def run_data_checks(prepared: PreparedData, config: Config, *, extract: FeatureExtractor | None,
+                    reporter: Reporter | None = None) -> DataCheckReport:
+    """Every data check of ``config.data.checks`` on ``prepared``, with frozen features (from ``extract``, for the
+    pictures not memoised yet) where enabled; ``extract=None`` skips the model checks.
 
     The report is memoised under ``OUTPUT_DIR/.cache/checks/reports/``, keyed by everything it depends on (each
     row's file, label, split, group and decoded-pixel hash, the check settings, the seed, whether features were
     used): the checks are deterministic, so a second run on the same data (a tuning trial, a re-run) reads it."""
     reporter = default_reporter(reporter)
-    features, why_not = check_features(prepared, config, reporter=reporter)
+    features, why_not = check_features(prepared, config, extract=extract, reporter=reporter)
     memo = config.output_dir / CACHE_DIR / REPORT_MEMO.format(key=_report_key(prepared, config, why_not))
     if memo.is_file():
         try:
@@ -60,8 +71,8 @@ def _report_key(prepared: PreparedData, config: Config, features_skipped: str | 
     import hashlib
     import json
 
-    from plantpheno.version import __version__
     from plantpheno.data.doctor.pixels import STATS_VERSION
+    from plantpheno.version import __version__
 
     rows = [[split, str(s.path), s.target, s.group,
              prepared.stats[s.path].pixel_hash if s.path in prepared.stats else None]
@@ -97,7 +108,7 @@ def enforce(report: DataCheckReport, config: Config, *, reporter: Reporter) -> D
     return report
 
 
-def check_features(prepared: PreparedData, config: Config, *,
+def check_features(prepared: PreparedData, config: Config, *, extract: FeatureExtractor | None,
                    reporter: Reporter) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """Frozen pretrained features of every picture (by decoded-pixel hash) for the model checks, or None and why
     not: ``data.checks.label_errors`` off, the checks ignored, or ``auto`` and not all features are cached."""
@@ -120,9 +131,13 @@ def check_features(prepared: PreparedData, config: Config, *,
                               f"cleanlab, which are not installed ({DOCTOR_HINT})")
         return None, f"the label-error check needs scikit-learn and cleanlab, not installed ({DOCTOR_HINT})"
     if missing:
+        if extract is None:
+            return None, f"{len(missing)} of {len(wanted)} images have no cached features and no network computes them"
         reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) for the label-"
                       f"error and feature-duplicate checks (computed once, cached in {memo_path.parent})")
-        memo.update(_compute(sorted(missing), wanted, config, reporter))
+        hashes = sorted(missing)
+        computed = extract([wanted[h] for h in hashes], reporter)
+        memo.update(zip(hashes, np.asarray(computed).astype(np.float16)))
         _write_memo(memo_path, memo)
     return {h: memo[h] for h in wanted}, None
 
@@ -131,28 +146,6 @@ def _libraries_present() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(name) is not None for name in ("sklearn", "cleanlab"))
-
-
-def _compute(hashes: list[str], paths: dict[str, Path], config: Config,
-             reporter: Reporter) -> dict[str, np.ndarray]:
-    import torch
-
-    from plantpheno.data.datasets import resolve_num_workers
-    from plantpheno.device import resolve_device
-    from plantpheno.models import build_model, normalization
-    from plantpheno.training.features import extract_features, pass_batch_size
-
-    model = build_model(ModelConfig(backbone=FEATURE_BACKBONE, pretrained="bundled"), num_outputs=1)
-    mean, std = normalization(model, config.model_copy(update={"data": config.data.model_copy(
-        update={"mean": None, "std": None})}))
-    device = resolve_device(config.device)
-    model = model.to(device)
-    with torch.inference_mode():
-        features = extract_features(model, [paths[h] for h in hashes], image_size=FEATURE_SIZE, mean=mean, std=std,
-                                    batch_size=pass_batch_size(64, device), device=device,
-                                    num_workers=resolve_num_workers(config.data.num_workers), reporter=reporter,
-                                    desc="data checks: frozen features")
-    return dict(zip(hashes, features.numpy().astype(np.float16)))
 
 
 def _read_memo(path: Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,47 @@
+"""The frozen pretrained features the model data checks use (likely label errors, feature near-duplicates): the
+checks live in :mod:`plantpheno.data.doctor.runner`, which asks for features through the function made here, since
+data never imports models. The features are those of the bundled ImageNet EfficientNet-Lite0 (offline,
+``plantpheno[weights]``) at 224 px."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from plantpheno.config import Config, ModelConfig
+from plantpheno.data.doctor.runner import FEATURE_BACKBONE, FEATURE_SIZE, FeatureExtractor
+from plantpheno.reporting import Reporter
+
+
+def frozen_features(config: Config) -> FeatureExtractor:
+    """A function from image paths to their frozen features (one float16 row per path), on ``config.device`` with
+    ``config.data.num_workers`` loader workers; the network is built when it is called (only for pictures whose
+    features are not memoised yet)."""
+
+    def extract(paths: Sequence[Path], reporter: Reporter) -> np.ndarray:
+        return _compute(list(paths), config, reporter)
+
+    return extract
+
+
+def _compute(paths: list[Path], config: Config, reporter: Reporter) -> np.ndarray:
+    import torch
+
+    from plantpheno.data.datasets import resolve_num_workers
+    from plantpheno.device import resolve_device
+    from plantpheno.models import build_model, normalization
+    from plantpheno.training.features import extract_features, pass_batch_size
+
+    model = build_model(ModelConfig(backbone=FEATURE_BACKBONE, pretrained="bundled"), num_outputs=1)
+    mean, std = normalization(model, config.model_copy(update={"data": config.data.model_copy(
+        update={"mean": None, "std": None})}))
+    device = resolve_device(config.device)
+    model = model.to(device)
+    with torch.inference_mode():
+        features = extract_features(model, paths, image_size=FEATURE_SIZE, mean=mean, std=std,
+                                    batch_size=pass_batch_size(64, device), device=device,
+                                    num_workers=resolve_num_workers(config.data.num_workers), reporter=reporter,
+                                    desc="data checks: frozen features")
+    return features.numpy().astype(np.float16)
