@@ -102,7 +102,7 @@ def main() -> None:
         with timed(results, "prepare_data, cold memo"):
             prepared = prepare_data(config)  # what train pays first: check + measures, memo written, split
         with timed(results, "pixel and label checks"):
-            report = check_data(prepared, config)
+            report = check_data(prepared, config.data, seed=config.seed)
         with timed(results, "warm start (prepare + checks)"):
             report = run_data_checks(prepare_data(config), config, extract=frozen_features(config))
         with timed(results, "again (report memoised)"):
@@ -125,7 +125,7 @@ def main() -> None:
 
                 features, _ = check_features(prepared, on, extract=frozen_features(on), reporter=LoggingReporter())
             with timed(results, "label errors + feature dups"):
-                full = check_data(prepared, on, features=features)
+                full = check_data(prepared, on.data, seed=on.seed, features=features)
             meta["findings_with_features"] = [f.line() for f in full.findings]
             meta["recall"] = recall_at_k(prepared, on, features, args.flip_rates)
     meta["results"] = results
@@ -159,7 +159,7 @@ def recall_at_k(prepared, config, features, rates: list[float]) -> list[dict[str
                     s = replace(s, target=others[int(rng.integers(len(others)))])
                 splits[split].append(s)
             noisy = replace(prepared, splits=splits)
-            report = check_data(noisy, config, features=features)
+            report = check_data(noisy, config.data, seed=config.seed, features=features)
             finding = next((f for f in report.findings if f.check == "label_errors"), None)
             ranked = [g[0] for g in finding.files] if finding else []
             truth = {str(samples[i][1].path) for i in flipped}

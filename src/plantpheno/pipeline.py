@@ -66,8 +66,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
         task = Regression(*prepared.target_stats(), counts=prepared.is_count_trait())
     model_cfg = config.model if load_pretrained else config.model.model_copy(update={"pretrained": False})
     model = build_model(model_cfg, num_outputs=task.num_outputs, regression=isinstance(task, Regression))
-    check_phases(model, config)
-    mean, std = normalization(model, config)
+    check_phases(model, config.training.fine_tune)
+    mean, std = normalization(model, mean=config.data.mean, std=config.data.std)
     device = resolve_device(config.device)
     if wants_channels_last(config.training.channels_last, device, model):
         to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
@@ -80,8 +80,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     model = model.to(device)
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None) if config.training.feature_cache else None)
-    return TrainingJob(config, prepared, task, model, loaders, device, meta, dist, reporter, plan_phases(config),
-                       features)
+    return TrainingJob(config, prepared, task, model, loaders, device, meta, dist, reporter,
+                       plan_phases(config.training), features)
 
 
 def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: bool = True,
@@ -215,7 +215,7 @@ def _check_data(job: TrainingJob) -> DataCheckReport | None:
 
 
 def _new_run_dir(job: TrainingJob, held: contextlib.ExitStack, checked: DataCheckReport | None = None) -> RunDir:
-    run, lock = create_run_dir(job.config)
+    run, lock = create_run_dir(job.config.output_dir, job.config.experiment, job.config.run_name)
     held.callback(lock.release)
     try:
         run.write_config(job.config)
@@ -279,7 +279,7 @@ def _evaluate_and_record(job: TrainingJob, run: RunDir, state: TrainState, track
     if config.registry.name:
         from plantpheno.registry.auto_register import register_trained_run
 
-        register_trained_run(config, run, job.reporter)
+        register_trained_run(config.registry, run, job.reporter)
     return RunResult(run.path, metrics, state)
 
 

@@ -23,7 +23,7 @@ from plantpheno.errors import ConfigError
 
 def _check(tmp_path: Path, checks: dict | None = None, task: str = "classification", **data) -> DataCheckReport:
     config = validate_config(tiny_config(tmp_path, task=task, data={**data, "checks": checks or {}}))
-    return check_data(prepare_data(config), config)
+    return check_data(prepare_data(config), config.data, seed=config.seed)
 
 
 def _by_check(report: DataCheckReport) -> dict[str, list]:
@@ -102,7 +102,7 @@ def test_groups_crossed_by_a_duplicate_and_duplicates_within_a_split(tmp_path, d
     config = validate_config(tiny_config(tmp_path, data={"manifest": str(manifest), "val_fraction": 0.2,
                                                          "test_fraction": 0.2}))
     prepared = prepare_data(config)
-    found = _by_check(check_data(prepared, config))
+    found = _by_check(check_data(prepared, config.data, seed=config.seed))
     leaks = found["exact_duplicates.leak"][0]
     assert {frozenset(g) for g in leaks.files} == {frozenset({str(files[1]), str(copies / "copy1.jpg")})}
     # the group kept copy0 in its original's split (whatever that is): a warning, not an error
@@ -227,7 +227,7 @@ def test_unreadable_files_are_one_finding(tmp_path, disease_root):
     shutil.copytree(disease_root, root)
     (root / "rust" / "broken.jpg").write_bytes(b"not a jpeg")
     config = validate_config(tiny_config(tmp_path, data={"root": str(root), "on_bad_image": "skip"}))
-    finding = _by_check(check_data(prepare_data(config), config))["unreadable"][0]
+    finding = _by_check(check_data(prepare_data(config), config.data, seed=config.seed))["unreadable"][0]
     assert finding.severity == "info" and finding.files == ((str(root / "rust" / "broken.jpg"),),)
 
 

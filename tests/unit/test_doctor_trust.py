@@ -21,7 +21,7 @@ from plantpheno.data.synth import disease_example, synthesize_disease
 
 def _check(tmp_path: Path, **data):
     config = validate_config(tiny_config(tmp_path, data=data))
-    return check_data(prepare_data(config), config)
+    return check_data(prepare_data(config), config.data, seed=config.seed)
 
 
 def _similarity(a: Image.Image, b: Image.Image) -> float:

@@ -146,7 +146,7 @@ def run_check(args: argparse.Namespace) -> int:
     reading = config.model_copy(update={"data": config.data.model_copy(update={"on_bad_image": "skip"})})
     prepared = prepare_data(reading, reporter=reporter)
     report = run_data_checks(prepared, config, extract=frozen_features(config), reporter=reporter)
-    out = args.out or data_check_path(config)
+    out = args.out or data_check_path(config.output_dir, config.experiment)
     report.write(out)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))  # ASCII: names that are not UTF-8 stay escapes

@@ -43,8 +43,8 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
                        else (loaders, model))
         bar = reporter.progress(total=_batches(source[name]), desc=f"predicting {name}", unit="batch")
         try:
-            return predict(net, source[name], task=task, device=device, amp_dtype=amp_dtype(config, device),
-                           finish=source.finish, tta=ev.tta, progress=bar)
+            return predict(net, source[name], task=task, device=device,
+                           amp_dtype=amp_dtype(config.training.mixed_precision, device), finish=source.finish, tta=ev.tta, progress=bar)
         finally:
             bar.close()
 

@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
-from plantpheno.config import Config
+from plantpheno.config import RegistryConfig
 from plantpheno.reporting import Reporter
 from plantpheno.run.folder import RunDir
 
 
-def register_trained_run(config: Config, run: RunDir, reporter: Reporter) -> None:
-    """Register the finished ``run`` as ``config.registry`` says; a failure here does not undo a completed run, so
-    it warns with the manual command."""
+def register_trained_run(reg: RegistryConfig, run: RunDir, reporter: Reporter) -> None:
+    """Register the finished ``run`` as its config's ``registry`` section says; a failure here does not undo a
+    completed run, so it warns with the manual command."""
     from plantpheno.registry.location import locate_registry
     from plantpheno.registry.store import ModelRegistry
 
-    reg = config.registry
-    location = locate_registry(config=config)
+    location = locate_registry(run_uri=reg.uri)
     try:
         info = ModelRegistry(location.uri).register(run.path, name=reg.name, alias=reg.alias, force=reg.force)
     except Exception as exc:  # noqa: BLE001 - the trained run stays valid whatever the registry does

@@ -89,13 +89,14 @@ def _build_trainer(job: TrainingJob, phase: Phase, state: TrainState, checkpoint
     """The trainer of one phase, continuing ``state`` (restored from ``checkpoint`` when resuming)."""
     config, model, dist = job.config, job.model, job.dist
     enter(phase, model)
-    settings = phase.settings
-    loss_fn = build_loss(config, train_targets=job.prepared.targets("train"), num_classes=job.task.num_outputs)
-    optimizer = build_optimizer(model, settings, world_size=dist.world_size)
+    settings = phase.training
+    loss_fn = build_loss(config.training, task=config.task, train_targets=job.prepared.targets("train"),
+                         num_classes=job.task.num_outputs)
+    optimizer = build_optimizer(model, settings, world_size=dist.world_size, scale_lr=config.distributed.scale_lr)
     train_loader = job.loaders["train"]
     train_loader.sampler.set_epoch(0)  # a whole epoch's length: a resumed epoch left the sampler part-way
-    scheduler = build_scheduler(optimizer, settings, steps_per_epoch=len(train_loader))
-    dtype = amp_dtype(config, job.device)
+    scheduler = build_scheduler(optimizer, settings, steps_per_epoch=len(train_loader), monitor_mode=config.monitor[1])
+    dtype = amp_dtype(config.training.mixed_precision, job.device)
     scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

@@ -35,8 +35,7 @@ def _compute(paths: list[Path], config: Config, reporter: Reporter) -> np.ndarra
     from plantpheno.training.features import extract_features, pass_batch_size
 
     model = build_model(ModelConfig(backbone=FEATURE_BACKBONE, pretrained="bundled"), num_outputs=1)
-    mean, std = normalization(model, config.model_copy(update={"data": config.data.model_copy(
-        update={"mean": None, "std": None})}))
+    mean, std = normalization(model)  # the bundled weights' own, whatever data.mean and data.std say
     device = resolve_device(config.device)
     model = model.to(device)
     with torch.inference_mode():

@@ -54,7 +54,9 @@ def job_summary(job: TrainingJob, replicas: ReplicaCheck | None) -> dict[str, An
     return {"world_size": dist.world_size, "backend": dist.backend,
             "per_rank_batch_size": config.data.batch_size,
             "global_batch_size": config.data.batch_size * dist.world_size,
-            "learning_rate": effective_lr(config, dist.world_size), "scale_lr": config.distributed.scale_lr,
+            "learning_rate": effective_lr(config.training.learning_rate, world_size=dist.world_size,
+                                          scale_lr=config.distributed.scale_lr),
+            "scale_lr": config.distributed.scale_lr,
             "replicas_identical": replicas.identical if replicas else None}
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from plantpheno.config import Config
+from plantpheno.config import Config, FineTuneConfig, TrainingConfig
 from plantpheno.data.datasets import Loaders
 from plantpheno.data.prepared import PreparedData
 from plantpheno.reporting import Reporter
@@ -35,43 +35,41 @@ PhaseName = Literal["train", "fine_tune"]
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of training: its name, the epoch count the loop reaches at its end, and the config whose
-    ``training`` section sets its optimizer and schedule."""
+    """One phase of training: its name, the epoch count the loop reaches at its end, and the ``training`` section
+    that sets its optimizer and schedule."""
 
     name: PhaseName
     end_epoch: int
-    settings: Config
+    training: TrainingConfig
     unfreeze_blocks: int = 0  # backbone blocks (from the output end) this phase makes trainable
 
     @property
     def epochs(self) -> int:
         """The phase's own length in epochs."""
-        return self.settings.training.epochs
+        return self.training.epochs
 
 
-def plan_phases(config: Config) -> tuple[Phase, ...]:
+def plan_phases(training: TrainingConfig) -> tuple[Phase, ...]:
     """The phases of a run, in order."""
-    head = Phase("train", config.training.epochs, config)
-    ft = config.training.fine_tune
+    head = Phase("train", training.epochs, training)
+    ft = training.fine_tune
     if not ft.epochs:
         return (head,)
-    training = config.training.model_copy(update={"epochs": ft.epochs, "learning_rate": ft.learning_rate,
-                                                  "warmup_epochs": ft.warmup_epochs})
-    fine = Phase("fine_tune", config.training.epochs + ft.epochs, config.model_copy(update={"training": training}),
-                 unfreeze_blocks=ft.blocks)
-    return head, fine
+    fine_tune = training.model_copy(update={"epochs": ft.epochs, "learning_rate": ft.learning_rate,
+                                            "warmup_epochs": ft.warmup_epochs})
+    return head, Phase("fine_tune", training.epochs + ft.epochs, fine_tune, unfreeze_blocks=ft.blocks)
 
 
 def phase_named(phases: Sequence[Phase], name: str) -> Phase:
     return next(p for p in phases if p.name == name)
 
 
-def check_phases(model: nn.Module, config: Config) -> None:
+def check_phases(model: nn.Module, fine_tune: FineTuneConfig) -> None:
     """Fail now (before the head phase and any run folder) if a fine-tune phase cannot cut this backbone."""
-    if config.training.fine_tune.epochs:
+    if fine_tune.epochs:
         from plantpheno.training.fine_tune import last_groups
 
-        last_groups(model, config.training.fine_tune.blocks)
+        last_groups(model, fine_tune.blocks)
 
 
 def enter(phase: Phase, model: nn.Module) -> None:

@@ -59,7 +59,8 @@ def run_data_checks(prepared: PreparedData, config: Config, *, extract: FeatureE
             return DataCheckReport.read(memo)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: check again and rewrite it
-    report = check_data(prepared, config, reporter=reporter, features=features, features_skipped=why_not)
+    report = check_data(prepared, config.data, seed=config.seed, reporter=reporter, features=features,
+                        features_skipped=why_not)
     try:
         report.write(memo)
     except OSError:  # a read-only output folder only costs the speed-up
@@ -89,7 +90,7 @@ def enforce(report: DataCheckReport, config: Config, *, reporter: Reporter) -> D
     written to ``OUTPUT_DIR/<experiment>/data_check.json``) unless ``data.checks.on_error`` is ``warn``."""
     reporter.info(report.headline())
     if report.errors and config.data.checks.on_error == "stop":
-        where = data_check_path(config)
+        where = data_check_path(config.output_dir, config.experiment)
         report.write(where)
         lines = []
         for finding in report.errors:
