@@ -75,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     from plantpheno.config import validate_config
     from plantpheno.data import images
+    from plantpheno.data.cache import CACHE_DIR
     from plantpheno.data.prepared import prepare_data
     from plantpheno.data.doctor.check import check_data
     from plantpheno.data.images import check_images
@@ -103,10 +104,12 @@ def main() -> None:
             prepared = prepare_data(config)  # what train pays first: check + measures, memo written, split
         with timed(results, "pixel and label checks"):
             report = check_data(prepared, config.data, seed=config.seed)
+        extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
         with timed(results, "warm start (prepare + checks)"):
-            report = run_data_checks(prepare_data(config), config, extract=frozen_features(config))
+            report = run_data_checks(prepare_data(config), config.data, seed=config.seed, output_dir=out,
+                                     extract=extract)
         with timed(results, "again (report memoised)"):
-            run_data_checks(prepare_data(config), config, extract=frozen_features(config))
+            run_data_checks(prepare_data(config), config.data, seed=config.seed, output_dir=out, extract=extract)
         meta["findings"] = [f.line() for f in report.findings]
         meta["check_seconds"] = report.seconds
         if args.label_errors:
@@ -115,15 +118,15 @@ def main() -> None:
             if args.feature_memo is not None:
                 import shutil
 
-                from plantpheno.data.cache import CACHE_DIR
-
                 (out / CACHE_DIR / "checks").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(args.feature_memo, out / CACHE_DIR / "checks" / args.feature_memo.name)
             with timed(results, "frozen features (" + ("cached" if args.feature_memo else "cold") + ")"):
                 from plantpheno.reporting import LoggingReporter
                 from plantpheno.data.doctor.runner import check_features
 
-                features, _ = check_features(prepared, on, extract=frozen_features(on), reporter=LoggingReporter())
+                extract = frozen_features(device=on.device, num_workers=on.data.num_workers)
+                features, _ = check_features(prepared, on.data.checks, cache_dir=out / CACHE_DIR, extract=extract,
+                                             reporter=LoggingReporter())
             with timed(results, "label errors + feature dups"):
                 full = check_data(prepared, on.data, seed=on.seed, features=features)
             meta["findings_with_features"] = [f.line() for f in full.findings]

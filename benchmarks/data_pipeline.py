@@ -169,7 +169,8 @@ def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: 
         loader = _imagefolder_loader(config, {str(s.path) for s in prepared.splits["train"]})
         finish = BatchFinish()
     else:
-        loaders = build_loaders(prepared, config, mean=(0.5,) * 3, std=(0.5,) * 3)
+        loaders = build_loaders(prepared, config.data, seed=config.seed, output_dir=config.output_dir, 
+                                mean=(0.5,) * 3, std=(0.5,) * 3)
         loader, finish = loaders["train"], loaders.finish
     build_s = time.perf_counter() - start
     meter.take()

@@ -30,7 +30,7 @@ from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.models import build_model, normalization, to_channels_last, wants_channels_last
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.run.folder import RunDir, check_output_dir, create_run_dir
+from plantpheno.run.folder import RunDir, check_output_dir, create_run_dir, data_check_path
 from plantpheno.tracking.lifecycle import log_run_results
 from plantpheno.tracking.session import TrackerSet
 from plantpheno.training.assembly import train_phases
@@ -71,9 +71,9 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
     device = resolve_device(config.device)
     if wants_channels_last(config.training.channels_last, device, model):
         to_channels_last(model)  # before any pass: caches, training and evaluation all run in this format
-    loaders = build_loaders(prepared, config, mean=mean, std=std, pin_memory=device.type == "cuda",
-                            rank=dist.rank, world=dist.world_size, splits=splits, device_type=device.type,
-                            reporter=reporter if main else None)
+    loaders = build_loaders(prepared, config.data, seed=config.seed, output_dir=config.output_dir, mean=mean, std=std,
+                            pin_memory=device.type == "cuda", rank=dist.rank, world=dist.world_size, splits=splits,
+                            device_type=device.type, reporter=reporter if main else None)
     meta = {"plantpheno_version": __version__, **task.to_meta(), "backbone": config.model.backbone,
             "image_size": config.data.image_size, "resize": config.data.resize, "mean": list(mean), "std": list(std),
             "dataset_fingerprint": prepared.fingerprint}
@@ -210,8 +210,12 @@ def _check_data(job: TrainingJob) -> DataCheckReport | None:
     from plantpheno.data.doctor.runner import enforce, run_data_checks
     from plantpheno.training.doctor_features import frozen_features
 
-    report = run_data_checks(job.prepared, job.config, extract=frozen_features(job.config), reporter=job.reporter)
-    return enforce(report, job.config, reporter=job.reporter)
+    config = job.config
+    extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
+    report = run_data_checks(job.prepared, config.data, seed=config.seed, output_dir=config.output_dir,
+                             extract=extract, reporter=job.reporter)
+    return enforce(report, on_error=config.data.checks.on_error,
+                   where=data_check_path(config.output_dir, config.experiment), reporter=job.reporter)
 
 
 def _new_run_dir(job: TrainingJob, held: contextlib.ExitStack, checked: DataCheckReport | None = None) -> RunDir:

@@ -184,7 +184,9 @@ def test_synth_seeds_0_to_9_give_no_error_level_finding_and_seed_0_trains(tmp_pa
     for seed in range(10):
         root = synthesize_disease(tmp_path / f"seed{seed}", seed=seed)
         config = validate_config(tiny_config(tmp_path, data={"root": str(root)}))
-        report = run_data_checks(prepare_data(config), config, extract=frozen_features(config))
+        extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
+        report = run_data_checks(prepare_data(config), config.data, seed=config.seed, output_dir=config.output_dir,
+                                 extract=extract)
         assert not report.errors, (seed, [f.line() for f in report.errors])
     config = tmp_path / "seed0.yaml"
     config.write_text(yaml.safe_dump(tiny_config(tmp_path, data={"root": str(tmp_path / "seed0")},

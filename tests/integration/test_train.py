@@ -212,7 +212,8 @@ def test_augmenting_on_the_device_matches_augmenting_in_the_loader(make_config, 
         config = make_config(run_name=f"dev-{mode}", data={"root": str(disease_root), "num_workers": 1,
                                                             "augment": {"on_device": mode}},
                              training={"epochs": 2, "warmup_epochs": 0})
-        loaders = build_loaders(prepare_data(config), config, mean=(0.5,) * 3, std=(0.5,) * 3, splits=("train",))
+        loaders = build_loaders(prepare_data(config), config.data, seed=config.seed, output_dir=config.output_dir,
+                                mean=(0.5,) * 3, std=(0.5,) * 3, splits=("train",))
         loader = loaders["train"]
         loader.sampler.set_epoch(3)
         images, _ = next(iter(loader))

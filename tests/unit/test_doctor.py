@@ -242,11 +242,15 @@ def test_the_report_is_memoised_for_the_same_data_and_settings(tmp_path, disease
 
     config = validate_config(tiny_config(tmp_path, data={"root": str(disease_root)}))
     prepared = prepare_data(config)
-    first = runner.run_data_checks(prepared, config, extract=None)
+    def checked(config):
+        return runner.run_data_checks(prepared, config.data, seed=config.seed, output_dir=config.output_dir,
+                                      extract=None)
+
+    first = checked(config)
     calls = []
     monkeypatch.setattr(runner, "check_data", lambda *a, **k: calls.append(1) or check_data(*a, **k))
-    assert runner.run_data_checks(prepared, config, extract=None).to_json() == first.to_json()
+    assert checked(config).to_json() == first.to_json()
     assert not calls, "the same data and settings were checked again"
     other = validate_config(tiny_config(tmp_path, data={"root": str(disease_root), "checks": {"folds": 3}}))
-    runner.run_data_checks(prepared, other, extract=None)
+    checked(other)
     assert calls == [1], "other settings must be checked afresh"

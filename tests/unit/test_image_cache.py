@@ -67,7 +67,8 @@ def test_cache_holds_exactly_a_fresh_decode_and_resize(odd_images, tmp_path, mod
 
 def _loaders(config):
     prepared = prepare_data(config)
-    return build_loaders(prepared, config, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return build_loaders(prepared, config.data, seed=config.seed, output_dir=config.output_dir, mean=(0.5,) * 3,
+                         std=(0.5,) * 3)
 
 
 def _batches(loader) -> list[torch.Tensor]:

@@ -139,7 +139,8 @@ def test_pad_training_without_augmentation_sees_the_evaluation_square(make_confi
              "batched": batched}
     config = make_config(data={"root": str(wide_root), "image_size": 48, "resize": "pad", "augment": no_op})
     prepared = prepare_data(config)
-    loaders = build_loaders(prepared, config, mean=MEAN, std=(0.5,) * 3)
+    loaders = build_loaders(prepared, config.data, seed=config.seed, output_dir=config.output_dir, mean=MEAN,
+                            std=(0.5,) * 3)
     loader = loaders["train"]
     loader.sampler.set_epoch(0)
     order = [index for index, _ in loader.sampler]

@@ -145,7 +145,9 @@ def run_check(args: argparse.Namespace) -> int:
     # every unreadable file becomes a finding, instead of stopping the check at the first list of them
     reading = config.model_copy(update={"data": config.data.model_copy(update={"on_bad_image": "skip"})})
     prepared = prepare_data(reading, reporter=reporter)
-    report = run_data_checks(prepared, config, extract=frozen_features(config), reporter=reporter)
+    extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
+    report = run_data_checks(prepared, config.data, seed=config.seed, output_dir=config.output_dir, extract=extract,
+                             reporter=reporter)
     out = args.out or data_check_path(config.output_dir, config.experiment)
     report.write(out)
     if args.json:

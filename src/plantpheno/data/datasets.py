@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from plantpheno.config import Config
+from plantpheno.config import DataConfig
 from plantpheno.data.batch_augment import (
     BatchAugment,
     BatchedAugmentation,
@@ -218,17 +218,17 @@ def _prefetched(loader: DataLoader, finish: BatchFinish, device: torch.device, m
         yield images, targets
 
 
-def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
-                  pin_memory: bool = False, rank: int = 0, world: int = 1,
+def build_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, output_dir: Path, mean: Sequence[float],
+                  std: Sequence[float], pin_memory: bool = False, rank: int = 0, world: int = 1,
                   splits: Sequence[str] = SPLITS, device_type: str = "cpu",
                   reporter: Reporter | None = None) -> Loaders:
     """A shuffled, augmented train loader and sequential val/test loaders (of ``splits``: only those are
-    built, and only their image caches filled), with their finishing step.
+    built, and only their image caches filled), with their finishing step. ``seed`` seeds the epoch orders and
+    augmentations; the decoded-image caches live under ``output_dir``.
 
     With ``world > 1`` the train split is sharded (padded to equal shards) and so is val (not padded: its
     predictions are gathered); test stays whole for the final evaluation on rank 0.
     """
-    data = config.data
     regression = prepared.class_names is None
     workers = resolve_num_workers(data.num_workers)
     loaders = {}
@@ -241,7 +241,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         paths = [s.path for s in prepared.splits[name]]
         # filled here, before the workers start, so forked workers share one copy of the pixels
         cache = split_cache(paths, data, train=is_train, fingerprint=prepared.fingerprint,
-                            output_dir=config.output_dir, reporter=reporter, split=name)
+                            output_dir=output_dir, reporter=reporter, split=name)
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
             on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")
@@ -252,7 +252,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
                                min_side=cache_spec(data, train=is_train).side)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
-        sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights, **shard)
+        sampler = EpochSampler(len(dataset), seed=seed, shuffle=is_train, weights=weights, **shard)
         # a last training batch of one image breaks BatchNorm: drop the ragged tail when training
         drop_last = is_train and len(dataset) > data.batch_size
         # Each iterator draws a base seed from `generator`; a private one keeps the global torch RNG (which
@@ -263,7 +263,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
                                    worker_init_fn=fixed_malloc_mmap_threshold if batched is not None else None,
                                    persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=drop_last,
                                    collate_fn=collate,
-                                   generator=torch.Generator().manual_seed(config.seed))
+                                   generator=torch.Generator().manual_seed(seed))
     return Loaders(loaders, finish)
 
 

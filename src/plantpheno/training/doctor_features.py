@@ -10,23 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
-from plantpheno.config import Config, ModelConfig
+from plantpheno.config import ModelConfig
 from plantpheno.data.doctor.runner import FEATURE_BACKBONE, FEATURE_SIZE, FeatureExtractor
 from plantpheno.reporting import Reporter
 
 
-def frozen_features(config: Config) -> FeatureExtractor:
-    """A function from image paths to their frozen features (one float16 row per path), on ``config.device`` with
-    ``config.data.num_workers`` loader workers; the network is built when it is called (only for pictures whose
-    features are not memoised yet)."""
+def frozen_features(*, device: str, num_workers: int | str) -> FeatureExtractor:
+    """A function from image paths to their frozen features (one float16 row per path), on ``device`` (the
+    ``device`` setting) with ``num_workers`` (``data.num_workers``) loader workers; the network is built when it is
+    called (only for pictures whose features are not memoised yet)."""
 
     def extract(paths: Sequence[Path], reporter: Reporter) -> np.ndarray:
-        return _compute(list(paths), config, reporter)
+        return _compute(list(paths), device, num_workers, reporter)
 
     return extract
 
 
-def _compute(paths: list[Path], config: Config, reporter: Reporter) -> np.ndarray:
+def _compute(paths: list[Path], device_setting: str, num_workers: int | str, reporter: Reporter) -> np.ndarray:
     import torch
 
     from plantpheno.data.datasets import resolve_num_workers
@@ -36,11 +36,11 @@ def _compute(paths: list[Path], config: Config, reporter: Reporter) -> np.ndarra
 
     model = build_model(ModelConfig(backbone=FEATURE_BACKBONE, pretrained="bundled"), num_outputs=1)
     mean, std = normalization(model)  # the bundled weights' own, whatever data.mean and data.std say
-    device = resolve_device(config.device)
+    device = resolve_device(device_setting)
     model = model.to(device)
     with torch.inference_mode():
         features = extract_features(model, paths, image_size=FEATURE_SIZE, mean=mean, std=std,
                                     batch_size=pass_batch_size(64, device), device=device,
-                                    num_workers=resolve_num_workers(config.data.num_workers), reporter=reporter,
+                                    num_workers=resolve_num_workers(num_workers), reporter=reporter,
                                     desc="data checks: frozen features")
     return features.numpy().astype(np.float16)

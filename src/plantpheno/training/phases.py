@@ -145,23 +145,26 @@ class FrozenFeatures:
                 log.info("fine-tuning %s on images: its features are not a plain chain of modules to cut",
                          config.model.backbone)
                 return self.loaders, model
-            return (feature_loaders(self.prepared, self.loaders, model, config, mean=self.mean, std=self.std,
-                                    device=self.device, reporter=self.reporter),
+            return (feature_loaders(self.prepared, self.loaders, model, config.data,
+                                    views=config.training.feature_cache_views, seed=config.seed, mean=self.mean,
+                                    std=self.std, device=self.device, reporter=self.reporter),
                     CachedHead(model, dropout=config.model.dropout))
         acts = self._activations_at(cut)
         suffix = CutSuffix(model, cut.trunk[cut.index:])
         if phase.name == "fine_tune":
-            return loaders_over(acts, self.loaders, config), suffix
+            return loaders_over(acts, self.loaders, seed=config.seed), suffix
         pooled = map_cached(acts, lambda a: model.forward_head(suffix.forward_trunk(a), pre_logits=True), model,
                             device=self.device)
-        return loaders_over(pooled, self.loaders, config), CachedHead(model, dropout=config.model.dropout)
+        return loaders_over(pooled, self.loaders, seed=config.seed), CachedHead(model, dropout=config.model.dropout)
 
     def _activations_at(self, cut: BackboneCut) -> dict[str, torch.Tensor]:
         if self._activations is None:
             from plantpheno.training.features import cache_inputs
             from plantpheno.training.fine_tune import Prefix
 
-            self._activations = cache_inputs(self.prepared, self.loaders, self.model, self.config,
+            config = self.config
+            self._activations = cache_inputs(self.prepared, self.loaders, self.model, config.data,
+                                             views=config.training.feature_cache_views, seed=config.seed,
                                              fn=Prefix(cut.trunk[:cut.index]), mean=self.mean, std=self.std,
                                              device=self.device, reporter=self.reporter)
             mib = sum(t.numel() * t.element_size() for t in self._activations.values()) / 2**20
