@@ -30,12 +30,13 @@ from plantpheno.evaluation.run_eval import evaluate_split
 from plantpheno.files.atomic import remove_stale_temp_files_under
 from plantpheno.models import build_model, normalization, to_channels_last, wants_channels_last
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.run.folder import RunDir, check_output_dir, create_run_dir, data_check_path
+from plantpheno.run.folder import RunDir, check_output_dir, create_run_dir
 from plantpheno.tracking.lifecycle import log_run_results
 from plantpheno.tracking.session import TrackerSet
 from plantpheno.training.assembly import train_phases
 from plantpheno.training.callbacks import ReplicaCheck
 from plantpheno.training.checkpoint import checkpoint_to_use, resume_checkpoint
+from plantpheno.training.doctor_features import check_before_training
 from plantpheno.training.job import TrainingJob, job_summary, open_job_tracking
 from plantpheno.training.loop import NonFiniteLossError, TrainState
 from plantpheno.training.objectives import Classification, Regression
@@ -102,7 +103,7 @@ def train(config: Config, *, callbacks: Sequence[object] = (), handle_signals: b
             # Data and model first: a bad image or backbone fails before any run folder exists.
             job = _setup(config, manifest=None, load_pretrained=True, dist=dist, reporter=reporter)
             # an error-level finding stops here too, on every rank (rank 0 checks, the others hear its verdict)
-            checked = dist.on_main(lambda: _check_data(job))
+            checked = dist.on_main(lambda: check_before_training(job))
             run = dist.broadcast(_new_run_dir(job, held, checked) if dist.is_main else None)
             return _fit_and_evaluate(job, run, checkpoint=None, callbacks=callbacks, handle_signals=handle_signals)
         finally:
@@ -200,22 +201,6 @@ def _release(job: TrainingJob | None, dist: DistContext) -> None:
             close_loaders(job.loaders)
     finally:
         distributed.shutdown(dist)
-
-
-def _check_data(job: TrainingJob) -> DataCheckReport | None:
-    """The data checks (``data.checks``), on rank 0: an error-level finding raises ``DataCheckError`` before any run
-    folder exists, unless ``data.checks.on_error: warn``."""
-    if not (job.dist.is_main and job.config.data.checks.enabled):
-        return None
-    from plantpheno.data.doctor.runner import enforce, run_data_checks
-    from plantpheno.training.doctor_features import frozen_features
-
-    config = job.config
-    extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
-    report = run_data_checks(job.prepared, config.data, seed=config.seed, output_dir=config.output_dir,
-                             extract=extract, reporter=job.reporter)
-    return enforce(report, on_error=config.data.checks.on_error,
-                   where=data_check_path(config.output_dir, config.experiment), reporter=job.reporter)
 
 
 def _new_run_dir(job: TrainingJob, held: contextlib.ExitStack, checked: DataCheckReport | None = None) -> RunDir:

@@ -1,6 +1,7 @@
-"""The frozen pretrained features the model data checks use (likely label errors, feature near-duplicates): the
-checks live in :mod:`plantpheno.data.doctor.runner`, which asks for features through the function made here, since
-data never imports models. The features are those of the bundled ImageNet EfficientNet-Lite0 (offline,
+"""The frozen pretrained features the model data checks use (likely label errors, feature near-duplicates), and
+the checks as ``train`` runs them before making a run folder. The checks live in
+:mod:`plantpheno.data.doctor.runner`, which asks for features through the function made here, since data never
+imports models. The features are those of the bundled ImageNet EfficientNet-Lite0 (offline,
 ``plantpheno[weights]``) at 224 px."""
 
 from __future__ import annotations
@@ -11,8 +12,25 @@ from pathlib import Path
 import numpy as np
 
 from plantpheno.config import ModelConfig
-from plantpheno.data.doctor.runner import FEATURE_BACKBONE, FEATURE_SIZE, FeatureExtractor
+from plantpheno.data.doctor.findings import DataCheckReport
+from plantpheno.data.doctor.runner import FEATURE_BACKBONE, FEATURE_SIZE, FeatureExtractor, enforce, run_data_checks
 from plantpheno.reporting import Reporter
+from plantpheno.run.folder import data_check_path
+from plantpheno.training.job import TrainingJob
+
+
+def check_before_training(job: TrainingJob) -> DataCheckReport | None:
+    """The data checks (``data.checks``) of a new run, on rank 0 (None elsewhere, and when they are off): an
+    error-level finding raises ``DataCheckError`` before any run folder exists, unless
+    ``data.checks.on_error: warn``."""
+    config = job.config
+    if not (job.dist.is_main and config.data.checks.enabled):
+        return None
+    extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
+    report = run_data_checks(job.prepared, config.data, seed=config.seed, output_dir=config.output_dir,
+                             extract=extract, reporter=job.reporter)
+    return enforce(report, on_error=config.data.checks.on_error,
+                   where=data_check_path(config.output_dir, config.experiment), reporter=job.reporter)
 
 
 def frozen_features(*, device: str, num_workers: int | str) -> FeatureExtractor:
