@@ -1,8 +1,8 @@
 """Train and predict at a baseline commit and with this tree, alternated in one invocation: does a refactor cost
 time?
 
-    python benchmarks/refactor_speed.py [--baseline 5c54552] [--rounds 3] [--epochs 3] [--per-class 20]
-                                        [--predict-images 200]
+    python benchmarks/refactor_speed.py [--baseline 5c54552] [--rounds 3] [--epochs 2] [--per-class 12]
+                                        [--predict-images 100]
 
 The baseline commit is checked out into a temporary git worktree. Each round runs, first at the baseline and then
 here (each a fresh ``python -m plantpheno`` process with its own ``src/`` first on ``PYTHONPATH``, the same
@@ -76,9 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="5c54552", help="the commit before the refactor (any git revision)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--per-class", type=int, default=20, help="training images per class (4 classes)")
-    parser.add_argument("--predict-images", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--per-class", type=int, default=12, help="training images per class (4 classes)")
+    parser.add_argument("--predict-images", type=int, default=100)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "refactor_speed")
     args = parser.parse_args()
 
