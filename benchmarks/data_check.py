@@ -75,11 +75,13 @@ def main() -> None:
     args = parser.parse_args()
     from plantpheno.config import validate_config
     from plantpheno.data import images
-    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.cache import CACHE_DIR
+    from plantpheno.data.prepared import prepare_data
     from plantpheno.data.doctor.check import check_data
     from plantpheno.data.images import check_images
     from plantpheno.data.sources import read_folder
-    from plantpheno.training.data_checks import run_data_checks
+    from plantpheno.data.doctor.runner import run_data_checks
+    from plantpheno.training.doctor_features import frozen_features
 
     meta = {"machine": machine(), "data": str(args.data)}
     results: dict[str, dict[str, float]] = {}
@@ -101,11 +103,13 @@ def main() -> None:
         with timed(results, "prepare_data, cold memo"):
             prepared = prepare_data(config)  # what train pays first: check + measures, memo written, split
         with timed(results, "pixel and label checks"):
-            report = check_data(prepared, config)
+            report = check_data(prepared, config.data, seed=config.seed)
+        extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
         with timed(results, "warm start (prepare + checks)"):
-            report = run_data_checks(prepare_data(config), config)
+            report = run_data_checks(prepare_data(config), config.data, seed=config.seed, output_dir=out,
+                                     extract=extract)
         with timed(results, "again (report memoised)"):
-            run_data_checks(prepare_data(config), config)
+            run_data_checks(prepare_data(config), config.data, seed=config.seed, output_dir=out, extract=extract)
         meta["findings"] = [f.line() for f in report.findings]
         meta["check_seconds"] = report.seconds
         if args.label_errors:
@@ -114,17 +118,17 @@ def main() -> None:
             if args.feature_memo is not None:
                 import shutil
 
-                from plantpheno.data.cache import CACHE_DIR
-
                 (out / CACHE_DIR / "checks").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(args.feature_memo, out / CACHE_DIR / "checks" / args.feature_memo.name)
             with timed(results, "frozen features (" + ("cached" if args.feature_memo else "cold") + ")"):
                 from plantpheno.reporting import LoggingReporter
-                from plantpheno.training.data_checks import check_features
+                from plantpheno.data.doctor.runner import check_features
 
-                features, _ = check_features(prepared, on, reporter=LoggingReporter())
+                extract = frozen_features(device=on.device, num_workers=on.data.num_workers)
+                features, _ = check_features(prepared, on.data.checks, cache_dir=out / CACHE_DIR, extract=extract,
+                                             reporter=LoggingReporter())
             with timed(results, "label errors + feature dups"):
-                full = check_data(prepared, on, features=features)
+                full = check_data(prepared, on.data, seed=on.seed, features=features)
             meta["findings_with_features"] = [f.line() for f in full.findings]
             meta["recall"] = recall_at_k(prepared, on, features, args.flip_rates)
     meta["results"] = results
@@ -158,7 +162,7 @@ def recall_at_k(prepared, config, features, rates: list[float]) -> list[dict[str
                     s = replace(s, target=others[int(rng.integers(len(others)))])
                 splits[split].append(s)
             noisy = replace(prepared, splits=splits)
-            report = check_data(noisy, config, features=features)
+            report = check_data(noisy, config.data, seed=config.seed, features=features)
             finding = next((f for f in report.findings if f.check == "label_errors"), None)
             ranked = [g[0] for g in finding.files] if finding else []
             truth = {str(samples[i][1].path) for i in flipped}

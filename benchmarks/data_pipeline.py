@@ -169,7 +169,8 @@ def run_one(pipeline: str, prepared, data_root: Path, cache_dir: Path, *, size: 
         loader = _imagefolder_loader(config, {str(s.path) for s in prepared.splits["train"]})
         finish = BatchFinish()
     else:
-        loaders = build_loaders(prepared, config, mean=(0.5,) * 3, std=(0.5,) * 3)
+        loaders = build_loaders(prepared, config.data, seed=config.seed, output_dir=config.output_dir, 
+                                mean=(0.5,) * 3, std=(0.5,) * 3)
         loader, finish = loaders["train"], loaders.finish
     build_s = time.perf_counter() - start
     meter.take()
@@ -256,7 +257,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"skipped: {args.data} does not exist (the PlantVillage subset lives in ../shared/data)")
         return 0
-    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.prepared import prepare_data
 
     info = machine()  # before the runs: its load average is the machine's, not this benchmark's
     load = (info.get("load_average_1_5_15_min") or [None])[0]

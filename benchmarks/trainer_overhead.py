@@ -53,8 +53,8 @@ def make_model(backbone: str) -> nn.Module:
 
 
 def minimal_loop(model: nn.Module, loader: DataLoader, config) -> float:
-    opt = build_optimizer(model, config)
-    sched = build_scheduler(opt, config, steps_per_epoch=len(loader))
+    opt = build_optimizer(model, config.training)
+    sched = build_scheduler(opt, config.training, steps_per_epoch=len(loader), monitor_mode=config.monitor[1])
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     start = time.perf_counter()
@@ -68,8 +68,9 @@ def minimal_loop(model: nn.Module, loader: DataLoader, config) -> float:
 
 
 def trainer_loop(model: nn.Module, loaders: dict[str, DataLoader], config) -> float:
-    opt = build_optimizer(model, config)
-    sched = build_scheduler(opt, config, steps_per_epoch=len(loaders["train"]))
+    opt = build_optimizer(model, config.training)
+    sched = build_scheduler(opt, config.training, steps_per_epoch=len(loaders["train"]),
+                            monitor_mode=config.monitor[1])
     trainer = TrainingLoop(nets=Networks(model), task=Classification([str(i) for i in range(10)]),
                            loss_fn=nn.CrossEntropyLoss(),
                            optimization=Optimization(opt, sched, step_scheduler_per_batch=True,

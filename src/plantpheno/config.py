@@ -386,6 +386,12 @@ class TrainingConfig(_Section):
     def _on_off(cls, value: Any, info: ValidationInfo) -> Any:
         return _bare_on_off(cls, value, info)
 
+    def loss_for(self, task: str) -> str:
+        """The loss this section names for ``task``: ``auto`` is cross_entropy (classification) or mse."""
+        if self.loss != "auto":
+            return self.loss
+        return "cross_entropy" if task == "classification" else "mse"
+
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> TrainingConfig:
         if self.scheduler == "cosine" and self.warmup_epochs >= self.epochs:
@@ -651,9 +657,7 @@ class Config(_Section):
 
     @property
     def loss_name(self) -> str:
-        if self.training.loss != "auto":
-            return self.training.loss
-        return "cross_entropy" if self.task == "classification" else "mse"
+        return self.training.loss_for(self.task)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plantpheno.config import Config
 from plantpheno.errors import ConfigError, short_repr
 
 
@@ -41,9 +40,9 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def amp_dtype(config: Config, device: torch.device) -> torch.dtype | None:
-    """Mixed precision only on CUDA: bf16 where supported, else fp16 (which needs a grad scaler)."""
-    choice = config.training.mixed_precision
+def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision (``training.mixed_precision``: auto, off, bf16, fp16) only on CUDA: bf16 where supported,
+    else fp16 (which needs a grad scaler)."""
     if device.type != "cuda" or choice == "off":
         return None
     if choice == "fp16" or (choice == "auto" and not torch.cuda.is_bf16_supported()):

@@ -60,7 +60,7 @@ def _from_registry(ref: str, config: Config) -> tuple[dict[str, Any], ModelMeta,
     except RegistryError:
         raise ConfigError(f"model.init_from {ref} does not exist as a run directory and is not a registered model "
                           f"reference (NAME, NAME@alias or NAME/VERSION)") from None
-    location = locate_registry(config=config)
+    location = locate_registry(run_uri=config.registry.uri)
     registry = ModelRegistry(location.uri)
     info = registry.resolve(parsed)
     with tempfile.TemporaryDirectory(prefix="plantpheno-parent-") as tmp:

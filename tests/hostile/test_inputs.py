@@ -323,7 +323,7 @@ def test_trait_1e300_is_blamed_on_the_value_not_the_learning_rate(world):
 def test_the_pixel_limit_is_a_config_field(world, tmp_path):
     """Harm 10: the limit refuses an image by its header before decoding; raising the field admits it."""
     from plantpheno.config import validate_config
-    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.prepared import prepare_data
     from plantpheno.errors import DataError
 
     raw = json.loads(json.dumps(TINY))
@@ -337,7 +337,7 @@ def test_the_pixel_limit_is_a_config_field(world, tmp_path):
 
 def test_a_symlink_leaving_the_root_is_followed_and_recorded_by_default(world, tmp_path):
     from plantpheno.config import validate_config
-    from plantpheno.data.datasets import prepare_data, write_data_files
+    from plantpheno.data.prepared import prepare_data, write_data_files
     from plantpheno.run.folder import RunDir
 
     root = _linked(world)

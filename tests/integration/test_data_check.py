@@ -176,14 +176,17 @@ def test_synth_seeds_0_to_9_give_no_error_level_finding_and_seed_0_trains(tmp_pa
     check below is train's own (pipeline._check_data calls run_data_checks on prepare_data(config)); one seed
     also goes through a real `train` (seed 0: a healthy and a blighted leaf whose hashes are 4 bits apart)."""
     from plantpheno.config import validate_config
-    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.prepared import prepare_data
     from plantpheno.data.synth import synthesize_disease
-    from plantpheno.training.data_checks import run_data_checks
+    from plantpheno.data.doctor.runner import run_data_checks
+    from plantpheno.training.doctor_features import frozen_features
 
     for seed in range(10):
         root = synthesize_disease(tmp_path / f"seed{seed}", seed=seed)
         config = validate_config(tiny_config(tmp_path, data={"root": str(root)}))
-        report = run_data_checks(prepare_data(config), config)
+        extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
+        report = run_data_checks(prepare_data(config), config.data, seed=config.seed, output_dir=config.output_dir,
+                                 extract=extract)
         assert not report.errors, (seed, [f.line() for f in report.errors])
     config = tmp_path / "seed0.yaml"
     config.write_text(yaml.safe_dump(tiny_config(tmp_path, data={"root": str(tmp_path / "seed0")},

@@ -54,7 +54,8 @@ def test_augmented_views_are_cached_once_and_drawn_per_epoch(make_config, diseas
                     tracking={"system_metrics_interval": 0})
     config = make_config(**sections)
     setup = pipeline._setup(config, manifest=None, load_pretrained=True, reporter=RecordingReporter())
-    loaders = feature_loaders(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta.mean,
+    loaders = feature_loaders(setup.prepared, setup.loaders, setup.model, config.data,
+                              views=config.training.feature_cache_views, seed=config.seed, mean=setup.meta.mean,
                               std=setup.meta.std, device=setup.device)
     train = loaders["train"].dataset
     assert isinstance(train, FeatureDataset) and train.features.shape[0] == 3
@@ -64,11 +65,13 @@ def test_augmented_views_are_cached_once_and_drawn_per_epoch(make_config, diseas
     assert not torch.allclose(plain, view1) and not torch.allclose(view1, view2)  # augmented, each differently
     # view 0 is the evaluation preprocessing: the same features the one-view cache holds
     one = make_config(**{**sections, "training": {**sections["training"], "feature_cache_views": 1}})
-    single = feature_loaders(setup.prepared, setup.loaders, setup.model, one, mean=setup.meta.mean,
+    single = feature_loaders(setup.prepared, setup.loaders, setup.model, one.data,
+                             views=one.training.feature_cache_views, seed=one.seed, mean=setup.meta.mean,
                              std=setup.meta.std, device=setup.device)["train"].dataset
     torch.testing.assert_close(single.features[0], plain)
     # the same views again (fixed seeds), and epochs draw different views of an image
-    again = feature_loaders(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta.mean,
+    again = feature_loaders(setup.prepared, setup.loaders, setup.model, config.data,
+                            views=config.training.feature_cache_views, seed=config.seed, mean=setup.meta.mean,
                             std=setup.meta.std, device=setup.device)["train"].dataset
     torch.testing.assert_close(again.features, train.features)
     assert len({seed % 3 for _, seed in loaders["train"].sampler}) == 3
@@ -104,7 +107,8 @@ def test_features_come_from_the_decoded_image_cache(make_config, disease_root, m
         real = datasets.load_rgb
         monkeypatch.setattr(datasets, "load_rgb", lambda path, **kw: decoded.append(path) or real(path, **kw))
         try:
-            out = cache_inputs(setup.prepared, setup.loaders, setup.model, config, mean=setup.meta.mean,
+            out = cache_inputs(setup.prepared, setup.loaders, setup.model, config.data,
+                               views=config.training.feature_cache_views, seed=config.seed, mean=setup.meta.mean,
                                std=setup.meta.std, device=setup.device)
         finally:
             monkeypatch.setattr(datasets, "load_rgb", real)

@@ -204,14 +204,16 @@ def test_augmenting_on_the_device_matches_augmenting_in_the_loader(make_config, 
     # data.augment.on_device ships uint8 pixels + per-sample parameters and augments in the training loop
     # (on CUDA: on the GPU). Here on the CPU it must give the loader path's images and the same training run.
     from plantpheno.data.batch_augment import Pending
-    from plantpheno.data.datasets import build_loaders, close_loaders, prepare_data
+    from plantpheno.data.datasets import build_loaders, close_loaders
+    from plantpheno.data.prepared import prepare_data
 
     batches, results = {}, {}
     for mode in ("off", "on"):
         config = make_config(run_name=f"dev-{mode}", data={"root": str(disease_root), "num_workers": 1,
                                                             "augment": {"on_device": mode}},
                              training={"epochs": 2, "warmup_epochs": 0})
-        loaders = build_loaders(prepare_data(config), config, mean=(0.5,) * 3, std=(0.5,) * 3, splits=("train",))
+        loaders = build_loaders(prepare_data(config), config.data, seed=config.seed, output_dir=config.output_dir,
+                                mean=(0.5,) * 3, std=(0.5,) * 3, splits=("train",))
         loader = loaders["train"]
         loader.sampler.set_epoch(3)
         images, _ = next(iter(loader))

@@ -62,7 +62,7 @@ def test_lite0_through_build_model_holds_real_imagenet_weights(cfg) -> None:
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in state.items() if not k.startswith("classifier."))
     assert not torch.equal(own["classifier.weight"], state["classifier.weight"])  # the head is the task's
-    assert normalization(model, config) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert normalization(model) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     model.load_state_dict(state, strict=True)  # the full 1000-class dict fits exactly
     assert _rank(model, _imagenet_batch("flower.jpg"), DAISY) == 0

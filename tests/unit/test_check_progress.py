@@ -9,9 +9,10 @@ import pytest
 
 from conftest import tiny_config
 from plantpheno.config import validate_config
-from plantpheno.data.datasets import prepare_data
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.synth import synthesize_disease
-from plantpheno.training.data_checks import run_data_checks
+from plantpheno.data.doctor.runner import run_data_checks
+from plantpheno.training.doctor_features import frozen_features
 
 
 class Recorder:
@@ -52,7 +53,9 @@ def test_the_feature_pass_and_the_label_error_fit_are_announced_with_progress(tm
     config = validate_config(tiny_config(tmp_path, data={"root": str(root), "checks": {"label_errors": "on",
                                                                                         "folds": 2}}))
     heard = Recorder()
-    run_data_checks(prepare_data(config), config, reporter=heard)
+    extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
+    run_data_checks(prepare_data(config), config.data, seed=config.seed, output_dir=config.output_dir, extract=extract,
+                    reporter=heard)
     (bar,) = [b for b in heard.bars if b["desc"] == "data checks: frozen features"]
     assert bar["total"] == 24 and bar["done"] == 24 and bar["closed"]
     assert any(line.startswith("data checks: frozen tf_efficientnet_lite0 features of 24 image(s)")

@@ -14,7 +14,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from conftest import tiny_config
 from plantpheno.config import validate_config
-from plantpheno.data.datasets import prepare_data
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.doctor.check import check_data
 from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.data.synth import Defects, synthesize_disease, synthesize_rosettes
@@ -23,7 +23,7 @@ from plantpheno.errors import ConfigError
 
 def _check(tmp_path: Path, checks: dict | None = None, task: str = "classification", **data) -> DataCheckReport:
     config = validate_config(tiny_config(tmp_path, task=task, data={**data, "checks": checks or {}}))
-    return check_data(prepare_data(config), config)
+    return check_data(prepare_data(config), config.data, seed=config.seed)
 
 
 def _by_check(report: DataCheckReport) -> dict[str, list]:
@@ -102,7 +102,7 @@ def test_groups_crossed_by_a_duplicate_and_duplicates_within_a_split(tmp_path, d
     config = validate_config(tiny_config(tmp_path, data={"manifest": str(manifest), "val_fraction": 0.2,
                                                          "test_fraction": 0.2}))
     prepared = prepare_data(config)
-    found = _by_check(check_data(prepared, config))
+    found = _by_check(check_data(prepared, config.data, seed=config.seed))
     leaks = found["exact_duplicates.leak"][0]
     assert {frozenset(g) for g in leaks.files} == {frozenset({str(files[1]), str(copies / "copy1.jpg")})}
     # the group kept copy0 in its original's split (whatever that is): a warning, not an error
@@ -227,7 +227,7 @@ def test_unreadable_files_are_one_finding(tmp_path, disease_root):
     shutil.copytree(disease_root, root)
     (root / "rust" / "broken.jpg").write_bytes(b"not a jpeg")
     config = validate_config(tiny_config(tmp_path, data={"root": str(root), "on_bad_image": "skip"}))
-    finding = _by_check(check_data(prepare_data(config), config))["unreadable"][0]
+    finding = _by_check(check_data(prepare_data(config), config.data, seed=config.seed))["unreadable"][0]
     assert finding.severity == "info" and finding.files == ((str(root / "rust" / "broken.jpg"),),)
 
 
@@ -238,15 +238,19 @@ def test_rosette_views_of_one_plant_are_not_near_duplicates(tmp_path):
 
 
 def test_the_report_is_memoised_for_the_same_data_and_settings(tmp_path, disease_root, monkeypatch):
-    from plantpheno.training import data_checks
+    from plantpheno.data.doctor import runner
 
     config = validate_config(tiny_config(tmp_path, data={"root": str(disease_root)}))
     prepared = prepare_data(config)
-    first = data_checks.run_data_checks(prepared, config)
+    def checked(config):
+        return runner.run_data_checks(prepared, config.data, seed=config.seed, output_dir=config.output_dir,
+                                      extract=None)
+
+    first = checked(config)
     calls = []
-    monkeypatch.setattr(data_checks, "check_data", lambda *a, **k: calls.append(1) or check_data(*a, **k))
-    assert data_checks.run_data_checks(prepared, config).to_json() == first.to_json()
+    monkeypatch.setattr(runner, "check_data", lambda *a, **k: calls.append(1) or check_data(*a, **k))
+    assert checked(config).to_json() == first.to_json()
     assert not calls, "the same data and settings were checked again"
     other = validate_config(tiny_config(tmp_path, data={"root": str(disease_root), "checks": {"folds": 3}}))
-    data_checks.run_data_checks(prepared, other)
+    checked(other)
     assert calls == [1], "other settings must be checked afresh"

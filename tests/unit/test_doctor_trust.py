@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from conftest import tiny_config
 from plantpheno.config import validate_config
-from plantpheno.data.datasets import prepare_data
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.doctor.check import check_data
 from plantpheno.data.doctor.duplicates import CONFIRM_SIMILARITY
 from plantpheno.data.doctor.pixels import colour_thumb, image_stats, thumb_similarity
@@ -21,7 +21,7 @@ from plantpheno.data.synth import disease_example, synthesize_disease
 
 def _check(tmp_path: Path, **data):
     config = validate_config(tiny_config(tmp_path, data=data))
-    return check_data(prepare_data(config), config)
+    return check_data(prepare_data(config), config.data, seed=config.seed)
 
 
 def _similarity(a: Image.Image, b: Image.Image) -> float:

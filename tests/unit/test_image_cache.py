@@ -17,7 +17,8 @@ from torchvision.transforms import v2 as T
 from plantpheno import pipeline
 from plantpheno.data import cache as cache_module
 from plantpheno.data.cache import CACHE_DIR, CacheSpec, build_image_cache, cache_spec, decode_resized, shared_buffer
-from plantpheno.data.datasets import build_loaders, prepare_data
+from plantpheno.data.datasets import build_loaders
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform
 
@@ -66,7 +67,8 @@ def test_cache_holds_exactly_a_fresh_decode_and_resize(odd_images, tmp_path, mod
 
 def _loaders(config):
     prepared = prepare_data(config)
-    return build_loaders(prepared, config, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return build_loaders(prepared, config.data, seed=config.seed, output_dir=config.output_dir, mean=(0.5,) * 3,
+                         std=(0.5,) * 3)
 
 
 def _batches(loader) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plantpheno.data.datasets import prepare_data, write_data_files
+from plantpheno.data.prepared import prepare_data, write_data_files
 from plantpheno.data.images import check_image, check_images, load_rgb, to_rgb
 from plantpheno.errors import DataError
 from plantpheno.run.folder import RunDir

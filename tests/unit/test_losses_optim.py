@@ -23,6 +23,11 @@ LOSS_NAMES = get_args(TrainingConfig.model_fields["loss"].annotation)
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
 
 
+def _loss(config, **kwargs):
+    """build_loss with the training section and task of ``config``."""
+    return build_loss(config.training, task=config.task, **kwargs)
+
+
 def _logits_and_targets(n: int = 12, k: int = 4):
     g = torch.Generator().manual_seed(3)
     logits = (3 * torch.randn(n, k, generator=g)).requires_grad_()
@@ -51,12 +56,12 @@ def test_every_loss_gives_a_finite_scalar_with_gradient(cfg, name, class_weights
     assert config.loss_name == name
     if classification:
         outputs, targets = _logits_and_targets()
-        loss_fn = build_loss(config, train_targets=TRAIN_TARGETS + [3], num_classes=4)
+        loss_fn = _loss(config, train_targets=TRAIN_TARGETS + [3], num_classes=4)
     else:
         g = torch.Generator().manual_seed(4)
         outputs = torch.randn(12, generator=g).requires_grad_()
         targets = torch.randn(12, generator=g) * 3
-        loss_fn = build_loss(config, train_targets=targets.tolist(), num_classes=1)
+        loss_fn = _loss(config, train_targets=targets.tolist(), num_classes=1)
     loss = loss_fn(outputs, targets)
     assert loss.ndim == 0 and torch.isfinite(loss) and loss.item() > 0
     loss.backward()
@@ -66,12 +71,12 @@ def test_every_loss_gives_a_finite_scalar_with_gradient(cfg, name, class_weights
 @pytest.mark.parametrize(("task", "expected"), [("classification", nn.CrossEntropyLoss), ("regression", nn.MSELoss)])
 def test_auto_loss_follows_the_task(cfg, task, expected) -> None:
     config = cfg(task=task)
-    assert type(build_loss(config, train_targets=[0, 1], num_classes=2)) is expected
+    assert type(_loss(config, train_targets=[0, 1], num_classes=2)) is expected
 
 
 def test_regression_ignores_class_weights(cfg) -> None:
     config = cfg(task="regression", training={"class_weights": "balanced"})
-    loss_fn = build_loss(config, train_targets=[0.5, 2.7, 9.1], num_classes=1)
+    loss_fn = _loss(config, train_targets=[0.5, 2.7, 9.1], num_classes=1)
     assert isinstance(loss_fn, nn.MSELoss)
 
 
@@ -85,9 +90,9 @@ def test_balanced_class_weights_values() -> None:
 
 @pytest.mark.parametrize("class_weights", ["none", "balanced"])
 def test_focal_with_gamma_zero_is_cross_entropy(cfg, class_weights) -> None:
-    focal = build_loss(cfg(training={"loss": "focal", "focal_gamma": 0.0, "class_weights": class_weights}),
+    focal = _loss(cfg(training={"loss": "focal", "focal_gamma": 0.0, "class_weights": class_weights}),
                        train_targets=TRAIN_TARGETS, num_classes=4)
-    ce = build_loss(cfg(training={"loss": "cross_entropy", "class_weights": class_weights}),
+    ce = _loss(cfg(training={"loss": "cross_entropy", "class_weights": class_weights}),
                     train_targets=TRAIN_TARGETS, num_classes=4)
     assert isinstance(focal, FocalLoss)
     if class_weights == "balanced":
@@ -103,7 +108,7 @@ def test_focal_with_gamma_zero_is_cross_entropy(cfg, class_weights) -> None:
 
 
 def test_focal_gamma_matches_the_formula_and_down_weights_easy_examples(cfg) -> None:
-    focal = build_loss(cfg(training={"loss": "focal", "focal_gamma": 2.0}), train_targets=[0], num_classes=4)
+    focal = _loss(cfg(training={"loss": "focal", "focal_gamma": 2.0}), train_targets=[0], num_classes=4)
     logits, targets = _logits_and_targets()
     p_t = F.softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
     expected = (-(1 - p_t) ** 2 * torch.log(p_t)).mean()
@@ -113,8 +118,8 @@ def test_focal_gamma_matches_the_formula_and_down_weights_easy_examples(cfg) -> 
 
 def test_label_smoothing_changes_the_loss(cfg) -> None:
     logits, targets = _logits_and_targets()
-    plain = build_loss(cfg(training={"label_smoothing": 0.0}), train_targets=[0], num_classes=4)
-    smooth = build_loss(cfg(training={"label_smoothing": 0.2}), train_targets=[0], num_classes=4)
+    plain = _loss(cfg(training={"label_smoothing": 0.0}), train_targets=[0], num_classes=4)
+    smooth = _loss(cfg(training={"label_smoothing": 0.2}), train_targets=[0], num_classes=4)
     assert smooth(logits, targets).item() != pytest.approx(plain(logits, targets).item(), rel=1e-3)
     assert smooth(logits, targets).item() == pytest.approx(
         F.cross_entropy(logits, targets, label_smoothing=0.2).item(), rel=1e-5)
@@ -123,7 +128,7 @@ def test_label_smoothing_changes_the_loss(cfg) -> None:
 def test_huber_delta_is_used(cfg) -> None:
     config = cfg(task="regression", training={"loss": "huber", "huber_delta": 0.3})
     out, target = torch.tensor([0.0, 1.0, 5.0]), torch.tensor([0.1, 0.0, 0.0])
-    loss = build_loss(config, train_targets=[0.0], num_classes=1)(out, target)
+    loss = _loss(config, train_targets=[0.0], num_classes=1)(out, target)
     assert loss.item() == pytest.approx(F.huber_loss(out, target, delta=0.3).item())
     assert loss.item() != pytest.approx(F.huber_loss(out, target, delta=1.0).item())
 
@@ -158,7 +163,7 @@ def test_every_schema_optimizer_is_tested() -> None:
 def test_every_optimizer_builds_and_steps(cfg, name) -> None:
     config = cfg(training={"optimizer": name, "learning_rate": 0.01, "weight_decay": 0.05, "momentum": 0.8})
     model = _model(config)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config.training)
     assert type(optimizer) is EXPECTED_CLASS[name]
     assert all(g["lr"] == 0.01 for g in optimizer.param_groups)
     if name == "sgd":
@@ -175,10 +180,10 @@ def test_the_multi_tensor_update_is_the_per_parameter_loop_bit_for_bit(cfg, name
     steps of each from the same start give the same parameters exactly, so the choice changes no result."""
     config = cfg(training={"optimizer": name, "learning_rate": 0.01, "weight_decay": 0.05, "momentum": 0.8})
     fast = _model(config)
-    optimizer = build_optimizer(fast, config)
+    optimizer = build_optimizer(fast, config.training)
     assert all(g["foreach"] for g in optimizer.param_groups)
     loop = _model(config)
-    reference = build_optimizer(loop, config)
+    reference = build_optimizer(loop, config.training)
     for group in reference.param_groups:
         group["foreach"] = False
     for _ in range(3):
@@ -192,7 +197,7 @@ def test_the_multi_tensor_update_is_the_per_parameter_loop_bit_for_bit(cfg, name
 def test_biases_and_norm_parameters_get_no_weight_decay(cfg, name) -> None:
     config = cfg(training={"optimizer": name, "weight_decay": 0.05})
     model = _model(config)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config.training)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert set(decay_of) == {id(p) for p in named.values()}  # every parameter once
@@ -209,7 +214,7 @@ def test_frozen_parameters_are_not_optimized(cfg, name, weight_decay) -> None:
     config = cfg(model={"backbone": TINY_BACKBONE, "freeze_backbone": True},
                  training={"optimizer": name, "weight_decay": weight_decay})
     model = _model(config)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config.training)
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
     assert {n for n, p in model.named_parameters() if id(p) in in_optimizer} == {"fc.weight", "fc.bias"}
@@ -246,7 +251,7 @@ def test_every_schema_scheduler_is_tested() -> None:
 
 def _optimizer(config):
     model = _model(config)
-    return model, build_optimizer(model, config)
+    return model, build_optimizer(model, config.training)
 
 
 def _lr(optimizer) -> float:
@@ -258,8 +263,8 @@ def test_build_scheduler_for_every_name(cfg, name) -> None:
     config = cfg(training={"scheduler": name, "learning_rate": 0.1, "epochs": 3, "warmup_epochs": 0.5,
                            "step_size": 2, "gamma": 0.5, "plateau_patience": 1, "monitor": "val/loss"})
     model, optimizer = _optimizer(config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=4)
-    assert steps_per_batch(config) == (name == "cosine")
+    scheduler = build_scheduler(optimizer, config.training, steps_per_epoch=4, monitor_mode=config.monitor[1])
+    assert steps_per_batch(config.training) == (name == "cosine")
     if name == "none":
         assert scheduler is None
         return
@@ -294,13 +299,14 @@ def test_build_scheduler_for_every_name(cfg, name) -> None:
 def test_plateau_mode_follows_the_monitored_metric(cfg) -> None:
     config = cfg(training={"scheduler": "plateau"})  # auto monitor: val/macro_f1, higher is better
     _, optimizer = _optimizer(config)
-    assert build_scheduler(optimizer, config, steps_per_epoch=4).mode == "max"
+    assert build_scheduler(optimizer, config.training, steps_per_epoch=4, monitor_mode=config.monitor[1]).mode == "max"
 
 
 def test_cosine_scheduler_state_round_trips_through_weights_only_load(cfg, tmp_path) -> None:
     config = cfg(training={"scheduler": "cosine", "learning_rate": 0.02, "epochs": 3, "warmup_epochs": 1})
     model, optimizer = _optimizer(config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=3)  # 3 warmup + 6 cosine steps
+    # 3 warmup + 6 cosine steps
+    scheduler = build_scheduler(optimizer, config.training, steps_per_epoch=3, monitor_mode=config.monitor[1])
     for _ in range(4):
         _train_step(model, optimizer)
         scheduler.step()
@@ -309,9 +315,9 @@ def test_cosine_scheduler_state_round_trips_through_weights_only_load(cfg, tmp_p
                 "model": model.state_dict()}, path)
     saved = torch.load(path, weights_only=True)
 
-    # Resume order as in pipeline._build_trainer: build both, then load optimizer, then scheduler state.
+    # Resume order as in training.assembly._build_trainer: build both, then load optimizer, then scheduler state.
     model2, optimizer2 = _optimizer(config)
-    scheduler2 = build_scheduler(optimizer2, config, steps_per_epoch=3)
+    scheduler2 = build_scheduler(optimizer2, config.training, steps_per_epoch=3, monitor_mode=config.monitor[1])
     model2.load_state_dict(saved["model"])
     optimizer2.load_state_dict(saved["optimizer"])
     scheduler2.load_state_dict(saved["scheduler"])
@@ -337,7 +343,7 @@ def test_weight_decay_grouping_for_a_vit_backbone(cfg) -> None:
     """Grouping works for any timm backbone, not only the tiny ResNet (LayerNorm params, no decay)."""
     config = cfg(model={"backbone": "test_vit"}, training={"weight_decay": 0.05})
     model = timm.create_model("test_vit", num_classes=3)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config.training)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     norms = [p for n, p in model.named_parameters() if ".norm" in n or n.startswith("norm")]
     assert norms and all(decay_of[id(p)] == 0.0 for p in norms)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from plantpheno.config import validate_config
-from plantpheno.data.datasets import prepare_data
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.synth import synthesize_disease
 from plantpheno.errors import ConfigError, DataError
 from plantpheno.reporting import LoggingReporter

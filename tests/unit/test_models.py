@@ -247,7 +247,7 @@ def test_freeze_backbone_trains_only_the_head(cfg) -> None:
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert any("running_mean" in k for k in before)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config.training)
     set_train_mode(model, True)
     assert model.training and model.get_classifier().training
     assert not model.bn1.training
@@ -292,12 +292,12 @@ def test_unfrozen_model_trains_batchnorm_normally(cfg) -> None:
 def test_normalization_defaults_come_from_the_backbone(cfg) -> None:
     config = cfg(model={"backbone": "tf_efficientnet_lite0"})
     model = build_model(config.model, num_outputs=2)  # pretrained=False: only its cfg is read
-    assert normalization(model, config) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert normalization(model) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     config = cfg(model={"backbone": "test_efficientnet"})
     model = build_model(config.model, num_outputs=2)
     expected = timm.models.get_pretrained_cfg("test_efficientnet")
-    mean, std = normalization(model, config)
+    mean, std = normalization(model)
     assert mean == pytest.approx(expected.mean) and std == pytest.approx(expected.std)
     assert mean == pytest.approx((0.485, 0.456, 0.406))
 
@@ -305,14 +305,13 @@ def test_normalization_defaults_come_from_the_backbone(cfg) -> None:
 def test_normalization_config_overrides_the_backbone(cfg) -> None:
     config = cfg(model={"backbone": "tf_efficientnet_lite0"}, data={"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]})
     model = build_model(config.model, num_outputs=2)
-    mean, std = normalization(model, config)
+    mean, std = normalization(model, mean=config.data.mean, std=config.data.std)
     assert mean == pytest.approx((0.1, 0.2, 0.3)) and std == pytest.approx((0.4, 0.5, 0.6))
     assert all(isinstance(v, float) for v in mean + std)
 
 
 def test_normalization_without_a_pretrained_cfg_uses_imagenet(cfg) -> None:
-    config = cfg()
-    assert normalization(nn.Linear(2, 2), config) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert normalization(nn.Linear(2, 2)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def test_freeze_backbone_with_a_distilled_two_headed_model(cfg, tmp_path) -> None:

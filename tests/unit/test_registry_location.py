@@ -39,14 +39,14 @@ def test_precedence_flag_then_run_config_then_environment_then_project(tmp_path,
     _db(tmp_path)
     plain, pinned = cfg(), cfg(registry={"uri": "sqlite:///pinned.db"})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert locate_registry(config=plain).uri == "http://tracking:5000"  # MLflow's convention
+    assert locate_registry(run_uri=plain.registry.uri).uri == "http://tracking:5000"  # MLflow's convention
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://registry:5000")
-    assert locate_registry(config=plain).uri == "http://registry:5000"
+    assert locate_registry(run_uri=plain.registry.uri).uri == "http://registry:5000"
     monkeypatch.setenv("PLANTPHENO_REGISTRY_URI", "http://team:5000")
-    location = locate_registry(config=plain)
+    location = locate_registry(run_uri=plain.registry.uri)
     assert (location.uri, location.source) == ("http://team:5000", "$PLANTPHENO_REGISTRY_URI")
-    assert locate_registry(config=pinned).uri == "sqlite:///pinned.db"
-    assert locate_registry("http://flag:5000", config=pinned).source == "--registry"
+    assert locate_registry(run_uri=pinned.registry.uri).uri == "sqlite:///pinned.db"
+    assert locate_registry("http://flag:5000", run_uri=pinned.registry.uri).source == "--registry"
     assert resolve_registry_uri("http://flag:5000") == "http://flag:5000"
 
 
@@ -54,5 +54,5 @@ def test_precedence_flag_then_run_config_then_environment_then_project(tmp_path,
 def test_a_runs_output_dir_and_tracking_uri_do_not_move_the_registry(tmp_path, monkeypatch, cfg, output_dir):
     monkeypatch.chdir(tmp_path)
     config = cfg(output_dir=str(tmp_path / output_dir), tracking={"mlflow": {"uri": "http://tracking:5000"}})
-    assert resolve_registry_uri(config=config) == resolve_registry_uri() == \
+    assert resolve_registry_uri(run_uri=config.registry.uri) == resolve_registry_uri() == \
         f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db"

@@ -13,7 +13,8 @@ from PIL import Image
 from plantpheno.config import AugmentConfig
 from plantpheno.data.batch_augment import BatchAugment, augment_batch, make_square, pad_fill
 from plantpheno.data.cache import CacheSpec, build_image_cache, cache_key, cache_spec, resize_image
-from plantpheno.data.datasets import build_loaders, prepare_data
+from plantpheno.data.datasets import build_loaders
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.images import load_rgb
 from plantpheno.data.transforms import eval_transform, square_transform, train_transform
 
@@ -138,7 +139,8 @@ def test_pad_training_without_augmentation_sees_the_evaluation_square(make_confi
              "batched": batched}
     config = make_config(data={"root": str(wide_root), "image_size": 48, "resize": "pad", "augment": no_op})
     prepared = prepare_data(config)
-    loaders = build_loaders(prepared, config, mean=MEAN, std=(0.5,) * 3)
+    loaders = build_loaders(prepared, config.data, seed=config.seed, output_dir=config.output_dir, mean=MEAN,
+                            std=(0.5,) * 3)
     loader = loaders["train"]
     loader.sampler.set_epoch(0)
     order = [index for index, _ in loader.sampler]

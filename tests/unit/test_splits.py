@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from plantpheno.data.datasets import EpochSampler, prepare_data
+from plantpheno.data.datasets import EpochSampler
+
+from plantpheno.data.prepared import prepare_data
 from plantpheno.data.splits import assign_splits
 from plantpheno.errors import DataError
 

@@ -94,8 +94,8 @@ def _model_registry(uri: str | None, *, run: Path | None = None) -> ModelRegistr
     ``plantpheno models`` command and auto-registration follow (a run's own ``registry.uri`` counts)."""
     from plantpheno.registry.store import ModelRegistry, resolve_registry_uri
 
-    config = RunDir(run).read_config() if run is not None and uri is None else None
-    return ModelRegistry(resolve_registry_uri(uri, config=config))
+    run_uri = RunDir(run).read_config().registry.uri if run is not None and uri is None else None
+    return ModelRegistry(resolve_registry_uri(uri, run_uri=run_uri))
 
 
 # ----------------------------------------------------------------------------------------------

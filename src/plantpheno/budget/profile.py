@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from plantpheno.config import Config
-from plantpheno.data.datasets import PreparedData, prepare_data
+from plantpheno.data.prepared import PreparedData, prepare_data
 from plantpheno.reporting import Reporter
 
 ASPECT_SAMPLE = 300  # images whose header is read: enough to see a mix of shapes, a second on a slow disk

@@ -149,10 +149,11 @@ def run_check(args: argparse.Namespace) -> int:
             print(f"{check:<32} {what}")
         return 0
     from plantpheno.config import load_config
-    from plantpheno.data.datasets import prepare_data
+    from plantpheno.data.prepared import prepare_data
     from plantpheno.reporting import ConsoleReporter
     from plantpheno.run.folder import data_check_path
-    from plantpheno.training.data_checks import run_data_checks
+    from plantpheno.data.doctor.runner import run_data_checks
+    from plantpheno.training.doctor_features import frozen_features
 
     config_path, given, data_path = _config_or_data(args.config, args.overrides, args.data_path)
     overrides = [*given, *(["data.checks.label_errors=on"] if args.label_errors else [])]
@@ -161,8 +162,10 @@ def run_check(args: argparse.Namespace) -> int:
     # every unreadable file becomes a finding, instead of stopping the check at the first list of them
     reading = config.model_copy(update={"data": config.data.model_copy(update={"on_bad_image": "skip"})})
     prepared = prepare_data(reading, reporter=reporter)
-    report = run_data_checks(prepared, config, reporter=reporter)
-    out = args.out or data_check_path(config)
+    extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
+    report = run_data_checks(prepared, config.data, seed=config.seed, output_dir=config.output_dir, extract=extract,
+                             reporter=reporter)
+    out = args.out or data_check_path(config.output_dir, config.experiment)
     report.write(out)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))  # ASCII: names that are not UTF-8 stay escapes

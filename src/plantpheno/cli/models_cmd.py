@@ -59,12 +59,12 @@ def _registry(args: argparse.Namespace, *, run_dir: Path | None = None):
     path is reported instead of listing nothing."""
     from plantpheno.registry.store import ModelRegistry, locate_registry
 
-    config = None
+    run_uri = None
     if run_dir is not None and not args.registry:
         from plantpheno.run.folder import RunDir
 
-        config = RunDir.of(run_dir).read_config()
-    location = locate_registry(args.registry, config=config)
+        run_uri = RunDir.of(run_dir).read_config().registry.uri
+    location = locate_registry(args.registry, run_uri=run_uri)
     print(location.describe(), file=sys.stderr)
     return ModelRegistry(location.uri if run_dir is not None else _named_must_exist(location),
                          say=lambda line: print(line, file=sys.stderr))

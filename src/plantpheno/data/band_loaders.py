@@ -24,7 +24,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
 from plantpheno.band_config import RGB, BandSpec
-from plantpheno.config import AugmentConfig, Config
+from plantpheno.config import AugmentConfig, DataConfig
 from plantpheno.data.bands import BandNorm, read_bands
 from plantpheno.data.datasets import EpochSampler, Loaders, PreparedData, _balanced_weights, resolve_num_workers
 
@@ -132,11 +132,10 @@ class BandDataset(Dataset):
             return self.transform(image), self.targets[index]
 
 
-def build_band_loaders(prepared: PreparedData, config: Config, *, norm: BandNorm, pin_memory: bool = False,
-                       rank: int = 0, world: int = 1, splits: Sequence[str]) -> Loaders:
+def build_band_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, norm: BandNorm,
+                       pin_memory: bool = False, rank: int = 0, world: int = 1, splits: Sequence[str]) -> Loaders:
     """:func:`~plantpheno.data.datasets.build_loaders` for ``data.bands``: the same samplers (order and seeds
     from ``(seed, epoch)``), sharding and batching, with :class:`BandDataset` and per-image augmentation."""
-    data = config.data
     assert data.bands is not None
     names = [b.name.lower() for b in data.bands]
     workers = resolve_num_workers(data.num_workers)
@@ -150,9 +149,9 @@ def build_band_loaders(prepared: PreparedData, config: Config, *, norm: BandNorm
                               norm=norm, regression=prepared.class_names is None)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
-        sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights, **shard)
+        sampler = EpochSampler(len(dataset), seed=seed, shuffle=is_train, weights=weights, **shard)
         loaders[name] = DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
                                    persistent_workers=workers > 0, pin_memory=pin_memory,
                                    drop_last=is_train and len(dataset) > data.batch_size,
-                                   generator=torch.Generator().manual_seed(config.seed))
+                                   generator=torch.Generator().manual_seed(seed))
     return Loaders(loaders)

@@ -1,4 +1,4 @@
-"""From a config to checked, split samples and to DataLoaders.
+"""From prepared samples (:mod:`plantpheno.data.prepared`) to DataLoaders.
 
 Reproducibility by construction: the training order of an epoch and every sample's augmentation
 seed are drawn from a generator seeded with ``(seed, epoch)``. An epoch can therefore be replayed
@@ -7,9 +7,6 @@ seed are drawn from a generator seeded with ``(seed, epoch)``. An epoch can ther
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from plantpheno.files.atomic import atomic_write_text
-from plantpheno.config import Config
-from plantpheno.files.csvfile import write_csv
+from plantpheno.config import DataConfig
 from plantpheno.data.batch_augment import (
     BatchAugment,
     BatchedAugmentation,
@@ -31,175 +26,13 @@ from plantpheno.data.batch_augment import (
     augment_batch,
     make_square,
 )
-from plantpheno.data.bands import BandNorm, band_check, band_statistics
-from plantpheno.data.cache import CACHE_DIR, ImageCache, cache_spec, decode_resized, split_cache
-from plantpheno.data.doctor.pixels import ImageStats
-from plantpheno.data.images import check_images, load_rgb
-from plantpheno.data.sources import (
-    SPLITS, Columns, Sample, class_names_of, ignored_columns, links_outside, read_folder, read_manifest)
-from plantpheno.data.splits import assign_splits
+from plantpheno.data.cache import ImageCache, cache_spec, decode_resized, split_cache
+from plantpheno.data.images import load_rgb
+from plantpheno.data.prepared import PreparedData
+from plantpheno.data.sources import SPLITS
 from plantpheno.data.transforms import eval_transform, train_transform
 from plantpheno.device import glibc
-from plantpheno.errors import DataError
 from plantpheno.reporting import Reporter
-from plantpheno.run.folder import RunDir
-
-IMAGE_CHECK_MEMO = "checks/images.json"  # under OUTPUT_DIR/.cache: files already checked (size, mtime, hash)
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """Checked samples per split, class names, fingerprint, the files that were skipped, and the pixel measures
-    of each image (for the data checks)."""
-
-    task: str
-    splits: dict[str, list[Sample]]
-    class_names: list[str] | None
-    fingerprint: str
-    bad_files: list[tuple[Path, str]] = field(default_factory=list)
-    stats: dict[Path, ImageStats] = field(default_factory=dict)
-    # symlinked class folders or images of a folder dataset that lead outside data.root: (link, target)
-    links_outside_root: list[tuple[Path, Path]] = field(default_factory=list)
-    links_policy: str = "follow"
-    band_norm: BandNorm | None = None  # with data.bands: per-band scaling from the training split
-
-    def targets(self, split: str) -> list[int] | list[float]:
-        """Class indices (classification) or float values (regression) of one split."""
-        if self.class_names is None:
-            return [float(s.target) for s in self.splits[split]]
-        index = {name: i for i, name in enumerate(self.class_names)}
-        return [index[str(s.target)] for s in self.splits[split]]
-
-    def is_count_trait(self) -> bool:
-        """Whether the trait is a count: every training value a whole number."""
-        return self.class_names is None and all(float(v).is_integer() for v in self.targets("train"))
-
-    def target_stats(self) -> tuple[float, float]:
-        """Mean and std of the training targets (regression outputs are learned standardised)."""
-        values = torch.tensor(self.targets("train"), dtype=torch.float64)
-        std = float(values.std(unbiased=False)) if len(values) > 1 else 1.0
-        return float(values.mean()), std if std > 0 else 1.0
-
-
-def prepare_data(config: Config, *, manifest_override: Path | None = None,
-                 reporter: Reporter | None = None) -> PreparedData:
-    """Read the dataset, check every image, split it, fingerprint it.
-
-    ``manifest_override`` (a run's saved ``split.csv``) replaces the configured source, so a
-    resumed or re-evaluated run sees exactly the images and split it was trained with. ``reporter`` shows
-    the image check's progress.
-    """
-    data = config.data
-    links: list[tuple[Path, Path]] = []
-    if manifest_override is not None:
-        samples = read_manifest(manifest_override, root=None, task=config.task, exact=True)
-    elif data.manifest is not None:
-        columns = Columns(data.path_column, data.label_column, data.value_column, data.split_column, data.group_column)
-        samples = read_manifest(data.manifest, root=data.root, task=config.task, columns=columns)
-        _note_ignored_columns(data.manifest, config.task, columns, reporter)
-    else:
-        assert data.root is not None  # guaranteed by the config schema
-        samples = read_folder(data.root, extensions=data.extensions)
-        samples, links = _apply_link_policy(samples, data.root, data.links_outside_root)
-    check = band_check(data.bands, data.max_image_pixels)  # None: RGB
-    samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO if check is None
-                                              else None, max_pixels=data.max_image_pixels, reporter=reporter,
-                                              check=check)
-    if all(s.split is not None for s in samples):
-        splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
-        missing = [name for name in SPLITS if not splits[name]]
-        if missing:
-            raise DataError(f"the split column has no {' or '.join(missing)} rows; each of train, val, test needs images")
-    else:
-        names = assign_splits([s.target for s in samples], [s.group for s in samples], task=config.task,
-                              val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=config.seed)
-        splits = {name: [s for s, n in zip(samples, names) if n == name] for name in SPLITS}
-    class_names = class_names_of(samples) if config.task == "classification" else None
-    if class_names is not None and len(class_names) < 2:
-        raise DataError(f"classification needs at least 2 classes, found {class_names}")
-    norm = band_statistics([s.path for s in splits["train"]], data.bands, seed=config.seed) if data.bands else None
-    return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
-                        links_policy=data.links_outside_root, band_norm=norm)
-
-
-def _note_ignored_columns(manifest: Path, task: str, columns: Columns, reporter: Reporter | None) -> None:
-    """Say once which of the manifest's columns nothing reads: data the user gave is never ignored without a word."""
-    ignored = ignored_columns(manifest, task=task, columns=columns)
-    if ignored and reporter is not None:
-        grouped = (f"groups come from {columns.group} (data.group_column)" if columns.group != Columns().group
-                   else "set data.group_column to group by one (its images then stay in one split)")
-        reporter.info(f"{manifest}: ignored columns: {', '.join(ignored)}; {grouped}")
-
-
-def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[list[Sample], list[tuple[Path, Path]]]:
-    """What a symlink leading outside ``root`` means (``data.links_outside_root``): follow, skip or error."""
-    links = links_outside(samples, root)
-    if not links or policy == "follow":
-        return samples, links
-    if policy == "error":
-        listing = "\n  ".join(f"{link} -> {target}" for link, target in links[:50])
-        raise DataError(f"data.root {root}: {len(links)} symbolic link(s) lead outside it (data.links_outside_root="
-                        f"error; set it to follow to use them, or skip):\n  {listing}")
-    leaving = {link for link, _ in links}
-    kept = [s for s in samples
-            if s.path not in leaving and root / s.path.relative_to(root).parts[0] not in leaving]
-    if not kept:
-        raise DataError(f"data.root {root}: every image is reached through a symbolic link that leads outside it, "
-                        f"and data.links_outside_root=skip")
-    return kept, links
-
-
-def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, max_pixels: int | None = None,
-           reporter: Reporter | None = None, check: Any = None
-           ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
-    checks = check_images([s.path for s in samples], memo=memo, reporter=reporter, check=check,
-                          **({"max_pixels": max_pixels} if max_pixels is not None else {}))
-    bad = [(c.path, c.problem) for c in checks if c.problem is not None]
-    if bad and not skip_bad:
-        listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
-        more = f"\n  ... and {len(bad) - 200} more" if len(bad) > 200 else ""
-        raise DataError(
-            f"{len(bad)} of {len(samples)} image(s) cannot be used (set data.on_bad_image=skip to skip them):\n  "
-            f"{listing}{more}"
-        )
-    good = [(s, c.sha256) for s, c in zip(samples, checks) if c.problem is None]
-    if not good:
-        raise DataError(f"none of the {len(samples)} images could be read")
-    base = Path(os.path.commonpath([str(s.path.parent) for s, _ in good]))
-    lines = sorted(f"{s.path.relative_to(base).as_posix()}\t{s.target}\t{sha}" for s, sha in good)
-    # file names that are not UTF-8 hash as their bytes (surrogateescape), so every name can be fingerprinted
-    fingerprint = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
-    stats = {c.path: c.stats for c in checks if c.stats is not None}
-    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats
-
-
-def write_data_files(prepared: PreparedData, run: RunDir) -> None:
-    """Write the split manifest (reusable as ``data.manifest``), dataset summary and skipped files."""
-    target_col = "label" if prepared.class_names is not None else "value"
-    rows: list[list[object]] = [["path", target_col, "split", "group"]]
-    # absolute, symlinks kept as links: a resumed run fingerprints the same paths the first run did
-    rows += [[os.path.abspath(s.path), s.target, name, s.group or ""] for name in SPLITS for s in prepared.splits[name]]
-    write_csv(run.split_manifest, rows)
-    info = {
-        "fingerprint": prepared.fingerprint,
-        "task": prepared.task,
-        "class_names": prepared.class_names,
-        "num_images": {name: len(prepared.splits[name]) for name in SPLITS},
-        "class_counts": {
-            name: dict(sorted(Counter(str(s.target) for s in prepared.splits[name]).items()))
-            for name in SPLITS
-        } if prepared.class_names is not None else None,
-        "skipped_bad_images": len(prepared.bad_files),
-        **({"bands": prepared.band_norm.to_json()} if prepared.band_norm is not None else {}),
-        "links_outside_root": {"policy": prepared.links_policy,
-                               "links": [{"link": str(link), "target": str(target)}
-                                         for link, target in prepared.links_outside_root]},
-    }
-    if prepared.bad_files:
-        write_csv(run.bad_images, [("path", "problem"), *((str(p), why) for p, why in prepared.bad_files)])
-    # last: a resume takes split.csv + dataset.json as "the data files are written" (a kill before this rewrites all)
-    atomic_write_text(run.dataset_info, json.dumps(info, indent=2) + "\n")
 
 
 class ImageDataset(Dataset):
@@ -385,17 +218,17 @@ def _prefetched(loader: DataLoader, finish: BatchFinish, device: torch.device, m
         yield images, targets
 
 
-def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[float], std: Sequence[float],
-                  pin_memory: bool = False, rank: int = 0, world: int = 1,
+def build_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, output_dir: Path, mean: Sequence[float],
+                  std: Sequence[float], pin_memory: bool = False, rank: int = 0, world: int = 1,
                   splits: Sequence[str] = SPLITS, device_type: str = "cpu",
                   reporter: Reporter | None = None) -> Loaders:
     """A shuffled, augmented train loader and sequential val/test loaders (of ``splits``: only those are
-    built, and only their image caches filled), with their finishing step.
+    built, and only their image caches filled), with their finishing step. ``seed`` seeds the epoch orders and
+    augmentations; the decoded-image caches live under ``output_dir``.
 
     With ``world > 1`` the train split is sharded (padded to equal shards) and so is val (not padded: its
     predictions are gathered); test stays whole for the final evaluation on rank 0.
     """
-    data = config.data
     regression = prepared.class_names is None
     workers = resolve_num_workers(data.num_workers)
     loaders = {}
@@ -408,7 +241,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
         paths = [s.path for s in prepared.splits[name]]
         # filled here, before the workers start, so forked workers share one copy of the pixels
         cache = split_cache(paths, data, train=is_train, fingerprint=prepared.fingerprint,
-                            output_dir=config.output_dir, reporter=reporter, split=name)
+                            output_dir=output_dir, reporter=reporter, split=name)
         batched = None
         if is_train and data.augment.enabled and data.augment.batched:
             on_device = data.augment.on_device == "on" or (data.augment.on_device == "auto" and device_type == "cuda")
@@ -419,7 +252,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
                                min_side=cache_spec(data, train=is_train).side)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
-        sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=is_train, weights=weights, **shard)
+        sampler = EpochSampler(len(dataset), seed=seed, shuffle=is_train, weights=weights, **shard)
         # a last training batch of one image breaks BatchNorm: drop the ragged tail when training
         drop_last = is_train and len(dataset) > data.batch_size
         # Each iterator draws a base seed from `generator`; a private one keeps the global torch RNG (which
@@ -430,7 +263,7 @@ def build_loaders(prepared: PreparedData, config: Config, *, mean: Sequence[floa
                                    worker_init_fn=fixed_malloc_mmap_threshold if batched is not None else None,
                                    persistent_workers=workers > 0, pin_memory=pin_memory, drop_last=drop_last,
                                    collate_fn=collate,
-                                   generator=torch.Generator().manual_seed(config.seed))
+                                   generator=torch.Generator().manual_seed(seed))
     return Loaders(loaders, finish)
 
 

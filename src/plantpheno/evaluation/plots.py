@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 
 from plantpheno.files.atomic import atomic_write_with
 from plantpheno.files.csvfile import printable
+from plantpheno.run.epochlog import read_epoch_log
+from plantpheno.run.folder import RunDir
 
 _DPI = 120
 
@@ -199,3 +201,10 @@ def plot_training_curves(history: Sequence[dict], path: str | Path, *, keys: Seq
         ax.grid(True, alpha=0.3)
         ax.legend()
     return _save(fig, path)
+
+
+def plot_run_history(run: RunDir) -> Path:
+    """``training_curves.png`` of a run, from its ``metrics.jsonl`` (a torn line was reported at resume)."""
+    history = [{k: v for k, v in record.items() if k == "epoch" or k.startswith(("train/", "val/"))}
+               for record in read_epoch_log(run.metrics_log).records]
+    return plot_training_curves(history, run.training_curves)

@@ -14,7 +14,8 @@ from torch import nn
 
 from plantpheno.files.atomic import atomic_write_text
 from plantpheno.config import Config
-from plantpheno.data.datasets import Loaders, PreparedData
+from plantpheno.data.datasets import Loaders
+from plantpheno.data.prepared import PreparedData
 from plantpheno.device import amp_dtype
 from plantpheno.evaluation import baselines
 from plantpheno.evaluation.calibration import calibration_summary, fit_temperature, reliability, softmax
@@ -42,8 +43,8 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
                        else (loaders, model))
         bar = reporter.progress(total=_batches(source[name]), desc=f"predicting {name}", unit="batch")
         try:
-            return predict(net, source[name], task=task, device=device, amp_dtype=amp_dtype(config, device),
-                           finish=source.finish, tta=ev.tta, progress=bar)
+            return predict(net, source[name], task=task, device=device,
+                           amp_dtype=amp_dtype(config.training.mixed_precision, device), finish=source.finish, tta=ev.tta, progress=bar)
         finally:
             bar.close()
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from plantpheno.files.csvfile import write_csv
 from plantpheno.data.cache import CACHE_DIR
-from plantpheno.data.datasets import IMAGE_CHECK_MEMO
+from plantpheno.data.prepared import IMAGE_CHECK_MEMO
 from plantpheno.data.doctor.folds import single_threaded_blas
 from plantpheno.data.images import ImageCheck, check_images
 from plantpheno.errors import ArgumentError, DataError, RunDirError, short_repr

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from plantpheno.config import Config, ModelConfig
+from plantpheno.config import ModelConfig
 from plantpheno.errors import ModelError
 from plantpheno.models.weights_file import read_state_dict
 
@@ -133,11 +133,12 @@ def load_weights(model: nn.Module, path: Path) -> None:
     log.info("loaded %d tensors from %s; head left freshly initialised: %s", len(usable), path, skipped or "none")
 
 
-def normalization(model: nn.Module, config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std the backbone's pretrained weights expect, unless the config sets them."""
+def normalization(model: nn.Module, *, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the backbone's pretrained weights expect, unless given (``data.mean``, ``data.std``)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = config.data.mean or tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = config.data.std or tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    mean = mean or tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = std or tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 

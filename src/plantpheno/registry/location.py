@@ -22,10 +22,6 @@ import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from plantpheno.config import Config
 
 ENV_URI = "PLANTPHENO_REGISTRY_URI"
 MLFLOW_ENV_URIS = ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI")
@@ -43,13 +39,14 @@ class RegistryLocation:
         return f"registry: {redact(self.uri)} ({self.source})"
 
 
-def locate_registry(explicit: str | None = None, *, config: Config | None = None,
+def locate_registry(explicit: str | None = None, *, run_uri: str | None = None,
                     cwd: Path | None = None) -> RegistryLocation:
-    """The registry to use, and why (see the module docstring for the rule)."""
+    """The registry to use, and why (see the module docstring for the rule); ``run_uri`` is the ``registry.uri``
+    of the run's config, where a run is involved."""
     if explicit:
         return RegistryLocation(explicit, "--registry")
-    if config is not None and config.registry.uri:
-        return RegistryLocation(config.registry.uri, "the run's registry.uri")
+    if run_uri:
+        return RegistryLocation(run_uri, "the run's registry.uri")
     for var in (ENV_URI, *MLFLOW_ENV_URIS):
         value = os.environ.get(var, "").strip()
         if value:
@@ -61,10 +58,10 @@ def locate_registry(explicit: str | None = None, *, config: Config | None = None
     return RegistryLocation(sqlite_uri(here / PROJECT_STORE), f"the project's registry in {here}")
 
 
-def resolve_registry_uri(explicit: str | None = None, *, config: Config | None = None,
+def resolve_registry_uri(explicit: str | None = None, *, run_uri: str | None = None,
                          cwd: Path | None = None) -> str:
     """The registry URI every command uses (``locate_registry(...).uri``); the one place that decides it."""
-    return locate_registry(explicit, config=config, cwd=cwd).uri
+    return locate_registry(explicit, run_uri=run_uri, cwd=cwd).uri
 
 
 def redact(uri: str) -> str:

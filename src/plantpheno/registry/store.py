@@ -34,7 +34,7 @@ from plantpheno.registry.refs import ModelRef, check_alias, check_name
 from plantpheno.registry.stores import check_store, check_writable, read_only_error
 
 if TYPE_CHECKING:
-    from plantpheno.config import Config
+    from plantpheno.config import RegistryConfig
     from plantpheno.registry.package import ModelPackage
 
 __all__ = ["ENV_URI", "ModelRegistry", "RegistryLocation", "VersionInfo", "default_registry_uri", "lineage_tags",
@@ -50,9 +50,9 @@ def default_registry_uri() -> str:
     return resolve_registry_uri()
 
 
-def run_registry_uri(config: Config) -> str:
+def run_registry_uri(registry: RegistryConfig) -> str:
     """The registry a run registers in (see :func:`resolve_registry_uri`; the run's ``registry.uri`` counts)."""
-    return resolve_registry_uri(config=config)
+    return resolve_registry_uri(run_uri=registry.uri)
 
 
 def check_registry_exists(uri: str) -> str:

@@ -289,18 +289,19 @@ class RunDir:
         return json.loads(self.dataset_info.read_text(encoding="utf-8")) if self.dataset_info.is_file() else {}
 
 
-def data_check_path(config: Config) -> Path:
+def data_check_path(output_dir: Path, experiment: str) -> Path:
     """Where ``plantpheno data check`` (and a ``train`` stopped by the checks) writes the findings outside a run:
     ``OUTPUT_DIR/<experiment>/data_check.json``."""
-    return config.output_dir / config.experiment / DATA_CHECK
+    return output_dir / experiment / DATA_CHECK
 
 
-def create_run_dir(config: Config) -> tuple[RunDir, RunLock]:
-    """Make a new, empty run folder and take its writer lock; a named run that already exists is an error
-    (resume it instead, unless another process is running it: then that process is named)."""
-    parent = config.output_dir / config.experiment
-    if config.run_name is not None:
-        run = RunDir(parent / config.run_name)
+def create_run_dir(output_dir: Path, experiment: str, run_name: str | None) -> tuple[RunDir, RunLock]:
+    """Make a new, empty run folder ``OUTPUT_DIR/<experiment>/<run_name>`` (a time stamp without a name) and take
+    its writer lock; a named run that already exists is an error (resume it instead, unless another process is
+    running it: then that process is named)."""
+    parent = output_dir / experiment
+    if run_name is not None:
+        run = RunDir(parent / run_name)
         _mkdir(run.path, parents=True, exist_ok=True)
         lock = run.lock("training").acquire()
         if any(p.name != LOCK_FILE for p in run.path.iterdir()):

@@ -12,7 +12,8 @@ import torch
 
 from plantpheno.files.atomic import atomic_write_with, verify_checksum
 from plantpheno.errors import RunDirError
-from plantpheno.run.folder import BEST, LAST
+from plantpheno.reporting import Reporter
+from plantpheno.run.folder import BEST, LAST, RunDir
 
 FORMAT = "plantpheno-checkpoint/1"
 
@@ -39,6 +40,32 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RunDirError(f"checkpoint {path} is not a plantpheno checkpoint ({FORMAT})")
     return payload
+
+
+def checkpoint_to_use(run: RunDir, reporter: Reporter) -> dict[str, Any]:
+    """The run's best checkpoint, checked; its last one, with a warning, when there is no best.pt: the user asked
+    for "the trained model", and last.pt is that model at a later epoch, so refusing would leave a run whose
+    best.pt was deleted or never written (no epoch improved) without any evaluation; a silent fallback would
+    present another epoch's weights as the best ones."""
+    path = run.checkpoint_to_use()
+    if path is None:
+        raise RunDirError(f"{run.path} has no checkpoint yet ({run.best_checkpoint} and {run.last_checkpoint} "
+                          f"are missing)")
+    checkpoint = load_checkpoint(path)
+    if path != run.best_checkpoint:
+        reporter.warning(f"{run.best_checkpoint} is missing: using {path.name} instead (epoch "
+                         f"{checkpoint['state']['epoch']}, the last one saved, which may not be the best)")
+    return checkpoint
+
+
+def resume_checkpoint(run: RunDir, reporter: Reporter | None) -> dict[str, Any] | None:
+    """``last.pt``, or None (with a plain message) for a run that stopped before its first epoch ended."""
+    if run.last_checkpoint.is_file():
+        return load_checkpoint(run.last_checkpoint)
+    if reporter is not None:
+        reporter.warning(f"{run.path} has no checkpoint ({run.last_checkpoint.name}): it stopped before its first "
+                         f"epoch ended, so training starts again from epoch 1")
+    return None
 
 
 def _remedy(path: Path) -> str:

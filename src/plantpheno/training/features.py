@@ -25,10 +25,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from plantpheno.config import Config
+from plantpheno.config import DataConfig
 from plantpheno.data.batch_augment import BatchFinish
 from plantpheno.data.cache import ImageCache, cache_spec
-from plantpheno.data.datasets import EpochSampler, ImageDataset, Loaders, PreparedData, collate
+from plantpheno.data.datasets import EpochSampler, ImageDataset, Loaders, collate
+from plantpheno.data.prepared import PreparedData
 from plantpheno.data.transforms import eval_transform
 from plantpheno.models import input_format
 from plantpheno.reporting import Reporter
@@ -151,15 +152,15 @@ def pass_batch_size(train_batch: int, device: torch.device) -> int:
     return CPU_PASS_BATCH if device.type == "cpu" else max(train_batch, 64)
 
 
-def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Module, config: Config, *,
-                 mean: Sequence[float], std: Sequence[float], device: torch.device,
+def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Module, data: DataConfig, *,
+                 views: int, seed: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
                  fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  reporter: Reporter | None = None, store: FeatureStore | None = None,
                  store_key: Hashable | None = None) -> dict[str, torch.Tensor]:
     """``fn`` (default: the pooled features) of every train and val image, ``(views, N, ...)``: view 0 with
-    the evaluation preprocessing, ``training.feature_cache_views - 1`` augmented views of the training images.
-    ``reporter`` shows each pass's progress. With ``store`` and ``store_key`` (the pass's identity), view 0 comes
-    from the store when it holds every image, and goes into it otherwise."""
+    the evaluation preprocessing, ``views - 1`` (``training.feature_cache_views``) augmented views of the training
+    images, drawn with ``seed``. ``reporter`` shows each pass's progress. With ``store`` and ``store_key`` (the
+    pass's identity), view 0 comes from the store when it holds every image, and goes into it otherwise."""
     cached = {}
     for split in ("train", "val"):
         images = image_loaders[split]
@@ -169,18 +170,17 @@ def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Modul
         if outputs is None:
             # the loader's decoded-image cache serves when it holds the evaluation size: always for val, and for
             # train when training takes no random crops
-            same_size = split == "val" or cache_spec(config.data, train=True) == cache_spec(config.data, train=False)
-            outputs = extract_features(model, paths, image_size=config.data.image_size,
+            same_size = split == "val" or cache_spec(data, train=True) == cache_spec(data, train=False)
+            outputs = extract_features(model, paths, image_size=data.image_size,
                                        mean=mean, std=std, batch_size=batch, device=device,
-                                       num_workers=images.num_workers, fn=fn, resize=config.data.resize,
+                                       num_workers=images.num_workers, fn=fn, resize=data.resize,
                                        cache=images.dataset.cache if same_size else None, reporter=reporter,
                                        desc=f"backbone pass ({split})")
             if store is not None and store_key is not None:
                 store.put(store_key, paths, outputs)
         elif reporter is not None:
             reporter.info(f"backbone pass ({split}): {len(paths)} images reused from an earlier run's pass")
-        views = config.training.feature_cache_views
-        extra = (augmented_views(model, images.dataset, views=views - 1, seed=config.seed, batch_size=batch,
+        extra = (augmented_views(model, images.dataset, views=views - 1, seed=seed, batch_size=batch,
                                  num_workers=images.num_workers, device=device, finish=image_loaders.finish, fn=fn,
                                  reporter=reporter)
                  if split == "train" and views > 1 else [])
@@ -207,7 +207,7 @@ def map_cached(cached: dict[str, torch.Tensor], fn: Callable[[torch.Tensor], tor
     return out
 
 
-def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config: Config) -> Loaders:
+def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, *, seed: int) -> Loaders:
     """Train/val loaders over cached tensors, with the image loaders' samplers (same order, same shards);
     the test loader stays on images: the final evaluation runs the whole model."""
     loaders = {}
@@ -215,16 +215,17 @@ def loaders_over(cached: dict[str, torch.Tensor], image_loaders: Loaders, config
         images = image_loaders[split]
         loaders[split] = DataLoader(FeatureDataset(tensor, images.dataset.targets), batch_size=images.batch_size,
                                     sampler=images.sampler, drop_last=images.drop_last, pin_memory=images.pin_memory,
-                                    generator=torch.Generator().manual_seed(config.seed))
+                                    generator=torch.Generator().manual_seed(seed))
     # cached tensors are already finished (float, normalised); the test images keep their own finish,
     # which only moves float batches
     return image_loaders.replace(loaders, finish=BatchFinish())
 
 
-def feature_loaders(prepared: PreparedData, image_loaders: Loaders, model: nn.Module,
-                    config: Config, *, mean: Sequence[float], std: Sequence[float],
-                    device: torch.device, reporter: Reporter | None = None, store: FeatureStore | None = None,
+def feature_loaders(prepared: PreparedData, image_loaders: Loaders, model: nn.Module, data: DataConfig, *,
+                    views: int, seed: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                    reporter: Reporter | None = None, store: FeatureStore | None = None,
                     store_key: Hashable | None = None) -> Loaders:
-    """Train/val loaders over cached pooled features (see :func:`loaders_over`)."""
-    return loaders_over(cache_inputs(prepared, image_loaders, model, config, mean=mean, std=std, device=device,
-                                     reporter=reporter, store=store, store_key=store_key), image_loaders, config)
+    """Train/val loaders over cached pooled features (see :func:`cache_inputs` and :func:`loaders_over`)."""
+    cached = cache_inputs(prepared, image_loaders, model, data, views=views, seed=seed, mean=mean, std=std,
+                          device=device, reporter=reporter, store=store, store_key=store_key)
+    return loaders_over(cached, image_loaders, seed=seed)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plantpheno.config import Config
+from plantpheno.config import TrainingConfig
 
 
 class FocalLoss(nn.Module):
@@ -30,23 +30,23 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
-def _cross_entropy(config: Config, weight: torch.Tensor | None) -> nn.Module:
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.training.label_smoothing)
+def _cross_entropy(training: TrainingConfig, weight: torch.Tensor | None) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=training.label_smoothing)
 
 
-def _focal(config: Config, weight: torch.Tensor | None) -> nn.Module:
-    return FocalLoss(config.training.focal_gamma, weight)
+def _focal(training: TrainingConfig, weight: torch.Tensor | None) -> nn.Module:
+    return FocalLoss(training.focal_gamma, weight)
 
 
-def _mse(config: Config, weight: torch.Tensor | None) -> nn.Module:
+def _mse(training: TrainingConfig, weight: torch.Tensor | None) -> nn.Module:
     return nn.MSELoss()
 
 
-def _huber(config: Config, weight: torch.Tensor | None) -> nn.Module:
-    return nn.HuberLoss(delta=config.training.huber_delta)
+def _huber(training: TrainingConfig, weight: torch.Tensor | None) -> nn.Module:
+    return nn.HuberLoss(delta=training.huber_delta)
 
 
-LOSSES: dict[str, Callable[[Config, torch.Tensor | None], nn.Module]] = {
+LOSSES: dict[str, Callable[[TrainingConfig, torch.Tensor | None], nn.Module]] = {
     "cross_entropy": _cross_entropy,
     "focal": _focal,
     "mse": _mse,
@@ -61,9 +61,10 @@ def balanced_class_weights(targets: Sequence[int], num_classes: int) -> torch.Te
     return torch.tensor([n / (num_classes * counts[c]) if counts[c] else 0.0 for c in range(num_classes)])
 
 
-def build_loss(config: Config, *, train_targets: Sequence[int] | Sequence[float], num_classes: int) -> nn.Module:
-    """The configured loss; class weights computed from the training split when asked for."""
+def build_loss(training: TrainingConfig, *, task: str, train_targets: Sequence[int] | Sequence[float],
+               num_classes: int) -> nn.Module:
+    """The loss ``training`` names for ``task``; class weights computed from the training split when asked for."""
     weight = None
-    if config.task == "classification" and config.training.class_weights == "balanced":
+    if task == "classification" and training.class_weights == "balanced":
         weight = balanced_class_weights([int(t) for t in train_targets], num_classes)
-    return LOSSES[config.loss_name](config, weight)
+    return LOSSES[training.loss_for(task)](training, weight)

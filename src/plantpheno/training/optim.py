@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau, StepLR
 
-from plantpheno.config import Config
+from plantpheno.config import TrainingConfig
 
 
-def build_optimizer(model: nn.Module, config: Config, *, world_size: int = 1) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, training: TrainingConfig, *, world_size: int = 1,
+                    scale_lr: bool = False) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (Nesterov momentum) over trainable parameters.
 
     Biases and normalisation parameters get no weight decay (timm's parameter grouping). With
@@ -19,17 +21,17 @@ def build_optimizer(model: nn.Module, config: Config, *, world_size: int = 1) ->
     """
     from timm.optim import create_optimizer_v2
 
-    t = config.training
+    t = training
     kwargs = {"momentum": t.momentum} if t.optimizer == "sgd" else {}
+    lr = effective_lr(t.learning_rate, world_size=world_size, scale_lr=scale_lr)
     # the multi-tensor update: the same arithmetic, bit for bit, as the per-parameter loop (tested), which torch
     # picks by default on CPU; the fine-tune step is 1.10x faster with it (benchmarks/fine_tune_profile.py)
-    return create_optimizer_v2(model, opt=t.optimizer, lr=effective_lr(config, world_size),
-                               weight_decay=t.weight_decay, foreach=True, **kwargs)
+    return create_optimizer_v2(model, opt=t.optimizer, lr=lr, weight_decay=t.weight_decay, foreach=True, **kwargs)
 
 
-def effective_lr(config: Config, world_size: int) -> float:
-    scale = world_size if config.distributed.scale_lr else 1
-    return config.training.learning_rate * scale
+def effective_lr(learning_rate: float, *, world_size: int, scale_lr: bool) -> float:
+    """The learning rate, times the world size with ``distributed.scale_lr``."""
+    return learning_rate * (world_size if scale_lr else 1)
 
 
 def cosine_with_warmup(step: int, *, warmup_steps: int, total_steps: int) -> float:
@@ -49,20 +51,21 @@ class _CosineFactor:
         return cosine_with_warmup(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, *,
-                    steps_per_epoch: int) -> LRScheduler | ReduceLROnPlateau | None:
-    """``cosine`` steps every batch; ``step`` and ``plateau`` every epoch; ``none`` -> None."""
-    t = config.training
+def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingConfig, *, steps_per_epoch: int,
+                    monitor_mode: Literal["max", "min"]) -> LRScheduler | ReduceLROnPlateau | None:
+    """``cosine`` steps every batch; ``step`` and ``plateau`` every epoch (``plateau`` watches the monitored
+    metric, larger or smaller better as ``monitor_mode`` says); ``none`` -> None."""
+    t = training
     if t.scheduler == "cosine":
         warmup = round(t.warmup_epochs * steps_per_epoch)
         return LambdaLR(optimizer, _CosineFactor(warmup, t.epochs * steps_per_epoch))
     if t.scheduler == "step":
         return StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
     if t.scheduler == "plateau":
-        return ReduceLROnPlateau(optimizer, mode=config.monitor[1], factor=t.gamma, patience=t.plateau_patience)
+        return ReduceLROnPlateau(optimizer, mode=monitor_mode, factor=t.gamma, patience=t.plateau_patience)
     return None
 
 
-def steps_per_batch(config: Config) -> bool:
+def steps_per_batch(training: TrainingConfig) -> bool:
     """True when the scheduler advances every batch rather than every epoch."""
-    return config.training.scheduler == "cosine"
+    return training.scheduler == "cosine"

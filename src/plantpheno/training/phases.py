@@ -23,8 +23,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from plantpheno.config import Config
-from plantpheno.data.datasets import Loaders, PreparedData
+from plantpheno.config import Config, FineTuneConfig, TrainingConfig
+from plantpheno.data.datasets import Loaders
+from plantpheno.data.prepared import PreparedData
 from plantpheno.reporting import Reporter
 from plantpheno.training.feature_store import FeatureStore
 
@@ -35,43 +36,41 @@ PhaseName = Literal["train", "fine_tune"]
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of training: its name, the epoch count the loop reaches at its end, and the config whose
-    ``training`` section sets its optimizer and schedule."""
+    """One phase of training: its name, the epoch count the loop reaches at its end, and the ``training`` section
+    that sets its optimizer and schedule."""
 
     name: PhaseName
     end_epoch: int
-    settings: Config
+    training: TrainingConfig
     unfreeze_blocks: int = 0  # backbone blocks (from the output end) this phase makes trainable
 
     @property
     def epochs(self) -> int:
         """The phase's own length in epochs."""
-        return self.settings.training.epochs
+        return self.training.epochs
 
 
-def plan_phases(config: Config) -> tuple[Phase, ...]:
+def plan_phases(training: TrainingConfig) -> tuple[Phase, ...]:
     """The phases of a run, in order."""
-    head = Phase("train", config.training.epochs, config)
-    ft = config.training.fine_tune
+    head = Phase("train", training.epochs, training)
+    ft = training.fine_tune
     if not ft.epochs:
         return (head,)
-    training = config.training.model_copy(update={"epochs": ft.epochs, "learning_rate": ft.learning_rate,
-                                                  "warmup_epochs": ft.warmup_epochs})
-    fine = Phase("fine_tune", config.training.epochs + ft.epochs, config.model_copy(update={"training": training}),
-                 unfreeze_blocks=ft.blocks)
-    return head, fine
+    fine_tune = training.model_copy(update={"epochs": ft.epochs, "learning_rate": ft.learning_rate,
+                                            "warmup_epochs": ft.warmup_epochs})
+    return head, Phase("fine_tune", training.epochs + ft.epochs, fine_tune, unfreeze_blocks=ft.blocks)
 
 
 def phase_named(phases: Sequence[Phase], name: str) -> Phase:
     return next(p for p in phases if p.name == name)
 
 
-def check_phases(model: nn.Module, config: Config) -> None:
+def check_phases(model: nn.Module, fine_tune: FineTuneConfig) -> None:
     """Fail now (before the head phase and any run folder) if a fine-tune phase cannot cut this backbone."""
-    if config.training.fine_tune.epochs:
+    if fine_tune.epochs:
         from plantpheno.training.fine_tune import last_groups
 
-        last_groups(model, config.training.fine_tune.blocks)
+        last_groups(model, fine_tune.blocks)
 
 
 def enter(phase: Phase, model: nn.Module) -> None:
@@ -148,24 +147,27 @@ class FrozenFeatures:
                 log.info("fine-tuning %s on images: its features are not a plain chain of modules to cut",
                          config.model.backbone)
                 return self.loaders, model
-            return (feature_loaders(self.prepared, self.loaders, model, config, mean=self.mean, std=self.std,
-                                    device=self.device, reporter=self.reporter, store=self.store,
+            return (feature_loaders(self.prepared, self.loaders, model, config.data,
+                                    views=config.training.feature_cache_views, seed=config.seed, mean=self.mean,
+                                    std=self.std, device=self.device, reporter=self.reporter, store=self.store,
                                     store_key=self._store_key("pooled")),
                     CachedHead(model, dropout=config.model.dropout))
         acts = self._activations_at(cut)
         suffix = CutSuffix(model, cut.trunk[cut.index:])
         if phase.name == "fine_tune":
-            return loaders_over(acts, self.loaders, config), suffix
+            return loaders_over(acts, self.loaders, seed=config.seed), suffix
         pooled = map_cached(acts, lambda a: model.forward_head(suffix.forward_trunk(a), pre_logits=True), model,
                             device=self.device)
-        return loaders_over(pooled, self.loaders, config), CachedHead(model, dropout=config.model.dropout)
+        return loaders_over(pooled, self.loaders, seed=config.seed), CachedHead(model, dropout=config.model.dropout)
 
     def _activations_at(self, cut: BackboneCut) -> dict[str, torch.Tensor]:
         if self._activations is None:
             from plantpheno.training.features import cache_inputs
             from plantpheno.training.fine_tune import Prefix
 
-            self._activations = cache_inputs(self.prepared, self.loaders, self.model, self.config,
+            config = self.config
+            self._activations = cache_inputs(self.prepared, self.loaders, self.model, config.data,
+                                             views=config.training.feature_cache_views, seed=config.seed,
                                              fn=Prefix(cut.trunk[:cut.index]), mean=self.mean, std=self.std,
                                              device=self.device, reporter=self.reporter, store=self.store,
                                              store_key=self._store_key(f"cut {cut.index}"))

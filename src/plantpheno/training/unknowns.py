@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,12 +20,16 @@ from torch import nn
 
 from plantpheno.files.atomic import atomic_write_text
 from plantpheno.config import Config
-from plantpheno.data.datasets import Loaders, PreparedData
+from plantpheno.data.datasets import Loaders
+from plantpheno.data.prepared import PreparedData
 from plantpheno.evaluation import ood, selective
 from plantpheno.evaluation.calibration import softmax
 from plantpheno.evaluation.report_unknown import unknown_path
 from plantpheno.reporting import Reporter
 from plantpheno.run.folder import RunDir
+
+if TYPE_CHECKING:
+    from plantpheno.training.job import TrainingJob
 
 
 
@@ -197,3 +201,15 @@ def _quantiles(scores: np.ndarray) -> dict[str, float]:
     if not len(scores):
         return {}
     return {f"q{int(q * 100):02d}": float(np.quantile(scores, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+
+
+def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> None:
+    """The end of a run's evaluation: with ``fit`` (train only), fit the OOD detector on train/val (features from
+    the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``).
+    After the split's evaluation: the detector's MSP/energy scores use the temperature it fitted."""
+    common = dict(prepared=job.prepared, loaders=job.loaders, config=job.config, device=job.device, run=run,
+                  mean=list(job.meta.mean), std=list(job.meta.std), reporter=job.reporter)
+    if fit:
+        cached = job.features.validation_source() if job.features is not None else None
+        fit_run_detector(job.model, cached=cached_pooled(cached, job.model, job.device), **common)
+    evaluate_unknowns(job.model, split=split, **common)

@@ -15,28 +15,28 @@ from plantpheno.check_ids import CHECKS, selected
 from plantpheno.reporting import Reporter, default_reporter
 
 if TYPE_CHECKING:
-    from plantpheno.config import Config
-    from plantpheno.data.datasets import PreparedData
+    from plantpheno.config import DataConfig
+    from plantpheno.data.prepared import PreparedData
 
 MODEL_CHECKS = ("label_errors", "feature_duplicates")
 
 
-def check_data(prepared: PreparedData, config: Config, *, reporter: Reporter | None = None,
+def check_data(prepared: PreparedData, data: DataConfig, *, seed: int, reporter: Reporter | None = None,
                features: Mapping[str, np.ndarray] | None = None, features_skipped: str | None = None
                ) -> DataCheckReport:
-    """Run the data checks of ``config.data.checks`` on ``prepared`` (its splits, the image measures of the image
+    """Run the data checks of ``data.checks`` on ``prepared`` (its splits, the image measures of the image
     check, the files it could not read).
 
     ``features`` (frozen pretrained features by decoded-pixel hash, from
-    :func:`plantpheno.training.data_checks.check_features`) enables the label-error and feature-duplicate checks;
+    :func:`plantpheno.data.doctor.runner.check_features`) enables the label-error and feature-duplicate checks;
     without them those checks are reported as skipped, with ``features_skipped`` as the reason."""
     reporter = default_reporter(reporter)
-    settings = config.data.checks
+    settings = data.checks
     regression = prepared.class_names is None
     entries = catalog(prepared.splits, prepared.stats)
     run = _Run(lambda check: selected(check, settings.ignore))
 
-    run(("unreadable",), lambda: _unreadable(prepared.bad_files, config))
+    run(("unreadable",), lambda: _unreadable(prepared.bad_files, data.on_bad_image))
     run(("duplicate_paths",), lambda: duplicates.duplicate_paths(entries))
     conflicting: set[str] = set()
 
@@ -63,8 +63,8 @@ def check_data(prepared: PreparedData, config: Config, *, reporter: Reporter | N
 
     pictures = distinct_files(entries)
     fold_keys = _fold_keys(pictures, index)
-    run(("background_shortcut",), lambda: _shortcut(run, pictures, fold_keys, settings, regression, config.seed))
-    _model_checks(run, pictures, fold_keys, features, features_skipped, settings, regression, config.seed, reporter)
+    run(("background_shortcut",), lambda: _shortcut(run, pictures, fold_keys, settings, regression, seed))
+    _model_checks(run, pictures, fold_keys, features, features_skipped, settings, regression, seed, reporter)
     return DataCheckReport(run.findings, len(entries), run.ran, run.skipped, run.seconds, prepared.fingerprint)
 
 
@@ -95,10 +95,10 @@ class _Run:
         self.skipped.setdefault(check, why)
 
 
-def _unreadable(bad: list, config: Config) -> list[Finding]:
+def _unreadable(bad: list, on_bad_image: str) -> list[Finding]:
     if not bad:
         return []
-    stop = config.data.on_bad_image == "error"
+    stop = on_bad_image == "error"
     return [Finding(
         "error" if stop else "info", "unreadable",
         f"{len(bad)} file(s) cannot be used (empty, truncated, not an image, unreadable)" +

@@ -1,5 +1,5 @@
 """Likely label errors, and near duplicates that only a network sees (crops, small rotations), from frozen
-pretrained features (computed by :mod:`plantpheno.training.data_checks`: data never imports models).
+pretrained features (computed by :mod:`plantpheno.training.doctor_features`: data never imports models).
 
 Label errors follow confident learning (Northcutt et al. 2021): out-of-sample class probabilities from a
 group-aware K-fold logistic regression on the features, ranked by cleanlab's ``find_label_issues`` (self-

@@ -1,27 +1,35 @@
-"""The data checks of a config, as ``plantpheno train`` and ``plantpheno data check`` run them.
+"""The data checks of a config, as ``plantpheno train`` and ``plantpheno data check`` run them: the memoised report,
+the frozen features the model checks use, and what an error-level finding does (:func:`enforce`).
 
-The pixel and label checks live in :mod:`plantpheno.data.doctor`; the checks that need a network (likely label
-errors, feature near-duplicates) get their frozen pretrained features from here, since data never imports
-models. The features are those of the bundled ImageNet EfficientNet-Lite0 (offline, ``plantpheno[weights]``) at
-224 px, memoised per decoded picture in ``OUTPUT_DIR/.cache/checks/``, so a second check computes nothing.
+The checks that need a network (likely label errors, feature near-duplicates) get their features from an
+``extract`` function their caller passes in (:func:`plantpheno.training.doctor_features.frozen_features`), since
+data never imports models. The features are those of the bundled ImageNet EfficientNet-Lite0 at 224 px,
+memoised per decoded picture in ``OUTPUT_DIR/.cache/checks/``, so a second check computes nothing.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plantpheno.config import Config, ModelConfig
+from plantpheno.check_ids import selected
 from plantpheno.data.cache import CACHE_DIR
-from plantpheno.data.datasets import PreparedData
 from plantpheno.data.doctor.check import MODEL_CHECKS, check_data
 from plantpheno.data.doctor.findings import DataCheckReport
-from plantpheno.check_ids import selected
 from plantpheno.errors import ConfigError, DataCheckError
 from plantpheno.reporting import Reporter, default_reporter
-from plantpheno.run.folder import data_check_path
+
+if TYPE_CHECKING:
+    from plantpheno.config import DataChecksConfig, DataConfig
+    from plantpheno.data.prepared import PreparedData
+
+# Frozen features of images, one row per path, in order, showing progress to the reporter (computed above the data
+# layer, where models are known).
+FeatureExtractor = Callable[[Sequence[Path], Reporter], np.ndarray]
 
 FEATURE_BACKBONE = "tf_efficientnet_lite0"
 FEATURE_SIZE = 224
@@ -34,21 +42,25 @@ REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
 REPORT_MEMO_VERSION = 2  # bump when a check's logic or wording changes: memoised reports are then redone
 
 
-def run_data_checks(prepared: PreparedData, config: Config, *, reporter: Reporter | None = None) -> DataCheckReport:
-    """Every data check of ``config.data.checks`` on ``prepared``, with frozen features where enabled.
+def run_data_checks(prepared: PreparedData, data: DataConfig, *, seed: int, output_dir: Path,
+                    extract: FeatureExtractor | None, reporter: Reporter | None = None) -> DataCheckReport:
+    """Every data check of ``data.checks`` on ``prepared``, with frozen features (from ``extract``, for the
+    pictures not memoised yet) where enabled; ``extract=None`` skips the model checks. ``seed`` is the config's
+    (the folds of the model checks); the memos live under ``output_dir``.
 
     The report is memoised under ``OUTPUT_DIR/.cache/checks/reports/``, keyed by everything it depends on (each
     row's file, label, split, group and decoded-pixel hash, the check settings, the seed, whether features were
     used): the checks are deterministic, so a second run on the same data (a tuning trial, a re-run) reads it."""
     reporter = default_reporter(reporter)
-    features, why_not = check_features(prepared, config, reporter=reporter)
-    memo = config.output_dir / CACHE_DIR / REPORT_MEMO.format(key=_report_key(prepared, config, why_not))
+    cache_dir = output_dir / CACHE_DIR
+    features, why_not = check_features(prepared, data.checks, cache_dir=cache_dir, extract=extract, reporter=reporter)
+    memo = cache_dir / REPORT_MEMO.format(key=_report_key(prepared, data, seed, why_not))
     if memo.is_file():
         try:
             return DataCheckReport.read(memo)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: check again and rewrite it
-    report = check_data(prepared, config, reporter=reporter, features=features, features_skipped=why_not)
+    report = check_data(prepared, data, seed=seed, reporter=reporter, features=features, features_skipped=why_not)
     try:
         report.write(memo)
     except OSError:  # a read-only output folder only costs the speed-up
@@ -56,29 +68,29 @@ def run_data_checks(prepared: PreparedData, config: Config, *, reporter: Reporte
     return report
 
 
-def _report_key(prepared: PreparedData, config: Config, features_skipped: str | None) -> str:
+def _report_key(prepared: PreparedData, data: DataConfig, seed: int, features_skipped: str | None) -> str:
     import hashlib
     import json
 
-    from plantpheno.version import __version__
     from plantpheno.data.doctor.pixels import STATS_VERSION
+    from plantpheno.version import __version__
 
     rows = [[split, str(s.path), s.target, s.group,
              prepared.stats[s.path].pixel_hash if s.path in prepared.stats else None]
             for split, samples in prepared.splits.items() for s in samples]
     key = {"rows": rows, "bad": [[str(p), why] for p, why in prepared.bad_files], "task": prepared.task,
-           "checks": config.data.checks.model_dump(mode="json"), "seed": config.seed,
-           "on_bad_image": config.data.on_bad_image, "features": features_skipped,
+           "checks": data.checks.model_dump(mode="json"), "seed": seed,
+           "on_bad_image": data.on_bad_image, "features": features_skipped,
            "versions": [__version__, STATS_VERSION, REPORT_MEMO_VERSION]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def enforce(report: DataCheckReport, config: Config, *, reporter: Reporter) -> DataCheckReport:
+def enforce(report: DataCheckReport, *, on_error: str, where: Path, reporter: Reporter) -> DataCheckReport:
     """Tell the person what the checks found; an error-level finding stops (``DataCheckError``, with the report
-    written to ``OUTPUT_DIR/<experiment>/data_check.json``) unless ``data.checks.on_error`` is ``warn``."""
+    written to ``where``, :func:`plantpheno.run.folder.data_check_path`) unless ``on_error``
+    (``data.checks.on_error``) is ``warn``."""
     reporter.info(report.headline())
-    if report.errors and config.data.checks.on_error == "stop":
-        where = data_check_path(config)
+    if report.errors and on_error == "stop":
         report.write(where)
         lines = []
         for finding in report.errors:
@@ -97,17 +109,18 @@ def enforce(report: DataCheckReport, config: Config, *, reporter: Reporter) -> D
     return report
 
 
-def check_features(prepared: PreparedData, config: Config, *,
+def check_features(prepared: PreparedData, settings: DataChecksConfig, *, cache_dir: Path,
+                   extract: FeatureExtractor | None,
                    reporter: Reporter) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """Frozen pretrained features of every picture (by decoded-pixel hash) for the model checks, or None and why
-    not: ``data.checks.label_errors`` off, the checks ignored, or ``auto`` and not all features are cached."""
-    settings = config.data.checks
+    not: ``data.checks.label_errors`` off, the checks ignored, or ``auto`` and not all features are cached (in the
+    memo under ``cache_dir``, ``OUTPUT_DIR/.cache``)."""
     if not any(selected(c, settings.ignore) for c in MODEL_CHECKS):
         return None, "in data.checks.ignore"
     if settings.label_errors == "off":
         return None, "data.checks.label_errors=off"
     wanted = {stats.pixel_hash: path for path, stats in prepared.stats.items()}
-    memo_path = config.output_dir / CACHE_DIR / FEATURE_MEMO.format(backbone=FEATURE_BACKBONE, size=FEATURE_SIZE)
+    memo_path = cache_dir / FEATURE_MEMO.format(backbone=FEATURE_BACKBONE, size=FEATURE_SIZE)
     memo = _read_memo(memo_path)
     missing = [h for h in wanted if h not in memo]
     if missing and settings.label_errors == "auto":
@@ -120,9 +133,13 @@ def check_features(prepared: PreparedData, config: Config, *,
                               f"cleanlab, which are not installed ({DOCTOR_HINT})")
         return None, f"the label-error check needs scikit-learn and cleanlab, not installed ({DOCTOR_HINT})"
     if missing:
+        if extract is None:
+            return None, f"{len(missing)} of {len(wanted)} images have no cached features and no network computes them"
         reporter.info(f"data checks: frozen {FEATURE_BACKBONE} features of {len(missing)} image(s) for the label-"
                       f"error and feature-duplicate checks (computed once, cached in {memo_path.parent})")
-        memo.update(_compute(sorted(missing), wanted, config, reporter))
+        hashes = sorted(missing)
+        computed = extract([wanted[h] for h in hashes], reporter)
+        memo.update(zip(hashes, np.asarray(computed).astype(np.float16)))
         _write_memo(memo_path, memo)
     return {h: memo[h] for h in wanted}, None
 
@@ -131,28 +148,6 @@ def _libraries_present() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(name) is not None for name in ("sklearn", "cleanlab"))
-
-
-def _compute(hashes: list[str], paths: dict[str, Path], config: Config,
-             reporter: Reporter) -> dict[str, np.ndarray]:
-    import torch
-
-    from plantpheno.data.datasets import resolve_num_workers
-    from plantpheno.device import resolve_device
-    from plantpheno.models import build_model, normalization
-    from plantpheno.training.features import extract_features, pass_batch_size
-
-    model = build_model(ModelConfig(backbone=FEATURE_BACKBONE, pretrained="bundled"), num_outputs=1)
-    mean, std = normalization(model, config.model_copy(update={"data": config.data.model_copy(
-        update={"mean": None, "std": None})}))
-    device = resolve_device(config.device)
-    model = model.to(device)
-    with torch.inference_mode():
-        features = extract_features(model, [paths[h] for h in hashes], image_size=FEATURE_SIZE, mean=mean, std=std,
-                                    batch_size=pass_batch_size(64, device), device=device,
-                                    num_workers=resolve_num_workers(config.data.num_workers), reporter=reporter,
-                                    desc="data checks: frozen features")
-    return dict(zip(hashes, features.numpy().astype(np.float16)))
 
 
 def _read_memo(path: Path) -> dict[str, np.ndarray]:
