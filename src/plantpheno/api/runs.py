@@ -96,7 +96,7 @@ def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val"
             raise ArgumentError("class_map and name go with data (an evaluation on another source)")
         import plantpheno.pipeline as pipeline
 
-        return pipeline.evaluate_run(_run_path(run), split=check_split(split or "test"), device=device,
+        return pipeline.evaluate_run(_run_path(run), split=check_split("test" if split is None else split), device=device,
                                      reporter=_reporter(verbose, reporter))
     if split is not None:
         raise ArgumentError("split and data exclude each other: data evaluates on another source")
