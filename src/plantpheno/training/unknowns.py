@@ -207,6 +207,11 @@ def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> 
     """The end of a run's evaluation: with ``fit`` (train only), fit the OOD detector on train/val (features from
     the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``).
     After the split's evaluation: the detector's MSP/energy scores use the temperature it fitted."""
+    if job.config.data.bands is not None:  # its feature pass reads RGB images; N-band inputs are left for later
+        if fit and job.dist.is_main:
+            job.reporter.warning("no OOD detector for data.bands yet (its feature pass reads RGB images): "
+                                 "predictions of this model carry no unknown flag")
+        return
     common = dict(prepared=job.prepared, loaders=job.loaders, config=job.config, device=job.device, run=run,
                   mean=list(job.meta.mean), std=list(job.meta.std), reporter=job.reporter)
     if fit:
