@@ -268,7 +268,8 @@ def test_package_holds_no_pickles_and_predict_lists_bad_files(trained, tmp_path,
     from plantpheno.registry.store import ModelRegistry
 
     result, uri = trained
-    package = ModelRegistry(uri).download(parse_ref("leafnet"), tmp_path / "pkg")
+    # the run trained here (the latest version may be a tuning trial, which fits no OOD detector)
+    package = ModelRegistry(uri).download(parse_ref("leafnet@candidate"), tmp_path / "pkg")
     files = [p for p in package.folder.iterdir() if p.suffix != ".sha256"]
     assert sorted(p.suffix for p in files) == sorted(
         [".json", ".safetensors", ".safetensors", ".md", ".yaml", ".json", ".json", ".json", ".json",
