@@ -72,7 +72,7 @@ CASES = {
     "resize bogus": (_set("resize", "zoom"), ("resize: Input should be 'crop', 'pad' or 'stretch'",)),
     "meta_version from the future": (_set("meta_version", 99), ("meta_version 99; this plantpheno reads versions 1 "
                                                                "to 2",)),
-    "bands not RGB": (_set("bands", "RGBN"), ("bands: Input should be 'RGB'",)),
+    "bands not RGB": (_set("bands", "RGBN"), ("bands: Input should be 'RGB' or a data.bands block",)),
 }
 
 

@@ -20,7 +20,8 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from plantpheno.errors import PlantPhenoError, RegistryError, RunDirError, short_repr
 from plantpheno.records.evaluation import Evaluation, Interval, Verdict
@@ -112,6 +113,15 @@ class ModelMeta(BaseModel):
     headline_metric: str | None = None
     confidence_interval: Interval | None = None
     baseline_verdict: Verdict | None = None
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _bands(cls, value: Any) -> Any:
+        # one message for both forms (pydantic would list each member of the union)
+        if not (value == "RGB" or isinstance(value, (dict, BandsMeta))):
+            raise ValueError(f"Input should be 'RGB' or a data.bands block (specs, names, low, high, mean, std), "
+                             f"got {short_repr(value)}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelMeta:
