@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plantpheno import pipeline
-from plantpheno.budget import leaderboard
+import plantpheno.pipeline as pipeline
+import plantpheno.budget.leaderboard as leaderboard
 from plantpheno.budget.estimate import DataSize, Estimator, probe
 from plantpheno.budget.folds import validation_too_small, write_fold_manifests
 from plantpheno.budget.ladder import TTA_REASON, Candidate, ladder_for, resize_of

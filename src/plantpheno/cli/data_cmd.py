@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from plantpheno.cli import suggest_cmd
+import plantpheno.cli.suggest_cmd as suggest_cmd
 from plantpheno.cli.options import integer
 from plantpheno.errors import ConfigError
 

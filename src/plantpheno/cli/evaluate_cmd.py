@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.split is not None:
         raise ArgumentError("--split and --data exclude each other: --data evaluates on another source")
-    from plantpheno import source_eval
+    import plantpheno.source_eval as source_eval
 
     spec = source_eval.SourceSpec(args.data, args.class_map, args.name)
     evaluation = source_eval.evaluate_source(args.run_dir, spec, device=args.device, reporter=ConsoleReporter())

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--budget runs its candidates in this process; it does not combine with --nproc")
     if args.nproc is not None:
         return _launch_torchrun(args)
-    from plantpheno import pipeline
+    import plantpheno.pipeline as pipeline
     from plantpheno.config import load_config
     from plantpheno.reporting import ConsoleReporter
     from plantpheno.training.loop import Interrupted

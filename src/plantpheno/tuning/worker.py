@@ -128,7 +128,7 @@ def run_worker(plan: StudyPlan, *, worker_index: int = 0, deadline: float | None
 def run_trial(plan: StudyPlan, study: optuna.Study, trial: optuna.Trial, *, parent_run_id: str | None,
               handle_signals: bool, reporter: Reporter | None = None) -> TrialState:
     """Train one trial's run and tell the study how it ended."""
-    from plantpheno import pipeline
+    import plantpheno.pipeline as pipeline
 
     reporter = default_reporter(reporter)
     started = time.time()
