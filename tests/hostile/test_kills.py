@@ -116,6 +116,7 @@ def test_kill_minus_9_at_each_point_leaves_usable_checkpoints_and_a_run_that_res
 KILL_AT = """
 import os, signal, sys
 import plantpheno.pipeline
+import plantpheno.training.job
 from plantpheno.data.doctor.findings import DataCheckReport
 from plantpheno.run.folder import RunDir
 
@@ -124,7 +125,8 @@ def die(*args, **kwargs):
 
 point = sys.argv.pop(1)
 if point == "data files":
-    plantpheno.pipeline.write_data_files = die
+    # a new run writes them from training/job.py (new_run_dir), a resumed one that lacks them from pipeline.py
+    plantpheno.pipeline.write_data_files = plantpheno.training.job.write_data_files = die
 elif point == "data check":  # its write into the run folder (the checks write elsewhere first)
     write = DataCheckReport.write
     DataCheckReport.write = lambda self, path: die() if (path.parent / "config.yaml").is_file() else write(self, path)
