@@ -9,7 +9,6 @@ normalisation. A second round over the same pool, or a larger pool, computes onl
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plantpheno.files.atomic import atomic_write_bytes
+from plantpheno.data.doctor.runner import read_feature_memo, write_feature_memo
 from plantpheno.config import Config
 from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.images import ImageCheck
@@ -94,7 +93,7 @@ def features_of(run_model: RunModel, checks: Sequence[ImageCheck], *, num_worker
                 reporter: Reporter | None = None) -> np.ndarray:
     """Pooled backbone features ``(N, D)`` float32 of the checked (readable) images, from the memo where it has
     them; the others are computed once and added to it."""
-    memo = _read_memo(run_model.memo)
+    memo = read_feature_memo(run_model.memo)
     todo = list(dict.fromkeys(c.sha256 for c in checks if c.sha256 not in memo))
     if todo:
         first = {c.sha256: c.path for c in reversed(checks)}
@@ -105,7 +104,7 @@ def features_of(run_model: RunModel, checks: Sequence[ImageCheck], *, num_worker
                                      batch_size=pass_batch_size(64, run_model.device), device=run_model.device,
                                      num_workers=num_workers, reporter=reporter, desc="suggest: backbone pass")
         memo.update(zip(todo, found.numpy().astype(np.float16)))
-        _write_memo(run_model.memo, memo)
+        write_feature_memo(run_model.memo, memo)
     return np.stack([memo[c.sha256] for c in checks]).astype(np.float32)
 
 
@@ -118,21 +117,3 @@ def head_outputs(run_model: RunModel, features: np.ndarray) -> np.ndarray:
     if not run_model.regression:
         raw = raw / run_model.temperature  # as predict does: fitted on the validation split
     return task.predictions(raw).cpu().numpy()
-
-
-def _read_memo(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return dict(zip(data["hashes"].tolist(), data["features"]))
-    except (OSError, ValueError, KeyError):
-        return {}  # absent or unreadable: compute (and rewrite it)
-
-
-def _write_memo(path: Path, memo: dict[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    hashes = sorted(memo)
-    np.savez(buffer, hashes=np.array(hashes), features=np.stack([memo[h] for h in hashes]).astype(np.float16))
-    try:
-        atomic_write_bytes(path, buffer.getvalue())
-    except OSError:  # a read-only output folder only costs the speed-up
-        pass

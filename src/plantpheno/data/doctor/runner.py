@@ -121,7 +121,7 @@ def check_features(prepared: PreparedData, settings: DataChecksConfig, *, cache_
         return None, "data.checks.label_errors=off"
     wanted = {stats.pixel_hash: path for path, stats in prepared.stats.items()}
     memo_path = cache_dir / FEATURE_MEMO.format(backbone=FEATURE_BACKBONE, size=FEATURE_SIZE)
-    memo = _read_memo(memo_path)
+    memo = read_feature_memo(memo_path)
     missing = [h for h in wanted if h not in memo]
     if missing and settings.label_errors == "auto":
         return None, (f"data.checks.label_errors=auto and {len(missing)} of {len(wanted)} images have no cached "
@@ -140,7 +140,7 @@ def check_features(prepared: PreparedData, settings: DataChecksConfig, *, cache_
         hashes = sorted(missing)
         computed = extract([wanted[h] for h in hashes], reporter)
         memo.update(zip(hashes, np.asarray(computed).astype(np.float16)))
-        _write_memo(memo_path, memo)
+        write_feature_memo(memo_path, memo)
     return {h: memo[h] for h in wanted}, None
 
 
@@ -150,7 +150,7 @@ def _libraries_present() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("sklearn", "cleanlab"))
 
 
-def _read_memo(path: Path) -> dict[str, np.ndarray]:
+def read_feature_memo(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return dict(zip(data["hashes"].tolist(), data["features"]))
@@ -158,7 +158,7 @@ def _read_memo(path: Path) -> dict[str, np.ndarray]:
         return {}  # absent or unreadable: compute (and rewrite it)
 
 
-def _write_memo(path: Path, memo: dict[str, np.ndarray]) -> None:
+def write_feature_memo(path: Path, memo: dict[str, np.ndarray]) -> None:
     from plantpheno.files.atomic import atomic_write_bytes
 
     buffer = io.BytesIO()
