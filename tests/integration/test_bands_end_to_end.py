@@ -73,9 +73,9 @@ def test_a_file_with_too_few_bands_stops_training_naming_it(leaves, tmp_path) ->
         pipeline.train(validate_config(raw), handle_signals=False)
 
 
-def test_a_band_model_registers_predicts_from_the_registry_and_refuses_onnx(band_run, leaves, tmp_path) -> None:
+def test_a_band_model_registers_predicts_from_the_registry_and_exports(band_run, leaves, tmp_path) -> None:
     """Registration writes the MLflow model (its input example is a band TIFF); the registered version predicts as
-    the run does; an export, which takes RGB, is refused with one message (exit 2), not run on 3 channels."""
+    the run does, and exports (its bands in their own units: registry/band_export.py) with the parity check."""
     from plantpheno.api import load_model, register_model
 
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
@@ -86,6 +86,6 @@ def test_a_band_model_registers_predicts_from_the_registry_and_refuses_onnx(band
         assert [p.label for p in got] == [p.label for p in want]
         assert [p.confidence for p in got] == pytest.approx([p.confidence for p in want], abs=1e-6)
     done = subprocess.run([sys.executable, "-m", "plantpheno", "models", "export", f"bandnet/{version.version}",
-                           str(tmp_path / "m.onnx"), "--format", "onnx", "--registry", uri],
+                           str(tmp_path / "m.pt"), "--format", "torchscript", "--registry", uri],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "cannot be exported to onnx yet" in done.stderr, done.stderr
+    assert done.returncode == 0 and (tmp_path / "m.pt").is_file(), done.stderr

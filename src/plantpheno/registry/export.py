@@ -7,7 +7,9 @@ probabilities, or the trait in its own units), so a deployment only has to resiz
 written into the file (ONNX metadata ``plantpheno.preprocessing``, a TorchScript extra file
 ``plantpheno_preprocessing.json``). The parity check runs the exported file and the PyTorch reference on
 the same images (the package's stored test images, preprocessed that way, else seeded random ones) and fails
-loudly when the outputs differ beyond the tolerance.
+loudly when the outputs differ beyond the tolerance. A model of ``data.bands`` takes ``(N, C, S, S)``, its bands in
+the file's own units, and contains the per-band clip and standardisation (:mod:`plantpheno.registry.band_export`;
+the band names and scaling are in the same metadata).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from plantpheno.files.atomic import check_output_path, replace_with_checksum, storage_error
 from plantpheno.errors import ExportError
 from plantpheno.evaluation.tta import TTAModel
+from plantpheno.registry.band_export import band_scaling
 from plantpheno.registry.package import ModelPackage, preprocessing
 from plantpheno.reporting import Reporter, default_reporter
 
@@ -49,13 +52,25 @@ class DeployableModel(nn.Module):
         tta = m.applied_tta
         self.model = model if tta == "none" else TTAModel(model, tta)
         self.temperature = m.applied_temperature
-        self.register_buffer("mean", torch.tensor(mean or list(m.mean), dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std or list(m.std), dtype=torch.float32).view(1, 3, 1, 1))
+        # a model of data.bands: per-band clip + standardisation of the bands in their own units (band_export.py)
+        scaling = band_scaling(m) if m.band_names else None
+        self.clip = scaling is not None
+        channels = len(m.band_names or "rgb")
+        default_mean = scaling["mean"] if scaling is not None else list(m.mean)
+        default_std = scaling["std"] if scaling is not None else list(m.std)
+        for name, given, default in (("mean", mean, default_mean), ("std", std, default_std)):
+            value = torch.as_tensor(given if given is not None else default, dtype=torch.float32)
+            self.register_buffer(name, value.reshape(1, channels, 1, 1))
+        if scaling is not None:
+            self.register_buffer("low", scaling["low"])
+            self.register_buffer("high", scaling["high"])
         self.classification = m.is_classification
         self.target_mean = float(m.target_mean or 0.0)
         self.target_std = float(m.target_std or 1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.clip:
+            images = torch.minimum(torch.maximum(images, self.low), self.high)
         out = self.model((images - self.mean) / self.std)
         if self.classification:
             return (out / self.temperature).softmax(dim=1)
@@ -87,11 +102,6 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
     (an ONNX export takes about a minute on a CPU).
     """
     reporter = default_reporter(reporter)
-    bands = package.meta.band_names
-    if bands:
-        raise ExportError(f"{package.folder}: a model of data.bands ({', '.join(bands)}) "
-                          f"cannot be exported to {fmt} yet (the exported graph takes RGB); use `plantpheno "
-                          f"predict` or the Python API")
     if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not math.isfinite(tolerance) \
             or tolerance < 0:
         raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r} (the parity check compares "
@@ -136,8 +146,12 @@ def _inputs(package: ModelPackage) -> list[Path]:
 def _check_images(package: ModelPackage) -> torch.Tensor:
     images = package.sample_inputs()
     if images is None:
-        size = package.meta.image_size
-        images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+        size, m = package.meta.image_size, package.meta
+        channels = len(m.band_names or "rgb")
+        images = torch.rand(4, channels, size, size, generator=torch.Generator().manual_seed(0))
+        if m.band_names:  # uniform within each band's clipping range, in the band's own units
+            scaling = band_scaling(m)
+            images = scaling["low"] + images * (scaling["high"] - scaling["low"])
     return images.float()
 
 

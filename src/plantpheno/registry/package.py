@@ -94,7 +94,8 @@ class ModelPackage:
         return model.eval()
 
     def sample_inputs(self) -> torch.Tensor | None:
-        """Preprocessed but unnormalised sample images, ``(N, 3, S, S)`` in [0, 1], if stored."""
+        """Preprocessed but unnormalised sample images, if stored: ``(N, 3, S, S)`` in [0, 1], or for a model of
+        ``data.bands`` ``(N, C, S, S)`` in the bands' own units (registry/band_export.py)."""
         from safetensors.torch import load_file
 
         path = self.folder / SAMPLES_FILE
@@ -210,9 +211,14 @@ def preprocessing(meta: ModelMeta) -> dict[str, Any]:
     steps = {"crop": "shorter side to image_size, then the centre square",
              "pad": "longer side to image_size, then centred on a square of pad_fill (letterbox)",
              "stretch": "both sides to image_size"}
-    return {"image_size": meta.image_size, "resize": resize, "resize_steps": steps[resize],
-            "pad_fill": list(pad_fill(list(meta.mean))) if resize == "pad" else None,
-            "input": "RGB in [0, 1], N x 3 x image_size x image_size (antialiased bilinear resize)"}
+    out = {"image_size": meta.image_size, "resize": resize, "resize_steps": steps[resize],
+           "pad_fill": list(pad_fill(list(meta.mean))) if resize == "pad" else None,
+           "input": "RGB in [0, 1], N x 3 x image_size x image_size (antialiased bilinear resize)"}
+    if meta.band_names:  # the bands in their own units, scaled inside the graph (registry/band_export.py)
+        from plantpheno.registry.band_export import band_preprocessing
+
+        out.update(band_preprocessing(meta))
+    return out
 
 
 def _write_samples(run: RunDir, meta: ModelMeta, out: Path) -> None:
@@ -223,13 +229,18 @@ def _write_samples(run: RunDir, meta: ModelMeta, out: Path) -> None:
     from plantpheno.data.images import load_rgb
 
     split = run.split_manifest
-    if not split.is_file() or meta.band_names:  # band images are not RGB; exports of them are refused for now
+    if not split.is_file():
         return
     from plantpheno.files.csvfile import read_csv
 
     with read_csv(split) as reader:
         paths = [Path(row["path"]) for row in reader if row["split"] == "test"][:NUM_SAMPLES]
-    transform = raw_transform(meta)
-    images = [transform(load_rgb(p)) for p in paths if p.is_file()]
+    if meta.band_names:  # (N, C, S, S): the bands in their own units, as a band export takes them
+        from plantpheno.registry.band_export import sample_band_images
+
+        images = sample_band_images(meta, paths)
+    else:
+        transform = raw_transform(meta)
+        images = [transform(load_rgb(p)) for p in paths if p.is_file()]
     if images:
         atomic_write_bytes(out, save({"images": torch.stack(images).contiguous()}), checksum=True)
