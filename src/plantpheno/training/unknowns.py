@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch import nn
 
 from plantpheno.files.atomic import atomic_write_text
 from plantpheno.config import Config
+from plantpheno.data.bands import BandNorm
 from plantpheno.data.datasets import Loaders
 from plantpheno.data.prepared import PreparedData
 from plantpheno.evaluation import ood, selective
@@ -43,6 +45,10 @@ def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: st
     samples = prepared.splits[split]
     chosen = range(len(samples)) if indices is None else indices
     loader = loaders[split] if split in loaders else None
+    if prepared.band_norm is not None:  # data.bands: read through the band loaders, as evaluation reads them
+        return _band_pooled(model, [samples[i].path for i in chosen], prepared.band_norm, config=config,
+                            device=device, num_workers=loader.num_workers if loader is not None else 0,
+                            reporter=reporter, desc=f"OOD features ({split})")
     everything = indices is None or len(indices) == len(samples)
     cache = loader.dataset.cache if loader is not None and everything and split != "train" else None
     return extract_features(model, [samples[i].path for i in chosen], image_size=config.data.image_size,
@@ -50,6 +56,37 @@ def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: st
                             device=device, num_workers=loader.num_workers if loader is not None else 0,
                             cache=cache, resize=config.data.resize, reporter=reporter,
                             desc=f"OOD features ({split})").numpy()
+
+
+@torch.no_grad()
+def _band_pooled(model: nn.Module, paths: Sequence[Path], norm: BandNorm, *, config: Config, device: torch.device,
+                 num_workers: int, reporter: Reporter | None, desc: str) -> np.ndarray:
+    """The pooled features of band images, standardised and squared as the evaluation loader does
+    (:class:`~plantpheno.data.band_loaders.BandDataset` with the evaluation transform)."""
+    from torch.utils.data import DataLoader
+
+    from plantpheno.data.band_loaders import BandDataset, band_eval_transform
+    from plantpheno.data.datasets import EpochSampler
+    from plantpheno.training.features import pass_batch_size, pooled_features
+
+    data = config.data
+    assert data.bands is not None
+    dataset = BandDataset(paths, [0] * len(paths), band_eval_transform(data.image_size, data.resize),
+                          bands=data.bands, norm=norm, regression=False)
+    loader = DataLoader(dataset, batch_size=pass_batch_size(data.batch_size, device), num_workers=num_workers,
+                        sampler=EpochSampler(len(paths), seed=0, shuffle=False), generator=torch.Generator())
+    was_training, features = model.training, pooled_features(model)
+    model.eval()
+    bar = reporter.progress(total=len(paths), desc=desc, unit="img") if reporter is not None else None
+    chunks = []
+    for images, _ in loader:
+        chunks.append(features(images.to(device)).float().cpu().numpy())
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.num_features), np.float32)
 
 
 def cached_pooled(source: tuple[Loaders, nn.Module] | None, model: nn.Module,
@@ -207,11 +244,6 @@ def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> 
     """The end of a run's evaluation: with ``fit`` (train only), fit the OOD detector on train/val (features from
     the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``).
     After the split's evaluation: the detector's MSP/energy scores use the temperature it fitted."""
-    if job.config.data.bands is not None:  # its feature pass reads RGB images; N-band inputs are left for later
-        if fit and job.dist.is_main:
-            job.reporter.warning("no OOD detector for data.bands yet (its feature pass reads RGB images): "
-                                 "predictions of this model carry no unknown flag")
-        return
     common = dict(prepared=job.prepared, loaders=job.loaders, config=job.config, device=job.device, run=run,
                   mean=list(job.meta.mean), std=list(job.meta.std), reporter=job.reporter)
     if fit:

@@ -1,5 +1,6 @@
-"""Exports of a model of ``data.bands`` (issue 31): the graph takes its bands in the file's own units, carries their
-names and scaling, passes its parity check, and gives what ``predict`` gives (registry/band_export.py)."""
+"""A model of ``data.bands`` deployed (issue 31): its exports take its bands in the file's own units, carry their
+names and scaling, pass their parity check and give what ``predict`` gives (registry/band_export.py); its OOD
+detector is fitted on band features and flags band images unlike its training set."""
 
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ def band_package(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("band-export")
     leaves = synthesize_multispectral(tmp / "set", per_class=12, image_size=32, seed=3)
-    raw = tiny_config(tmp, data={"root": str(leaves), "bands": BANDS}, training={"epochs": 1},
-                      evaluation={"ood": {"enabled": False}})
+    raw = tiny_config(tmp, data={"root": str(leaves), "bands": BANDS}, training={"epochs": 1})
     run = pipeline.train(validate_config(raw), handle_signals=False).run_dir
     return package_run(run, tmp / "package"), leaves
 
@@ -94,3 +94,29 @@ def test_an_rgb_package_still_takes_rgb_in_zero_one():
     package = ModelPackage.open(Path(__file__).resolve().parents[1] / "data" / "old_layout" / "package")
     notes = preprocessing(package.meta)
     assert "bands" not in notes and notes["input"].startswith("RGB in [0, 1], N x 3")
+
+
+def test_the_ood_detector_is_fitted_on_band_features_and_predict_scores_as_training_did(band_package):
+    """The detector's feature pass (training/unknowns.py) and predict read the bands alike: predict's OOD scores of
+    the test images are those the evaluation wrote; a band image far from the training set is flagged."""
+    import csv
+
+    from plantpheno.registry.predict import Predictor
+
+    package, _ = band_package
+    run = Path(package.meta.source_run_dir)
+    block = json.loads((run / "eval" / "test" / "unknown.json").read_text())
+    assert (package.folder / "ood.json").is_file() and block["num_images"] > 0
+    with (run / "split.csv").open(newline="") as fh:
+        test = [Path(r["path"]) for r in csv.DictReader(fh) if r["split"] == "test"]
+    predictor = Predictor(package)
+    assert predictor.ood is not None and predictor.ood.score == "energy+knn"
+    _, bad, scores = predictor.predict_files_with_scores(test)
+    assert not bad and len(scores) == block["num_images"]
+    quantiles = {f"q{int(q * 100):02d}": float(np.quantile(scores, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+    assert quantiles == pytest.approx(block["score_quantiles"], abs=1e-4)
+    noise = np.random.default_rng(0).integers(0, 65535, (32, 32, 4)).astype(np.uint16)  # no leaf at all
+    results, _, by_index = predictor.predict_with_scores([noise])
+    score = by_index[0]
+    described = predictor.describe(results[0][1], score)
+    assert described["unknown"] is True and score > predictor.ood.threshold
