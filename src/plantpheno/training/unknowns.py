@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from plantpheno.files.atomic import atomic_write_text
-from plantpheno.config import Config
+from plantpheno.config import Config, DataConfig
 from plantpheno.data.bands import BandNorm
 from plantpheno.data.datasets import Loaders
 from plantpheno.data.prepared import PreparedData
@@ -46,7 +46,7 @@ def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: st
     chosen = range(len(samples)) if indices is None else indices
     loader = loaders[split] if split in loaders else None
     if prepared.band_norm is not None:  # data.bands: read through the band loaders, as evaluation reads them
-        return _band_pooled(model, [samples[i].path for i in chosen], prepared.band_norm, config=config,
+        return _band_pooled(model, [samples[i].path for i in chosen], prepared.band_norm, data=config.data,
                             device=device, num_workers=loader.num_workers if loader is not None else 0,
                             reporter=reporter, desc=f"OOD features ({split})")
     everything = indices is None or len(indices) == len(samples)
@@ -59,7 +59,7 @@ def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: st
 
 
 @torch.no_grad()
-def _band_pooled(model: nn.Module, paths: Sequence[Path], norm: BandNorm, *, config: Config, device: torch.device,
+def _band_pooled(model: nn.Module, paths: Sequence[Path], norm: BandNorm, *, data: DataConfig, device: torch.device,
                  num_workers: int, reporter: Reporter | None, desc: str) -> np.ndarray:
     """The pooled features of band images, standardised and squared as the evaluation loader does
     (:class:`~plantpheno.data.band_loaders.BandDataset` with the evaluation transform)."""
@@ -69,7 +69,6 @@ def _band_pooled(model: nn.Module, paths: Sequence[Path], norm: BandNorm, *, con
     from plantpheno.data.datasets import EpochSampler
     from plantpheno.training.features import pass_batch_size, pooled_features
 
-    data = config.data
     assert data.bands is not None
     dataset = BandDataset(paths, [0] * len(paths), band_eval_transform(data.image_size, data.resize),
                           bands=data.bands, norm=norm, regression=False)
