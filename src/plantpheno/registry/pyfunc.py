@@ -50,7 +50,7 @@ from mlflow.pyfunc import PythonModel
 
 from plantpheno.version import __version__
 from plantpheno.data.images import DEFAULT_MAX_PIXELS
-from plantpheno.errors import ModelError, short_repr
+from plantpheno.errors import ModelError, PlantPhenoError, short_repr
 from plantpheno.registry.package import FORMAT, PYFUNC_ARTIFACT, ModelPackage
 
 CODE_FILE = "plantpheno_pyfunc.py"
@@ -151,7 +151,10 @@ class PlantPhenoPyfunc(PythonModel):
                 rows.append(row)
             except ValueError as exc:
                 bad.append((row, str(exc)))
-        results, unreadable, scores = self.predictor.predict_with_scores(images)
+        try:
+            results, unreadable, scores = self.predictor.predict_with_scores(images)
+        except PlantPhenoError as exc:  # e.g. images without the bands a model of data.bands reads: HTTP 400
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
         bad += [(rows[i], why) for i, why in unreadable]
         if bad:
             listed = "; ".join(f"row {row}: {why}" for row, why in sorted(bad)[:MAX_LISTED_ERRORS])
