@@ -120,3 +120,24 @@ def test_the_ood_detector_is_fitted_on_band_features_and_predict_scores_as_train
     score = by_index[0]
     described = predictor.describe(results[0][1], score)
     assert described["unknown"] is True and score > predictor.ood.threshold
+
+
+def test_the_served_model_answers_a_band_list_it_does_not_match_with_a_bad_request(band_package):
+    """The pyfunc turns the one message into MLflow's INVALID_PARAMETER_VALUE (HTTP 400 from `mlflow models serve`,
+    tested there in tests/integration/test_bands_round_trip.py), not an unexpected error with a stack trace."""
+    import io
+
+    import pandas as pd
+    import tifffile
+    from mlflow.exceptions import MlflowException
+
+    from plantpheno.registry.predict import Predictor
+    from plantpheno.registry.pyfunc import PlantPhenoPyfunc, ServingOptions
+
+    served = PlantPhenoPyfunc()
+    served.options, served.predictor = ServingOptions(), Predictor(band_package[0])
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((32, 32, 3), np.uint16), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(MlflowException, match=r"has 3 band\(s\); data.bands needs nir .*trained on bands") as caught:
+        served.predict(None, pd.DataFrame({"image": [buf.getvalue()]}))
+    assert caught.value.get_http_status_code() == 400
