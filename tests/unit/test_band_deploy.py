@@ -26,7 +26,7 @@ def band_package(tmp_path_factory):
     from plantpheno.registry.package import package_run
 
     tmp = tmp_path_factory.mktemp("band-export")
-    leaves = synthesize_multispectral(tmp / "set", per_class=12, image_size=32, seed=3)
+    leaves = synthesize_multispectral(tmp / "set", per_class=8, image_size=32, seed=3)
     raw = tiny_config(tmp, data={"root": str(leaves), "bands": BANDS}, training={"epochs": 1})
     run = pipeline.train(validate_config(raw), handle_signals=False).run_dir
     return package_run(run, tmp / "package"), leaves
