@@ -58,6 +58,7 @@ def test_a_sixteen_bit_four_band_model_round_trips_with_the_same_predictions(tmp
                    verbose=False)
     assert (run.path / "ood.json").is_file()  # the OOD detector is fitted on band features
     pp.evaluate(run, split="test", verbose=False)
+    assert json.loads((run.path / "eval" / "test" / "unknown.json").read_text())["num_images"] > 0
     with (run.path / "eval" / "test" / "predictions.csv").open(newline="") as fh:
         expected = {row["path"]: row for row in csv.DictReader(fh)}
     classes = run.metrics()["class_names"]
@@ -79,9 +80,12 @@ def test_a_sixteen_bit_four_band_model_round_trips_with_the_same_predictions(tmp
     assert done.returncode == 2 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr
     assert "has 3 band(s); data.bands needs nir" in done.stderr and "trained on bands red, green, blue, nir" in \
         done.stderr
-    with pp.load_model(ref, registry=uri) as model, pytest.raises(
-            DataError, match=r"has 3 band\(s\).*trained on bands red, green, blue, nir"):  # the API: one DataError
-        model.predict([three])
+    with pp.load_model(ref, registry=uri) as model:  # the API: the same answers, with OOD scores; one DataError
+        for prediction, path in zip(model.predict(files), files):
+            assert prediction.label == expected[path]["predicted"] and prediction.unknown in (True, False)
+            assert prediction.ood_score == pytest.approx(float(predicted[path]["ood_score"]), abs=TOL)
+        with pytest.raises(DataError, match=r"has 3 band\(s\).*trained on bands red, green, blue, nir"):
+            model.predict([three])
 
     _served_predictions_agree(uri, files, expected, classes, tmp_path)
     _onnx_export_agrees(ref, uri, files, expected, classes, tmp_path)
