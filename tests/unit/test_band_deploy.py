@@ -141,3 +141,19 @@ def test_the_served_model_answers_a_band_list_it_does_not_match_with_a_bad_reque
     with pytest.raises(MlflowException, match=r"has 3 band\(s\); data.bands needs nir .*trained on bands") as caught:
         served.predict(None, pd.DataFrame({"image": [buf.getvalue()]}))
     assert caught.value.get_http_status_code() == 400
+
+
+def test_an_rgb_model_says_that_a_band_file_it_cannot_read_holds_other_bands(tmp_path):
+    """An RGB package (made before bands) lists a four-band 16-bit TIFF as unreadable, as before, saying why."""
+    import tifffile
+
+    from plantpheno.registry.package import ModelPackage
+    from plantpheno.registry.predict import Predictor
+
+    band_file = tmp_path / "four.tif"
+    tifffile.imwrite(band_file, np.zeros((32, 32, 4), np.uint16), photometric="minisblack", planarconfig="contig")
+    predictor = Predictor(ModelPackage.open(Path(__file__).resolve().parents[1] / "data" / "old_layout" / "package"))
+    results, bad = predictor.predict_images([band_file, band_file.read_bytes(), b"not an image"])
+    assert not results and [i for i, _ in bad] == [0, 1, 2]
+    assert all("holds 4 band(s) of uint16; this model reads RGB images" in why for _, why in bad[:2])
+    assert "band" not in bad[2][1]

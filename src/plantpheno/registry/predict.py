@@ -98,7 +98,8 @@ class Predictor:
                 except BandCountError:
                     raise  # the model's bands are not in these files: one message, not one per file
                 except Exception as exc:  # noqa: BLE001 - any unreadable image is reported, not fatal
-                    bad.append((i, f"{type(exc).__name__}: {exc}"))
+                    hint = _band_hint(images[i], self.max_pixels) if self.bands is None else ""
+                    bad.append((i, f"{type(exc).__name__}: {exc}{hint}"))
             if tensors:
                 batch = torch.stack(tensors).to(self.device).contiguous(memory_format=input_format(self.model))
                 raw, ood_scores = self._forward(batch)
@@ -202,6 +203,23 @@ def to_rgb_image(item: ImageInput, *, min_side: int | None = None,
         return rgb_from_array(item, max_pixels=max_pixels)
     raise DataError(f"cannot read an image from a {type(item).__name__}: expected a path, encoded image bytes, a "
                     f"PIL image or a numpy array (H, W[, C])")
+
+
+def _band_hint(item: ImageInput, max_pixels: int | None) -> str:
+    """Why an RGB model could not read an image that holds other bands (a multi-band TIFF or an array file), or
+    nothing: such a file is read only here, after the RGB decoder failed on it."""
+    if not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return ""
+    from plantpheno.data.bands import read_raw
+
+    try:
+        raw = read_raw(item, max_pixels=max_pixels)
+    except Exception:  # noqa: BLE001 - not a band file either: the decoder's own reason stands
+        return ""
+    if raw.dtype == np.uint8 and raw.shape[2] in (1, 3, 4):  # an 8-bit grey/RGB(A) image, damaged: not a band file
+        return ""
+    return (f" (it holds {raw.shape[2]} band(s) of {raw.dtype}; this model reads RGB images: it was trained "
+            f"without data.bands)")
 
 
 def check_batch_size(batch_size: object) -> int:
