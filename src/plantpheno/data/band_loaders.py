@@ -14,7 +14,7 @@ a hue shift of a false-colour composite has no physical meaning).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -103,10 +103,12 @@ def band_train_transform(image_size: int, resize: str, augment: AugmentConfig, n
     return T.Compose(steps)
 
 
-def standardised(path: Path, bands: Sequence[BandSpec], norm: BandNorm) -> torch.Tensor:
-    """An image file's bands, clipped and standardised, as a ``(C, H, W)`` float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(norm.apply(read_bands(path, bands, max_pixels=None))
-                                                 .transpose(2, 0, 1)))
+def standardised(path: Path, bands: Sequence[BandSpec], norm: BandNorm,
+                 companions: Mapping[str, Path] | None = None) -> torch.Tensor:
+    """An image file's bands (with its band files: ``companions`` or patterns), clipped and standardised, as a
+    ``(C, H, W)`` float32 tensor."""
+    pixels = read_bands(path, bands, max_pixels=None, companions=companions)
+    return torch.from_numpy(np.ascontiguousarray(norm.apply(pixels).transpose(2, 0, 1)))
 
 
 class BandDataset(Dataset):
@@ -114,8 +116,10 @@ class BandDataset(Dataset):
     :class:`~plantpheno.data.datasets.ImageDataset`)."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform, *,
-                 bands: Sequence[BandSpec], norm: BandNorm, regression: bool) -> None:
+                 bands: Sequence[BandSpec], norm: BandNorm, regression: bool,
+                 companions: Sequence[Mapping[str, Path]] | None = None) -> None:
         self.paths, self.bands, self.norm, self.transform = list(paths), tuple(bands), norm, transform
+        self.companions = list(companions) if companions is not None else [{}] * len(self.paths)
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
 
     def __len__(self) -> int:
@@ -123,7 +127,7 @@ class BandDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        image = standardised(self.paths[index], self.bands, self.norm)
+        image = standardised(self.paths[index], self.bands, self.norm, self.companions[index])
         if torch.utils.data.get_worker_info() is not None:
             torch.manual_seed(seed)
             return self.transform(image), self.targets[index]
@@ -145,8 +149,10 @@ def build_band_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, n
         transform = (band_train_transform(data.image_size, data.resize, data.augment, names, norm) if is_train
                      else band_eval_transform(data.image_size, data.resize))
         targets = prepared.targets(name)
-        dataset = BandDataset([s.path for s in prepared.splits[name]], targets, transform, bands=data.bands,
-                              norm=norm, regression=prepared.class_names is None)
+        samples = prepared.splits[name]
+        dataset = BandDataset([s.path for s in samples], targets, transform, bands=data.bands, norm=norm,
+                              regression=prepared.class_names is None,
+                              companions=[dict(s.companions) for s in samples])
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
         sampler = EpochSampler(len(dataset), seed=seed, shuffle=is_train, weights=weights, **shard)

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from plantpheno.config import Config
-from plantpheno.data.bands import BandNorm, band_check, band_statistics
+from plantpheno.band_config import band_columns
+from plantpheno.data.bands import BandNorm, band_check, band_statistics, drop_band_files
 from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.doctor.pixels import ImageStats
 from plantpheno.data.images import check_images
@@ -48,6 +49,7 @@ class PreparedData:
     links_outside_root: list[tuple[Path, Path]] = field(default_factory=list)
     links_policy: str = "follow"
     band_norm: BandNorm | None = None  # with data.bands: per-band scaling from the training split
+    band_columns: tuple[tuple[str, str], ...] = ()  # (band, manifest column) of bands with files of their own
 
     def targets(self, split: str) -> list[int] | list[float]:
         """Class indices (classification) or float values (regression) of one split."""
@@ -77,17 +79,23 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     """
     data = config.data
     links: list[tuple[Path, Path]] = []
+    by_column = band_columns(data.bands)  # one file per band, named in manifest columns (split.csv keeps them)
     if manifest_override is not None:
-        samples = read_manifest(manifest_override, root=None, task=config.task, exact=True)
+        samples = read_manifest(manifest_override, root=None, task=config.task, exact=True, band_columns=by_column)
     elif data.manifest is not None:
         columns = Columns(data.path_column, data.label_column, data.value_column, data.split_column, data.group_column)
-        samples = read_manifest(data.manifest, root=data.root, task=config.task, columns=columns)
-        _note_ignored_columns(data.manifest, config.task, columns, reporter)
+        samples = read_manifest(data.manifest, root=data.root, task=config.task, columns=columns,
+                                band_columns=by_column)
+        _note_ignored_columns(data.manifest, config.task, columns, reporter, by_column)
     else:
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
         samples, links = _apply_link_policy(samples, data.root, data.links_outside_root)
-    check = band_check(data.bands, data.max_image_pixels)  # None: RGB
+    if data.bands is not None:  # a folder's band files (by pattern) are bands of their image, not images
+        kept = set(drop_band_files([s.path for s in samples], data.bands))
+        samples = [s for s in samples if s.path in kept]
+    companions_of = companions_by_path(samples)
+    check = band_check(data.bands, data.max_image_pixels, companions_of)  # None: RGB
     samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
                                               memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO if check is None
                                               else None, max_pixels=data.max_image_pixels, reporter=reporter,
@@ -104,14 +112,21 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     class_names = class_names_of(samples) if config.task == "classification" else None
     if class_names is not None and len(class_names) < 2:
         raise DataError(f"classification needs at least 2 classes, found {class_names}")
-    norm = band_statistics([s.path for s in splits["train"]], data.bands, seed=config.seed) if data.bands else None
+    norm = (band_statistics([s.path for s in splits["train"]], data.bands, seed=config.seed,
+                            companions_of=companions_of) if data.bands else None)
     return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
-                        links_policy=data.links_outside_root, band_norm=norm)
+                        links_policy=data.links_outside_root, band_norm=norm, band_columns=by_column)
 
 
-def _note_ignored_columns(manifest: Path, task: str, columns: Columns, reporter: Reporter | None) -> None:
+def companions_by_path(samples: list[Sample]) -> dict[Path, dict[str, Path]]:
+    """The band files a manifest names (one file per band), by image path; empty without such columns."""
+    return {s.path: dict(s.companions) for s in samples if s.companions}
+
+
+def _note_ignored_columns(manifest: Path, task: str, columns: Columns, reporter: Reporter | None,
+                          by_column: tuple[tuple[str, str], ...] = ()) -> None:
     """Say once which of the manifest's columns nothing reads: data the user gave is never ignored without a word."""
-    ignored = ignored_columns(manifest, task=task, columns=columns)
+    ignored = ignored_columns(manifest, task=task, columns=columns, band_columns=by_column)
     if ignored and reporter is not None:
         grouped = (f"groups come from {columns.group} (data.group_column)" if columns.group != Columns().group
                    else "set data.group_column to group by one (its images then stay in one split)")
@@ -163,9 +178,13 @@ def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, m
 def write_data_files(prepared: PreparedData, run: RunDir) -> None:
     """Write the split manifest (reusable as ``data.manifest``), dataset summary and skipped files."""
     target_col = "label" if prepared.class_names is not None else "value"
-    rows: list[list[object]] = [["path", target_col, "split", "group"]]
+    # one file per band from manifest columns: those columns too (under the names data.bands gives them)
+    extra = list(prepared.band_columns)
+    rows: list[list[object]] = [["path", target_col, "split", "group", *(c for _, c in extra)]]
     # absolute, symlinks kept as links: a resumed run fingerprints the same paths the first run did
-    rows += [[os.path.abspath(s.path), s.target, name, s.group or ""] for name in SPLITS for s in prepared.splits[name]]
+    rows += [[os.path.abspath(s.path), s.target, name, s.group or "",
+              *(os.path.abspath(dict(s.companions)[band]) for band, _ in extra)]
+             for name in SPLITS for s in prepared.splits[name]]
     write_csv(run.split_manifest, rows)
     info = {
         "fingerprint": prepared.fingerprint,
