@@ -196,3 +196,10 @@ def test_synth_per_band_writes_the_same_pixels_as_one_file(tmp_path: Path) -> No
     lines = (split / "labels.csv").read_text().splitlines()
     assert lines[0] == "path,label,nir_path" and lines[1] == "healthy/healthy_0000.tif,healthy,healthy/healthy_0000_NIR.tif"
     assert not (one / "labels.csv").exists()
+
+
+def test_an_image_with_too_few_channels_is_named_before_band_files_are_stacked(tmp_path: Path) -> None:
+    pair(tmp_path)
+    write(tmp_path / "leaf.tif", np.zeros((12, 20, 2), np.uint16))  # red, green only: blue must not read the NIR file
+    with pytest.raises(BandCountError, match=r"leaf.tif: has 2 band\(s\); data.bands needs blue \(channel 2\)"):
+        read_bands(tmp_path / "leaf.tif", bands("red", "green", "blue", NIR))

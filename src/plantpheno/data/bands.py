@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from plantpheno.band_config import BandSpec
+from plantpheno.data.band_stats import measure_bands
 from plantpheno.data.images import DEFAULT_MAX_PIXELS, ImageCheck, TooLarge, require_regular_file
 from plantpheno.records.model_meta import BandsMeta, ModelMeta
 from plantpheno.errors import DataError
@@ -150,6 +151,16 @@ def _read_pil(path: Path | io.BytesIO, name: str, max_pixels: int | None) -> np.
         raise BandError(f"{name}: not an image (format not recognised)") from None
 
 
+def require_channels(arr: np.ndarray, bands: Sequence[BandSpec], source: object) -> None:
+    """Raises :class:`BandCountError` when an ``(H, W, C)`` image lacks a channel its bands read."""
+    channels = arr.shape[2]
+    needed = max((b.channel for b in bands if b.in_image), default=0)
+    if needed >= channels:
+        missing = [f"{b.name} (channel {b.channel})" for b in bands if b.in_image and b.channel >= channels]
+        raise BandCountError(f"{source}: has {channels} band(s); data.bands needs {', '.join(missing)}: expected at least "
+                             f"{needed + 1} bands")
+
+
 def select_bands(arr: np.ndarray, bands: Sequence[BandSpec], *, source: object = "image") -> np.ndarray:
     """The configured bands of a raw ``(H, W, C)`` array as float32 ``(H, W, len(bands))``.
 
@@ -158,12 +169,7 @@ def select_bands(arr: np.ndarray, bands: Sequence[BandSpec], *, source: object =
     """
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    channels = arr.shape[2]
-    needed = max((b.channel for b in bands if b.in_image), default=0)
-    if needed >= channels:
-        missing = [f"{b.name} (channel {b.channel})" for b in bands if b.in_image and b.channel >= channels]
-        raise BandCountError(f"{source}: has {channels} band(s); data.bands needs {', '.join(missing)}: expected at least "
-                        f"{needed + 1} bands")
+    require_channels(arr, bands, source)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise BandError(f"{source}: {bad:,} NaN or infinite pixel value(s); expected finite values in every band "
@@ -205,10 +211,11 @@ def band_file(image: str | os.PathLike[str] | None, band: BandSpec, companions: 
 
 
 def stacked_raw(image: str | os.PathLike[str] | bytes | None, bands: Sequence[BandSpec], *,
-                companions: Companions | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
-                ) -> tuple[np.ndarray, tuple[BandSpec, ...]]:
+                companions: Companions | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                dtypes: dict[str, str] | None = None) -> tuple[np.ndarray, tuple[BandSpec, ...]]:
     """The image file's channels with one channel per band file stacked after them, and ``bands`` re-pointed
-    at that stack: :func:`select_bands` then reads all of them as one array.
+    at that stack: :func:`select_bands` then reads all of them as one array. ``dtypes`` (if given) receives the
+    sample type of each band's file, by band name.
 
     Raises:
         BandError: a band file that is missing, lacks the channel its band reads, or differs in height or width
@@ -216,8 +223,12 @@ def stacked_raw(image: str | os.PathLike[str] | bytes | None, bands: Sequence[Ba
     """
     image_name = "image bytes" if isinstance(image, (bytes, bytearray, memoryview)) else str(image)
     first = read_raw(image, max_pixels=max_pixels) if any(b.in_image for b in bands) else None
+    if first is not None:  # before the band files are stacked after its channels
+        require_channels(first, bands, image_name)
     layers = [first.astype(np.float32, copy=False)] if first is not None else []
     reference = (image_name, first.shape[:2]) if first is not None else None
+    if dtypes is not None and first is not None:
+        dtypes.update({b.name.lower(): str(first.dtype) for b in bands if b.in_image})
     specs, extra = [], 0 if first is None else first.shape[2]
     for band in bands:
         if band.file_source is None:
@@ -243,18 +254,25 @@ def stacked_raw(image: str | os.PathLike[str] | bytes | None, bands: Sequence[Ba
             raise BandError(f"{name}: {bad:,} NaN or infinite pixel value(s) in band {band.name!r}; expected finite "
                             f"values (mask or fill them before training)")
         layers.append(raw[:, :, band.channel].astype(np.float32)[:, :, None])
+        if dtypes is not None:
+            dtypes[band.name.lower()] = str(raw.dtype)
         specs.append(band.model_copy(update={"channel": extra, "column": None, "pattern": None}))
         extra += 1
     return np.concatenate(layers, axis=2), tuple(specs)
 
 
 def read_bands(path: str | os.PathLike[str], bands: Sequence[BandSpec], *,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, companions: Companions | None = None) -> np.ndarray:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, companions: Companions | None = None,
+               dtypes: dict[str, str] | None = None) -> np.ndarray:
     """The configured bands of an image file (and of its band files, ``companions`` or patterns) as float32
-    ``(H, W, len(bands))`` (:func:`read_raw`, :func:`select_bands`)."""
+    ``(H, W, len(bands))`` (:func:`read_raw`, :func:`select_bands`); ``dtypes`` (if given) receives the sample
+    type of each band's file, by band name."""
     if not any(b.file_source for b in bands):
-        return select_bands(read_raw(path, max_pixels=max_pixels), bands, source=path)
-    raw, specs = stacked_raw(path, bands, companions=companions, max_pixels=max_pixels)
+        raw = read_raw(path, max_pixels=max_pixels)
+        if dtypes is not None:
+            dtypes.update({b.name.lower(): str(raw.dtype) for b in bands if b.in_image})
+        return select_bands(raw, bands, source=path)
+    raw, specs = stacked_raw(path, bands, companions=companions, max_pixels=max_pixels, dtypes=dtypes)
     return select_bands(raw, specs, source=path)
 
 
@@ -296,13 +314,15 @@ def check_band_file(path: Path, bands: Sequence[BandSpec], *, max_pixels: int | 
         except OSError as exc:
             return ImageCheck(path, None, f"cannot read {'file' if file == path else file} ({exc.strerror or exc})")
     digest = digest_of.hexdigest()
+    dtypes: dict[str, str] = {}
     try:
-        read_bands(path, bands, max_pixels=max_pixels, companions=companions)
+        pixels = read_bands(path, bands, max_pixels=max_pixels, companions=companions, dtypes=dtypes)
     except (BandError, TooLarge) as exc:
-        return ImageCheck(path, digest, str(exc).replace(f"{path}: ", ""))
+        message = str(exc)
+        return ImageCheck(path, digest, message[len(f"{path}: "):] if message.startswith(f"{path}: ") else message)
     except Exception as exc:  # noqa: BLE001 - decoders of corrupt files raise many kinds
         return ImageCheck(path, digest, f"truncated or corrupt image ({str(exc) or type(exc).__name__})")
-    return ImageCheck(path, digest, None)
+    return ImageCheck(path, digest, None, band_stats=measure_bands(pixels, [b.name.lower() for b in bands], dtypes))
 
 
 @dataclass(frozen=True)

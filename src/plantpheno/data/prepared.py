@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 
 from plantpheno.config import Config
 from plantpheno.band_config import band_columns
+from plantpheno.data.band_stats import BandImageStats, odd_sample_types
 from plantpheno.data.bands import BandNorm, band_check, band_statistics, drop_band_files
 from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.doctor.pixels import ImageStats
@@ -50,6 +51,7 @@ class PreparedData:
     links_policy: str = "follow"
     band_norm: BandNorm | None = None  # with data.bands: per-band scaling from the training split
     band_columns: tuple[tuple[str, str], ...] = ()  # (band, manifest column) of bands with files of their own
+    band_stats: dict[Path, BandImageStats] = field(default_factory=dict)  # with data.bands: per-band measures
 
     def targets(self, split: str) -> list[int] | list[float]:
         """Class indices (classification) or float values (regression) of one split."""
@@ -96,10 +98,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
         samples = [s for s in samples if s.path in kept]
     companions_of = companions_by_path(samples)
     check = band_check(data.bands, data.max_image_pixels, companions_of)  # None: RGB
-    samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO if check is None
-                                              else None, max_pixels=data.max_image_pixels, reporter=reporter,
-                                              check=check)
+    samples, bad, fingerprint, stats, by_band = _check(
+        samples, skip_bad=data.on_bad_image == "skip", memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO
+        if check is None else None, max_pixels=data.max_image_pixels, reporter=reporter, check=check)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -115,7 +116,8 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     norm = (band_statistics([s.path for s in splits["train"]], data.bands, seed=config.seed,
                             companions_of=companions_of) if data.bands else None)
     return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
-                        links_policy=data.links_outside_root, band_norm=norm, band_columns=by_column)
+                        links_policy=data.links_outside_root, band_norm=norm, band_columns=by_column,
+                        band_stats=by_band)
 
 
 def companions_by_path(samples: list[Sample]) -> dict[Path, dict[str, Path]]:
@@ -153,9 +155,11 @@ def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[
 
 def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, max_pixels: int | None = None,
            reporter: Reporter | None = None, check: Any = None
-           ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
+           ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats], dict[Path, BandImageStats]]:
     checks = check_images([s.path for s in samples], memo=memo, reporter=reporter, check=check,
                           **({"max_pixels": max_pixels} if max_pixels is not None else {}))
+    odd = odd_sample_types({c.path: c.band_stats for c in checks if c.band_stats is not None})
+    checks = [replace(c, problem=odd[c.path]) if c.path in odd else c for c in checks]
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
         listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
@@ -172,7 +176,8 @@ def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, m
     # file names that are not UTF-8 hash as their bytes (surrogateescape), so every name can be fingerprinted
     fingerprint = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
     stats = {c.path: c.stats for c in checks if c.stats is not None}
-    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats
+    by_band = {c.path: c.band_stats for c in checks if c.band_stats is not None and c.problem is None}
+    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats, by_band
 
 
 def write_data_files(prepared: PreparedData, run: RunDir) -> None:
