@@ -157,17 +157,11 @@ def band_columns(bands: Sequence[BandSpec] | None) -> tuple[tuple[str, str], ...
     return tuple((b.name.lower(), b.column) for b in bands or () if b.column is not None)
 
 
-def band_option_conflicts(*, bands: Sequence[BandSpec] | None, cache: str, mean: object, std: object,
-                          feature_cache: bool) -> str | None:
-    """Why the other options cannot go with ``data.bands`` (yet), or None."""
+def band_option_conflicts(*, bands: Sequence[BandSpec] | None, mean: object, std: object) -> str | None:
+    """Why the other options cannot go with ``data.bands``, or None."""
     if bands is None:
         return None
-    if cache != "none":
-        return (f"data.cache={cache} does not work with data.bands yet (the cache holds 8-bit RGB); set "
-                f"data.cache=none")
     if mean is not None or std is not None:
         return ("data.mean/data.std do not apply with data.bands: each band is normalised by statistics of the "
                 "training split; leave them unset")
-    if feature_cache:
-        return "training.feature_cache=true does not work with data.bands yet; set it to false"
     return None

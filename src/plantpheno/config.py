@@ -641,8 +641,7 @@ class Config(_Section):
             raise ValueError(f"training.feature_cache_views={self.training.feature_cache_views} needs "
                              "training.feature_cache=true and data.augment.enabled=true (the extra views are "
                              "augmented copies)")
-        conflict = band_option_conflicts(bands=self.data.bands, cache=self.data.cache, mean=self.data.mean,
-                                         std=self.data.std, feature_cache=self.training.feature_cache)
+        conflict = band_option_conflicts(bands=self.data.bands, mean=self.data.mean, std=self.data.std)
         if conflict:
             raise ValueError(conflict)
         monitor = self.training.monitor
