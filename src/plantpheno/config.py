@@ -249,9 +249,10 @@ class DataConfig(_Section):
                              f"folder has no columns: its labels are the folder names)")
         by_column = band_columns(self.bands)
         if by_column and self.manifest is None:
-            raise ValueError(f"data.bands: band {by_column[0][0]!r} comes from the manifest column {by_column[0][1]!r}, "
+            band, column = by_column[0]
+            raise ValueError(f"data.bands: band {band!r} comes from the manifest column {column!r}, "
                              f"but there is no data.manifest (for an image folder, name its file with a pattern, "
-                             f"e.g. {{name: {by_column[0][0]}, pattern: '{{stem}}_{by_column[0][0].upper()}.tif'}})")
+                             f"e.g. {{name: {band}, pattern: '{{stem}}_{band.upper()}.tif'}})")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"data.val_fraction + data.test_fraction must be < 1, got "

@@ -194,7 +194,8 @@ def test_synth_per_band_writes_the_same_pixels_as_one_file(tmp_path: Path) -> No
     np.testing.assert_array_equal(tifffile.imread(split / "stressed" / "stressed_0001.tif"), whole[:, :, :3])
     np.testing.assert_array_equal(tifffile.imread(split / "stressed" / "stressed_0001_NIR.tif"), whole[:, :, 3])
     lines = (split / "labels.csv").read_text().splitlines()
-    assert lines[0] == "path,label,nir_path" and lines[1] == "healthy/healthy_0000.tif,healthy,healthy/healthy_0000_NIR.tif"
+    assert lines[0] == "path,label,nir_path"
+    assert lines[1] == "healthy/healthy_0000.tif,healthy,healthy/healthy_0000_NIR.tif"
     assert not (one / "labels.csv").exists()
 
 

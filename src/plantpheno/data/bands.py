@@ -157,8 +157,8 @@ def require_channels(arr: np.ndarray, bands: Sequence[BandSpec], source: object)
     needed = max((b.channel for b in bands if b.in_image), default=0)
     if needed >= channels:
         missing = [f"{b.name} (channel {b.channel})" for b in bands if b.in_image and b.channel >= channels]
-        raise BandCountError(f"{source}: has {channels} band(s); data.bands needs {', '.join(missing)}: expected at least "
-                             f"{needed + 1} bands")
+        raise BandCountError(f"{source}: has {channels} band(s); data.bands needs {', '.join(missing)}: expected at "
+                             f"least {needed + 1} bands")
 
 
 def select_bands(arr: np.ndarray, bands: Sequence[BandSpec], *, source: object = "image") -> np.ndarray:
@@ -197,7 +197,8 @@ def band_file(image: str | os.PathLike[str] | None, band: BandSpec, companions: 
     its ``pattern`` next to ``image``.
 
     Raises:
-        BandError: a band of a manifest column with no file given for it.
+        BandCountError: a band of a manifest column with no file given for it (like too few bands, it concerns
+            every image given the same way: prediction stops with one message instead of one per file).
     """
     given = (companions or {}).get(band.name.lower())
     if given is not None:
@@ -205,7 +206,7 @@ def band_file(image: str | os.PathLike[str] | None, band: BandSpec, companions: 
     if band.pattern is not None and image is not None:
         image = Path(image)
         return image.parent / band.pattern.format(stem=image.stem, name=image.name, suffix=image.suffix)
-    raise BandError(f"{image or 'image'}: no file for band {band.name!r} (data.bands reads it from the manifest column "
+    raise BandCountError(f"{image or 'image'}: no file for band {band.name!r} (data.bands reads it from the manifest column "
                     f"{band.column!r}); expected its file with the image (in Python: a dict "
                     f"{{'image': path, {band.name.lower()!r}: path}})")
 
