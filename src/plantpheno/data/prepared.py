@@ -93,9 +93,9 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
         samples, links = _apply_link_policy(samples, data.root, data.links_outside_root)
-    if data.bands is not None:  # a folder's band files (by pattern) are bands of their image, not images
-        kept = set(drop_band_files([s.path for s in samples], data.bands))
-        samples = [s for s in samples if s.path in kept]
+        if data.bands is not None:  # a folder's band files (by pattern) are bands of their image, not images
+            kept = set(drop_band_files([s.path for s in samples], data.bands))
+            samples = [s for s in samples if s.path in kept]
     companions_of = companions_by_path(samples)
     check = band_check(data.bands, data.max_image_pixels, companions_of)  # None: RGB
     samples, bad, fingerprint, stats, by_band = _check(
