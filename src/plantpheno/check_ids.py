@@ -24,6 +24,9 @@ CHECKS: dict[str, str] = {
     "quality.aspect_outlier": "images far wider or taller than the rest",
     "label_errors": "likely label errors (out-of-sample probabilities on frozen pretrained features, cleanlab)",
     "background_shortcut": "the image border alone predicts the label",
+    "bands.statistics": "data.bands: per-band mean, spread, percentiles, zero and saturated pixels per split (a note)",
+    "bands.constant": "data.bands: images in which a band holds one value (a dead sensor, a blank export)",
+    "bands.shift": "data.bands: a band distributed differently in the training and test splits",
 }
 
 FAMILIES = tuple(sorted({name.split(".")[0] for name in CHECKS}))

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from plantpheno.band_config import BandSpec, band_option_conflicts, check_bands, parse_bands
+from plantpheno.band_config import BandSpec, band_columns, band_option_conflicts, check_bands, parse_bands
 from plantpheno.errors import ConfigError, clip, short_repr
 from plantpheno.recipes import resolve as resolve_recipe
 from plantpheno.tasks import task_metrics
@@ -247,6 +247,12 @@ class DataConfig(_Section):
         if renamed and self.manifest is None:
             raise ValueError(f"{', '.join(renamed)} name(s) a manifest column, but there is no data.manifest (an image "
                              f"folder has no columns: its labels are the folder names)")
+        by_column = band_columns(self.bands)
+        if by_column and self.manifest is None:
+            band, column = by_column[0]
+            raise ValueError(f"data.bands: band {band!r} comes from the manifest column {column!r}, "
+                             f"but there is no data.manifest (for an image folder, name its file with a pattern, "
+                             f"e.g. {{name: {band}, pattern: '{{stem}}_{band.upper()}.tif'}})")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"data.val_fraction + data.test_fraction must be < 1, got "
@@ -636,8 +642,7 @@ class Config(_Section):
             raise ValueError(f"training.feature_cache_views={self.training.feature_cache_views} needs "
                              "training.feature_cache=true and data.augment.enabled=true (the extra views are "
                              "augmented copies)")
-        conflict = band_option_conflicts(bands=self.data.bands, cache=self.data.cache, mean=self.data.mean,
-                                         std=self.data.std, feature_cache=self.training.feature_cache)
+        conflict = band_option_conflicts(bands=self.data.bands, mean=self.data.mean, std=self.data.std)
         if conflict:
             raise ValueError(conflict)
         monitor = self.training.monitor

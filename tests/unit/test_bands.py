@@ -60,8 +60,9 @@ def test_bad_band_lists_are_one_config_error(given: list, says: str) -> None:
 
 
 def test_options_that_assume_rgb_are_refused_with_bands() -> None:
-    with pytest.raises(ConfigError, match="data.cache=memory does not work with data.bands"):
-        load_config(None, {"data.root": "x", "data.bands": RGBN, "data.cache": "memory"})
+    for cache in ("memory", "disk"):  # the band cache (issue 31): accepted now, as is the classify recipe
+        assert load_config(None, {"data.root": "x", "data.bands": RGBN, "data.cache": cache}).data.cache == cache
+    assert load_config("classify", {"data.root": "x", "data.bands": RGBN}).training.feature_cache
     with pytest.raises(ConfigError, match="data.mean/data.std do not apply"):
         load_config(None, {"data.root": "x", "data.bands": RGBN, "data.mean": [0.5, 0.5, 0.5]})
 

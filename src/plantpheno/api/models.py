@@ -198,7 +198,7 @@ class Model:
         if on_bad_image not in ("error", "skip"):
             raise ArgumentError(f"on_bad_image: got {short_repr(on_bad_image)}; expected 'error' or 'skip'")
         check_batch_size(batch_size)
-        items, sources = _expand(images)
+        items, sources = _expand(images, self._predictor.bands)
         results, bad, scores = self._predictor.predict_with_scores(items, batch_size=batch_size, progress=progress)
         if bad and on_bad_image == "error":
             listed = "; ".join(f"{sources[i] or f'image {i}'}: {why}" for i, why in bad)
@@ -260,14 +260,15 @@ def load_model(ref: str | os.PathLike[str] | Run, *, registry: str | None = None
     return Model(predictor, stack, source)
 
 
-def _expand(images: Any) -> tuple[list[Any], list[str | None]]:
-    """The images to predict, one per item (folders expanded to their image files), and each one's path."""
+def _expand(images: Any, bands: Any = None) -> tuple[list[Any], list[str | None]]:
+    """The images to predict, one per item (folders expanded to their image files; ``bands``: a band model's
+    :class:`~plantpheno.data.band_input.BandInput`), and each one's path. A dict is one image of band files."""
     import numpy as np
     from PIL import Image
 
     from plantpheno.registry.predict import collect_images
 
-    one = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
+    one = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, dict)) or (
         isinstance(images, np.ndarray) and images.ndim in (2, 3))
     items: list[Any] = []
     sources: list[str | None] = []
@@ -282,12 +283,13 @@ def _expand(images: Any) -> tuple[list[Any], list[str | None]]:
             if not os.fspath(item):  # Path("") is ".": the current folder would be scanned
                 raise ArgumentError("images: got an empty path ''; expected an image file or a folder of them")
             path = Path(item)
-            found = collect_images([path]) if path.is_dir() else [path]
+            found = collect_images([path], bands=bands) if path.is_dir() else [path]
             items += found
             sources += [str(p) for p in found]
         else:
             items.append(item)
-            sources.append(None)
+            sources.append(str(item["image"]) if isinstance(item, dict) and isinstance(item.get("image"),
+                                                                                       (str, os.PathLike)) else None)
     return items, sources
 
 

@@ -35,6 +35,9 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette", "multispectral"), default="disease",
                    help="multispectral: 4-band 16-bit TIFFs (red, green, blue, nir), stress visible in NIR only")
+    s.add_argument("--layout", choices=("one-file", "per-band"), default="one-file",
+                   help="multispectral kind: one-file (a 4-band TIFF per image) or per-band (an RGB TIFF and a "
+                        "{stem}_NIR.tif beside it, and labels.csv with a nir_path column)")
     s.add_argument("--style", choices=("plain", "field"), default="plain",
                    help="disease kind: plain (lab photos: one leaf on soil, paper or cloth) or field (the same leaves "
                         "among grass, stones and other leaves, with a colour cast, uneven light and some defocus), to "
@@ -92,6 +95,8 @@ def run_synth(args: argparse.Namespace) -> int:
     defects = Defects(duplicates=args.plant_duplicates, near_duplicates=args.plant_near_duplicates,
                       conflicts=args.plant_conflicts, flips=args.plant_flips,
                       background_shortcut=args.plant_background_shortcut)
+    if args.layout != "one-file" and args.kind != "multispectral":
+        raise ConfigError(f"--layout {args.layout} works with --kind multispectral only")
     if args.kind == "disease":
         out = synthesize_disease(args.out, per_class=args.per_class, image_size=args.image_size, seed=args.seed,
                                  overwrite=args.overwrite, defects=defects, style=args.style)
@@ -106,9 +111,14 @@ def run_synth(args: argparse.Namespace) -> int:
         if defects.any():
             raise ConfigError("--plant-* options work with --kind disease only")
         out = synthesize_multispectral(args.out, per_class=args.per_class, image_size=args.image_size,
-                                       seed=args.seed, overwrite=args.overwrite)
-        print(f"wrote a four-band TIFF dataset to {out} (use data.root={out} "
-              f"'data.bands=[red, green, blue, nir]')")
+                                       seed=args.seed, overwrite=args.overwrite, layout=args.layout)
+        if args.layout == "per-band":
+            print(f"wrote an RGB TIFF and a NIR TIFF per image to {out} (use data.root={out} 'data.bands=[red, "
+                  f"green, blue, {{name: nir, pattern: \"{{stem}}_NIR.tif\"}}]', or data.manifest={out}/labels.csv "
+                  f"'data.bands=[red, green, blue, {{name: nir, column: nir_path}}]')")
+        else:
+            print(f"wrote a four-band TIFF dataset to {out} (use data.root={out} "
+                  f"'data.bands=[red, green, blue, nir]')")
     else:
         if defects.any() or args.style != "plain":
             raise ConfigError("--plant-* and --style options work with --kind disease only")

@@ -38,15 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from plantpheno.registry.model_source import open_model
     from plantpheno.registry.predict import Predictor, collect_images
 
-    paths = collect_images(args.images)
+    listed = collect_images(args.images, arrays=True)  # what a model of data.bands may read too
     if args.out is not None:  # before any work: never replace a link, a FIFO, a device or an image being read
-        check_output_path(args.out, inputs=paths, what="--out")
-        check_output_path(skipped_path(args.out), inputs=paths, what="--out's list of skipped files")
+        check_output_path(args.out, inputs=listed, what="--out")
+        check_output_path(skipped_path(args.out), inputs=listed, what="--out's list of skipped files")
     with ExitStack() as stack:
         package = open_model(args.model, stack, registry_uri=models_cmd.registry_for(args.model, args.registry))
         predictor = Predictor(package, device=args.device)
         if predictor.ood_note is not None:
             print(f"plantpheno: {predictor.ood_note.replace(str(package.folder), args.model)}", file=sys.stderr)
+        # a band model reads .npy/.npz too, and a folder's band files (by pattern) are not images of their own
+        paths = collect_images(args.images, bands=predictor.bands)
         results, bad, scores = predictor.predict_files_with_scores(paths, batch_size=args.batch_size,
                                                                    progress=sys.stderr.isatty())
     write_predictions(predictor, results, bad, args.out, scores=scores, unknown_label=args.unknown_label)

@@ -12,7 +12,7 @@ import torch
 from plantpheno.band_config import BandSpec
 from plantpheno.data.band_loaders import BandSquare
 from plantpheno.data.bands import (DEFAULT_MAX_PIXELS, BandCountError, BandNorm, TooLarge, bands_from_meta,
-                                   read_raw, select_bands)
+                                   read_raw, select_bands, stacked_raw)
 from plantpheno.records.model_meta import ModelMeta
 from plantpheno.errors import DataError
 
@@ -22,7 +22,9 @@ __all__ = ["BandCountError", "BandInput"]
 @dataclass(frozen=True)
 class BandInput:
     """The bands a model package (or checkpoint) reads, their scaling and its square: call it on an image file
-    path, its bytes, a numpy array ``(H, W[, C])`` channels last, or a PIL image (a false-colour composite)."""
+    path, its bytes, a numpy array ``(H, W[, C])`` channels last, or a PIL image (a false-colour composite); with
+    bands of their own files, a path (band files found by their patterns) or a dict ``{"image": path, band: path}``
+    (paths or bytes)."""
 
     bands: tuple[BandSpec, ...]
     norm: BandNorm
@@ -39,6 +41,8 @@ class BandInput:
     def __call__(self, item: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         from PIL import Image
 
+        if any(b.file_source for b in self.bands):
+            return self._per_band(item, max_pixels)
         if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
             source = item if isinstance(item, (str, os.PathLike)) else "image bytes"
             raw = read_raw(item, max_pixels=max_pixels)
@@ -49,8 +53,36 @@ class BandInput:
         else:
             raise DataError(f"cannot read bands from a {type(item).__name__}: expected a path, encoded image bytes, "
                             f"a numpy array (H, W[, C]) or a PIL image")
+        return self._standard(raw, self.bands, source)
+
+    def _per_band(self, item: Any, max_pixels: int | None) -> torch.Tensor:
+        """An image with bands of their own files: a path (patterns find them) or a dict of files by band."""
+        files = {b.name.lower() for b in self.bands if b.file_source}
+        if isinstance(item, dict):
+            unknown = sorted(str(k) for k in item if str(k).lower() not in files | {"image"})
+            if unknown:
+                raise DataError(f"band files given for {', '.join(unknown)}; this model reads files for bands "
+                                f"{', '.join(sorted(files))} and the image itself as 'image'")
+            image, companions = item.get("image"), {str(k).lower(): v for k, v in item.items() if k != "image"}
+        elif isinstance(item, (str, os.PathLike)):
+            image, companions = item, None
+        else:
+            raise DataError(f"cannot read bands {', '.join(sorted(files))} (one file each) from a "
+                            f"{type(item).__name__}: expected the image's path (its band files found by their "
+                            f"patterns) or a dict {{'image': path, band: path}}")
+        if image is None and any(b.in_image for b in self.bands):
+            raise DataError("a dict of band files without 'image': this model also reads bands of the image file")
+        source = str(image) if image is not None and not isinstance(image, (bytes, bytearray)) else "image bytes"
         try:
-            pixels = select_bands(raw, self.bands, source=source)
+            raw, specs = stacked_raw(image, self.bands, companions=companions, max_pixels=max_pixels)
+        except BandCountError as exc:
+            raise BandCountError(f"{exc}; this model was trained on bands "
+                                 f"{', '.join(b.name for b in self.bands)} (from its package's metadata)") from None
+        return self._standard(raw, specs, source)
+
+    def _standard(self, raw: np.ndarray, specs: tuple[BandSpec, ...], source: object) -> torch.Tensor:
+        try:
+            pixels = select_bands(raw, specs, source=source)
         except BandCountError as exc:
             names = ", ".join(b.name for b in self.bands)
             raise BandCountError(f"{exc}; this model was trained on bands {names} (from its package's "
@@ -69,10 +101,10 @@ def example_tiff(meta: ModelMeta) -> bytes:
     found = bands_from_meta(meta)
     assert found is not None
     bands, norm = found
-    channels = 1 + max(b.channel for b in bands if b.channel is not None)
+    channels = 1 + max((b.channel for b in bands if b.in_image), default=0)
     pixels = np.zeros((32, 32, channels), dtype=np.float32)
     for band, mean in zip(bands, norm.mean):
-        if band.channel is not None:
+        if band.in_image:
             pixels[:, :, band.channel] = mean
     buf = io.BytesIO()
     tifffile.imwrite(buf, pixels, photometric="minisblack", planarconfig="contig")

@@ -14,7 +14,7 @@ a hue shift of a false-colour composite has no physical meaning).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,11 @@ from torchvision.transforms.v2 import functional as F
 
 from plantpheno.band_config import RGB, BandSpec
 from plantpheno.config import AugmentConfig, DataConfig
+from plantpheno.data.band_cache import BandCache, build_band_cache
 from plantpheno.data.bands import BandNorm, read_bands
+from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.datasets import EpochSampler, Loaders, PreparedData, _balanced_weights, resolve_num_workers
+from plantpheno.reporting import Reporter
 
 
 class BandSquare:
@@ -103,10 +106,12 @@ def band_train_transform(image_size: int, resize: str, augment: AugmentConfig, n
     return T.Compose(steps)
 
 
-def standardised(path: Path, bands: Sequence[BandSpec], norm: BandNorm) -> torch.Tensor:
-    """An image file's bands, clipped and standardised, as a ``(C, H, W)`` float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(norm.apply(read_bands(path, bands, max_pixels=None))
-                                                 .transpose(2, 0, 1)))
+def standardised(path: Path, bands: Sequence[BandSpec], norm: BandNorm,
+                 companions: Mapping[str, Path] | None = None) -> torch.Tensor:
+    """An image file's bands (with its band files: ``companions`` or patterns), clipped and standardised, as a
+    ``(C, H, W)`` float32 tensor."""
+    pixels = read_bands(path, bands, max_pixels=None, companions=companions)
+    return torch.from_numpy(np.ascontiguousarray(norm.apply(pixels).transpose(2, 0, 1)))
 
 
 class BandDataset(Dataset):
@@ -114,8 +119,11 @@ class BandDataset(Dataset):
     :class:`~plantpheno.data.datasets.ImageDataset`)."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform, *,
-                 bands: Sequence[BandSpec], norm: BandNorm, regression: bool) -> None:
+                 bands: Sequence[BandSpec], norm: BandNorm, regression: bool,
+                 companions: Sequence[Mapping[str, Path]] | None = None, cache: BandCache | None = None) -> None:
         self.paths, self.bands, self.norm, self.transform = list(paths), tuple(bands), norm, transform
+        self.cache = cache  # data.cache: the file values read once (plantpheno.data.band_cache)
+        self.companions = list(companions) if companions is not None else [{}] * len(self.paths)
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
 
     def __len__(self) -> int:
@@ -123,7 +131,11 @@ class BandDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item
-        image = standardised(self.paths[index], self.bands, self.norm)
+        if self.cache is not None:
+            pixels = self.norm.apply(self.cache.array(index))
+            image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        else:
+            image = standardised(self.paths[index], self.bands, self.norm, self.companions[index])
         if torch.utils.data.get_worker_info() is not None:
             torch.manual_seed(seed)
             return self.transform(image), self.targets[index]
@@ -133,7 +145,8 @@ class BandDataset(Dataset):
 
 
 def build_band_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, norm: BandNorm,
-                       pin_memory: bool = False, rank: int = 0, world: int = 1, splits: Sequence[str]) -> Loaders:
+                       pin_memory: bool = False, rank: int = 0, world: int = 1, splits: Sequence[str],
+                       output_dir: Path | None = None, reporter: Reporter | None = None) -> Loaders:
     """:func:`~plantpheno.data.datasets.build_loaders` for ``data.bands``: the same samplers (order and seeds
     from ``(seed, epoch)``), sharding and batching, with :class:`BandDataset` and per-image augmentation."""
     assert data.bands is not None
@@ -145,8 +158,14 @@ def build_band_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, n
         transform = (band_train_transform(data.image_size, data.resize, data.augment, names, norm) if is_train
                      else band_eval_transform(data.image_size, data.resize))
         targets = prepared.targets(name)
-        dataset = BandDataset([s.path for s in prepared.splits[name]], targets, transform, bands=data.bands,
-                              norm=norm, regression=prepared.class_names is None)
+        samples = prepared.splits[name]
+        paths, companions = [s.path for s in samples], [dict(s.companions) for s in samples]
+        cache = (build_band_cache(paths, companions, data.bands, mode=data.cache, fingerprint=prepared.fingerprint,
+                                  directory=output_dir / CACHE_DIR if output_dir is not None else None,
+                                  reporter=reporter, desc=f"caching {name} band images")
+                 if data.cache != "none" and samples else None)
+        dataset = BandDataset(paths, targets, transform, bands=data.bands, norm=norm,
+                              regression=prepared.class_names is None, companions=companions, cache=cache)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
         sampler = EpochSampler(len(dataset), seed=seed, shuffle=is_train, weights=weights, **shard)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -207,6 +208,7 @@ class ImageCheck:
     sha256: str | None
     problem: str | None
     stats: ImageStats | None = None
+    band_stats: Any = None  # with data.bands: the per-band measures (plantpheno.data.band_stats.BandImageStats)
 
 
 def check_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageCheck:

@@ -10,14 +10,16 @@ import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from plantpheno.config import Config
-from plantpheno.data.bands import BandNorm, band_check, band_statistics
+from plantpheno.band_config import band_columns
+from plantpheno.data.band_stats import BandImageStats, odd_sample_types
+from plantpheno.data.bands import BandNorm, band_check, band_statistics, drop_band_files
 from plantpheno.data.cache import CACHE_DIR
 from plantpheno.data.doctor.pixels import ImageStats
 from plantpheno.data.images import check_images
@@ -48,6 +50,8 @@ class PreparedData:
     links_outside_root: list[tuple[Path, Path]] = field(default_factory=list)
     links_policy: str = "follow"
     band_norm: BandNorm | None = None  # with data.bands: per-band scaling from the training split
+    band_columns: tuple[tuple[str, str], ...] = ()  # (band, manifest column) of bands with files of their own
+    band_stats: dict[Path, BandImageStats] = field(default_factory=dict)  # with data.bands: per-band measures
 
     def targets(self, split: str) -> list[int] | list[float]:
         """Class indices (classification) or float values (regression) of one split."""
@@ -77,21 +81,26 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     """
     data = config.data
     links: list[tuple[Path, Path]] = []
+    by_column = band_columns(data.bands)  # one file per band, named in manifest columns (split.csv keeps them)
     if manifest_override is not None:
-        samples = read_manifest(manifest_override, root=None, task=config.task, exact=True)
+        samples = read_manifest(manifest_override, root=None, task=config.task, exact=True, band_columns=by_column)
     elif data.manifest is not None:
         columns = Columns(data.path_column, data.label_column, data.value_column, data.split_column, data.group_column)
-        samples = read_manifest(data.manifest, root=data.root, task=config.task, columns=columns)
-        _note_ignored_columns(data.manifest, config.task, columns, reporter)
+        samples = read_manifest(data.manifest, root=data.root, task=config.task, columns=columns,
+                                band_columns=by_column)
+        _note_ignored_columns(data.manifest, config.task, columns, reporter, by_column)
     else:
         assert data.root is not None  # guaranteed by the config schema
         samples = read_folder(data.root, extensions=data.extensions)
         samples, links = _apply_link_policy(samples, data.root, data.links_outside_root)
-    check = band_check(data.bands, data.max_image_pixels)  # None: RGB
-    samples, bad, fingerprint, stats = _check(samples, skip_bad=data.on_bad_image == "skip",
-                                              memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO if check is None
-                                              else None, max_pixels=data.max_image_pixels, reporter=reporter,
-                                              check=check)
+        if data.bands is not None:  # a folder's band files (by pattern) are bands of their image, not images
+            kept = set(drop_band_files([s.path for s in samples], data.bands))
+            samples = [s for s in samples if s.path in kept]
+    companions_of = companions_by_path(samples)
+    check = band_check(data.bands, data.max_image_pixels, companions_of)  # None: RGB
+    samples, bad, fingerprint, stats, by_band = _check(
+        samples, skip_bad=data.on_bad_image == "skip", memo=config.output_dir / CACHE_DIR / IMAGE_CHECK_MEMO
+        if check is None else None, max_pixels=data.max_image_pixels, reporter=reporter, check=check)
     if all(s.split is not None for s in samples):
         splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
         missing = [name for name in SPLITS if not splits[name]]
@@ -104,14 +113,22 @@ def prepare_data(config: Config, *, manifest_override: Path | None = None,
     class_names = class_names_of(samples) if config.task == "classification" else None
     if class_names is not None and len(class_names) < 2:
         raise DataError(f"classification needs at least 2 classes, found {class_names}")
-    norm = band_statistics([s.path for s in splits["train"]], data.bands, seed=config.seed) if data.bands else None
+    norm = (band_statistics([s.path for s in splits["train"]], data.bands, seed=config.seed,
+                            companions_of=companions_of) if data.bands else None)
     return PreparedData(config.task, splits, class_names, fingerprint, bad, stats=stats, links_outside_root=links,
-                        links_policy=data.links_outside_root, band_norm=norm)
+                        links_policy=data.links_outside_root, band_norm=norm, band_columns=by_column,
+                        band_stats=by_band)
 
 
-def _note_ignored_columns(manifest: Path, task: str, columns: Columns, reporter: Reporter | None) -> None:
+def companions_by_path(samples: list[Sample]) -> dict[Path, dict[str, Path]]:
+    """The band files a manifest names (one file per band), by image path; empty without such columns."""
+    return {s.path: dict(s.companions) for s in samples if s.companions}
+
+
+def _note_ignored_columns(manifest: Path, task: str, columns: Columns, reporter: Reporter | None,
+                          by_column: tuple[tuple[str, str], ...] = ()) -> None:
     """Say once which of the manifest's columns nothing reads: data the user gave is never ignored without a word."""
-    ignored = ignored_columns(manifest, task=task, columns=columns)
+    ignored = ignored_columns(manifest, task=task, columns=columns, band_columns=by_column)
     if ignored and reporter is not None:
         grouped = (f"groups come from {columns.group} (data.group_column)" if columns.group != Columns().group
                    else "set data.group_column to group by one (its images then stay in one split)")
@@ -138,9 +155,11 @@ def _apply_link_policy(samples: list[Sample], root: Path, policy: str) -> tuple[
 
 def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, max_pixels: int | None = None,
            reporter: Reporter | None = None, check: Any = None
-           ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats]]:
+           ) -> tuple[list[Sample], list[tuple[Path, str]], str, dict[Path, ImageStats], dict[Path, BandImageStats]]:
     checks = check_images([s.path for s in samples], memo=memo, reporter=reporter, check=check,
                           **({"max_pixels": max_pixels} if max_pixels is not None else {}))
+    odd = odd_sample_types({c.path: c.band_stats for c in checks if c.band_stats is not None})
+    checks = [replace(c, problem=odd[c.path]) if c.path in odd else c for c in checks]
     bad = [(c.path, c.problem) for c in checks if c.problem is not None]
     if bad and not skip_bad:
         listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
@@ -157,15 +176,20 @@ def _check(samples: list[Sample], *, skip_bad: bool, memo: Path | None = None, m
     # file names that are not UTF-8 hash as their bytes (surrogateescape), so every name can be fingerprinted
     fingerprint = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
     stats = {c.path: c.stats for c in checks if c.stats is not None}
-    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats
+    by_band = {c.path: c.band_stats for c in checks if c.band_stats is not None and c.problem is None}
+    return [s for s, _ in good], [(p, str(why)) for p, why in bad], fingerprint, stats, by_band
 
 
 def write_data_files(prepared: PreparedData, run: RunDir) -> None:
     """Write the split manifest (reusable as ``data.manifest``), dataset summary and skipped files."""
     target_col = "label" if prepared.class_names is not None else "value"
-    rows: list[list[object]] = [["path", target_col, "split", "group"]]
+    # one file per band from manifest columns: those columns too (under the names data.bands gives them)
+    extra = list(prepared.band_columns)
+    rows: list[list[object]] = [["path", target_col, "split", "group", *(c for _, c in extra)]]
     # absolute, symlinks kept as links: a resumed run fingerprints the same paths the first run did
-    rows += [[os.path.abspath(s.path), s.target, name, s.group or ""] for name in SPLITS for s in prepared.splits[name]]
+    rows += [[os.path.abspath(s.path), s.target, name, s.group or "",
+              *(os.path.abspath(dict(s.companions)[band]) for band, _ in extra)]
+             for name in SPLITS for s in prepared.splits[name]]
     write_csv(run.split_manifest, rows)
     info = {
         "fingerprint": prepared.fingerprint,

@@ -26,6 +26,8 @@ class Sample:
     target: str | float
     split: str | None = None
     group: str | None = None
+    # one file per band: (band name, file) of each band read from a file named in a manifest column
+    companions: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,13 +107,15 @@ def links_outside(samples: list[Sample], root: Path) -> list[tuple[Path, Path]]:
 
 
 def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classification", "regression"],
-                  exact: bool = False, columns: Columns = Columns()) -> list[Sample]:
+                  exact: bool = False, columns: Columns = Columns(),
+                  band_columns: tuple[tuple[str, str], ...] = ()) -> list[Sample]:
     """A CSV with ``path`` and ``label`` (classification) or ``value`` (regression) columns (other names:
     ``columns``).
 
     Optional columns: ``split`` (train/val/test) and ``group`` (images of one plant, tray or date
     that must stay in one split). Relative paths resolve against ``root`` when given, else against
-    the manifest's own folder. The file is UTF-8 (a byte-order mark is fine); a path may hold bytes that
+    the manifest's own folder. ``band_columns`` (band name, column): columns naming one file per band (resolved
+    as the path; each row needs one). The file is UTF-8 (a byte-order mark is fine); a path may hold bytes that
     are not UTF-8 (they name the file as the filesystem does), a label or group may not. ``exact`` (a
     run's own ``split.csv``) keeps every field as written, surrounding spaces included.
     """
@@ -125,13 +129,13 @@ def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classific
         with read_csv(manifest) as reader:
             found = [c.strip() for c in reader.fieldnames or []]
             reader.fieldnames = found
-            _check_columns(manifest, found, columns, task)
+            _check_columns(manifest, found, columns, task, band_columns)
             has_split, has_group = columns.split in found, columns.group in found
             samples, problems = [], []
             for row in reader:
                 # the file's line number: blank lines are skipped by DictReader, and a quoted field may span lines
                 sample = _parse_row(row, reader.line_num, base, columns, target_col, has_split, has_group, problems,
-                                    exact=exact)
+                                    exact=exact, band_columns=band_columns)
                 if sample is not None:
                     samples.append(sample)
     except csv.Error as exc:
@@ -148,11 +152,17 @@ def read_manifest(manifest: Path, *, root: Path | None, task: Literal["classific
     return samples
 
 
-def _check_columns(manifest: Path, found: list[str], columns: Columns, task: str) -> None:
-    """The path and target columns, and a split or group column the user named, must be in the header."""
+def _check_columns(manifest: Path, found: list[str], columns: Columns, task: str,
+                   band_columns: tuple[tuple[str, str], ...] = ()) -> None:
+    """The path and target columns, a split or group column the user named, and the band file columns of
+    ``data.bands`` must be in the header."""
     default = Columns()
     needed = [columns.path, columns.target(task)] + [
         getattr(columns, f) for f in ("split", "group") if getattr(columns, f) != getattr(default, f)]
+    missing_bands = [f"{c} (data.bands: {band})" for band, c in band_columns if c not in found]
+    if missing_bands:
+        raise DataError(f"data.manifest {manifest}: missing column(s) {', '.join(missing_bands)}; found "
+                        f"{found or 'none'}; expected a column naming each image's file of that band")
     missing = [c for c in needed if c not in found]
     target_field = "label" if task == "classification" else "value"
     if missing:
@@ -164,14 +174,15 @@ def _check_columns(manifest: Path, found: list[str], columns: Columns, task: str
         )
 
 
-def ignored_columns(manifest: Path, *, task: str, columns: Columns = Columns()) -> list[str]:
+def ignored_columns(manifest: Path, *, task: str, columns: Columns = Columns(),
+                    band_columns: tuple[tuple[str, str], ...] = ()) -> list[str]:
     """The manifest's columns that nothing reads (a ``plant_id`` or ``date`` the user may have meant as groups)."""
     try:
         with read_csv(manifest) as reader:
             found = [c.strip() for c in reader.fieldnames or []]
     except (OSError, csv.Error, UnicodeDecodeError):
         return []  # read_manifest has already said what is wrong with the file
-    used = set(columns.used(task))
+    used = set(columns.used(task)) | {c for _, c in band_columns}
     return [c for c in found if c and c not in used]
 
 
@@ -190,7 +201,8 @@ def _check_text_file(manifest: Path, target_col: str) -> None:
 
 
 def _parse_row(row: dict[str, str | None], line: int, base: Path, columns: Columns, target_col: str,
-               has_split: bool, has_group: bool, problems: list[str], *, exact: bool = False) -> Sample | None:
+               has_split: bool, has_group: bool, problems: list[str], *, exact: bool = False,
+               band_columns: tuple[tuple[str, str], ...] = ()) -> Sample | None:
     def field(name: str) -> str:
         value = row.get(name) or ""
         return value if exact else value.strip()
@@ -229,8 +241,16 @@ def _parse_row(row: dict[str, str | None], line: int, base: Path, columns: Colum
                         f"val or test")
         return None
     group = (field(columns.group) or None) if has_group else None
+    companions = []
+    for band, column in band_columns:
+        text = field(column)
+        if not text:
+            problems.append(f"line {line}: empty {column} (the file of band {band}) for {shown}")
+            return None
+        companions.append((band, Path(text) if Path(text).is_absolute() else base / text))
     path = Path(path_text)
-    return Sample(path=path if path.is_absolute() else base / path, target=target, split=split, group=group)
+    return Sample(path=path if path.is_absolute() else base / path, target=target, split=split, group=group,
+                  companions=tuple(companions))
 
 
 def _clip(text: str | None, limit: int = 80) -> str | None:

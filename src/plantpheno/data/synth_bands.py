@@ -7,6 +7,10 @@ reflectance drops (the mesophyll's structure breaks down) before anything change
 visible bands of both classes come from one distribution: the same leaf shapes, greens and shading, and the same
 decoy spots (dust, old scars) that have nothing to do with the label. So RGB alone is at chance, and a model can
 only solve the set if the NIR band reaches it (``benchmarks/bands.py``).
+
+``layout="per-band"`` writes the same pixels as one file per band: ``<class>_<i:04d>.tif`` holds red, green and
+blue, ``<class>_<i:04d>_NIR.tif`` the NIR band beside it, and ``labels.csv`` (``path,label,nir_path``) names both,
+for configs that read NIR by pattern (``{stem}_NIR.tif``) or by manifest column (``nir_path``).
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from plantpheno.data.synth import _check_int, _prepare_out_dir
+from plantpheno.errors import DataError
 
 MULTISPECTRAL_CLASSES = ("healthy", "stressed")
 MULTISPECTRAL_BANDS = ("red", "green", "blue", "nir")
 _TAG = 31  # the generator's own random stream
-_PATHS = re.compile(r"(healthy|stressed)(/(healthy|stressed)_\d{4,}\.tif)?")
+_PATHS = re.compile(r"labels\.csv|(healthy|stressed)(/(healthy|stressed)_\d{4,}(_NIR)?\.tif)?")
+LAYOUTS = ("one-file", "per-band")
+NIR_PATTERN = "{stem}_NIR.tif"  # the NIR file of an image in the per-band layout
 # reflectance (0-1) of soil and leaf in red, green, blue, NIR: a leaf is dark in red and blue, brighter in green,
 # bright in NIR (the "red edge"); soil rises slowly from blue to NIR
 _SOIL = np.array([0.22, 0.18, 0.13, 0.30])
@@ -30,23 +37,36 @@ _STRESSED_NIR = 0.55  # stressed tissue keeps this share of its NIR reflectance
 
 
 def synthesize_multispectral(out_dir: str | Path, *, per_class: int = 40, image_size: int = 64, seed: int = 0,
-                             overwrite: bool = False) -> Path:
+                             overwrite: bool = False, layout: str = "one-file") -> Path:
     """Write the dataset (see the module's docstring) and return ``out_dir``. Raises :class:`DataError` on a bad
     argument or a non-empty ``out_dir`` (unless ``overwrite`` and it holds only files this generator writes)."""
     import tifffile
 
+    from plantpheno.files.atomic import atomic_write_text
+
+    if layout not in LAYOUTS:
+        raise DataError(f"layout: got {layout!r}; expected one of {', '.join(LAYOUTS)}")
     _check_int("per_class", per_class, 1)
     _check_int("image_size", image_size, 32, 1024)
     _check_int("seed", seed, 0)
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite=overwrite, allowed=_PATHS)
+    rows = ["path,label,nir_path"]
     for class_index, name in enumerate(MULTISPECTRAL_CLASSES):
         (out / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rng = np.random.default_rng([seed, _TAG, class_index, i])
             pixels = render_leaf(rng, image_size, stressed=class_index == 1)
-            tifffile.imwrite(out / name / f"{name}_{i:04d}.tif", pixels, photometric="minisblack",
-                             planarconfig="contig")
+            rel = f"{name}/{name}_{i:04d}.tif"
+            if layout == "one-file":
+                tifffile.imwrite(out / rel, pixels, photometric="minisblack", planarconfig="contig")
+                continue
+            nir = f"{name}/{NIR_PATTERN.format(stem=f'{name}_{i:04d}')}"
+            tifffile.imwrite(out / rel, pixels[:, :, :3], photometric="minisblack", planarconfig="contig")
+            tifffile.imwrite(out / nir, pixels[:, :, 3], photometric="minisblack")
+            rows.append(f"{rel},{name},{nir}")
+    if layout == "per-band":
+        atomic_write_text(out / "labels.csv", "\n".join(rows) + "\n")
     return out
 
 

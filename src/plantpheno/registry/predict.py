@@ -16,6 +16,7 @@ from plantpheno.files.csvfile import csv_text
 from plantpheno.data.images import (DEFAULT_MAX_PIXELS, TooLarge, load_rgb, rgb_from_array, rgb_from_bytes,
                                     to_rgb)
 from plantpheno.data.band_input import BandCountError, BandInput
+from plantpheno.data.bands import ARRAY_SUFFIXES, drop_band_files
 from plantpheno.data.transforms import eval_transform
 from plantpheno.errors import ArgumentError, DataError, short_repr
 from plantpheno.evaluation.metrics import rounded_counts
@@ -230,13 +231,18 @@ def check_batch_size(batch_size: object) -> int:
     return batch_size
 
 
-def collect_images(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given, and every image file under given folders (hidden files and folders skipped)."""
+def collect_images(inputs: Sequence[Path], *, bands: BandInput | None = None, arrays: bool = False) -> list[Path]:
+    """Files as given, and every image file under given folders (hidden files and folders skipped). For a model
+    of ``data.bands`` (``bands``) a folder's ``.npy``/``.npz`` arrays count too, and a file that is the band file
+    (by its pattern) of another one found there is not an image of its own. ``arrays``: arrays too, whatever the
+    model."""
+    extensions = IMAGE_EXTENSIONS + (ARRAY_SUFFIXES if bands is not None or arrays else ())
     found: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                                and not any(part.startswith(".") for part in p.relative_to(item).parts)))
+            listed = sorted(p for p in item.rglob("*") if p.suffix.lower() in extensions and p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            found.extend(drop_band_files(listed, bands.bands) if bands is not None else listed)
         elif item.exists():
             found.append(item)
         else:

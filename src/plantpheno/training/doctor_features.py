@@ -28,8 +28,8 @@ def check_before_training(job: TrainingJob) -> DataCheckReport | None:
         return None
     if config.data.bands is not None:
         job.reporter.info("data checks on band images: the pixel measures behind the quality, shortcut and "
-                          "near-duplicate checks are taken of RGB images only, so those checks find nothing here "
-                          "(per-band checks: not yet); exact duplicates and labels are checked")
+                          "near-duplicate checks are taken of RGB images only, so those checks find nothing here; "
+                          "labels are checked, and each band's statistics, constant bands and train/test shift")
     extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
     report = run_data_checks(job.prepared, config.data, seed=config.seed, output_dir=config.output_dir,
                              extract=extract, reporter=job.reporter)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -141,6 +142,29 @@ def extract_features(model: nn.Module, paths: Sequence[Path], *, image_size: int
     return _featurise(fn or pooled_features(model), model, loader, device, BatchFinish(), reporter, desc)
 
 
+@torch.no_grad()
+def extract_band_features(model: nn.Module, prepared: PreparedData, split: str, data: DataConfig, *,
+                          batch_size: int, device: torch.device, num_workers: int,
+                          fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                          reporter: Reporter | None = None, cache: Any = None) -> torch.Tensor:
+    """As :func:`extract_features` for ``data.bands``: a split's band images (with their band files), clipped and
+    standardised by the training split's band statistics and squared as evaluation squares them; ``cache``: the
+    split's :class:`~plantpheno.data.band_cache.BandCache` (``data.cache``; it holds the images before any
+    transform, so the training split's serves too)."""
+    from plantpheno.data.band_loaders import BandDataset, band_eval_transform
+
+    assert data.bands is not None and prepared.band_norm is not None
+    samples = prepared.splits[split]
+    dataset = BandDataset([s.path for s in samples], [0] * len(samples),
+                          band_eval_transform(data.image_size, data.resize), bands=data.bands,
+                          norm=prepared.band_norm, regression=False, companions=[dict(s.companions) for s in samples],
+                          cache=cache)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
+                        sampler=EpochSampler(len(samples), seed=0, shuffle=False))
+    return _featurise(fn or pooled_features(model), model, loader, device, BatchFinish(), reporter,
+                      f"backbone pass ({split})")
+
+
 # A forward pass without gradients on CPU is fastest in small batches, where a layer's activations stay in the
 # caches: Lite0's frozen part at 224 px ran 1.54x faster in batches of 16 than of 64 on a 2-core EPYC
 # (benchmarks/backbone_pass.py). A GPU wants large ones.
@@ -167,7 +191,13 @@ def cache_inputs(prepared: PreparedData, image_loaders: Loaders, model: nn.Modul
         batch = pass_batch_size(images.batch_size, device)
         paths = [s.path for s in prepared.splits[split]]
         outputs = store.get(store_key, paths) if store is not None and store_key is not None else None
-        if outputs is None:
+        if outputs is None and prepared.band_norm is not None:  # data.bands: the band images, scaled per band
+            outputs = extract_band_features(model, prepared, split, data, batch_size=batch, device=device,
+                                            num_workers=images.num_workers, fn=fn, reporter=reporter,
+                                            cache=images.dataset.cache)
+            if store is not None and store_key is not None:
+                store.put(store_key, paths, outputs)
+        elif outputs is None:
             # the loader's decoded-image cache serves when it holds the evaluation size: always for val, and for
             # train when training takes no random crops
             same_size = split == "val" or cache_spec(data, train=True) == cache_spec(data, train=False)

@@ -84,7 +84,9 @@ def sequential_trunk(model: nn.Module, image_size: int) -> list[nn.Module] | Non
     was_training = model.training
     model.eval()
     try:
-        probe = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0),
+        # as many channels as the first convolution takes (data.bands widens it beyond RGB)
+        channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+        probe = torch.rand(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0),
                            device=next(model.parameters()).device)
         with torch.no_grad():
             x = probe

@@ -92,7 +92,8 @@ def job_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, output_d
     otherwise the RGB image loaders."""
     shard = {"pin_memory": device.type == "cuda", "rank": dist.rank, "world": dist.world_size, "splits": splits}
     if prepared.band_norm is not None:
-        return build_band_loaders(prepared, data, seed=seed, norm=prepared.band_norm, **shard)
+        return build_band_loaders(prepared, data, seed=seed, norm=prepared.band_norm, output_dir=output_dir,
+                                  reporter=reporter, **shard)
     return build_loaders(prepared, data, seed=seed, output_dir=output_dir, mean=mean, std=std,
                          device_type=device.type, reporter=reporter, **shard)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plantpheno.data.doctor import duplicates, labels, quality
+from plantpheno.data.doctor import bands, duplicates, labels, quality
 from plantpheno.data.doctor.catalog import Entry, catalog, distinct_files
 from plantpheno.data.doctor.findings import DataCheckReport, Finding
 from plantpheno.check_ids import CHECKS, selected
@@ -60,6 +60,8 @@ def check_data(prepared: PreparedData, data: DataConfig, *, seed: int, reporter:
         run(("labels.missing_from_split",), lambda: labels.missing_from_splits(entries))
         run(("labels.imbalance",), lambda: labels.imbalance(entries))
     run(tuple(c for c in CHECKS if c.startswith("quality.")), lambda: quality.quality_findings(entries, run.selected))
+    if prepared.band_stats:  # data.bands: per-band statistics, constant bands, train/test shift (RGB: not run)
+        run(bands.BAND_CHECKS, lambda: bands.band_findings(prepared.splits, prepared.band_stats, run.selected))
 
     pictures = distinct_files(entries)
     fold_keys = _fold_keys(pictures, index)

@@ -81,6 +81,8 @@ def _report_key(prepared: PreparedData, data: DataConfig, seed: int, features_sk
     key = {"rows": rows, "bad": [[str(p), why] for p, why in prepared.bad_files], "task": prepared.task,
            "checks": data.checks.model_dump(mode="json"), "seed": seed,
            "on_bad_image": data.on_bad_image, "features": features_skipped,
+           # band data has no decoded-pixel hashes in the rows: its content is in the fingerprint
+           **({"fingerprint": prepared.fingerprint} if prepared.band_stats else {}),
            "versions": [__version__, STATS_VERSION, REPORT_MEMO_VERSION]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
