@@ -26,7 +26,10 @@ from plantpheno.evaluation import ood, selective
 from plantpheno.evaluation.calibration import softmax
 from plantpheno.evaluation.report_unknown import unknown_path
 from plantpheno.reporting import Reporter
+from plantpheno.records.evaluation import read_evaluation
 from plantpheno.run.folder import RunDir
+from plantpheno.training.unknown_figures import check_can_fit  # noqa: F401 - pipeline's, beside detect_unknowns
+from plantpheno.training.unknown_figures import record_in_evaluation, unknowns_record
 
 if TYPE_CHECKING:
     from plantpheno.training.job import TrainingJob
@@ -172,6 +175,8 @@ def evaluate_unknowns(model: nn.Module, *, split: str, prepared: PreparedData, l
         conf = softmax(logits, detector.temperature).max(1)
         block["selective"] = _selective(detector, conf, correct, split, ev.confidence)
     atomic_write_text(out, json.dumps(block, indent=2) + "\n")
+    correct = logits.argmax(1) == np.asarray(prepared.targets(split), dtype=int) if logits is not None else None
+    record_in_evaluation(run, split, unknowns_record(detector, flagged, correct=correct, confidence=ev.confidence))
     low, high = block["unknown_interval"] or (float("nan"), float("nan"))
     reporter.info(f"{block['unknown']} of {len(scores)} {split} image(s) flagged unknown by {detector.score} "
                   f"({block['unknown_fraction'] or 0:.1%}, {ev.confidence:.0%} interval {low:.1%}-{high:.1%}; the "
@@ -203,18 +208,21 @@ def _quantiles(scores: np.ndarray) -> dict[str, float]:
     return {f"q{int(q * 100):02d}": float(np.quantile(scores, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
 
 
-def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> None:
+def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> dict[str, Any] | None:
     """The end of a run's evaluation: with ``fit`` (train only), fit the OOD detector on train/val (features from
-    the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``).
+    the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``; the
+    share flagged also goes into its ``metrics.json``). Returns that evaluation, None without a detector.
     After the split's evaluation: the detector's MSP/energy scores use the temperature it fitted."""
     if job.config.data.bands is not None:  # its feature pass reads RGB images; N-band inputs are left for later
         if fit and job.dist.is_main:
             job.reporter.warning("no OOD detector for data.bands yet (its feature pass reads RGB images): "
                                  "predictions of this model carry no unknown flag")
-        return
+        return None
     common = dict(prepared=job.prepared, loaders=job.loaders, config=job.config, device=job.device, run=run,
                   mean=list(job.meta.mean), std=list(job.meta.std), reporter=job.reporter)
     if fit:
         cached = job.features.validation_source() if job.features is not None else None
         fit_run_detector(job.model, cached=cached_pooled(cached, job.model, job.device), **common)
-    evaluate_unknowns(job.model, split=split, **common)
+    if evaluate_unknowns(job.model, split=split, **common) is None:
+        return None
+    return read_evaluation(run.eval(split).metrics).to_dict()
