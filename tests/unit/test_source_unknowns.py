@@ -142,6 +142,8 @@ def test_run_metrics_reads_an_evaluation_on_another_source_by_its_name(tmp_path)
     _evaluation(RunDir(folder), "field")
     run = pp.Run(folder)
     assert run.metrics("field")["split"] == "field"
+    with pytest.raises(RunDirError, match=r"the run has field\)"):
+        run.metrics("test")
     with pytest.raises(RunDirError, match=r"no evaluation named 'other'.*data=\.\.\., name='other'"):
         run.metrics("other")
     for bad in ("../x", "", 3):

@@ -244,7 +244,9 @@ class Run:
         if not path.is_file():
             how = (f"plantpheno.evaluate(run, split={name!r})" if name in SPLITS
                    else f"plantpheno.evaluate(run, data=..., name={name!r})")
-            raise RunDirError(f"{self.path} has no evaluation named {name!r} ({path} is missing); run {how} first")
+            found = sorted(p.parent.name for p in path.parent.parent.glob("*/metrics.json"))
+            raise RunDirError(f"{self.path} has no evaluation named {name!r} ({path} is missing; the run has "
+                              f"{', '.join(found) or 'none'}); run {how} first")
         return read_evaluation(path).to_dict()
 
     @property
