@@ -35,7 +35,7 @@ from plantpheno.evaluation.inference import predict
 from plantpheno.evaluation.report import write_evaluation
 from plantpheno.evaluation.shift import shift_summary, worst_errors
 from plantpheno.models import build_model
-from plantpheno.records.evaluation import Evaluation
+from plantpheno.records.evaluation import Evaluation, Unknowns
 from plantpheno.records.model_meta import ModelMeta
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import RunDir
@@ -251,7 +251,7 @@ def _write_unmapped(path: Path, samples: list[Sample], logits: np.ndarray, tempe
     write_csv(path, rows)
 
 
-def _ood_columns(found: tuple[Any, np.ndarray, np.ndarray] | None, start: int, stop: int) -> dict[str, list[str]]:
+def _ood_columns(found: tuple[Unknowns, np.ndarray, np.ndarray] | None, start: int, stop: int) -> dict[str, list[str]]:
     """``ood_score`` and ``unknown`` of the images ``start:stop`` (none without a detector)."""
     if found is None:
         return {}
@@ -273,7 +273,8 @@ def readable_images(samples: list[Sample], data: Path, settings: DataConfig,
     more = f"\n  ... and {len(bad) - 200} more" if len(bad) > 200 else ""
     if settings.on_bad_image != "skip":
         raise DataError(f"{len(bad)} of {len(samples)} image(s) of {data} cannot be used (repair or remove "
-                        f"them, or set data.on_bad_image: skip in the run's config.yaml to leave them out):\n  {listing}{more}")
+                        f"them, or set data.on_bad_image: skip in the run's config.yaml to leave them out):\n  "
+                        f"{listing}{more}")
     if reporter is not None:
         reporter.warning(f"{len(bad)} of {len(samples)} image(s) of {data} cannot be used and are left out "
                          f"(data.on_bad_image=skip):\n  {listing}{more}")

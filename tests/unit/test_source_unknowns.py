@@ -66,8 +66,8 @@ def _evaluation(run: RunDir, name: str, **columns) -> Evaluation:
     y = np.array([0, 1, 1, 0])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], dtype=np.float32)
     return write_evaluation(run.eval(name), targets=y, outputs=probs, paths=[Path(f"/x/{i}.jpg") for i in range(4)],
-                            class_names=["a", "b"], bootstrap_samples=50, confidence=0.95, seed=0, extra={"split": name},
-                            columns=columns or None)
+                            class_names=["a", "b"], bootstrap_samples=50, confidence=0.95, seed=0,
+                            extra={"split": name}, columns=columns or None)
 
 
 def test_the_split_share_goes_into_metrics_json_and_the_trackers(tmp_path):

@@ -57,8 +57,8 @@ def source_unknowns(model: nn.Module, run: RunDir, paths: Sequence[Path], *, cor
         more["expected_unknown_flagged"] = share(int(rest.sum()), len(rest), ev.confidence)
     test = _test_paths(run)
     if test:
-        in_scores = score_images(model, detector, test, meta=meta, batch_size=batch_size, device=device, reporter=reporter,
-                                 desc="OOD scores (in-source test)")
+        in_scores = score_images(model, detector, test, meta=meta, batch_size=batch_size, device=device,
+                                 reporter=reporter, desc="OOD scores (in-source test)")
         more["separation"] = Separation.model_validate(
             {"in_source": "test", **separation(in_scores, scores, n_resamples=ev.bootstrap_samples,
                                                confidence=ev.confidence, seed=seed)})
