@@ -105,5 +105,7 @@ def test_fit_unknowns_gives_an_old_run_a_detector_from_its_train_and_val(run_dir
     assert detector.num_train_images == fitted.num_train_images  # the train split's images, never test's
     assert (old / (DETECTOR_FILE + ".sha256")).is_file() and (old / (FEATURES_FILE + ".sha256")).is_file()
     assert json.loads((old / "eval" / "test" / "metrics.json").read_text())["unknowns"]["flagged"]["num_images"] > 0
-    pp.evaluate(old, data=field, name="after", verbose=False)
+    (old / DETECTOR_FILE).unlink()  # the API with data: fits again (test scored with it), then the source
+    pp.evaluate(old, data=field, name="after", fit_unknowns=True, verbose=False)
+    assert OODDetector.load(old).threshold == pytest.approx(detector.threshold)  # same weights, same train/val
     assert json.loads((old / "eval" / "after" / "metrics.json").read_text())["unknowns"]["separation"]
