@@ -59,9 +59,7 @@ def check_can_fit(config: Config, run: RunDir, *, fit: bool) -> Config:
     message when it does not)."""
     if not fit:
         return config
-    if config.data.bands is not None:
-        raise ConfigError(f"{run.path}: a run of data.bands gets no OOD detector yet (its feature pass reads RGB "
-                          f"images); --fit-unknowns cannot fit one")
+    # a data.bands run is left to detect_unknowns, which says whether band inputs get a detector
     if not config.evaluation.ood.enabled:
         raise ConfigError(f"{run.path}/config.yaml sets evaluation.ood.enabled: false, so --fit-unknowns would fit "
                           f"no detector; set it to true in that file to fit one")
