@@ -273,7 +273,8 @@ def readable_images(samples: list[Sample], data: Path, settings: DataConfig,
     more = f"\n  ... and {len(bad) - 200} more" if len(bad) > 200 else ""
     if settings.on_bad_image != "skip":
         raise DataError(f"{len(bad)} of {len(samples)} image(s) of {data} cannot be used (repair or remove "
-                        f"them, or set data.on_bad_image: skip in the run's config.yaml to leave them out):\n  "
+                        f"them, or set data.on_bad_image: skip, in the run's config.yaml for evaluate, to leave them "
+                        f"out):\n  "
                         f"{listing}{more}")
     if reporter is not None:
         reporter.warning(f"{len(bad)} of {len(samples)} image(s) of {data} cannot be used and are left out "
