@@ -47,7 +47,7 @@ from plantpheno.training.loop import NonFiniteLossError, TrainState
 from plantpheno.training.objectives import Classification, Regression
 from plantpheno.training.outcome import non_finite_error, record_end, what_is_safe
 from plantpheno.training.phases import FrozenFeatures, check_phases, plan_phases
-from plantpheno.training.unknowns import detect_unknowns
+from plantpheno.training.unknowns import check_can_fit, detect_unknowns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,22 +166,22 @@ def resume(run_dir: Path, *, callbacks: Sequence[object] = (), handle_signals: b
 
 
 def evaluate_run(run_dir: Path, *, split: str = "test", device: str | None = None,
-                 reporter: Reporter | None = None) -> dict[str, Any]:
-    """Evaluate a run's best checkpoint (or its last, if no best exists) on one of its splits."""
+                 reporter: Reporter | None = None, fit_unknowns: bool = False) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint (or its last) on a split; ``fit_unknowns``: fit its OOD detector first."""
     run = RunDir.of(run_dir)
-    config = run.read_config()
+    config = check_can_fit(run.read_config(), run, fit=fit_unknowns)
     if device is not None:
         config = validate_config({**config_to_dict(config), "device": device}, source="--device")
     with run.lock("evaluating"):
         checkpoint = checkpoint_to_use(run, default_reporter(reporter))
         set_threads(config.training.threads)
-        # the validation split too: the softmax temperature is fitted on it
-        job = _setup(config, manifest=run.split_manifest, load_pretrained=False,
-                     splits=tuple(dict.fromkeys((split, "val"))), reporter=default_reporter(reporter))
+        # the validation split too: the softmax temperature is fitted on it (and train: the detector's features)
+        job = _setup(config, manifest=run.split_manifest, load_pretrained=False, reporter=default_reporter(reporter),
+                     splits=tuple(dict.fromkeys((split, "val", *(("train",) if fit_unknowns else ())))))
         try:
             check_same_data(run, job.prepared)
             job.model.load_state_dict(checkpoint["model"])
-            return _evaluate(job, run, split=split, best_epoch=checkpoint["state"]["epoch"])
+            return _evaluate(job, run, split=split, best_epoch=checkpoint["state"]["epoch"], fit_ood=fit_unknowns)
         finally:
             close_loaders(job.loaders)
 
@@ -288,10 +288,10 @@ def _evaluate(job: TrainingJob, run: RunDir, *, split: str, best_epoch: int | No
     metrics = evaluate_split(job.model, job.loaders, split=split, task=job.task, prepared=job.prepared,
                              config=job.config, device=job.device, run=run, reporter=job.reporter,
                              checkpoint_epoch=best_epoch, validation=validation)
-    if sources and job.config.evaluation.sources:  # before the report, which shows them
+    metrics = detect_unknowns(job, run, split=split, fit=fit_ood) or metrics  # fit on train/val; + unknown share
+    if sources and job.config.evaluation.sources:  # before the report, which shows them; after the detector's fit
         source_eval.evaluate_sources(job.model, run, config=job.config, meta=job.meta, device=job.device,
                                      checkpoint_epoch=best_epoch, reporter=job.reporter)
-    detect_unknowns(job, run, split=split, fit=fit_ood)  # only train fits the detector (on train/val)
     if job.config.evaluation.report and job.config.data.bands is not None:
         job.reporter.warning("no HTML report for data.bands yet (its figures and Grad-CAM draw RGB images); the "
                              "metrics and predictions files are written")

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from plantpheno.config import Config
+from plantpheno.config import Config, DataConfig
 from plantpheno.files.csvfile import read_csv, write_csv
 from plantpheno.data.class_map import ClassMap, MappedSource, load_class_map, map_source
 from plantpheno.data.datasets import ImageDataset, collate
+from plantpheno.data.images import check_images
 from plantpheno.data.sources import SPLITS, Sample, read_folder, read_manifest
 from plantpheno.data.transforms import eval_transform
 from plantpheno.device import resolve_device
@@ -34,12 +35,14 @@ from plantpheno.evaluation.inference import predict
 from plantpheno.evaluation.report import write_evaluation
 from plantpheno.evaluation.shift import shift_summary, worst_errors
 from plantpheno.models import build_model
-from plantpheno.records.evaluation import Evaluation
+from plantpheno.records.evaluation import Evaluation, Unknowns
 from plantpheno.records.model_meta import ModelMeta
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import RunDir
 from plantpheno.training.checkpoint import load_checkpoint
 from plantpheno.training.objectives import Classification
+from plantpheno.training.source_unknowns import source_unknowns
+from plantpheno.training.unknown_figures import summary_line as unknown_summary_line
 
 UNMAPPED_FILE = "unmapped.csv"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -63,6 +66,11 @@ def source_name(spec: SourceSpec) -> str:
                             f"or '-' (starting with a letter or digit) and not one of the run's splits "
                             f"({', '.join(SPLITS)}); give one with --name")
     return name
+
+
+def is_source_name(name: str) -> bool:
+    """Whether ``name`` can name an evaluation on another source (``eval/<name>/``)."""
+    return bool(_NAME.fullmatch(name)) and name not in SPLITS
 
 
 def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = None,
@@ -97,7 +105,8 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
     names = _check_classification(run, meta)
     name = source_name(spec)
     class_map = load_class_map(spec.class_map, names) if spec.class_map is not None else ClassMap()
-    source = map_source(read_source(spec.data, config), class_map, names, source=str(spec.data))
+    samples, bad = readable_images(read_source(spec.data, config), spec.data, config.data, reporter)
+    source = map_source(samples, class_map, names, source=str(spec.data))
     ev = config.evaluation
     reporter.info(f"evaluating on {spec.data} ({len(source.mapped)} images with a run class, {len(source.unmapped)} "
                   f"expected unknown) -> {run.eval(name).path}")
@@ -115,19 +124,28 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
                           temperature_applied=applied, bins=ev.calibration_bins,
                           bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=config.seed)
     paths = [s.path for s, _ in source.mapped]
-    extra = {"split": name, "num_images": len(y), "checkpoint_epoch": checkpoint_epoch,
-             "source": _source_block(spec, source, class_map, rest, temperature, names),
+    found = source_unknowns(model, run, paths + [s.path for s in source.unmapped], correct=mapped.argmax(1) == y,
+                            meta=meta, evaluation=config.evaluation, batch_size=config.data.batch_size,
+                            seed=config.seed, device=device, reporter=reporter)
+    block = _source_block(spec, source, class_map, rest, temperature, names)
+    block["unreadable"] = [[str(p), why] for p, why in bad]  # left out (data.on_bad_image: skip)
+    extra = {"split": name, "num_images": len(y), "checkpoint_epoch": checkpoint_epoch, "source": block,
              "shift": shift, "separability": _separability(run, source, config, reporter),
              "worst_errors": worst_errors([str(p) for p in paths], mapped, y, names, temperature=temperature,
                                           limit=ev.report_examples)}
+    if found is not None:
+        extra["unknowns"] = found[0].to_dict()
+        block["unknown"] = {**block["unknown"], "flagged_by": f"the run's OOD detector ({found[0].score}, fitted on "
+                            f"train/val) and the class map"}
     if test is None:
         extra["shift"]["no_drop"] = (f"no in-source test evaluation ({run.eval('test').predictions} is missing): run "
                                      f"plantpheno evaluate {run.path} --split test first")
     out = run.eval(name)
     evaluation = write_evaluation(out, targets=y, outputs=softmax(mapped, temperature).astype(np.float32), paths=paths,
                                class_names=names, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence,
-                               seed=config.seed, extra=extra)
-    _write_unmapped(out.path / UNMAPPED_FILE, source.unmapped, rest, temperature, names)
+                               seed=config.seed, extra=extra, columns=_ood_columns(found, 0, len(y)))
+    _write_unmapped(out.path / UNMAPPED_FILE, source.unmapped, rest, temperature, names,
+                    _ood_columns(found, len(y), len(y) + len(source.unmapped)))
     return evaluation
 
 
@@ -162,7 +180,8 @@ def _logits(model: nn.Module, paths: list[Path], *, config: Config, meta: ModelM
         found = predict(model, loader, task=Classification(list(meta.class_names or [])), device=device,
                         tta=config.evaluation.tta)
     except OSError as exc:
-        raise DataError(f"an image of the other source cannot be read ({exc})") from None
+        raise DataError(f"an image of the other source cannot be read ({exc}); it passed the check before "
+                        f"predicting, so it changed since") from None
     assert found.raw is not None
     return found.raw.astype(np.float64)
 
@@ -222,14 +241,48 @@ def _separability(run: RunDir, source: MappedSource, config: Config, reporter: R
 
 
 def _write_unmapped(path: Path, samples: list[Sample], logits: np.ndarray, temperature: float,
-                    names: list[str]) -> None:
-    """What the model answered on each image expected to be unknown."""
-    rows: list[list[object]] = [["path", "label", "predicted", "confidence"]]
+                    names: list[str], columns: dict[str, list[str]]) -> None:
+    """What the model answered on each image expected to be unknown (and the OOD score and flag, with a detector)."""
+    rows: list[list[object]] = [["path", "label", "predicted", "confidence", *columns]]
     if len(samples):
         probs = softmax(logits, temperature)
-        rows += [[str(s.path), str(s.target), names[int(p.argmax())], f"{float(p.max()):.6f}"]
-                 for s, p in zip(samples, probs)]
+        rows += [[str(s.path), str(s.target), names[int(p.argmax())], f"{float(p.max()):.6f}",
+                  *(values[i] for values in columns.values())] for i, (s, p) in enumerate(zip(samples, probs))]
     write_csv(path, rows)
+
+
+def _ood_columns(found: tuple[Unknowns, np.ndarray, np.ndarray] | None, start: int, stop: int) -> dict[str, list[str]]:
+    """``ood_score`` and ``unknown`` of the images ``start:stop`` (none without a detector)."""
+    if found is None:
+        return {}
+    _, scores, flagged = found
+    return {"ood_score": [f"{v:.6f}" for v in scores[start:stop]],
+            "unknown": ["true" if f else "false" for f in flagged[start:stop]]}
+
+
+def readable_images(samples: list[Sample], data: Path, settings: DataConfig,
+                    reporter: Reporter | None) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """Every image of another source decoded once before any is predicted: the readable ones and the others with
+    why. As train's image check: all the bad ones named in one DataError, or with ``data.on_bad_image: skip`` a
+    warning and the rest kept."""
+    checks = check_images([s.path for s in samples], max_pixels=settings.max_image_pixels)
+    bad = [(c.path, str(c.problem)) for c in checks if c.problem is not None]
+    if not bad:
+        return samples, []
+    listing = "\n  ".join(f"{p}: {why}" for p, why in bad[:200])
+    more = f"\n  ... and {len(bad) - 200} more" if len(bad) > 200 else ""
+    if settings.on_bad_image != "skip":
+        raise DataError(f"{len(bad)} of {len(samples)} image(s) of {data} cannot be used (repair or remove "
+                        f"them, or set data.on_bad_image: skip, in the run's config.yaml for evaluate, to leave them "
+                        f"out):\n  "
+                        f"{listing}{more}")
+    if reporter is not None:
+        reporter.warning(f"{len(bad)} of {len(samples)} image(s) of {data} cannot be used and are left out "
+                         f"(data.on_bad_image=skip):\n  {listing}{more}")
+    good = [s for s, c in zip(samples, checks) if c.problem is None]
+    if not good:
+        raise DataError(f"none of the {len(samples)} images of {data} could be read")
+    return good, bad
 
 
 def summary_lines(evaluation: Evaluation) -> list[str]:
@@ -250,6 +303,8 @@ def summary_lines(evaluation: Evaluation) -> list[str]:
                  + (f", {after['estimate']:.4f} after (T = {shift_cal['temperature']:.3g})" if after else ""))
     lines.append(f"  expected unknown (labels without a run class): {src['unmapped']} of {src['images']} "
                  f"({src['unmapped_fraction']:.1%})")
+    if evaluation.unknowns is not None:
+        lines.append(unknown_summary_line(evaluation.unknowns))
     sep = evaluation.separability or {}
     if sep.get("accuracy") is not None:
         lines.append(f"  sources apart by their borders: {sep['accuracy']:.1%} (majority {sep['majority']:.1%})")
@@ -274,7 +329,8 @@ def check_sources(config: Config, class_names: list[str] | None) -> None:
         try:
             source_name(spec)
             class_map = load_class_map(spec.class_map, class_names) if spec.class_map is not None else ClassMap()
-            map_source(read_source(spec.data, config), class_map, class_names, source=str(spec.data))
+            samples, _ = readable_images(read_source(spec.data, config), spec.data, config.data, None)
+            map_source(samples, class_map, class_names, source=str(spec.data))
         except (DataError, ArgumentError) as exc:  # the config's field named, not the command line's
             raise DataError(f"{where}: {str(exc).replace('; give one with --name', '; set its name')}") from None
 

@@ -8,7 +8,7 @@ import pytest
 from tiny_model import tiny_model  # noqa: F401 (a fixture)
 
 import plantpheno as pp
-from plantpheno.errors import ArgumentError, ConfigError, PlantPhenoError
+from plantpheno.errors import ArgumentError, ConfigError, PlantPhenoError, RunDirError
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,10 @@ def test_load_model_reference(ref):
 @pytest.mark.parametrize("split", ["validation", "", None, 1])
 def test_split_is_named(tiny_model, split):
     run = pp.open_run(tiny_model.run)
-    calls = [lambda: run.metrics(split)]
+    calls = [lambda: run.metrics(split)] if split != "validation" else []
+    if split == "validation":  # Run.metrics also reads evaluations on another source by name: none has this one
+        with pytest.raises(RunDirError, match=r"no evaluation named 'validation' .*the run has .*\btest\b"):
+            run.metrics(split)
     if split is not None:  # pp.evaluate's split=None is its default (the test split, or data= another source)
         calls.append(lambda: pp.evaluate(run, split=split, verbose=False))
     for call in calls:

@@ -80,9 +80,13 @@ def test_every_backend_records_params_metrics_system_artifacts_tags(make_config,
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [1, 2]
     assert len(client.get_metric_history(run.info.run_id, "system/cpu_percent")) >= 1
     for key in ("lr", "time/epoch_s", "time/images_per_s", "train/accuracy", "val/macro_f1", "test/accuracy",
-                "test/accuracy_ci_low"):
+                "test/accuracy_ci_low", "test/unknown_fraction", "test/unknown_fraction_high",
+                "test/val_unknown_fraction"):
         assert key in run.data.metrics, key
     assert run.data.metrics["test/accuracy"] == pytest.approx(result.metrics["accuracy"])
+    unknown = result.metrics["unknowns"]["flagged"]  # the OOD detector's share of test, with its interval
+    assert run.data.metrics["test/unknown_fraction"] == pytest.approx(unknown["fraction"])
+    assert run.data.metrics["test/unknown_fraction_low"] == pytest.approx(unknown["low"])
     tags = run.data.tags
     assert tags["dataset_fingerprint"] == fingerprint and tags["git_commit"] and tags["device"] == "cpu"
     assert {"plantpheno_version", "torch_version", "timm_version", "git_dirty"} <= set(tags)
@@ -98,7 +102,7 @@ def test_every_backend_records_params_metrics_system_artifacts_tags(make_config,
     epochs = [row["epoch"] for row in history if "val/loss" in row]
     assert epochs == [1, 2]
     assert any("system/cpu_percent" in row and "global_step" in row for row in history)
-    assert any("test/accuracy" in row for row in history)
+    assert any("test/accuracy" in row and "test/unknown_fraction" in row for row in history)
     config_keys = {u.key for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update}
     assert {"training.learning_rate", "tag/dataset_fingerprint"} <= config_keys
     assert any(r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model" for r in records)
@@ -109,7 +113,7 @@ def test_every_backend_records_params_metrics_system_artifacts_tags(make_config,
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
-    assert "system/cpu_percent" in events.Tags()["scalars"]
+    assert {"system/cpu_percent", "test/unknown_fraction", "test/unknown_fraction_low"} <= set(events.Tags()["scalars"])
     assert "eval/test/confusion_matrix" in events.Tags()["images"]
     hparams = [p for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")]
     assert any(b"hparams" in p.read_bytes() for p in hparams)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from plantpheno.data.class_map import ClassMap, load_class_map, map_source, parse_class_map
 from plantpheno.data.sources import Sample
@@ -183,7 +184,7 @@ def test_evaluation_sources_are_checked_before_training_and_name_their_entry(mak
     other = tmp_path / "other"
     for label in ("Rust", "mosaic"):
         (other / label).mkdir(parents=True)
-        (other / label / "a.jpg").write_bytes(b"")  # listed, not decoded, by the check
+        Image.new("RGB", (8, 8), (40, 120, 40)).save(other / label / "a.jpg")  # decoded by the check
     cmap = tmp_path / "map.yaml"
     cmap.write_text("Rust: rust\n")
     ok = make_config(data={"root": str(tmp_path)}, evaluation={"sources": [{"data": str(other), "class_map": str(cmap)}]})
@@ -197,3 +198,6 @@ def test_evaluation_sources_are_checked_before_training_and_name_their_entry(mak
                                                             "name": "val"}]}), CLASSES)
     with pytest.raises(DataError, match="needs a classification run"):
         check_sources(ok, None)
+    (other / "Rust" / "b.jpg").write_bytes(b"")  # an unusable image fails before training, named
+    with pytest.raises(DataError, match=r"(?s)evaluation.sources\[0\]: 1 of 3 image\(s\) .*Rust/b.jpg: empty file"):
+        check_sources(ok, CLASSES)

@@ -21,6 +21,8 @@ PACKAGE = Path(plantpheno.__file__).parent
 WHOLE_CONFIG = {
     # the OOD detector (issue 29, merged beside this test): reads data, evaluation.ood/selective and seed (to narrow)
     "training/unknowns.py": {"pooled", "fit_run_detector", "evaluate_unknowns"},
+    # evaluate --fit-unknowns: checks data.bands and evaluation.ood.enabled and hands the run's config back
+    "training/unknown_figures.py": {"check_can_fit"},
     # the orchestration of one run reads every section
     "pipeline.py": {"_setup", "train", "_join_job"},
     # writes config.yaml: the whole config is what it stores

@@ -83,26 +83,37 @@ def resume(run: Run | str | os.PathLike[str], *, verbose: bool = True, reporter:
 def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val", "test"] | None = None,
              data: str | os.PathLike[str] | None = None, class_map: str | os.PathLike[str] | None = None,
              name: str | None = None, device: str | None = None, verbose: bool = True,
-             reporter: Reporter | None = None) -> dict[str, Any]:
+             reporter: Reporter | None = None, fit_unknowns: bool = False) -> dict[str, Any]:
     """Evaluate a run's best checkpoint on one of its splits (``plantpheno evaluate``): writes
     ``RUN_DIR/eval/SPLIT/`` and returns its metrics (with ``headline_metric`` and its ``confidence_interval``).
 
     With ``data`` (an image folder or a CSV manifest of another source), evaluate on that source instead
     (``plantpheno evaluate RUN --data``): ``class_map`` is a YAML file mapping its labels to the run's classes,
     ``name`` the folder under ``RUN_DIR/eval/``; the metrics then hold ``source``, ``shift`` (the drop from the
-    test split with its interval, per-class drops, calibration) and ``separability``."""
+    test split with its interval, per-class drops, calibration), ``separability`` and, when the run has an OOD
+    detector, ``unknowns`` (the share flagged unknown, accuracy on kept and flagged images, AUROC and FPR95 against
+    the test split). ``fit_unknowns``: first fit the run's OOD detector on its train/val splits (a run trained
+    before plantpheno had one), as ``plantpheno evaluate --fit-unknowns``."""
+    if not isinstance(fit_unknowns, bool):
+        raise ArgumentError(f"fit_unknowns: got {short_repr(fit_unknowns)}; expected True or False")
     if data is None:
         if class_map is not None or name is not None:
             raise ArgumentError("class_map and name go with data (an evaluation on another source)")
         import plantpheno.pipeline as pipeline
 
         return pipeline.evaluate_run(_run_path(run), split=check_split("test" if split is None else split), device=device,
-                                     reporter=_reporter(verbose, reporter))
+                                     reporter=_reporter(verbose, reporter), fit_unknowns=fit_unknowns)
     if split is not None:
         raise ArgumentError("split and data exclude each other: data evaluates on another source")
     import plantpheno.source_eval as source_eval
 
     spec = source_eval.SourceSpec(Path(data), Path(class_map) if class_map is not None else None, name)
+    source_eval.source_name(spec)  # a bad name fails before the detector's fit
+    if fit_unknowns:  # the detector first, and the test split scored with it
+        import plantpheno.pipeline as pipeline
+
+        pipeline.evaluate_run(_run_path(run), split="test", device=device, reporter=_reporter(verbose, reporter),
+                              fit_unknowns=True)
     # the metrics as metrics.json holds them, as for a split (the record's extra blocks included)
     return source_eval.evaluate_source(_run_path(run), spec, device=device,
                                        reporter=_reporter(verbose, reporter)).to_dict()
@@ -116,6 +127,16 @@ def check_split(split: object) -> str:
     if not isinstance(split, str) or split not in SPLITS:
         raise ArgumentError(f"split: got {short_repr(split)}; expected one of {', '.join(SPLITS)}")
     return split
+
+
+def check_eval_name(name: object) -> str:
+    """``name`` if it names a split or an evaluation on another source (a plain folder name under ``eval/``)."""
+    import plantpheno.source_eval as source_eval
+
+    if isinstance(name, str) and (name in SPLITS or source_eval.is_source_name(name)):
+        return name
+    raise ArgumentError(f"split: got {short_repr(name)}; expected one of {', '.join(SPLITS)} or the name of an "
+                        f"evaluation on another source (1-64 letters, digits, '_', '.' or '-')")
 
 
 class Trainer:
@@ -211,15 +232,21 @@ class Run:
 
         return read_run(self.path)
 
-    def metrics(self, split: Literal["train", "val", "test"] = "test") -> dict[str, Any]:
+    def metrics(self, split: str = "test") -> dict[str, Any]:
         """The evaluation of one split (``eval/SPLIT/metrics.json``): the task's metrics, ``headline_metric``,
-        its bootstrap ``confidence_interval``, the number of images and the checkpoint's epoch."""
+        its bootstrap ``confidence_interval``, the number of images, the checkpoint's epoch and, with an OOD
+        detector, ``unknowns``. ``split`` may also name an evaluation on another source (``evaluate(run, data=...,
+        name=NAME)``: ``eval/NAME/``)."""
         from plantpheno.records.evaluation import read_evaluation
 
-        path = RunDir(self.path).eval(check_split(split)).metrics
+        name = check_eval_name(split)
+        path = RunDir(self.path).eval(name).metrics
         if not path.is_file():
-            raise RunDirError(f"{self.path} has no evaluation on the {split} split ({path} is missing); run "
-                              f"plantpheno.evaluate(run, split={split!r}) first")
+            how = (f"plantpheno.evaluate(run, split={name!r})" if name in SPLITS
+                   else f"plantpheno.evaluate(run, data=..., name={name!r})")
+            found = sorted(p.parent.name for p in path.parent.parent.glob("*/metrics.json"))
+            raise RunDirError(f"{self.path} has no evaluation named {name!r} ({path} is missing; the run has "
+                              f"{', '.join(found) or 'none'}); run {how} first")
         return read_evaluation(path).to_dict()
 
     @property

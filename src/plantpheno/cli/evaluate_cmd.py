@@ -1,5 +1,5 @@
 """``plantpheno evaluate RUN_DIR [--split test]`` and ``plantpheno evaluate RUN_DIR --data DIR_OR_CSV [--class-map
-MAP.yaml] [--name NAME]``."""
+MAP.yaml] [--name NAME]``; ``--fit-unknowns`` fits an old run's OOD detector first."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --data: YAML mapping 'source label: run class' (or unknown); labels it does not map "
                         "are expected to be unknown (default: labels named as the run's classes)")
     p.add_argument("--name", default=None, help="with --data: the folder under RUN_DIR/eval/ (default: the data's name)")
+    p.add_argument("--fit-unknowns", action="store_true",
+                   help="first fit the run's OOD detector on its own train/val splits (never test), as train does, "
+                        "and store it (ood.json): for a run trained before plantpheno had one; with --data the test "
+                        "split is evaluated again with it before the other source")
     p.add_argument("--device", default=None, help="override the run's device (auto, cpu, cuda, ...)")
     p.set_defaults(func=run)
 
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         from plantpheno.pipeline import evaluate_run
 
         split = args.split or "test"
-        m = evaluate_run(args.run_dir, split=split, device=args.device, reporter=ConsoleReporter())
+        m = evaluate_run(args.run_dir, split=split, device=args.device, reporter=ConsoleReporter(),
+                         fit_unknowns=args.fit_unknowns)
         for line in summary_lines(m):
             print(line)
         print(f"reports: {RunDir(args.run_dir).eval(split).path}")
@@ -50,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     import plantpheno.source_eval as source_eval
 
     spec = source_eval.SourceSpec(args.data, args.class_map, args.name)
+    source_eval.source_name(spec)  # a bad --name fails before the detector's fit
+    if args.fit_unknowns:  # the detector first, and the test split scored with it (the drop and AUROC need it)
+        from plantpheno.pipeline import evaluate_run
+
+        evaluate_run(args.run_dir, split="test", device=args.device, reporter=ConsoleReporter(), fit_unknowns=True)
     evaluation = source_eval.evaluate_source(args.run_dir, spec, device=args.device, reporter=ConsoleReporter())
     for line in source_eval.summary_lines(evaluation):
         print(line)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,17 @@ from plantpheno.tasks import task_metrics
 
 def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, paths: Sequence[Path],
                      class_names: list[str] | None, bootstrap_samples: int, confidence: float,
-                     seed: int, extra: dict[str, Any] | None = None) -> Evaluation:
+                     seed: int, extra: dict[str, Any] | None = None,
+                     columns: Mapping[str, Sequence[str]] | None = None) -> Evaluation:
     """Compute metrics for one split and write every report file into ``out``; return the evaluation.
 
     The trivial baseline and the verdict on it come in ``extra["baseline"]``
-    (:mod:`plantpheno.evaluation.run_eval`).
+    (:mod:`plantpheno.evaluation.run_eval`). ``columns``: more per-image columns of a classifier's
+    ``predictions.csv`` (name: one value per image, such as the OOD score and flag of another source's images).
     """
     out.path.mkdir(parents=True, exist_ok=True)
     if class_names is not None:
-        metrics = _classification(out, targets.astype(int), outputs, paths, class_names)
+        metrics = _classification(out, targets.astype(int), outputs, paths, class_names, columns or {})
         task = "classification"
         predicted = outputs.argmax(axis=1)
     else:
@@ -52,7 +54,7 @@ def write_evaluation(out: EvalDir, *, targets: np.ndarray, outputs: np.ndarray, 
 
 
 def _classification(out: EvalDir, y: np.ndarray, probs: np.ndarray, paths: Sequence[Path],
-                    class_names: list[str]) -> dict[str, Any]:
+                    class_names: list[str], columns: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     pred = probs.argmax(axis=1)
     m = classification_metrics(y, pred, num_classes=len(class_names))
     atomic_write_text(out.classification_report, format_classification_report(m, class_names) + "\n")
@@ -62,9 +64,10 @@ def _classification(out: EvalDir, y: np.ndarray, probs: np.ndarray, paths: Seque
              for i, name in enumerate(class_names)]
     write_csv(out.per_class, rows)
     plot_confusion_matrix(m["confusion_matrix"], class_names, out.confusion_matrix)
-    header = ["path", "label", "predicted", "confidence", *(f"p_{name}" for name in class_names)]
+    header = ["path", "label", "predicted", "confidence", *(f"p_{name}" for name in class_names), *columns]
     pred_rows = [header] + [
-        [str(p), class_names[t], class_names[k], f"{probs[i, k]:.6f}", *(f"{v:.6f}" for v in probs[i])]
+        [str(p), class_names[t], class_names[k], f"{probs[i, k]:.6f}", *(f"{v:.6f}" for v in probs[i]),
+         *(values[i] for values in columns.values())]
         for i, (p, t, k) in enumerate(zip(paths, y, pred))
     ]
     write_csv(out.predictions, pred_rows)

@@ -11,7 +11,7 @@ from torch import nn
 from plantpheno.files.csvfile import read_csv
 from plantpheno.evaluation import report_gallery as gallery
 from plantpheno.evaluation import report_sections as sections
-from plantpheno.records.evaluation import Evaluation, Interval, read_evaluation
+from plantpheno.records.evaluation import Evaluation, Interval, Share, Unknowns, read_evaluation
 from plantpheno.records.model_meta import ModelMeta
 from plantpheno.run.folder import EVAL_DIR, RunDir
 
@@ -29,7 +29,9 @@ def other_sources(run: RunDir, *, model: nn.Module, meta: ModelMeta, worst: int)
     intro = ("<p>The model's best weights on images from another source (another place, camera or dataset), "
              "labels mapped to the run's classes by a class map. The drop is the in-source test figure minus this "
              "one; its interval comes from resampling both evaluations. Labels the map leaves out are expected to "
-             "be unknown: the run has no class for them.</p>")
+             "be unknown: the run has no class for them. The run's OOD detector (fitted on its own train/val "
+             "images) scores every image here: the share it flags unknown, and how far its score tells these "
+             "images from the in-source test images (AUROC 0.5: alike; 1: apart).</p>")
     return sections.section("other-sources", "On another source",
                             intro + "".join(_one(run, m, model=model, meta=meta, worst=worst) for m in found))
 
@@ -49,6 +51,7 @@ def _one(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, worst
                      f"val)", shift_cal["ece_after"]["estimate"], _interval(shift_cal["ece_after"])])
     rows.append(["images expected unknown (labels without a run class)",
                  f"{src['unmapped']} of {src['images']} ({src['unmapped_fraction']:.1%})", ""])
+    rows += _unknown_rows(m.unknowns)
     sep = m.separability or {}
     if sep.get("accuracy") is not None:
         rows.append(["border classifier telling the sources apart", sep["accuracy"],
@@ -76,6 +79,37 @@ def _worst(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, wor
                            device=device, resize=meta.resize)
     return ("<h4>Worst errors here, with the Grad-CAM map of the predicted class</h4>"
             + gallery.tiles_html(tiles, sections.esc))
+
+
+def _unknown_rows(unknowns: Unknowns | None) -> list[list[Any]]:
+    """The run's OOD detector on this source: the share flagged, accuracy on kept and flagged images, and how far
+    its score tells this source from the in-source test split."""
+    if unknowns is None:
+        return [["flagged unknown", "the run has no OOD detector (plantpheno evaluate RUN --fit-unknowns fits one)",
+                 ""]]
+    what = f"by the OOD detector ({unknowns.score}, threshold fitted on train/val to keep {unknowns.keep:.0%})"
+    rows: list[list[Any]] = []
+    for label, share in ((f"flagged unknown {what}", unknowns.flagged),
+                         ("accuracy on the images kept as known", unknowns.known_accuracy),
+                         ("accuracy on the images flagged unknown", unknowns.unknown_accuracy),
+                         ("images without a run class flagged unknown", unknowns.expected_unknown_flagged)):
+        if share is not None:
+            rows.append([label, f"{share.count} of {share.num_images} ({share.fraction or 0:.1%})", _share(share)])
+    sep = unknowns.separation
+    if sep is not None:
+        rows.append([f"OOD score AUROC, in-source test ({sep.num_in_source}) vs this source ({sep.num_other}): how "
+                     f"different it looks", sep.auroc.estimate, _interval(sep.auroc)])
+        rows.append(["FPR at 95 % TPR (this source's images kept as known)", sep.fpr95.estimate,
+                     _interval(sep.fpr95)])
+    elif unknowns.no_separation:
+        rows.append(["OOD score AUROC against the in-source test split", unknowns.no_separation, ""])
+    return rows
+
+
+def _share(share: Share) -> str:
+    if share.low is None or share.high is None:
+        return ""
+    return f"{share.confidence:.0%} CI {share.low:.1%} to {share.high:.1%} ({share.method})"
 
 
 def _interval(span: Interval | dict[str, Any] | None) -> str:

@@ -144,6 +144,48 @@ class PerClass(_Record):
     support: list[int] = []
 
 
+class Share(_Record):
+    """``count`` of ``num_images`` images (flagged unknown, or answered right), its fraction and Wilson interval."""
+
+    count: int
+    num_images: int
+    fraction: float | None = None
+    low: float | None = None
+    high: float | None = None
+    confidence: float = 0.95
+    method: str = "Wilson"
+
+
+class Separation(_Record):
+    """How far the OOD score tells the run's in-source test images from another source's (AUROC: the chance that an
+    image of the other source scores higher; FPR95: the share of the other source's images taken as known at the
+    threshold that keeps 95 % of the test images), with percentile-bootstrap intervals."""
+
+    in_source: str = "test"
+    num_in_source: int
+    num_other: int
+    auroc: Interval
+    fpr95: Interval
+
+
+class Unknowns(_Record):
+    """The run's OOD detector (fitted on train/val) applied to an evaluation's images: the share it flags unknown,
+    accuracy on the images it keeps and on those it flags, on the validation split the share its threshold flags
+    there (``1 - keep`` up to ties), and on another source the separation from the in-source test split."""
+
+    score: str
+    threshold: float
+    keep: float
+    fitted_on: str = "train/val"
+    flagged: Share
+    val: Share | None = None
+    known_accuracy: Share | None = None  # among the images kept as known (count: answered right)
+    unknown_accuracy: Share | None = None  # among the images flagged unknown
+    expected_unknown_flagged: Share | None = None  # another source: its images without a run class, flagged
+    separation: Separation | None = None
+    no_separation: str | None = None  # why there is none (no in-source test images in the split manifest)
+
+
 class Evaluation(_Record):
     """One evaluation of a split. Metric values (``accuracy``, ``mae`` ...) are :attr:`values` by name."""
 
@@ -167,6 +209,8 @@ class Evaluation(_Record):
     shift: dict[str, Any] | None = None
     separability: dict[str, Any] | None = None
     worst_errors: list[dict[str, Any]] | None = None
+    # the run's OOD detector on these images (None: the run has none, or it is not a split or source evaluation)
+    unknowns: Unknowns | None = None
 
     @property
     def is_other_source(self) -> bool:

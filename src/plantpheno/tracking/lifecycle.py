@@ -65,6 +65,7 @@ def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], 
     for when, scores in (("before", calibration and calibration.before), ("after", calibration and calibration.after)):
         if scores and scores.ece is not None:
             final[f"{prefix}/ece_{when}_temperature"] = scores.ece
+    final.update(unknown_figures(ev, prefix))
     trackers.log_metrics(final, step=step)
     for path in run.artifacts():
         trackers.log_artifact(path, folder="run")
@@ -72,3 +73,18 @@ def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], 
         trackers.log_artifact(path, folder=f"{EVAL_DIR}/{split}")
     if log_checkpoint:
         trackers.log_artifact(run.best_checkpoint, folder=run.checkpoints.name)
+
+
+def unknown_figures(ev: Evaluation, prefix: str) -> dict[str, float]:
+    """The share of the evaluated split (and of validation) flagged unknown by the run's OOD detector, with its
+    Wilson interval: ``test/unknown_fraction``, ``..._low``, ``..._high``, ``test/val_unknown_fraction`` ..."""
+    found: dict[str, float] = {}
+    unknowns = ev.unknowns
+    if unknowns is None:
+        return found
+    for name, share in (("unknown_fraction", unknowns.flagged), ("val_unknown_fraction", unknowns.val)):
+        if share is not None and share.fraction is not None:
+            found[f"{prefix}/{name}"] = share.fraction
+            if share.low is not None and share.high is not None:
+                found[f"{prefix}/{name}_low"], found[f"{prefix}/{name}_high"] = share.low, share.high
+    return found

@@ -28,11 +28,13 @@ from plantpheno.evaluation import ood, selective
 from plantpheno.evaluation.calibration import softmax
 from plantpheno.evaluation.report_unknown import unknown_path
 from plantpheno.reporting import Reporter
+from plantpheno.records.evaluation import read_evaluation
 from plantpheno.run.folder import RunDir
+from plantpheno.training.unknown_figures import check_can_fit  # noqa: F401 - pipeline's, beside detect_unknowns
+from plantpheno.training.unknown_figures import record_in_evaluation, unknowns_record
 
 if TYPE_CHECKING:
     from plantpheno.training.job import TrainingJob
-
 
 
 def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: str, *, config: Config,
@@ -47,7 +49,8 @@ def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: st
     loader = loaders[split] if split in loaders else None
     if prepared.band_norm is not None:  # data.bands: read through the band loaders, as evaluation reads them
         return _band_pooled(model, [samples[i].path for i in chosen], prepared.band_norm, data=config.data,
-                            device=device, num_workers=loader.num_workers if loader is not None else 0,
+                            companions=[dict(samples[i].companions) for i in chosen], device=device,
+                            num_workers=loader.num_workers if loader is not None else 0,
                             reporter=reporter, desc=f"OOD features ({split})")
     everything = indices is None or len(indices) == len(samples)
     cache = loader.dataset.cache if loader is not None and everything and split != "train" else None
@@ -59,8 +62,9 @@ def pooled(model: nn.Module, prepared: PreparedData, loaders: Loaders, split: st
 
 
 @torch.no_grad()
-def _band_pooled(model: nn.Module, paths: Sequence[Path], norm: BandNorm, *, data: DataConfig, device: torch.device,
-                 num_workers: int, reporter: Reporter | None, desc: str) -> np.ndarray:
+def _band_pooled(model: nn.Module, paths: Sequence[Path], norm: BandNorm, *, data: DataConfig,
+                 companions: Sequence[dict[str, Path]], device: torch.device, num_workers: int,
+                 reporter: Reporter | None, desc: str) -> np.ndarray:
     """The pooled features of band images, standardised and squared as the evaluation loader does
     (:class:`~plantpheno.data.band_loaders.BandDataset` with the evaluation transform)."""
     from torch.utils.data import DataLoader
@@ -71,7 +75,7 @@ def _band_pooled(model: nn.Module, paths: Sequence[Path], norm: BandNorm, *, dat
 
     assert data.bands is not None
     dataset = BandDataset(paths, [0] * len(paths), band_eval_transform(data.image_size, data.resize),
-                          bands=data.bands, norm=norm, regression=False)
+                          bands=data.bands, norm=norm, regression=False, companions=companions)
     loader = DataLoader(dataset, batch_size=pass_batch_size(data.batch_size, device), num_workers=num_workers,
                         sampler=EpochSampler(len(paths), seed=0, shuffle=False), generator=torch.Generator())
     was_training, features = model.training, pooled_features(model)
@@ -208,6 +212,8 @@ def evaluate_unknowns(model: nn.Module, *, split: str, prepared: PreparedData, l
         conf = softmax(logits, detector.temperature).max(1)
         block["selective"] = _selective(detector, conf, correct, split, ev.confidence)
     atomic_write_text(out, json.dumps(block, indent=2) + "\n")
+    correct = logits.argmax(1) == np.asarray(prepared.targets(split), dtype=int) if logits is not None else None
+    record_in_evaluation(run, split, unknowns_record(detector, flagged, correct=correct, confidence=ev.confidence))
     low, high = block["unknown_interval"] or (float("nan"), float("nan"))
     reporter.info(f"{block['unknown']} of {len(scores)} {split} image(s) flagged unknown by {detector.score} "
                   f"({block['unknown_fraction'] or 0:.1%}, {ev.confidence:.0%} interval {low:.1%}-{high:.1%}; the "
@@ -239,13 +245,16 @@ def _quantiles(scores: np.ndarray) -> dict[str, float]:
     return {f"q{int(q * 100):02d}": float(np.quantile(scores, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
 
 
-def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> None:
+def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> dict[str, Any] | None:
     """The end of a run's evaluation: with ``fit`` (train only), fit the OOD detector on train/val (features from
-    the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``).
+    the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``; the
+    share flagged also goes into its ``metrics.json``). Returns that evaluation, None without a detector.
     After the split's evaluation: the detector's MSP/energy scores use the temperature it fitted."""
     common = dict(prepared=job.prepared, loaders=job.loaders, config=job.config, device=job.device, run=run,
                   mean=list(job.meta.mean), std=list(job.meta.std), reporter=job.reporter)
     if fit:
         cached = job.features.validation_source() if job.features is not None else None
         fit_run_detector(job.model, cached=cached_pooled(cached, job.model, job.device), **common)
-    evaluate_unknowns(job.model, split=split, **common)
+    if evaluate_unknowns(job.model, split=split, **common) is None:
+        return None
+    return read_evaluation(run.eval(split).metrics).to_dict()
