@@ -43,6 +43,9 @@ from machine import describe, machine  # benchmarks/ is not a package; records t
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "plantvillage-subset"
 OUT = Path(__file__).parent / "results"
+CLASS_STRATEGIES = ("random", "margin", "entropy", "kcenter", "cluster-margin", "badge")
+TRAIT_STRATEGIES = ("random", "kcenter", "disagreement", "badge")
+ENSEMBLE_STRATEGIES = ("disagreement", "badge")
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -67,8 +70,11 @@ def simulate(*args: Any, **kwargs: Any) -> list[float]:
         return _simulate(*args, **kwargs)
 
 
-def _simulate(feats: np.ndarray, targets: np.ndarray, test: np.ndarray, test_targets: np.ndarray, start: np.ndarray,
-             counts: list[int], strategy: str, seed: int, *, regression: bool, classes: int) -> list[float]:
+def _simulate(feats: np.ndarray, targets: np.ndarray, held: np.ndarray, held_targets: np.ndarray,
+              start: np.ndarray, counts: list[int], strategy: str, seed: int, *, regression: bool,
+              classes: int) -> list[list[float]]:
+    """The scores on every held-out row (validation then test, stacked in ``held``) after each round: a list
+    per round; the caller splits them into the validation and the test curve."""
     from plantpheno.labelling.heads import logistic_probabilities, ridge_ensemble, ridge_predict, unit
     from plantpheno.labelling.strategies import PoolView, select
 
@@ -79,20 +85,28 @@ def _simulate(feats: np.ndarray, targets: np.ndarray, test: np.ndarray, test_tar
         x, y = feats[labelled], targets[labelled]
         rest = np.setdiff1d(np.arange(len(feats)), labelled)
         if regression:
-            curve.append(float(np.abs(ridge_predict(x, y, test) - test_targets).mean()))
-        else:  # one fit scores the test split and gives the pool's probabilities
-            probs = logistic_probabilities(x, y, np.concatenate([test, feats[rest]]), classes=classes)
-            curve.append(float((probs[:len(test)].argmax(1) == test_targets).mean()))
+            curve.append(np.abs(ridge_predict(x, y, held) - held_targets).tolist())
+        else:  # one fit scores the held-out rows and gives the pool's probabilities
+            probs = logistic_probabilities(x, y, np.concatenate([held, feats[rest]]), classes=classes)
+            curve.append((probs[:len(held)].argmax(1) == held_targets).astype(float).tolist())
         if i + 1 == len(counts):
             break
+        # BADGE's gradient embeddings use the head's input: the features standardised as the head standardises them
+        inputs = (feats[rest] - x.mean(0)) / (x.std(0) + 1e-6)
         if regression:
-            ensemble = (ridge_ensemble(x, y, feats[rest], seed=seed + i) if strategy == "disagreement" else None)
-            view = PoolView(unit_pool[rest], unit_pool[labelled], ensemble=ensemble)
+            ensemble = (ridge_ensemble(x, y, feats[rest], seed=seed + i) if strategy in ENSEMBLE_STRATEGIES
+                        else None)
+            view = PoolView(unit_pool[rest], unit_pool[labelled], ensemble=ensemble, head_inputs=inputs)
         else:
-            view = PoolView(unit_pool[rest], unit_pool[labelled], probabilities=probs[len(test):])
+            view = PoolView(unit_pool[rest], unit_pool[labelled], probabilities=probs[len(held):], head_inputs=inputs)
         choice = select(view, counts[i + 1] - count, strategy=strategy, seed=seed * 1000 + i)
         labelled += [int(rest[j]) for j in choice.indices]
     return curve
+
+
+def split_curves(raw: list[list[float]], n_val: int) -> tuple[list[float], list[float]]:
+    """The per-row scores of each round as (validation mean, test mean)."""
+    return ([float(np.mean(r[:n_val])) for r in raw], [float(np.mean(r[n_val:])) for r in raw])
 
 
 def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: float, pool: int, *,
@@ -104,9 +118,13 @@ def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: flo
     out: dict[str, Any] = {}
     for name, runs in curves.items():
         need = [next((c for c, v in zip(counts, run) if reached(v)), None) for run in runs]
+        base = [next((c for c, v in zip(counts, run) if reached(v)), None) for run in curves["random"]]
+        ratio = [a / b for a, b in zip(need, base) if a is not None and b is not None]
         out[name] = {
             "auc": interval([float(np.mean(run)) for run in runs]),
             "labels_to_goal": need, "labels_to_goal_median": (float(np.median(need)) if None not in need else None),
+            "labels_vs_random": ratio, "labels_vs_random_median": (float(np.median(ratio))
+                                                                   if len(ratio) == len(runs) else None),
             **{f"at_{p}": interval([run[i] for run in runs]) for p, i in at.items()},
             **{f"at_{p}_minus_random": interval([a[i] - b[i] for a, b in zip(runs, curves["random"])])
                for p, i in at.items()},
@@ -115,6 +133,19 @@ def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: flo
         }
     return {"counts": counts, "full_pool_score": full, "goal": goal, "pool": pool, "strategies": out,
             "at_counts": {p: counts[i] for p, i in at.items()}}
+
+
+def choose(summary: dict[str, Any], *, lower_is_better: bool) -> str | None:
+    """The default by the validation curves: of the strategies whose paired gain over random at 5 % of the pool has
+    an interval that excludes zero, the one that needs the fewest labels to the goal relative to random (median over
+    seeds; ties: the larger area under the curve). None when no strategy beats random at 5 %."""
+    sign = -1.0 if lower_is_better else 1.0
+    ok = {name: s for name, s in summary["strategies"].items() if name != "random"
+          and sign * (s["at_5%_minus_random"]["high"] if lower_is_better else s["at_5%_minus_random"]["low"]) > 0}
+    if not ok:
+        return None
+    return min(ok, key=lambda n: (ok[n]["labels_vs_random_median"] if ok[n]["labels_vs_random_median"] is not None
+                                  else np.inf, -sign * ok[n]["auc"]["mean"]))
 
 
 def train_run(work: Path, rows: list[dict[str, str]], data: Path) -> Path:
@@ -164,6 +195,8 @@ def main() -> None:
                     "when this is benchmarks/results)")
     ap.add_argument("--suggest-pool", type=int, default=2000, help="images in the timed suggestion round's pool")
     ap.add_argument("--work", type=Path, default=Path("/tmp/plantpheno-active-learning"))
+    ap.add_argument("--strategies", default=",".join(CLASS_STRATEGIES), help="class strategies to simulate "
+                    "(comma-separated; random is the baseline and always needed)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sklearn.decomposition import PCA
@@ -193,7 +226,7 @@ def main() -> None:
     write_csv(args.work / "pool.csv", [["path"], *([p] for p in pool_paths)])
     import plantpheno as pp
     rounds = []
-    for strategy in ("margin", "kcenter", "cluster-margin"):
+    for strategy in ("margin", "kcenter", "cluster-margin", "badge"):
         t = time.time()
         result = pp.suggest(run_dir, pool=args.work / "pool.csv", budget=min(50, len(pool_paths) // 2),
                             strategy=strategy, recheck=10,
@@ -208,20 +241,27 @@ def main() -> None:
     pca = PCA(min(128, int((split == "train").sum()) - 1), random_state=0).fit(all_feats[split == "train"])
     x = pca.transform(all_feats)
     pool_x, pool_y, test_x, test_y = x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"]
-    full = float((logistic_probabilities(pool_x, pool_y, test_x, classes=len(names)).argmax(1) == test_y).mean())
+    val_x, val_y = x[split == "val"], y[split == "val"]
+    held_x, held_y = np.concatenate([val_x, test_x]), np.concatenate([val_y, test_y])
+    full_val, full = split_curves([(logistic_probabilities(pool_x, pool_y, held_x, classes=len(names)).argmax(1)
+                                    == held_y).astype(float).tolist()], len(val_x))
     counts = schedule(len(pool_x), 2 * len(names), 30)
+    class_val: dict[str, list[list[float]]] = {}
     class_curves: dict[str, list[list[float]]] = {}
     t = time.time()
-    for strategy in ("random", "margin", "entropy", "kcenter", "cluster-margin"):
-        class_curves[strategy] = []
+    for strategy in args.strategies.split(","):
+        class_val[strategy], class_curves[strategy] = [], []
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)
             start = np.concatenate([rng.choice(np.flatnonzero(pool_y == k), 2, replace=False)
                                     for k in range(len(names))])
-            class_curves[strategy].append(simulate(pool_x, pool_y, test_x, test_y, start, counts, strategy, seed,
-                                                   regression=False, classes=len(names)))
+            v, c = split_curves(simulate(pool_x, pool_y, held_x, held_y, start, counts, strategy, seed,
+                                         regression=False, classes=len(names)), len(val_x))
+            class_val[strategy].append(v)
+            class_curves[strategy].append(c)
         print(strategy, "classes done", round(time.time() - t, 1), flush=True)
     timings["simulation_classes_s"] = time.time() - t
+    class_val_summary = summarise(class_val, counts, full_val[0], len(pool_x), lower_is_better=False)
 
     manifest = args.work / "rosettes" / "labels.csv"
     if not manifest.is_file():
@@ -235,39 +275,57 @@ def main() -> None:
     values = np.array([float(r["value"]) for r in rrows])
     plants = sorted({r["group"] for r in rrows})
     test_plants = set(np.random.default_rng(0).choice(plants, int(0.3 * len(plants)), replace=False))
+    rest_plants = [q for q in plants if q not in test_plants]
+    val_plants = set(np.random.default_rng(1).choice(rest_plants, int(0.15 * len(plants)), replace=False))
     is_test = np.array([r["group"] in test_plants for r in rrows])
-    rpca = PCA(min(128, int((~is_test).sum()) - 1), random_state=0).fit(rfeats[~is_test])
+    is_val = np.array([r["group"] in val_plants for r in rrows])
+    in_pool = ~is_test & ~is_val
+    rpca = PCA(min(128, int(in_pool.sum()) - 1), random_state=0).fit(rfeats[in_pool])
     rx = rpca.transform(rfeats)
-    rpool, rpool_y, rtest, rtest_y = rx[~is_test], values[~is_test], rx[is_test], values[is_test]
-    rfull = float(np.abs(ridge_predict(rpool, rpool_y, rtest) - rtest_y).mean())
+    rpool, rpool_y = rx[in_pool], values[in_pool]
+    rheld, rheld_y = np.concatenate([rx[is_val], rx[is_test]]), np.concatenate([values[is_val], values[is_test]])
+    rfull_val, rfull = split_curves([np.abs(ridge_predict(rpool, rpool_y, rheld) - rheld_y).tolist()],
+                                    int(is_val.sum()))
     rcounts = schedule(len(rpool), 10, 10)
+    trait_val: dict[str, list[list[float]]] = {}
     trait_curves: dict[str, list[list[float]]] = {}
     t = time.time()
-    for strategy in ("random", "kcenter", "disagreement"):
-        trait_curves[strategy] = [simulate(rpool, rpool_y, rtest, rtest_y,
-                                           np.random.default_rng(seed).choice(len(rpool), 10, replace=False),
-                                           rcounts, strategy, seed, regression=True, classes=0)
-                                  for seed in range(args.seeds)]
+    for strategy in TRAIT_STRATEGIES:
+        pairs = [split_curves(simulate(rpool, rpool_y, rheld, rheld_y,
+                                       np.random.default_rng(seed).choice(len(rpool), 10, replace=False),
+                                       rcounts, strategy, seed, regression=True, classes=0), int(is_val.sum()))
+                 for seed in range(args.seeds)]
+        trait_val[strategy], trait_curves[strategy] = [v for v, _ in pairs], [c for _, c in pairs]
     timings["simulation_traits_s"] = time.time() - t
+    trait_val_summary = summarise(trait_val, rcounts, rfull_val[0], len(rpool), lower_is_better=True)
 
     result = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(began)),
               "seconds": time.time() - began, "seeds": args.seeds, "timings": timings, "suggest_rounds": rounds,
               "classes": {"data": data.name, "pool": int(len(pool_x)), "test": int(len(test_x)),
+                          "val": int(len(val_x)),
                           "head": "logistic regression C=0.5 on 128-d PCA of frozen Lite0 features", "step": 30,
                           "metric": "test accuracy",
-                          **summarise(class_curves, counts, full, len(pool_x), lower_is_better=False)},
+                          "chosen_on_validation": choose(class_val_summary, lower_is_better=False),
+                          "validation": class_val_summary,
+                          **summarise(class_curves, counts, full[0], len(pool_x), lower_is_better=False)},
               "traits": {"data": f"synthetic rosettes, {args.plants} plants x 2 views, 128 px, leaf counts 3-12",
-                         "pool": int(len(rpool)), "test": int(len(rtest)), "step": 10, "metric": "test MAE (leaves)",
+                         "pool": int(len(rpool)), "test": int(is_test.sum()), "val": int(is_val.sum()), "step": 10,
+                         "metric": "test MAE (leaves)",
                          "head": "ridge regression (leave-one-out alpha) on 128-d PCA of frozen Lite0 features",
-                         **summarise(trait_curves, rcounts, rfull, len(rpool), lower_is_better=True)}}
+                         "chosen_on_validation": choose(trait_val_summary, lower_is_better=True),
+                         "validation": trait_val_summary,
+                         **summarise(trait_curves, rcounts, rfull[0], len(rpool), lower_is_better=True)}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "active_learning.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out)
     print(json.dumps({k: result[k] for k in ("seconds", "timings", "suggest_rounds")}, indent=1))
     for part in ("classes", "traits"):
-        for name, s in result[part]["strategies"].items():
-            print(part, name, {k: (round(v["mean"], 4), round(v["low"], 4), round(v["high"], 4))
-                               for k, v in s.items() if isinstance(v, dict)}, "labels to goal", s["labels_to_goal"])
+        print(part, "chosen on validation:", result[part]["chosen_on_validation"])
+        for which, summary in (("val", result[part]["validation"]), ("test", result[part])):
+            for name, s in summary["strategies"].items():
+                print(part, which, name, {k: (round(v["mean"], 4), round(v["low"], 4), round(v["high"], 4))
+                                          for k, v in s.items() if isinstance(v, dict)},
+                      "labels to goal", s["labels_to_goal"], "vs random", s["labels_vs_random_median"])
 
 
 def plot(result: dict[str, Any], out: Path) -> None:

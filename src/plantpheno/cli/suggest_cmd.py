@@ -7,7 +7,7 @@ from pathlib import Path
 
 from plantpheno.cli.options import integer
 
-STRATEGY_NAMES = ("random", "margin", "entropy", "kcenter", "cluster-margin", "disagreement")
+STRATEGY_NAMES = ("random", "margin", "entropy", "kcenter", "cluster-margin", "badge", "disagreement")
 SHOWN_SKIPPED = 5
 
 

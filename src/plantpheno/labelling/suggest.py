@@ -149,11 +149,11 @@ def _view(run_model: RunModel, labelled: list[Labelled], known: np.ndarray, feat
     outputs = head_outputs(run_model, feats)
     if not run_model.regression:
         names = run_model.class_names
-        return (PoolView(unit(feats), unit(known), probabilities=outputs, class_names=names),
+        return (PoolView(unit(feats), unit(known), probabilities=outputs, class_names=names, head_inputs=feats),
                 [f"{names[k]} ({outputs[i, k]:.0%})" for i, k in enumerate(outputs.argmax(axis=1))])
     values = np.array([float(e.target) for e in labelled])
     ensemble = ridge_ensemble(known, values, feats, seed=seed)
-    return PoolView(unit(feats), unit(known), ensemble=ensemble), [f"{v:.4g}" for v in outputs]
+    return PoolView(unit(feats), unit(known), ensemble=ensemble, head_inputs=feats), [f"{v:.4g}" for v in outputs]
 
 
 def _recheck(labelled: list[Labelled], checks: list[ImageCheck], known: np.ndarray, k: int, run_model: RunModel,
