@@ -21,7 +21,7 @@ def suggest(run: Run | str | os.PathLike[str], *, pool: str | os.PathLike[str], 
     ``out`` (default ``RUN/suggestions/``), as ``plantpheno data suggest`` does.
 
     ``strategy``: ``cluster-margin`` (the default for classes), ``margin``, ``entropy``, ``kcenter`` (the default
-    for traits), ``disagreement`` (traits) or ``random``. ``recheck``: also list that many labelled images
+    for traits), ``badge`` (both), ``disagreement`` (traits) or ``random``. ``recheck``: also list that many labelled images
     most likely mislabelled. Returns the round (``.suggestions``, ``.skipped``, ``.recheck``, ``.files``).
 
     Raises:
