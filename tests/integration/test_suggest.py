@@ -133,6 +133,7 @@ def test_the_active_learning_benchmark_runs_every_strategy_at_tiny_scale(tmp_pat
     assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement", "badge"}
     assert set(result["classes"]["validation"]["strategies"]) == set(result["classes"]["strategies"])
     assert result["classes"]["chosen_on_validation"] in {None, *result["classes"]["strategies"]}
+    assert set(result["traits"]["beat_random_on_validation"]) <= set(result["traits"]["strategies"])
     assert result["classes"]["counts"][-1] == result["classes"]["pool"]  # the curve ends with the whole pool
     assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin", "badge"]
     assert result["machine"]["cpu_model"] and result["machine"]["cpus_online"] and (tmp_path / "out" / "active_learning.png").is_file()

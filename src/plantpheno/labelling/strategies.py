@@ -174,9 +174,10 @@ def badge_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choic
     is both uncertain (long gradients) and diverse (gradients that point different ways).
 
     Classes: the gradient of the cross-entropy at the predicted class (the pseudo-label) with respect to the last
-    layer's weights is ``(p - onehot(argmax p)) x h``, the outer product with the head's input ``h``; the run's
-    temperature only scales it. Traits (the residual is unknown before labelling): ``spread x h``, the ensemble's
-    spread standing in for the expected residual. The distances are computed from the two factors
+    layer's weights is ``(p - onehot(argmax p)) x h``, the outer product with the head's input ``h`` (``p`` the
+    calibrated probabilities; the temperature's 1/T factor is common to all and does not change the picks).
+    Traits (the residual is unknown before labelling): ``spread x h``, the ensemble's spread standing in for the
+    expected residual. The distances are computed from the two factors
     (``<a x h, b x g> = <a, b><h, g>``), so the K x D embedding is never built (score = the squared distance to
     the earlier picks at the time of the pick; the first pick, the longest gradient, scores its squared length)."""
     inputs = view.features if view.head_inputs is None else view.head_inputs
