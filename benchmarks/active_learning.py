@@ -8,7 +8,8 @@ training split with the labels hidden; the validation split scores every round t
 strategy (``choose``); the test split only scores (it never chooses anything). Each seed starts from 2 labelled
 images per class, then every round a strategy picks N more (N = 30; rounds also stop at exactly 5 % and 10 % of
 the pool), their labels are revealed, and the head is retrained: a logistic regression (C = 0.5) on the frozen
-features — the classify recipe's head stage, not its fine-tune — and its probabilities drive the next round. Until the whole pool is labelled.
+features — the classify recipe's head stage, not its fine-tune — and its probabilities drive the next round.
+Until the whole pool is labelled.
 
 Traits: synthetic rosettes (``plantpheno data synth --kind rosette``: leaf counts 3-12), 2 views per plant, split by
 plant (55 % pool, 15 % validation, 30 % test); start from 10 labelled images, 10 more per round, a ridge regression
