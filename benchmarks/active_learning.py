@@ -4,23 +4,27 @@ labels with fewer of them than labelling at random? And how long does one sugges
     python benchmarks/active_learning.py [--seeds 5] [--work /tmp/plantpheno-active-learning] [--data DIR]
 
 Classes: the PlantVillage subset (``../shared/data/plantvillage-subset``, 15 classes). The unlabelled pool is its
-training split with the labels hidden; the test split only scores (it never chooses anything); the validation
-split is not used. Each seed starts from 2 labelled images per class, then every round a strategy picks N more
-(N = 30; rounds also stop at exactly 5 % and 10 % of the pool), their labels are revealed, and the head is
-retrained: a logistic regression (C = 0.5) on the frozen features — the classify recipe's head stage, not its
-fine-tune — and its probabilities drive the next round. Until the whole pool is labelled.
+training split with the labels hidden; the validation split scores every round too and chooses the default
+strategy (``choose``); the test split only scores (it never chooses anything). Each seed starts from 2 labelled
+images per class, then every round a strategy picks N more (N = 30; rounds also stop at exactly 5 % and 10 % of
+the pool), their labels are revealed, and the head is retrained: a logistic regression (C = 0.5) on the frozen
+features — the classify recipe's head stage, not its fine-tune — and its probabilities drive the next round.
+Until the whole pool is labelled.
 
 Traits: synthetic rosettes (``plantpheno data synth --kind rosette``: leaf counts 3-12), 2 views per plant, split by
-plant (70 % pool, 30 % test); start from 10 labelled images, 10 more per round, a ridge regression head (leave-one-
-out regularisation) each round, MAE on the test plants.
+plant (55 % pool, 15 % validation, 30 % test); start from 10 labelled images, 10 more per round, a ridge regression
+head (leave-one-out regularisation) each round, MAE on the validation and test plants.
 
 Features: the frozen ImageNet EfficientNet-Lite0 (the classify recipe's backbone, bundled weights) at 224 px,
 computed once through a trained classify run's own feature cache (``data suggest``'s), so the timed round below
-reads them from there. For speed the simulation works on their 128-dimensional PCA (fitted on the pool, no labels).
+reads them from there. The heads see all 1,280 of them, as the recipe's head does (``--pca 128``: their
+128-dimensional PCA fitted on the pool without labels, the faster and weaker learner of the first version).
 
 Per strategy and seed: the curve, its area (mean score over the label counts), the labels needed to come within
 1 point of the accuracy of the whole pool labelled (traits: within 10 % of its MAE), the score at 5 % and 10 % of
-the pool; means with 95 % t-intervals over seeds, and each strategy's paired difference from random.
+the pool; means with 95 % t-intervals over seeds, and each strategy's paired difference from random; the labels
+to the goal over random's, seed by seed. All of it twice: on the validation split (which chooses) and the test split
+(which reports).
 
 The suggestion round: a classify run trained on 5 images per class, ``data suggest`` on a 2,000-image pool whose
 features are cached (the second round), timed. Writes benchmarks/results/active_learning.{json,png} (and the plot
@@ -43,6 +47,9 @@ from machine import describe, machine  # benchmarks/ is not a package; records t
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "plantvillage-subset"
 OUT = Path(__file__).parent / "results"
+CLASS_STRATEGIES = ("random", "margin", "entropy", "kcenter", "cluster-margin", "badge")
+TRAIT_STRATEGIES = ("random", "kcenter", "disagreement", "badge")
+ENSEMBLE_STRATEGIES = ("disagreement", "badge")
 T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -67,8 +74,11 @@ def simulate(*args: Any, **kwargs: Any) -> list[float]:
         return _simulate(*args, **kwargs)
 
 
-def _simulate(feats: np.ndarray, targets: np.ndarray, test: np.ndarray, test_targets: np.ndarray, start: np.ndarray,
-             counts: list[int], strategy: str, seed: int, *, regression: bool, classes: int) -> list[float]:
+def _simulate(feats: np.ndarray, targets: np.ndarray, held: np.ndarray, held_targets: np.ndarray,
+              start: np.ndarray, counts: list[int], strategy: str, seed: int, *, regression: bool,
+              classes: int) -> list[list[float]]:
+    """The scores on every held-out row (validation then test, stacked in ``held``) after each round: a list
+    per round; the caller splits them into the validation and the test curve."""
     from plantpheno.labelling.heads import logistic_probabilities, ridge_ensemble, ridge_predict, unit
     from plantpheno.labelling.strategies import PoolView, select
 
@@ -79,20 +89,28 @@ def _simulate(feats: np.ndarray, targets: np.ndarray, test: np.ndarray, test_tar
         x, y = feats[labelled], targets[labelled]
         rest = np.setdiff1d(np.arange(len(feats)), labelled)
         if regression:
-            curve.append(float(np.abs(ridge_predict(x, y, test) - test_targets).mean()))
-        else:  # one fit scores the test split and gives the pool's probabilities
-            probs = logistic_probabilities(x, y, np.concatenate([test, feats[rest]]), classes=classes)
-            curve.append(float((probs[:len(test)].argmax(1) == test_targets).mean()))
+            curve.append(np.abs(ridge_predict(x, y, held) - held_targets).tolist())
+        else:  # one fit scores the held-out rows and gives the pool's probabilities
+            probs = logistic_probabilities(x, y, np.concatenate([held, feats[rest]]), classes=classes)
+            curve.append((probs[:len(held)].argmax(1) == held_targets).astype(float).tolist())
         if i + 1 == len(counts):
             break
+        # BADGE's gradient embeddings use the head's input: the features standardised as the head standardises them
+        inputs = (feats[rest] - x.mean(0)) / (x.std(0) + 1e-6)
         if regression:
-            ensemble = (ridge_ensemble(x, y, feats[rest], seed=seed + i) if strategy == "disagreement" else None)
-            view = PoolView(unit_pool[rest], unit_pool[labelled], ensemble=ensemble)
+            ensemble = (ridge_ensemble(x, y, feats[rest], seed=seed + i) if strategy in ENSEMBLE_STRATEGIES
+                        else None)
+            view = PoolView(unit_pool[rest], unit_pool[labelled], ensemble=ensemble, head_inputs=inputs)
         else:
-            view = PoolView(unit_pool[rest], unit_pool[labelled], probabilities=probs[len(test):])
+            view = PoolView(unit_pool[rest], unit_pool[labelled], probabilities=probs[len(held):], head_inputs=inputs)
         choice = select(view, counts[i + 1] - count, strategy=strategy, seed=seed * 1000 + i)
         labelled += [int(rest[j]) for j in choice.indices]
     return curve
+
+
+def split_curves(raw: list[list[float]], n_val: int) -> tuple[list[float], list[float]]:
+    """The per-row scores of each round as (validation mean, test mean)."""
+    return ([float(np.mean(r[:n_val])) for r in raw], [float(np.mean(r[n_val:])) for r in raw])
 
 
 def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: float, pool: int, *,
@@ -104,9 +122,13 @@ def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: flo
     out: dict[str, Any] = {}
     for name, runs in curves.items():
         need = [next((c for c, v in zip(counts, run) if reached(v)), None) for run in runs]
+        base = [next((c for c, v in zip(counts, run) if reached(v)), None) for run in curves["random"]]
+        ratio = [a / b for a, b in zip(need, base) if a is not None and b is not None]
         out[name] = {
             "auc": interval([float(np.mean(run)) for run in runs]),
             "labels_to_goal": need, "labels_to_goal_median": (float(np.median(need)) if None not in need else None),
+            "labels_vs_random": ratio, "labels_vs_random_median": (float(np.median(ratio))
+                                                                   if len(ratio) == len(runs) else None),
             **{f"at_{p}": interval([run[i] for run in runs]) for p, i in at.items()},
             **{f"at_{p}_minus_random": interval([a[i] - b[i] for a, b in zip(runs, curves["random"])])
                for p, i in at.items()},
@@ -115,6 +137,44 @@ def summarise(curves: dict[str, list[list[float]]], counts: list[int], full: flo
         }
     return {"counts": counts, "full_pool_score": full, "goal": goal, "pool": pool, "strategies": out,
             "at_counts": {p: counts[i] for p, i in at.items()}}
+
+
+def choose(summary: dict[str, Any], *, lower_is_better: bool, goal_ratio: float = 0.5) -> str | None:
+    """The default, by the validation curves (the rule of issue 30's brief, fixed before the final run): of the
+    strategies that do not hurt at 5 % of the pool (a mean paired gain over random there of at least zero), the
+    ones that reach the goal with at most ``goal_ratio`` of random's labels (median over seeds), else those whose
+    gain at 5 % has an interval that excludes zero, else all of them; of these, the fewest labels relative to random
+    (ties: the larger area under the curve). None when every strategy hurts at 5 %."""
+    sign = -1.0 if lower_is_better else 1.0
+    gain = {n: s["at_5%_minus_random"] for n, s in summary["strategies"].items() if n != "random"}
+    ratio = {n: summary["strategies"][n]["labels_vs_random_median"] for n in gain}
+    fair = [n for n in gain if sign * gain[n]["mean"] >= 0]
+    met = [n for n in fair if ratio[n] is not None and ratio[n] <= goal_ratio]
+    beats = [n for n in fair if sign * (gain[n]["high"] if lower_is_better else gain[n]["low"]) > 0]
+    pick = met or beats or fair
+    if not pick:
+        return None
+    return min(pick, key=lambda n: (ratio[n] if ratio[n] is not None else np.inf,
+                                    -sign * summary["strategies"][n]["auc"]["mean"]))
+
+
+def beaten(summary: dict[str, Any], *, lower_is_better: bool) -> list[str]:
+    """The strategies whose paired gain over random (area under the curve, or at 5 % or 10 % of the pool) has an
+    interval that excludes zero on the right side."""
+    def better(d: dict[str, float]) -> bool:
+        return d["high"] < 0 if lower_is_better else d["low"] > 0
+
+    return [n for n, s in summary["strategies"].items() if n != "random" and any(
+        better(s[k]) for k in ("auc_minus_random", "at_5%_minus_random", "at_10%_minus_random"))]
+
+
+def reduce(feats: np.ndarray, fit_rows: np.ndarray, dims: int) -> np.ndarray:
+    """``feats`` as the heads see them: all of them (``dims`` 0), or their PCA fitted on ``fit_rows`` (no labels)."""
+    if not dims:
+        return feats
+    from sklearn.decomposition import PCA
+
+    return PCA(min(dims, int(fit_rows.sum()) - 1), random_state=0).fit(feats[fit_rows]).transform(feats)
 
 
 def train_run(work: Path, rows: list[dict[str, str]], data: Path) -> Path:
@@ -164,10 +224,12 @@ def main() -> None:
                     "when this is benchmarks/results)")
     ap.add_argument("--suggest-pool", type=int, default=2000, help="images in the timed suggestion round's pool")
     ap.add_argument("--work", type=Path, default=Path("/tmp/plantpheno-active-learning"))
+    ap.add_argument("--pca", type=int, default=0, help="the heads see this many PCA components of the features "
+                    "(default 0: all of them, as the recipe's head does)")
+    ap.add_argument("--strategies", default=",".join(CLASS_STRATEGIES), help="class strategies to simulate "
+                    "(comma-separated; random is the baseline and always needed)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sklearn.decomposition import PCA
-
     from plantpheno.files.csvfile import read_csv, write_csv
     from plantpheno.data.synth import synthesize_rosettes
     from plantpheno.labelling.heads import logistic_probabilities, ridge_predict
@@ -193,7 +255,7 @@ def main() -> None:
     write_csv(args.work / "pool.csv", [["path"], *([p] for p in pool_paths)])
     import plantpheno as pp
     rounds = []
-    for strategy in ("margin", "kcenter", "cluster-margin"):
+    for strategy in ("margin", "kcenter", "cluster-margin", "badge"):
         t = time.time()
         result = pp.suggest(run_dir, pool=args.work / "pool.csv", budget=min(50, len(pool_paths) // 2),
                             strategy=strategy, recheck=10,
@@ -205,23 +267,29 @@ def main() -> None:
     labels = np.array([r["label"] for r in rows])
     names, y = np.unique(labels, return_inverse=True)
     split = np.array([r["split"] for r in rows])
-    pca = PCA(min(128, int((split == "train").sum()) - 1), random_state=0).fit(all_feats[split == "train"])
-    x = pca.transform(all_feats)
+    x = reduce(all_feats, split == "train", args.pca)
     pool_x, pool_y, test_x, test_y = x[split == "train"], y[split == "train"], x[split == "test"], y[split == "test"]
-    full = float((logistic_probabilities(pool_x, pool_y, test_x, classes=len(names)).argmax(1) == test_y).mean())
+    val_x, val_y = x[split == "val"], y[split == "val"]
+    held_x, held_y = np.concatenate([val_x, test_x]), np.concatenate([val_y, test_y])
+    full_val, full = split_curves([(logistic_probabilities(pool_x, pool_y, held_x, classes=len(names)).argmax(1)
+                                    == held_y).astype(float).tolist()], len(val_x))
     counts = schedule(len(pool_x), 2 * len(names), 30)
+    class_val: dict[str, list[list[float]]] = {}
     class_curves: dict[str, list[list[float]]] = {}
     t = time.time()
-    for strategy in ("random", "margin", "entropy", "kcenter", "cluster-margin"):
-        class_curves[strategy] = []
+    for strategy in args.strategies.split(","):
+        class_val[strategy], class_curves[strategy] = [], []
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)
             start = np.concatenate([rng.choice(np.flatnonzero(pool_y == k), 2, replace=False)
                                     for k in range(len(names))])
-            class_curves[strategy].append(simulate(pool_x, pool_y, test_x, test_y, start, counts, strategy, seed,
-                                                   regression=False, classes=len(names)))
+            v, c = split_curves(simulate(pool_x, pool_y, held_x, held_y, start, counts, strategy, seed,
+                                         regression=False, classes=len(names)), len(val_x))
+            class_val[strategy].append(v)
+            class_curves[strategy].append(c)
         print(strategy, "classes done", round(time.time() - t, 1), flush=True)
     timings["simulation_classes_s"] = time.time() - t
+    class_val_summary = summarise(class_val, counts, full_val[0], len(pool_x), lower_is_better=False)
 
     manifest = args.work / "rosettes" / "labels.csv"
     if not manifest.is_file():
@@ -235,39 +303,64 @@ def main() -> None:
     values = np.array([float(r["value"]) for r in rrows])
     plants = sorted({r["group"] for r in rrows})
     test_plants = set(np.random.default_rng(0).choice(plants, int(0.3 * len(plants)), replace=False))
+    rest_plants = [q for q in plants if q not in test_plants]
+    val_plants = set(np.random.default_rng(1).choice(rest_plants, int(0.15 * len(plants)), replace=False))
     is_test = np.array([r["group"] in test_plants for r in rrows])
-    rpca = PCA(min(128, int((~is_test).sum()) - 1), random_state=0).fit(rfeats[~is_test])
-    rx = rpca.transform(rfeats)
-    rpool, rpool_y, rtest, rtest_y = rx[~is_test], values[~is_test], rx[is_test], values[is_test]
-    rfull = float(np.abs(ridge_predict(rpool, rpool_y, rtest) - rtest_y).mean())
+    is_val = np.array([r["group"] in val_plants for r in rrows])
+    in_pool = ~is_test & ~is_val
+    rx = reduce(rfeats, in_pool, args.pca)
+    rpool, rpool_y = rx[in_pool], values[in_pool]
+    rheld, rheld_y = np.concatenate([rx[is_val], rx[is_test]]), np.concatenate([values[is_val], values[is_test]])
+    rfull_val, rfull = split_curves([np.abs(ridge_predict(rpool, rpool_y, rheld) - rheld_y).tolist()],
+                                    int(is_val.sum()))
     rcounts = schedule(len(rpool), 10, 10)
+    trait_val: dict[str, list[list[float]]] = {}
     trait_curves: dict[str, list[list[float]]] = {}
     t = time.time()
-    for strategy in ("random", "kcenter", "disagreement"):
-        trait_curves[strategy] = [simulate(rpool, rpool_y, rtest, rtest_y,
-                                           np.random.default_rng(seed).choice(len(rpool), 10, replace=False),
-                                           rcounts, strategy, seed, regression=True, classes=0)
-                                  for seed in range(args.seeds)]
+    for strategy in TRAIT_STRATEGIES:
+        pairs = [split_curves(simulate(rpool, rpool_y, rheld, rheld_y,
+                                       np.random.default_rng(seed).choice(len(rpool), 10, replace=False),
+                                       rcounts, strategy, seed, regression=True, classes=0), int(is_val.sum()))
+                 for seed in range(args.seeds)]
+        trait_val[strategy], trait_curves[strategy] = [v for v, _ in pairs], [c for _, c in pairs]
     timings["simulation_traits_s"] = time.time() - t
+    trait_val_summary = summarise(trait_val, rcounts, rfull_val[0], len(rpool), lower_is_better=True)
 
-    result = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(began)),
+    learner = f"{args.pca}-d PCA of" if args.pca else "the 1280"
+    result = {"machine": machine(), "pca": args.pca, "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(began)),
               "seconds": time.time() - began, "seeds": args.seeds, "timings": timings, "suggest_rounds": rounds,
               "classes": {"data": data.name, "pool": int(len(pool_x)), "test": int(len(test_x)),
-                          "head": "logistic regression C=0.5 on 128-d PCA of frozen Lite0 features", "step": 30,
+                          "val": int(len(val_x)),
+                          "head": f"logistic regression C=0.5 on {learner} frozen Lite0 features", "step": 30,
                           "metric": "test accuracy",
-                          **summarise(class_curves, counts, full, len(pool_x), lower_is_better=False)},
+                          "chosen_on_validation": choose(class_val_summary, lower_is_better=False),
+                          "validation": class_val_summary,
+                          **summarise(class_curves, counts, full[0], len(pool_x), lower_is_better=False)},
               "traits": {"data": f"synthetic rosettes, {args.plants} plants x 2 views, 128 px, leaf counts 3-12",
-                         "pool": int(len(rpool)), "test": int(len(rtest)), "step": 10, "metric": "test MAE (leaves)",
-                         "head": "ridge regression (leave-one-out alpha) on 128-d PCA of frozen Lite0 features",
-                         **summarise(trait_curves, rcounts, rfull, len(rpool), lower_is_better=True)}}
+                         "pool": int(len(rpool)), "test": int(is_test.sum()), "val": int(is_val.sum()), "step": 10,
+                         "metric": "test MAE (leaves)",
+                         "head": f"ridge regression (leave-one-out alpha) on {learner} frozen Lite0 features",
+                         # traits keep kcenter unless a strategy beats random beyond its interval on validation;
+                         # if some do, the same rule as for classes picks among them
+                         "beat_random_on_validation": beaten(trait_val_summary, lower_is_better=True),
+                         "chosen_on_validation": choose(
+                             {"strategies": {n: s for n, s in trait_val_summary["strategies"].items() if n == "random"
+                                             or n in beaten(trait_val_summary, lower_is_better=True)}},
+                             lower_is_better=True),
+                         "validation": trait_val_summary,
+                         **summarise(trait_curves, rcounts, rfull[0], len(rpool), lower_is_better=True)}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "active_learning.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out)
     print(json.dumps({k: result[k] for k in ("seconds", "timings", "suggest_rounds")}, indent=1))
     for part in ("classes", "traits"):
-        for name, s in result[part]["strategies"].items():
-            print(part, name, {k: (round(v["mean"], 4), round(v["low"], 4), round(v["high"], 4))
-                               for k, v in s.items() if isinstance(v, dict)}, "labels to goal", s["labels_to_goal"])
+        print(part, "chosen on validation:", result[part].get("chosen_on_validation"),
+              "beat random on validation:", result[part].get("beat_random_on_validation"))
+        for which, summary in (("val", result[part]["validation"]), ("test", result[part])):
+            for name, s in summary["strategies"].items():
+                print(part, which, name, {k: (round(v["mean"], 4), round(v["low"], 4), round(v["high"], 4))
+                                          for k, v in s.items() if isinstance(v, dict)},
+                      "labels to goal", s["labels_to_goal"], "vs random", s["labels_vs_random_median"])
 
 
 def plot(result: dict[str, Any], out: Path) -> None:

@@ -64,6 +64,17 @@ def test_a_budget_larger_than_the_pool_and_a_strategy_of_the_other_task_are_one_
 
 
 
+def test_badge_parses_and_ranks_with_the_runs_own_head(trained_run, disease_root, pool, tmp_path, capsys):
+    run = trained_run(data={"root": str(disease_root)}).run_dir
+    assert main(["data", "suggest", str(run), "--pool", str(pool), "--budget", "4", "--strategy", "badge",
+                 "--out", str(tmp_path)]) == 0
+    assert "(badge)" in capsys.readouterr().out
+    rows = _rows(tmp_path / "suggestions.csv")
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and len({r["path"] for r in rows}) == 4
+    assert all("BADGE: k-means++ on gradient embeddings" in r["reason"] for r in rows)
+    assert float(rows[0]["score"]) > 0  # the first pick: the longest gradient
+
+
 def test_a_copy_of_a_test_image_is_never_suggested(trained_run, disease_root, pool, tmp_path):
     """Labelled for training, a copy of a test image would leak into the score: it is left out like any copy."""
     import shutil
@@ -89,8 +100,10 @@ def test_trait_runs_rank_by_ensemble_disagreement_or_coverage(trained_run, roset
     ranked = pp.suggest(run, pool=new, budget=4, strategy="disagreement", out=tmp_path / "d", verbose=False)
     assert "heads trained on resamples" in ranked.suggestions[0].reason
     assert _rows(tmp_path / "d" / "suggestions.csv")[0]["predicted_value"]
+    badge = pp.suggest(run, pool=new, budget=4, strategy="badge", out=tmp_path / "b", verbose=False)
+    assert "the heads disagree" in badge.suggestions[0].reason and len({s.path for s in badge.suggestions}) == 4
     default = pp.suggest(run, pool=new, budget=4, out=tmp_path / "k", verbose=False)
-    assert default.strategy == "kcenter"
+    assert default.strategy == "badge"
     assert main(["data", "suggest", str(run), "--pool", str(new), "--budget", "2", "--strategy", "margin"]) == 2
     assert "this run predicts a trait" in capsys.readouterr().err
 
@@ -116,8 +129,12 @@ def test_the_active_learning_benchmark_runs_every_strategy_at_tiny_scale(tmp_pat
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads((tmp_path / "out" / "active_learning.json").read_text())
-    assert set(result["classes"]["strategies"]) == {"random", "margin", "entropy", "kcenter", "cluster-margin"}
-    assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement"}
+    assert set(result["classes"]["strategies"]) == {"random", "margin", "entropy", "kcenter", "cluster-margin", "badge"}
+    assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement", "badge"}
+    assert set(result["classes"]["validation"]["strategies"]) == set(result["classes"]["strategies"])
+    assert result["classes"]["chosen_on_validation"] in {None, *result["classes"]["strategies"]}
+    assert set(result["traits"]["beat_random_on_validation"]) <= set(result["traits"]["strategies"])
     assert result["classes"]["counts"][-1] == result["classes"]["pool"]  # the curve ends with the whole pool
-    assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin"]
-    assert result["machine"]["cpu_model"] and result["machine"]["cpus_online"] and (tmp_path / "out" / "active_learning.png").is_file()
+    assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin", "badge"]
+    assert result["machine"]["cpu_model"] and result["machine"]["cpus_online"]
+    assert (tmp_path / "out" / "active_learning.png").is_file()

@@ -104,4 +104,73 @@ def test_a_strategy_that_does_not_fit_the_task_is_refused_with_the_ones_that_do(
     with pytest.raises(ArgumentError, match="for trait"):
         check_strategy("disagreement", regression=False)
     with pytest.raises(ArgumentError, match="expected one of random, margin"):
-        check_strategy("badge", regression=False)
+        check_strategy("typiclust", regression=False)
+
+
+def _two_uncertain_clusters() -> PoolView:
+    """Two tight clusters the model is torn on (a: classes 0/1, b: classes 0/2) and a larger one it is sure of."""
+    rng = np.random.default_rng(6)
+    features = np.vstack([rng.normal(0, 0.01, size=(10, 4)) + [1, 0, 0, 0],
+                          rng.normal(0, 0.01, size=(10, 4)) + [0, 1, 0, 0],
+                          rng.normal(0, 0.01, size=(20, 4)) + [0, 0, 1, 0]])
+    p = np.tile([0.98, 0.01, 0.01], (40, 1))
+    p[:10] = [0.50, 0.50, 0.0]  # a a shade more uncertain than b: margin and entropy take all from a
+    p[10:20] = [0.52, 0.0, 0.48]
+    return PoolView(features, np.zeros((1, 4)), probabilities=p, class_names="abc")
+
+
+def test_badge_picks_from_both_uncertain_clusters_where_margin_takes_one():
+    view = _two_uncertain_clusters()
+    assert set(select(view, 3, strategy="margin").indices.tolist()) <= set(range(10))
+    for seed in range(10):  # k-means++ samples: every seed must cover both clusters
+        picked = select(view, 3, strategy="badge", seed=seed).indices.tolist()
+        assert len(set(picked) & set(range(10))) == 1 and len(set(picked) & set(range(10, 20))) == 1, (seed, picked)
+    choice = select(view, 3, strategy="badge")
+    assert choice.indices[0] < 10  # the longest gradient first: the most uncertain cluster
+    assert "BADGE" in choice.reasons[0] and "best guess a at 50%" in choice.reasons[0]
+
+
+def test_badge_is_deterministic_with_a_seed_and_varies_across_seeds():
+    view = _view(probabilities=np.random.default_rng(7).dirichlet([1, 1, 1], size=40))
+    runs = {seed: select(view, 10, strategy="badge", seed=seed).indices.tolist() for seed in range(5)}
+    assert runs[3] == select(view, 10, strategy="badge", seed=3).indices.tolist()
+    assert len({tuple(r) for r in runs.values()}) > 1
+
+
+def test_badge_gradient_embedding_uses_the_head_inputs_and_never_builds_the_outer_product():
+    """Distances from the two factors equal those of the explicit (p - onehot) x h embedding."""
+    rng = np.random.default_rng(8)
+    probs, inputs = rng.dirichlet([1, 1, 1], size=12), rng.normal(size=(12, 5))
+    view = PoolView(unit(rng.normal(size=(12, 4))), np.zeros((1, 4)), probabilities=probs, head_inputs=inputs)
+    factor = probs - np.eye(3)[probs.argmax(1)]
+    explicit = np.einsum("nk,nd->nkd", factor, inputs).reshape(12, -1)
+    choice = select(view, 2, strategy="badge")
+    first = int(np.argmax((explicit ** 2).sum(1)))
+    assert choice.indices[0] == first and choice.scores[0] == pytest.approx((explicit[first] ** 2).sum())
+    second = choice.indices[1]
+    assert choice.scores[1] == pytest.approx(((explicit[second] - explicit[first]) ** 2).sum())
+
+
+@pytest.mark.parametrize("budget", [1, 39, 40])
+def test_badge_budget_edges_and_a_pool_the_model_is_sure_of(budget):
+    sure = np.tile([1.0, 0.0, 0.0], (40, 1))  # every gradient zero: no D^2 weight left, still budget distinct rows
+    for probs in (sure, _probs(40, [4, 9])):
+        choice = select(_view(probabilities=probs), budget, strategy="badge", seed=1)
+        assert len(set(choice.indices.tolist())) == len(choice.reasons) == budget
+        assert np.all(np.isfinite(choice.scores)) and np.all(choice.scores >= 0)
+
+
+def test_badge_on_a_trait_weighs_features_by_the_ensembles_spread():
+    rng = np.random.default_rng(9)
+    features = np.vstack([rng.normal(0, 0.01, size=(10, 4)) + c for c in np.eye(4)])
+    ensemble = np.tile(np.linspace(3, 12, 40), (5, 1))
+    disagree = np.array([[-2.0], [1.0], [0.0], [2.0], [-1.0]])
+    ensemble[:, :10] += disagree  # the heads disagree on clusters 0 and 2, agree on 1 and 3
+    ensemble[:, 20:30] += 0.9 * disagree
+    view = PoolView(features, np.zeros((1, 4)), ensemble=ensemble)
+    for seed in range(10):  # the sure images all sit at the origin of the embedding: at most one of them is picked
+        picked = select(view, 3, strategy="badge", seed=seed).indices.tolist()
+        assert {0, 2} <= {i // 10 for i in picked}, (seed, picked)
+    assert "the heads disagree" in select(view, 2, strategy="badge").reasons[0]
+    check_strategy("badge", regression=True)
+    check_strategy("badge", regression=False)

@@ -20,8 +20,8 @@ def suggest(run: Run | str | os.PathLike[str], *, pool: str | os.PathLike[str], 
     write ``suggestions.csv``, ``skipped.csv``, ``recheck.csv`` and the contact sheet ``suggestions.html`` to
     ``out`` (default ``RUN/suggestions/``), as ``plantpheno data suggest`` does.
 
-    ``strategy``: ``cluster-margin`` (the default for classes), ``margin``, ``entropy``, ``kcenter`` (the default
-    for traits), ``disagreement`` (traits) or ``random``. ``recheck``: also list that many labelled images
+    ``strategy``: ``cluster-margin`` (the default for classes), ``margin``, ``entropy``, ``kcenter``, ``badge``
+    (the default for traits), ``disagreement`` (traits) or ``random``. ``recheck``: also list that many labelled images
     most likely mislabelled. Returns the round (``.suggestions``, ``.skipped``, ``.recheck``, ``.files``).
 
     Raises:

@@ -1,6 +1,6 @@
 """What to label next: ranked suggestions from a trained run (``plantpheno data suggest``).
 
-:mod:`.strategies` (random, margin, entropy, kcenter, cluster-margin; disagreement for traits) on frozen
+:mod:`.strategies` (random, margin, entropy, kcenter, cluster-margin, badge; disagreement for traits) on frozen
 features, :mod:`.pool` (which pool images can be used), :mod:`.features` (the run's cached features and head),
 :mod:`.heads` (small heads on features), :mod:`.sheet` (the HTML contact sheet), :mod:`.suggest` (one round).
 It sits above the registry: it uses a trained run. This ``__init__`` stays light.

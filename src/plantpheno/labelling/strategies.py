@@ -27,13 +27,16 @@ CLUSTER_PREFILTER = 10  # cluster-margin: k-means over the budget x this most un
 class PoolView:
     """What the strategies see. ``features`` (N, D) and ``labelled`` (M, D) are L2-normalised frozen features;
     ``probabilities`` (N, K) the model's class probabilities (classification), ``ensemble`` (E, N) the trait
-    predictions of E heads (traits); ``class_names`` name the K columns."""
+    predictions of E heads (traits); ``class_names`` name the K columns. ``head_inputs`` (N, D') are the pool's
+    features as the head sees them (its input: BADGE's gradient embeddings are built on them); ``features`` when
+    absent."""
 
     features: np.ndarray
     labelled: np.ndarray
     probabilities: np.ndarray | None = None
     ensemble: np.ndarray | None = None
     class_names: Sequence[str] = ()
+    head_inputs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -166,9 +169,65 @@ def disagreement_choice(view: PoolView, budget: int, rng: np.random.Generator) -
     return Choice(chosen, spread[chosen], reasons)
 
 
+def badge_choice(view: PoolView, budget: int, rng: np.random.Generator) -> Choice:
+    """BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings of the head's last layer, so a batch
+    is both uncertain (long gradients) and diverse (gradients that point different ways).
+
+    Classes: the gradient of the cross-entropy at the predicted class (the pseudo-label) with respect to the last
+    layer's weights is ``(p - onehot(argmax p)) x h``, the outer product with the head's input ``h`` (``p`` the
+    calibrated probabilities; the temperature's 1/T factor is common to all and does not change the picks).
+    Traits (the residual is unknown before labelling): ``spread x h``, the ensemble's spread standing in for the
+    expected residual. The distances are computed from the two factors
+    (``<a x h, b x g> = <a, b><h, g>``), so the K x D embedding is never built (score = the squared distance to
+    the earlier picks at the time of the pick; the first pick, the longest gradient, scores its squared length)."""
+    inputs = view.features if view.head_inputs is None else view.head_inputs
+    if view.probabilities is not None:
+        probs = view.probabilities
+        best = probs.argmax(axis=1)
+        factor = probs.copy()
+        factor[np.arange(len(probs)), best] -= 1.0
+    else:
+        assert view.ensemble is not None, "badge needs the model's probabilities or the trait ensemble"
+        factor = view.ensemble.std(axis=0)[:, None]
+    a2, h2 = (factor ** 2).sum(1), (inputs ** 2).sum(1)
+    length2 = a2 * h2  # squared gradient length per image
+    nearest = np.full(len(inputs), np.inf)
+    chosen: list[int] = []
+    scores: list[float] = []
+    for _ in range(budget):
+        if not chosen:
+            i = int(np.argmax(length2))
+            scores.append(float(length2[i]))
+        else:
+            weights = np.maximum(nearest, 0.0)
+            weights[chosen] = 0.0
+            total = weights.sum()
+            if total > 0:
+                i = int(rng.choice(len(weights), p=weights / total))
+            else:  # every image left sits on a pick (all gradients zero, say): the longest gradient next
+                rest = length2.copy()
+                rest[chosen] = -np.inf
+                i = int(_top(rest, 1)[0])
+            scores.append(float(weights[i]))
+        chosen.append(i)
+        d2 = length2 + length2[i] - 2.0 * (factor @ factor[i]) * (inputs @ inputs[i])
+        nearest = np.minimum(nearest, d2)
+    return Choice(np.array(chosen, dtype=int), np.array(scores), _badge_reasons(view, chosen, factor))
+
+
+def _badge_reasons(view: PoolView, chosen: list[int], factor: np.ndarray) -> list[str]:
+    if view.probabilities is None:
+        return [f"the heads disagree (spread {abs(float(factor[i, 0])):.3g}) and its features are unlike the other "
+                f"picks' (BADGE: k-means++ on gradient embeddings)" for i in chosen]
+    probs = view.probabilities
+    best = probs.argmax(axis=1)
+    return [f"the model is unsure (best guess {_names(view, best[i])} at {probs[i, best[i]]:.0%}) and its gradient "
+            f"is unlike the other picks' (BADGE: k-means++ on gradient embeddings)" for i in chosen]
+
+
 STRATEGIES: dict[str, Callable[[PoolView, int, np.random.Generator], Choice]] = {
     "random": random_choice, "margin": margin_choice, "entropy": entropy_choice, "kcenter": kcenter_choice,
-    "cluster-margin": cluster_margin_choice, "disagreement": disagreement_choice,
+    "cluster-margin": cluster_margin_choice, "disagreement": disagreement_choice, "badge": badge_choice,
 }
 
 
