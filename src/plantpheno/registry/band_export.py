@@ -14,7 +14,7 @@ weights that sum to one, so the two orders agree (and the graph's own clip is th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,18 @@ def export_input(meta: ModelMeta, item: Any) -> torch.Tensor:
     return bands(item, max_pixels=None) * scaling["std"][0] + scaling["mean"][0]
 
 
-def sample_band_images(meta: ModelMeta, paths: Sequence[Path]) -> list[torch.Tensor]:
-    """The export inputs of those ``paths`` that are files (the package's stored samples of a band model)."""
-    return [export_input(meta, p) for p in paths if p.is_file()]
+def sample_band_images(meta: ModelMeta, rows: Sequence[Mapping[str, str]]) -> list[torch.Tensor]:
+    """The export inputs of those ``split.csv`` rows whose files are there (the package's stored samples of a band
+    model); a band named in a manifest column is read from that row's column, as training read it."""
+    bands = BandInput.of(meta)
+    assert bands is not None
+    by_column = [(b.name.lower(), b.column) for b in bands.bands if b.column is not None]
+    items: list[Any] = []
+    for row in rows:
+        files = {"image": Path(row["path"]), **{name: Path(row.get(column) or "") for name, column in by_column}}
+        if all(f.is_file() for f in files.values()):
+            items.append(files if by_column else files["image"])
+    return [export_input(meta, item) for item in items]
 
 
 def band_preprocessing(meta: ModelMeta) -> dict[str, Any]:

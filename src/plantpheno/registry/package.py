@@ -234,11 +234,12 @@ def _write_samples(run: RunDir, meta: ModelMeta, out: Path) -> None:
     from plantpheno.files.csvfile import read_csv
 
     with read_csv(split) as reader:
-        paths = [Path(row["path"]) for row in reader if row["split"] == "test"][:NUM_SAMPLES]
+        rows = [row for row in reader if row["split"] == "test"][:NUM_SAMPLES]
+    paths = [Path(row["path"]) for row in rows]
     if meta.band_names:  # (N, C, S, S): the bands in their own units, as a band export takes them
         from plantpheno.registry.band_export import sample_band_images
 
-        images = sample_band_images(meta, paths)
+        images = sample_band_images(meta, rows)
     else:
         transform = raw_transform(meta)
         images = [transform(load_rgb(p)) for p in paths if p.is_file()]
