@@ -1,0 +1,180 @@
+"""The first-layer adapter (``model.input_adapter``): a pretrained RGB backbone on four bands, mean vs tile vs random.
+
+    python benchmarks/adapter.py [--per-class 60] [--size 64] [--seeds 0 1 2] [--epochs 3] [--warmup-epochs 1]
+
+One seed per invocation keeps each under 10 minutes on 2 loaded cores; later invocations with the same settings
+add their seeds to the results.
+
+The bundled ImageNet EfficientNet-Lite0 (``model.pretrained=bundled``, offline) on the synthetic four-band set of
+``plantpheno data synth --kind multispectral`` (red, green, blue, NIR; the stress shows only in NIR), ``data.bands =
+[red, green, blue, nir]``; for each seed, the three adapters with that same seed (same split, same head
+initialisation, same batches), so every comparison is paired:
+
+* start: the backbone frozen (BatchNorm keeps its ImageNet statistics), only a fresh head trained for
+  ``--warmup-epochs``; its validation loss is how good the adapted network's features are before any of its
+  weights move. A head-only warm-up rather than the untrained model: with a random head, the starting loss measures
+  the head's random logits (about ln 2 either way), not the features.
+* trained: the whole network fine-tuned end to end for ``--epochs`` (first layer included); validation loss and
+  accuracy of its best epoch, test accuracy (95 % bootstrap interval, the run's own evaluation) and test loss (the
+  mean negative log-likelihood at T = 1).
+
+The adapters' test accuracies are compared by a paired bootstrap over (seed, test image) pairs: the interval of the
+difference in accuracy of tile (or random) minus mean. Writes benchmarks/results/adapter.{json,md} with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, machine  # noqa: E402
+
+OUT = Path(__file__).parent / "results"
+RGBN = ["red", "green", "blue", "nir"]
+ADAPTERS = ("mean", "tile", "random")
+
+
+def run_one(data: Path, out: Path, *, adapter: str, seed: int, size: int, epochs: int, frozen: bool,
+            learning_rate: float) -> dict[str, Any]:
+    from plantpheno.config import validate_config
+    from plantpheno.pipeline import train
+    from plantpheno.reporting import RecordingReporter
+    from plantpheno.run.epochlog import read_epoch_log
+    from plantpheno.run.folder import RunDir
+
+    name = f"{'start' if frozen else 'trained'}-{adapter}-{seed}"
+    raw: dict[str, Any] = {
+        "seed": seed, "output_dir": str(out), "run_name": name, "device": "cpu",
+        "data": {"root": str(data), "bands": RGBN, "image_size": size, "batch_size": 32, "num_workers": 0,
+                 "checks": {"enabled": False}},
+        "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "bundled", "input_adapter": adapter,
+                  "freeze_backbone": frozen},
+        "training": {"epochs": epochs, "learning_rate": learning_rate, "progress_bar": False},
+        "evaluation": {"report": False, "bootstrap_samples": 1000},
+        "tracking": {"backends": []},
+    }
+    start = time.perf_counter()
+    result = train(validate_config(raw), reporter=RecordingReporter(), handle_signals=False)
+    wall = time.perf_counter() - start
+    run = RunDir.of(result.run_dir)
+    history = read_epoch_log(run.metrics_log).records
+    best = next(r for r in history if r["epoch"] == result.state.best_epoch)
+    n_val = json.loads(run.dataset_info.read_text())["num_images"]["val"]
+    m = result.metrics
+    with open(run.eval("test").predictions, newline="") as f:
+        correct = [int(r["label"] == r["predicted"]) for r in csv.DictReader(f)]
+    return {"name": name, "adapter": adapter, "seed": seed, "frozen_backbone": frozen, "epochs": epochs,
+            "val_loss_per_epoch": [round(float(r["val/loss"]), 4) for r in history],
+            "best_epoch": result.state.best_epoch, "val_loss": float(best["val/loss"]),
+            "val_accuracy": float(best["val/accuracy"]), "val_accuracy_wilson95": wilson(best["val/accuracy"], n_val),
+            "val_images": n_val, "test_accuracy": m["accuracy"],
+            "test_ci95": [m["confidence_interval"]["low"], m["confidence_interval"]["high"]],
+            "test_loss": m["calibration"]["before"]["nll"], "test_images": m["num_samples"],
+            "test_correct": correct, "wall_s": round(wall, 1)}
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of a proportion ``p`` of ``n``."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def paired_difference(rows: list[dict[str, Any]], other: str, *, resamples: int = 10000) -> dict[str, float]:
+    """Test accuracy of ``other`` minus ``mean`` over (seed, image) pairs, with a 95 % paired bootstrap interval."""
+    trained = {(r["adapter"], r["seed"]): r for r in rows if not r["frozen_backbone"]}
+    seeds = sorted({s for a, s in trained if a == "mean"} & {s for a, s in trained if a == other})
+    diff = np.concatenate([np.array(trained[(other, s)]["test_correct"]) - np.array(trained[("mean", s)]["test_correct"])
+                           for s in seeds]).astype(float)
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"estimate": float(diff.mean()), "low": float(low), "high": float(high), "pairs": int(len(diff))}
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| adapter | start: val loss after head-only warm-up (per seed) | trained: val loss | val accuracy | "
+             "test accuracy (per seed) | test loss | test accuracy minus mean's (paired 95 % CI) |",
+             "|---|---|---|---|---|---|---|"]
+    for adapter in ADAPTERS:
+        start = [r for r in rows if r["adapter"] == adapter and r["frozen_backbone"]]
+        done = [r for r in rows if r["adapter"] == adapter and not r["frozen_backbone"]]
+        if not start and not done:
+            continue
+
+        def avg(key: str, of: list[dict[str, Any]]) -> str:
+            values = [r[key] for r in of]
+            return f"{np.mean(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})" if values else "-"
+
+        diff = "-"
+        if adapter != "mean" and done and any(r["adapter"] == "mean" and not r["frozen_backbone"] for r in rows):
+            d = paired_difference(rows, adapter)
+            diff = f"{d['estimate']:+.1%} ({d['low']:+.1%} to {d['high']:+.1%}; {d['pairs']} pairs)"
+        lines.append(f"| {adapter} | {avg('val_loss', start)} | {avg('val_loss', done)} | "
+                     f"{avg('val_accuracy', done)} | {avg('test_accuracy', done)} | {avg('test_loss', done)} | "
+                     f"{diff} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=3, help="end-to-end fine-tune epochs")
+    parser.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs of the start measurement")
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--head-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--adapters", nargs="+", default=list(ADAPTERS), choices=ADAPTERS)
+    args = parser.parse_args()
+    from plantpheno.data.synth_bands import synthesize_multispectral
+
+    info = machine()
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = synthesize_multispectral(Path(tmp) / "set", per_class=args.per_class, image_size=max(args.size, 32),
+                                        seed=0)
+        for seed in args.seeds:
+            for adapter in args.adapters:
+                for frozen in (True, False):
+                    rows.append(run_one(data, Path(tmp) / "runs", adapter=adapter, seed=seed, size=args.size,
+                                        epochs=args.warmup_epochs if frozen else args.epochs, frozen=frozen,
+                                        learning_rate=args.head_learning_rate if frozen else args.learning_rate))
+                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "test_correct"}), flush=True)
+    OUT.mkdir(exist_ok=True)
+    wall = round(time.perf_counter() - started, 1)
+    # rows of earlier invocations (other seeds, run one seed per invocation to keep each under 10 minutes) are
+    # kept when they used the same settings; a seed run again replaces its rows
+    earlier = json.loads((OUT / "adapter.json").read_text()) if (OUT / "adapter.json").is_file() else {}
+    same = {k: v for k, v in vars(args).items() if k not in ("seeds", "adapters")}
+    if earlier.get("settings") == same:
+        redone = {r["name"] for r in rows}
+        rows = [r for r in earlier["rows"] if r["name"] not in redone] + rows
+        wall += earlier.get("wall_s", 0)
+    record = {"args": vars(args), "settings": same, "machine": info, "wall_s": wall, "rows": rows}
+    (OUT / "adapter.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# model.input_adapter: pretrained RGB EfficientNet-Lite0 on four bands ({info['measured_at']})", "",
+             f"Machine: {describe(info)}", "",
+             f"`python benchmarks/adapter.py {' '.join(sys.argv[1:])}`: synthetic four-band leaves (red, green, blue, "
+             f"NIR; {args.per_class} per class, healthy vs stressed, chance 50 %), {args.size} px, seeds "
+             f"{sorted({r['seed'] for r in rows})}, the same seed for every adapter. Start: backbone frozen, head only, "
+             f"{args.warmup_epochs} epoch(s) at lr {args.head_learning_rate}. Trained: end to end, {args.epochs} "
+             f"epochs at lr {args.learning_rate}. Mean of the seeds (each seed's value in brackets). "
+             f"Total {record['wall_s']} s.", ""] + summary(rows)
+    (OUT / "adapter.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
