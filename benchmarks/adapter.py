@@ -1,6 +1,6 @@
 """The first-layer adapter (``model.input_adapter``): a pretrained RGB backbone on four bands, mean vs tile vs random.
 
-    python benchmarks/adapter.py [--per-class 60] [--size 64] [--seeds 0 1 2] [--epochs 3] [--warmup-epochs 1]
+    python benchmarks/adapter.py [--per-class 60] [--size 64] [--seeds 0] [--epochs 4] [--batch-size 8]
 
 One seed per invocation keeps each under 10 minutes on 2 loaded cores; later invocations with the same settings
 add their seeds to the results.
@@ -10,10 +10,13 @@ The bundled ImageNet EfficientNet-Lite0 (``model.pretrained=bundled``, offline) 
 [red, green, blue, nir]``; for each seed, the three adapters with that same seed (same split, same head
 initialisation, same batches), so every comparison is paired:
 
-* start: the backbone frozen (BatchNorm keeps its ImageNet statistics), only a fresh head trained for
-  ``--warmup-epochs``; its validation loss is how good the adapted network's features are before any of its
-  weights move. A head-only warm-up rather than the untrained model: with a random head, the starting loss measures
-  the head's random logits (about ln 2 either way), not the features.
+* start: the adapted network as it is built, before any of its weights move: its pooled features (eval mode,
+  BatchNorm with its ImageNet statistics, no augmentation) of the training images, a logistic regression fitted on
+  them to convergence (scikit-learn, standardised features), and that probe's loss and accuracy on the validation
+  images. The probe stands for the head: timm initialises an EfficientNet's classifier uniformly in +-1/sqrt(classes),
+  which on two classes gives logits of about +-15 and a first validation loss of 10-13 whatever the adapter (measured:
+  mean 12.8, tile 12.4 after one head-only epoch), so the starting loss of the model with a fresh or briefly trained
+  head measures the head, not the features the adapter gives.
 * trained: the whole network fine-tuned end to end for ``--epochs`` (first layer included); validation loss and
   accuracy of its best epoch, test accuracy (95 % bootstrap interval, the run's own evaluation) and test loss (the
   mean negative log-likelihood at T = 1).
@@ -45,7 +48,7 @@ ADAPTERS = ("mean", "tile", "random")
 
 
 def run_one(data: Path, out: Path, *, adapter: str, seed: int, size: int, epochs: int, frozen: bool,
-            learning_rate: float) -> dict[str, Any]:
+            learning_rate: float, batch_size: int) -> dict[str, Any]:
     from plantpheno.config import validate_config
     from plantpheno.pipeline import train
     from plantpheno.reporting import RecordingReporter
@@ -55,8 +58,8 @@ def run_one(data: Path, out: Path, *, adapter: str, seed: int, size: int, epochs
     name = f"{'start' if frozen else 'trained'}-{adapter}-{seed}"
     raw: dict[str, Any] = {
         "seed": seed, "output_dir": str(out), "run_name": name, "device": "cpu",
-        "data": {"root": str(data), "bands": RGBN, "image_size": size, "batch_size": 32, "num_workers": 0,
-                 "checks": {"enabled": False}},
+        "data": {"root": str(data), "bands": RGBN, "image_size": size, "batch_size": batch_size,
+                 "num_workers": 0, "checks": {"enabled": False}},
         "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "bundled", "input_adapter": adapter,
                   "freeze_backbone": frozen},
         "training": {"epochs": epochs, "learning_rate": learning_rate, "progress_bar": False},
@@ -83,6 +86,51 @@ def run_one(data: Path, out: Path, *, adapter: str, seed: int, size: int, epochs
             "test_correct": correct, "wall_s": round(wall, 1)}
 
 
+def probe(data: Path, out: Path, *, adapter: str, seed: int, size: int) -> dict[str, Any]:
+    """The start measurement: a logistic-regression probe on the adapted, untrained network's pooled features."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from plantpheno.config import validate_config
+    from plantpheno.pipeline import _setup
+    from plantpheno.reporting import RecordingReporter
+
+    raw = {"seed": seed, "output_dir": str(out), "device": "cpu",
+           # one batch larger than the split: the training loader drops no incomplete last batch
+           "data": {"root": str(data), "bands": RGBN, "image_size": size, "batch_size": 512, "num_workers": 0,
+                    "checks": {"enabled": False}, "augment": {"enabled": False}},
+           "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "bundled", "input_adapter": adapter},
+           "tracking": {"backends": []}}
+    start = time.perf_counter()
+    from plantpheno.device import seed_everything
+
+    seed_everything(seed, deterministic=False)
+    job = _setup(validate_config(raw), manifest=None, load_pretrained=True, reporter=RecordingReporter(),
+                 splits=("train", "val"))
+    model = job.model.eval()
+    feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    with torch.no_grad():
+        for split in ("train", "val"):
+            xs, ys = [], []
+            for images, target in job.loaders[split]:
+                xs.append(model.forward_head(model.forward_features(images), pre_logits=True).numpy())
+                ys.append(target.numpy())
+            feats[split] = np.concatenate(xs), np.concatenate(ys)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(*feats["train"])
+    xv, yv = feats["val"]
+    p = clf.predict_proba(xv)
+    accuracy = float((p.argmax(1) == yv).mean())
+    return {"name": f"start-{adapter}-{seed}", "adapter": adapter, "seed": seed, "frozen_backbone": True,
+            "val_loss": float(log_loss(yv, p, labels=[0, 1])), "val_accuracy": accuracy,
+            "val_accuracy_wilson95": wilson(accuracy, len(yv)), "val_images": int(len(yv)),
+            "train_images": int(len(feats["train"][1])), "adapter_message": getattr(model, "plantpheno_input_adapter",
+                                                                                    None),
+            "wall_s": round(time.perf_counter() - start, 1)}
+
+
 def wilson(p: float, n: int, z: float = 1.96) -> list[float]:
     """The Wilson score interval of a proportion ``p`` of ``n``."""
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -103,9 +151,9 @@ def paired_difference(rows: list[dict[str, Any]], other: str, *, resamples: int 
 
 
 def summary(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| adapter | start: val loss after head-only warm-up (per seed) | trained: val loss | val accuracy | "
-             "test accuracy (per seed) | test loss | test accuracy minus mean's (paired 95 % CI) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| adapter | start: probe's val loss (per seed) | start: probe's val accuracy | trained: val loss | "
+             "val accuracy | test accuracy (per seed) | test loss | test accuracy minus mean's (paired 95 % CI) |",
+             "|---|---|---|---|---|---|---|---|"]
     for adapter in ADAPTERS:
         start = [r for r in rows if r["adapter"] == adapter and r["frozen_backbone"]]
         done = [r for r in rows if r["adapter"] == adapter and not r["frozen_backbone"]]
@@ -120,7 +168,7 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
         if adapter != "mean" and done and any(r["adapter"] == "mean" and not r["frozen_backbone"] for r in rows):
             d = paired_difference(rows, adapter)
             diff = f"{d['estimate']:+.1%} ({d['low']:+.1%} to {d['high']:+.1%}; {d['pairs']} pairs)"
-        lines.append(f"| {adapter} | {avg('val_loss', start)} | {avg('val_loss', done)} | "
+        lines.append(f"| {adapter} | {avg('val_loss', start)} | {avg('val_accuracy', start)} | {avg('val_loss', done)} | "
                      f"{avg('val_accuracy', done)} | {avg('test_accuracy', done)} | {avg('test_loss', done)} | "
                      f"{diff} |")
     return lines
@@ -130,11 +178,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3, help="end-to-end fine-tune epochs")
-    parser.add_argument("--warmup-epochs", type=int, default=1, help="head-only epochs of the start measurement")
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--head-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=4, help="end-to-end fine-tune epochs")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=8, help="small: about 10 steps per epoch on 60 per class")
     parser.add_argument("--adapters", nargs="+", default=list(ADAPTERS), choices=ADAPTERS)
     args = parser.parse_args()
     from plantpheno.data.synth_bands import synthesize_multispectral
@@ -147,11 +194,12 @@ def main() -> None:
                                         seed=0)
         for seed in args.seeds:
             for adapter in args.adapters:
-                for frozen in (True, False):
-                    rows.append(run_one(data, Path(tmp) / "runs", adapter=adapter, seed=seed, size=args.size,
-                                        epochs=args.warmup_epochs if frozen else args.epochs, frozen=frozen,
-                                        learning_rate=args.head_learning_rate if frozen else args.learning_rate))
-                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "test_correct"}), flush=True)
+                rows.append(probe(data, Path(tmp) / "probe", adapter=adapter, seed=seed, size=args.size))
+                print(json.dumps(rows[-1]), flush=True)
+                rows.append(run_one(data, Path(tmp) / "runs", adapter=adapter, seed=seed, size=args.size,
+                                    epochs=args.epochs, frozen=False, learning_rate=args.learning_rate,
+                                    batch_size=args.batch_size))
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "test_correct"}), flush=True)
     OUT.mkdir(exist_ok=True)
     wall = round(time.perf_counter() - started, 1)
     # rows of earlier invocations (other seeds, run one seed per invocation to keep each under 10 minutes) are
@@ -168,9 +216,9 @@ def main() -> None:
              f"Machine: {describe(info)}", "",
              f"`python benchmarks/adapter.py {' '.join(sys.argv[1:])}`: synthetic four-band leaves (red, green, blue, "
              f"NIR; {args.per_class} per class, healthy vs stressed, chance 50 %), {args.size} px, seeds "
-             f"{sorted({r['seed'] for r in rows})}, the same seed for every adapter. Start: backbone frozen, head only, "
-             f"{args.warmup_epochs} epoch(s) at lr {args.head_learning_rate}. Trained: end to end, {args.epochs} "
-             f"epochs at lr {args.learning_rate}. Mean of the seeds (each seed's value in brackets). "
+             f"{sorted({r['seed'] for r in rows})}, the same seed for every adapter. Start: a logistic-regression probe "
+             f"on the untrained adapted network's pooled features (fit on train, loss on val). Trained: end to end, {args.epochs} "
+             f"epochs at lr {args.learning_rate}, batch {args.batch_size}. Mean of the seeds (each seed's value in brackets). "
              f"Total {record['wall_s']} s.", ""] + summary(rows)
     (OUT / "adapter.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
