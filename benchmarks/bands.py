@@ -6,7 +6,10 @@
 
 Part 1, same data, split, seed and recipe, only ``data.bands`` differs:
   (rgb)  data.bands = [red, green, blue]: goal within 10 points of chance (50 %);
-  (rgbn) data.bands = [red, green, blue, nir]: goal >= 95 % test accuracy.
+  (rgbn) data.bands = [red, green, blue, nir]: goal >= 95 % test accuracy, and NIR first in its band-importance
+         table (``band_importance.json``: the validation accuracy lost when each band is replaced by its training
+         mean).
+The end-to-end comparison of the adapters is benchmarks/adapter.py.
 Part 2 (``--adapters``): bundled ImageNet EfficientNet-Lite0 on the four bands with model.input_adapter = mean
 (default), tile and random, the backbone frozen (only the head trains, BatchNorm keeps its ImageNet statistics):
 how good the features are that each adapted network starts from. Validation loss after each epoch and test
@@ -60,10 +63,35 @@ def train_one(data: Path, out: Path, name: str, bands: list[str], *, size: int, 
     history = read_epoch_log(RunDir.of(result.run_dir).metrics_log).records
     val_loss = [round(float(row["val/loss"]), 4) for row in history if "val/loss" in row]
     ci = m["confidence_interval"]
+    found = RunDir.of(result.run_dir).band_importance
+    ranked = json.loads(found.read_text()) if found.is_file() else None
+    importance = None if ranked is None else {
+        "metric": ranked["metric"], "split": ranked["split"], "images": ranked["num_images"],
+        "baseline": ranked["baseline"]["estimate"],
+        "bands": [{"band": r["band"], "rank": r["rank"], "without": r["value"], "drop": r["drop"]["estimate"],
+                   "ci95": [r["drop"]["low"], r["drop"]["high"]]} for r in ranked["bands"]]}
     return {"name": name, "bands": bands, "backbone": backbone, "accuracy": m["accuracy"],
             "ci95": [ci["low"], ci["high"]], "test_images": m.get("num_samples"), "val_loss_per_epoch": val_loss,
-            "wall_s": round(wall, 1),
+            "wall_s": round(wall, 1), "band_importance": importance,
             "adapter": (extra or {}).get("model", {}).get("input_adapter")}
+
+
+def importance_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The band-importance table of each run that has one (``band_importance.json``: validation split)."""
+    lines: list[str] = []
+    for r in rows:
+        imp = r.get("band_importance")
+        if not imp:
+            continue
+        lines += ["", f"Band importance of run {r['name']}: {imp['metric']} on the {imp['split']} split "
+                  f"({imp['images']} images) {imp['baseline']:.1%} with every band; each band replaced by its "
+                  f"training mean in turn (paired bootstrap, 95 %).", "",
+                  "| rank | band | accuracy without it | drop (95% CI) |", "|---|---|---|---|"]
+        for b in imp["bands"]:
+            lo, hi = b["ci95"]
+            ci = f" ({lo:+.1%} to {hi:+.1%})" if lo is not None else ""
+            lines.append(f"| {b['rank']} | {b['band']} | {b['without']:.1%} | {b['drop']:+.1%}{ci} |")
+    return lines
 
 
 def main() -> None:
@@ -75,6 +103,8 @@ def main() -> None:
     parser.add_argument("--adapters", action="store_true", help="also compare the first-layer adapters")
     parser.add_argument("--adapter-epochs", type=int, default=3)
     parser.add_argument("--no-bands", action="store_true", help="skip part 1 (keep its rows of an earlier run)")
+    parser.add_argument("--runs", nargs="+", default=["rgb", "rgbn"], choices=["rgb", "rgbn"],
+                        help="part 1's runs to do (the others' rows of an earlier run are kept)")
     args = parser.parse_args()
     from plantpheno.data.synth_bands import synthesize_multispectral
 
@@ -83,7 +113,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize_multispectral(Path(tmp) / "set", per_class=args.per_class, image_size=max(args.size, 32),
                                         seed=0)
-        for name, bands in () if args.no_bands else (("rgb", RGB), ("rgbn", RGBN)):
+        for name, bands in () if args.no_bands else [(n, b) for n, b in (("rgb", RGB), ("rgbn", RGBN))
+                                                     if n in args.runs]:
             rows.append(train_one(data, Path(tmp) / "runs", name, bands, size=args.size, epochs=args.epochs,
                                   backbone=args.backbone))
             print(json.dumps(rows[-1]), flush=True)
@@ -114,6 +145,7 @@ def main() -> None:
         lines.append(f"| {r['name']} | {', '.join(r['bands'])} | {r['backbone']} | {r['adapter'] or '-'} | "
                      f"{r['accuracy']:.1%} ({lo:.1%} to {hi:.1%}) | {', '.join(map(str, r['val_loss_per_epoch']))} "
                      f"| {r['wall_s']} |")
+    lines += importance_lines(rows)
     (OUT / "bands.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

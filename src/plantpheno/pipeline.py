@@ -26,6 +26,7 @@ from plantpheno.data.sources import SPLITS
 from plantpheno.device import resolve_device, seed_everything, set_threads
 from plantpheno.distributed import DistContext
 from plantpheno.errors import ConfigError, StorageError
+from plantpheno.evaluation.band_importance import write_band_importance
 from plantpheno.evaluation.html_report import write_report_or_warn
 from plantpheno.evaluation.plots import plot_run_history
 from plantpheno.evaluation.run_eval import evaluate_split
@@ -195,10 +196,6 @@ def report_run(run_dir: Path, *, split: str | None = None, device: str = "cpu") 
     run = RunDir.of(run_dir)
     config = run.read_config()
     split = split or config.evaluation.split
-    if config.data.bands is not None:
-        raise ConfigError(f"{run.path}: a run of data.bands ({', '.join(band_names(config.data.bands))}) has no HTML "
-                          f"report yet (its figures and Grad-CAM draw RGB images); its metrics are in "
-                          f"{run.eval(split).metrics}")
     checkpoint = checkpoint_to_use(run, default_reporter(None))
     meta = ModelMeta.from_checkpoint(checkpoint, source=run.path)
     model = build_model(config.model.model_copy(update={"pretrained": False}), num_outputs=meta.num_outputs,
@@ -292,9 +289,10 @@ def _evaluate(job: TrainingJob, run: RunDir, *, split: str, best_epoch: int | No
     if sources and job.config.evaluation.sources:  # before the report, which shows them; after the detector's fit
         source_eval.evaluate_sources(job.model, run, config=job.config, meta=job.meta, device=job.device,
                                      checkpoint_epoch=best_epoch, reporter=job.reporter)
-    if job.config.evaluation.report and job.config.data.bands is not None:
-        job.reporter.warning("no HTML report for data.bands yet (its figures and Grad-CAM draw RGB images); the "
-                             "metrics and predictions files are written")
-    elif job.config.evaluation.report:
+    if fit_ood:  # train only: which bands the model relies on, on val (before the report, which shows it)
+        write_band_importance(job.model, job.loaders, run=run, task=job.task, bands=job.config.data.bands,
+                              evaluation=job.config.evaluation, seed=job.config.seed, device=job.device,
+                              reporter=job.reporter, checkpoint_epoch=best_epoch)
+    if job.config.evaluation.report:
         write_report_or_warn(run, split, model=job.model, meta=job.meta, reporter=job.reporter)
     return metrics

@@ -3,7 +3,7 @@ written once from the checkpoint's metadata so both cards say the same, and only
 
 from __future__ import annotations
 
-from plantpheno.records.model_meta import ModelMeta
+from plantpheno.records.model_meta import BandsMeta, ModelMeta
 
 INTENDED_USE = ("Research and decision support on images like the training images (same crops, camera, background "
                 "and lighting). Check predictions against expert judgement before acting on them.")
@@ -14,12 +14,16 @@ _CONDITIONS = ("Accuracy on photos taken in other conditions (field vs. lab, oth
 def input_text(meta: ModelMeta) -> str:
     """How an image becomes the model's input (``data.resize`` and the size), as the model saw it."""
     size, resize = meta.image_size, meta.resize
+    kind = "RGB"
+    if isinstance(meta.bands, BandsMeta):  # data.bands: say which, and that they are not RGB pixels
+        kind = (f"bands {', '.join(meta.bands.names)} (data.bands; each clipped to its training 1st-99th "
+                f"percentile and standardised)")
     if resize == "pad":
-        return (f"RGB, the whole image with its longer side resized to {size} px and letterboxed into a {size} px "
+        return (f"{kind}, the whole image with its longer side resized to {size} px and letterboxed into a {size} px "
                 f"square (data.resize: pad; the border is the normalisation mean)")
     if resize == "stretch":
-        return f"RGB, the whole image stretched to {size} x {size} px (data.resize: stretch)"
-    return (f"RGB, resized (shorter side) to {size} px and centre-cropped (data.resize: crop: the ends of wide or "
+        return f"{kind}, the whole image stretched to {size} x {size} px (data.resize: stretch)"
+    return (f"{kind}, resized (shorter side) to {size} px and centre-cropped (data.resize: crop: the ends of wide or "
             f"tall images are not seen)")
 
 

@@ -29,6 +29,9 @@ from plantpheno.evaluation import report_figures as figures
 from plantpheno.evaluation import report_gallery as gallery
 from plantpheno.evaluation import report_sections as sections
 from plantpheno.evaluation import report_source
+from plantpheno.evaluation.band_importance import read_band_importance
+from plantpheno.evaluation.band_view import BandView
+from plantpheno.evaluation.report_bands import bands_section
 from plantpheno.records.evaluation import Evaluation, read_evaluation
 from plantpheno.records.model_meta import ModelMeta
 from plantpheno.evaluation.report_unknown import read_unknowns, unknown_section
@@ -102,6 +105,7 @@ def _page(run: RunDir, split: str, ev: Evaluation, *, model: nn.Module, meta: Mo
                                  meta=_card_meta(meta, ev, config)),
              _curves(run, config, status, ev)]
     examples = config.evaluation.report_examples
+    view = BandView.of(meta)  # a model of data.bands: its images are drawn as a composite; None for RGB
     classification = ev.task == "classification"
     if classification:
         parts += [sections.per_class(ev), sections.confusion(ev), sections.confused_pairs(ev)]
@@ -119,7 +123,8 @@ def _page(run: RunDir, split: str, ev: Evaluation, *, model: nn.Module, meta: Mo
                       "agreement (bias ± 1.96 SD).")),
                   sections.per_value(y, pred, counts=counts)]
         bad, good = gallery.regression_examples(rows, worst=examples)
-    parts.append(_galleries(bad, good, model, meta, classification=classification))
+    parts.append(bands_section(read_band_importance(run), view))
+    parts.append(_galleries(bad, good, model, meta, classification=classification, view=view))
     cal = ev.calibration
     if cal is not None and cal.before is not None:
         panels = [("before temperature scaling", cal.before.to_dict())] + (
@@ -130,10 +135,10 @@ def _page(run: RunDir, split: str, ev: Evaluation, *, model: nn.Module, meta: Mo
     if run.budget_leaderboard.is_file():  # budget mode: the candidates this run was chosen from
         parts.append(sections.budget(_read_json(run.budget_leaderboard)))
     if split == "test":  # the run's main report: how it did on other sources, too
-        parts.append(report_source.other_sources(run, model=model, meta=meta, worst=examples))
+        parts.append(report_source.other_sources(run, model=model, meta=meta, worst=examples, view=view))
     parts.append(unknown_section(read_unknowns(run, split)))
     parts.append(sections.data_check(check, check_problem))
-    parts.append(_label_errors(check, meta))
+    parts.append(_label_errors(check, meta, view))
     return _document(run, split, "".join(p for p in parts if p))
 
 
@@ -172,13 +177,15 @@ def fine_tune_start(history: Sequence[dict[str, Any]]) -> int | None:
 
 
 def _galleries(bad: Sequence[gallery.Example], good: Sequence[gallery.Example], model: nn.Module,
-               meta: ModelMeta, *, classification: bool) -> str:
+               meta: ModelMeta, *, classification: bool, view: BandView | None = None) -> str:
     device = next(model.parameters()).device
     tiles = gallery.render([*bad, *good], model, image_size=meta.image_size, mean=list(meta.mean),
-                           std=list(meta.std), device=device, resize=meta.resize)
+                           std=list(meta.std), device=device, resize=meta.resize, view=view)
     how = ("Each image as the model saw it, then its Grad-CAM map (red = most weight) for the "
            + ("predicted class on errors and the true class on correct examples" if classification
               else "predicted value (regions that raise it)") + ".")
+    if view is not None:
+        how += f" The images are shown as {view.description}; the maps come from all the model's bands."
     worst = ("Worst errors (by loss -log p(true class))" if classification else "Largest errors")
     body = (f"<p>{how}</p><h3>{worst}</h3>" + (gallery.tiles_html(tiles[:len(bad)], sections.esc) if bad
                                               else "<p>No errors on this split.</p>")
@@ -187,7 +194,7 @@ def _galleries(bad: Sequence[gallery.Example], good: Sequence[gallery.Example], 
     return sections.section("gallery", "Examples with Grad-CAM", body)
 
 
-def _label_errors(check: dict[str, Any] | None, meta: ModelMeta) -> str:
+def _label_errors(check: dict[str, Any] | None, meta: ModelMeta, view: BandView | None = None) -> str:
     """The data check's suspected label errors as thumbnails (as the model sees them), if it found any."""
     from plantpheno.data.transforms import model_square
 
@@ -200,13 +207,15 @@ def _label_errors(check: dict[str, Any] | None, meta: ModelMeta) -> str:
              "unlikely. Its figure is how much it disagrees, not proof: look at each image and correct only the "
              "labels that are wrong.</p>")
     return sections.section("label-errors", "Suspected label errors", intro + "".join(
-        gallery.label_error_html(f, square, sections.esc) for f in found))
+        gallery.label_error_html(f, square, sections.esc, load=view.picture if view is not None else None)
+        for f in found))
 
 
 def _document(run: RunDir, split: str, body: str) -> str:
     title = f"plantpheno report: {run.experiment}/{run.name} ({split})"
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
-        ("summary", "Summary"), ("card", "Model card"), ("curves", "Curves"), ("gallery", "Examples"),
+        ("summary", "Summary"), ("card", "Model card"), ("curves", "Curves"), ("bands", "Bands"),
+        ("gallery", "Examples"),
         ("calibration", "Calibration"), ("data-check", "Data check"), ("label-errors", "Label errors"))
         if f'id="{a}"' in body)
     made = time.strftime("%Y-%m-%d %H:%M")

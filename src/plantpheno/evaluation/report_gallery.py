@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from PIL import Image
 from torch import nn
 
 from plantpheno.evaluation.gradcam import grad_cam, overlay
+
+if TYPE_CHECKING:
+    from plantpheno.evaluation.band_view import BandView
 
 THUMB = 128  # pixels shown per image
 CORRECT_PER_CLASS = 2
@@ -72,10 +75,14 @@ def regression_examples(rows: Sequence[dict[str, str]], *, worst: int) -> tuple[
 
 
 def render(examples: Sequence[Example], model: nn.Module, *, image_size: int, mean: Sequence[float],
-           std: Sequence[float], device: torch.device, resize: str = "crop") -> list[Tile]:
+           std: Sequence[float], device: torch.device, resize: str = "crop",
+           view: BandView | None = None) -> list[Tile]:
     """Each example as a thumbnail and its Grad-CAM overlay (computed in chunks), both of the square the model
-    saw (``resize``: the run's ``data.resize``)."""
+    saw (``resize``: the run's ``data.resize``); ``view``: a model of ``data.bands``, drawn as its composite."""
     from plantpheno.data.transforms import model_square
+
+    if view is not None:
+        return _render_bands(examples, model, view, device)
 
     square = model_square(image_size, mean, resize)
     tiles: list[Tile] = []
@@ -98,6 +105,28 @@ def render(examples: Sequence[Example], model: nn.Module, *, image_size: int, me
                 tiles.append(Tile(example, None, None, item))
             else:
                 tiles.append(Tile(example, _jpeg(item), _jpeg(overlay(item, cams[i]))))
+    return tiles
+
+
+def _render_bands(examples: Sequence[Example], model: nn.Module, view: BandView, device: torch.device) -> list[Tile]:
+    """:func:`render` for a band model: Grad-CAM on the bands the model reads, drawn over their composite."""
+    tiles: list[Tile] = []
+    for start in range(0, len(examples), _CHUNK):
+        chunk = examples[start:start + _CHUNK]
+        loaded = [view.load(e.path) for e in chunk]
+        ok = [i for i, item in enumerate(loaded) if not isinstance(item, str)]
+        cams: dict[int, np.ndarray] = {}
+        if ok:
+            targets = [chunk[i].target for i in ok]
+            classes = torch.tensor(targets) if all(t is not None for t in targets) else None
+            maps = grad_cam(model, torch.stack([loaded[i][1] for i in ok]).to(device), classes)
+            cams = dict(zip(ok, maps))
+        for i, example in enumerate(chunk):
+            item = loaded[i]
+            if isinstance(item, str):
+                tiles.append(Tile(example, None, None, item))
+            else:
+                tiles.append(Tile(example, _jpeg(item[0]), _jpeg(overlay(item[0], cams[i]))))
     return tiles
 
 
@@ -141,17 +170,18 @@ def tiles_html(tiles: Sequence[Tile], escape: Any) -> str:
 
 
 def label_error_html(finding: dict[str, Any], square: Callable[[Image.Image], Image.Image], escape: Any, *,
-                     limit: int = 24) -> str:
+                     limit: int = 24, load: Callable[[Path], np.ndarray | str] | None = None) -> str:
     """The suspected label errors of a ``label_errors`` finding (``data_check.json``) as a grid of thumbnails as
     the model saw them, each with its given and suggested label and how little the checker believes the given
-    one: a disagreement to look at, not a verdict."""
+    one: a disagreement to look at, not a verdict. ``load``: how to draw a file instead (a band model's
+    composite)."""
     details = finding.get("details") or {}
     files = [group[0] for group in finding.get("files") or [] if group]
     given, suggested = details.get("given") or [], details.get("suggested") or []
     p_given, p_suggested = details.get("given_probability") or [], details.get("suggested_probability") or []
     parts = ['<div class="gallery">']
     for i, path in enumerate(files[:limit]):
-        loaded = load_square(Path(path), square)
+        loaded = load(Path(path)) if load is not None else load_square(Path(path), square)
         name = escape(Path(path).name)
         body = (f'<div class="missing">{escape(loaded)}</div>' if isinstance(loaded, str)
                 else f'<img src="{_jpeg(loaded)}" alt="{name}" width="{THUMB}" height="{THUMB}">')

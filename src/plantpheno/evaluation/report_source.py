@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from plantpheno.evaluation.band_view import BandView
 from plantpheno.files.csvfile import read_csv
 from plantpheno.evaluation import report_gallery as gallery
 from plantpheno.evaluation import report_sections as sections
@@ -16,7 +17,8 @@ from plantpheno.records.model_meta import ModelMeta
 from plantpheno.run.folder import EVAL_DIR, RunDir
 
 
-def other_sources(run: RunDir, *, model: nn.Module, meta: ModelMeta, worst: int) -> str:
+def other_sources(run: RunDir, *, model: nn.Module, meta: ModelMeta, worst: int,
+                  view: BandView | None = None) -> str:
     """The section, or nothing when the run was not evaluated on another source."""
     found = []
     folder = run.path / EVAL_DIR
@@ -33,10 +35,10 @@ def other_sources(run: RunDir, *, model: nn.Module, meta: ModelMeta, worst: int)
              "images) scores every image here: the share it flags unknown, and how far its score tells these "
              "images from the in-source test images (AUROC 0.5: alike; 1: apart).</p>")
     return sections.section("other-sources", "On another source",
-                            intro + "".join(_one(run, m, model=model, meta=meta, worst=worst) for m in found))
+                            intro + "".join(_one(run, m, model=model, meta=meta, worst=worst, view=view) for m in found))
 
 
-def _one(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, worst: int) -> str:
+def _one(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, worst: int, view: BandView | None) -> str:
     src, shift = m.source or {}, m.shift or {}
     rows = [["accuracy", m.value("accuracy"), _interval(m.confidence_interval)],
             ["macro-F1", m.value("macro_f1"), _interval(shift.get("macro_f1_interval"))]]
@@ -63,10 +65,10 @@ def _one(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, worst
             ["class", "in source", "here", "drop", "interval", "images here"],
             [[r["class"], r["in_source"], r["source"], r["drop"], _interval(r), r["source_images"]]
              for r in shift["per_class"]])
-    return body + _worst(run, m, model=model, meta=meta, worst=worst)
+    return body + _worst(run, m, model=model, meta=meta, worst=worst, view=view)
 
 
-def _worst(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, worst: int) -> str:
+def _worst(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, worst: int, view: BandView | None) -> str:
     if worst < 1 or m.split is None or not m.class_names or not run.eval(m.split).predictions.is_file():
         return ""
     with read_csv(run.eval(m.split).predictions) as reader:
@@ -76,7 +78,7 @@ def _worst(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, wor
         return "<p>No errors on this source.</p>"
     device = next(model.parameters()).device
     tiles = gallery.render(bad, model, image_size=meta.image_size, mean=list(meta.mean), std=list(meta.std),
-                           device=device, resize=meta.resize)
+                           device=device, resize=meta.resize, view=view)
     return ("<h4>Worst errors here, with the Grad-CAM map of the predicted class</h4>"
             + gallery.tiles_html(tiles, sections.esc))
 

@@ -38,6 +38,7 @@ ACTIVE_STATUSES = ("running", "evaluating")
 CRASHED = "crashed"
 REPORT_FILE = "report.html"
 TEMPERATURE_FILE = "temperature.json"
+BAND_IMPORTANCE = "band_importance.json"
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,12 @@ class RunDir:
         """``data_check.json``: the findings of the data checks run before training (see
         :mod:`plantpheno.data.doctor.findings` for its format)."""
         return self.path / DATA_CHECK
+
+    @property
+    def band_importance(self) -> Path:
+        """``band_importance.json``: a band run's drop in the validation headline per band replaced by its training
+        mean (:mod:`plantpheno.evaluation.band_importance`)."""
+        return self.path / BAND_IMPORTANCE
 
     @property
     def training_curves(self) -> Path:
