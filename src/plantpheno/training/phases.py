@@ -182,5 +182,6 @@ class FrozenFeatures:
         config = self.config
         if self.store is None or config.model.pretrained is False or config.training.feature_cache_views > 1:
             return None
-        return (where, config.model.backbone, str(config.model.pretrained), config.data.image_size,
-                config.data.resize, tuple(self.mean), tuple(self.std), self.device.type)
+        # init_from: the parent's weights replace the pretrained ones (runs started from one parent share a pass)
+        return (where, config.model.backbone, str(config.model.pretrained), config.model.init_from,
+                config.data.image_size, config.data.resize, tuple(self.mean), tuple(self.std), self.device.type)
