@@ -110,6 +110,7 @@ def main() -> None:
     tune = functools.partial(_fine_tune, args, lab_run, pool, field_val, store=store)
     # 1. the choice: each candidate at the goal's budget, judged on the field validation images only
     runs = {name: {str(CHOICE_BUDGET): [tune(CHOICE_BUDGET, seed, name) for seed in seeds]} for name in CANDIDATES}
+    # a tie goes to the first listed (max keeps the first maximum): the recipe, as shipped
     chosen = max(CANDIDATES, key=lambda n: statistics.fmean(r["val_accuracy"] for r in runs[n][str(CHOICE_BUDGET)]))
     # 2. the chosen candidate at the other budgets; then every run's field test figures (after the choice)
     runs[chosen] |= {str(k): [tune(k, seed, chosen) for seed in seeds] for k in budgets if k != CHOICE_BUDGET}
