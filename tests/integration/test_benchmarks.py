@@ -248,5 +248,13 @@ def test_adapt_measures_the_drop_and_each_fine_tuning_budget(tmp_path):
     assert report["machine"]["cpu_model"] and report["quick"] is True
     drop = report["drop"]
     assert drop["drop"] == pytest.approx(drop["in_source"] - drop["source"]) and drop["low"] <= drop["high"]
-    assert set(report["by_budget"]) == {"0", "5", "10"} and all(len(v) == 1 for v in report["by_budget"].values())
     assert report["calibration_on_field"]["ece_before"]["low"] is not None
+    summary, runs = report["summary"], report["runs"]
+    chosen = summary["chosen"]  # chosen on the field validation images at 10 per class
+    assert set(runs) == {"classify_adapt", "head_only"} and all(set(r) >= {"10"} for r in runs.values())
+    assert set(runs[chosen]) == {"5", "10"} and all(len(rows) == 1 for rows in runs[chosen].values())
+    row = runs[chosen]["10"][0]
+    assert row["low"] <= row["field_accuracy"] <= row["high"] and 0 <= row["lab_test_after"] <= 1
+    assert summary["candidates"][chosen]["mean_field_val_accuracy"] == max(
+        c["mean_field_val_accuracy"] for c in summary["candidates"].values())
+    assert "| candidate |" in out.with_suffix(".md").read_text()

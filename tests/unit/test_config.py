@@ -16,8 +16,8 @@ SHIPPED = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if SPACE_FOLDER not in p
 
 
 def test_recipes_are_shipped_under_their_names():
-    assert {p.stem for p in SHIPPED} == {"classify", "classify_full", "classify_scratch", "traits", "traits_full",
-                                         "demo"}
+    assert {p.stem for p in SHIPPED} == {"classify", "classify_adapt", "classify_full", "classify_scratch", "traits",
+                                         "traits_full", "demo"}
     assert [r.path for r in list_recipes() if r.kind == "config"] == SHIPPED
 
 

@@ -15,13 +15,14 @@ from plantpheno.errors import ConfigError
 from plantpheno.recipes import RECIPES_DIR, find_recipe, list_recipes, resolve, write_recipe
 from plantpheno.tuning import load_tuning_file
 
-NAMES = ["classify", "classify_full", "classify_scratch", "demo", "traits", "traits_full", "tune/demo_space"]
+NAMES = ["classify", "classify_adapt", "classify_full", "classify_scratch", "demo", "traits", "traits_full",
+         "tune/demo_space"]
 
 
 def test_the_recipes_are_the_fixed_names_training_configs_first():
     recipes = list_recipes()
     assert [r.name for r in recipes] == NAMES
-    assert [r.kind for r in recipes] == ["config"] * 6 + ["space"]
+    assert [r.kind for r in recipes] == ["config"] * 7 + ["space"]
     assert all(r.path.is_file() and r.path.is_relative_to(RECIPES_DIR) for r in recipes)
 
 
@@ -61,7 +62,8 @@ def test_an_unknown_name_says_the_path_does_not_exist_and_lists_the_recipes(tmp_
         resolve("clasify")
     message = str(info.value)
     assert message.startswith("config file clasify does not exist, and 'clasify' is not a recipe name")
-    assert "the training recipes are: classify, classify_full, classify_scratch, demo, traits, traits_full" in message
+    assert ("the training recipes are: classify, classify_adapt, classify_full, classify_scratch, demo, traits, "
+            "traits_full") in message
     with pytest.raises(ConfigError, match="configs/plantvillage_pretrained.yaml is now the recipe classify"):
         resolve("configs/plantvillage_pretrained.yaml")
     with pytest.raises(ConfigError, match=r"tuning file nope does not exist.*search-space recipes are: tune/demo_"):
