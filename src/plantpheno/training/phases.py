@@ -183,7 +183,7 @@ class FrozenFeatures:
         if self.store is None or config.model.pretrained is False or config.training.feature_cache_views > 1:
             return None
         # init_from: the parent's weights replace the pretrained ones (runs started from one parent share a pass)
-        bands = config.data.bands, self.prepared.band_norm  # data.bands: which bands, scaled how
+        bands = config.data.bands, (self.prepared.band_norm if config.data.bands is not None else None)
         return (where, config.model.backbone, str(config.model.pretrained), config.model.init_from,
                 config.data.image_size, config.data.resize, tuple(self.mean), tuple(self.std), self.device.type,
                 *((tuple(b.model_dump_json() for b in bands[0]), bands[1]) if bands[0] is not None else ()))
