@@ -29,7 +29,10 @@ class Row:
     name: str
     reason: str
     settings: dict[str, Any]
-    status: str = "pending"  # pending, done, failed, skipped (did not fit the budget), not tried
+    # pending, done, cut (stopped at its deadline at an epoch's end: scored on the best epoch it reached), dropped
+    # (stopped at its deadline inside its backbone pass or an epoch: no figure), failed, skipped (did not fit the
+    # budget), not tried
+    status: str = "pending"
     score: float | None = None
     se: float | None = None
     folds: list[float] = field(default_factory=list)
