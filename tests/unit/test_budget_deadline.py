@@ -157,3 +157,49 @@ def test_a_real_training_loop_stops_inside_an_epoch_and_the_final_run_before_one
     result = pipeline.train(config, callbacks=[Tick(), final])
     assert final.fired and 1 <= final.epochs < 5 and result.state.epoch == final.epochs
     assert RunDir(result.run_dir).read_status()["status"] == "completed" and "accuracy" in result.metrics
+
+
+@pytest.mark.parametrize("stop", ["KeyboardInterrupt", "Interrupted"])
+def test_ctrl_c_during_a_candidate_names_its_folder(disease_root, make_config, monkeypatch, stop):
+    """Ctrl-C in a candidate's backbone pass (a KeyboardInterrupt) or its training loop (Interrupted, once the loop
+    saved ``last``) ends budget mode with the candidate's folder named, not with a resume hint for it. The
+    candidate's run is replaced by one that is interrupted at once: what is tested is what budget mode says."""
+    from plantpheno.budget import CandidateInterrupted, leaderboard
+    from plantpheno.budget import runner
+    from plantpheno.budget.settings import plan_budget
+    from plantpheno.training.feature_store import FeatureStore
+    from plantpheno.training.loop import Interrupted, TrainState
+
+    config = make_config(data={"root": str(disease_root)}, run_name="chosen")
+    plan = plan_budget(config, reporter=RecordingReporter())
+    estimator = Estimator(DataSize(10, 5, 5), head_epochs=2, fine_tune_epochs=0)
+    loop = runner._Loop(plan, estimator, RecordingReporter(), start=0.0, budget_s=1e9, manifests=[])
+
+    def interrupted(config, **kwargs):
+        raise KeyboardInterrupt if stop == "KeyboardInterrupt" else Interrupted("SIGTERM", TrainState())
+
+    monkeypatch.setattr(runner.pipeline, "train", interrupted)
+    row = leaderboard.Row(2, "lite0-224-crop-ft1", "", {})
+    with pytest.raises(CandidateInterrupted) as caught:
+        loop.run(row, LADDER[1], FeatureStore())
+    folder = config.output_dir / "default-candidates" / "chosen-r02-lite0-224-crop-ft1"
+    assert caught.value.folder == folder and caught.value.reason == ("SIGINT" if stop == "KeyboardInterrupt"
+                                                                      else "SIGTERM")
+    assert f"during candidate lite0-224-crop-ft1 (its run folder: {folder})" in str(caught.value)
+    assert "no final run was trained" in str(caught.value)
+
+
+def test_the_command_line_says_which_candidate_was_interrupted(write_config, monkeypatch, capsys):
+    from pathlib import Path
+
+    import plantpheno.budget as budget
+    from plantpheno.cli import main
+
+    def interrupted(config, **kwargs):
+        raise budget.CandidateInterrupted("SIGINT", "lite0-224-crop-head", Path("/runs/c/r01"), Path("/runs/c"))
+
+    monkeypatch.setattr(budget, "train_in_budget", interrupted)
+    assert main(["train", str(write_config(data={"root": "leaves"})), "--budget", "10m"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("plantpheno: budget mode interrupted by SIGINT during candidate lite0-224-crop-head "
+                          "(its run folder: /runs/c/r01)") and "--resume" not in err

@@ -29,8 +29,20 @@ from plantpheno.records.evaluation import Evaluation
 from plantpheno.reporting import Reporter, default_reporter
 from plantpheno.run.folder import RunDir
 from plantpheno.training.feature_store import FeatureStore
+from plantpheno.training.loop import Interrupted
 
 Z = 1.959963984540054  # the 95 % normal quantile: a bootstrap interval's half-width over Z is a standard error
+
+
+class CandidateInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) during a candidate: budget mode ends without a final run. A candidate's folder is not a
+    run to resume (it never evaluates the test split), so the message names it and says to start again."""
+
+    def __init__(self, reason: str, candidate: str, folder: Path | None, candidates_dir: Path) -> None:
+        self.reason, self.candidate, self.folder, self.candidates_dir = reason, candidate, folder, candidates_dir
+        super().__init__(f"budget mode interrupted by {reason} during candidate {candidate} (its run folder: "
+                         f"{folder}); no final run was trained. The candidates so far are in {candidates_dir}; "
+                         f"run the same command again to start the budget over")
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,7 @@ class _Loop:
         self.stopped = False
         self.leader_final_s = 0.0
         self.epoch_s: dict[Candidate, dict[str, float]] = {}  # a finished candidate's epoch seconds by phase
+        self.folder: Path | None = None  # the folder of the candidate's run that runs now
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -166,6 +179,9 @@ class _Loop:
             row.status, row.note = "failed", str(exc)
             self.reporter.warning(f"budget: candidate {row.name} failed: {exc}")
             return True
+        except (Interrupted, KeyboardInterrupt) as exc:  # Ctrl-C: a candidate's folder is no run to resume
+            reason = exc.reason if isinstance(exc, Interrupted) else "SIGINT"
+            raise CandidateInterrupted(reason, row.name, self.folder, self.plan.candidates_dir) from None
         row.seconds = round(time.monotonic() - began, 1)
         # a candidate stopped early would have taken longer still: its seconds are a lower bound
         self.estimator.record(candidate, pass_cached=cached, seconds=row.seconds)
@@ -204,6 +220,7 @@ class _Loop:
         manifest = self.manifests[fold] if self.manifests else None
         config = candidate_config(self.plan, candidate, rung=row.rung, fold=fold + 1 if manifest else None,
                                   manifest=manifest, first=row.rung == 1)
+        self.folder = config.output_dir / config.experiment / str(config.run_name)
         if deadline.fired:  # an earlier fold stopped at an epoch's end: this one would not train at all
             raise DeadlineReached("the start of the fold")
         result = pipeline.train(config, reporter=reporter_with_clock(self.plan.quiet, clock), feature_store=store,
