@@ -203,3 +203,13 @@ def test_the_command_line_says_which_candidate_was_interrupted(write_config, mon
     err = capsys.readouterr().err
     assert err.startswith("plantpheno: budget mode interrupted by SIGINT during candidate lite0-224-crop-head "
                           "(its run folder: /runs/c/r01)") and "--resume" not in err
+
+
+def test_a_fine_tune_phase_that_would_not_end_in_time_does_not_start():
+    clock = FakeClock(70.0)
+    deadline = CandidateDeadline(100.0, expected={"fine_tune": 40.0}, now=clock)
+    fine = _trainer(epoch=60, epochs=66, phase="fine_tune")
+    deadline.on_fit_start(fine)  # 70 + an estimated 40 s epoch > 100: the head phase's best is what is scored
+    assert fine.should_stop and deadline.fired
+    est = Estimator(DataSize(1570, 337, 343), head_epochs=60, fine_tune_epochs=6, probed=2.0)
+    assert est.fine_tune_epoch_seconds(LADDER[2]) == pytest.approx((1570 * 0.012 + 0.25) * 2.0)

@@ -38,17 +38,20 @@ class DeadlineReached(EarlyExit):
 class CandidateDeadline:
     """Trainer callback of a candidate: stop before an epoch that would end past ``at`` (the run is then evaluated
     on its best epoch so far), and raise :class:`DeadlineReached` at the first step past ``at`` (the run ends
-    without a figure). It records each phase's epoch seconds, which size the final run's epochs."""
+    without a figure). ``expected`` (phase -> seconds an epoch, estimated) keeps a phase from starting whose first
+    epoch would not end in time. It records each phase's epoch seconds, which size the final run's epochs."""
 
-    def __init__(self, at: float, *, now: Clock = time.monotonic) -> None:
+    def __init__(self, at: float, *, expected: dict[str, float] | None = None, now: Clock = time.monotonic) -> None:
         self.at, self.now = at, now
         self.fired = False  # stopped early, at an epoch's end or inside one
+        self.expected = dict(expected or {})
         self.epoch_s: dict[str, float] = {}  # phase -> the longest epoch seen (seconds)
         self._began = 0.0
 
     def on_fit_start(self, trainer: Any) -> None:
         self._began = self.now()
-        expected = self.epoch_s.get(trainer.state.phase, 0.0)
+        phase = trainer.state.phase
+        expected = self.epoch_s.get(phase, self.expected.get(phase, 0.0))
         if self._began + expected >= self.at:  # a phase whose first epoch would not end in time does not start
             trainer.should_stop = self.fired = True
 

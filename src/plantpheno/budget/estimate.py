@@ -96,6 +96,12 @@ class Estimator:
             train_part = (FIXED_S + FIXED_PER_IMAGE_S * s.total + self._epochs(candidate) * EPOCH_S + fit) * self.factor
         return (train_part + self.evaluation_seconds(candidate)) * MARGIN
 
+    def fine_tune_epoch_seconds(self, candidate: Candidate) -> float:
+        """One fine-tune epoch of a candidate's run on this machine (prior times the learnt factor)."""
+        s = self.size
+        train_images = s.train if s.folds == 1 else (s.train + s.val) * (s.folds - 1) / s.folds
+        return (train_images * FINE_TUNE_S[candidate.blocks] * candidate.relative_cost ** 0.5 + EPOCH_S) * self.factor
+
     def train_scale(self) -> float:
         """The final run's training images over a candidate run's (a fold trained on (K-1)/K of train+val), at
         least 1: what scales a candidate's measured training time to the final run's."""

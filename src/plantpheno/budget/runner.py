@@ -167,7 +167,9 @@ class _Loop:
         began = time.monotonic()
         # whatever the estimate said, the candidate stops here: the rest of the budget is the final run's
         at = self.start + self.budget_s - final
-        clock, deadline = PassClock(at), CandidateDeadline(at)
+        # a fine-tune phase whose first epoch would not end in time does not start: the head phase's best is scored
+        expected = {"fine_tune": self.estimator.fine_tune_epoch_seconds(candidate)} if candidate.blocks else {}
+        clock, deadline = PassClock(at), CandidateDeadline(at, expected=expected)
         results: list[tuple[float, tuple[float, float] | None]] = []
         try:
             for k in range(max(1, len(self.manifests))):
