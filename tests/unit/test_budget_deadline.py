@@ -213,3 +213,17 @@ def test_a_fine_tune_phase_that_would_not_end_in_time_does_not_start():
     assert fine.should_stop and deadline.fired
     est = Estimator(DataSize(1570, 337, 343), head_epochs=60, fine_tune_epochs=6, probed=2.0)
     assert est.fine_tune_epoch_seconds(LADDER[2]) == pytest.approx((1570 * 0.012 + 0.25) * 2.0)
+
+
+def test_the_report_says_which_candidates_were_cut_or_dropped_and_how_far_the_final_run_trained():
+    from plantpheno.evaluation.report_sections import budget
+
+    board = {"metric": "accuracy", "chosen": "a", "folds": 1, "budget_s": 600, "elapsed_s": 640, "rule": "r",
+             "final_cut": True, "final_epochs": 41, "final_planned_epochs": 60,
+             "candidates": [{"rung": 1, "name": "a", "status": "done", "score": 0.9, "se": 0.01, "seconds": 100},
+                            {"rung": 2, "name": "b", "status": "cut", "score": 0.8, "se": 0.01, "seconds": 90,
+                             "note": "cut: scored on the best epoch it reached"},
+                            {"rung": 3, "name": "c", "status": "dropped", "note": "dropped: no validation figure"}]}
+    html = budget(board)
+    assert "cut: scored on the best epoch it reached" in html and "dropped: no validation figure" in html
+    assert "it trained 41 of its 60 planned epochs" in html

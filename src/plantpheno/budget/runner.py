@@ -240,7 +240,10 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
     run = RunDir(config.output_dir / config.experiment / str(config.run_name))
     extra = {"candidates_dir": str(plan.candidates_dir), "final_run": str(run.path)}
 
+    planned = plan.head_epochs + (plan.fine_tune_epochs if best.blocks else 0)
+
     def write(elapsed: float) -> None:
+        extra.update(final_epochs=deadline.epochs, final_planned_epochs=planned, final_cut=deadline.fired)
         leaderboard.write(run.budget_leaderboard, run.budget_leaderboard_csv, rows=rows, chosen=chosen,
                           metric=plan.metric, direction=plan.direction, budget_s=loop.budget_s, elapsed_s=elapsed,
                           folds=max(1, len(loop.manifests)), extra=extra)
@@ -254,9 +257,7 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
     expected = {phase: s * scale for phase, s in loop.epoch_s.get(best, {}).items()}
     deadline = FinalDeadline(loop.start + loop.budget_s - evaluation, expected=expected)
     result = pipeline.train(config, reporter=reporter, feature_store=store,
-                            callbacks=[_WriteAtStart(lambda: write(loop.elapsed())), deadline, *callbacks])
-    planned = plan.head_epochs + (plan.fine_tune_epochs if best.blocks else 0)
-    extra.update(final_epochs=deadline.epochs, final_planned_epochs=planned, final_cut=deadline.fired)
+                            callbacks=[deadline, _WriteLeaderboard(lambda: write(loop.elapsed())), *callbacks])
     if deadline.fired:
         reporter.warning(f"budget: the final run trained {deadline.epochs} of its {planned} planned epochs to end "
                          f"within the budget (the next epoch would have ended past it); its best checkpoint (on "
@@ -270,16 +271,18 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
     return result
 
 
-class _WriteAtStart:
-    """Trainer callback: write the leaderboard when the final run's first phase starts (its folder exists)."""
+class _WriteLeaderboard:
+    """Trainer callback: write the leaderboard when each of the final run's phases starts (its folder exists) and
+    ends (with the epochs it trained), so its report, written after training, shows it."""
 
     def __init__(self, write: Any) -> None:
-        self.write, self.done = write, False
+        self.write = write
 
     def on_fit_start(self, trainer: object) -> None:
-        if not self.done:
-            self.write()
-            self.done = True
+        self.write()
+
+    def on_fit_end(self, trainer: object) -> None:
+        self.write()
 
 
 def _check_fits(first: Candidate, estimator: Estimator, left: float, budget_s: float) -> None:
