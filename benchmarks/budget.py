@@ -10,7 +10,8 @@ Per dataset: the shipped recipe (``classify`` for PlantVillage, ``traits`` for t
 chooses on validation data only (its leaderboard is recorded); its test figure is the final run's only test
 evaluation. Judged per budget: "not worse" when its test figure is not worse than the recipe's beyond the recipe's
 95 % bootstrap interval (accuracy >= the interval's low end; MAE <= its high end), and "in time" when its wall time is
-at most 1.10 x the budget. Writes benchmarks/results/budget.{json,md} (``--quick``: budget_quick.*) with the machine.
+at most 1.10 x the budget. Writes benchmarks/results/budget.{json,md} (``--quick``: budget_quick.*) with the machine
+and the load average during each arm, after every arm (an interrupted invocation keeps the arms that finished).
 
 The full run takes about 35 min of budgets plus the two recipe runs and the data preparation on a 2-core CPU.
 ``--quick`` is a smoke test of the same code path: on its subsets the validation split is small, so every
@@ -22,8 +23,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,29 @@ from machine import describe, machine  # benchmarks/ is not a package
 OVERRUN = 1.10
 FULL = {"plantvillage": ["5m", "10m", "20m"], "traits": ["5m", "10m", "20m"]}
 QUICK = {"plantvillage": ["2m"], "traits": ["2m"]}
+
+
+class LoadSampler:
+    """The 1-minute load average every ``every`` seconds in a background thread: each arm records the load it ran
+    under (a busy machine makes every figure slower, and budget mode must keep its budget there too)."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.every, self.samples, self._stop = every, [], threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(os.getloadavg()[0])
+            self._stop.wait(self.every)
+
+    def since(self, mark: int) -> dict[str, float] | None:
+        """min/mean/max of the samples taken since ``mark`` (``len(self.samples)`` when the arm started)."""
+        taken = self.samples[mark:] or self.samples[-1:]
+        return ({"min": round(min(taken), 2), "mean": round(statistics.fmean(taken), 2),
+                 "max": round(max(taken), 2), "samples": len(taken)} if taken else None)
+
+
+LOAD = LoadSampler()
 
 
 def plantvillage_manifest(folder: Path, *, per_class: dict[str, int] | None) -> Path:
@@ -83,9 +110,9 @@ def recipe_run(recipe: str, manifest: Path, out: Path) -> dict[str, Any]:
     from plantpheno.pipeline import train
     from plantpheno.reporting import RecordingReporter
 
-    start = time.perf_counter()
+    start, mark = time.perf_counter(), len(LOAD.samples)
     result = train(_config(recipe, manifest, out, f"recipe-{recipe}", []), reporter=RecordingReporter())
-    return {"wall_s": round(time.perf_counter() - start, 1), **_figures(result.metrics)}
+    return {"wall_s": round(time.perf_counter() - start, 1), "load": LOAD.since(mark), **_figures(result.metrics)}
 
 
 def budget_run(recipe: str, manifest: Path, out: Path, budget: str, folds: int) -> dict[str, Any]:
@@ -96,17 +123,23 @@ def budget_run(recipe: str, manifest: Path, out: Path, budget: str, folds: int) 
 
     reporter = RecordingReporter()
     config = _config(recipe, manifest, out, f"budget-{budget}", [f"budget.time={budget}", f"budget.folds={folds}"])
-    start = time.perf_counter()
+    from plantpheno.run.folder import RunDir
+
+    start, mark = time.perf_counter(), len(LOAD.samples)
     try:
         result = train_in_budget(config, reporter=reporter)
     except PlantPhenoError as exc:  # a budget too small for this machine and data is a result too
-        return {"budget_s": parse_duration(budget), "error": str(exc), "wall_s": round(time.perf_counter() - start, 1)}
+        return {"budget_s": parse_duration(budget), "error": str(exc), "wall_s": round(time.perf_counter() - start, 1),
+                "load": LOAD.since(mark)}
     wall = time.perf_counter() - start
     metrics = result.run.metrics
+    board = json.loads(RunDir(result.run.run_dir).budget_leaderboard.read_text())
     return {"budget_s": result.budget_s, "wall_s": round(wall, 1), "wall_over_budget": round(wall / result.budget_s, 3),
-            "chosen": result.chosen.name, **_figures(metrics),
+            "load": LOAD.since(mark), "chosen": result.chosen.name, **_figures(metrics),
+            "final_run_s": board.get("final_run_s"), "final_epochs": board.get("final_epochs"),
+            "final_planned_epochs": board.get("final_planned_epochs"), "final_cut": board.get("final_cut"),
             "candidates": [{"name": r.name, "status": r.status, "val": r.score, "se": r.se, "seconds": r.seconds,
-                            "estimate_s": r.estimate_s} for r in result.rows],
+                            "estimate_s": r.estimate_s, "note": r.note} for r in result.rows],
             "progress": [m for level, m in reporter.lines if m.startswith("budget")]}
 
 
@@ -125,28 +158,49 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Budget mode against the shipped recipes{' (--quick)' if doc['quick'] else ''}", "",
              f"Machine: {describe(doc['machine'])}", "", f"Command: `{doc['command']}`", "",
              "Test figures with 95 % bootstrap intervals, seed 0. 'not worse': the budget run's test figure is not "
-             "worse than the recipe's beyond the recipe's interval; 'in time': wall time <= 1.10 x the budget.", ""]
+             "worse than the recipe's beyond the recipe's interval; 'in time': wall time <= 1.10 x the budget. "
+             "'load': the 1-minute load average during the arm, sampled every 15 s: mean (min-max). Results are "
+             "written after every arm: an interrupted invocation keeps the arms that finished.", ""]
     for name, part in doc["datasets"].items():
         lines += [f"## {name}: {part['data']}", "",
-                  "| method | chosen | test | 95 % interval | wall s | wall / budget | not worse | in time |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| method | chosen | test | 95 % interval | wall s | wall / budget | not worse | in time | load |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         r = part["recipe"]
         lines.append(f"| recipe {part['recipe_name']} | - | {r['metric']} {r['test']:.4f} | "
-                     f"{_ci(r['ci'])} | {r['wall_s']:.0f} | - | - | - |")
+                     f"{_ci(r['ci'])} | {r['wall_s']:.0f} | - | - | - | {_load(r.get('load'))} |")
         for budget, b in part["budgets"].items():
             if "error" in b:
-                lines.append(f"| budget {budget} | refused: {b['error']} | | | {b['wall_s']:.0f} | | | |")
+                lines.append(f"| budget {budget} | refused: {b['error']} | | | {b['wall_s']:.0f} | | | | "
+                             f"{_load(b.get('load'))} |")
                 continue
             j = b["judged"]
             lines.append(f"| budget {budget} | {b['chosen']} | {b['metric']} {b['test']:.4f} | {_ci(b['ci'])} | "
                          f"{b['wall_s']:.0f} | {b['wall_over_budget']:.2f} | {_yes(j['not_worse'])} | "
-                         f"{_yes(j['in_time'])} |")
+                         f"{_yes(j['in_time'])} | {_load(b.get('load'))} |")
         lines.append("")
+        for budget, b in part["budgets"].items():
+            if "candidates" not in b:
+                continue
+            final = (f"; final run {b['final_run_s']} s, {b['final_epochs']} of {b['final_planned_epochs']} epochs"
+                     + (" (stopped at the budget's deadline)" if b.get("final_cut") else ""))
+            lines += [f"Budget {budget} candidates{final}:", "", "| candidate | status | val | SE | s | estimate s |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {c['name']} | {c['status']} | {_num(c['val'])} | {_num(c['se'])} | {_num(c['seconds'], 0)} "
+                      f"| {_num(c['estimate_s'], 0)} |" for c in b["candidates"] if c["status"] != "not tried"]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def _ci(ci: list[float | None]) -> str:
     return "-" if ci[0] is None else f"{ci[0]:.4f}-{ci[1]:.4f}"
+
+
+def _load(load: dict[str, float] | None) -> str:
+    return "-" if not load else f"{load['mean']:.1f} ({load['min']:.1f}-{load['max']:.1f})"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _yes(value: bool | None) -> str:

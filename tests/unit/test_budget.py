@@ -165,3 +165,17 @@ def test_a_model_outside_the_ladder_is_named_with_what_budget_mode_tries(disease
     assert "model.backbone=test_resnet is not one of the ladder's backbones" in warnings[0]
     assert "tf_efficientnet_lite0" in warnings[0] and plan.recipe == "classify"
     assert plan.base.training.feature_cache and plan.base.model.pretrained == "bundled"
+
+
+def test_the_ladder_is_one_table_and_the_guide_lists_its_rungs_in_order():
+    from plantpheno.budget.ladder import RUNGS
+
+    assert [(c.backbone, c.image_size, c.blocks, c.resize, c.reason) for c in LADDER] == list(RUNGS)
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "guide" / "budget.md").read_text()
+    rows = [line.split("|")[2].strip() for line in guide.splitlines() if line.startswith("| ") and
+            line.split("|")[1].strip().isdigit()]
+    shown = [(f"Lite{b[-1]}", f"{size} px", "head only" if not blocks else f"{blocks} block")
+             for b, size, blocks, _, _ in RUNGS]
+    assert len(rows) == len(RUNGS)
+    for row, (lite, px, tune) in zip(rows, shown, strict=True):
+        assert row.startswith(f"{lite}, {px}") and (tune in row or tune.replace(" block", " blocks") in row), row

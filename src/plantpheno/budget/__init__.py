@@ -11,7 +11,7 @@ the test split once.
 
 from __future__ import annotations
 
-from plantpheno.budget.runner import BudgetResult, train_in_budget
+from plantpheno.budget.runner import BudgetResult, CandidateInterrupted, train_in_budget
 from plantpheno.config import parse_duration
 
-__all__ = ["BudgetResult", "parse_duration", "train_in_budget"]
+__all__ = ["BudgetResult", "CandidateInterrupted", "parse_duration", "train_in_budget"]

@@ -6,6 +6,11 @@ one block on cached activations costs 3.7 ms an image an epoch, two 12 ms, three
 (data, model, evaluation) ~8 s plus 4 ms an image, and 0.25 s an epoch (validation, checkpoints, the log). After each candidate the prior is rescaled by the ratio of the
 measured to the estimated seconds of the candidates so far, so a faster machine (or a GPU) is learnt from the
 first candidate on.
+
+The time kept for the final run is measured where it can be: a candidate that ran on the validation split trained
+exactly what its final run trains, so its seconds less its backbone pass (timed, :class:`~plantpheno.budget.deadline.
+PassClock`) are the final run's training part, and the timed pass sizes the final run's test evaluation; both are
+kept with a margin (:data:`MARGIN`), since the machine's load changes during a run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ FIXED_S, FIXED_PER_IMAGE_S = 8.0, 0.004
 TTA_VIEWS = 4  # flips: identity, horizontal, vertical, half turn
 FULL_MODEL_S = 0.03  # a whole-model forward pass, seconds an image (evaluation with TTA, the test split)
 REPORT_S = 10.0  # report.html with Grad-CAM, the trackers' artifacts
+MARGIN = 1.25  # the final run's kept time over its estimate: a loaded machine's speed drifts within minutes
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class Estimator:
     fine_tune_epochs: int
     measured: list[tuple[float, float]] = field(default_factory=list)  # (prior estimate, measured seconds)
     probed: float = 1.0  # this machine's speed against the reference before any candidate ran (:func:`probe`)
+    pass_s: float | None = None  # measured seconds of a Lite0 224 px pass an image (the latest candidate's)
+    runs: dict[Candidate, float] = field(default_factory=dict)  # seconds of a candidate's run less its pass, a fold
 
     @property
     def factor(self) -> float:
@@ -76,23 +84,50 @@ class Estimator:
         return self.prior(candidate, pass_cached=pass_cached) * self.factor
 
     def final_seconds(self, candidate: Candidate) -> float:
-        """The chosen candidate's final run: trained once more on train (passes cached), then evaluated."""
+        """The time kept for the chosen candidate's final run (trained once more on train, passes cached, then
+        evaluated): measured where the candidate ran (:meth:`record_run`), else the prior; with :data:`MARGIN`."""
         s = self.size
-        fit = s.train * (self.head_epochs * HEAD_S + self.fine_tune_epochs * FINE_TUNE_S[candidate.blocks]
-                         * candidate.relative_cost ** 0.5)
-        fixed = FIXED_S + FIXED_PER_IMAGE_S * s.total + self._epochs(candidate) * EPOCH_S
-        return (fixed + fit) * self.factor + self.evaluation_seconds(candidate)
+        measured = self.runs.get(candidate)
+        if measured is not None:
+            train_part = measured * self.train_scale()
+        else:
+            fit = s.train * (self.head_epochs * HEAD_S + self.fine_tune_epochs * FINE_TUNE_S[candidate.blocks]
+                             * candidate.relative_cost ** 0.5)
+            train_part = (FIXED_S + FIXED_PER_IMAGE_S * s.total + self._epochs(candidate) * EPOCH_S + fit) * self.factor
+        return (train_part + self.evaluation_seconds(candidate)) * MARGIN
+
+    def fine_tune_epoch_seconds(self, candidate: Candidate) -> float:
+        """One fine-tune epoch of a candidate's run on this machine (prior times the learnt factor)."""
+        s = self.size
+        train_images = s.train if s.folds == 1 else (s.train + s.val) * (s.folds - 1) / s.folds
+        return (train_images * FINE_TUNE_S[candidate.blocks] * candidate.relative_cost ** 0.5 + EPOCH_S) * self.factor
+
+    def train_scale(self) -> float:
+        """The final run's training images over a candidate run's (a fold trained on (K-1)/K of train+val), at
+        least 1: what scales a candidate's measured training time to the final run's."""
+        s = self.size
+        fold_train = s.train if s.folds == 1 else (s.train + s.val) * (s.folds - 1) / s.folds
+        return max(1.0, s.train / max(fold_train, 1.0))
+
+    def record_run(self, candidate: Candidate, *, seconds: float, pass_seconds: float, pass_images: int) -> None:
+        """A candidate that finished: its seconds less its backbone pass (``pass_seconds`` over ``pass_images``,
+        0 when the pass came from the store), a fold."""
+        self.runs[candidate] = max(0.0, seconds - pass_seconds) / self.size.folds
+        if pass_images:
+            self.pass_s = pass_seconds / pass_images / candidate.relative_cost
 
     def _epochs(self, candidate: Candidate) -> int:
         return self.head_epochs + (self.fine_tune_epochs if candidate.blocks else 0)
 
     def evaluation_seconds(self, candidate: Candidate) -> float:
         """The final run's end: the test split through the whole model (with its TTA views, and val too for
-        TTA), the report with Grad-CAM and the trackers' artifacts."""
+        TTA), the report with Grad-CAM and the trackers' artifacts; the whole model at the measured pass speed
+        where a pass was timed."""
         s = self.size
         views = TTA_VIEWS if candidate.tta != "none" else 1
         images = s.test + (s.val if candidate.tta != "none" else 0)
-        return (images * views * FULL_MODEL_S * candidate.relative_cost + REPORT_S) * self.factor
+        per_image = FULL_MODEL_S * self.factor if self.pass_s is None else self.pass_s * FULL_MODEL_S / PASS_S
+        return images * views * per_image * candidate.relative_cost + REPORT_S * self.factor
 
     def record(self, candidate: Candidate, *, pass_cached: bool, seconds: float) -> None:
         self.measured.append((self.prior(candidate, pass_cached=pass_cached), seconds))

@@ -18,12 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+LITE0, LITE1, LITE2 = "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"
+
 # Published multiply-adds of the bundled backbones at their native input sizes (GFLOPs, timm's model cards); a pass
 # costs about in proportion (size / native)^2 times these.
 BACKBONES: dict[str, tuple[int, float]] = {
-    "tf_efficientnet_lite0": (224, 0.41),
-    "tf_efficientnet_lite1": (240, 0.63),
-    "tf_efficientnet_lite2": (260, 0.90),
+    LITE0: (224, 0.41),
+    LITE1: (240, 0.63),
+    LITE2: (260, 0.90),
 }
 
 
@@ -42,7 +44,7 @@ class Candidate:
     def relative_cost(self) -> float:
         """A backbone pass's cost against Lite0 at 224 px."""
         native, gflops = BACKBONES[self.backbone]
-        return gflops / BACKBONES["tf_efficientnet_lite0"][1] * (self.image_size / native) ** 2
+        return gflops / BACKBONES[LITE0][1] * (self.image_size / native) ** 2
 
     def name(self, resize: str) -> str:
         short = self.backbone.removeprefix("tf_efficientnet_")
@@ -61,30 +63,27 @@ class Candidate:
         return out
 
 
-# Cheapest first. Each reason says what the rung can win over the rungs before it.
-LADDER: tuple[Candidate, ...] = (
-    Candidate("tf_efficientnet_lite0", 224, 0,
-              reason="cheapest: one pass of the smallest backbone at its native size, a head trained in seconds"),
-    Candidate("tf_efficientnet_lite0", 224, 1,
-              reason="the last block adapts to plant images; tied with two blocks on PlantVillage's validation "
-                     "split at a third of the fine-tune cost (benchmarks/results/recipe_choice.md)"),
-    Candidate("tf_efficientnet_lite0", 224, 2,
-              reason="the shipped recipe (classify, traits): two blocks won by 5-fold CV on PlantVillage"),
-    Candidate("tf_efficientnet_lite0", 224, 2, resize="other",
-              reason="only when aspect ratios vary: pad keeps the whole plant, crop keeps more pixels of the centre"),
-    Candidate("tf_efficientnet_lite1", 240, 0,
-              reason="a deeper, wider backbone: 1.5x the pass, better ImageNet features"),
-    Candidate("tf_efficientnet_lite0", 300, 0,
-              reason="a larger input: small lesions and thin organs keep more pixels; 1.8x the pass"),
-    Candidate("tf_efficientnet_lite2", 260, 0,
-              reason="the largest bundled backbone: 2.2x the pass"),
-    Candidate("tf_efficientnet_lite1", 240, 2,
-              reason="fine-tuning the deeper backbone, on the pass its head-only rung made"),
-    Candidate("tf_efficientnet_lite0", 224, 3,
-              reason="three blocks: more adaptation to very un-ImageNet-like photos, ~2x two blocks' cost"),
-    Candidate("tf_efficientnet_lite2", 260, 2,
-              reason="fine-tuning the largest backbone, on the pass its head-only rung made"),
+# The ladder, cheapest first: one row a rung. Each reason says what the rung can win over the rungs before it.
+#  backbone, input px, blocks fine-tuned (0: head only), resize ("other": the other of crop/pad), reason
+RUNGS: tuple[tuple[str, int, int, Literal["recipe", "other"], str], ...] = (
+    (LITE0, 224, 0, "recipe", "cheapest: one pass of the smallest backbone at its native size, a head trained in "
+                              "seconds"),
+    (LITE0, 224, 1, "recipe", "the last block adapts to plant images; tied with two blocks on PlantVillage's "
+                              "validation split at a third of the fine-tune cost "
+                              "(benchmarks/results/recipe_choice.md)"),
+    (LITE0, 224, 2, "recipe", "the shipped recipe (classify, traits): two blocks won by 5-fold CV on PlantVillage"),
+    (LITE0, 224, 2, "other", "only when aspect ratios vary: pad keeps the whole plant, crop keeps more pixels of the "
+                             "centre"),
+    (LITE1, 240, 0, "recipe", "a deeper, wider backbone: 1.5x the pass, better ImageNet features"),
+    (LITE0, 300, 0, "recipe", "a larger input: small lesions and thin organs keep more pixels; 1.8x the pass"),
+    (LITE2, 260, 0, "recipe", "the largest bundled backbone: 2.2x the pass"),
+    (LITE1, 240, 2, "recipe", "fine-tuning the deeper backbone, on the pass its head-only rung made"),
+    (LITE0, 224, 3, "recipe", "three blocks: more adaptation to very un-ImageNet-like photos, ~2x two blocks' cost"),
+    (LITE2, 260, 2, "recipe", "fine-tuning the largest backbone, on the pass its head-only rung made"),
 )
+
+LADDER: tuple[Candidate, ...] = tuple(Candidate(backbone, size, blocks, resize, reason=reason)
+                                      for backbone, size, blocks, resize, reason in RUNGS)
 
 TTA_REASON = ("test-time augmentation on the leader: flipped views averaged; the same weights, 4x the "
               "evaluation passes")

@@ -29,7 +29,10 @@ class Row:
     name: str
     reason: str
     settings: dict[str, Any]
-    status: str = "pending"  # pending, done, failed, skipped (did not fit the budget), not tried
+    # pending, done, cut (stopped at its deadline at an epoch's end: scored on the best epoch it reached), dropped
+    # (stopped at its deadline inside its backbone pass or an epoch: no figure), failed, skipped (did not fit the
+    # budget), not tried
+    status: str = "pending"
     score: float | None = None
     se: float | None = None
     folds: list[float] = field(default_factory=list)
@@ -94,9 +97,10 @@ def write(path_json: Path, path_csv: Path, *, rows: Sequence[Row], chosen: Row |
            "chosen": chosen.name if chosen else None, **extra, "candidates": [asdict(r) for r in rows]}
     atomic_write_text(path_json, json.dumps(doc, indent=2, default=str) + "\n")
     header = ("rung", "candidate", "status", f"val_{metric}", "se", "folds", "seconds", "estimate_s", "chosen",
-              "reason")
+              "reason", "note")
     lines = [(r.rung, r.name, r.status, _round(r.score), _round(r.se), len(r.folds) or "",
-              _round(r.seconds, 1), _round(r.estimate_s, 1), "yes" if chosen is r else "", r.reason) for r in rows]
+              _round(r.seconds, 1), _round(r.estimate_s, 1), "yes" if chosen is r else "", r.reason, r.note)
+             for r in rows]
     write_csv(path_csv, [header, *lines])
 
 

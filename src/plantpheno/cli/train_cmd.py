@@ -90,9 +90,13 @@ def run(args: argparse.Namespace) -> int:
             overrides = [*args.overrides, *([f"budget.time={args.budget}"] if args.budget is not None else [])]
             config = load_config(args.config, overrides, data_path=args.data_path, output_path=args.output_path)
             if config.budget.time is not None:
-                from plantpheno.budget import train_in_budget
+                from plantpheno.budget import CandidateInterrupted, train_in_budget
 
-                result = train_in_budget(config, reporter=reporter).run
+                try:
+                    result = train_in_budget(config, reporter=reporter).run
+                except CandidateInterrupted as exc:
+                    print(f"plantpheno: {exc}", file=sys.stderr)
+                    return 128 + getattr(signal, exc.reason, signal.SIGINT).value
             else:
                 result = pipeline.train(config, reporter=reporter)
     except Interrupted as exc:

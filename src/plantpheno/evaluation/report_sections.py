@@ -237,7 +237,9 @@ def budget(board: dict[str, Any]) -> str:
     """Budget mode's leaderboard (``budget_leaderboard.json``): every candidate's validation score and seconds,
     the rule fixed before the first one ran, and the choice."""
     metric = board["metric"]
-    rows = [(c["rung"], c["name"] + (" (chosen)" if c["name"] == board.get("chosen") else ""), c["status"],
+    # a candidate stopped at its deadline: its note says whether it was scored on what it reached (cut) or dropped
+    rows = [(c["rung"], c["name"] + (" (chosen)" if c["name"] == board.get("chosen") else ""),
+             c.get("note") or c["status"] if c["status"] in ("cut", "dropped") else c["status"],
              None if c.get("score") is None else f"{fmt(c['score'])} ± {fmt(c.get('se'))}",
              len(c.get("folds") or []) or "", None if c.get("seconds") is None else f"{c['seconds']:.0f}",
              c.get("reason", "")) for c in board["candidates"]]
@@ -247,7 +249,10 @@ def budget(board: dict[str, Any]) -> str:
     note = (f"<p>Budget {board['budget_s']:.0f} s, used {board['elapsed_s']:.0f} s. Candidates were scored on "
             f"{esc(scored)}; none was evaluated on the test split. Rule, fixed before the first candidate: "
             f"{esc(board['rule'])}. The chosen candidate was then trained as this run; its test figures above are "
-            f"its only test evaluation.</p>")
+            f"its only test evaluation"
+            + (f"; it trained {board['final_epochs']} of its {board['final_planned_epochs']} planned epochs, stopped "
+               f"before an epoch that would have ended past the budget" if board.get("final_cut") else "")
+            + ".</p>")
     return section("budget", "Budget mode: candidates", table(
         ("rung", "candidate", "status", f"val {metric}", "folds", "seconds", "why on the ladder"), rows) + note)
 
