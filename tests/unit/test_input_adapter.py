@@ -45,6 +45,21 @@ def test_mean_adapter_keeps_the_output_variance_and_copies_rgb_by_name() -> None
     assert net(torch.randn(2, 5, 8, 8)).shape == (2, 4, 6, 6)
 
 
+def test_mean_adapter_keeps_the_variance_of_the_input_the_network_was_trained_on() -> None:
+    """Bands are standardised (std 1), but a network normalised with std 0.5 (the TF EfficientNet-Lite weights) saw
+    ImageNet's pixels at std 0.229 / 0.5 = 0.46: its adapted layer must give on unit bands the output variance the
+    RGB layer gave on that input, not 2.2 times its standard deviation (which saturated the bundled Lite0's ReLU6)."""
+    net = rgb_net()
+    net.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    seen = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) / 0.5  # ImageNet's pixel std, per colour
+    torch.manual_seed(1)
+    with torch.no_grad():
+        before = float(net[0](torch.randn(64, 3, 16, 16) * seen).var())
+    message = adapt_input(net, ["red", "green", "blue", "nir"], "mean")
+    assert output_variance(net[0], 4) == pytest.approx(before, rel=0.05)
+    assert "RGB std 0.46, 0.45, 0.45" in message
+
+
 def test_without_the_scale_the_variance_would_grow() -> None:
     """The check above can fail: the unscaled copy (RGB filters + means on two more bands) has more variance."""
     net = rgb_net()
