@@ -273,8 +273,8 @@ class ModelConfig(_Section):
     freeze_backbone: bool = Field(False, description="Train only the head; backbone weights and BN stats fixed.")
     input_adapter: Literal["mean", "tile", "random"] = Field(
         "mean", description="With data.bands other than RGB, the first layer's weights for them: mean (RGB filters "
-        "copied onto red/green/blue, other bands get their mean, scaled to the output variance of the RGB input the weights were trained on), tile (timm's "
-        "repeat of the RGB filters) or random.")
+        "copied onto red/green/blue, other bands get their mean, scaled to the output variance of the RGB input the "
+        "weights were trained on), tile (timm's repeat of the RGB filters) or random.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
     init_from: str | None = Field(
         None, min_length=1,
