@@ -13,9 +13,10 @@ in NIR), per-band standardised as a band run feeds it. For each first-layer vari
   larger set than ``benchmarks/adapter.py``'s 18 validation images, whose start losses ranged 0.07 to 1.4 between
   seeds of one adapter).
 
-Variants: ``mean``, ``tile``, ``random`` and ``rgb+zero`` (the pretrained RGB filters, NIR weights 0: RGB alone, which
-cannot see the stress) and ``rgb+random`` (RGB filters copied, NIR from a random filter of the RGB filters' norm);
-each as built by :func:`plantpheno.models.input_adapter.adapted_weight` at the time of the run.
+Variants: ``nearest``, ``mean`` (as now, and as before the input-std fix), ``tile``, ``random`` and ``rgb+zero``
+(the pretrained RGB filters, NIR weights 0: RGB alone, which cannot see the stress) and ``rgb+random`` (RGB filters
+copied, NIR from a random filter of the RGB filters' norm); ``tile`` and ``rgb+random`` also times the input
+contrast the Lite0 weights saw (0.45).
 Prints a JSON line per (variant, seed) and a summary; writes benchmarks/results/adapter_diagnose.{json,md}.
 """
 
@@ -45,7 +46,13 @@ def variants(rgb: Any) -> dict[str, Any]:
 
     from plantpheno.models import input_adapter as ia
 
-    out = {name: ia.adapted_weight(rgb, RGBN, name) for name in ia.METHODS if name != "random"}
+    from timm.data import IMAGENET_DEFAULT_STD
+
+    # the weights the adapters give now (scaled to the input std the Lite0 weights saw: ImageNet's over 0.5) ...
+    seen = [v / 0.5 for v in IMAGENET_DEFAULT_STD]
+    out = {name: ia.adapted_weight(rgb, RGBN, name, seen) for name in ia.METHODS if name != "random"}
+    # ... and the mean rule as it was, scaled for unit-variance RGB input
+    out["mean (unit-std target, before the fix)"] = ia.adapted_weight(rgb, RGBN, "mean")
     torch.manual_seed(0)
     conv = nn.Conv2d(4, rgb.shape[0], rgb.shape[2:], bias=False)
     out["random"] = conv.weight.detach().clone()
@@ -53,10 +60,9 @@ def variants(rgb: Any) -> dict[str, Any]:
     noise = torch.randn_like(rgb[:, :1])
     norm = rgb.flatten(2).norm(dim=2).mean(dim=1).view(-1, 1, 1, 1)  # each output filter's mean RGB filter norm
     out["rgb+random"] = torch.cat([rgb, noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * norm], dim=1)
-    # scaled to the input contrast the pretrained network saw: ImageNet's pixel std over the backbone's std
-    from timm.data import IMAGENET_DEFAULT_STD
+    # tile and rgb+random also scaled by the input contrast the pretrained network saw
     contrast = float(np.mean(IMAGENET_DEFAULT_STD)) / 0.5
-    for name in ("mean", "tile", "rgb+random"):
+    for name in ("tile", "rgb+random"):
         out[f"{name} x{contrast:.2f}"] = out[name] * contrast
     return out
 
@@ -114,7 +120,8 @@ def measure(data: Path, out: Path, seed: int, size: int) -> list[dict[str, Any]]
         p = clf.predict_proba(feats["val"])
         # the same probe with its regularisation chosen by 5-fold cross-validation on train: calibrated losses
         cv = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 2, 7), cv=5, max_iter=5000,
-                                                                  scoring="neg_log_loss")).fit(feats["train"], y["train"])
+                                                                  scoring="neg_log_loss"))
+        cv.fit(feats["train"], y["train"])
         q = cv.predict_proba(feats["val"])
         rows.append({"variant": name, "seed": seed, **stem, "probe_val_loss": round(float(log_loss(y["val"], p,
                      labels=[0, 1])), 4), "probe_val_accuracy": round(float((p.argmax(1) == y["val"]).mean()), 4),
@@ -183,8 +190,9 @@ def main() -> None:
              "probe val loss (per seed) | probe val accuracy | CV probe val loss (per seed) | CV probe val accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
     if photos:
-        lines.append(f"| rgb-model on {photos['images']} PlantVillage photos (RGB run's input) | {photos['input_std']} | "
-                     f"{photos['conv_std']:.3f} | {photos['relu6_zero']:.3f} | {photos['relu6_six']:.3f} | - | - |")
+        lines.append(f"| rgb-model on {photos['images']} PlantVillage photos (RGB run's input) | "
+                     f"{photos['input_std']} | {photos['conv_std']:.3f} | {photos['relu6_zero']:.3f} | "
+                     f"{photos['relu6_six']:.3f} | - | - | - | - |")
     for name in dict.fromkeys(r["variant"] for r in rows):
         of = [r for r in rows if r["variant"] == name]
         mean = lambda k: float(np.mean([r[k] for r in of]))  # noqa: E731

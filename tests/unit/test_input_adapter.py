@@ -103,3 +103,22 @@ def test_bundled_weights_get_the_mean_adapter() -> None:
     w3, w4 = rgb.conv_stem.weight.detach(), four.conv_stem.weight.detach()
     ratio = w4[:, 1] / w3[:, 0]  # red is at position 1 now
     assert torch.allclose(ratio[w3[:, 0].abs() > 1e-3], ratio[w3[:, 0].abs() > 1e-3].flatten()[0], rtol=1e-4)
+
+
+def test_nearest_starts_bands_outside_the_visible_from_their_spectral_neighbour() -> None:
+    """nir (and red_edge, thermal...) from red's filter, uv from blue's, a derived or unknown band from the mean; RGB
+    by name; scaled together as mean is."""
+    net = rgb_net()
+    original = net[0].weight.detach().clone()
+    names = ["nir", "blue", "uv", "green", "ndvi", "red"]
+    message = adapt_input(net, names, "nearest")
+    weight = net[0].weight.detach()
+    scale = float(weight[:, names.index("red")].norm() / original[:, 0].norm())
+    expected = {"nir": original[:, 0], "red": original[:, 0], "green": original[:, 1], "blue": original[:, 2],
+                "uv": original[:, 2], "ndvi": original.mean(dim=1)}
+    for band, filt in expected.items():
+        torch.testing.assert_close(weight[:, names.index(band)], filt * scale)
+    assert output_variance(net[0], 6) == pytest.approx(output_variance(rgb_net()[0], 3), rel=0.05)
+    assert "nir from red's; uv from blue's; ndvi from their mean" in message
+    mean = adapted_weight(original, ["red", "green", "blue", "nir"], "mean")
+    assert not torch.allclose(adapted_weight(original, ["red", "green", "blue", "nir"], "nearest")[:, 3], mean[:, 3])
