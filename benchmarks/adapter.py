@@ -238,6 +238,7 @@ def main() -> None:
              f"{sorted({r['seed'] for r in rows})}, the same seed for every adapter. Start: a logistic-regression probe "
              f"on the untrained adapted network's pooled features (fit on train, loss on val). Trained: end to end, {args.epochs} "
              f"epochs at lr {args.learning_rate}, batch {args.batch_size}. Mean of the seeds (each seed's value in brackets). "
+             f"Rows of earlier invocations with the same settings (other seeds, other trained adapters) are kept. "
              f"Total {record['wall_s']} s.", ""] + summary(rows)
     (OUT / "adapter.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
