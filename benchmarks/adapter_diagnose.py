@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--no-decoys", action="store_true", help="the set without its visible decoy spots "
+                        "(writes adapter_diagnose_nodecoys.*)")
     args = parser.parse_args()
     from plantpheno.data.synth_bands import synthesize_multispectral
 
@@ -173,16 +175,19 @@ def main() -> None:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = synthesize_multispectral(Path(tmp) / "set", per_class=args.per_class, image_size=max(args.size, 32))
+        data = synthesize_multispectral(Path(tmp) / "set", per_class=args.per_class, image_size=max(args.size, 32),
+                                        decoys=not args.no_decoys)
         for seed in args.seeds:
             rows += measure(data, Path(tmp) / "runs", seed, args.size)
     photos = photo_reference(args.size)
     print(json.dumps({"photos": photos}), flush=True)
     wall = round(time.perf_counter() - started, 1)
     OUT.mkdir(exist_ok=True)
-    (OUT / "adapter_diagnose.json").write_text(json.dumps({"args": vars(args), "machine": info, "wall_s": wall,
+    stem = "adapter_diagnose_nodecoys" if args.no_decoys else "adapter_diagnose"  # the results files
+    (OUT / f"{stem}.json").write_text(json.dumps({"args": vars(args), "machine": info, "wall_s": wall,
                                                            "photos": photos, "rows": rows}, indent=2) + "\n")
-    lines = [f"# First-layer diagnosis: bundled Lite0 on four standardised bands ({info['measured_at']})", "",
+    title = "four standardised bands" + (", no decoys" if args.no_decoys else "")
+    lines = [f"# First-layer diagnosis: bundled Lite0 on {title} ({info['measured_at']})", "",
              f"Machine: {describe(info)}", "",
              f"`python benchmarks/adapter_diagnose.py {' '.join(sys.argv[1:])}`: {args.per_class} per class, "
              f"{args.size} px, seeds {args.seeds}; validation split, no training. Total {wall} s.", "",
@@ -201,7 +206,7 @@ def main() -> None:
                      f"({', '.join(str(r['probe_val_loss']) for r in of)}) | {mean('probe_val_accuracy'):.3f} | "
                      f"{mean('cv_probe_val_loss'):.3f} ({', '.join(str(r['cv_probe_val_loss']) for r in of)}) | "
                      f"{mean('cv_probe_val_accuracy'):.3f} |")
-    (OUT / "adapter_diagnose.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
