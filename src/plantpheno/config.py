@@ -271,10 +271,11 @@ class ModelConfig(_Section):
         "plantpheno[weights]: tf_efficientnet_lite0/1/2) or a path to a .pt/.pth/.safetensors weights file.",
     )
     freeze_backbone: bool = Field(False, description="Train only the head; backbone weights and BN stats fixed.")
-    input_adapter: Literal["mean", "tile", "random"] = Field(
+    input_adapter: Literal["mean", "nearest", "tile", "random"] = Field(
         "mean", description="With data.bands other than RGB, the first layer's weights for them: mean (RGB filters "
-        "copied onto red/green/blue, other bands get their mean, scaled to keep the output variance), tile (timm's "
-        "repeat of the RGB filters) or random.")
+        "copied onto red/green/blue, other bands get their mean, scaled to the output variance of the RGB input the "
+        "weights were trained on), nearest (as mean, but nir, red_edge, swir, thermal start from red's filter, uv "
+        "and coastal from blue's), tile (timm's repeat of the RGB filters) or random.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
     init_from: str | None = Field(
         None, min_length=1,

@@ -45,6 +45,21 @@ def test_mean_adapter_keeps_the_output_variance_and_copies_rgb_by_name() -> None
     assert net(torch.randn(2, 5, 8, 8)).shape == (2, 4, 6, 6)
 
 
+def test_mean_adapter_keeps_the_variance_of_the_input_the_network_was_trained_on() -> None:
+    """Bands are standardised (std 1), but a network normalised with std 0.5 (the TF EfficientNet-Lite weights) saw
+    ImageNet's pixels at std 0.229 / 0.5 = 0.46: its adapted layer must give on unit bands the output variance the
+    RGB layer gave on that input, not 2.2 times its standard deviation (which saturated the bundled Lite0's ReLU6)."""
+    net = rgb_net()
+    net.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    seen = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) / 0.5  # ImageNet's pixel std, per colour
+    torch.manual_seed(1)
+    with torch.no_grad():
+        before = float(net[0](torch.randn(64, 3, 16, 16) * seen).var())
+    message = adapt_input(net, ["red", "green", "blue", "nir"], "mean")
+    assert output_variance(net[0], 4) == pytest.approx(before, rel=0.05)
+    assert "RGB std 0.46, 0.45, 0.45" in message
+
+
 def test_without_the_scale_the_variance_would_grow() -> None:
     """The check above can fail: the unscaled copy (RGB filters + means on two more bands) has more variance."""
     net = rgb_net()
@@ -88,3 +103,22 @@ def test_bundled_weights_get_the_mean_adapter() -> None:
     w3, w4 = rgb.conv_stem.weight.detach(), four.conv_stem.weight.detach()
     ratio = w4[:, 1] / w3[:, 0]  # red is at position 1 now
     assert torch.allclose(ratio[w3[:, 0].abs() > 1e-3], ratio[w3[:, 0].abs() > 1e-3].flatten()[0], rtol=1e-4)
+
+
+def test_nearest_starts_bands_outside_the_visible_from_their_spectral_neighbour() -> None:
+    """nir (and red_edge, thermal...) from red's filter, uv from blue's, a derived or unknown band from the mean; RGB
+    by name; scaled together as mean is."""
+    net = rgb_net()
+    original = net[0].weight.detach().clone()
+    names = ["nir", "blue", "uv", "green", "ndvi", "red"]
+    message = adapt_input(net, names, "nearest")
+    weight = net[0].weight.detach()
+    scale = float(weight[:, names.index("red")].norm() / original[:, 0].norm())
+    expected = {"nir": original[:, 0], "red": original[:, 0], "green": original[:, 1], "blue": original[:, 2],
+                "uv": original[:, 2], "ndvi": original.mean(dim=1)}
+    for band, filt in expected.items():
+        torch.testing.assert_close(weight[:, names.index(band)], filt * scale)
+    assert output_variance(net[0], 6) == pytest.approx(output_variance(rgb_net()[0], 3), rel=0.05)
+    assert "nir from red's; uv from blue's; ndvi from their mean" in message
+    mean = adapted_weight(original, ["red", "green", "blue", "nir"], "mean")
+    assert not torch.allclose(adapted_weight(original, ["red", "green", "blue", "nir"], "nearest")[:, 3], mean[:, 3])

@@ -37,7 +37,7 @@ _STRESSED_NIR = 0.55  # stressed tissue keeps this share of its NIR reflectance
 
 
 def synthesize_multispectral(out_dir: str | Path, *, per_class: int = 40, image_size: int = 64, seed: int = 0,
-                             overwrite: bool = False, layout: str = "one-file") -> Path:
+                             overwrite: bool = False, layout: str = "one-file", decoys: bool = True) -> Path:
     """Write the dataset (see the module's docstring) and return ``out_dir``. Raises :class:`DataError` on a bad
     argument or a non-empty ``out_dir`` (unless ``overwrite`` and it holds only files this generator writes)."""
     import tifffile
@@ -56,7 +56,7 @@ def synthesize_multispectral(out_dir: str | Path, *, per_class: int = 40, image_
         (out / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rng = np.random.default_rng([seed, _TAG, class_index, i])
-            pixels = render_leaf(rng, image_size, stressed=class_index == 1)
+            pixels = render_leaf(rng, image_size, stressed=class_index == 1, decoys=decoys)
             rel = f"{name}/{name}_{i:04d}.tif"
             if layout == "one-file":
                 tifffile.imwrite(out / rel, pixels, photometric="minisblack", planarconfig="contig")
@@ -70,8 +70,9 @@ def synthesize_multispectral(out_dir: str | Path, *, per_class: int = 40, image_
     return out
 
 
-def render_leaf(rng: np.random.Generator, size: int, *, stressed: bool) -> np.ndarray:
-    """One (size, size, 4) uint16 image: red, green, blue, NIR."""
+def render_leaf(rng: np.random.Generator, size: int, *, stressed: bool, decoys: bool = True) -> np.ndarray:
+    """One (size, size, 4) uint16 image: red, green, blue, NIR (``decoys=False``: without the visible spots, for
+    ``benchmarks/adapter_diagnose.py``; the same leaves, the NIR patches elsewhere)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
     image = _SOIL * rng.uniform(0.8, 1.2) + rng.normal(0, 0.02, (size, size, 1)) * np.array([1, 1, 1, 1.2])
     # an elliptic leaf at a random angle, with a midrib and shading from one side
@@ -87,7 +88,7 @@ def render_leaf(rng: np.random.Generator, size: int, *, stressed: bool) -> np.nd
     tissue = tissue + rng.normal(0, 0.012, (size, size, 4))
     image[leaf] = tissue[leaf]
     # decoys, the same in both classes: darker spots in the visible bands only
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(0, 4) if decoys else 0):
         spot = _blob(rng, xx, yy, a, b, cx, cy, angle, rng.uniform(0.03, 0.07)) & leaf
         image[spot, :3] *= rng.uniform(0.5, 0.8)
     if stressed:  # NIR drops in 2-5 patches; red, green and blue are untouched
