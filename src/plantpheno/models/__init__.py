@@ -54,7 +54,12 @@ def build_model(config: ModelConfig, *, num_outputs: int, regression: bool = Fal
         load_bundled_weights(model, config.backbone)
     elif isinstance(config.pretrained, Path):
         load_weights(model, config.pretrained)
-    if bands is not None and tuple(b.lower() for b in bands) != ("red", "green", "blue"):
+    # data.bands of exactly red, green, blue in that order keep the layer, but pretrained weights are still rescaled
+    # by mean/nearest: each band is standardised (std 1), not normalised as the weights' own input (the bundled
+    # TF-Lite weights saw std about 0.45), so the unscaled layer would get about 2.2x the contrast it knows
+    rgb_only = bands is not None and tuple(b.lower() for b in bands) == ("red", "green", "blue")
+    if bands is not None and not (rgb_only and (config.pretrained is False
+                                                or config.input_adapter not in ("mean", "nearest"))):
         from plantpheno.models.input_adapter import adapt_input
 
         method = config.input_adapter if config.pretrained is not False else "random"
