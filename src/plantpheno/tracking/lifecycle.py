@@ -101,9 +101,9 @@ def band_importance_figures(run: RunDir) -> dict[str, float]:
         return {}
     record = json.loads(run.band_importance.read_text(encoding="utf-8"))
     found: dict[str, float] = {}
-    baseline = record.get("baseline") or {}
-    if baseline.get("estimate") is not None:
-        found["val_band_baseline"] = float(baseline["estimate"])
+    every_band = record.get("baseline") or {}  # the headline with every band (band_importance.json, no record)
+    if every_band.get("estimate") is not None:
+        found["val_band_baseline"] = float(every_band["estimate"])
     for row in record.get("bands", []):
         band = re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(row["band"]))  # MLflow's metric name characters
         drop = row["drop"]
