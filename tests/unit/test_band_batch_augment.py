@@ -126,3 +126,30 @@ def test_a_band_loader_batch_of_band_files_that_are_copies_stays_copies(tmp_path
     for band in range(1, 4):  # the hue turn leaves grey (equal red, green, blue) as it is
         assert torch.allclose(images[:, band], images[:, 0], atol=1e-4)
     assert not torch.equal(images[0], dataset.transform(dataset._image(0)))  # augmented, not just squared
+
+
+@pytest.mark.parametrize("setting, batched", [({}, False), ({"data.augment.batched_bands": True}, True)])
+def test_band_loaders_augment_batches_only_with_batched_bands(tmp_path, setting, batched):
+    """``data.augment.batched`` (on by default) is for RGB; band images are batched only when asked."""
+    import tifffile
+
+    from plantpheno.config import load_config
+    from plantpheno.data.band_loaders import build_band_loaders
+    from plantpheno.data.prepared import PreparedData
+    from plantpheno.data.sources import Sample
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"leaf{i}.tif")
+        tifffile.imwrite(paths[-1], np.full((20, 20, 4), 100 * i, np.uint16), photometric="minisblack",
+                         planarconfig="contig")
+    names = ["red", "green", "blue", "nir"]
+    config = load_config(None, {"data.root": str(tmp_path), "data.bands": names, "data.image_size": 16,
+                                "data.batch_size": 2, "data.num_workers": 0, **setting})
+    prepared = PreparedData("classification", {"train": [Sample(p, "a" if i % 2 else "b") for i, p in
+                                                         enumerate(paths)]}, ["a", "b"], "f",
+                            band_norm=BandNorm(tuple(names), (0.0,) * 4, (400.0,) * 4, (150.0,) * 4, (100.0,) * 4))
+    loaders = build_band_loaders(prepared, config.data, seed=0, norm=prepared.band_norm, splits=["train"])
+    assert (loaders["train"].dataset.batched is not None) is batched
+    images, _ = next(iter(loaders["train"]))
+    assert images.shape == (2, 4, 16, 16) and images.dtype == torch.float32

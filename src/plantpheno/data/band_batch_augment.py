@@ -1,4 +1,4 @@
-"""Batched augmentation of band images (``data.bands`` with ``data.augment.batched: true``, the default; issue 31).
+"""Batched augmentation of band images (``data.bands`` with ``data.augment.batched_bands: true``; issue 31).
 
 The RGB path's :class:`~plantpheno.data.batch_augment.BatchAugment` draws each sample's parameters from its seed
 and applies every sample's crop, rotation and flips in one ``grid_sample``; this does the same for float band

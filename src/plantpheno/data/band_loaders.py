@@ -8,9 +8,11 @@ standardised per band (:class:`~plantpheno.data.bands.BandNorm`), and only then 
 
 Augmentations: the geometric ones (rotation, resized crop, flips) act on all bands alike; brightness and
 contrast are drawn per band (a band's gain and offset vary with its own sensor and light); saturation only when
-red, green and blue are all present (it mixes those three). With ``data.augment.batched`` (the default) whole
-batches are augmented at once (:mod:`plantpheno.data.band_batch_augment`, which also turns the hue of red, green
-and blue when all three are present); per image (``batched: false``) hue is not applied.
+red, green and blue are all present (it mixes those three); hue is not applied. With
+``data.augment.batched_bands: true`` whole batches are augmented at once instead
+(:mod:`plantpheno.data.band_batch_augment`, which also turns the hue of red, green and blue when all three are
+present); it is off by default, as it trained to lower accuracy on the synthetic multispectral set
+(docs/guide/bands.md, Augmentation).
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def standardised(path: Path, bands: Sequence[BandSpec], norm: BandNorm,
 class BandDataset(Dataset):
     """Band images and targets; an item is requested as ``(index, augmentation_seed)`` (as
     :class:`~plantpheno.data.datasets.ImageDataset`). With ``batched`` (a training split of
-    ``data.augment.batched``), whole batches are squared at ``source_side`` and augmented at once
+    ``data.augment.batched_bands``), whole batches are squared at ``source_side`` and augmented at once
     (:mod:`plantpheno.data.band_batch_augment`)."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform, *,
@@ -192,7 +194,7 @@ def build_band_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, n
                                   reporter=reporter, desc=f"caching {name} band images")
                  if data.cache != "none" and samples else None)
         batched = (BandBatchAugment(data.image_size, data.augment, data.resize, names, norm)
-                   if is_train and data.augment.enabled and data.augment.batched else None)
+                   if is_train and data.augment.enabled and data.augment.batched_bands else None)
         dataset = BandDataset(paths, targets, transform, bands=data.bands, norm=norm,
                               regression=prepared.class_names is None, companions=companions, cache=cache,
                               batched=batched, source_side=cache_spec(data, train=is_train).side)
