@@ -82,6 +82,10 @@ class AugmentConfig(_Section):
     batched: bool = Field(
         True, description="Augment whole batches at once (one resampling, tensor colour ops); false = per image."
     )
+    batched_bands: bool = Field(
+        False, description="With data.bands: augment whole batches too (data/band_batch_augment.py); off by default: "
+        "on the synthetic multispectral set it trained to lower accuracy than per-image augmentation."
+    )
     on_device: Literal["auto", "on", "off"] = Field(
         "auto", description="Run the batched augmentations on the training device (uint8 pixels leave the loader): "
         "auto = on CUDA only."

@@ -157,3 +157,23 @@ def test_an_rgb_model_says_that_a_band_file_it_cannot_read_holds_other_bands(tmp
     assert not results and [i for i, _ in bad] == [0, 1, 2]
     assert all("holds 4 band(s) of uint16; this model reads RGB images" in why for _, why in bad[:2])
     assert "band" not in bad[2][1]
+
+
+def test_the_package_keeps_the_band_importance_with_its_checksum_and_the_api_reads_it(band_package, tmp_path):
+    import shutil
+
+    from plantpheno import load_model
+    from plantpheno.errors import PlantPhenoError
+
+    package, _ = band_package
+    run = Path(package.meta.source_run_dir)
+    copied = package.folder / "band_importance.json"
+    assert copied.read_text() == (run / "band_importance.json").read_text()
+    assert (package.folder / "band_importance.json.sha256").is_file()
+    record = load_model(package.folder).band_importance
+    assert record is not None and sorted(r["band"] for r in record["bands"]) == sorted(BANDS)
+    assert load_model(Path(__file__).resolve().parents[1] / "data" / "old_layout" / "package").band_importance is None
+    damaged = shutil.copytree(package.folder, tmp_path / "damaged")
+    (damaged / "band_importance.json").write_text(copied.read_text().replace('"val"', '"test"'))
+    with pytest.raises(PlantPhenoError, match="band_importance.json"):
+        load_model(damaged).band_importance

@@ -172,6 +172,14 @@ class Model:
         return path.read_text(encoding="utf-8") if path.is_file() else ""
 
     @property
+    def band_importance(self) -> dict[str, Any] | None:
+        """For a model of ``data.bands``, its ``band_importance.json``: per band (``bands``, ranked) the drop of the
+        validation headline (``metric``) when the band is replaced by its training mean, with its interval
+        (``drop``: ``estimate``, ``low``, ``high``); None for an RGB model or one registered before packages kept it.
+        A measurement of the run, as the model card, not part of the model's description (:attr:`metadata`)."""
+        return self._predictor.package.band_importance()
+
+    @property
     def has_ood(self) -> bool:
         """Whether the model has an OOD detector: then every prediction carries ``ood_score`` and ``unknown`` (the
         score past the threshold that keeps ``evaluation.ood.keep`` of the validation images)."""

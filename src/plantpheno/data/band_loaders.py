@@ -8,14 +8,18 @@ standardised per band (:class:`~plantpheno.data.bands.BandNorm`), and only then 
 
 Augmentations: the geometric ones (rotation, resized crop, flips) act on all bands alike; brightness and
 contrast are drawn per band (a band's gain and offset vary with its own sensor and light); saturation only when
-red, green and blue are all present (it mixes those three); hue is not applied (it is defined for RGB alone, and
-a hue shift of a false-colour composite has no physical meaning).
+red, green and blue are all present (it mixes those three); hue is not applied. With
+``data.augment.batched_bands: true`` whole batches are augmented at once instead
+(:mod:`plantpheno.data.band_batch_augment`, which also turns the hue of red, green and blue when all three are
+present); it is off by default, as it trained to lower accuracy on the synthetic multispectral set
+(docs/guide/bands.md, Augmentation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +31,10 @@ from plantpheno.band_config import RGB, BandSpec
 from plantpheno.config import AugmentConfig, DataConfig
 from plantpheno.data.band_cache import BandCache, build_band_cache
 from plantpheno.data.bands import BandNorm, read_bands
-from plantpheno.data.cache import CACHE_DIR
-from plantpheno.data.datasets import EpochSampler, Loaders, PreparedData, _balanced_weights, resolve_num_workers
+from plantpheno.data.band_batch_augment import BandBatchAugment, augment_band_batch, band_extent
+from plantpheno.data.cache import CACHE_DIR, cache_spec
+from plantpheno.data.datasets import (EpochSampler, Loaders, PreparedData, _balanced_weights, _Batch, collate,
+                                      resolve_num_workers)
 from plantpheno.reporting import Reporter
 
 
@@ -116,26 +122,49 @@ def standardised(path: Path, bands: Sequence[BandSpec], norm: BandNorm,
 
 class BandDataset(Dataset):
     """Band images and targets; an item is requested as ``(index, augmentation_seed)`` (as
-    :class:`~plantpheno.data.datasets.ImageDataset`)."""
+    :class:`~plantpheno.data.datasets.ImageDataset`). With ``batched`` (a training split of
+    ``data.augment.batched_bands``), whole batches are squared at ``source_side`` and augmented at once
+    (:mod:`plantpheno.data.band_batch_augment`)."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | Sequence[float], transform, *,
                  bands: Sequence[BandSpec], norm: BandNorm, regression: bool,
-                 companions: Sequence[Mapping[str, Path]] | None = None, cache: BandCache | None = None) -> None:
+                 companions: Sequence[Mapping[str, Path]] | None = None, cache: BandCache | None = None,
+                 batched: BandBatchAugment | None = None, source_side: int | None = None) -> None:
         self.paths, self.bands, self.norm, self.transform = list(paths), tuple(bands), norm, transform
         self.cache = cache  # data.cache: the file values read once (plantpheno.data.band_cache)
         self.companions = list(companions) if companions is not None else [{}] * len(self.paths)
         self.targets = torch.tensor(targets, dtype=torch.float32 if regression else torch.long)
+        self.batched = batched
+        # the square the batch is cut from: with a random crop, a margin larger than the model's (data/cache.py)
+        self.source = BandSquare(source_side or batched.image_size, batched.resize) if batched is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, seed = item
+    def _image(self, index: int) -> torch.Tensor:
         if self.cache is not None:
             pixels = self.norm.apply(self.cache.array(index))
-            image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-        else:
-            image = standardised(self.paths[index], self.bands, self.norm, self.companions[index])
+            return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        return standardised(self.paths[index], self.bands, self.norm, self.companions[index])
+
+    def __getitems__(self, items: Sequence[tuple[int, int]]) -> Any:
+        """A whole batch (the DataLoader calls this in its worker, then the collate function)."""
+        if self.batched is None or self.source is None:
+            return [self[item] for item in items]
+        squares, content = [], []
+        for index, _ in items:
+            image = self._image(index)
+            squares.append(self.source(image))
+            content.append(band_extent(*image.shape[-2:], self.source.side, self.source.resize))
+        images = augment_band_batch(self.batched, squares, [seed for _, seed in items], np.array(content))
+        return _Batch((images, self.targets[torch.tensor([index for index, _ in items])]))
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batched is not None:
+            images, targets = self.__getitems__([item])
+            return images[0], targets[0]
+        index, seed = item
+        image = self._image(index)
         if torch.utils.data.get_worker_info() is not None:
             torch.manual_seed(seed)
             return self.transform(image), self.targets[index]
@@ -164,13 +193,16 @@ def build_band_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, n
                                   directory=output_dir / CACHE_DIR if output_dir is not None else None,
                                   reporter=reporter, desc=f"caching {name} band images")
                  if data.cache != "none" and samples else None)
+        batched = (BandBatchAugment(data.image_size, data.augment, data.resize, names, norm)
+                   if is_train and data.augment.enabled and data.augment.batched_bands else None)
         dataset = BandDataset(paths, targets, transform, bands=data.bands, norm=norm,
-                              regression=prepared.class_names is None, companions=companions, cache=cache)
+                              regression=prepared.class_names is None, companions=companions, cache=cache,
+                              batched=batched, source_side=cache_spec(data, train=is_train).side)
         weights = _balanced_weights(targets) if is_train and data.class_balanced_sampling else None
         shard = {"rank": rank, "world": world, "pad": is_train} if name != "test" else {}
         sampler = EpochSampler(len(dataset), seed=seed, shuffle=is_train, weights=weights, **shard)
         loaders[name] = DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
                                    persistent_workers=workers > 0, pin_memory=pin_memory,
-                                   drop_last=is_train and len(dataset) > data.batch_size,
+                                   drop_last=is_train and len(dataset) > data.batch_size, collate_fn=collate,
                                    generator=torch.Generator().manual_seed(seed))
     return Loaders(loaders)

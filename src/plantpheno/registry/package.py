@@ -6,6 +6,7 @@ Folder layout (also what a registry version stores):
   sample_inputs.safetensors  a few preprocessed test images (export parity checks)
   MODEL_CARD.md, config.yaml, metrics.json, dataset.json
   ood.json, ood_features.npz  the OOD detector and its training features (models trained before have neither)
+  band_importance.json    a band model's drop in the validation headline per band (RGB and older models: none)
   NAME.sha256             the SHA-256 of each file above (files/atomic.py), checked before the file is used
 """
 
@@ -23,7 +24,7 @@ from plantpheno.files.atomic import atomic_copy, atomic_write_bytes, atomic_writ
 from plantpheno.errors import ModelError, RegistryError, RunDirError, clip
 from plantpheno.records.evaluation import Evaluation, read_evaluation
 from plantpheno.records.model_meta import ModelMeta, read_meta
-from plantpheno.run.folder import RunDir
+from plantpheno.run.folder import BAND_IMPORTANCE, RunDir
 from plantpheno.tasks import task_metrics
 
 META_FILE = "plantpheno_model.json"
@@ -104,6 +105,15 @@ class ModelPackage:
         verify_checksum(path, remedy=REMEDY)
         return load_file(str(path))["images"]
 
+    def band_importance(self) -> dict[str, Any] | None:
+        """The run's ``band_importance.json`` (evaluation/band_importance.py), checked against its checksum; None
+        for an RGB model or one packaged before packages kept it."""
+        path = self.folder / BAND_IMPORTANCE
+        if not path.is_file():
+            return None
+        verify_checksum(path, remedy=REMEDY)
+        return json.loads(path.read_text(encoding="utf-8"))
+
 
 def inside_mlflow_model(folder: Path) -> Path:
     """The package folder of an MLflow pyfunc model folder (named by its ``MLmodel`` file); any other folder
@@ -142,7 +152,7 @@ def package_run(run_dir: Path, out: Path) -> ModelPackage:
     out.mkdir(parents=True, exist_ok=True)
     weights = save({k: v.contiguous() for k, v in checkpoint["model"].items()})
     atomic_write_bytes(out / WEIGHTS_FILE, weights, checksum=True)
-    for source in (run.config, run.dataset_info, run.environment, run.temperature):
+    for source in (run.config, run.dataset_info, run.environment, run.temperature, run.band_importance):
         if source.is_file():
             atomic_copy(source, out / source.name, checksum=True)
     _copy_ood(run, out)

@@ -19,9 +19,11 @@ it a request with paths is refused and nothing is read: any HTTP client could ot
 any file it can read). Output, one row per input row: ``predicted`` (the class), ``confidence`` and ``p_<class>``
 for every class; or ``predicted`` (the trait value in its own units); for a model with an OOD detector also
 ``ood_score`` and ``unknown`` (``predicted`` is ``unknown`` for flagged images with model_config
-``unknown_label: true``). Images are decoded and preprocessed exactly
-as ``plantpheno predict`` does, under the same pixel limit as training; an unreadable image fails the request
-(HTTP 400) naming every bad row.
+``unknown_label: true``). A model with bands of their own files (``data.bands`` ``column``/``pattern``) takes them
+beside ``image``: a column per band file named after the band (bytes, base64 in JSON) or ``<band>_path``
+(registry/pyfunc_bands.py); a request without a band's column is refused (HTTP 400) naming it. Images are decoded
+and preprocessed exactly as ``plantpheno predict`` does, under the same pixel limit as training; an unreadable
+image fails the request (HTTP 400) naming every bad row.
 
 ``model_config`` at load time (``mlflow.pyfunc.load_model(uri, model_config={...})``, or the environment variable
 ``SERVING_MODEL_CONFIG`` holding it as JSON for ``mlflow models serve``; versions registered before plantpheno
@@ -131,8 +133,15 @@ class PlantPhenoPyfunc(PythonModel):
         """One output row per input row (see the module's docstring); an unreadable image fails the call."""
         from mlflow.exceptions import MlflowException
 
+        from plantpheno.registry import pyfunc_bands
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        if not {"image", "path"} & set(frame.columns):
+        band_files = pyfunc_bands.file_bands(self.predictor.package)  # a model with one file per band: its columns
+        missing = pyfunc_bands.missing_band_columns(frame, band_files)
+        if missing is not None:
+            raise MlflowException.invalid_parameter_value(missing)
+        needs_image = pyfunc_bands.reads_image(self.predictor.package)  # not when every band has its own file
+        if needs_image and not {"image", "path"} & set(frame.columns):
             raise MlflowException.invalid_parameter_value(
                 f"plantpheno model input needs a column 'image' (encoded image bytes; base64 in JSON) or 'path' "
                 f"(an image file), one image per row; got columns {list(frame.columns)}")
@@ -147,7 +156,8 @@ class PlantPhenoPyfunc(PythonModel):
         rows, images, bad = [], [], []
         for row in range(len(frame)):
             try:
-                images.append(_row_image(frame, row, self.options.allowed_image_dir))
+                images.append(_row_input(frame, row, self.options.allowed_image_dir, band_files,
+                                         reads_image=needs_image))
                 rows.append(row)
             except ValueError as exc:
                 bad.append((row, str(exc)))
@@ -164,6 +174,32 @@ class PlantPhenoPyfunc(PythonModel):
         described = [self.predictor.describe(out, scores.get(i), unknown_label=self.options.unknown_label)
                      for i, out in results]
         return pd.DataFrame([_row_output(d) for d in described], columns=output_columns(self.predictor.package))
+
+
+def _row_input(frame: pd.DataFrame, row: int, allowed: Path | None, band_files: tuple[Any, ...], *,
+               reads_image: bool) -> bytes | dict[str, bytes | None]:
+    """One row's image: its encoded file, or for a model with bands of their own files a dict of the image and
+    those files (registry/pyfunc_bands.py), as the Python API takes it."""
+    if not band_files:
+        return _row_image(frame, row, allowed)
+    from plantpheno.registry.pyfunc_bands import row_band_files
+
+    image = _row_image(frame, row, allowed) if reads_image else None
+    files = row_band_files(frame, row, band_files, allowed, read_bytes=_sent_bytes, read_path=read_allowed)
+    return {"image": image, **files}
+
+
+def _sent_bytes(value: Any, column: str) -> bytes:
+    """A file sent in a column: bytes, or base64 text (as JSON carries MLflow's ``binary`` type)."""
+    if isinstance(value, str):
+        try:
+            return _limited(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{column} holds text that is not base64 (send the file's bytes, base64-encoded in "
+                             f"JSON)") from None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _limited(_maybe_base64(bytes(value)))
+    raise ValueError(f"{column} holds a {type(value).__name__}; expected a file's bytes")
 
 
 def _row_image(frame: pd.DataFrame, row: int, allowed: Path | None) -> bytes:
@@ -251,11 +287,16 @@ def output_columns(package: ModelPackage) -> list[str]:
 
 
 def signature(package: ModelPackage) -> Any:
-    """Input: optional ``image`` (binary) and ``path`` (string) columns; output: the prediction columns."""
+    """Input: optional ``image`` (binary) and ``path`` (string) columns, and for a model with bands of their own
+    files ``<band>`` (binary) and ``<band>_path`` (string) per band (registry/pyfunc_bands.py); output: the
+    prediction columns."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)])
+    from plantpheno.registry.pyfunc_bands import band_columns
+
+    inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False),
+                     *band_columns(package)])
     outputs = [ColSpec("string" if package.meta.class_names else "double", "predicted")]
     outputs += [ColSpec("boolean" if name == "unknown" else "double", name) for name in output_columns(package)[1:]]
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
@@ -268,8 +309,10 @@ def input_example(package: ModelPackage) -> pd.DataFrame:
 
     if package.meta.band_names:  # a model of data.bands reads TIFFs of its bands
         from plantpheno.data.band_input import example_tiff
+        from plantpheno.registry.pyfunc_bands import example_band_files, reads_image
 
-        return pd.DataFrame({"image": [example_tiff(package.meta)]})
+        image = {"image": [example_tiff(package.meta)]} if reads_image(package) else {}
+        return pd.DataFrame({**image, **example_band_files(package)})
     samples = package.sample_inputs()
     size = package.meta.image_size
     if samples is not None and len(samples):

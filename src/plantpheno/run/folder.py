@@ -250,7 +250,7 @@ class RunDir:
     def artifacts(self) -> tuple[Path, ...]:
         """The run's own files that trackers keep as artifacts (those that exist)."""
         files = (self.config, self.split_manifest, self.dataset_info, self.environment, self.metrics_log,
-                 self.training_curves, self.bad_images, self.data_check, self.temperature,
+                 self.training_curves, self.bad_images, self.data_check, self.temperature, self.band_importance,
                  self.budget_leaderboard, self.budget_leaderboard_csv,
                  *(self.report_for(split) for split in ("test", "val", "train")))
         return tuple(p for p in files if p.is_file())

@@ -4,6 +4,7 @@ tags, and at the end log the final evaluation and the run's files as artifacts."
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +67,7 @@ def log_run_results(trackers: TrackerSet, run: RunDir, metrics: dict[str, Any], 
         if scores and scores.ece is not None:
             final[f"{prefix}/ece_{when}_temperature"] = scores.ece
     final.update(unknown_figures(ev, prefix))
+    final.update(band_importance_figures(run))
     trackers.log_metrics(final, step=step)
     for path in run.artifacts():
         trackers.log_artifact(path, folder="run")
@@ -87,4 +89,27 @@ def unknown_figures(ev: Evaluation, prefix: str) -> dict[str, float]:
             found[f"{prefix}/{name}"] = share.fraction
             if share.low is not None and share.high is not None:
                 found[f"{prefix}/{name}_low"], found[f"{prefix}/{name}_high"] = share.low, share.high
+    return found
+
+
+def band_importance_figures(run: RunDir) -> dict[str, float]:
+    """A band run's ``band_importance.json`` as metrics: per band the drop of the validation headline when it is
+    replaced by its training mean, its interval and rank (``val_band_drop/nir``, ``..._low``, ``..._high``,
+    ``val_band_rank/nir``), and the headline with every band (``val_band_baseline``). Nothing for an RGB run or
+    one without the file; the file itself goes to the trackers as an artifact (``RunDir.artifacts``)."""
+    if not run.band_importance.is_file():
+        return {}
+    record = json.loads(run.band_importance.read_text(encoding="utf-8"))
+    found: dict[str, float] = {}
+    every_band = record.get("baseline") or {}  # the headline with every band (band_importance.json, no record)
+    if every_band.get("estimate") is not None:
+        found["val_band_baseline"] = float(every_band["estimate"])
+    for row in record.get("bands", []):
+        band = re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(row["band"]))  # MLflow's metric name characters
+        drop = row["drop"]
+        found[f"val_band_drop/{band}"] = float(drop["estimate"])
+        for end in ("low", "high"):  # None when evaluation.bootstrap_samples = 0: no interval, none logged
+            if drop.get(end) is not None:
+                found[f"val_band_drop/{band}_{end}"] = float(drop[end])
+        found[f"val_band_rank/{band}"] = float(row["rank"])
     return found
