@@ -76,7 +76,7 @@ def train_in_budget(config: Config, *, budget_s: float | None = None, reporter: 
     size = DataSize(*(len(profile.prepared.splits[s]) for s in ("train", "val", "test")), folds=folds)
     estimator = Estimator(size, head_epochs=plan.head_epochs, fine_tune_epochs=plan.fine_tune_epochs,
                           probed=probe(plan.base.device))
-    _check_fits(candidates[0], estimator, budget_s - (time.monotonic() - start), budget_s)
+    stretched = _check_fits(candidates[0], estimator, budget_s - (time.monotonic() - start), budget_s, reporter)
     manifests = (write_fold_manifests(profile.prepared, folds, seed=config.seed, folder=plan.candidates_dir / "folds")
                  if folds > 1 else [])
     metric, direction = plan.metric, plan.direction
@@ -84,6 +84,7 @@ def train_in_budget(config: Config, *, budget_s: float | None = None, reporter: 
     rows = [leaderboard.Row(i + 1, c.name(resize_of(c, plan.recipe_resize)), c.reason, _settings(c, plan))
             for i, c in enumerate(candidates)]
     store, tried = FeatureStore(), _Loop(plan, estimator, reporter, start, budget_s, manifests)
+    tried.stretched = stretched
     for row, candidate in zip(rows, candidates, strict=True):
         if not tried.run(row, candidate, store):
             break
@@ -91,7 +92,7 @@ def train_in_budget(config: Config, *, budget_s: float | None = None, reporter: 
         _try_tta(rows, candidates, plan, tried, store)
     for row in rows:
         row.status = "not tried" if row.status == "pending" else row.status
-    chosen = _choose(rows, plan, reporter, budget_s)
+    chosen = _choose(rows, plan, reporter, budget_s, tried, candidates[0])
     best = candidates[chosen.rung - 1]
     reporter.info(f"budget: chose {chosen.name} (validation {metric} {chosen.score:.4f} ± {chosen.se:.4f} SE) by "
                   f"the rule: {leaderboard.rule_text(metric, direction)}; training it as the final run and "
@@ -113,16 +114,29 @@ def _try_tta(rows: list[leaderboard.Row], candidates: list[Candidate], plan: Bud
     loop.run(rows[-1], tta, store)
 
 
-def _choose(rows: list[leaderboard.Row], plan: BudgetPlan, reporter: Reporter, budget_s: float) -> leaderboard.Row:
-    """The rule over the finished candidates; over those cut at their deadline only when none finished."""
+def _choose(rows: list[leaderboard.Row], plan: BudgetPlan, reporter: Reporter, budget_s: float, loop: _Loop,
+            first: Candidate) -> leaderboard.Row:
+    """The rule over the finished candidates; over those cut at their deadline only when none finished; when none
+    was scored, a message saying what ran, for how long, and the budget that would fit (:func:`_nothing_scored`)."""
     chosen = leaderboard.choose(rows, direction=plan.direction)
     if chosen is None and (chosen := leaderboard.choose(rows, direction=plan.direction, status="cut")) is not None:
         reporter.warning(f"budget: no candidate finished before its deadline; choosing {chosen.name}, which was cut "
                          f"short: this budget is too tight for this machine and data")
     if chosen is None:
-        raise ConfigError(f"no candidate finished within the budget of {budget_s:.0f} s (see the messages above); "
-                          f"give a longer budget")
+        raise ConfigError(_nothing_scored(rows, loop, first, budget_s))
     return chosen
+
+
+def _nothing_scored(rows: Sequence[leaderboard.Row], loop: _Loop, first: Candidate, budget_s: float) -> str:
+    """What ran and how long it took, and the budget the cheapest candidate and its final run need at the speed
+    measured (a dropped candidate's seconds are a lower bound, so the figure is too)."""
+    ran = [f"{r.name} {r.status} after {r.seconds:.0f} s" + (f" ({r.note})" if r.note else "")
+           for r in rows if r.seconds is not None]
+    need = loop.estimator.seconds(first, pass_cached=False) + loop.estimator.final_seconds(first)
+    what = "; ".join(ran) if ran else "no candidate started"
+    return (f"no candidate was scored within the budget of {budget_s:.0f} s: {what}; budget mode stopped after "
+            f"{loop.elapsed():.0f} s. At the speed measured, the cheapest candidate and its final run need at least "
+            f"{need:.0f} s: give at least --budget {_spell(need * 1.2)}")
 
 
 class _Loop:
@@ -136,6 +150,7 @@ class _Loop:
         self.leader_final_s = 0.0
         self.epoch_s: dict[Candidate, dict[str, float]] = {}  # a finished candidate's epoch seconds by phase
         self.folder: Path | None = None  # the folder of the candidate's run that runs now
+        self.stretched = False  # the first candidate starts although its estimate exceeds the budget (_check_fits)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -156,7 +171,8 @@ class _Loop:
         final = self.reserve(candidate)
         left = self.budget_s - self.elapsed()
         row.estimate_s = round(estimate, 1)
-        if estimate + final > left:
+        stretch, self.stretched = self.stretched, False  # only the first candidate, before any measurement
+        if estimate + final > left and not stretch:
             row.status, self.stopped = "skipped", True
             row.note = (f"estimated {estimate:.0f} s + {final:.0f} s for the final run > {left:.0f} s left")
             self.reporter.info(f"budget: stopping before {row.name}: it would take about {estimate:.0f} s and the "
@@ -166,7 +182,7 @@ class _Loop:
                            f"{left:.0f} s left")
         began = time.monotonic()
         # whatever the estimate said, the candidate stops here: the rest of the budget is the final run's
-        at = self.start + self.budget_s - final
+        at = self.start + self.budget_s - (final if not stretch else left * final / max(estimate + final, 1e-9))
         # a fine-tune phase whose first epoch would not end in time does not start: the head phase's best is scored
         expected = {"fine_tune": self.estimator.fine_tune_epoch_seconds(candidate)} if candidate.blocks else {}
         clock, deadline = PassClock(at), CandidateDeadline(at, expected=expected)
@@ -285,13 +301,26 @@ class _WriteLeaderboard:
         self.write()
 
 
-def _check_fits(first: Candidate, estimator: Estimator, left: float, budget_s: float) -> None:
+STRETCH = 2.0  # the cheapest candidate starts when its estimate is within this factor of the budget left
+
+
+def _check_fits(first: Candidate, estimator: Estimator, left: float, budget_s: float, reporter: Reporter) -> bool:
+    """Whether the cheapest candidate and its final run fit the budget; True when they do not but are within
+    :data:`STRETCH` of it: the estimate before any candidate ran is a prior scaled by a probe, so rather than
+    refuse, the candidate starts under its deadline (which stops it in time) and its measured seconds decide."""
     need = estimator.seconds(first, pass_cached=False) + estimator.final_seconds(first)
+    if left < need <= STRETCH * left:
+        reporter.warning(f"budget: the cheapest candidate and its final run are estimated at {need:.0f} s, more than "
+                         f"the {left:.0f} s left but within {STRETCH:g}x of it; starting it anyway under its deadline "
+                         f"(the estimate is a prior scaled by a speed probe; the candidate's measured seconds replace "
+                         f"it, and if it is stopped before a score the message says the budget that would fit)")
+        return True
     if need > left:
         raise ConfigError(f"a budget of {budget_s:.0f} s is below the cheapest candidate's estimated cost: "
                           f"{first.name('crop').rsplit('-', 2)[0]} head-only and its final run need about "
                           f"{need:.0f} s on this data ({estimator.size.train + estimator.size.val} train+val "
                           f"images); give at least --budget {_spell(need * 1.2)}")
+    return False
 
 
 def _spell(seconds: float) -> str:
