@@ -99,13 +99,16 @@ def render(examples: Sequence[Example], model: nn.Module, *, image_size: int, me
             classes = torch.tensor(targets) if all(t is not None for t in targets) else None
             maps = grad_cam(model, ((pixels - m) / s).to(device), classes)
             cams = dict(zip(ok, maps))
-        for i, example in enumerate(chunk):
-            item = loaded[i]
-            if isinstance(item, str):
-                tiles.append(Tile(example, None, None, item))
-            else:
-                tiles.append(Tile(example, _jpeg(item), _jpeg(overlay(item, cams[i]))))
+        tiles += _tiles(chunk, loaded, cams, lambda item: item)
     return tiles
+
+
+def _tiles(chunk: Sequence[Example], loaded: Sequence[Any], cams: dict[int, np.ndarray],
+           picture: Callable[[Any], np.ndarray]) -> list[Tile]:
+    """One tile per example: its ``picture`` (uint8 RGB) and Grad-CAM overlay, or why it could not be loaded."""
+    return [Tile(example, None, None, item) if isinstance(item, str)
+            else Tile(example, _jpeg(picture(item)), _jpeg(overlay(picture(item), cams[i])))
+            for i, (example, item) in enumerate(zip(chunk, loaded))]
 
 
 def _render_bands(examples: Sequence[Example], model: nn.Module, view: BandView, device: torch.device) -> list[Tile]:
@@ -121,12 +124,7 @@ def _render_bands(examples: Sequence[Example], model: nn.Module, view: BandView,
             classes = torch.tensor(targets) if all(t is not None for t in targets) else None
             maps = grad_cam(model, torch.stack([loaded[i][1] for i in ok]).to(device), classes)
             cams = dict(zip(ok, maps))
-        for i, example in enumerate(chunk):
-            item = loaded[i]
-            if isinstance(item, str):
-                tiles.append(Tile(example, None, None, item))
-            else:
-                tiles.append(Tile(example, _jpeg(item[0]), _jpeg(overlay(item[0], cams[i]))))
+        tiles += _tiles(chunk, loaded, cams, lambda item: item[0])
     return tiles
 
 
