@@ -270,14 +270,15 @@ def load_model(ref: str | os.PathLike[str] | Run, *, registry: str | None = None
 
 def _expand(images: Any, bands: Any = None) -> tuple[list[Any], list[str | None]]:
     """The images to predict, one per item (folders expanded to their image files; ``bands``: a band model's
-    :class:`~plantpheno.data.band_input.BandInput`), and each one's path. A dict is one image of band files."""
+    :class:`~plantpheno.data.band_input.BandInput`), and each one's path. A dict is one image of band files (a band
+    model's only: an RGB model refuses it as before)."""
     import numpy as np
     from PIL import Image
 
     from plantpheno.registry.predict import collect_images
 
-    one = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, dict)) or (
-        isinstance(images, np.ndarray) and images.ndim in (2, 3))
+    one = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3)) or (bands is not None and isinstance(images, dict))
     items: list[Any] = []
     sources: list[str | None] = []
     if not one and (not isinstance(images, Iterable) or isinstance(images, Mapping)):

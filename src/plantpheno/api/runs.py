@@ -245,7 +245,8 @@ class Run:
             how = (f"plantpheno.evaluate(run, split={name!r})" if name in SPLITS
                    else f"plantpheno.evaluate(run, data=..., name={name!r})")
             found = sorted(p.parent.name for p in path.parent.parent.glob("*/metrics.json"))
-            raise RunDirError(f"{self.path} has no evaluation named {name!r} ({path} is missing; the run has "
+            what = f"no evaluation on the {name} split" if name in SPLITS else f"no evaluation named {name!r}"
+            raise RunDirError(f"{self.path} has {what} ({path} is missing; the run has "
                               f"{', '.join(found) or 'none'}); run {how} first")
         return read_evaluation(path).to_dict()
 
