@@ -75,3 +75,25 @@ def test_the_bands_section_ranks_the_bands_and_names_the_composite() -> None:
     assert html.index("<td>nir</td>") < html.index("<td>red</td>") and "+0.5000" in html
     assert "No band importance" in bands_section(None, view) and bands_section(record, None) == ""
     assert torch.is_tensor(view.input(np.zeros((8, 8, 4), np.float32)))
+
+
+def test_a_band_named_in_a_manifest_column_is_read_from_the_runs_split_csv(tmp_path: Path) -> None:
+    """The report's images are listed by path only; a band whose file a manifest column names comes from split.csv
+    (without it every tile of such a run was 'no file for band')."""
+    names = ["red", "green", "nir"]
+    spec = load_config(None, {"data.manifest": "m.csv", "data.bands": [
+        {"name": "red", "channel": 0}, {"name": "green", "channel": 1},
+        {"name": "nir", "column": "nir_path"}]}).data.bands
+    norm = BandNorm(tuple(names), (0.0,) * 3, (255.0,) * 3, (100.0,) * 3, (50.0,) * 3)
+    meta = ModelMeta.model_validate({**RGB_META.to_dict(), "bands": band_meta(spec, norm, "mean")})
+    image, nir = tmp_path / "leaf.tif", tmp_path / "leaf_nir.tif"
+    tifffile.imwrite(image, np.full((8, 8, 2), 10, np.uint8), photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(nir, np.full((8, 8), 200, np.uint8))
+    split = tmp_path / "split.csv"
+    split.write_text(f"path,label,split,group,nir_path\n{image},a,test,,{nir}\n")
+    without = BandView.of(meta)
+    assert without is not None and isinstance(without.load(image), str)  # the path alone names no NIR file
+    view = BandView.of(meta, split)
+    loaded = view.load(image) if view is not None else "no view"
+    assert not isinstance(loaded, str)
+    assert loaded[1][2, 0, 0].item() == pytest.approx((200 - 100) / 50)

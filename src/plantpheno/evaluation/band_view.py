@@ -11,7 +11,7 @@ range the way the model's scaling sees it, and every image of a run is stretched
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,13 @@ class BandView:
     low: np.ndarray  # the shown bands' training low and high, in standardised units
     high: np.ndarray
     description: str
+    # bands named in manifest columns: each image's band files, from the run's split.csv (a path alone names none)
+    band_files: dict[Path, dict[str, Path]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, meta: ModelMeta) -> BandView | None:
-        """From a checkpoint's metadata; None for an RGB model (the report draws those as before)."""
+    def of(cls, meta: ModelMeta, split_manifest: Path | None = None) -> BandView | None:
+        """From a checkpoint's metadata (and the run's ``split.csv``, for bands named in manifest columns); None for
+        an RGB model (the report draws those as before)."""
         reader = BandInput.of(meta)
         if reader is None:
             return None
@@ -59,7 +62,8 @@ class BandView:
         mean, std = np.asarray(norm.mean)[pick], np.asarray(norm.std)[pick]
         low = (np.asarray(norm.low)[pick] - mean) / std
         high = (np.asarray(norm.high)[pick] - mean) / std
-        return cls(reader, channels, low.astype(np.float32), high.astype(np.float32), description)
+        return cls(reader, channels, low.astype(np.float32), high.astype(np.float32), description,
+                   _band_files(reader, split_manifest))
 
     def composite(self, standardised: torch.Tensor) -> np.ndarray:
         """A standardised ``(C, H, W)`` input -> the ``(H, W, 3)`` uint8 composite."""
@@ -70,7 +74,8 @@ class BandView:
     def load(self, path: Path) -> tuple[np.ndarray, torch.Tensor] | str:
         """The composite and the model's input of the file at ``path``; or why it could not be read."""
         try:
-            tensor = self.input(path)
+            files = self.band_files.get(Path(path))
+            tensor = self.input({"image": path, **files} if files else path)
         except Exception as exc:  # noqa: BLE001 - a moved or unreadable file is shown as such, not fatal
             return f"{type(exc).__name__}: {exc}"
         return self.composite(tensor), tensor
@@ -79,3 +84,15 @@ class BandView:
         """Only the composite (a thumbnail without a Grad-CAM map), or why it could not be read."""
         loaded = self.load(path)
         return loaded if isinstance(loaded, str) else loaded[0]
+
+
+def _band_files(reader: BandInput, split_manifest: Path | None) -> dict[Path, dict[str, Path]]:
+    """Each image's band files named in manifest columns (kept in ``split.csv``); empty without such bands."""
+    columns = [(b.name.lower(), b.column) for b in reader.bands if b.column is not None]
+    if not columns or split_manifest is None or not split_manifest.is_file():
+        return {}
+    from plantpheno.files.csvfile import read_csv
+
+    with read_csv(split_manifest) as rows:
+        return {Path(row["path"]): {name: Path(row[column]) for name, column in columns if row.get(column)}
+                for row in rows}

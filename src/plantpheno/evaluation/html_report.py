@@ -105,7 +105,7 @@ def _page(run: RunDir, split: str, ev: Evaluation, *, model: nn.Module, meta: Mo
                                  meta=_card_meta(meta, ev, config)),
              _curves(run, config, status, ev)]
     examples = config.evaluation.report_examples
-    view = BandView.of(meta)  # a model of data.bands: its images are drawn as a composite; None for RGB
+    view = BandView.of(meta, run.split_manifest)  # a model of data.bands: its images are drawn as a composite; None for RGB
     classification = ev.task == "classification"
     if classification:
         parts += [sections.per_class(ev), sections.confusion(ev), sections.confused_pairs(ev)]
