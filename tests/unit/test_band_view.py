@@ -77,6 +77,20 @@ def test_the_bands_section_ranks_the_bands_and_names_the_composite() -> None:
     assert torch.is_tensor(view.input(np.zeros((8, 8, 4), np.float32)))
 
 
+def test_the_bands_section_of_a_trait_model_gives_the_rise_in_mae_in_its_units() -> None:
+    """A regression headline: the MAE rises without a band; the MAE is no signed difference, and the MAE without a
+    band is shown as precisely as the drop (15.9 for 15.8849 and 15.9046 hid a drop of +0.0197)."""
+    names = ["red", "nir"]
+    view = BandView.of(meta_of(names, BandNorm(tuple(names), (0,) * 2, (1,) * 2, (0.5,) * 2, (0.2,) * 2)))
+    base = np.full(10, 15.8849)  # absolute errors with every band
+    ablated = np.stack([base + 0.0197, base - 0.003], axis=1)
+    record = importance(base, ablated, names, task="regression", n_resamples=100, confidence=0.95, seed=0)
+    html = bands_section(record, view)
+    assert "How much the mae on the val split (10 images) rises" in html
+    assert "mae with every band: 15.8849 (95% CI 15.8849 to 15.8849, 100 resamples)" in html
+    assert "<td>red</td><td>15.9046</td><td>+0.0197</td>" in html and "<td>nir</td><td>15.8819</td><td>-0.0030</td>" in html
+
+
 def test_a_band_named_in_a_manifest_column_is_read_from_the_runs_split_csv(tmp_path: Path) -> None:
     """The report's images are listed by path only; a band whose file a manifest column names comes from split.csv
     (without it every tile of such a run was 'no file for band')."""

@@ -248,6 +248,34 @@ def test_synthetic_stress_shows_in_nir_only(tmp_path: Path) -> None:
     assert render_leaf(np.random.default_rng(0), 48, stressed=True).dtype == np.uint16
 
 
+def test_synthetic_stress_trait_is_the_share_of_the_leaf_whose_nir_dropped(tmp_path: Path) -> None:
+    """stress.csv (path,value[,nir_path]): 0 for a healthy leaf; for a stressed one the share (%) of the leaf whose NIR
+    dropped, as measured from the pixels; the same values in both layouts."""
+    import csv
+
+    import tifffile
+
+    from plantpheno.data.synth_bands import synthesize_multispectral
+
+    one = synthesize_multispectral(tmp_path / "one", per_class=12, image_size=48, seed=1)
+    split = synthesize_multispectral(tmp_path / "split", per_class=12, image_size=48, seed=1, layout="per-band")
+    rows = list(csv.DictReader((one / "stress.csv").open()))
+    values = {r["path"]: float(r["value"]) for r in rows}
+    assert len(values) == 24 and all(v == 0 for p, v in values.items() if p.startswith("healthy/"))
+    stressed = {p: v for p, v in values.items() if p.startswith("stressed/")}
+    assert all(5 < v < 80 for v in stressed.values())
+    measured = []
+    for path in stressed:
+        pixels = tifffile.imread(one / path).astype(float)
+        leaf = pixels[pixels[..., 1] > 1.5 * pixels[..., 0]]  # green above red: the leaf, not the soil
+        ratio = leaf[:, 3] / leaf[:, 1]  # NIR over green: the leaf's shading cancels, a drop in NIR does not
+        measured.append(100 * np.mean(ratio < 0.75 * np.median(ratio)))
+    assert np.corrcoef(list(stressed.values()), measured)[0, 1] > 0.9
+    per_band = list(csv.DictReader((split / "stress.csv").open()))
+    assert [(r["path"], float(r["value"])) for r in per_band] == list(values.items())
+    assert all(r["nir_path"] == r["path"].replace(".tif", "_NIR.tif") for r in per_band)
+
+
 def test_synth_cli_writes_four_band_tiffs(tmp_path: Path) -> None:
     from plantpheno.cli import main
 

@@ -34,7 +34,8 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
                                         "was planted where) are written too.")
     s.add_argument("out", type=Path, metavar="OUT", help="output folder (must be empty or absent)")
     s.add_argument("--kind", choices=("disease", "rosette", "multispectral"), default="disease",
-                   help="multispectral: 4-band 16-bit TIFFs (red, green, blue, nir), stress visible in NIR only")
+                   help="multispectral: 4-band 16-bit TIFFs (red, green, blue, nir), stress visible in NIR only; "
+                        "stress.csv beside them is a trait (the stressed share of each leaf, %%)")
     s.add_argument("--layout", choices=("one-file", "per-band"), default="one-file",
                    help="multispectral kind: one-file (a 4-band TIFF per image) or per-band (an RGB TIFF and a "
                         "{stem}_NIR.tif beside it, and labels.csv with a nir_path column)")
@@ -119,6 +120,8 @@ def run_synth(args: argparse.Namespace) -> int:
         else:
             print(f"wrote a four-band TIFF dataset to {out} (use data.root={out} "
                   f"'data.bands=[red, green, blue, nir]')")
+        print(f"a trait to go with it: {out}/stress.csv (the stressed share of each leaf, %; task=regression "
+              f"data.manifest={out}/stress.csv)")
     else:
         if defects.any() or args.style != "plain":
             raise ConfigError("--plant-* and --style options work with --kind disease only")

@@ -11,6 +11,10 @@ only solve the set if the NIR band reaches it (``benchmarks/bands.py``).
 ``layout="per-band"`` writes the same pixels as one file per band: ``<class>_<i:04d>.tif`` holds red, green and
 blue, ``<class>_<i:04d>_NIR.tif`` the NIR band beside it, and ``labels.csv`` (``path,label,nir_path``) names both,
 for configs that read NIR by pattern (``{stem}_NIR.tif``) or by manifest column (``nir_path``).
+
+Both layouts also write ``stress.csv`` (``path,value``, and ``nir_path`` in the per-band layout), a trait manifest
+for ``task=regression``: ``value`` is the share of the leaf's area, in percent, whose NIR reflectance dropped (0 for a
+healthy leaf; about 15-60 % for a stressed one), so the trait too is visible in NIR only.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from plantpheno.errors import DataError
 MULTISPECTRAL_CLASSES = ("healthy", "stressed")
 MULTISPECTRAL_BANDS = ("red", "green", "blue", "nir")
 _TAG = 31  # the generator's own random stream
-_PATHS = re.compile(r"labels\.csv|(healthy|stressed)(/(healthy|stressed)_\d{4,}(_NIR)?\.tif)?")
+_PATHS = re.compile(r"labels\.csv|stress\.csv|(healthy|stressed)(/(healthy|stressed)_\d{4,}(_NIR)?\.tif)?")
 LAYOUTS = ("one-file", "per-band")
 NIR_PATTERN = "{stem}_NIR.tif"  # the NIR file of an image in the per-band layout
 # reflectance (0-1) of soil and leaf in red, green, blue, NIR: a leaf is dark in red and blue, brighter in green,
@@ -51,28 +55,36 @@ def synthesize_multispectral(out_dir: str | Path, *, per_class: int = 40, image_
     _check_int("seed", seed, 0)
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite=overwrite, allowed=_PATHS)
-    rows = ["path,label,nir_path"]
+    rows, traits = ["path,label,nir_path"], ["path,value" + (",nir_path" if layout == "per-band" else "")]
     for class_index, name in enumerate(MULTISPECTRAL_CLASSES):
         (out / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rng = np.random.default_rng([seed, _TAG, class_index, i])
-            pixels = render_leaf(rng, image_size, stressed=class_index == 1, decoys=decoys)
+            pixels, share = _render(rng, image_size, stressed=class_index == 1, decoys=decoys)
             rel = f"{name}/{name}_{i:04d}.tif"
             if layout == "one-file":
                 tifffile.imwrite(out / rel, pixels, photometric="minisblack", planarconfig="contig")
+                traits.append(f"{rel},{share:.2f}")
                 continue
             nir = f"{name}/{NIR_PATTERN.format(stem=f'{name}_{i:04d}')}"
             tifffile.imwrite(out / rel, pixels[:, :, :3], photometric="minisblack", planarconfig="contig")
             tifffile.imwrite(out / nir, pixels[:, :, 3], photometric="minisblack")
             rows.append(f"{rel},{name},{nir}")
+            traits.append(f"{rel},{share:.2f},{nir}")
     if layout == "per-band":
         atomic_write_text(out / "labels.csv", "\n".join(rows) + "\n")
+    atomic_write_text(out / "stress.csv", "\n".join(traits) + "\n")
     return out
 
 
 def render_leaf(rng: np.random.Generator, size: int, *, stressed: bool, decoys: bool = True) -> np.ndarray:
     """One (size, size, 4) uint16 image: red, green, blue, NIR (``decoys=False``: without the visible spots, for
     ``benchmarks/adapter_diagnose.py``; the same leaves, the NIR patches elsewhere)."""
+    return _render(rng, size, stressed=stressed, decoys=decoys)[0]
+
+
+def _render(rng: np.random.Generator, size: int, *, stressed: bool, decoys: bool) -> tuple[np.ndarray, float]:
+    """:func:`render_leaf`'s image, and the share of the leaf's pixels (in %) whose NIR dropped."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
     image = _SOIL * rng.uniform(0.8, 1.2) + rng.normal(0, 0.02, (size, size, 1)) * np.array([1, 1, 1, 1.2])
     # an elliptic leaf at a random angle, with a midrib and shading from one side
@@ -91,11 +103,14 @@ def render_leaf(rng: np.random.Generator, size: int, *, stressed: bool, decoys: 
     for _ in range(rng.integers(0, 4) if decoys else 0):
         spot = _blob(rng, xx, yy, a, b, cx, cy, angle, rng.uniform(0.03, 0.07)) & leaf
         image[spot, :3] *= rng.uniform(0.5, 0.8)
+    dropped = np.zeros_like(leaf)
     if stressed:  # NIR drops in 2-5 patches; red, green and blue are untouched
         for _ in range(rng.integers(2, 6)):
             patch = _blob(rng, xx, yy, a, b, cx, cy, angle, rng.uniform(0.06, 0.12)) & leaf
             image[patch, 3] *= _STRESSED_NIR
-    return np.clip(np.rint(np.clip(image, 0, 1) * 65535), 0, 65535).astype(np.uint16)
+            dropped |= patch
+    share = 100.0 * float(dropped.sum()) / max(int(leaf.sum()), 1)
+    return np.clip(np.rint(np.clip(image, 0, 1) * 65535), 0, 65535).astype(np.uint16), share
 
 
 def _blob(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, a: float, b: float, cx: float, cy: float,
