@@ -13,7 +13,7 @@ import tifffile
 from plantpheno.config import load_config
 from plantpheno.data.band_stats import measure_bands, odd_sample_types
 from plantpheno.data.doctor.bands import band_findings, ks_two_sample, shift_findings
-from plantpheno.data.doctor.check import check_data
+from plantpheno.data.doctor.check import BAND_SKIP, RGB_PIXEL_CHECKS, check_data
 from plantpheno.data.prepared import prepare_data
 from plantpheno.data.sources import Sample
 from plantpheno.errors import DataError
@@ -89,6 +89,36 @@ def test_the_doctor_reports_band_statistics_and_nothing_else_on_clean_synthetic_
     assert set(table) == {"train", "val", "test"} and list(table["train"]) == ["red", "green", "blue", "nir"]
     assert table["train"]["nir"]["high"] > table["train"]["red"]["high"]  # leaves are bright in NIR
     assert table["train"]["nir"]["saturated"] == 0.0
+    # the checks that measure 8-bit RGB pixels are not run on band files, and the report says so
+    assert {c: report.skipped.get(c) for c in RGB_PIXEL_CHECKS} == {c: BAND_SKIP for c in RGB_PIXEL_CHECKS}
+    assert not set(RGB_PIXEL_CHECKS) & set(report.ran)
+    assert {"exact_duplicates.leak", "exact_duplicates.within_split", "conflicting_labels"} <= set(report.ran)
+    assert not [f for f in report.findings if f.check != "bands.statistics"]
+
+
+def test_exact_duplicates_of_band_images_are_found_by_their_band_values(leaves, tmp_path) -> None:
+    """A byte copy and a re-encoded copy (zlib, planar) of an image and its NIR file are one picture; a copy whose
+    NIR differs is not; a copy in the other class folder is a conflicting label."""
+    data = copy(leaves, tmp_path)
+    healthy, stressed = data / "healthy", data / "stressed"
+    for name in ("healthy_0000.tif", "healthy_0000_NIR.tif"):
+        (healthy / name.replace("healthy_0000", "copy_0000")).write_bytes((healthy / name).read_bytes())
+    rgb, nir = tifffile.imread(healthy / "healthy_0001.tif"), tifffile.imread(healthy / "healthy_0001_NIR.tif")
+    tifffile.imwrite(healthy / "zlib_0001.tif", np.ascontiguousarray(rgb.transpose(2, 0, 1)), compression="zlib",
+                     photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(healthy / "zlib_0001_NIR.tif", nir, compression="zlib", photometric="minisblack")
+    tifffile.imwrite(healthy / "other_0002.tif", tifffile.imread(healthy / "healthy_0002.tif"),
+                     photometric="minisblack", planarconfig="contig")  # the same red, green, blue ...
+    tifffile.imwrite(healthy / "other_0002_NIR.tif", tifffile.imread(healthy / "healthy_0002_NIR.tif") // 2)  # not NIR
+    for name in ("healthy_0003.tif", "healthy_0003_NIR.tif"):
+        (stressed / name.replace("healthy_0003", "moved_0003")).write_bytes((healthy / name).read_bytes())
+    cfg = config(data, tmp_path)
+    report = check_data(prepare_data(cfg), cfg.data, seed=0)
+    pairs = {frozenset(Path(p).name for p in group) for f in report.findings
+             if f.check.startswith("exact_duplicates.") for group in f.files}
+    assert pairs == {frozenset({"healthy_0000.tif", "copy_0000.tif"}), frozenset({"healthy_0001.tif", "zlib_0001.tif"})}
+    [conflict] = [f for f in report.findings if f.check == "conflicting_labels"]
+    assert {Path(p).name for p in conflict.files[0]} == {"healthy_0003.tif", "moved_0003.tif"}
 
 
 def test_a_planted_constant_band_is_found_and_named(leaves, tmp_path) -> None:

@@ -3,7 +3,8 @@ band checks (:mod:`plantpheno.data.doctor.bands`) and the check of each file's s
 
 For every band: mean, standard deviation, the 1st and 99th percentiles, the share of pixels at zero and the share
 saturated (at the largest value of its file's integer type: 255 for 8-bit, 65,535 for 16-bit; float and derived
-bands have no fixed ceiling and count none), and the sample type of the file it came from.
+bands have no fixed ceiling and count none), and the sample type of the file it came from. And a hash of the image's
+band values (the exact-duplicate check of band data: the same bands in any file format or compression).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import hashlib
 
 import numpy as np
 
@@ -32,6 +35,7 @@ class BandImageStats:
     high: tuple[float, ...]  # 99th percentile
     zero: tuple[float, ...]  # share of pixels exactly 0
     saturated: tuple[float, ...]  # share of pixels at the integer type's maximum
+    pixel_hash: str = ""  # SHA-256 (128 bits) of the float32 band values and their shape ("": not measured)
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(getattr(self, k)) for k in ("names", "dtypes", *MEASURES)}
@@ -53,8 +57,11 @@ def measure_bands(pixels: np.ndarray, names: Sequence[str], dtypes: Mapping[str,
         ceiling = np.iinfo(np.dtype(kind)).max if kind and np.dtype(kind).kind in "ui" else None
         saturated.append(float(np.mean(flat[:, i] >= ceiling)) if ceiling is not None else 0.0)
     as_tuple = lambda a: tuple(float(v) for v in a)  # noqa: E731
+    digest = hashlib.sha256("x".join(map(str, pixels.shape)).encode() + b":")
+    digest.update(np.ascontiguousarray(pixels, dtype=np.float32).tobytes())
     return BandImageStats(tuple(names), kinds, as_tuple(flat.mean(axis=0)), as_tuple(flat.std(axis=0)),
-                          as_tuple(low), as_tuple(high), as_tuple((flat == 0).mean(axis=0)), tuple(saturated))
+                          as_tuple(low), as_tuple(high), as_tuple((flat == 0).mean(axis=0)), tuple(saturated),
+                          pixel_hash=digest.hexdigest()[:32])
 
 
 def odd_sample_types(stats: Mapping[Path, BandImageStats]) -> dict[Path, str]:

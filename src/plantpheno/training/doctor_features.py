@@ -27,9 +27,10 @@ def check_before_training(job: TrainingJob) -> DataCheckReport | None:
     if not (job.dist.is_main and config.data.checks.enabled):
         return None
     if config.data.bands is not None:
-        job.reporter.info("data checks on band images: the pixel measures behind the quality, shortcut and "
-                          "near-duplicate checks are taken of RGB images only, so those checks find nothing here; "
-                          "labels are checked, and each band's statistics, constant bands and train/test shift")
+        job.reporter.info("data checks on band images: the quality, near-duplicate, background-shortcut and "
+                          "frozen-feature checks measure 8-bit RGB pixels and are not run (data_check.json lists "
+                          "them as skipped); exact duplicates are found by the band values, and labels, each "
+                          "band's statistics, constant bands and train/test shift are checked")
     extract = frozen_features(device=config.device, num_workers=config.data.num_workers)
     report = run_data_checks(job.prepared, config.data, seed=config.seed, output_dir=config.output_dir,
                              extract=extract, reporter=job.reporter)

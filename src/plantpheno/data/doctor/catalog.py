@@ -21,6 +21,7 @@ class Entry:
     split: str
     group: str | None
     stats: ImageStats | None
+    band_hash: str | None = None  # data.bands: the hash of the image's band values (band_stats.BandImageStats)
 
     @property
     def key(self) -> str:
@@ -29,20 +30,27 @@ class Entry:
 
     @property
     def content(self) -> str:
-        """What identifies the picture: its decoded-pixel hash, else (no measures) the file."""
-        return self.stats.pixel_hash if self.stats is not None else f"path:{self.key}"
+        """What identifies the picture: its decoded-pixel hash, else the hash of its band values, else (no
+        measures) the file."""
+        if self.stats is not None:
+            return self.stats.pixel_hash
+        return f"bands:{self.band_hash}" if self.band_hash else f"path:{self.key}"
 
     def note(self) -> str:
         target = f"{self.target:g}" if isinstance(self.target, float) else self.target
         return f"{self.split}, {target}" + (f", group {self.group}" if self.group else "")
 
 
-def catalog(splits: Mapping[str, Sequence[Sample]], stats: Mapping[Path, ImageStats]) -> list[Entry]:
-    """Every sample of every split, in split order, with the image measures of its file (if any)."""
+def catalog(splits: Mapping[str, Sequence[Sample]], stats: Mapping[Path, ImageStats],
+            band_hashes: Mapping[Path, str] | None = None) -> list[Entry]:
+    """Every sample of every split, in split order, with the image measures of its file (if any) and, for band
+    data, the hash of its band values."""
     entries: list[Entry] = []
+    hashes = band_hashes or {}
     for split, samples in splits.items():
         for s in samples:
-            entries.append(Entry(len(entries), s.path, s.target, split, s.group, stats.get(s.path)))
+            entries.append(Entry(len(entries), s.path, s.target, split, s.group, stats.get(s.path),
+                                 hashes.get(s.path)))
     return entries
 
 

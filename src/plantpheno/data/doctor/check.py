@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from plantpheno.data.prepared import PreparedData
 
 MODEL_CHECKS = ("label_errors", "feature_duplicates")
+# Band data (data.bands) has no 8-bit RGB picture to measure: exact duplicates and conflicting labels compare the
+# images' band values, and these checks, whose measures (luma, perceptual hash, colour thumbnail, border colours,
+# ImageNet features) are of RGB pixels, are not run, said so in the report rather than run on nothing.
+RGB_PIXEL_CHECKS = ("near_duplicates.leak", "near_duplicates.within_split", "near_duplicates.unconfirmed",
+                    "quality.dark", "quality.bright", "quality.blurry", "quality.low_information",
+                    "quality.size_outlier", "quality.aspect_outlier", "background_shortcut", *MODEL_CHECKS)
+BAND_SKIP = ("band images (data.bands): it measures 8-bit RGB pixels, which band files do not have; exact duplicates "
+             "are found by the band values")
 
 
 def check_data(prepared: PreparedData, data: DataConfig, *, seed: int, reporter: Reporter | None = None,
@@ -33,8 +41,12 @@ def check_data(prepared: PreparedData, data: DataConfig, *, seed: int, reporter:
     reporter = default_reporter(reporter)
     settings = data.checks
     regression = prepared.class_names is None
-    entries = catalog(prepared.splits, prepared.stats)
+    band_data = bool(prepared.band_stats)
+    entries = catalog(prepared.splits, prepared.stats,
+                      {p: b.pixel_hash for p, b in prepared.band_stats.items() if b.pixel_hash})
     run = _Run(lambda check: selected(check, settings.ignore))
+    for check in RGB_PIXEL_CHECKS if band_data else ():
+        run.skip(check, BAND_SKIP if selected(check, settings.ignore) else "in data.checks.ignore")
 
     run(("unreadable",), lambda: _unreadable(prepared.bad_files, data.on_bad_image))
     run(("duplicate_paths",), lambda: duplicates.duplicate_paths(entries))
@@ -59,9 +71,10 @@ def check_data(prepared: PreparedData, data: DataConfig, *, seed: int, reporter:
         run(("labels.case_variants",), lambda: labels.case_variants(entries))
         run(("labels.missing_from_split",), lambda: labels.missing_from_splits(entries))
         run(("labels.imbalance",), lambda: labels.imbalance(entries))
-    run(tuple(c for c in CHECKS if c.startswith("quality.")), lambda: quality.quality_findings(entries, run.selected))
-    if prepared.band_stats:  # data.bands: per-band statistics, constant bands, train/test shift (RGB: not run)
+    if band_data:  # data.bands: per-band statistics, constant bands, train/test shift (RGB: not run)
         run(bands.BAND_CHECKS, lambda: bands.band_findings(prepared.splits, prepared.band_stats, run.selected))
+        return DataCheckReport(run.findings, len(entries), run.ran, run.skipped, run.seconds, prepared.fingerprint)
+    run(tuple(c for c in CHECKS if c.startswith("quality.")), lambda: quality.quality_findings(entries, run.selected))
 
     pictures = distinct_files(entries)
     fold_keys = _fold_keys(pictures, index)

@@ -39,7 +39,7 @@ FEATURE_MEMO = "checks/features-{backbone}-{size}.npz"  # under OUTPUT_DIR/.cach
 DOCTOR_HINT = ("pip install 'plantpheno[doctor]': scikit-learn (BSD-3-Clause) and cleanlab (Apache-2.0 from 2.8; "
                "AGPL-3.0 up to 2.7); every other data check runs without them")
 REPORT_MEMO = "checks/reports/{key}.json"  # under OUTPUT_DIR/.cache
-REPORT_MEMO_VERSION = 2  # bump when a check's logic or wording changes: memoised reports are then redone
+REPORT_MEMO_VERSION = 3  # bump when a check's logic or wording changes: memoised reports are then redone
 
 
 def run_data_checks(prepared: PreparedData, data: DataConfig, *, seed: int, output_dir: Path,
