@@ -25,7 +25,7 @@ MODEL_CHECKS = ("label_errors", "feature_duplicates")
 RGB_PIXEL_CHECKS = ("near_duplicates.leak", "near_duplicates.within_split", "near_duplicates.unconfirmed",
                     "quality.dark", "quality.bright", "quality.blurry", "quality.low_information",
                     "quality.size_outlier", "quality.aspect_outlier", "background_shortcut", *MODEL_CHECKS)
-BAND_SKIP = ("band images (data.bands): it measures 8-bit RGB pixels, which band files do not have; exact duplicates "
+BAND_SKIP = ("band images (data.bands): measures of 8-bit RGB pixels, which band files do not have; exact duplicates "
              "are found by the band values")
 
 
