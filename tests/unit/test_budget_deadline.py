@@ -227,3 +227,32 @@ def test_the_report_says_which_candidates_were_cut_or_dropped_and_how_far_the_fi
     html = budget(board)
     assert "cut: scored on the best epoch it reached" in html and "dropped: no validation figure" in html
     assert "it trained 41 of its 60 planned epochs" in html
+
+
+def test_the_final_run_s_schedule_is_fitted_to_the_time_left_not_cut_off():
+    from plantpheno.budget.deadline import fit_schedule
+
+    # fits: the recipe's epochs
+    assert fit_schedule(100.0, {"train": (60, 1.0)}) == {"train": 60}
+    assert fit_schedule(100.0, {"train": (60, 1.0), "fine_tune": (6, 5.0)}) == {"train": 60, "fine_tune": 6}
+    # the load measured on the PlantVillage subset: 60 head epochs at ~3 s with ~50 s left -> 16 epochs
+    assert fit_schedule(50.0, {"train": (60, 3.0)}) == {"train": 16}
+    # both phases in the same ratio, never more than fits
+    fitted = fit_schedule(90.0, {"train": (60, 1.0), "fine_tune": (6, 10.0)})
+    assert fitted == {"train": 45, "fine_tune": 4} and 45 * 1.0 + 4 * 10.0 <= 90.0
+    # a final run has to end as a model: at least one head epoch, even with no time; a fine-tune epoch only if it fits
+    assert fit_schedule(-5.0, {"train": (60, 1.0), "fine_tune": (6, 10.0)}) == {"train": 1, "fine_tune": 0}
+    assert fit_schedule(12.0, {"train": (60, 1.0), "fine_tune": (6, 100.0)}) == {"train": 1, "fine_tune": 0}
+
+
+def test_the_fitted_schedule_reaches_the_final_run_s_config_with_its_warmups_shrunk(disease_root, make_config):
+    from plantpheno.budget.ladder import LADDER
+    from plantpheno.budget.settings import final_config, plan_budget
+
+    plan = plan_budget(make_config(data={"root": str(disease_root)}), reporter=RecordingReporter())
+    head = next(c for c in LADDER if not c.blocks)
+    tuned = next(c for c in LADDER if c.blocks)
+    assert final_config(plan, head).training.epochs == plan.head_epochs  # nothing fitted: the recipe's
+    config = final_config(plan, tuned, epochs={"train": 10, "fine_tune": 2})
+    assert config.training.epochs == 10 and config.training.fine_tune.epochs == 2
+    assert config.training.fine_tune.warmup_epochs < 2 and config.training.warmup_epochs < 10

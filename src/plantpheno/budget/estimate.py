@@ -108,6 +108,11 @@ class Estimator:
             train_part = fit * self.factor + fixed * (self.factor if self.measured else 1.0)
         return (train_part + self.evaluation_seconds(candidate)) * MARGIN
 
+    def setup_seconds(self) -> float:
+        """A run's fixed part before its first epoch (data, model, the passes' bookkeeping), reference machine:
+        Python and disk work, which load slows far less than convolutions (see :meth:`seconds`)."""
+        return FIXED_S + FIXED_PER_IMAGE_S * self.size.total
+
     def fine_tune_epoch_seconds(self, candidate: Candidate) -> float:
         """One fine-tune epoch of a candidate's run on this machine (prior times the learnt factor)."""
         s = self.size

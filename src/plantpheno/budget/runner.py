@@ -17,7 +17,8 @@ from typing import Any
 
 import plantpheno.pipeline as pipeline
 import plantpheno.budget.leaderboard as leaderboard
-from plantpheno.budget.deadline import CandidateDeadline, DeadlineReached, FinalDeadline, PassClock, reporter_with_clock
+from plantpheno.budget.deadline import (CandidateDeadline, DeadlineReached, FinalDeadline, PassClock, fit_schedule,
+                                        reporter_with_clock)
 from plantpheno.budget.estimate import MARGIN, DataSize, Estimator, probe
 from plantpheno.budget.folds import validation_too_small, write_fold_manifests
 from plantpheno.budget.ladder import TTA_REASON, Candidate, ladder_for, resize_of
@@ -252,11 +253,23 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
                reporter: Reporter) -> pipeline.RunResult:
     """The chosen candidate trained on train (validated on val), evaluated on test, with the leaderboard in its
     folder before its report is written (the report shows it) and its files reach the trackers."""
-    config = final_config(plan, best)
-    run = RunDir(config.output_dir / config.experiment / str(config.run_name))
-    extra = {"candidates_dir": str(plan.candidates_dir), "final_run": str(run.path)}
-
+    # training ends where the evaluation, timed from the candidates' passes with a margin, still ends in the budget
+    # (the 10 % over it that issue 33 allows is slack for the estimate, not a target)
+    evaluation = loop.estimator.evaluation_seconds(best) * MARGIN
+    scale = loop.estimator.train_scale()
+    expected = {phase: s * scale for phase, s in loop.epoch_s.get(best, {}).items()}
+    train_until = loop.start + loop.budget_s - evaluation
     planned = plan.head_epochs + (plan.fine_tune_epochs if best.blocks else 0)
+    epochs = _fit_final(plan, best, expected, train_until - time.monotonic() - loop.estimator.setup_seconds())
+    config = final_config(plan, best, epochs=epochs)
+    run = RunDir(config.output_dir / config.experiment / str(config.run_name))
+    extra: dict[str, Any] = {"candidates_dir": str(plan.candidates_dir), "final_run": str(run.path)}
+    fitted = sum(epochs.values())
+    if fitted < planned:
+        extra["final_fitted_epochs"] = fitted
+        reporter.warning(f"budget: the final run's schedule is fitted to the time left: {fitted} of the recipe's "
+                         f"{planned} epochs (at the candidate's measured epoch time), its learning rate annealed "
+                         f"over those")
 
     def write(elapsed: float) -> None:
         extra.update(final_epochs=deadline.epochs, final_planned_epochs=planned, final_cut=deadline.fired)
@@ -265,13 +278,9 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
                           folds=max(1, len(loop.manifests)), extra=extra)
 
     began = loop.elapsed()
-    # training ends where the evaluation, timed from the candidates' passes with a margin, still ends in the budget
-    # (the 10 % over it that issue 33 allows is slack for the estimate, not a target); an epoch whose measured
-    # length would cross that point does not start
-    evaluation = loop.estimator.evaluation_seconds(best) * MARGIN
-    scale = loop.estimator.train_scale()
-    expected = {phase: s * scale for phase, s in loop.epoch_s.get(best, {}).items()}
-    deadline = FinalDeadline(loop.start + loop.budget_s - evaluation, expected=expected)
+    # the schedule was fitted to the time left; an epoch whose measured length would still cross the training's end
+    # (the machine slowed down) does not start
+    deadline = FinalDeadline(train_until, expected=expected)
     result = pipeline.train(config, reporter=reporter, feature_store=store,
                             callbacks=[deadline, _WriteLeaderboard(lambda: write(loop.elapsed())), *callbacks])
     if deadline.fired:
@@ -285,6 +294,17 @@ def _final_run(plan: BudgetPlan, best: Candidate, rows: list[leaderboard.Row], c
     reporter.info(f"budget: done in {total:.0f} s of {loop.budget_s:.0f} s"
                   + (f" ({over:.0%} over)" if over > 0 else "") + f"; leaderboard: {run.budget_leaderboard_csv}")
     return result
+
+
+def _fit_final(plan: BudgetPlan, best: Candidate, expected: dict[str, float], seconds: float) -> dict[str, int]:
+    """The final run's head and fine-tune epochs that fit ``seconds`` at the candidate's measured epoch times
+    (the recipe's when they fit, or when the candidate measured none)."""
+    planned = {"train": (plan.head_epochs, expected.get("train", 0.0))}
+    if best.blocks:
+        planned["fine_tune"] = (plan.fine_tune_epochs, expected.get("fine_tune", 0.0))
+    if not all(each > 0 for _, each in planned.values()):
+        return {phase: epochs for phase, (epochs, _) in planned.items()}
+    return fit_schedule(seconds, planned)
 
 
 class _WriteLeaderboard:

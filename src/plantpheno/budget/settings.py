@@ -122,10 +122,20 @@ def candidate_config(plan: BudgetPlan, candidate: Candidate, *, rung: int, fold:
     return load_config(None, overrides, base=config_to_dict(plan.base))
 
 
-def final_config(plan: BudgetPlan, candidate: Candidate) -> Config:
-    """The chosen candidate as the user's run: the user's evaluation (test split, report), trackers and registry."""
+def final_config(plan: BudgetPlan, candidate: Candidate, *, epochs: dict[str, int] | None = None) -> Config:
+    """The chosen candidate as the user's run: the user's evaluation (test split, report), trackers and registry;
+    ``epochs`` (phase -> epochs) replaces the recipe's where the time left is shorter (:func:`~plantpheno.budget.
+    deadline.fit_schedule`)."""
     user = flatten_dict(config_to_dict(plan.user))
     overrides = _overrides(plan, candidate)
+    training = plan.base.training
+    if epochs and epochs["train"] < training.epochs:  # the warmups shrink with their phases
+        overrides["training.epochs"] = epochs["train"]
+        overrides["training.warmup_epochs"] = training.warmup_epochs * epochs["train"] / training.epochs
+    if epochs and candidate.blocks and epochs.get("fine_tune", 0) < plan.fine_tune_epochs:
+        overrides["training.fine_tune.epochs"] = epochs.get("fine_tune", 0)
+        overrides["training.fine_tune.warmup_epochs"] = (training.fine_tune.warmup_epochs * epochs.get("fine_tune", 0)
+                                                         / plan.fine_tune_epochs)
     overrides.update({k: v for k, v in user.items() if k.startswith(("evaluation.", "tracking.", "registry."))
                       and k != "evaluation.tta"})
     overrides.update({"run_name": plan.name, "data.checks.enabled": False})
