@@ -75,6 +75,19 @@ def test_badge_parses_and_ranks_with_the_runs_own_head(trained_run, disease_root
     assert float(rows[0]["score"]) > 0  # the first pick: the longest gradient
 
 
+@pytest.mark.parametrize("strategy", ["typiclust", "typical-margin"])
+def test_the_low_budget_strategies_parse_and_rank_on_the_tiny_run(trained_run, disease_root, pool, tmp_path, capsys,
+                                                                   strategy):
+    run = trained_run(data={"root": str(disease_root)}).run_dir
+    assert main(["data", "suggest", str(run), "--pool", str(pool), "--budget", "4", "--strategy", strategy,
+                 "--out", str(tmp_path)]) == 0
+    assert f"({strategy})" in capsys.readouterr().out
+    rows = _rows(tmp_path / "suggestions.csv")
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and len({r["path"] for r in rows}) == 4
+    # the tiny run has more labelled images a class (train + val) than the switch's mark: margin from the start
+    assert ("TypiClust" if strategy == "typiclust" else "torn between") in rows[0]["reason"]
+
+
 def test_a_copy_of_a_test_image_is_never_suggested(trained_run, disease_root, pool, tmp_path):
     """Labelled for training, a copy of a test image would leak into the score: it is left out like any copy."""
     import shutil

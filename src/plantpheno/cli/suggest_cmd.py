@@ -7,7 +7,9 @@ from pathlib import Path
 
 from plantpheno.cli.options import integer
 
-STRATEGY_NAMES = ("random", "margin", "entropy", "kcenter", "cluster-margin", "badge", "disagreement")
+STRATEGY_NAMES = ("random", "margin", "entropy", "kcenter", "cluster-margin", "badge", "disagreement", "typiclust",
+                  "probcover", "probcover-margin", "probcover-badge",
+                  "typical-margin", "typical-badge")
 SHOWN_SKIPPED = 5
 
 
