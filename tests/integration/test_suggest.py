@@ -36,7 +36,8 @@ def test_suggest_writes_ranked_csv_contact_sheet_and_reuses_the_cached_features(
     rows = _rows(out / "suggestions.csv")
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert set(rows[0]) == {"path", "rank", "score", "reason", "predicted_class", "nearest_labelled", "similarity"}
-    assert all(r["reason"].startswith("among the most uncertain (torn between") for r in rows)  # cluster-margin
+    # the default, typical-badge: the tiny run has more labelled images a class than the switch's mark, so BADGE
+    assert all("BADGE: k-means++ on gradient embeddings" in r["reason"] for r in rows)
     assert all(Path(r["path"]).is_relative_to(pool) and Path(r["nearest_labelled"]).is_relative_to(disease_root)
                for r in rows)
     assert [Path(r["path"]).name for r in _rows(out / "skipped.csv")] == ["broken.jpg"]
@@ -142,12 +143,14 @@ def test_the_active_learning_benchmark_runs_every_strategy_at_tiny_scale(tmp_pat
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads((tmp_path / "out" / "active_learning.json").read_text())
-    assert set(result["classes"]["strategies"]) == {"random", "margin", "entropy", "kcenter", "cluster-margin", "badge"}
-    assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement", "badge"}
+    assert set(result["classes"]["strategies"]) == {"random", "margin", "entropy", "kcenter", "cluster-margin", "badge",
+                                                    "typiclust", "probcover", "typical-margin", "typical-badge"}
+    assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement", "badge", "typiclust"}
     assert set(result["classes"]["validation"]["strategies"]) == set(result["classes"]["strategies"])
     assert result["classes"]["chosen_on_validation"] in {None, *result["classes"]["strategies"]}
     assert set(result["traits"]["beat_random_on_validation"]) <= set(result["traits"]["strategies"])
     assert result["classes"]["counts"][-1] == result["classes"]["pool"]  # the curve ends with the whole pool
-    assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin", "badge"]
+    assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin", "badge",
+                                                                 "typiclust", "probcover"]
     assert result["machine"]["cpu_model"] and result["machine"]["cpus_online"]
     assert (tmp_path / "out" / "active_learning.png").is_file()

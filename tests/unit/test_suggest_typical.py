@@ -122,7 +122,7 @@ def test_the_switch_needs_class_probabilities():
         check_strategy("typical-margin", regression=True)
 
 
-@pytest.mark.parametrize("name", ["typiclust", "probcover", "typical-margin", "probcover-badge"])
+@pytest.mark.parametrize("name", ["typiclust", "probcover", "typical-margin", "typical-badge"])
 def test_the_cli_parses_every_strategy(name):
     from plantpheno.cli import build_parser
     from plantpheno.cli.suggest_cmd import STRATEGY_NAMES

@@ -19,8 +19,7 @@ from plantpheno.errors import ArgumentError
 from plantpheno.labelling.typical import probcover_choice, switch_choice, typiclust_choice
 from plantpheno.labelling.view import Choice, PoolView
 
-CLASSIFICATION_ONLY = ("margin", "entropy", "cluster-margin", "probcover", "typical-margin", "typical-badge",
-                       "probcover-margin", "probcover-badge")
+CLASSIFICATION_ONLY = ("margin", "entropy", "cluster-margin", "probcover", "typical-margin", "typical-badge")
 TRAIT_ONLY = ("disagreement",)
 CLUSTER_PREFILTER = 10  # cluster-margin: k-means over the budget x this most uncertain images (Zhdanov 2019)
 
@@ -208,8 +207,6 @@ STRATEGIES: dict[str, Callable[[PoolView, int, np.random.Generator], Choice]] = 
     "typiclust": typiclust_choice, "probcover": probcover_choice,
     "typical-margin": switch_choice(typiclust_choice, margin_choice, "typical-margin"),
     "typical-badge": switch_choice(typiclust_choice, badge_choice, "typical-badge"),
-    "probcover-margin": switch_choice(probcover_choice, margin_choice, "probcover-margin"),
-    "probcover-badge": switch_choice(probcover_choice, badge_choice, "probcover-badge"),
 }
 
 
