@@ -36,7 +36,8 @@ def test_suggest_writes_ranked_csv_contact_sheet_and_reuses_the_cached_features(
     rows = _rows(out / "suggestions.csv")
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert set(rows[0]) == {"path", "rank", "score", "reason", "predicted_class", "nearest_labelled", "similarity"}
-    assert all(r["reason"].startswith("among the most uncertain (torn between") for r in rows)  # cluster-margin
+    # the default, typical-badge: the tiny run has more labelled images a class than the switch's mark, so BADGE
+    assert all("BADGE: k-means++ on gradient embeddings" in r["reason"] for r in rows)
     assert all(Path(r["path"]).is_relative_to(pool) and Path(r["nearest_labelled"]).is_relative_to(disease_root)
                for r in rows)
     assert [Path(r["path"]).name for r in _rows(out / "skipped.csv")] == ["broken.jpg"]
@@ -73,6 +74,19 @@ def test_badge_parses_and_ranks_with_the_runs_own_head(trained_run, disease_root
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and len({r["path"] for r in rows}) == 4
     assert all("BADGE: k-means++ on gradient embeddings" in r["reason"] for r in rows)
     assert float(rows[0]["score"]) > 0  # the first pick: the longest gradient
+
+
+@pytest.mark.parametrize("strategy", ["typiclust", "typical-margin"])
+def test_the_low_budget_strategies_parse_and_rank_on_the_tiny_run(trained_run, disease_root, pool, tmp_path, capsys,
+                                                                   strategy):
+    run = trained_run(data={"root": str(disease_root)}).run_dir
+    assert main(["data", "suggest", str(run), "--pool", str(pool), "--budget", "4", "--strategy", strategy,
+                 "--out", str(tmp_path)]) == 0
+    assert f"({strategy})" in capsys.readouterr().out
+    rows = _rows(tmp_path / "suggestions.csv")
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and len({r["path"] for r in rows}) == 4
+    # the tiny run has more labelled images a class (train + val) than the switch's mark: margin from the start
+    assert ("TypiClust" if strategy == "typiclust" else "torn between") in rows[0]["reason"]
 
 
 def test_a_copy_of_a_test_image_is_never_suggested(trained_run, disease_root, pool, tmp_path):
@@ -129,12 +143,14 @@ def test_the_active_learning_benchmark_runs_every_strategy_at_tiny_scale(tmp_pat
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads((tmp_path / "out" / "active_learning.json").read_text())
-    assert set(result["classes"]["strategies"]) == {"random", "margin", "entropy", "kcenter", "cluster-margin", "badge"}
-    assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement", "badge"}
+    assert set(result["classes"]["strategies"]) == {"random", "margin", "entropy", "kcenter", "cluster-margin", "badge",
+                                                    "typiclust", "probcover", "typical-margin", "typical-badge"}
+    assert set(result["traits"]["strategies"]) == {"random", "kcenter", "disagreement", "badge", "typiclust"}
     assert set(result["classes"]["validation"]["strategies"]) == set(result["classes"]["strategies"])
     assert result["classes"]["chosen_on_validation"] in {None, *result["classes"]["strategies"]}
     assert set(result["traits"]["beat_random_on_validation"]) <= set(result["traits"]["strategies"])
     assert result["classes"]["counts"][-1] == result["classes"]["pool"]  # the curve ends with the whole pool
-    assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin", "badge"]
+    assert [r["strategy"] for r in result["suggest_rounds"]] == ["margin", "kcenter", "cluster-margin", "badge",
+                                                                 "typiclust", "probcover"]
     assert result["machine"]["cpu_model"] and result["machine"]["cpus_online"]
     assert (tmp_path / "out" / "active_learning.png").is_file()

@@ -104,7 +104,7 @@ def test_a_strategy_that_does_not_fit_the_task_is_refused_with_the_ones_that_do(
     with pytest.raises(ArgumentError, match="for trait"):
         check_strategy("disagreement", regression=False)
     with pytest.raises(ArgumentError, match="expected one of random, margin"):
-        check_strategy("typiclust", regression=False)
+        check_strategy("least-confidence", regression=False)
 
 
 def _two_uncertain_clusters() -> PoolView:

@@ -11,41 +11,17 @@ predictions (see docs/guide/suggest.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 
 from plantpheno.errors import ArgumentError
+from plantpheno.labelling.typical import probcover_choice, switch_choice, typiclust_choice
+from plantpheno.labelling.view import Choice, PoolView
 
-CLASSIFICATION_ONLY = ("margin", "entropy", "cluster-margin")
+CLASSIFICATION_ONLY = ("margin", "entropy", "cluster-margin", "probcover", "typical-margin", "typical-badge")
 TRAIT_ONLY = ("disagreement",)
 CLUSTER_PREFILTER = 10  # cluster-margin: k-means over the budget x this most uncertain images (Zhdanov 2019)
-
-
-@dataclass(frozen=True)
-class PoolView:
-    """What the strategies see. ``features`` (N, D) and ``labelled`` (M, D) are L2-normalised frozen features;
-    ``probabilities`` (N, K) the model's class probabilities (classification), ``ensemble`` (E, N) the trait
-    predictions of E heads (traits); ``class_names`` name the K columns. ``head_inputs`` (N, D') are the pool's
-    features as the head sees them (its input: BADGE's gradient embeddings are built on them); ``features`` when
-    absent."""
-
-    features: np.ndarray
-    labelled: np.ndarray
-    probabilities: np.ndarray | None = None
-    ensemble: np.ndarray | None = None
-    class_names: Sequence[str] = ()
-    head_inputs: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Choice:
-    """Chosen pool rows, best first, with a score each (higher = more worth labelling) and the reason in words."""
-
-    indices: np.ndarray
-    scores: np.ndarray
-    reasons: list[str]
 
 
 def _top(scores: np.ndarray, budget: int) -> np.ndarray:
@@ -228,6 +204,9 @@ def _badge_reasons(view: PoolView, chosen: list[int], factor: np.ndarray) -> lis
 STRATEGIES: dict[str, Callable[[PoolView, int, np.random.Generator], Choice]] = {
     "random": random_choice, "margin": margin_choice, "entropy": entropy_choice, "kcenter": kcenter_choice,
     "cluster-margin": cluster_margin_choice, "disagreement": disagreement_choice, "badge": badge_choice,
+    "typiclust": typiclust_choice, "probcover": probcover_choice,
+    "typical-margin": switch_choice(typiclust_choice, margin_choice, "typical-margin"),
+    "typical-badge": switch_choice(typiclust_choice, badge_choice, "typical-badge"),
 }
 
 
