@@ -283,7 +283,7 @@ def main() -> None:
     if earlier.get("settings") == same:
         redone = {r["name"] for r in rows}
         rows = [r for r in earlier["rows"] if r["name"] not in redone] + rows
-        wall += earlier.get("wall_s", 0)
+        wall = round(wall + earlier.get("wall_s", 0), 1)
     record = {"args": vars(args), "settings": same, "machine": info, "wall_s": wall, "rows": rows}
     (OUT / "adapter.json").write_text(json.dumps(record, indent=2) + "\n")
     choice, said = verdict(rows)
