@@ -276,10 +276,11 @@ class ModelConfig(_Section):
     )
     freeze_backbone: bool = Field(False, description="Train only the head; backbone weights and BN stats fixed.")
     input_adapter: Literal["mean", "nearest", "tile", "random"] = Field(
-        "mean", description="With data.bands other than RGB, the first layer's weights for them: mean (RGB filters "
-        "copied onto red/green/blue, other bands get their mean, scaled to the output variance of the RGB input the "
-        "weights were trained on), nearest (as mean, but nir, red_edge, swir, thermal start from red's filter, uv "
-        "and coastal from blue's), tile (timm's repeat of the RGB filters) or random.")
+        "nearest", description="With data.bands other than RGB, the first layer's weights for them: nearest (RGB "
+        "filters copied onto red/green/blue; nir, red_edge, swir, thermal start from red's filter, uv and coastal "
+        "from blue's, other bands from the RGB mean; scaled to the output variance of the RGB input the weights were "
+        "trained on), mean (as nearest, but every non-RGB band from the mean), tile (timm's repeat of the RGB "
+        "filters) or random. nearest: benchmarks/results/adapter.md.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
     init_from: str | None = Field(
         None, min_length=1,

