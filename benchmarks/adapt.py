@@ -45,6 +45,11 @@ FIELD_VAL_PER_CLASS = 5
 CANDIDATES: dict[str, dict[str, Any]] = {
     "classify_adapt": {},
     "head_only": {"training.epochs": 20, "training.fine_tune.epochs": 0},
+    "warmup": {"training.fine_tune.warmup_epochs": 2},
+    "augment": {"data.augment.enabled": True, "training.feature_cache_views": 4},
+    "low_lr": {"training.fine_tune.learning_rate": 2e-4},
+    "val_loss": {"training.monitor": "val/loss"},
+    "longer": {"training.epochs": 20, "training.fine_tune.epochs": 20},
 }
 CHOICE_BUDGET = 10  # the candidates are compared on field validation images at this budget (the goal's)
 
@@ -84,6 +89,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, fewer images and epochs")
     parser.add_argument("--replay", type=int, default=10, metavar="N",
                         help="lab training images per class mixed into each fine-tuning set")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick: 0)")
+    parser.add_argument("--budgets", type=int, nargs="+", help="field images per class (default 5 10 20)")
+    parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), help="default: all")
     args = parser.parse_args()
 
     import shutil
@@ -96,8 +104,9 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     lab_n, field_n = (20, 40) if args.quick else (60, 80)
-    seeds = (0,) if args.quick else (0, 1, 2)
-    budgets = (5, 10) if args.quick else (5, 10, 20)
+    seeds = tuple(args.seeds or ((0,) if args.quick else (0, 1, 2)))
+    budgets = tuple(args.budgets or ((5, 10) if args.quick else (5, 10, 20)))
+    candidates = {name: CANDIDATES[name] for name in (args.candidates or CANDIDATES)}
     lab = synthesize_disease(args.work / "lab", per_class=lab_n, image_size=IMAGE_SIZE, seed=0)
     field = synthesize_disease(args.work / "field", per_class=field_n, image_size=IMAGE_SIZE, seed=1, style="field")
     pool, field_val, test_rows = _field_rows(field, field_n)
@@ -109,9 +118,9 @@ def main() -> None:
     store = FeatureStore(max_passes=2)  # every fine-tuning run starts from the same parent: one pass for all
     tune = functools.partial(_fine_tune, args, lab_run, pool, field_val, store=store)
     # 1. the choice: each candidate at the goal's budget, judged on the field validation images only
-    runs = {name: {str(CHOICE_BUDGET): [tune(CHOICE_BUDGET, seed, name) for seed in seeds]} for name in CANDIDATES}
+    runs = {name: {str(CHOICE_BUDGET): [tune(CHOICE_BUDGET, seed, name) for seed in seeds]} for name in candidates}
     # a tie goes to the first listed (max keeps the first maximum): the recipe, as shipped
-    chosen = max(CANDIDATES, key=lambda n: statistics.fmean(r["val_accuracy"] for r in runs[n][str(CHOICE_BUDGET)]))
+    chosen = max(candidates, key=lambda n: statistics.fmean(r["val_accuracy"] for r in runs[n][str(CHOICE_BUDGET)]))
     # 2. the chosen candidate at the other budgets; then every run's field test figures (after the choice)
     runs[chosen] |= {str(k): [tune(k, seed, chosen) for seed in seeds] for k in budgets if k != CHOICE_BUDGET}
     for by_budget in runs.values():
@@ -124,7 +133,7 @@ def main() -> None:
               "setup": {"lab_per_class": lab_n, "field_per_class": field_n, "field_test_images": len(test_rows),
                         "field_val_images": len(field_val), "image_size": IMAGE_SIZE,
                         "backbone": lab_cfg.model.backbone, "lab_recipe": "classify",
-                        "candidates": CANDIDATES, "choice_budget": CHOICE_BUDGET,
+                        "candidates": candidates, "choice_budget": CHOICE_BUDGET,
                         "replay_per_class": args.replay, "seeds": list(seeds)},
               "lab_test_accuracy": drop["in_source"], "drop": drop, "lab_model_on_field": _figures(zero),
               "calibration_on_field": zero["shift"]["calibration"] | {"reliability": None},
@@ -153,6 +162,7 @@ def _fine_tune(args: argparse.Namespace, lab_run: Any, pool: dict[str, list[Path
 
     from plantpheno import api
 
+    start = time.time()
     rng = np.random.default_rng([seed, k])  # the same images for every candidate
     rows = [(Path(r["path"]), r["label"], r["split"]) for r in _read_csv(lab_run.path / "split.csv")]
     replay = []
@@ -166,9 +176,11 @@ def _fine_tune(args: argparse.Namespace, lab_run: Any, pool: dict[str, list[Path
     config = api.load_config("classify_adapt", base | CANDIDATES[candidate] | {
         "data.manifest": str(manifest), "model.init_from": str(lab_run.path)})
     result = _train(config, store)
-    on_val = _figures(api.evaluate(result.run_dir, split="val", verbose=False))
+    val_eval = api.evaluate(result.run_dir, split="val", verbose=False)
+    on_val = _figures(val_eval)
     lab_after = _figures(result.metrics)  # the run's own test split: the lab test images
     return {"seed": seed, "run": result.run_dir, "val_accuracy": on_val["field_accuracy"],
+            "val_nll": val_eval["calibration"]["before"]["nll"], "seconds": round(time.time() - start, 1),
             "lab_test_after": lab_after["field_accuracy"], "lab_test_after_low": lab_after["low"],
             "lab_test_after_high": lab_after["high"]}
 
@@ -195,7 +207,8 @@ def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero
     out: dict[str, Any] = {"chosen": chosen, "choice_budget": CHOICE_BUDGET, "candidates": {}}
     for name, by_budget in runs.items():
         row: dict[str, Any] = {"mean_field_val_accuracy": statistics.fmean(
-            r["val_accuracy"] for r in by_budget[str(CHOICE_BUDGET)]), "median_field_accuracy": {},
+            r["val_accuracy"] for r in by_budget[str(CHOICE_BUDGET)]), "mean_field_val_nll": statistics.fmean(
+            r["val_nll"] for r in by_budget[str(CHOICE_BUDGET)]), "median_field_accuracy": {},
             "recovered_share": {}, "median_lab_test_after": {}}
         for k, rows in sorted(by_budget.items(), key=lambda item: int(item[0])):
             median = statistics.median(r["field_accuracy"] for r in rows)
@@ -204,7 +217,7 @@ def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero
             row["median_lab_test_after"][k] = statistics.median(r["lab_test_after"] for r in rows)
         out["candidates"][name] = row
         lines.append(f"{name}{' (chosen on field val)' if name == chosen else ''}: field val at {CHOICE_BUDGET}/class "
-                     f"{row['mean_field_val_accuracy']:.3f}")
+                     f"{row['mean_field_val_accuracy']:.3f}, NLL {row['mean_field_val_nll']:.3f}")
         for k, median in row["median_field_accuracy"].items():
             share = row["recovered_share"][k]
             each = ", ".join(f"{r['field_accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" for r in by_budget[k])
