@@ -111,9 +111,10 @@ def main() -> None:
     field = synthesize_disease(args.work / "field", per_class=field_n, image_size=IMAGE_SIZE, seed=1, style="field")
     pool, field_val, test_rows = _field_rows(field, field_n)
     field_test = _manifest(args.work / "field_test.csv", test_rows)
+    field_val_csv = _manifest(args.work / "field_val.csv", field_val)  # the lab model's field temperature
     lab_cfg = api.load_config("classify", _common(args.work, "lab", 0, args.quick) | {"data.root": str(lab)})
     lab_run = api.open_run(_train(lab_cfg, None).run_dir)
-    zero = api.evaluate(lab_run, data=field_test, name="field", verbose=False)
+    zero = api.evaluate(lab_run, data=field_test, name="field", calibrate_on=field_val_csv, verbose=False)
     drop = zero["shift"]["drop"]["accuracy"]
     store = FeatureStore(max_passes=2)  # every fine-tuning run starts from the same parent: one pass for all
     tune = functools.partial(_fine_tune, args, lab_run, pool, field_val, store=store)
@@ -126,7 +127,8 @@ def main() -> None:
     for by_budget in runs.values():
         for rows in by_budget.values():
             for row in rows:
-                row |= _figures(api.evaluate(row.pop("run"), data=field_test, name="field", verbose=False))
+                found = api.evaluate(row.pop("run"), data=field_test, name="field", verbose=False)
+                row |= _figures(found) | {"calibration": _ece(found["shift"]["calibration"])}
     summary = _summary(runs, chosen, zero, drop)
     record = {"benchmark": "adapt", "machine": machine(), "machine_summary": describe(machine()),
               "quick": args.quick, "seconds": round(time.time() - start, 1),
@@ -136,7 +138,7 @@ def main() -> None:
                         "candidates": candidates, "choice_budget": CHOICE_BUDGET,
                         "replay_per_class": args.replay, "seeds": list(seeds)},
               "lab_test_accuracy": drop["in_source"], "drop": drop, "lab_model_on_field": _figures(zero),
-              "calibration_on_field": zero["shift"]["calibration"] | {"reliability": None},
+              "calibration_on_field": _ece(zero["shift"]["calibration"]),
               "separability": zero.get("separability"), "runs": runs, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -198,6 +200,22 @@ def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
             "macro_f1": metrics["macro_f1"], "images": metrics["num_images"]}
 
 
+def _ece(block: dict[str, Any]) -> dict[str, Any]:
+    """ECE on the field test images: raw, after the run's temperature (an adapted run fits it on its field
+    validation images), and after a temperature fitted on the field validation images (the lab model)."""
+    def cut(b: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if b is None else {k: b.get(k) for k in ("estimate", "low", "high")}
+
+    own = block.get("source_temperature")
+    return {"ece_before": cut(block["ece_before"]), "run_temperature": block["temperature"],
+            "run_temperature_applied": block["temperature_applied"], "ece_after_run_temperature":
+            cut(block.get("ece_after")), "ece_change_run_temperature": cut(block.get("ece_change")),
+            "field_temperature": None if own is None else {
+                k: own.get(k) for k in ("fitted_on", "num_images", "temperature", "applied", "not_applied",
+                                        "nll_before", "nll_after")} | {
+                "ece_after": cut(own["ece_after"]), "ece_change": cut(own["ece_change"])}}
+
+
 def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero: dict[str, Any],
              drop: dict[str, Any]) -> dict[str, Any]:
     """Per candidate: its mean field validation accuracy (the choice), medians over seeds, shares recovered."""
@@ -248,10 +266,42 @@ def _markdown(record: dict[str, Any]) -> str:
             share = row["recovered_share"][k]
             out.append(f"| {label} | {val} | {k} | {each} | {median:.3f} | "
                        f"{'-' if share is None else f'{share:.0%}'} | {row['median_lab_test_after'][k]:.3f} |")
+    out += ["", *_calibration_markdown(record)]
     goal = "met" if s["goal_10_per_class_recovers_half"] else "NOT met"
     out += ["", f"Goal (10 labelled field images per class recover at least half of the drop, chosen candidate): "
                 f"{goal}.", ""]
     return "\n".join(out)
+
+
+
+def _calibration_markdown(record: dict[str, Any]) -> list[str]:
+    """ECE on the field test images: the lab model's before and after temperatures, then each adapted run's."""
+    def ci(b: dict[str, Any] | None) -> str:
+        if b is None:
+            return "-"
+        return f"{b['estimate']:.3f}" + (f" [{b['low']:.3f}, {b['high']:.3f}]" if b.get("low") is not None else "")
+
+    cal = record["calibration_on_field"]
+    field = cal["field_temperature"]
+    run_t = (f"after its own temperature (T = {cal['run_temperature']:.3g}, fitted on lab val) "
+             f"{ci(cal['ece_after_run_temperature'])}" if cal["run_temperature_applied"] else
+             "its own temperature is not applied (the lab validation split is perfectly separated)")
+    lab_field = (f"after a temperature fitted on the {field['num_images']} labelled field VALIDATION images "
+                 f"(T = {field['temperature']:.3g}): {ci(field['ece_after'])}, change {ci(field['ece_change'])} "
+                 f"(the interval refits the temperature on each resample of those images)" if field["applied"]
+                 else f"no field temperature: {field['not_applied']}")
+    out = [f"Calibration on the field TEST images (95 % bootstrap intervals, {record['setup']['field_test_images']} "
+           f"images): the lab model's ECE raw {ci(cal['ece_before'])}; {run_t}; {lab_field}.", "",
+           "| candidate | labelled field / class | ECE raw, each seed | ECE after the run's temperature (fitted on "
+           "its field val images), each seed |", "|---|---|---|---|"]
+    for name, by_budget in record["runs"].items():
+        for k, rows in sorted(by_budget.items(), key=lambda item: int(item[0])):
+            raw = ", ".join(ci(r["calibration"]["ece_before"]) for r in rows)
+            after = ", ".join(ci(r["calibration"]["ece_after_run_temperature"]) + (
+                f" (T = {r['calibration']['run_temperature']:.3g})" if r["calibration"]["run_temperature_applied"]
+                else " (not applied: val separated)") for r in rows)
+            out.append(f"| {name} | {k} | {raw} | {after} |")
+    return out
 
 
 if __name__ == "__main__":
