@@ -56,7 +56,7 @@ EXPLORED: dict[str, dict[str, Any]] = {
     "augment": {"data.augment.enabled": True, "training.feature_cache_views": 4},
     "longer": {"training.epochs": 20, "training.fine_tune.epochs": 20},
 }
-DEFAULT = ("head_only", "head_augment", "classify_adapt", "warmup")
+DEFAULT = ("head_only", "classify_adapt", "warmup")
 QUICK = ("head_only", "classify_adapt")
 CHOICE_BUDGET = 10  # the candidates are compared on field validation images at this budget (the goal's)
 
