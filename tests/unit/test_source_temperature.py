@@ -67,3 +67,27 @@ def test_the_shift_block_carries_the_source_temperature_only_when_given():
     cal = CalibrationSet(*_overconfident(40, seed=6), origin="cal")
     block = shift_summary(**common, calibration_set=cal)["calibration"]["source_temperature"]
     assert block["applied"] and block["ece_after"]["n_resamples"] == 50
+
+
+def test_calibration_images_of_a_configured_source_are_checked_before_training(make_config, tmp_path):
+    """evaluation.sources[].calibrate_on is read and mapped before training; sharing an image with the evaluated
+    source is refused there, naming the entry."""
+    from PIL import Image
+
+    from plantpheno.errors import DataError
+    from plantpheno.source_eval import check_sources
+
+    for folder in ("field", "field_val"):
+        (tmp_path / folder / "rust").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (40, 120, 40)).save(tmp_path / folder / "rust" / "a.jpg")
+    (tmp_path / "lab").mkdir()
+
+    def config(calibrate_on: str):
+        return make_config(data={"root": str(tmp_path / "lab")}, evaluation={"sources": [
+            {"data": str(tmp_path / "field"), "calibrate_on": str(tmp_path / calibrate_on)}]})
+
+    check_sources(config("field_val"), ["healthy", "rust"])
+    with pytest.raises(DataError, match=r"evaluation.sources\[0\]: calibration images .*field share 1 image"):
+        check_sources(config("field"), ["healthy", "rust"])
+    with pytest.raises(DataError, match=r"evaluation.sources\[0\]: .*missing"):
+        check_sources(config("missing"), ["healthy", "rust"])
