@@ -251,7 +251,7 @@ def test_adapt_measures_the_drop_and_each_fine_tuning_budget(tmp_path):
     assert report["calibration_on_field"]["ece_before"]["low"] is not None
     summary, runs = report["summary"], report["runs"]
     chosen = summary["chosen"]  # chosen on the field validation images at 10 per class
-    assert set(runs) == {"classify_adapt", "head_only"} and all(set(r) >= {"10"} for r in runs.values())
+    assert set(runs) == {"head_then_blocks", "head_only"} and all(set(r) >= {"10"} for r in runs.values())
     ece = report["calibration_on_field"]
     assert ece["field_temperature"]["fitted_on"].endswith("field_val.csv")  # the field VALIDATION images
     if ece["field_temperature"]["applied"]:
