@@ -79,15 +79,15 @@ def _manifest(path: Path, rows: list[tuple[Path, str, str]]) -> Path:
     return path
 
 
-def _field_rows(field: Path, per_class: int) -> tuple[dict[str, list[Path]], list[tuple[Path, str, str]],
+def _field_rows(field: Path, per_class: int, val_per_class: int = FIELD_VAL_PER_CLASS) -> tuple[dict[str, list[Path]], list[tuple[Path, str, str]],
                                                        list[tuple[Path, str, str]]]:
     """Per class: the labelled pool, the field validation rows and the field test rows (the last half)."""
     pool, val, test = {}, [], []
     for name in CLASSES:
         files = sorted((field / name).glob("*.jpg"))
         half = per_class // 2
-        pool[name] = files[:half - FIELD_VAL_PER_CLASS]
-        val += [(p, name, "val") for p in files[half - FIELD_VAL_PER_CLASS:half]]
+        pool[name] = files[:half - val_per_class]  # the test half is the same whatever the validation size
+        val += [(p, name, "val") for p in files[half - val_per_class:half]]
         test += [(p, name, "test") for p in files[half:]]
     return pool, val, test
 
@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, fewer images and epochs")
     parser.add_argument("--replay", type=int, default=10, metavar="N",
                         help="lab training images per class mixed into each fine-tuning set")
+    parser.add_argument("--field-val", type=int, default=FIELD_VAL_PER_CLASS, metavar="N",
+                        help="field validation images per class (a user labels this many more a class to choose on)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick: 0)")
     parser.add_argument("--budgets", type=int, nargs="+", help="field images per class (default 5 10 20)")
     parser.add_argument("--candidates", nargs="+", choices=list(EXPLORED),
@@ -121,7 +123,7 @@ def main() -> None:
     candidates = {name: spec for name, spec in EXPLORED.items() if name in wanted}
     lab = synthesize_disease(args.work / "lab", per_class=lab_n, image_size=IMAGE_SIZE, seed=0)
     field = synthesize_disease(args.work / "field", per_class=field_n, image_size=IMAGE_SIZE, seed=1, style="field")
-    pool, field_val, test_rows = _field_rows(field, field_n)
+    pool, field_val, test_rows = _field_rows(field, field_n, args.field_val)
     field_test = _manifest(args.work / "field_test.csv", test_rows)
     field_val_csv = _manifest(args.work / "field_val.csv", field_val)  # the lab model's field temperature
     lab_cfg = api.load_config("classify", _common(args.work, "lab", 0, args.quick) | {"data.root": str(lab)})
