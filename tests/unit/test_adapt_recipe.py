@@ -13,17 +13,15 @@ from plantpheno.training.feature_store import FeatureStore
 from plantpheno.training.phases import FrozenFeatures
 
 
-def test_classify_adapt_starts_from_a_parent_and_trains_the_head_with_a_gentle_blocks_phase_ready():
+def test_classify_adapt_starts_from_a_parent_and_fine_tunes_the_last_blocks_gently():
     adapt = pp.load_config("classify_adapt", {"model.init_from": "runs/classify/lab", "data.manifest": "a.csv"})
     lab = pp.load_config("classify")
     assert adapt.model.init_from == "runs/classify/lab"
     # the parent's backbone and input size: init_from refuses another backbone, and the features must match
     assert (adapt.model.backbone, adapt.data.image_size) == (lab.model.backbone, lab.data.image_size)
     assert adapt.model.freeze_backbone and adapt.training.feature_cache
-    # chosen on field validation images (benchmarks/adapt.py, 3 seeds): the head alone, 20 epochs; the blocks
-    # phase (training.fine_tune.epochs=10) is one override away, with the lab recipe's blocks and rate
-    assert adapt.training.epochs == 20 and adapt.training.fine_tune.epochs == 0
-    assert adapt.training.fine_tune.blocks == lab.training.fine_tune.blocks
+    # chosen on 10 field validation images a class (benchmarks/adapt.py --field-val 10, 3 seeds): head then blocks
+    assert adapt.training.fine_tune.epochs > 0 and adapt.training.fine_tune.blocks == lab.training.fine_tune.blocks
     # measured (benchmarks/adapt.py): 0.002 wrecked the blocks on a few dozen images; the lab rate did not
     assert adapt.training.fine_tune.learning_rate <= lab.training.fine_tune.learning_rate
     assert adapt.evaluation.split == "test"
