@@ -12,8 +12,9 @@ with a few labelled field images per class wins back (the ``classify_adapt`` rec
 3. The choice, on field VALIDATION images only: each candidate fine-tunes from the lab model (``model.init_from``) on
    10 labelled field images per class plus ``--replay`` lab training images per class (3 seeds); the run's
    validation split is the field validation images (its epoch is chosen there), its test split the lab test
-   images (what adaptation cost in the lab). Candidates: the ``classify_adapt`` recipe (head, then the last 2
-   blocks) and the head alone. The one with the highest mean field validation accuracy is chosen.
+   images (what adaptation cost in the lab). Candidates (``DEFAULT`` of ``EXPLORED``, cheapest first): the head alone
+   (the ``classify_adapt`` recipe) and variants of head then the last 2 blocks. The rule (:func:`choose`): the lowest
+   mean field validation NLL, then the cheapest candidate within one standard error of it.
 4. The chosen candidate is also run with 5 and 20 images per class; then every run is evaluated on the field TEST
    images (``evaluate --data``), the other candidate's too, for the record.
 
@@ -40,12 +41,26 @@ from machine import describe, machine  # noqa: E402  (benchmarks/ is not a packa
 
 CLASSES = ("healthy", "leaf_spot", "rust", "blight")
 IMAGE_SIZE = 128  # small images keep the invocation within ~20 min on 2 shared cores
-FIELD_VAL_PER_CLASS = 5
-# candidate -> overrides of the classify_adapt recipe
-CANDIDATES: dict[str, dict[str, Any]] = {
-    "classify_adapt": {},
+FIELD_VAL_PER_CLASS = 10  # 5 could not tell the candidates apart (results/adapt_val5.md)
+# candidate -> overrides of the classify_adapt recipe, cheapest first (the choice rule prefers the earlier of two
+# within one standard error); the default set of a full run, chosen from EXPLORED on one seed's field VALIDATION
+# figures (the lab run and images of seed 0, budget 10, 5 validation images a class: results/adapt_explore_seed0.json).
+# Each names its epochs, so it means the same whatever the recipe ships (the recipe is head_then_blocks, which
+# results/adapt_val5.json calls classify_adapt)
+_BLOCKS = {"training.epochs": 10, "training.fine_tune.epochs": 10}
+EXPLORED: dict[str, dict[str, Any]] = {
     "head_only": {"training.epochs": 20, "training.fine_tune.epochs": 0},
+    "head_augment": {"training.epochs": 20, "training.fine_tune.epochs": 0, "data.augment.enabled": True,
+                     "training.feature_cache_views": 4},
+    "head_then_blocks": _BLOCKS,
+    "warmup": _BLOCKS | {"training.fine_tune.warmup_epochs": 2},
+    "low_lr": _BLOCKS | {"training.fine_tune.learning_rate": 2e-4},
+    "val_loss": _BLOCKS | {"training.monitor": "val/loss"},
+    "augment": _BLOCKS | {"data.augment.enabled": True, "training.feature_cache_views": 4},
+    "longer": {"training.epochs": 20, "training.fine_tune.epochs": 20},
 }
+DEFAULT = ("head_only", "head_then_blocks", "warmup")
+QUICK = ("head_only", "head_then_blocks")
 CHOICE_BUDGET = 10  # the candidates are compared on field validation images at this budget (the goal's)
 
 
@@ -64,15 +79,15 @@ def _manifest(path: Path, rows: list[tuple[Path, str, str]]) -> Path:
     return path
 
 
-def _field_rows(field: Path, per_class: int) -> tuple[dict[str, list[Path]], list[tuple[Path, str, str]],
+def _field_rows(field: Path, per_class: int, val_per_class: int = FIELD_VAL_PER_CLASS) -> tuple[dict[str, list[Path]], list[tuple[Path, str, str]],
                                                        list[tuple[Path, str, str]]]:
     """Per class: the labelled pool, the field validation rows and the field test rows (the last half)."""
     pool, val, test = {}, [], []
     for name in CLASSES:
         files = sorted((field / name).glob("*.jpg"))
         half = per_class // 2
-        pool[name] = files[:half - FIELD_VAL_PER_CLASS]
-        val += [(p, name, "val") for p in files[half - FIELD_VAL_PER_CLASS:half]]
+        pool[name] = files[:half - val_per_class]  # the test half is the same whatever the validation size
+        val += [(p, name, "val") for p in files[half - val_per_class:half]]
         test += [(p, name, "test") for p in files[half:]]
     return pool, val, test
 
@@ -84,6 +99,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, fewer images and epochs")
     parser.add_argument("--replay", type=int, default=10, metavar="N",
                         help="lab training images per class mixed into each fine-tuning set")
+    parser.add_argument("--field-val", type=int, default=FIELD_VAL_PER_CLASS, metavar="N",
+                        help="field validation images per class (a user labels this many more a class to choose on)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick: 0)")
+    parser.add_argument("--budgets", type=int, nargs="+", help="field images per class (default 5 10 20)")
+    parser.add_argument("--candidates", nargs="+", choices=list(EXPLORED),
+                        help=f"default: {' '.join(DEFAULT)} (quick: {' '.join(QUICK)})")
     args = parser.parse_args()
 
     import shutil
@@ -96,38 +117,41 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     lab_n, field_n = (20, 40) if args.quick else (60, 80)
-    seeds = (0,) if args.quick else (0, 1, 2)
-    budgets = (5, 10) if args.quick else (5, 10, 20)
+    seeds = tuple(args.seeds or ((0,) if args.quick else (0, 1, 2)))
+    budgets = tuple(args.budgets or ((5, 10) if args.quick else (5, 10, 20)))
+    wanted = args.candidates or (QUICK if args.quick else DEFAULT)
+    candidates = {name: spec for name, spec in EXPLORED.items() if name in wanted}
     lab = synthesize_disease(args.work / "lab", per_class=lab_n, image_size=IMAGE_SIZE, seed=0)
     field = synthesize_disease(args.work / "field", per_class=field_n, image_size=IMAGE_SIZE, seed=1, style="field")
-    pool, field_val, test_rows = _field_rows(field, field_n)
+    pool, field_val, test_rows = _field_rows(field, field_n, args.field_val)
     field_test = _manifest(args.work / "field_test.csv", test_rows)
+    field_val_csv = _manifest(args.work / "field_val.csv", field_val)  # the lab model's field temperature
     lab_cfg = api.load_config("classify", _common(args.work, "lab", 0, args.quick) | {"data.root": str(lab)})
     lab_run = api.open_run(_train(lab_cfg, None).run_dir)
-    zero = api.evaluate(lab_run, data=field_test, name="field", verbose=False)
+    zero = api.evaluate(lab_run, data=field_test, name="field", calibrate_on=field_val_csv, verbose=False)
     drop = zero["shift"]["drop"]["accuracy"]
     store = FeatureStore(max_passes=2)  # every fine-tuning run starts from the same parent: one pass for all
     tune = functools.partial(_fine_tune, args, lab_run, pool, field_val, store=store)
     # 1. the choice: each candidate at the goal's budget, judged on the field validation images only
-    runs = {name: {str(CHOICE_BUDGET): [tune(CHOICE_BUDGET, seed, name) for seed in seeds]} for name in CANDIDATES}
-    # a tie goes to the first listed (max keeps the first maximum): the recipe, as shipped
-    chosen = max(CANDIDATES, key=lambda n: statistics.fmean(r["val_accuracy"] for r in runs[n][str(CHOICE_BUDGET)]))
+    runs = {name: {str(CHOICE_BUDGET): [tune(CHOICE_BUDGET, seed, name) for seed in seeds]} for name in candidates}
+    chosen = choose(runs, list(candidates))
     # 2. the chosen candidate at the other budgets; then every run's field test figures (after the choice)
     runs[chosen] |= {str(k): [tune(k, seed, chosen) for seed in seeds] for k in budgets if k != CHOICE_BUDGET}
     for by_budget in runs.values():
         for rows in by_budget.values():
             for row in rows:
-                row |= _figures(api.evaluate(row.pop("run"), data=field_test, name="field", verbose=False))
+                found = api.evaluate(row.pop("run"), data=field_test, name="field", verbose=False)
+                row |= _figures(found) | {"calibration": _ece(found["shift"]["calibration"])}
     summary = _summary(runs, chosen, zero, drop)
     record = {"benchmark": "adapt", "machine": machine(), "machine_summary": describe(machine()),
               "quick": args.quick, "seconds": round(time.time() - start, 1),
               "setup": {"lab_per_class": lab_n, "field_per_class": field_n, "field_test_images": len(test_rows),
                         "field_val_images": len(field_val), "image_size": IMAGE_SIZE,
                         "backbone": lab_cfg.model.backbone, "lab_recipe": "classify",
-                        "candidates": CANDIDATES, "choice_budget": CHOICE_BUDGET,
+                        "candidates": candidates, "choice_budget": CHOICE_BUDGET,
                         "replay_per_class": args.replay, "seeds": list(seeds)},
               "lab_test_accuracy": drop["in_source"], "drop": drop, "lab_model_on_field": _figures(zero),
-              "calibration_on_field": zero["shift"]["calibration"] | {"reliability": None},
+              "calibration_on_field": _ece(zero["shift"]["calibration"]),
               "separability": zero.get("separability"), "runs": runs, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -135,6 +159,17 @@ def main() -> None:
     for line in summary["lines"]:
         print(line)
     print(f"wrote {args.out} ({record['seconds']} s)")
+
+
+def choose(runs: dict[str, dict[str, list[dict[str, Any]]]], cheapest_first: list[str]) -> str:
+    """The choice rule, on field VALIDATION figures only: the lowest mean field validation NLL over seeds (20
+    validation images make accuracy move in steps of 0.05; the NLL is finer and still a proper score); then the
+    cheapest candidate (``cheapest_first`` order) whose mean NLL is within one standard error of that best (the
+    standard error of the best candidate's mean over seeds): a costlier recipe must earn its cost."""
+    nll = {n: [r["val_nll"] for r in runs[n][str(CHOICE_BUDGET)]] for n in cheapest_first}
+    best = min(cheapest_first, key=lambda n: statistics.fmean(nll[n]))
+    se = statistics.stdev(nll[best]) / len(nll[best]) ** 0.5 if len(nll[best]) > 1 else 0.0
+    return next(n for n in cheapest_first if statistics.fmean(nll[n]) <= statistics.fmean(nll[best]) + se)
 
 
 def _train(config: Any, store: Any) -> Any:
@@ -153,6 +188,7 @@ def _fine_tune(args: argparse.Namespace, lab_run: Any, pool: dict[str, list[Path
 
     from plantpheno import api
 
+    start = time.time()
     rng = np.random.default_rng([seed, k])  # the same images for every candidate
     rows = [(Path(r["path"]), r["label"], r["split"]) for r in _read_csv(lab_run.path / "split.csv")]
     replay = []
@@ -163,12 +199,18 @@ def _fine_tune(args: argparse.Namespace, lab_run: Any, pool: dict[str, list[Path
     lab_test = [row for row in rows if row[2] == "test"]
     manifest = _manifest(args.work / f"{candidate}_{k}_{seed}.csv", replay + picked + field_val + lab_test)
     base = _common(args.work, f"{candidate}_{k}_{seed}", seed, args.quick)
-    config = api.load_config("classify_adapt", base | CANDIDATES[candidate] | {
+    spec = EXPLORED[candidate]
+    if args.quick:  # a smoke run: the candidate's phases, 2 head epochs and at most 1 fine-tune epoch
+        spec = spec | {"training.epochs": 2, "training.fine_tune.epochs": min(1, spec["training.fine_tune.epochs"]),
+                       "training.fine_tune.warmup_epochs": 0}
+    config = api.load_config("classify_adapt", base | spec | {
         "data.manifest": str(manifest), "model.init_from": str(lab_run.path)})
     result = _train(config, store)
-    on_val = _figures(api.evaluate(result.run_dir, split="val", verbose=False))
+    val_eval = api.evaluate(result.run_dir, split="val", verbose=False)
+    on_val = _figures(val_eval)
     lab_after = _figures(result.metrics)  # the run's own test split: the lab test images
     return {"seed": seed, "run": result.run_dir, "val_accuracy": on_val["field_accuracy"],
+            "val_nll": val_eval["calibration"]["before"]["nll"], "seconds": round(time.time() - start, 1),
             "lab_test_after": lab_after["field_accuracy"], "lab_test_after_low": lab_after["low"],
             "lab_test_after_high": lab_after["high"]}
 
@@ -186,6 +228,22 @@ def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
             "macro_f1": metrics["macro_f1"], "images": metrics["num_images"]}
 
 
+def _ece(block: dict[str, Any]) -> dict[str, Any]:
+    """ECE on the field test images: raw, after the run's temperature (an adapted run fits it on its field
+    validation images), and after a temperature fitted on the field validation images (the lab model)."""
+    def cut(b: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if b is None else {k: b.get(k) for k in ("estimate", "low", "high")}
+
+    own = block.get("source_temperature")
+    return {"ece_before": cut(block["ece_before"]), "run_temperature": block["temperature"],
+            "run_temperature_applied": block["temperature_applied"], "ece_after_run_temperature":
+            cut(block.get("ece_after")), "ece_change_run_temperature": cut(block.get("ece_change")),
+            "field_temperature": None if own is None else {
+                k: own.get(k) for k in ("fitted_on", "num_images", "temperature", "applied", "not_applied",
+                                        "nll_before", "nll_after")} | {
+                "ece_after": cut(own["ece_after"]), "ece_change": cut(own["ece_change"])}}
+
+
 def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero: dict[str, Any],
              drop: dict[str, Any]) -> dict[str, Any]:
     """Per candidate: its mean field validation accuracy (the choice), medians over seeds, shares recovered."""
@@ -195,7 +253,8 @@ def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero
     out: dict[str, Any] = {"chosen": chosen, "choice_budget": CHOICE_BUDGET, "candidates": {}}
     for name, by_budget in runs.items():
         row: dict[str, Any] = {"mean_field_val_accuracy": statistics.fmean(
-            r["val_accuracy"] for r in by_budget[str(CHOICE_BUDGET)]), "median_field_accuracy": {},
+            r["val_accuracy"] for r in by_budget[str(CHOICE_BUDGET)]), "mean_field_val_nll": statistics.fmean(
+            r["val_nll"] for r in by_budget[str(CHOICE_BUDGET)]), "median_field_accuracy": {},
             "recovered_share": {}, "median_lab_test_after": {}}
         for k, rows in sorted(by_budget.items(), key=lambda item: int(item[0])):
             median = statistics.median(r["field_accuracy"] for r in rows)
@@ -204,7 +263,7 @@ def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero
             row["median_lab_test_after"][k] = statistics.median(r["lab_test_after"] for r in rows)
         out["candidates"][name] = row
         lines.append(f"{name}{' (chosen on field val)' if name == chosen else ''}: field val at {CHOICE_BUDGET}/class "
-                     f"{row['mean_field_val_accuracy']:.3f}")
+                     f"{row['mean_field_val_accuracy']:.3f}, NLL {row['mean_field_val_nll']:.3f}")
         for k, median in row["median_field_accuracy"].items():
             share = row["recovered_share"][k]
             each = ", ".join(f"{r['field_accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" for r in by_budget[k])
@@ -224,10 +283,12 @@ def _markdown(record: dict[str, Any]) -> str:
            f"Lab model (classify recipe, {record['setup']['backbone']}, {record['setup']['image_size']} px): lab test "
            f"{d['in_source']:.3f}, field test {zero['field_accuracy']:.3f} [{zero['low']:.3f}, {zero['high']:.3f}]: "
            f"drop {d['drop']:.3f} (95 % CI {d['low']:.3f} to {d['high']:.3f}).", "",
+           "Choice (field validation images only): the lowest mean field validation NLL at "
+           f"{CHOICE_BUDGET}/class, then the cheapest candidate (listed first) within one standard error of it.", "",
            "| candidate | field val (mean) | labelled field / class | field test, each seed [95 % CI] | median | "
            "share of the drop recovered | lab test after (median) |", "|---|---|---|---|---|---|---|"]
     for name, row in s["candidates"].items():
-        val = f"{row['mean_field_val_accuracy']:.3f} at {CHOICE_BUDGET}/class"
+        val = f"{row['mean_field_val_accuracy']:.3f}, NLL {row['mean_field_val_nll']:.3f} at {CHOICE_BUDGET}/class"
         label = f"**{name}** (chosen)" if name == s["chosen"] else name
         for k, median in row["median_field_accuracy"].items():
             each = ", ".join(f"{r['field_accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
@@ -235,10 +296,42 @@ def _markdown(record: dict[str, Any]) -> str:
             share = row["recovered_share"][k]
             out.append(f"| {label} | {val} | {k} | {each} | {median:.3f} | "
                        f"{'-' if share is None else f'{share:.0%}'} | {row['median_lab_test_after'][k]:.3f} |")
+    out += ["", *_calibration_markdown(record)]
     goal = "met" if s["goal_10_per_class_recovers_half"] else "NOT met"
     out += ["", f"Goal (10 labelled field images per class recover at least half of the drop, chosen candidate): "
                 f"{goal}.", ""]
     return "\n".join(out)
+
+
+
+def _calibration_markdown(record: dict[str, Any]) -> list[str]:
+    """ECE on the field test images: the lab model's before and after temperatures, then each adapted run's."""
+    def ci(b: dict[str, Any] | None) -> str:
+        if b is None:
+            return "-"
+        return f"{b['estimate']:.3f}" + (f" [{b['low']:.3f}, {b['high']:.3f}]" if b.get("low") is not None else "")
+
+    cal = record["calibration_on_field"]
+    field = cal["field_temperature"]
+    run_t = (f"after its own temperature (T = {cal['run_temperature']:.3g}, fitted on lab val) "
+             f"{ci(cal['ece_after_run_temperature'])}" if cal["run_temperature_applied"] else
+             "its own temperature is not applied (the lab validation split is perfectly separated)")
+    lab_field = (f"after a temperature fitted on the {field['num_images']} labelled field VALIDATION images "
+                 f"(T = {field['temperature']:.3g}): {ci(field['ece_after'])}, change {ci(field['ece_change'])} "
+                 f"(the interval refits the temperature on each resample of those images)" if field["applied"]
+                 else f"no field temperature: {field['not_applied']}")
+    out = [f"Calibration on the field TEST images (95 % bootstrap intervals, {record['setup']['field_test_images']} "
+           f"images): the lab model's ECE raw {ci(cal['ece_before'])}; {run_t}; {lab_field}.", "",
+           "| candidate | labelled field / class | ECE raw, each seed | ECE after the run's temperature (fitted on "
+           "its field val images), each seed |", "|---|---|---|---|"]
+    for name, by_budget in record["runs"].items():
+        for k, rows in sorted(by_budget.items(), key=lambda item: int(item[0])):
+            raw = ", ".join(ci(r["calibration"]["ece_before"]) for r in rows)
+            after = ", ".join(ci(r["calibration"]["ece_after_run_temperature"]) + (
+                f" (T = {r['calibration']['run_temperature']:.3g})" if r["calibration"]["run_temperature_applied"]
+                else " (not applied: val separated)") for r in rows)
+            out.append(f"| {name} | {k} | {raw} | {after} |")
+    return out
 
 
 if __name__ == "__main__":

@@ -418,6 +418,9 @@ class SourceConfig(_Section):
     class_map: Path | None = Field(None, description="YAML mapping 'source label: run class' (or unknown); "
                                                      "null = labels named as the run's classes.")
     name: str | None = Field(None, description="The folder under RUN_DIR/eval/; null = the data's name.")
+    calibrate_on: Path | None = Field(None, description="Other labelled images of the same source (folder or CSV, "
+                                      "mapped by the same class map; never the evaluated ones): a temperature is "
+                                      "fitted on them and the ECE after it reported; null = none.")
 
 
 class OODConfig(_Section):

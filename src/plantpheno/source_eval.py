@@ -33,7 +33,7 @@ from plantpheno.errors import ArgumentError, DataError
 from plantpheno.evaluation.calibration import softmax
 from plantpheno.evaluation.inference import predict
 from plantpheno.evaluation.report import write_evaluation
-from plantpheno.evaluation.shift import shift_summary, worst_errors
+from plantpheno.evaluation.shift import CalibrationSet, shift_summary, worst_errors
 from plantpheno.models import build_model
 from plantpheno.records.evaluation import Evaluation, Unknowns
 from plantpheno.records.model_meta import ModelMeta
@@ -50,12 +50,14 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One other source: where its images are, its class map (None: labels named as the run's classes) and the
-    name of its evaluation folder (None: from the data's file or folder name)."""
+    """One other source: where its images are, its class map (None: labels named as the run's classes), the
+    name of its evaluation folder (None: from the data's file or folder name) and other labelled images of the
+    same source to fit its temperature on (None: no such fit; never the evaluated images)."""
 
     data: Path
     class_map: Path | None = None
     name: str | None = None
+    calibrate_on: Path | None = None
 
 
 def source_name(spec: SourceSpec) -> str:
@@ -107,6 +109,8 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
     class_map = load_class_map(spec.class_map, names) if spec.class_map is not None else ClassMap()
     samples, bad = readable_images(read_source(spec.data, config), spec.data, config.data, reporter)
     source = map_source(samples, class_map, names, source=str(spec.data))
+    calibration = (read_calibration(spec, class_map, source, names, config=config, reporter=reporter)
+                   if spec.calibrate_on is not None else None)
     ev = config.evaluation
     reporter.info(f"evaluating on {spec.data} ({len(source.mapped)} images with a run class, {len(source.unmapped)} "
                   f"expected unknown) -> {run.eval(name).path}")
@@ -122,7 +126,9 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
     shift = shift_summary(source_logits=mapped, source_targets=y, test_targets=test[0] if test else None,
                           test_predicted=test[1] if test else None, class_names=names, temperature=temperature,
                           temperature_applied=applied, bins=ev.calibration_bins,
-                          bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=config.seed)
+                          bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=config.seed,
+                          calibration_set=_calibration_set(model, spec, calibration, config=config, meta=meta,
+                                                           device=device, reporter=reporter))
     paths = [s.path for s, _ in source.mapped]
     found = source_unknowns(model, run, paths + [s.path for s in source.unmapped], correct=mapped.argmax(1) == y,
                             meta=meta, evaluation=config.evaluation, batch_size=config.data.batch_size,
@@ -158,6 +164,38 @@ def read_source(data: Path, config: Config) -> list[Sample]:
         return read_manifest(data, root=None, task="classification")
     raise DataError(f"--data {data} does not exist; expected an image folder (root/<label>/<image>) or a CSV "
                     f"manifest (path,label)")
+
+
+def _calibration_set(model: nn.Module, spec: SourceSpec, found: MappedSource | None, *, config: Config,
+                     meta: ModelMeta, device: torch.device, reporter: Reporter) -> CalibrationSet | None:
+    """The logits and classes of the calibration images (``spec.calibrate_on`` as :func:`read_calibration` read
+    it), on which the source's own temperature is fitted."""
+    if found is None:
+        return None
+    reporter.info(f"fitting the source's temperature on {len(found.mapped)} labelled images of {spec.calibrate_on}")
+    logits = _logits(model, [s.path for s, _ in found.mapped], config=config, meta=meta, device=device)
+    return CalibrationSet(logits, np.array([c for _, c in found.mapped], dtype=np.int64), str(spec.calibrate_on))
+
+
+def read_calibration(spec: SourceSpec, class_map: ClassMap, source: MappedSource, names: list[str], *,
+                     config: Config, reporter: Reporter | None) -> MappedSource:
+    """``spec.calibrate_on`` read and mapped like the source; an image it shares with the source is an error (a
+    temperature fitted on the images it is judged on would flatter it)."""
+    assert spec.calibrate_on is not None
+    where = spec.calibrate_on
+    samples, _ = readable_images(read_source(where, config), where, config.data, reporter)
+    found = map_source(samples, class_map, names, source=str(where))
+    evaluated = {_same_file(s.path) for s, _ in source.mapped} | {_same_file(s.path) for s in source.unmapped}
+    shared = [s.path for s, _ in found.mapped if _same_file(s.path) in evaluated]
+    if shared:
+        raise ArgumentError(f"calibration images {where} share {len(shared)} image(s) with the evaluated source "
+                            f"{spec.data} (e.g. {shared[0]}); expected other labelled images of that source (a "
+                            f"validation set), never the images the temperature is judged on")
+    return found
+
+
+def _same_file(path: Path) -> Path:
+    return Path(path).resolve()
 
 
 def _check_classification(run: RunDir, meta: ModelMeta) -> list[str]:
@@ -299,8 +337,13 @@ def summary_lines(evaluation: Evaluation) -> list[str]:
         lines.append(f"  drop from the in-source test accuracy {drop['in_source']:.4f}: {drop['drop']:.4f}{interval}")
     shift_cal = shift["calibration"]
     after = shift_cal.get("ece_after")
-    lines.append(f"  ECE {shift_cal['ece_before']['estimate']:.4f} before the temperature"
-                 + (f", {after['estimate']:.4f} after (T = {shift_cal['temperature']:.3g})" if after else ""))
+    lines.append(f"  ECE {_with_ci(shift_cal['ece_before'])} before the temperature"
+                 + (f", {_with_ci(after)} after (T = {shift_cal['temperature']:.3g})" if after else ""))
+    own = shift_cal.get("source_temperature")
+    if own is not None:
+        lines.append(f"  ECE {_with_ci(own['ece_after'])} after the source's temperature (T = {own['temperature']:.3g}, "
+                     f"fitted on {own['num_images']} images of {own['fitted_on']})" if own["applied"]
+                     else f"  no source temperature: {own['not_applied']}")
     lines.append(f"  expected unknown (labels without a run class): {src['unmapped']} of {src['images']} "
                  f"({src['unmapped_fraction']:.1%})")
     if evaluation.unknowns is not None:
@@ -309,6 +352,11 @@ def summary_lines(evaluation: Evaluation) -> list[str]:
     if sep.get("accuracy") is not None:
         lines.append(f"  sources apart by their borders: {sep['accuracy']:.1%} (majority {sep['majority']:.1%})")
     return lines
+
+
+def _with_ci(block: dict[str, Any]) -> str:
+    ci = f" (CI {block['low']:.4f} to {block['high']:.4f})" if block.get("low") is not None else ""
+    return f"{block['estimate']:.4f}{ci}"
 
 
 def _figure(value: float | None) -> str:
@@ -324,13 +372,15 @@ def check_sources(config: Config, class_names: list[str] | None) -> None:
         raise DataError("evaluation.sources needs a classification run (task: classification); this config trains "
                         "a regression")
     for i, entry in enumerate(config.evaluation.sources):
-        spec = SourceSpec(entry.data, entry.class_map, entry.name)
+        spec = SourceSpec(entry.data, entry.class_map, entry.name, entry.calibrate_on)
         where = f"evaluation.sources[{i}]"
         try:
             source_name(spec)
             class_map = load_class_map(spec.class_map, class_names) if spec.class_map is not None else ClassMap()
             samples, _ = readable_images(read_source(spec.data, config), spec.data, config.data, None)
-            map_source(samples, class_map, class_names, source=str(spec.data))
+            source = map_source(samples, class_map, class_names, source=str(spec.data))
+            if spec.calibrate_on is not None:
+                read_calibration(spec, class_map, source, class_names, config=config, reporter=None)
         except (DataError, ArgumentError) as exc:  # the config's field named, not the command line's
             raise DataError(f"{where}: {str(exc).replace('; give one with --name', '; set its name')}") from None
 
@@ -340,7 +390,7 @@ def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: Mod
     """The end of ``train``: each ``evaluation.sources`` entry, evaluated with the best weights (a failure warns:
     the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it)."""
     for entry in config.evaluation.sources:
-        spec = SourceSpec(entry.data, entry.class_map, entry.name)
+        spec = SourceSpec(entry.data, entry.class_map, entry.name, entry.calibrate_on)
         try:
             evaluation = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
                                       checkpoint_epoch=checkpoint_epoch, reporter=reporter)

@@ -100,6 +100,29 @@ def test_a_bad_class_map_on_the_command_line_is_one_line_and_exit_2(lab_run, fie
     assert done.stderr.strip().count("\n") == 0 and "which is not a class of the run" in done.stderr
 
 
+def test_a_temperature_fitted_on_other_images_of_the_source_and_overlap_refused(lab_run, field, tmp_path):
+    """--calibrate-on: the source's own temperature with the ECE after it; the evaluated images themselves are
+    refused as calibration images (one line, exit 2)."""
+    root, cmap = field
+    run = Path(shutil.copytree(lab_run, tmp_path / "run"))
+    cal = synthesize_disease(tmp_path / "cal", per_class=6, image_size=48, seed=8, style="field")
+    (cal / "leaf_spot").rename(cal / "Spots")  # labelled as the source labels its images (the class map applies)
+    done = _cli("evaluate", str(run), "--data", str(root), "--class-map", str(cmap), "--name", "field",
+                "--calibrate-on", str(cal))
+    assert done.returncode == 0, done.stderr
+    own = json.loads((run / "eval" / "field" / "metrics.json").read_text())["shift"]["calibration"]
+    own = own["source_temperature"]
+    assert own["fitted_on"] == str(cal) and own["num_images"] == 24
+    if own["applied"]:  # 24 tiny images might be separated by chance: then it says so instead
+        assert own["ece_after"]["low"] <= own["ece_after"]["estimate"] <= own["ece_after"]["high"]
+        assert "after the source's temperature" in done.stdout
+    else:
+        assert "perfectly separated" in own["not_applied"]
+    same = _cli("evaluate", str(run), "--data", str(root), "--class-map", str(cmap), "--calibrate-on", str(root))
+    assert same.returncode == 2 and "Traceback" not in same.stderr and same.stderr.strip().count("\n") == 0
+    assert "share 32 image(s) with the evaluated source" in same.stderr
+
+
 def test_train_ends_with_evaluation_sources_and_init_from_records_the_parent(lab_run, field, tmp_path):
     root, cmap = field
     raw = tiny_config(tmp_path, data={"root": str(root)}, model={"init_from": str(lab_run)},

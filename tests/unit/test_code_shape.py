@@ -49,7 +49,9 @@ WHOLE_CONFIG = {
     # model.init_from and registry.uri; the other sources read data, evaluation, model and device settings
     "parent_model.py": {"start_from_parent", "_read_parent", "_from_registry"},
     "source_eval.py": {"check_sources", "evaluate_sources", "evaluate_loaded", "read_source", "_logits",
-                       "_separability"},
+                       "_separability",
+                       # the calibration images are read (read_source) and predicted (_logits) as the source is
+                       "read_calibration", "_calibration_set"},
 }
 
 

@@ -58,7 +58,8 @@ def test_the_summary_lines_of_another_source_come_from_the_record():
     assert lines[0] == ("field (32 images with a run class): accuracy 0.8000 (95% CI 0.7000 to 0.9000)  "
                         "macro-F1 0.7500")
     assert "drop from the in-source test accuracy 0.9500: 0.1500 (CI 0.0500 to 0.2500)" in lines[1]
-    assert "ECE 0.1200 before the temperature, 0.0600 after (T = 1.5)" in lines[2]
+    assert ("ECE 0.1200 (CI 0.0800 to 0.1600) before the temperature, 0.0600 (CI 0.0300 to 0.0900) after "
+            "(T = 1.5)") in lines[2]
     assert "3 of 35" in lines[3] and "97.0%" in lines[4]
 
 

@@ -83,7 +83,8 @@ def resume(run: Run | str | os.PathLike[str], *, verbose: bool = True, reporter:
 def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val", "test"] | None = None,
              data: str | os.PathLike[str] | None = None, class_map: str | os.PathLike[str] | None = None,
              name: str | None = None, device: str | None = None, verbose: bool = True,
-             reporter: Reporter | None = None, fit_unknowns: bool = False) -> dict[str, Any]:
+             reporter: Reporter | None = None, fit_unknowns: bool = False,
+             calibrate_on: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Evaluate a run's best checkpoint on one of its splits (``plantpheno evaluate``): writes
     ``RUN_DIR/eval/SPLIT/`` and returns its metrics (with ``headline_metric`` and its ``confidence_interval``).
 
@@ -92,13 +93,14 @@ def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val"
     ``name`` the folder under ``RUN_DIR/eval/``; the metrics then hold ``source``, ``shift`` (the drop from the
     test split with its interval, per-class drops, calibration), ``separability`` and, when the run has an OOD
     detector, ``unknowns`` (the share flagged unknown, accuracy on kept and flagged images, AUROC and FPR95 against
-    the test split). ``fit_unknowns``: first fit the run's OOD detector on its train/val splits (a run trained
+    the test split). ``calibrate_on``: other labelled images of that source (never the evaluated ones) to fit its
+    own temperature on (``shift.calibration.source_temperature``). ``fit_unknowns``: first fit the run's OOD detector on its train/val splits (a run trained
     before plantpheno had one), as ``plantpheno evaluate --fit-unknowns``."""
     if not isinstance(fit_unknowns, bool):
         raise ArgumentError(f"fit_unknowns: got {short_repr(fit_unknowns)}; expected True or False")
     if data is None:
-        if class_map is not None or name is not None:
-            raise ArgumentError("class_map and name go with data (an evaluation on another source)")
+        if class_map is not None or name is not None or calibrate_on is not None:
+            raise ArgumentError("class_map, name and calibrate_on go with data (an evaluation on another source)")
         import plantpheno.pipeline as pipeline
 
         return pipeline.evaluate_run(_run_path(run), split=check_split("test" if split is None else split), device=device,
@@ -107,7 +109,8 @@ def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val"
         raise ArgumentError("split and data exclude each other: data evaluates on another source")
     import plantpheno.source_eval as source_eval
 
-    spec = source_eval.SourceSpec(Path(data), Path(class_map) if class_map is not None else None, name)
+    spec = source_eval.SourceSpec(Path(data), Path(class_map) if class_map is not None else None, name,
+                                  Path(calibrate_on) if calibrate_on is not None else None)
     source_eval.source_name(spec)  # a bad name fails before the detector's fit
     if fit_unknowns:  # the detector first, and the test split scored with it
         import plantpheno.pipeline as pipeline

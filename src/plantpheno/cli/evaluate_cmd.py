@@ -1,5 +1,5 @@
 """``plantpheno evaluate RUN_DIR [--split test]`` and ``plantpheno evaluate RUN_DIR --data DIR_OR_CSV [--class-map
-MAP.yaml] [--name NAME]``; ``--fit-unknowns`` fits an old run's OOD detector first."""
+MAP.yaml] [--name NAME] [--calibrate-on DIR_OR_CSV]``; ``--fit-unknowns`` fits an old run's OOD detector first."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --data: YAML mapping 'source label: run class' (or unknown); labels it does not map "
                         "are expected to be unknown (default: labels named as the run's classes)")
     p.add_argument("--name", default=None, help="with --data: the folder under RUN_DIR/eval/ (default: the data's name)")
+    p.add_argument("--calibrate-on", type=Path, default=None, metavar="DIR_OR_CSV",
+                   help="with --data: other labelled images of the same source (e.g. its validation images; never "
+                        "the evaluated ones), mapped by the same class map: a temperature is fitted on them and the "
+                        "ECE of --data after it is reported with its interval")
     p.add_argument("--fit-unknowns", action="store_true",
                    help="first fit the run's OOD detector on its own train/val splits (never test), as train does, "
                         "and store it (ood.json): for a run trained before plantpheno had one; with --data the test "
@@ -38,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from plantpheno.run.folder import RunDir
 
     if args.data is None:
-        if args.class_map is not None or args.name is not None:
-            raise ArgumentError("--class-map and --name go with --data (an evaluation on another source)")
+        if args.class_map is not None or args.name is not None or args.calibrate_on is not None:
+            raise ArgumentError("--class-map, --name and --calibrate-on go with --data (an evaluation on another "
+                                "source)")
         from plantpheno.evaluation.report import summary_lines
         from plantpheno.pipeline import evaluate_run
 
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise ArgumentError("--split and --data exclude each other: --data evaluates on another source")
     import plantpheno.source_eval as source_eval
 
-    spec = source_eval.SourceSpec(args.data, args.class_map, args.name)
+    spec = source_eval.SourceSpec(args.data, args.class_map, args.name, args.calibrate_on)
     source_eval.source_name(spec)  # a bad --name fails before the detector's fit
     if args.fit_unknowns:  # the detector first, and the test split scored with it (the drop and AUROC need it)
         from plantpheno.pipeline import evaluate_run

@@ -51,6 +51,13 @@ def _one(run: RunDir, m: Evaluation, *, model: nn.Module, meta: ModelMeta, worst
     if shift_cal.get("ece_after"):
         rows.append([f"ECE after the run's temperature (T = {shift_cal['temperature']:.3g}, fitted on in-source "
                      f"val)", shift_cal["ece_after"]["estimate"], _interval(shift_cal["ece_after"])])
+    own = shift_cal.get("source_temperature")
+    if own is not None and own["applied"]:
+        rows.append([f"ECE after the source's temperature (T = {own['temperature']:.3g}, fitted on {own['num_images']} "
+                     f"labelled images of {own['fitted_on']})", own["ece_after"]["estimate"],
+                     _interval(own["ece_after"])])
+    elif own is not None:
+        rows.append(["ECE after the source's temperature", "not fitted", own["not_applied"]])
     rows.append(["images expected unknown (labels without a run class)",
                  f"{src['unmapped']} of {src['images']} ({src['unmapped_fraction']:.1%})", ""])
     rows += _unknown_rows(m.unknowns)

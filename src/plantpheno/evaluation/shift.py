@@ -8,21 +8,33 @@ from resampling each with replacement on its own and taking the percentiles of t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from plantpheno.evaluation.calibration import reliability, softmax
+from plantpheno.evaluation.calibration import fit_temperature, reliability, softmax
 from plantpheno.evaluation.metrics import bootstrap_ci, classification_metrics
 
 _Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Labelled images of the other source set aside to fit its temperature on: their raw logits, their class
+    indices and where they came from (the evaluated images are never among them)."""
+
+    logits: np.ndarray
+    targets: np.ndarray
+    origin: str
+
+
 def shift_summary(*, source_logits: np.ndarray, source_targets: np.ndarray, test_targets: np.ndarray | None,
                   test_predicted: np.ndarray | None, class_names: Sequence[str], temperature: float,
                   temperature_applied: bool, bins: int, bootstrap_samples: int, confidence: float,
-                  seed: int) -> dict[str, Any]:
-    """The ``shift`` block of an evaluation on another source (see the module docstring)."""
+                  seed: int, calibration_set: CalibrationSet | None = None) -> dict[str, Any]:
+    """The ``shift`` block of an evaluation on another source (see the module docstring). ``calibration_set``:
+    other labelled images of the same source (never the evaluated ones) to fit a temperature of that source on."""
     k = len(class_names)
     y, pred = source_targets.astype(int), source_logits.argmax(1)
     boot = {"n_resamples": bootstrap_samples, "confidence": confidence, "seed": seed}
@@ -37,6 +49,9 @@ def shift_summary(*, source_logits: np.ndarray, source_targets: np.ndarray, test
                          for name, metric in (("accuracy", _accuracy), ("macro_f1", _macro_f1(k)))}
         block["per_class"] = [_class_drop(i, name, (t, tp), (y, pred), boot) for i, name in enumerate(class_names)]
     block["calibration"] = _calibration(source_logits, y, temperature, temperature_applied, bins, boot)
+    if calibration_set is not None:
+        block["calibration"]["source_temperature"] = source_temperature(source_logits, y, calibration_set,
+                                                                        bins=bins, boot=boot)
     return block
 
 
@@ -101,6 +116,60 @@ def _calibration(logits: np.ndarray, y: np.ndarray, temperature: float, applied:
             "ece_before": with_ci(ece_at(1.0)), "ece_after": with_ci(ece_at(temperature)) if applied else None,
             "ece_change": with_ci(change) if applied else None,
             "mean_confidence": float(softmax(logits, temperature).max(1).mean())}
+
+
+def source_temperature(logits: np.ndarray, y: np.ndarray, calibration: CalibrationSet, *, bins: int,
+                       boot: dict[str, Any]) -> dict[str, Any]:
+    """A temperature fitted on the other source's own labelled calibration images (minimum NLL, as on the run's
+    validation split), and the ECE of the evaluated images with it (interval; and the interval of the change from
+    the raw softmax). A perfectly separated calibration set has no finite fit (its NLL keeps falling as T -> 0):
+    then nothing is applied and ``not_applied`` says why."""
+    fit = fit_temperature(calibration.logits, calibration.targets)
+    applied = not fit["at_bound"]
+    out: dict[str, Any] = {"fitted_on": calibration.origin, "num_images": fit["num_images"],
+                           "temperature": fit["temperature"] if applied else 1.0,
+                           "fitted_temperature": fit["temperature"], "applied": applied,
+                           "nll_before": fit["nll_before"], "nll_after": fit["nll_after"],
+                           "calibration_accuracy": float(np.mean(calibration.logits.argmax(1) == calibration.targets)),
+                           "ece_after": None, "ece_change": None}
+    if not applied:
+        out["not_applied"] = (f"the {fit['num_images']} calibration images are perfectly separated: their NLL keeps "
+                              f"falling as T -> 0, so no temperature can be fitted on them")
+        return out
+    out["ece_after"], out["ece_change"] = _refitted_ece(logits, y, calibration, fit["temperature"], bins, boot)
+    return out
+
+
+def _refitted_ece(logits: np.ndarray, y: np.ndarray, calibration: CalibrationSet, temperature: float, bins: int,
+                  boot: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ECE of the evaluated images at ``temperature`` and its change from the raw softmax, with percentile-bootstrap
+    intervals that resample the evaluated and the calibration images each on their own and refit the temperature
+    on every calibration resample (a few dozen calibration images make the temperature itself uncertain); a
+    resample whose calibration images are separated gets T = 1, as the fit itself would."""
+    def ece(labels: np.ndarray, z: np.ndarray, t: float) -> float:
+        return float(reliability(softmax(z, t), labels, bins=bins)["ece"])
+
+    after, before = ece(y, logits, temperature), ece(y, logits, 1.0)
+    est = ({"estimate": after, "low": None, "high": None}, {"estimate": after - before, "low": None, "high": None})
+    if boot["n_resamples"] < 1 or len(y) == 0:
+        return est
+    rng = np.random.default_rng(boot["seed"])
+    stats = np.empty((boot["n_resamples"], 2))
+    m = len(calibration.targets)
+    for r in range(boot["n_resamples"]):
+        j, i = rng.integers(0, m, m), rng.integers(0, len(y), len(y))
+        fit = fit_temperature(calibration.logits[j], calibration.targets[j])
+        t = 1.0 if fit["at_bound"] else fit["temperature"]
+        stats[r, 0] = ece(y[i], logits[i], t)
+        stats[r, 1] = stats[r, 0] - ece(y[i], logits[i], 1.0)
+    tail = 100.0 * (1.0 - boot["confidence"]) / 2.0
+    method = ("percentile bootstrap, the evaluated and the calibration images resampled each on their own, the "
+              "temperature refitted on each calibration resample")
+    for col, block in enumerate(est):
+        low, high = np.percentile(stats[:, col], [tail, 100.0 - tail])
+        block.update(low=float(low), high=float(high), confidence=boot["confidence"],
+                     n_resamples=boot["n_resamples"], method=method)
+    return est
 
 
 def worst_errors(paths: Sequence[str], logits: np.ndarray, y: np.ndarray, class_names: Sequence[str], *,
