@@ -18,6 +18,10 @@ with a few labelled field images per class wins back (the ``classify_adapt`` rec
 4. The chosen candidate is also run with 5 and 20 images per class; then every run is evaluated on the field TEST
    images (``evaluate --data``), the other candidate's too, for the record.
 
+``--fixed CANDIDATE`` skips the choice (the user labels 10 a class IN TOTAL): that candidate alone, its epoch chosen
+on ``--field-val`` field validation images a class (10 - that many to train on at the goal), or with ``--field-val 0``
+on the lab model's validation images (no field label spent on choosing; results/adapt_total10.md, adapt_val0.md).
+
 The frozen backbone's pass is shared by every fine-tuning run of one process (a feature store; they start from the
 same parent), so a run costs its head and block training. Writes each run's field accuracy with its bootstrap
 interval, medians over seeds, the share of the drop recovered ((acc_k - acc_0) / drop) and the lab test accuracy
@@ -58,10 +62,16 @@ EXPLORED: dict[str, dict[str, Any]] = {
     "val_loss": _BLOCKS | {"training.monitor": "val/loss"},
     "augment": _BLOCKS | {"data.augment.enabled": True, "training.feature_cache_views": 4},
     "longer": {"training.epochs": 20, "training.fine_tune.epochs": 20},
+    # --field-val 0 (no field label spent on choosing): the epoch is chosen on the LAB validation images' loss (their
+    # accuracy is 1.0 from the start). Fixed from the seed-0 exploration before any run of it: the head alone had the
+    # lowest field validation NLL at its LAST epoch (0.051; head then blocks 0.188, warmup 0.370) and its curve was
+    # flat from epoch 9 on, so where on it the lab images stop matters least
+    "head_only_lab_loss": {"training.epochs": 20, "training.fine_tune.epochs": 0, "training.monitor": "val/loss"},
 }
 DEFAULT = ("head_only", "head_then_blocks", "warmup")
 QUICK = ("head_only", "head_then_blocks")
 CHOICE_BUDGET = 10  # the candidates are compared on field validation images at this budget (the goal's)
+GOAL_LABELLED = 10  # --fixed: the goal's field labels a class, validation images included (issue 29)
 
 
 def _common(work: Path, name: str, seed: int, quick: bool) -> dict[str, Any]:
@@ -105,6 +115,10 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", help="field images per class (default 5 10 20)")
     parser.add_argument("--candidates", nargs="+", choices=list(EXPLORED),
                         help=f"default: {' '.join(DEFAULT)} (quick: {' '.join(QUICK)})")
+    parser.add_argument("--fixed", choices=list(EXPLORED), metavar="CANDIDATE",
+                        help="no choice among candidates: this one at every budget, and the goal is judged at "
+                             f"{GOAL_LABELLED} field labels a class IN TOTAL ({GOAL_LABELLED} - --field-val to train "
+                             "on; the field validation images only pick its epoch)")
     args = parser.parse_args()
 
     import shutil
@@ -118,14 +132,17 @@ def main() -> None:
     args.work.mkdir(parents=True)
     lab_n, field_n = (20, 40) if args.quick else (60, 80)
     seeds = tuple(args.seeds or ((0,) if args.quick else (0, 1, 2)))
+    goal = GOAL_LABELLED - args.field_val if args.fixed else CHOICE_BUDGET  # train images a class at the goal
+    if goal < 1:
+        parser.error(f"--fixed needs --field-val below {GOAL_LABELLED}: got {args.field_val}")
     budgets = tuple(args.budgets or ((5, 10) if args.quick else (5, 10, 20)))
-    wanted = args.candidates or (QUICK if args.quick else DEFAULT)
+    wanted = [args.fixed] if args.fixed else args.candidates or (QUICK if args.quick else DEFAULT)
     candidates = {name: spec for name, spec in EXPLORED.items() if name in wanted}
     lab = synthesize_disease(args.work / "lab", per_class=lab_n, image_size=IMAGE_SIZE, seed=0)
     field = synthesize_disease(args.work / "field", per_class=field_n, image_size=IMAGE_SIZE, seed=1, style="field")
     pool, field_val, test_rows = _field_rows(field, field_n, args.field_val)
     field_test = _manifest(args.work / "field_test.csv", test_rows)
-    field_val_csv = _manifest(args.work / "field_val.csv", field_val)  # the lab model's field temperature
+    field_val_csv = _manifest(args.work / "field_val.csv", field_val) if field_val else None  # its field temperature
     lab_cfg = api.load_config("classify", _common(args.work, "lab", 0, args.quick) | {"data.root": str(lab)})
     lab_run = api.open_run(_train(lab_cfg, None).run_dir)
     zero = api.evaluate(lab_run, data=field_test, name="field", calibrate_on=field_val_csv, verbose=False)
@@ -133,22 +150,22 @@ def main() -> None:
     store = FeatureStore(max_passes=2)  # every fine-tuning run starts from the same parent: one pass for all
     tune = functools.partial(_fine_tune, args, lab_run, pool, field_val, store=store)
     # 1. the choice: each candidate at the goal's budget, judged on the field validation images only
-    runs = {name: {str(CHOICE_BUDGET): [tune(CHOICE_BUDGET, seed, name) for seed in seeds]} for name in candidates}
-    chosen = choose(runs, list(candidates))
+    runs = {name: {str(goal): [tune(goal, seed, name) for seed in seeds]} for name in candidates}
+    chosen = args.fixed or choose(runs, list(candidates))
     # 2. the chosen candidate at the other budgets; then every run's field test figures (after the choice)
-    runs[chosen] |= {str(k): [tune(k, seed, chosen) for seed in seeds] for k in budgets if k != CHOICE_BUDGET}
+    runs[chosen] |= {str(k): [tune(k, seed, chosen) for seed in seeds] for k in budgets if k != goal}
     for by_budget in runs.values():
         for rows in by_budget.values():
             for row in rows:
                 found = api.evaluate(row.pop("run"), data=field_test, name="field", verbose=False)
                 row |= _figures(found) | {"calibration": _ece(found["shift"]["calibration"])}
-    summary = _summary(runs, chosen, zero, drop)
+    summary = _summary(runs, chosen, zero, drop, goal=goal, field_val=args.field_val, fixed=bool(args.fixed))
     record = {"benchmark": "adapt", "machine": machine(), "machine_summary": describe(machine()),
               "quick": args.quick, "seconds": round(time.time() - start, 1),
               "setup": {"lab_per_class": lab_n, "field_per_class": field_n, "field_test_images": len(test_rows),
                         "field_val_images": len(field_val), "image_size": IMAGE_SIZE,
                         "backbone": lab_cfg.model.backbone, "lab_recipe": "classify",
-                        "candidates": candidates, "choice_budget": CHOICE_BUDGET,
+                        "candidates": candidates, "choice_budget": goal, "fixed": args.fixed,
                         "replay_per_class": args.replay, "seeds": list(seeds)},
               "lab_test_accuracy": drop["in_source"], "drop": drop, "lab_model_on_field": _figures(zero),
               "calibration_on_field": _ece(zero["shift"]["calibration"]),
@@ -197,7 +214,8 @@ def _fine_tune(args: argparse.Namespace, lab_run: Any, pool: dict[str, list[Path
         replay += [train[i] for i in sorted(rng.choice(len(train), min(args.replay, len(train)), replace=False))]
     picked = [(p, name, "train") for name in CLASSES for p in rng.choice(pool[name], k, replace=False)]
     lab_test = [row for row in rows if row[2] == "test"]
-    manifest = _manifest(args.work / f"{candidate}_{k}_{seed}.csv", replay + picked + field_val + lab_test)
+    val = field_val or [row for row in rows if row[2] == "val"]  # no field val: the lab model's val images
+    manifest = _manifest(args.work / f"{candidate}_{k}_{seed}.csv", replay + picked + val + lab_test)
     base = _common(args.work, f"{candidate}_{k}_{seed}", seed, args.quick)
     spec = EXPLORED[candidate]
     if args.quick:  # a smoke run: the candidate's phases, 2 head epochs and at most 1 fine-tune epoch
@@ -245,16 +263,17 @@ def _ece(block: dict[str, Any]) -> dict[str, Any]:
 
 
 def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero: dict[str, Any],
-             drop: dict[str, Any]) -> dict[str, Any]:
+             drop: dict[str, Any], *, goal: int, field_val: int, fixed: bool) -> dict[str, Any]:
     """Per candidate: its mean field validation accuracy (the choice), medians over seeds, shares recovered."""
     base = zero["accuracy"]
     lines = [f"lab test accuracy {drop['in_source']:.3f}; on field {base:.3f}: drop {drop['drop']:.3f} "
              f"(95 % CI {drop['low']:.3f} to {drop['high']:.3f})"]
-    out: dict[str, Any] = {"chosen": chosen, "choice_budget": CHOICE_BUDGET, "candidates": {}}
+    out: dict[str, Any] = {"chosen": chosen, "choice_budget": goal, "fixed": fixed, "field_val": field_val,
+                           "candidates": {}}
     for name, by_budget in runs.items():
         row: dict[str, Any] = {"mean_field_val_accuracy": statistics.fmean(
-            r["val_accuracy"] for r in by_budget[str(CHOICE_BUDGET)]), "mean_field_val_nll": statistics.fmean(
-            r["val_nll"] for r in by_budget[str(CHOICE_BUDGET)]), "median_field_accuracy": {},
+            r["val_accuracy"] for r in by_budget[str(goal)]), "mean_field_val_nll": statistics.fmean(
+            r["val_nll"] for r in by_budget[str(goal)]), "median_field_accuracy": {},
             "recovered_share": {}, "median_lab_test_after": {}}
         for k, rows in sorted(by_budget.items(), key=lambda item: int(item[0])):
             median = statistics.median(r["field_accuracy"] for r in rows)
@@ -262,7 +281,8 @@ def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero
             row["recovered_share"][k] = (median - base) / drop["drop"] if drop["drop"] > 0 else None
             row["median_lab_test_after"][k] = statistics.median(r["lab_test_after"] for r in rows)
         out["candidates"][name] = row
-        lines.append(f"{name}{' (chosen on field val)' if name == chosen else ''}: field val at {CHOICE_BUDGET}/class "
+        how = " (fixed up front)" if fixed else " (chosen on field val)"
+        lines.append(f"{name}{how if name == chosen else ''}: field val at {goal}/class "
                      f"{row['mean_field_val_accuracy']:.3f}, NLL {row['mean_field_val_nll']:.3f}")
         for k, median in row["median_field_accuracy"].items():
             share = row["recovered_share"][k]
@@ -270,7 +290,7 @@ def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], chosen: str, zero
             lines.append(f"  {k:>2}/class: field test median {median:.3f}"
                          + (f", recovers {share:.0%} of the drop" if share is not None else "")
                          + f", lab test after {row['median_lab_test_after'][k]:.3f}  (each seed: {each})")
-    share = out["candidates"][chosen]["recovered_share"].get(str(CHOICE_BUDGET))
+    share = out["candidates"][chosen]["recovered_share"].get(str(goal))
     out["goal_10_per_class_recovers_half"] = share is not None and share >= 0.5
     out["lines"] = lines
     return out
@@ -283,13 +303,13 @@ def _markdown(record: dict[str, Any]) -> str:
            f"Lab model (classify recipe, {record['setup']['backbone']}, {record['setup']['image_size']} px): lab test "
            f"{d['in_source']:.3f}, field test {zero['field_accuracy']:.3f} [{zero['low']:.3f}, {zero['high']:.3f}]: "
            f"drop {d['drop']:.3f} (95 % CI {d['low']:.3f} to {d['high']:.3f}).", "",
-           "Choice (field validation images only): the lowest mean field validation NLL at "
-           f"{CHOICE_BUDGET}/class, then the cheapest candidate (listed first) within one standard error of it.", "",
+           _choice_line(s, record["setup"]["field_val_images"] // len(CLASSES)), "",
            "| candidate | field val (mean) | labelled field / class | field test, each seed [95 % CI] | median | "
            "share of the drop recovered | lab test after (median) |", "|---|---|---|---|---|---|---|"]
     for name, row in s["candidates"].items():
-        val = f"{row['mean_field_val_accuracy']:.3f}, NLL {row['mean_field_val_nll']:.3f} at {CHOICE_BUDGET}/class"
-        label = f"**{name}** (chosen)" if name == s["chosen"] else name
+        val = (f"{'lab val: ' if s.get('field_val') == 0 else ''}{row['mean_field_val_accuracy']:.3f}, "
+               f"NLL {row['mean_field_val_nll']:.3f} at {s['choice_budget']}/class")
+        label = f"**{name}** ({'fixed' if s.get('fixed') else 'chosen'})" if name == s["chosen"] else name
         for k, median in row["median_field_accuracy"].items():
             each = ", ".join(f"{r['field_accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
                              for r in record["runs"][name][k])
@@ -298,9 +318,21 @@ def _markdown(record: dict[str, Any]) -> str:
                        f"{'-' if share is None else f'{share:.0%}'} | {row['median_lab_test_after'][k]:.3f} |")
     out += ["", *_calibration_markdown(record)]
     goal = "met" if s["goal_10_per_class_recovers_half"] else "NOT met"
-    out += ["", f"Goal (10 labelled field images per class recover at least half of the drop, chosen candidate): "
-                f"{goal}.", ""]
+    labelled = (f"{GOAL_LABELLED} labelled field images per class IN TOTAL ({s['choice_budget']} train + "
+                f"{s['field_val']} val)" if s.get("fixed") else "10 labelled field images per class")
+    out += ["", f"Goal ({labelled} recover at least half of the drop, chosen candidate): {goal}.", ""]
     return "\n".join(out)
+
+
+def _choice_line(summary: dict[str, Any], field_val: int) -> str:
+    if summary.get("fixed"):
+        picks = (f"its {field_val} field validation images a class pick only its epoch" if field_val else
+                 "no field validation image: its epoch is chosen on the lab model's validation images (its temperature "
+                 "too)")
+        return f"No choice: {summary['chosen']} fixed before the run; {picks}."
+    return ("Choice (field validation images only): the lowest mean field validation NLL at "
+            f"{summary['choice_budget']}/class, then the cheapest candidate (listed first) within one standard error "
+            "of it.")
 
 
 
@@ -316,7 +348,8 @@ def _calibration_markdown(record: dict[str, Any]) -> list[str]:
     run_t = (f"after its own temperature (T = {cal['run_temperature']:.3g}, fitted on lab val) "
              f"{ci(cal['ece_after_run_temperature'])}" if cal["run_temperature_applied"] else
              "its own temperature is not applied (the lab validation split is perfectly separated)")
-    lab_field = (f"after a temperature fitted on the {field['num_images']} labelled field VALIDATION images "
+    lab_field = ("no field validation images to fit a field temperature on" if field is None else
+                 f"after a temperature fitted on the {field['num_images']} labelled field VALIDATION images "
                  f"(T = {field['temperature']:.3g}): {ci(field['ece_after'])}, change {ci(field['ece_change'])} "
                  f"(the interval refits the temperature on each resample of those images)" if field["applied"]
                  else f"no field temperature: {field['not_applied']}")
