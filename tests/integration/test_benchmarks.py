@@ -264,3 +264,21 @@ def test_adapt_measures_the_drop_and_each_fine_tuning_budget(tmp_path):
     assert summary["candidates"][chosen]["mean_field_val_nll"] == min(
         c["mean_field_val_nll"] for c in summary["candidates"].values())
     assert "| candidate |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_adapt_fixed_with_no_field_validation_images_judges_ten_labels_a_class_in_all(tmp_path):
+    """--fixed --field-val 0: no choice, every field label trains, the epoch is chosen on the lab val images."""
+    out = tmp_path / "adapt.json"
+    _run("adapt.py", "--quick", "--fixed", "head_only_lab_loss", "--field-val", "0", "--budgets", "10",
+         "--work", str(tmp_path / "work"), "--out", str(out))
+    report = json.loads(out.read_text())
+    summary, runs = report["summary"], report["runs"]
+    assert summary["chosen"] == "head_only_lab_loss" and summary["fixed"] and summary["choice_budget"] == 10
+    assert set(runs) == {"head_only_lab_loss"} and set(runs["head_only_lab_loss"]) == {"10"}
+    assert report["setup"]["field_val_images"] == 0 and report["calibration_on_field"]["field_temperature"] is None
+    split = (tmp_path / "work" / "head_only_lab_loss_10_0.csv").read_text()
+    assert ",val\n" in split and "/field/" not in "".join(  # the val rows are the lab model's, no field image
+        line for line in split.splitlines() if line.endswith(",val"))
+    md = out.with_suffix(".md").read_text()
+    assert "10 train + 0 val" in md and "lab val:" in md
