@@ -6,6 +6,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +179,31 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=timeout)
+
+
+@contextmanager
+def mlflow_served(model: str, log: Path, *, env: dict[str, str | None] | None = None) -> Iterator[str]:
+    """A real ``mlflow models serve`` of ``model`` (a ``models:/`` URI or a pyfunc folder) on a free port of
+    127.0.0.1, one worker, this interpreter's environment (``env``: variables added, a None value removes one);
+    yields its base URL once it answers ``/ping``, and stops it and its workers after. Its output goes to ``log``."""
+    environ = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    for key, value in (env or {}).items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    port = free_port()
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager",
+                                   "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                  env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_server(server, base, log)
+            yield base
+        finally:
+            stop_process_group(server)
 
 
 def free_port() -> int:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from cli_harness import huge_png, in_process
-from conftest import free_port, post_json, wait_for_server
+from conftest import mlflow_served, post_json
 from PIL import Image
 from tiny_model import tiny_model  # noqa: F401 (a fixture)
 
@@ -191,19 +189,8 @@ def test_request_row_limit(tiny_model):
 def test_mlflow_models_serve_refuses_paths_without_an_allow_list(tiny_model, world, tmp_path):
     """`mlflow models serve` as a deployment runs it: HTTP 400 for any path, the same for a FIFO (answered at
     once: it was not opened), a secret file and a missing one; image bytes still answered."""
-    from conftest import stop_process_group
-
     tmp, _, secret = world
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("SERVING_MODEL_CONFIG", None)
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(tiny_model.pyfunc),
-                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(server, base, tmp_path / "serve.log")
+    with mlflow_served(str(tiny_model.pyfunc), tmp_path / "serve.log", env={"SERVING_MODEL_CONFIG": None}) as base:
         answers = set()
         for path in (str(tmp / "outside-pipe.jpg"), str(secret), str(tmp / "missing.jpg"), "/etc/passwd"):
             request = {"dataframe_split": {"columns": ["path"], "data": [[path]]}}
@@ -216,9 +203,6 @@ def test_mlflow_models_serve_refuses_paths_without_an_allow_list(tiny_model, wor
         image = base64.b64encode(tiny_model.images[0].read_bytes()).decode("ascii")
         status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": image}]})
         assert status == 200 and body["predictions"][0]["confidence"] > 0, body
-    finally:
-        stop_process_group(server)
-        log.close()
 
 
 def test_fifo_given_to_predict_is_refused_without_opening_it(tiny_model, world):

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import plantpheno as pp
-from conftest import free_port, post_json, stop_process_group, wait_for_server
+from conftest import mlflow_served, post_json
 from plantpheno.errors import DataError, RegistryError, RunDirError
 
 pytestmark = pytest.mark.slow
@@ -210,16 +210,8 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
     run, _, _ = classifier
     expected = _expected(run)
     paths = list(expected)[:4]
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "SERVING_MODEL_CONFIG": json.dumps({"allowed_image_dir": str(disease_root)})}
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/leafnet@champion",
-                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(server, base, tmp_path / "serve.log")
+    env = {"SERVING_MODEL_CONFIG": json.dumps({"allowed_image_dir": str(disease_root)})}
+    with mlflow_served("models:/leafnet@champion", tmp_path / "serve.log", env=env) as base:
         images = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]
         status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": b} for b in images]})
         assert status == 200, body
@@ -235,9 +227,6 @@ def test_mlflow_models_serve_answers_invocations(classifier, mlflow_env, tmp_pat
         status, body = post_json(f"{base}/invocations",
                              {"dataframe_records": [{"image": base64.b64encode(b"garbage").decode()}]})
         assert status == 400 and "could not be read: row 0" in body["message"]
-    finally:
-        stop_process_group(server)
-        log.close()
     deadline = time.monotonic() + 30  # its worker processes may take a moment to let go of the port
     while True:
         try:

@@ -10,14 +10,13 @@ import base64
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, post_json, stop_process_group, tiny_config, wait_for_server
+from conftest import mlflow_served, post_json, tiny_config
 
 pytestmark = pytest.mark.slow
 BANDS = ["red", "green", "blue", {"name": "nir", "pattern": "{stem}_NIR.tif"}]
@@ -62,23 +61,11 @@ def test_a_per_band_file_model_served_over_http_answers_as_predict_does(tmp_path
     linked = leaves / "healthy" / "linked.tif"
     linked.write_bytes(images[0].read_bytes())
     _nir(linked).symlink_to(outside / "secret_NIR.tif")
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
            "SERVING_MODEL_CONFIG": json.dumps({"allowed_image_dir": str(leaves)})}
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                                   "models:/bandfiles@champion", "--env-manager", "local", "--host", "127.0.0.1",
-                                   "--port", str(port), "--workers", "1"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}/invocations"
-        try:
-            wait_for_server(server, f"http://127.0.0.1:{port}", log_path)
-            _band_columns_answer_as_predict(url, images, leaves, want, classes)
-            _bad_band_requests_are_refused(url, images, leaves, linked, outside)
-        finally:
-            stop_process_group(server)
+    with mlflow_served("models:/bandfiles@champion", tmp_path / "serve.log", env=env) as base:
+        _band_columns_answer_as_predict(f"{base}/invocations", images, leaves, want, classes)
+        _bad_band_requests_are_refused(f"{base}/invocations", images, leaves, linked, outside)
 
 
 def _band_columns_answer_as_predict(url: str, images: list[Path], leaves: Path, want: list[dict],

@@ -8,7 +8,6 @@ import base64
 import csv
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import tifffile
 
 from plantpheno.errors import DataError
-from conftest import free_port, post_json, stop_process_group, tiny_config, wait_for_server
+from conftest import mlflow_served, post_json, tiny_config
 
 pytestmark = pytest.mark.slow
 BANDS = ["red", "green", "blue", "nir"]
@@ -95,31 +94,19 @@ def test_a_sixteen_bit_four_band_model_round_trips_with_the_same_predictions(tmp
 def _served_predictions_agree(uri: str, files: list[str], expected: dict, classes: list[str], tmp_path: Path) -> None:
     """`mlflow models serve` of the registered version: band TIFF bytes in, the same predictions out; a three-band
     TIFF gets HTTP 400 with the message, not a stack trace."""
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                                   "models:/bandnet@champion", "--env-manager", "local", "--host", "127.0.0.1",
-                                   "--port", str(port), "--workers", "1"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_server(server, base, log_path)
-            images = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in files]
-            status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": b} for b in images]})
-            assert status == 200, body
-            for path, row in zip(files, body["predictions"]):
-                _same(row, expected[path], classes)
-                assert isinstance(row["unknown"], bool) and isinstance(row["ood_score"], float)
-            bad = base64.b64encode(_three_band_tiff()).decode("ascii")
-            status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": bad}]})
-            assert status == 400, body
-            assert "has 3 band(s); data.bands needs nir" in body["message"] and "trained on bands" in body["message"]
-            assert "stack_trace" not in body and "Traceback" not in body["message"]
-        finally:
-            stop_process_group(server)
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    with mlflow_served("models:/bandnet@champion", tmp_path / "serve.log", env=env) as base:
+        images = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in files]
+        status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": b} for b in images]})
+        assert status == 200, body
+        for path, row in zip(files, body["predictions"]):
+            _same(row, expected[path], classes)
+            assert isinstance(row["unknown"], bool) and isinstance(row["ood_score"], float)
+        bad = base64.b64encode(_three_band_tiff()).decode("ascii")
+        status, body = post_json(f"{base}/invocations", {"dataframe_records": [{"image": bad}]})
+        assert status == 400, body
+        assert "has 3 band(s); data.bands needs nir" in body["message"] and "trained on bands" in body["message"]
+        assert "stack_trace" not in body and "Traceback" not in body["message"]
 
 
 def _onnx_export_agrees(ref: str, uri: str, files: list[str], expected: dict, classes: list[str],
