@@ -89,8 +89,11 @@ def _manifest(path: Path, rows: list[tuple[Path, str, str]]) -> Path:
     return path
 
 
-def _field_rows(field: Path, per_class: int, val_per_class: int = FIELD_VAL_PER_CLASS) -> tuple[dict[str, list[Path]], list[tuple[Path, str, str]],
-                                                       list[tuple[Path, str, str]]]:
+Rows = list[tuple[Path, str, str]]
+
+
+def _field_rows(field: Path, per_class: int,
+                val_per_class: int = FIELD_VAL_PER_CLASS) -> tuple[dict[str, list[Path]], Rows, Rows]:
     """Per class: the labelled pool, the field validation rows and the field test rows (the last half)."""
     pool, val, test = {}, [], []
     for name in CLASSES:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from plantpheno.config import Config, DataConfig
+from plantpheno.config import Config, DataConfig, SourceConfig
 from plantpheno.files.csvfile import read_csv, write_csv
 from plantpheno.data.class_map import ClassMap, MappedSource, load_class_map, map_source
 from plantpheno.data.datasets import ImageDataset, collate
@@ -58,6 +58,11 @@ class SourceSpec:
     class_map: Path | None = None
     name: str | None = None
     calibrate_on: Path | None = None
+
+    @classmethod
+    def of(cls, entry: SourceConfig) -> SourceSpec:
+        """The spec of an ``evaluation.sources`` entry."""
+        return cls(entry.data, entry.class_map, entry.name, entry.calibrate_on)
 
 
 def source_name(spec: SourceSpec) -> str:
@@ -185,17 +190,13 @@ def read_calibration(spec: SourceSpec, class_map: ClassMap, source: MappedSource
     where = spec.calibrate_on
     samples, _ = readable_images(read_source(where, config), where, config.data, reporter)
     found = map_source(samples, class_map, names, source=str(where))
-    evaluated = {_same_file(s.path) for s, _ in source.mapped} | {_same_file(s.path) for s in source.unmapped}
-    shared = [s.path for s, _ in found.mapped if _same_file(s.path) in evaluated]
+    evaluated = {Path(s.path).resolve() for s, _ in source.mapped} | {Path(s.path).resolve() for s in source.unmapped}
+    shared = [s.path for s, _ in found.mapped if Path(s.path).resolve() in evaluated]
     if shared:
         raise ArgumentError(f"calibration images {where} share {len(shared)} image(s) with the evaluated source "
                             f"{spec.data} (e.g. {shared[0]}); expected other labelled images of that source (a "
                             f"validation set), never the images the temperature is judged on")
     return found
-
-
-def _same_file(path: Path) -> Path:
-    return Path(path).resolve()
 
 
 def _check_classification(run: RunDir, meta: ModelMeta) -> list[str]:
@@ -372,7 +373,7 @@ def check_sources(config: Config, class_names: list[str] | None) -> None:
         raise DataError("evaluation.sources needs a classification run (task: classification); this config trains "
                         "a regression")
     for i, entry in enumerate(config.evaluation.sources):
-        spec = SourceSpec(entry.data, entry.class_map, entry.name, entry.calibrate_on)
+        spec = SourceSpec.of(entry)
         where = f"evaluation.sources[{i}]"
         try:
             source_name(spec)
@@ -390,7 +391,7 @@ def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: Mod
     """The end of ``train``: each ``evaluation.sources`` entry, evaluated with the best weights (a failure warns:
     the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it)."""
     for entry in config.evaluation.sources:
-        spec = SourceSpec(entry.data, entry.class_map, entry.name, entry.calibrate_on)
+        spec = SourceSpec.of(entry)
         try:
             evaluation = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
                                       checkpoint_epoch=checkpoint_epoch, reporter=reporter)

@@ -94,8 +94,9 @@ def evaluate(run: Run | str | os.PathLike[str], *, split: Literal["train", "val"
     test split with its interval, per-class drops, calibration), ``separability`` and, when the run has an OOD
     detector, ``unknowns`` (the share flagged unknown, accuracy on kept and flagged images, AUROC and FPR95 against
     the test split). ``calibrate_on``: other labelled images of that source (never the evaluated ones) to fit its
-    own temperature on (``shift.calibration.source_temperature``). ``fit_unknowns``: first fit the run's OOD detector on its train/val splits (a run trained
-    before plantpheno had one), as ``plantpheno evaluate --fit-unknowns``."""
+    own temperature on (``shift.calibration.source_temperature``). ``fit_unknowns``: first fit the run's OOD
+    detector on its train/val splits (a run trained before plantpheno had one), as ``plantpheno evaluate
+    --fit-unknowns``."""
     if not isinstance(fit_unknowns, bool):
         raise ArgumentError(f"fit_unknowns: got {short_repr(fit_unknowns)}; expected True or False")
     if data is None:

@@ -105,8 +105,8 @@ def fit_schedule(seconds: float, planned: dict[str, tuple[int, float]]) -> dict[
     epoch; a fine-tune phase keeps at least one epoch when one fits after the head's, else none).
 
     The final run's learning-rate schedule is then laid over the epochs it can train, so it ends annealed; an
-    epoch count cut by :class:`FinalDeadline` stops a schedule half way down (measured on the PlantVillage subset
-    at load ~8.5: 17 of 60 head epochs, learning rate still 0.0083 of 0.01 when the deadline came)."""
+    epoch count cut by :class:`FinalDeadline` stops a schedule half way down (measured on the PlantVillage subset,
+    2-core AMD EPYC at load ~8.5: 17 of 60 head epochs, learning rate still 0.0083 of 0.01 when the deadline came)."""
     need = sum(epochs * each for epochs, each in planned.values())
     if need <= seconds or need <= 0:
         return {phase: epochs for phase, (epochs, _) in planned.items()}

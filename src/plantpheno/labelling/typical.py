@@ -19,8 +19,8 @@ from plantpheno.labelling.view import Choice, PoolView
 TYPICAL_NEIGHBOURS = 20  # k of the typicality: inverse mean distance to the k nearest images of the cluster (paper)
 MIN_CLUSTER = 5  # clusters of at most this many images are outliers: picked from only when the others run dry
 MAX_CLUSTERS = 500  # the paper's cap on |L| + B clusters (k-means cost grows with it)
-# the switch: rounds are TypiClust until the labelled set holds this many images per class (on average), margin
-# after that; a round that crosses the mark is split. Chosen on the validation split of
+# the switch: rounds are TypiClust until the labelled set holds this many images per class (on average), BADGE
+# or margin after that; a round that crosses the mark is split. Chosen on the validation split of
 # benchmarks/active_learning.py (see docs/guide/suggest.md)
 TYPICAL_PER_CLASS = 5
 PURITY = 0.95  # ProbCover's alpha: the share of the balls that must hold one k-means cluster only (paper)
@@ -33,8 +33,7 @@ def typicality(points: np.ndarray) -> np.ndarray:
     k = min(TYPICAL_NEIGHBOURS, n // 2)
     if k == 0:
         return np.zeros(n)
-    sq = (points ** 2).sum(1)
-    d = np.sqrt(np.maximum(sq[:, None] - 2 * points @ points.T + sq[None, :], 0.0))
+    d = _pairwise(points, points)
     np.fill_diagonal(d, np.inf)
     nearest = np.partition(d, k - 1, axis=1)[:, :k]
     return 1.0 / (nearest.mean(axis=1) + 1e-5)
