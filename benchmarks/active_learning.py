@@ -6,8 +6,8 @@ labels with fewer of them than labelling at random? And how long does one sugges
 Classes: the PlantVillage subset (``../shared/data/plantvillage-subset``, 15 classes). The unlabelled pool is its
 training split with the labels hidden; the validation split scores every round too and chooses the default
 strategy (``choose``); the test split only scores (it never chooses anything). Each seed starts from 2 labelled
-images per class, then every round a strategy picks N more (N = 30, ``--step``: a protocol choice, where the CLI's
-budget is whatever the user asks for; rounds also stop at exactly 5 % and 10 % of the pool), their labels are revealed, and the head is retrained: a logistic regression (C = 0.5) on the frozen
+images per class, then every round a strategy picks N more (N = 15, one a class, ``--step``: a protocol choice, where the
+CLI's budget is whatever the user asks for, and its default strategy follows the round's size; rounds also stop at exactly 5 % and 10 % of the pool), their labels are revealed, and the head is retrained: a logistic regression (C = 0.5) on the frozen
 features — the classify recipe's head stage, not its fine-tune — and its probabilities drive the next round.
 Until the whole pool is labelled.
 
@@ -232,7 +232,7 @@ def main() -> None:
                     "(default 0: all of them, as the recipe's head does)")
     ap.add_argument("--strategies", default=",".join(CLASS_STRATEGIES), help="class strategies to simulate "
                     "(comma-separated; random is the baseline and always needed)")
-    ap.add_argument("--step", type=int, default=30, help="images added per round (classes)")
+    ap.add_argument("--step", type=int, default=15, help="images added per round (classes)")
     ap.add_argument("--typical-per-class", type=int, default=None, help="the switch's mark (labels per class below "
                     "which typiclust/probcover pick; default: plantpheno.labelling.typical.TYPICAL_PER_CLASS)")
     args = ap.parse_args()

@@ -36,7 +36,8 @@ def test_suggest_writes_ranked_csv_contact_sheet_and_reuses_the_cached_features(
     rows = _rows(out / "suggestions.csv")
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert set(rows[0]) == {"path", "rank", "score", "reason", "predicted_class", "nearest_labelled", "similarity"}
-    # the default, typical-badge: the tiny run has more labelled images a class than the switch's mark, so BADGE
+    # the default for 5 images of 4 classes (more than one a class), typical-badge: the tiny run has more labelled
+    # images a class than the switch's mark, so BADGE
     assert all("BADGE: k-means++ on gradient embeddings" in r["reason"] for r in rows)
     assert all(Path(r["path"]).is_relative_to(pool) and Path(r["nearest_labelled"]).is_relative_to(disease_root)
                for r in rows)

@@ -174,3 +174,16 @@ def test_badge_on_a_trait_weighs_features_by_the_ensembles_spread():
     assert "the heads disagree" in select(view, 2, strategy="badge").reasons[0]
     check_strategy("badge", regression=True)
     check_strategy("badge", regression=False)
+
+
+def test_the_default_strategy_follows_the_rounds_size():
+    from plantpheno.labelling.suggest import default_strategy
+
+    # the benchmark's choice on validation: margin in rounds of one image a class, typical-badge in larger ones
+    assert default_strategy(False, 15, 15) == "margin"
+    assert default_strategy(False, 1, 15) == "margin"
+    assert default_strategy(False, 16, 15) == "typical-badge"
+    assert default_strategy(False, 30, 15) == "typical-badge"
+    assert default_strategy(True, 5, 0) == "badge"
+    for name in ("margin", "typical-badge", "badge"):
+        assert name in STRATEGIES

@@ -20,9 +20,11 @@ def suggest(run: Run | str | os.PathLike[str], *, pool: str | os.PathLike[str], 
     write ``suggestions.csv``, ``skipped.csv``, ``recheck.csv`` and the contact sheet ``suggestions.html`` to
     ``out`` (default ``RUN/suggestions/``), as ``plantpheno data suggest`` does.
 
-    ``strategy``: ``cluster-margin`` (the default for classes), ``margin``, ``entropy``, ``kcenter``, ``badge``
-    (the default for traits), ``disagreement`` (traits) or ``random``. ``recheck``: also list that many labelled images
-    most likely mislabelled. Returns the round (``.suggestions``, ``.skipped``, ``.recheck``, ``.files``).
+    ``strategy``: ``margin``, ``entropy``, ``kcenter``, ``cluster-margin``, ``badge``, ``typiclust``, ``probcover``,
+    ``typical-margin``, ``typical-badge``, ``disagreement`` (traits) or ``random``; by default ``margin`` for a round
+    of at most one image a class, ``typical-badge`` for a larger one, ``badge`` for a trait. ``recheck``: also list
+    that many labelled images most likely mislabelled. Returns the round (``.suggestions``, ``.skipped``,
+    ``.recheck``, ``.files``).
 
     Raises:
         DataError: an empty pool, a pool of another band layout or image scale than the run's.

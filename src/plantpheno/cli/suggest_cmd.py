@@ -25,7 +25,8 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     s.add_argument("--pool", type=Path, required=True, metavar="DIR_OR_CSV", help="the unlabelled images")
     s.add_argument("--budget", type=integer(1, 100_000), required=True, metavar="N", help="images to suggest")
     s.add_argument("--strategy", choices=STRATEGY_NAMES, default=None,
-                   help="default: typical-badge (classes), badge (traits): chosen by the benchmark on validation data")
+                   help="default for classes: margin when N is at most the number of classes, typical-badge above; "
+                        "for traits: badge (each chosen by the benchmark on validation data)")
     s.add_argument("--recheck", type=integer(0, 100_000), default=0, metavar="K",
                    help="also list the K labelled images most likely mislabelled (classes)")
     s.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: RUN/suggestions/")
