@@ -4,7 +4,6 @@ a package made before plantpheno fitted a detector exports as before and says so
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from plantpheno.errors import ExportError
 from plantpheno.evaluation import ood
 from plantpheno.registry import ood_export
 
