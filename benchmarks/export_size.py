@@ -40,15 +40,15 @@ CASES = [("tiny fixture", "test_resnet", 4, 32, [("energy+knn", 44)]),
           [("energy+knn", 1570), ("energy+knn", 5000), ("mahalanobis", 5000)])]
 
 
-class Plain(nn.Module):
-    """The network alone, with WithOOD's output layout (one tensor)."""
+class Graph(nn.Module):
+    """What the export wraps (its input is named ``images``): the network alone, or with its OOD outputs."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.inner = inner
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).softmax(dim=1)
+    def forward(self, images: torch.Tensor):
+        return self.inner(images)
 
 
 def _detector(score: str, rows: int, width: int, classes: int):
@@ -75,14 +75,14 @@ def main() -> None:
     for label, backbone, classes, size, detectors in CASES:
         net = timm.create_model(backbone, pretrained=False, num_classes=classes).eval()
         width = net.num_features
-        base, seconds = _size(Plain(net), size, {"preprocessing": "{}"})
+        base, seconds = _size(Graph(net), size, {"preprocessing": "{}"})
         rows_out.append({"case": label, "backbone": backbone, "width": width, "score": None, "bank_rows": 0,
                          "bytes": base, "ratio": 1.0, "export_s": round(seconds, 1)})
         for score, rows in detectors:
             detector = _detector(score, rows, width, classes)
             module = ood_export.WithOOD(net, net, detector)
             notes = {"preprocessing": "{}", "ood": json.dumps(ood_export.metadata(detector))}
-            got, seconds = _size(module, size, notes)
+            got, seconds = _size(Graph(module), size, notes)
             rows_out.append({"case": label, "backbone": backbone, "width": width, "score": score, "bank_rows": rows,
                              "bytes": got, "ratio": round(got / base, 3), "export_s": round(seconds, 1)})
             print(rows_out[-1], flush=True)
