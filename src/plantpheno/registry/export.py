@@ -145,19 +145,25 @@ def export_package(package: ModelPackage, fmt: Format, out: Path, *, tolerance: 
         run = _export_onnx(exported_module, images, tmp, notes) if fmt == "onnx" else _export_torchscript(
             exported_module, images, tmp, notes)
         reporter.info(f"checking the {_FORMAT_NAMES[fmt]} file against the PyTorch model (tolerance {tolerance:.0e})")
-        with torch.no_grad():
-            expected = [reference(images)] if detector is None else [reference(images)[0]]
-            if detector is not None:
-                expected += ood_export.reference(reference.model, detector, reference.normalise(images))
-        report = _compare([np.asarray(e) for e in expected], run(images.numpy()), out, fmt, tolerance, package,
+        report = _compare(_expected(reference, detector, images), run(images.numpy()), out, fmt, tolerance, package,
                           detector)
         if detector is None:
-            report = replace(report, ood=ood_export.missing_line(str(package.folder),
-                                                                              _FORMAT_NAMES[fmt]))
+            report = replace(report, ood=ood_export.missing_line(str(package.folder), _FORMAT_NAMES[fmt]))
         replace_with_checksum(tmp, out)  # OUT.sha256 beside it, as every weights file plantpheno writes
         return report
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def _expected(reference: DeployableModel, detector: OODDetector | None, images: torch.Tensor) -> list[np.ndarray]:
+    """The parity check's reference: the PyTorch model's outputs and, with a detector, ``ood.py``'s own score and
+    flag of the same pass (not the graph's torch arithmetic run eagerly, which the check is there to test)."""
+    if detector is None:
+        return [reference(images).numpy()]
+    assert isinstance(reference.model, ood_export.WithOOD)
+    scores, flags = ood_export.reference(reference.model, detector, reference.normalise(images))
+    return [reference(images)[0].numpy(), scores, flags]
 
 
 def _inputs(package: ModelPackage) -> list[Path]:
