@@ -63,6 +63,22 @@ def test_knn_with_k_above_the_bank_takes_its_farthest_row(tmp_path):
     np.testing.assert_allclose(got.numpy(), small.scores(features=features), rtol=1e-5)
 
 
+def test_knn_distance_to_a_stored_row_is_zero_not_a_rounding_floor():
+    """knn_score is the exact distance to the float16 bank rows (float64, each row's own norm): "2 - 2 a.b" in float32
+    put an image ~0.003 from its own row at D = 1280, a floor where the square root magnified rounding 100-fold, so
+    an exported graph's score differed from predict's by ~0.03 (standardised) for near-duplicates."""
+    rng = np.random.default_rng(0)
+    features = np.abs(rng.normal(size=(300, 1280))).astype(np.float32)  # ReLU-like: every pair close in angle
+    detector = ood.fit_detector("energy+knn", keep=0.95, train_features=features[:200], val_features=features[200:],
+                                val_logits=rng.normal(size=(100, 5)), k=1)
+    rows = detector.bank[:32].astype(np.float32)
+    assert ood.knn_score(rows, detector.bank, 1).max() < 1e-4
+    logits = rng.normal(size=(32, 5)).astype(np.float32)
+    with torch.no_grad():
+        got, _ = ood_export.OODScore(detector)(torch.from_numpy(logits), torch.from_numpy(rows))
+    np.testing.assert_allclose(got.numpy(), detector.scores(logits=logits, features=rows), atol=1e-4)
+
+
 def test_compare_holds_the_score_to_tolerance_and_the_flag_away_from_the_threshold():
     want = np.array([0.2, 0.9, 1.0000001, 40.0])
     flags = want > 1.0
