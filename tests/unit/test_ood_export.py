@@ -64,9 +64,9 @@ def test_knn_with_k_above_the_bank_takes_its_farthest_row(tmp_path):
 
 
 def test_knn_distance_to_a_stored_row_is_zero_not_a_rounding_floor():
-    """knn_score is the exact distance to the float16 bank rows (float64, each row's own norm): "2 - 2 a.b" in float32
-    put an image ~0.003 from its own row at D = 1280, a floor where the square root magnified rounding 100-fold, so
-    an exported graph's score differed from predict's by ~0.03 (standardised) for near-duplicates."""
+    """knn_score measures its nearest candidates exactly (|a - b|^2 of the float16 bank rows, float64): "2 - 2 a.b" in
+    float32 put an image ~0.003 from its own row at D = 1280, a floor where the square root magnified rounding
+    100-fold, so an exported graph's score differed from predict's by ~0.03 (standardised) for near-duplicates."""
     rng = np.random.default_rng(0)
     features = np.abs(rng.normal(size=(300, 1280))).astype(np.float32)  # ReLU-like: every pair close in angle
     detector = ood.fit_detector("energy+knn", keep=0.95, train_features=features[:200], val_features=features[200:],

@@ -7,9 +7,9 @@ probabilities (or the trait): ``ood_score`` (float32, higher = less like the tra
 and for the feature scores from the L2-normalised pooled features of the same pass against the detector's own
 constants: the float16 training bank (kept float16 in the file, cast in the graph), the class means and
 precision matrix (float64, as ``fit_mahalanobis`` made them) and the energy+knn standardisation. The scores are
-computed in float64 as ``ood.py`` computes them (the features normalised in float32 first, as ``normalise``
-does), compared with the threshold in float64, and only the output is rounded to float32, so the flag is
-``predict``'s flag.
+computed as ``ood.py`` computes them (features normalised in float32; knn: the nearest candidates ranked in
+float32, then measured exactly in float64; the rest in float64), compared with the threshold in float64, and only
+the output is rounded to float32, so the flag is ``predict``'s flag.
 
 The threshold and the detector's settings are also written into the file (ONNX metadata ``plantpheno.ood``, a
 TorchScript extra file ``plantpheno_ood.json``), so a deployment can read what the flag means.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plantpheno.evaluation.ood import OODDetector, record
+from plantpheno.evaluation.ood import KNN_MARGIN, OODDetector, record
 from plantpheno.training.features import pooled_features
 
 OOD_KEY = "plantpheno.ood"  # ONNX metadata: the detector's settings and threshold, as JSON
@@ -46,8 +46,9 @@ class OODScore(nn.Module):
             assert detector.bank is not None, "a fitted knn detector has its training bank"
             bank = torch.from_numpy(np.ascontiguousarray(detector.bank, dtype=np.float16))
             self.register_buffer("bank", bank)  # float16 in the file: half the bytes of float32
-            self.register_buffer("bank_sq", (bank.double() ** 2).sum(dim=1))  # |b|^2, as knn_score takes it
+            self.register_buffer("bank_sq", (bank.float() ** 2).sum(dim=1))  # |b|^2, as knn_score ranks by it
             self.k = min(int(detector.k or 1), len(bank))  # as knn_score: at most the bank's size
+            self.m = min(self.k + KNN_MARGIN, len(bank))  # the candidates it measures exactly
         if detector.score == "mahalanobis":
             assert detector._maha is not None, "a fitted mahalanobis detector has its class means and precision"
             means, precision = detector._maha
@@ -71,11 +72,10 @@ class OODScore(nn.Module):
                 return 1.0 - z.softmax(dim=1).max(dim=1).values
             return -self.temperature * torch.logsumexp(z, dim=1)
         q = features.float() / features.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if name == "knn":  # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b in float64, as knn_score
-            q64 = q.double()
-            sq = ((q64 * q64).sum(dim=1, keepdim=True) + self.bank_sq - 2.0 * (q64 @ self.bank.double().T))
-            sq = sq.clamp_min(0.0)
-            kth = sq.min(dim=1).values if self.k == 1 else sq.topk(self.k, dim=1, largest=False).values[:, -1]
+        if name == "knn":  # as knn_score: the m nearest by |b|^2 - 2 a.b (float32), then |a - b|^2 in float64
+            near = (self.bank_sq - 2.0 * (q @ self.bank.float().T)).topk(self.m, dim=1, largest=False).indices
+            exact = ((q.double()[:, None, :] - self.bank[near].double()) ** 2).sum(dim=2)
+            kth = exact.min(dim=1).values if self.k == 1 else exact.topk(self.k, dim=1, largest=False).values[:, -1]
             return kth.sqrt()
         d = q.double()[:, None, :] - self.means[None]  # (N, C, D): the distance to every class mean at once
         return ((d @ self.precision) * d).sum(dim=2).min(dim=1).values.clamp_min(0.0).sqrt()
