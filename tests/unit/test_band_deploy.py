@@ -42,7 +42,7 @@ def test_torchscript_export_takes_the_bands_in_their_units_and_agrees_with_predi
     assert samples is not None and samples.shape[1:] == (5, 32, 32) and float(samples[:, :4].max()) > 255
     out = tmp_path / "model.pt"
     report = export_package(package, "torchscript", out)
-    assert report.num_images == len(samples) and report.max_abs_diff <= 1e-4
+    assert report.num_images == len(samples) + 4 and report.max_abs_diff <= 1e-4  # + 4 random: the OOD check
 
     extra = {PREPROCESSING_FILE: ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
@@ -52,13 +52,37 @@ def test_torchscript_export_takes_the_bands_in_their_units_and_agrees_with_predi
     assert notes["bands"]["low"] == list(m.low) and "own units" in notes["input"]
 
     files = sorted(leaves.rglob("*.tif"))[:6]
-    predicted, bad = Predictor(package).predict_files(files)
+    predictor = Predictor(package)
+    predicted, bad, scores = predictor.predict_files_with_scores(files)
     assert not bad
-    with torch.no_grad():
-        exported = loaded(torch.stack([export_input(package.meta, f) for f in files]))
+    with torch.no_grad():  # a band model's detector goes into the graph as an RGB model's does (ood_export.py)
+        exported, score, unknown = loaded(torch.stack([export_input(package.meta, f) for f in files]))
     want = torch.stack([p for _, p in predicted])
     assert exported.argmax(1).tolist() == want.argmax(1).tolist()
     assert torch.allclose(exported, want, atol=1e-5)
+    np.testing.assert_allclose(score.numpy(), scores, rtol=1e-4, atol=1e-4)
+    assert unknown.tolist() == predictor.ood.unknown(np.array(scores)).tolist()
+    assert report.ood.startswith("outputs ood_score and unknown: energy+knn")
+
+
+@pytest.mark.parametrize("broken", ["score", "flag"])
+def test_an_ood_output_unlike_ood_py_fails_the_parity_check(band_package, tmp_path, monkeypatch, broken):
+    """The check holds the graph's ood_score and unknown to ood.py's own numbers (not to the graph's eager self):
+    a score off by 1, or every image flagged, is caught and nothing is written."""
+    from plantpheno.registry import ood_export
+    from plantpheno.registry.export import export_package
+
+    real = ood_export.OODScore.forward
+
+    def wrong(self, logits, features):
+        score, flag = real(self, logits, features)
+        return (score + 1, flag) if broken == "score" else (score, torch.ones_like(flag))
+
+    monkeypatch.setattr(ood_export.OODScore, "forward", wrong)
+    what = "ood_score differs by" if broken == "score" else "unknown differs on"
+    with pytest.raises(ExportError, match=f"parity check failed: torchscript export .*: {what}"):
+        export_package(band_package[0], "torchscript", tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_a_broken_band_normalisation_fails_the_parity_check(band_package, tmp_path):
