@@ -48,7 +48,7 @@ from plantpheno.training.loop import NonFiniteLossError, TrainState
 from plantpheno.training.objectives import Classification, Regression
 from plantpheno.training.outcome import non_finite_error, record_end, what_is_safe
 from plantpheno.training.phases import FrozenFeatures, check_phases, plan_phases
-from plantpheno.training.unknowns import check_can_fit, detect_unknowns
+from plantpheno.training.unknowns import check_can_fit, detect_unknowns, kept_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +289,8 @@ def _evaluate(job: TrainingJob, run: RunDir, *, split: str, best_epoch: int | No
     metrics = detect_unknowns(job, run, split=split, fit=fit_ood, passes=passes) or metrics  # + unknown share
     if sources and job.config.evaluation.sources:  # before the report, which shows them; after the detector's fit
         source_eval.evaluate_sources(job.model, run, config=job.config, meta=job.meta, device=job.device,
-                                     checkpoint_epoch=best_epoch, reporter=job.reporter)
+                                     checkpoint_epoch=best_epoch, reporter=job.reporter,
+                                     in_source=kept_split(passes, job.prepared, "test"))  # its features kept
     if fit_ood:  # train only: which bands the model relies on, on val (before the report, which shows it)
         write_band_importance(job.model, job.loaders, run=run, task=job.task, bands=job.config.data.bands,
                               evaluation=job.config.evaluation, seed=job.config.seed, device=job.device,

@@ -107,8 +107,10 @@ def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = Non
 
 
 def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: Config, meta: ModelMeta,
-                    device: torch.device, checkpoint_epoch: int | None, reporter: Reporter) -> Evaluation:
-    """:func:`evaluate_source` with the model already built (the end of ``train``, which holds the run's lock)."""
+                    device: torch.device, checkpoint_epoch: int | None, reporter: Reporter,
+                    in_source: tuple[list[Path], np.ndarray] | None = None) -> Evaluation:
+    """:func:`evaluate_source` with the model already built (the end of ``train``, which holds the run's lock);
+    ``in_source``: the run's test images and their pooled features from the test split's evaluation pass."""
     names = _check_classification(run, meta)
     name = source_name(spec)
     class_map = load_class_map(spec.class_map, names) if spec.class_map is not None else ClassMap()
@@ -138,7 +140,8 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
     paths = [s.path for s, _ in source.mapped]
     found = source_unknowns(model, run, paths + [s.path for s in source.unmapped], correct=mapped.argmax(1) == y,
                             meta=meta, evaluation=config.evaluation, batch_size=config.data.batch_size,
-                            seed=config.seed, device=device, reporter=reporter, features=features)
+                            seed=config.seed, device=device, reporter=reporter, features=features,
+                            in_source=in_source)
     block = _source_block(spec, source, class_map, rest, temperature, names)
     block["unreadable"] = [[str(p), why] for p, why in bad]  # left out (data.on_bad_image: skip)
     extra = {"split": name, "num_images": len(y), "checkpoint_epoch": checkpoint_epoch, "source": block,
@@ -396,14 +399,16 @@ def check_sources(config: Config, class_names: list[str] | None) -> None:
 
 
 def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: ModelMeta, device: torch.device,
-                     checkpoint_epoch: int | None, reporter: Reporter) -> None:
+                     checkpoint_epoch: int | None, reporter: Reporter,
+                     in_source: tuple[list[Path], np.ndarray] | None = None) -> None:
     """The end of ``train``: each ``evaluation.sources`` entry, evaluated with the best weights (a failure warns:
-    the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it)."""
+    the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it); ``in_source``: the test images'
+    paths and pooled features from the test split's evaluation, which the detector's separation scores reuse."""
     for entry in config.evaluation.sources:
         spec = SourceSpec.of(entry)
         try:
             evaluation = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
-                                      checkpoint_epoch=checkpoint_epoch, reporter=reporter)
+                                         checkpoint_epoch=checkpoint_epoch, reporter=reporter, in_source=in_source)
         except Exception as exc:  # noqa: BLE001 - the run is trained and evaluated in source; this is extra
             reporter.warning(f"evaluating on {spec.data} failed ({type(exc).__name__}: {exc}); retry with "
                              f"plantpheno evaluate {run.path} --data {spec.data}")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import plantpheno as pp
 from conftest import tiny_config
 
 UNKNOWN_FILES = ("eval/test/metrics.json", "eval/test/unknown.json", "ood.json", "temperature.json")
@@ -114,3 +115,39 @@ def test_the_figures_are_the_two_pass_routes_and_each_split_passes_the_backbone_
     # test and val (its temperature) predicted once in each view, the train subsample pooled once for the kNN bank
     assert seen.count == n_views * (n_test + n_val) + n_train
     assert before == seen.count + n_test + n_val  # the old route passed test and val once more for the features
+
+
+def test_sources_at_the_end_of_train_are_scored_from_the_evaluation_passes(tmp_path, disease_root):
+    """evaluation.sources at the end of train: the other source's OOD scores come from its prediction pass and the
+    in-source test scores from the test split's evaluation pass (no 'OOD scores' pass), and they are the scores
+    of the old route (score_images: the pooled features passed again) to float32 rounding."""
+    import csv
+
+    from plantpheno import pipeline
+    from plantpheno.config import validate_config
+    from plantpheno.data.synth import synthesize_disease
+    from plantpheno.evaluation.ood import OODDetector
+    from plantpheno.reporting import RecordingReporter
+    from plantpheno.training.source_unknowns import score_images
+
+    field = synthesize_disease(tmp_path / "field", per_class=4, image_size=48, seed=7, style="field")
+    raw = tiny_config(tmp_path, data={"root": str(disease_root)}, training={"epochs": 1, "progress_bar": False},
+                      evaluation={"ood": {"k": 3}, "sources": [{"data": str(field), "name": "at_train"}]})
+    reporter = RecordingReporter()
+    run_dir = pipeline.train(validate_config(raw), reporter=reporter).run_dir
+    passes = [desc for desc, *_ in reporter.progress_calls]
+    # the train subsample's features for the kNN bank are the one pass train has to make
+    assert [p for p in passes if p.startswith("OOD")] == ["OOD features (train)"], passes
+
+    job = _job(run_dir, "none")
+    detector = OODDetector.load(run_dir)
+    with (run_dir / "eval" / "at_train" / "predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    old = score_images(job.model, detector, [Path(r["path"]) for r in rows], meta=job.meta, batch_size=8,
+                       device=job.device, reporter=None, desc="old route")
+    assert [float(r["ood_score"]) for r in rows] == pytest.approx(old.tolist(), abs=2e-5)
+    # evaluate --data in a new process has no test features at hand: it scores the test images in a pass of their
+    # own (the old route) and finds the same separation
+    again = pp.evaluate(run_dir, data=field, name="again", verbose=False)["unknowns"]
+    at_train = json.loads((run_dir / "eval" / "at_train" / "metrics.json").read_text())["unknowns"]
+    _same(at_train["separation"], again["separation"], "separation")

@@ -139,6 +139,13 @@ def kept_features(passes: dict[str, Predictions] | None, prepared: PreparedData,
     return found.features
 
 
+def kept_split(passes: dict[str, Predictions] | None, prepared: PreparedData,
+               split: str) -> tuple[list[Path], np.ndarray] | None:
+    """``split``'s image paths and the pooled features its evaluation pass kept (:func:`kept_features`), or None."""
+    features = kept_features(passes, prepared, split)
+    return None if features is None else ([s.path for s in prepared.splits[split]], features)
+
+
 def fit_run_detector(model: nn.Module, *, prepared: PreparedData, loaders: Loaders, config: Config,
                      device: torch.device, run: RunDir, mean: Sequence[float], std: Sequence[float],
                      reporter: Reporter, cached: dict[str, np.ndarray] | None = None,
