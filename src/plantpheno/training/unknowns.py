@@ -132,8 +132,10 @@ def head_logits(model: nn.Module, features: np.ndarray, device: torch.device) ->
 
 def kept_features(passes: dict[str, Predictions] | None, prepared: PreparedData, split: str) -> np.ndarray | None:
     """The pooled features that the evaluation's pass over ``split`` kept (``evaluate_split``'s ``passes``), when
-    it kept them for every image of the split (not a shard), else None: the caller then passes the images itself."""
-    found = passes.get(split) if passes is not None else None
+    it kept them for every image of the split (not a shard), else None: the caller then passes the images itself.
+    Never the train split's: its loader augments and shuffles, the detector's features take the evaluation
+    preprocessing in the split's order."""
+    found = passes.get(split) if passes is not None and split != "train" else None
     if found is None or found.features is None or len(found.features) != len(prepared.splits[split]):
         return None
     return found.features
