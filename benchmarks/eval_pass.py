@@ -59,7 +59,8 @@ def test_images(synthetic: bool, work: Path, limit: int | None) -> tuple[list[Pa
         from plantpheno.data.synth import synthesize_disease
 
         why = "--synthetic" if synthetic else f"{DATA} is absent"
-        root = synthesize_disease(work / "leaves", per_class=80, image_size=256, seed=0)
+        per_class = 80 if limit is None else -(-limit // 4)  # 4 classes
+        root = synthesize_disease(work / "leaves", per_class=per_class, image_size=256, seed=0)
         found = sorted(root.rglob("*.png")) + sorted(root.rglob("*.jpg"))
         names = sorted({p.parent.name for p in found})
         source = f"synthetic leaves, 256 px ({why})"
