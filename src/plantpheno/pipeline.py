@@ -48,7 +48,7 @@ from plantpheno.training.loop import NonFiniteLossError, TrainState
 from plantpheno.training.objectives import Classification, Regression
 from plantpheno.training.outcome import non_finite_error, record_end, what_is_safe
 from plantpheno.training.phases import FrozenFeatures, check_phases, plan_phases
-from plantpheno.training.unknowns import check_can_fit, detect_unknowns
+from plantpheno.training.unknowns import check_can_fit, detect_unknowns, kept_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,13 +282,15 @@ def _evaluate(job: TrainingJob, run: RunDir, *, split: str, best_epoch: int | No
     # with the feature cache, the validation predictions come from the cached inputs (the frozen part is not
     # run over the validation images again), in the order and shard of the image loaders
     validation = job.features.validation_source() if job.features is not None else None
+    passes: dict[str, Any] = {}  # each split's predictions with their pooled features: one backbone pass a split
     metrics = evaluate_split(job.model, job.loaders, split=split, task=job.task, prepared=job.prepared,
                              config=job.config, device=job.device, run=run, reporter=job.reporter,
-                             checkpoint_epoch=best_epoch, validation=validation)
-    metrics = detect_unknowns(job, run, split=split, fit=fit_ood) or metrics  # fit on train/val; + unknown share
+                             checkpoint_epoch=best_epoch, validation=validation, passes=passes)
+    metrics = detect_unknowns(job, run, split=split, fit=fit_ood, passes=passes) or metrics  # + unknown share
     if sources and job.config.evaluation.sources:  # before the report, which shows them; after the detector's fit
         source_eval.evaluate_sources(job.model, run, config=job.config, meta=job.meta, device=job.device,
-                                     checkpoint_epoch=best_epoch, reporter=job.reporter)
+                                     checkpoint_epoch=best_epoch, reporter=job.reporter,
+                                     in_source=kept_split(passes, job.prepared, "test"))  # its features kept
     if fit_ood:  # train only: which bands the model relies on, on val (before the report, which shows it)
         write_band_importance(job.model, job.loaders, run=run, task=job.task, bands=job.config.data.bands,
                               evaluation=job.config.evaluation, seed=job.config.seed, device=job.device,

@@ -107,8 +107,10 @@ def evaluate_source(run_dir: Path, spec: SourceSpec, *, device: str | None = Non
 
 
 def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: Config, meta: ModelMeta,
-                    device: torch.device, checkpoint_epoch: int | None, reporter: Reporter) -> Evaluation:
-    """:func:`evaluate_source` with the model already built (the end of ``train``, which holds the run's lock)."""
+                    device: torch.device, checkpoint_epoch: int | None, reporter: Reporter,
+                    in_source: tuple[list[Path], np.ndarray] | None = None) -> Evaluation:
+    """:func:`evaluate_source` with the model already built (the end of ``train``, which holds the run's lock);
+    ``in_source``: the run's test images and their pooled features from the test split's evaluation pass."""
     names = _check_classification(run, meta)
     name = source_name(spec)
     class_map = load_class_map(spec.class_map, names) if spec.class_map is not None else ClassMap()
@@ -122,8 +124,9 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
     if source.unused_keys:
         reporter.warning(f"class map {spec.class_map}: no image of {spec.data} carries the label(s) "
                          f"{', '.join(source.unused_keys)}")
-    logits = _logits(model, [s.path for s, _ in source.mapped] + [s.path for s in source.unmapped],
-                     config=config, meta=meta, device=device)
+    # one pass for the predictions and the pooled features the detector scores (evaluation.one_pass)
+    logits, features = _predict(model, [s.path for s, _ in source.mapped] + [s.path for s in source.unmapped],
+                                batch_size=config.data.batch_size, tta=ev.tta, meta=meta, device=device)
     mapped, rest = logits[:len(source.mapped)], logits[len(source.mapped):]
     y = np.array([c for _, c in source.mapped], dtype=np.int64)
     temperature, applied = _temperature(run)
@@ -137,7 +140,8 @@ def evaluate_loaded(model: nn.Module, run: RunDir, spec: SourceSpec, *, config: 
     paths = [s.path for s, _ in source.mapped]
     found = source_unknowns(model, run, paths + [s.path for s in source.unmapped], correct=mapped.argmax(1) == y,
                             meta=meta, evaluation=config.evaluation, batch_size=config.data.batch_size,
-                            seed=config.seed, device=device, reporter=reporter)
+                            seed=config.seed, device=device, reporter=reporter, features=features,
+                            in_source=in_source)
     block = _source_block(spec, source, class_map, rest, temperature, names)
     block["unreadable"] = [[str(p), why] for p, why in bad]  # left out (data.on_bad_image: skip)
     extra = {"split": name, "num_images": len(y), "checkpoint_epoch": checkpoint_epoch, "source": block,
@@ -210,19 +214,27 @@ def _check_classification(run: RunDir, meta: ModelMeta) -> list[str]:
 def _logits(model: nn.Module, paths: list[Path], *, config: Config, meta: ModelMeta,
             device: torch.device) -> np.ndarray:
     """Raw outputs (TTA-averaged as the run evaluates) for ``paths``, in order."""
+    return _predict(model, paths, batch_size=config.data.batch_size, tta=config.evaluation.tta, meta=meta,
+                    device=device, features=False)[0]
+
+
+def _predict(model: nn.Module, paths: list[Path], *, batch_size: int, tta: str, meta: ModelMeta, device: torch.device,
+             features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw outputs (TTA-averaged as the run evaluates) for ``paths``, in order, and with ``features`` the pooled
+    features of the same pass (None where the model does not give them: the detector then passes the images)."""
     size = meta.image_size
     transform = eval_transform(size, meta.mean, meta.std, meta.resize)
     dataset = ImageDataset(paths, [0] * len(paths), transform, regression=False, min_side=size)
-    loader = DataLoader(dataset, batch_size=config.data.batch_size, sampler=[(i, 0) for i in range(len(paths))],
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=[(i, 0) for i in range(len(paths))],
                         collate_fn=collate, num_workers=0)
     try:
         found = predict(model, loader, task=Classification(list(meta.class_names or [])), device=device,
-                        tta=config.evaluation.tta)
+                        tta=tta, features=features)
     except OSError as exc:
         raise DataError(f"an image of the other source cannot be read ({exc}); it passed the check before "
                         f"predicting, so it changed since") from None
     assert found.raw is not None
-    return found.raw.astype(np.float64)
+    return found.raw.astype(np.float64), found.features
 
 
 def _temperature(run: RunDir) -> tuple[float, bool]:
@@ -387,14 +399,16 @@ def check_sources(config: Config, class_names: list[str] | None) -> None:
 
 
 def evaluate_sources(model: nn.Module, run: RunDir, *, config: Config, meta: ModelMeta, device: torch.device,
-                     checkpoint_epoch: int | None, reporter: Reporter) -> None:
+                     checkpoint_epoch: int | None, reporter: Reporter,
+                     in_source: tuple[list[Path], np.ndarray] | None = None) -> None:
     """The end of ``train``: each ``evaluation.sources`` entry, evaluated with the best weights (a failure warns:
-    the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it)."""
+    the trained run stands, and ``plantpheno evaluate RUN --data`` can redo it); ``in_source``: the test images'
+    paths and pooled features from the test split's evaluation, which the detector's separation scores reuse."""
     for entry in config.evaluation.sources:
         spec = SourceSpec.of(entry)
         try:
             evaluation = evaluate_loaded(model, run, spec, config=config, meta=meta, device=device,
-                                      checkpoint_epoch=checkpoint_epoch, reporter=reporter)
+                                         checkpoint_epoch=checkpoint_epoch, reporter=reporter, in_source=in_source)
         except Exception as exc:  # noqa: BLE001 - the run is trained and evaluated in source; this is extra
             reporter.warning(f"evaluating on {spec.data} failed ({type(exc).__name__}: {exc}); retry with "
                              f"plantpheno evaluate {run.path} --data {spec.data}")

@@ -282,3 +282,17 @@ def test_adapt_fixed_with_no_field_validation_images_judges_ten_labels_a_class_i
         line for line in split.splitlines() if line.endswith(",val"))
     md = out.with_suffix(".md").read_text()
     assert "10 train + 0 val" in md and "lab val:" in md
+
+
+def test_eval_pass_times_two_passes_against_one_side_by_side_and_finds_the_same_outputs(tmp_path):
+    out = tmp_path / "eval_pass.json"
+    _run("eval_pass.py", "--synthetic", "--limit", "6", "--rounds", "2", "--work", str(tmp_path / "work"),
+         "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["images"] == 6 and report["data"].startswith("synthetic leaves")
+    assert set(report["median_seconds"]) == {"baseline (two passes)", "new (one pass)"}
+    assert all(len(v) == 2 for v in report["seconds"].values()) and report["machine"]["cpu_model"]
+    assert report["ratio_baseline_over_new"]["wall"] > 0 and report["ratio_baseline_over_new"]["cpu"] > 0
+    # the same logits and pooled features from either route (float32 rounding at most)
+    assert report["max_abs_difference"]["logits"] < 1e-4 and report["max_abs_difference"]["pooled_features"] < 1e-4
+    assert "speed-up" in out.with_suffix(".md").read_text()

@@ -162,7 +162,9 @@ def test_a_trait_model_gets_the_knn_score_from_the_feature_cache_pass(rosette_ma
     detector = OODDetector.load(run.path)
     assert detector.score == "knn" and detector.labels is None
     passes = [desc for desc, *_ in reporter.progress_calls]
-    assert "OOD features (test)" in passes  # the split evaluated; train and val come from the cache
+    # the split evaluated gives its features in its prediction pass (evaluation.one_pass); train and val come from
+    # the cache
+    assert "predicting test" in passes and "OOD features (test)" not in passes
     assert "OOD features (train)" not in passes and "OOD features (val)" not in passes
     assert any("OOD detector fitted on train/val: knn" in line for _, line in reporter.lines)
     with run.split_manifest.open() as fh:

@@ -48,3 +48,21 @@ def test_a_run_started_from_a_parent_keys_its_frozen_pass_apart():
     assert key("runs/a") != key(None)
     assert key("runs/a") != key("runs/b")
     assert key("runs/a") == key("runs/a")
+
+
+def test_train_classify_adapt_without_overrides_names_init_from_first_and_the_manifest_too(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """The recipe's placeholder parent (runs/classify/RUN) is the first thing to set: one line names it and the
+    missing adapt.csv, exit status 2, before any data is read or run folder made."""
+    from plantpheno.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli(["train", "classify_adapt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.index("model.init_from runs/classify/RUN does not exist") < err.index("data.manifest adapt.csv")
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "adapt.csv").write_text("path,label,split\n")
+    assert cli(["train", "classify_adapt"]) == 2  # the manifest is there: only the parent is named
+    err = capsys.readouterr().err
+    assert "model.init_from runs/classify/RUN" in err and "data.manifest" not in err

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             overrides = [*args.overrides, *([f"budget.time={args.budget}"] if args.budget is not None else [])]
             config = load_config(args.config, overrides, data_path=args.data_path, output_path=args.output_path)
+            check_parent_first(config.model.init_from, config.data.manifest)
             if config.budget.time is not None:
                 from plantpheno.budget import CandidateInterrupted, train_in_budget
 
@@ -113,6 +114,28 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"run directory: {result.run_dir}")
     return 0
+
+
+def check_parent_first(init_from: str | None, manifest: Path | None) -> None:
+    """Refuse a ``model.init_from`` that names nothing before any data is read: it is the first thing a recipe that
+    starts from a parent (``classify_adapt``'s placeholder ``runs/classify/RUN``) needs, so the message names it, and
+    ``data.manifest`` too when that file is missing as well. A registered model's name is left to the registry,
+    which answers when the run starts."""
+    if init_from is None or Path(init_from).expanduser().exists():
+        return
+    from plantpheno.errors import RegistryError
+    from plantpheno.registry.refs import parse_ref
+
+    try:
+        parse_ref(init_from)
+        return
+    except RegistryError:
+        pass
+    also = (f"; data.manifest {manifest} does not exist either: set it too (a CSV of path,label,split)"
+            if manifest is not None and not manifest.is_file() else "")
+    raise ConfigError(f"model.init_from {init_from} does not exist as a run directory and is not a registered model "
+                      f"reference (NAME, NAME@alias or NAME/VERSION): set it to the model to start from, e.g. "
+                      f"model.init_from=runs/<experiment>/<run>{also}")
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:

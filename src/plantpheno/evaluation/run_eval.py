@@ -30,12 +30,15 @@ from plantpheno.run.folder import RunDir
 def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any, prepared: PreparedData,
                    config: Config, device: torch.device, run: RunDir, reporter: Reporter,
                    checkpoint_epoch: int | None,
-                   validation: tuple[Loaders, nn.Module] | None = None) -> dict[str, Any]:
+                   validation: tuple[Loaders, nn.Module] | None = None,
+                   passes: dict[str, Predictions] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` and write ``RUN_DIR/eval/<split>/``; warn when it does not beat its
     baseline. Classification also fits the temperature on the validation split (``RUN_DIR/temperature.json``).
     ``validation``: loaders and a module whose outputs on their val split are ``model``'s on the validation
     images (the feature cache's frozen part run once); used for the val predictions when there is no TTA.
-    Returns the metrics (as in ``metrics.json``)."""
+    ``passes``: filled with the predictions of each split predicted here, with the pooled features of the same pass
+    where ``model`` gives them (:mod:`plantpheno.evaluation.one_pass`), so that the OOD detector does not pass the
+    images again. Returns the metrics (as in ``metrics.json``)."""
     ev = config.evaluation
 
     def run_on(name: str) -> Predictions:
@@ -43,10 +46,14 @@ def evaluate_split(model: nn.Module, loaders: Loaders, *, split: str, task: Any,
                        else (loaders, model))
         bar = reporter.progress(total=_batches(source[name]), desc=f"predicting {name}", unit="batch")
         try:
-            return predict(net, source[name], task=task, device=device,
-                           amp_dtype=amp_dtype(config.training.mixed_precision, device), finish=source.finish, tta=ev.tta, progress=bar)
+            found = predict(net, source[name], task=task, device=device,
+                            amp_dtype=amp_dtype(config.training.mixed_precision, device), finish=source.finish,
+                            tta=ev.tta, progress=bar, features=passes is not None and net is model)
         finally:
             bar.close()
+        if passes is not None:
+            passes[name] = found
+        return found
 
     reporter.info(_announcement(split, len(prepared.splits[split]), config, classification=prepared.class_names
                                 is not None))

@@ -119,16 +119,14 @@ class Predictor:
         their threshold was fitted, and the feature scores the pooled features of the same pass."""
         if self.ood is None:
             return tta_outputs(self.model, batch, self.tta)[0], None
+        from plantpheno.evaluation.one_pass import feature_parts, outputs_and_features
         from plantpheno.training.features import pooled_features
 
-        head = self.model.get_classifier()
-        if not self.ood.needs_features or not isinstance(head, torch.nn.Module):
-            raw, plain = tta_outputs(self.model, batch, self.tta)
-            features = pooled_features(self.model)(batch).float() if self.ood.needs_features else None
-        else:
+        # one pass: the identity view gives the logits and the pooled features (evaluation.one_pass)
+        parts = feature_parts(self.model) if self.ood.needs_features else None
+        raw, plain, features = outputs_and_features(self.model, batch, self.tta, parts)
+        if self.ood.needs_features and features is None:  # a head that is not one module: a second pass
             features = pooled_features(self.model)(batch).float()
-            plain = head(features).float()
-            raw = plain if self.tta == "none" else tta_outputs(self.model, batch, self.tta)[0]
         scores = self.ood.scores(logits=plain.cpu().numpy(),
                                  features=features.cpu().numpy() if features is not None else None)
         return raw, scores

@@ -26,6 +26,7 @@ from plantpheno.data.datasets import Loaders
 from plantpheno.data.prepared import PreparedData
 from plantpheno.evaluation import ood, selective
 from plantpheno.evaluation.calibration import softmax
+from plantpheno.evaluation.inference import Predictions
 from plantpheno.evaluation.report_unknown import unknown_path
 from plantpheno.reporting import Reporter
 from plantpheno.records.evaluation import read_evaluation
@@ -129,11 +130,31 @@ def head_logits(model: nn.Module, features: np.ndarray, device: torch.device) ->
     return out
 
 
+def kept_features(passes: dict[str, Predictions] | None, prepared: PreparedData, split: str) -> np.ndarray | None:
+    """The pooled features that the evaluation's pass over ``split`` kept (``evaluate_split``'s ``passes``), when
+    it kept them for every image of the split (not a shard), else None: the caller then passes the images itself.
+    Never the train split's: its loader augments and shuffles, the detector's features take the evaluation
+    preprocessing in the split's order."""
+    found = passes.get(split) if passes is not None and split != "train" else None
+    if found is None or found.features is None or len(found.features) != len(prepared.splits[split]):
+        return None
+    return found.features
+
+
+def kept_split(passes: dict[str, Predictions] | None, prepared: PreparedData,
+               split: str) -> tuple[list[Path], np.ndarray] | None:
+    """``split``'s image paths and the pooled features its evaluation pass kept (:func:`kept_features`), or None."""
+    features = kept_features(passes, prepared, split)
+    return None if features is None else ([s.path for s in prepared.splits[split]], features)
+
+
 def fit_run_detector(model: nn.Module, *, prepared: PreparedData, loaders: Loaders, config: Config,
                      device: torch.device, run: RunDir, mean: Sequence[float], std: Sequence[float],
-                     reporter: Reporter, cached: dict[str, np.ndarray] | None = None) -> ood.OODDetector | None:
+                     reporter: Reporter, cached: dict[str, np.ndarray] | None = None,
+                     passes: dict[str, Predictions] | None = None) -> ood.OODDetector | None:
     """Fit the detector (``evaluation.ood``) and the selective threshold on train/val and store them in the run
-    folder; ``cached``: the feature cache's pooled train/val features, when they are the final model's. Removes a
+    folder; ``cached``: the feature cache's pooled train/val features, when they are the final model's; ``passes``:
+    the evaluation's predictions, whose val features serve otherwise (:func:`kept_features`). Removes a
     stale detector when ``evaluation.ood.enabled`` is false."""
     settings = config.evaluation.ood
     if not settings.enabled:
@@ -147,7 +168,9 @@ def fit_run_detector(model: nn.Module, *, prepared: PreparedData, loaders: Loade
     score = settings.score if classification else "knn"  # a trait model has no class probabilities
     picked = ood.subsample(len(prepared.splits["train"]), settings.max_train_features, config.seed)
     args: dict[str, Any] = dict(config=config, mean=mean, std=std, device=device, reporter=reporter)
-    val = cached["val"] if cached is not None else pooled(model, prepared, loaders, "val", **args)
+    val = cached["val"] if cached is not None else kept_features(passes, prepared, "val")
+    if val is None:
+        val = pooled(model, prepared, loaders, "val", **args)
     train = None
     if score in ood.FEATURE_SCORES:
         train = cached["train"][picked] if cached is not None else pooled(model, prepared, loaders, "train",
@@ -184,17 +207,21 @@ def _temperature(run: RunDir) -> float:
 
 def evaluate_unknowns(model: nn.Module, *, split: str, prepared: PreparedData, loaders: Loaders, config: Config,
                       device: torch.device, run: RunDir, mean: Sequence[float], std: Sequence[float],
-                      reporter: Reporter) -> dict[str, Any] | None:
+                      reporter: Reporter, passes: dict[str, Predictions] | None = None) -> dict[str, Any] | None:
     """Apply the run's detector (and selective threshold) to ``split``; writes ``eval/<split>/unknown.json``.
-    A run without a detector says so in one line and writes nothing."""
+    ``passes``: the evaluation's predictions, whose pooled features of ``split`` are used when it kept them
+    (:func:`kept_features`) instead of passing the images again. A run without a detector says so in one line and
+    writes nothing."""
     detector = ood.OODDetector.load(run.path)
     out = unknown_path(run, split)
     if detector is None:
         out.unlink(missing_ok=True)
         reporter.info(ood.describe_missing(str(run.path)))
         return None
-    features = pooled(model, prepared, loaders, split, config=config, mean=mean, std=std, device=device,
-                      reporter=reporter)
+    features = kept_features(passes, prepared, split)
+    if features is None:
+        features = pooled(model, prepared, loaders, split, config=config, mean=mean, std=std, device=device,
+                          reporter=reporter)
     logits = head_logits(model, features, device) if prepared.class_names is not None else None
     scores = detector.scores(logits=logits, features=features)
     flagged = detector.unknown(scores)
@@ -245,16 +272,18 @@ def _quantiles(scores: np.ndarray) -> dict[str, float]:
     return {f"q{int(q * 100):02d}": float(np.quantile(scores, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
 
 
-def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool) -> dict[str, Any] | None:
+def detect_unknowns(job: TrainingJob, run: RunDir, *, split: str, fit: bool,
+                    passes: dict[str, Predictions] | None = None) -> dict[str, Any] | None:
     """The end of a run's evaluation: with ``fit`` (train only), fit the OOD detector on train/val (features from
     the feature cache where there is one), then flag the unknown images of ``split`` (``eval/<split>/``; the
     share flagged also goes into its ``metrics.json``). Returns that evaluation, None without a detector.
-    After the split's evaluation: the detector's MSP/energy scores use the temperature it fitted."""
+    After the split's evaluation: the detector's MSP/energy scores use the temperature it fitted. ``passes``: that
+    evaluation's predictions, whose pooled features are reused (one backbone pass per split)."""
     common = dict(prepared=job.prepared, loaders=job.loaders, config=job.config, device=job.device, run=run,
                   mean=list(job.meta.mean), std=list(job.meta.std), reporter=job.reporter)
     if fit:
         cached = job.features.validation_source() if job.features is not None else None
-        fit_run_detector(job.model, cached=cached_pooled(cached, job.model, job.device), **common)
-    if evaluate_unknowns(job.model, split=split, **common) is None:
+        fit_run_detector(job.model, cached=cached_pooled(cached, job.model, job.device), passes=passes, **common)
+    if evaluate_unknowns(job.model, split=split, passes=passes, **common) is None:
         return None
     return read_evaluation(run.eval(split).metrics).to_dict()
