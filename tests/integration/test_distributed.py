@@ -60,6 +60,10 @@ def test_two_process_ddp_run(tmp_path, disease_root, write_config):
     assert single["num_images"] == json.loads((run / "dataset.json").read_text())["num_images"]["val"]
     assert at_best["val/accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
     assert at_best["val/macro_f1"] == pytest.approx(single["macro_f1"], abs=1e-12)
+    # rank 0's final evaluation fits the temperature and the OOD threshold on the whole validation split too
+    num_val = json.loads((run / "dataset.json").read_text())["num_images"]["val"]
+    assert json.loads((run / "temperature.json").read_text())["num_images"] == num_val
+    assert json.loads((run / "ood.json").read_text())["num_val_images"] == num_val
 
 
 def test_ddp_fine_tune_phase_starts_every_rank_from_the_best_head(tmp_path, disease_root, write_config):
