@@ -39,6 +39,7 @@ from plantpheno.run.folder import RunDir, check_output_dir
 from plantpheno.tracking.lifecycle import log_run_results
 from plantpheno.tracking.session import TrackerSet
 from plantpheno.training.assembly import train_phases
+from plantpheno.training.bn_stats import apply_bn_stats
 from plantpheno.training.callbacks import ReplicaCheck
 from plantpheno.training.checkpoint import checkpoint_to_use, resume_checkpoint
 from plantpheno.training.doctor_features import check_before_training
@@ -90,7 +91,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
                           device=device, dist=dist, splits=splits, reporter=reporter if main else None)
     meta = job_meta(prepared, config.data, backbone=config.model.backbone, task=task, model=model, mean=mean,
                     std=std, parent=parent)
-    model = model.to(device)
+    model = apply_bn_stats(model.to(device), config.model, config.data, prepared, loaders, device=device,
+                           new_run=load_pretrained, reporter=reporter if main else None)  # before any cached pass
     features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
                                reporter=reporter if main else None, store=feature_store)
                 if config.training.feature_cache else None)
