@@ -8,10 +8,11 @@ THE RULE (written down and committed before any run of it; results/adapt_cv.md r
    shuffled with the seed and dealt round-robin, so a fold holds 10/K a class.
 2. Each candidate of :data:`CANDIDATES` (listed most conservative first) trains K times from the lab model
    (``model.init_from``): on the other K-1 folds (+ its lab replay), the held-out fold as the run's validation split,
-   for :data:`MAX_EPOCHS` epochs at a CONSTANT learning rate (``training.scheduler: none``, so the first e epochs of
-   that run are exactly an e-epoch run on the same images: any point of the curve is a schedule one can retrain
-   with). Its per-epoch validation NLL (``val/loss``: cross-entropy, no label smoothing, mean over the fold) comes
-   from the run's ``metrics.jsonl``.
+   for its full length at a CONSTANT learning rate in each phase (``training.scheduler: none``) and with
+   ``training.keep: last`` (the blocks phase starts from the last head epoch, not one the held-out fold liked), so
+   the first e epochs of that run are exactly an e-epoch run on the same images (:func:`schedule`): any point of
+   the curve is a schedule one can retrain with. Its per-epoch validation NLL (``val/loss``: cross-entropy, no
+   label smoothing, mean over the fold) comes from the run's ``metrics.jsonl``.
 3. Each (candidate, epochs) pair scores the mean of its K fold NLLs. The best pair has the lowest mean; its standard
    error is the standard deviation of its K fold NLLs / sqrt(K). Chosen: the FIRST candidate in
    :data:`CANDIDATES` order with any epoch count whose mean is within one standard error of the best, at the FEWEST
@@ -21,9 +22,16 @@ THE RULE (written down and committed before any run of it; results/adapt_cv.md r
    ``training.keep: last``; its validation split is the lab model's validation images (they fit only the
    temperature: no epoch is picked there). It is then evaluated on the field TEST images, the only time they are read.
 
-No field label beyond the 10 a class is used anywhere. The candidates are the head alone on cached features (each a
-few seconds a fold): the lab model's BatchNorm statistics kept or re-estimated on the run's training images
-(``model.bn_stats: recompute``, AdaBN), with or without the lab replay, and a lower head learning rate.
+No field label beyond the 10 a class is used anywhere.
+
+The candidates: the head alone on cached features (seconds a fold), the same with the BatchNorm statistics
+re-estimated on the run's training images (``model.bn_stats: recompute``, AdaBN), and the ``classify_adapt`` recipe's
+head then its last 2 blocks. Fixed from a first, stopped run of this rule (seed 0, folds 0-2; CV NLL only, no field
+test figure existed): AdaBN's candidates had fold NLLs of 1.06-2.23 against the kept statistics' 0.60-1.41 and two
+more AdaBN variants (no lab replay; head rate 0.003) were no better (1.19-2.31), so one AdaBN candidate stays and the
+recipe's blocks phase takes the others' place. Why AdaBN hurts here: the lab model's blocks were fine-tuned with the
+BatchNorm statistics fixed at ImageNet's, so its layers expect ImageNet's statistics, not the lab's; re-estimated
+on the lab model's OWN training images they took its lab validation accuracy from 1.000 to 0.583 (36 images).
 """
 
 from __future__ import annotations
@@ -37,20 +45,19 @@ from typing import Any
 
 import numpy as np
 
-MAX_EPOCHS = 30  # the head-only curves of results/adapt_explore_seed0.json were flat from epoch 9 of 20 on
-QUICK_EPOCHS = 3
-_HEAD = {"training.fine_tune.epochs": 0, "training.scheduler": "none", "training.warmup_epochs": 0,
-         "training.monitor": "val/loss"}
-# candidate -> (classify_adapt overrides, lab replay images a class); most conservative first (the rule prefers
-# the earlier of two within one standard error): the lab model's own statistics before re-estimated ones, the lab
-# replay before none, the recipe's head rate before a lower one
+# the head-only curves of results/adapt_explore_seed0.json were flat from epoch 9 of 20 on: 30 leaves room
+_HEAD = {"training.epochs": 30, "training.fine_tune.epochs": 0, "training.scheduler": "none",
+         "training.warmup_epochs": 0, "training.monitor": "val/loss", "training.keep": "last"}
+# candidate -> (classify_adapt overrides at full length, lab replay images a class); cheapest first (the rule
+# prefers the earlier of two within one standard error): the head alone, with the lab model's BatchNorm statistics
+# and with re-estimated ones, then the recipe's head (10 epochs) and last 2 blocks (10 more, its rate 0.0005)
 CANDIDATES: dict[str, tuple[dict[str, Any], int]] = {
     "head": (_HEAD, 10),
     "head_bn": (_HEAD | {"model.bn_stats": "recompute"}, 10),
-    "head_bn_noreplay": (_HEAD | {"model.bn_stats": "recompute"}, 0),
-    "head_bn_low_lr": (_HEAD | {"model.bn_stats": "recompute", "training.learning_rate": 0.003}, 10),
+    "head_then_blocks": (_HEAD | {"training.epochs": 10, "training.fine_tune.epochs": 10}, 10),
 }
-QUICK = ("head", "head_bn")
+QUICK = ("head", "head_then_blocks")
+QUICK_LENGTH = {"training.epochs": 3, "training.fine_tune.epochs": 0}  # --quick: 3 epochs; 2 + 1 with blocks
 
 Row = tuple[Path, str, str]
 
@@ -65,6 +72,25 @@ def folds(picked: list[Row], k: int, seed: int) -> list[list[Row]]:
         for i, j in enumerate(rng.permutation(len(rows))):
             out[i % k].append(rows[j])
     return out
+
+
+def full_length(spec: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """A candidate's overrides at its full length (--quick: 3 epochs in all)."""
+    if not quick:
+        return spec
+    blocks = spec["training.fine_tune.epochs"] > 0
+    return spec | ({"training.epochs": 2, "training.fine_tune.epochs": 1} if blocks else QUICK_LENGTH)
+
+
+def schedule(spec: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The overrides of an ``epochs``-epoch run of a candidate whose full length ``spec`` gives: the first
+    ``epochs`` epochs of the full run (head epochs first, then blocks epochs)."""
+    head, blocks = spec["training.epochs"], spec["training.fine_tune.epochs"]
+    if epochs > head + blocks or epochs < 1:
+        raise ValueError(f"{epochs} epochs: the candidate runs 1 to {head + blocks}")
+    if epochs <= head:
+        return spec | {"training.epochs": epochs, "training.fine_tune.epochs": 0}
+    return spec | {"training.epochs": head, "training.fine_tune.epochs": epochs - head}
 
 
 def choose(curves: dict[str, list[list[float]]]) -> dict[str, Any]:
@@ -102,7 +128,7 @@ def cross_validate(args: Any, lab_run: Any, pool: dict[str, list[Path]], field_t
     from plantpheno import api
 
     names = [n for n in CANDIDATES if n in (args.candidates or (QUICK if args.quick else CANDIDATES))]
-    max_epochs = QUICK_EPOCHS if args.quick else MAX_EPOCHS
+    specs = {n: full_length(CANDIDATES[n][0], args.quick) for n in names}
     out = []
     for seed in args.seeds or ((0,) if args.quick else (0, 1, 2)):
         start = time.time()
@@ -114,17 +140,15 @@ def cross_validate(args: Any, lab_run: Any, pool: dict[str, list[Path]], field_t
         for f, held in enumerate(cut):  # folds outside: a fold's candidates with the same images share a pass
             train = [row for g, fold in enumerate(cut) if g != f for row in fold]
             for name in names:
-                spec, n_replay = CANDIDATES[name]
-                run = _train(args, lab_run, f"cv_{name}_s{seed}_f{f}", seed, spec | {"training.epochs": max_epochs},
-                             _replay(replay, n_replay) + train + [(p, label, "val") for p, label, _ in held] + lab_test,
+                run = _train(args, lab_run, f"cv_{name}_s{seed}_f{f}", seed, specs[name],
+                             _replay(replay, CANDIDATES[name][1]) + train + [(p, label, "val") for p, label, _ in held]
+                             + lab_test,
                              store=store)
                 curves[name].append(val_nll_curve(run.run_dir))
         picked_choice = choose(curves)
         name, epochs = picked_choice["candidate"], picked_choice["epochs"]
-        spec, n_replay = CANDIDATES[name]
-        final = _train(args, lab_run, f"final_{name}_s{seed}", seed,
-                       spec | {"training.epochs": epochs, "training.keep": "last"},
-                       _replay(replay, n_replay) + picked + lab_val + lab_test, store=store)
+        final = _train(args, lab_run, f"final_{name}_s{seed}", seed, schedule(specs[name], epochs),
+                       _replay(replay, CANDIDATES[name][1]) + picked + lab_val + lab_test, store=store)
         found = api.evaluate(final.run_dir, data=field_test, name="field", verbose=False)
         out.append({"seed": seed, "folds": args.cv, "cv_nll_per_fold": curves, "choice": picked_choice,
                     "chosen": name, "epochs": epochs, **adapt._figures(found),
@@ -132,8 +156,9 @@ def cross_validate(args: Any, lab_run: Any, pool: dict[str, list[Path]], field_t
                     "calibration": adapt._ece(found["shift"]["calibration"]),
                     "seconds": round(time.time() - start, 1)})
         print(f"seed {seed}: chose {name} x {epochs} epochs; field test {out[-1]['field_accuracy']:.3f}", flush=True)
-    return {"candidates": {n: {"overrides": CANDIDATES[n][0], "replay_per_class": CANDIDATES[n][1]} for n in names},
-            "max_epochs": max_epochs, "seeds": out}
+    return {"candidates": {n: {"overrides": specs[n], "replay_per_class": CANDIDATES[n][1]} for n in names},
+            "max_epochs": max(s["training.epochs"] + s["training.fine_tune.epochs"] for s in specs.values()),
+            "seeds": out}
 
 
 def _replay(rows: list[Row], n: int) -> list[Row]:
@@ -181,11 +206,12 @@ def markdown(record: dict[str, Any]) -> str:
            f"drop {d['drop']:.3f} (95 % CI {d['low']:.3f} to {d['high']:.3f}); half the drop back needs a field test "
            f"median of {s['needed_for_half']:.3f}.", "",
            f"Protocol ({cv['seeds'][0]['folds']}-fold CV on the 10 a class, the rule in benchmarks/adapt_cv.py): "
-           "each candidate's per-epoch NLL on the held-out folds (constant learning rate, up to "
-           f"{cv['max_epochs']} epochs); the first candidate (listed order) within one standard error of the best "
-           "(candidate, epochs), at its fewest such epochs; retrained on all 10 a class with training.keep: last, "
-           "then evaluated on the field test images.", "",
-           "| seed | candidate | CV NLL at its best epochs (mean +/- SE) | epochs there | chosen |", "|---|---|---|---|---|"]
+           "each candidate's per-epoch NLL on the held-out folds (constant learning rate in each phase, up to "
+           f"{cv['max_epochs']} epochs; with blocks, the head's epochs first); the first candidate (listed order) "
+           "within one standard error of the best (candidate, epochs), at its fewest such epochs; retrained on all "
+           "10 a class with training.keep: last, then evaluated on the field test images.", "",
+           "| seed | candidate | CV NLL at its best epochs (mean +/- SE) | epochs there | chosen |",
+           "|---|---|---|---|---|"]
     for row in cv["seeds"]:
         choice = row["choice"]
         for name, curve in choice["curves"].items():
