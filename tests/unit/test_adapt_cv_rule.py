@@ -53,3 +53,19 @@ def test_the_val_nll_curve_is_read_from_the_runs_metrics_log(tmp_path):
     cv = _module()
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "val/loss": 0.7}\n{"epoch": 2, "val/loss": 0.5}\n')
     assert cv.val_nll_curve(tmp_path) == [0.7, 0.5]
+
+
+def test_a_chosen_epoch_count_is_the_first_epochs_of_the_candidates_full_run():
+    cv = _module()
+    blocks = cv.CANDIDATES["head_then_blocks"][0]  # 10 head epochs, then 10 of the last blocks
+    assert cv.schedule(blocks, 7) == blocks | {"training.epochs": 7, "training.fine_tune.epochs": 0}
+    assert (cv.schedule(blocks, 13)["training.epochs"], cv.schedule(blocks, 13)["training.fine_tune.epochs"]) == (10, 3)
+    head = cv.CANDIDATES["head"][0]
+    assert cv.schedule(head, 12)["training.epochs"] == 12 and cv.schedule(head, 12)["training.fine_tune.epochs"] == 0
+    with pytest.raises(ValueError, match="1 to 30"):
+        cv.schedule(head, 31)
+    # every candidate: a constant rate and the last epoch kept, so a prefix of the CV curve is a run to retrain
+    for spec, _ in cv.CANDIDATES.values():
+        assert spec["training.scheduler"] == "none" and spec["training.keep"] == "last"
+    quick = cv.full_length(blocks, quick=True)
+    assert quick["training.epochs"] + quick["training.fine_tune.epochs"] == 3 and quick["training.fine_tune.epochs"]
