@@ -356,7 +356,8 @@ class TrainingConfig(_Section):
     keep: Literal["best", "last"] = Field(
         "best", description="The weights a run ends with: best (the epoch the monitor liked best on validation) or "
         "last (the final epoch: a fixed schedule chosen elsewhere, e.g. by cross-validation, when the validation "
-        "split cannot place the epoch). Validation still fits the temperature and the unknown threshold.")
+        "split cannot place the epoch; run.json's best_epoch is then the last). Validation still fits the temperature "
+        "and the unknown threshold.")
     progress_bar: bool = Field(True, description="Show each epoch's progress (loss, metric, images/s): a bar on a "
                                "terminal, a line every 10 s in a log.")
     channels_last: Literal["auto", "on", "off"] = Field(

@@ -109,3 +109,17 @@ def test_the_feature_store_key_follows_the_batchnorm_statistics(tmp_path):
     assert key("recompute", ["a.jpg", "b.jpg"]) != key("recompute", ["a.jpg", "c.jpg"])
     assert key("recompute", ["a.jpg", "b.jpg"]) == key("recompute", ["b.jpg", "a.jpg"])
     assert key("keep", ["a.jpg"]) == key("keep", ["c.jpg"])  # the kept statistics do not depend on the images
+
+
+@pytest.mark.parametrize(("keep", "says"), [("best", "Best epoch 2 by val/macro_f1"),
+                                            ("last", "The last epoch (2) kept (training.keep: last")])
+def test_the_reports_curves_say_which_epoch_was_kept(tmp_path, keep, says):
+    from plantpheno.evaluation.html_report import _curves
+    from plantpheno.run.folder import RunDir
+
+    run = RunDir(tmp_path)
+    run.metrics_log.write_text('{"epoch": 1, "train/loss": 1.0, "val/loss": 0.9, "val/macro_f1": 0.5}\n'
+                               '{"epoch": 2, "train/loss": 0.5, "val/loss": 0.8, "val/macro_f1": 0.4}\n')
+    config = validate_config(tiny_config(tmp_path, data={"root": str(tmp_path)}, training={"keep": keep}))
+    html = _curves(run, config, {"best_epoch": 2}, SimpleNamespace(task="classification", checkpoint_epoch=2))
+    assert says in html
