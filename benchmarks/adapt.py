@@ -22,6 +22,10 @@ with a few labelled field images per class wins back (the ``classify_adapt`` rec
 on ``--field-val`` field validation images a class (10 - that many to train on at the goal), or with ``--field-val 0``
 on the lab model's validation images (no field label spent on choosing; results/adapt_total10.md, adapt_val0.md).
 
+``--cv [K]`` (default K 5; benchmarks/adapt_cv.py states the rule): 10 labelled field images a class IN TOTAL, the
+candidate and its number of epochs chosen by K-fold cross-validation on those 10 alone, then retrained on all 10 with
+``training.keep: last`` and evaluated on the field test images (results/adapt_cv.md).
+
 The frozen backbone's pass is shared by every fine-tuning run of one process (a feature store; they start from the
 same parent), so a run costs its head and block training. Writes each run's field accuracy with its bootstrap
 interval, medians over seeds, the share of the drop recovered ((acc_k - acc_0) / drop) and the lab test accuracy
@@ -41,6 +45,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from adapt_cv import CANDIDATES as CV_CANDIDATES  # noqa: E402
 from machine import describe, machine  # noqa: E402  (benchmarks/ is not a package)
 
 CLASSES = ("healthy", "leaf_spot", "rust", "blight")
@@ -107,7 +112,7 @@ def _field_rows(field: Path, per_class: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "adapt.json")
+    parser.add_argument("--out", type=Path, help="default results/adapt.json (--cv: results/adapt_cv.json)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/plantpheno-adapt"))
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, fewer images and epochs")
     parser.add_argument("--replay", type=int, default=10, metavar="N",
@@ -116,13 +121,21 @@ def main() -> None:
                         help="field validation images per class (a user labels this many more a class to choose on)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick: 0)")
     parser.add_argument("--budgets", type=int, nargs="+", help="field images per class (default 5 10 20)")
-    parser.add_argument("--candidates", nargs="+", choices=list(EXPLORED),
+    parser.add_argument("--cv", type=int, nargs="?", const=5, metavar="K",
+                        help="10 labelled field images a class in all: choose the candidate and its epochs by K-fold "
+                             "cross-validation on them (K default 5), retrain on all 10, evaluate (adapt_cv.py)")
+    parser.add_argument("--candidates", nargs="+", choices=[*EXPLORED, *CV_CANDIDATES],
                         help=f"default: {' '.join(DEFAULT)} (quick: {' '.join(QUICK)})")
     parser.add_argument("--fixed", choices=list(EXPLORED), metavar="CANDIDATE",
                         help="no choice among candidates: this one at every budget, and the goal is judged at "
                              f"{GOAL_LABELLED} field labels a class IN TOTAL ({GOAL_LABELLED} - --field-val to train "
                              "on; the field validation images only pick its epoch)")
     args = parser.parse_args()
+    if args.cv is not None and (args.fixed or args.cv < 2):
+        parser.error(f"--cv needs 2 folds or more and no --fixed: got --cv {args.cv}, --fixed {args.fixed}")
+    if args.cv is not None:
+        args.field_val = 0  # every field label trains or cross-validates; no field validation split
+    args.out = args.out or HERE / "results" / ("adapt_cv.json" if args.cv else "adapt.json")
 
     import shutil
 
@@ -139,7 +152,8 @@ def main() -> None:
     if goal < 1:
         parser.error(f"--fixed needs --field-val below {GOAL_LABELLED}: got {args.field_val}")
     budgets = tuple(args.budgets or ((5, 10) if args.quick else (5, 10, 20)))
-    wanted = [args.fixed] if args.fixed else args.candidates or (QUICK if args.quick else DEFAULT)
+    wanted = [args.fixed] if args.fixed else [c for c in args.candidates or (QUICK if args.quick else DEFAULT)
+                                              if c in EXPLORED]
     candidates = {name: spec for name, spec in EXPLORED.items() if name in wanted}
     lab = synthesize_disease(args.work / "lab", per_class=lab_n, image_size=IMAGE_SIZE, seed=0)
     field = synthesize_disease(args.work / "field", per_class=field_n, image_size=IMAGE_SIZE, seed=1, style="field")
@@ -151,6 +165,8 @@ def main() -> None:
     zero = api.evaluate(lab_run, data=field_test, name="field", calibrate_on=field_val_csv, verbose=False)
     drop = zero["shift"]["drop"]["accuracy"]
     store = FeatureStore(max_passes=2)  # every fine-tuning run starts from the same parent: one pass for all
+    if args.cv is not None:
+        return _cross_validated(args, lab_run, lab_cfg, pool, field_test, zero, drop, store, start=start)
     tune = functools.partial(_fine_tune, args, lab_run, pool, field_val, store=store)
     # 1. the choice: each candidate at the goal's budget, judged on the field validation images only
     runs = {name: {str(goal): [tune(goal, seed, name) for seed in seeds]} for name in candidates}
@@ -181,6 +197,32 @@ def main() -> None:
     print(f"wrote {args.out} ({record['seconds']} s)")
 
 
+def _cross_validated(args: argparse.Namespace, lab_run: Any, lab_cfg: Any, pool: dict[str, list[Path]],
+                     field_test: Path, zero: dict[str, Any], drop: dict[str, Any], store: Any, *, start: float) -> None:
+    """--cv: the rule of benchmarks/adapt_cv.py on every seed; writes the record and its table."""
+    import adapt_cv
+
+    from plantpheno.training.feature_store import FeatureStore
+
+    # more passes kept: each fold's re-estimated BatchNorm statistics make passes of their own (pooled features,
+    # ~5 KB an image)
+    store = FeatureStore(max_passes=8)
+    cv = adapt_cv.cross_validate(args, lab_run, pool, field_test, store=store)
+    summary = adapt_cv.summary(cv, zero, drop)
+    record = {"benchmark": "adapt_cv", "machine": machine(), "machine_summary": describe(machine()),
+              "quick": args.quick, "seconds": round(time.time() - start, 1),
+              "setup": {"field_pool_per_class": len(next(iter(pool.values()))), "image_size": IMAGE_SIZE,
+                        "backbone": lab_cfg.model.backbone, "lab_recipe": "classify", "labelled_per_class":
+                        GOAL_LABELLED, "folds": args.cv, "replay_per_class": args.replay},
+              "lab_test_accuracy": drop["in_source"], "drop": drop, "lab_model_on_field": _figures(zero),
+              "calibration_on_field": _ece(zero["shift"]["calibration"]), "cv": cv, "summary": summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    args.out.with_suffix(".md").write_text(adapt_cv.markdown(record))
+    print(args.out.with_suffix(".md").read_text())
+    print(f"wrote {args.out} ({record['seconds']} s)")
+
+
 def choose(runs: dict[str, dict[str, list[dict[str, Any]]]], cheapest_first: list[str]) -> str:
     """The choice rule, on field VALIDATION figures only: the lowest mean field validation NLL over seeds (20
     validation images make accuracy move in steps of 0.05; the NLL is finer and still a proper score); then the
@@ -204,18 +246,10 @@ def _fine_tune(args: argparse.Namespace, lab_run: Any, pool: dict[str, list[Path
                store: Any) -> dict[str, Any]:
     """Fine-tune from the lab model on k field images per class (+ the lab replay); its accuracy on the field
     validation images and on the lab test images (what adaptation cost in the lab)."""
-    import numpy as np
-
     from plantpheno import api
 
     start = time.time()
-    rng = np.random.default_rng([seed, k])  # the same images for every candidate
-    rows = [(Path(r["path"]), r["label"], r["split"]) for r in _read_csv(lab_run.path / "split.csv")]
-    replay = []
-    for name in CLASSES:
-        train = [row for row in rows if row[1] == name and row[2] == "train"]
-        replay += [train[i] for i in sorted(rng.choice(len(train), min(args.replay, len(train)), replace=False))]
-    picked = [(p, name, "train") for name in CLASSES for p in rng.choice(pool[name], k, replace=False)]
+    replay, picked, rows = draw(args.replay, lab_run, pool, k, seed)
     lab_test = [row for row in rows if row[2] == "test"]
     val = field_val or [row for row in rows if row[2] == "val"]  # no field val: the lab model's val images
     manifest = _manifest(args.work / f"{candidate}_{k}_{seed}.csv", replay + picked + val + lab_test)
@@ -234,6 +268,23 @@ def _fine_tune(args: argparse.Namespace, lab_run: Any, pool: dict[str, list[Path
             "val_nll": val_eval["calibration"]["before"]["nll"], "seconds": round(time.time() - start, 1),
             "lab_test_after": lab_after["field_accuracy"], "lab_test_after_low": lab_after["low"],
             "lab_test_after_high": lab_after["high"]}
+
+
+def draw(replay_per_class: int, lab_run: Any, pool: dict[str, list[Path]], k: int,
+         seed: int) -> tuple[Rows, Rows, Rows]:
+    """The lab replay rows, the ``k`` labelled field rows a class (the same images for every candidate and
+    protocol of a seed and budget) and the lab model's split rows."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, k])
+    rows = [(Path(r["path"]), r["label"], r["split"]) for r in _read_csv(lab_run.path / "split.csv")]
+    replay = []
+    for name in CLASSES:
+        train = [row for row in rows if row[1] == name and row[2] == "train"]
+        replay += [train[i] for i in sorted(rng.choice(len(train), min(replay_per_class, len(train)),
+                                                       replace=False))]
+    picked = [(p, name, "train") for name in CLASSES for p in rng.choice(pool[name], k, replace=False)]
+    return replay, picked, rows
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -287,6 +287,10 @@ class ModelConfig(_Section):
         description="Start from an existing model's weights: a run directory or a registered model (NAME@alias, "
                     "NAME/VERSION). Same task and backbone; classes matched by name (new classes get fresh head "
                     "rows). Recorded in the run's lineage as its parent model.")
+    bn_stats: Literal["keep", "recompute"] = Field(
+        "keep", description="The backbone's BatchNorm statistics: keep (the pretrained or init_from model's), or "
+        "recompute them on this run's training images before training (AdaBN, Li et al. 2016: the frozen backbone "
+        "run once in train mode without gradients; for a model adapted to another source, costs no label).")
 
 
 class EarlyStoppingConfig(_Section):
@@ -349,6 +353,11 @@ class TrainingConfig(_Section):
         "auto", description="Metric for best checkpoint/early stopping, e.g. val/macro_f1; auto = val/macro_f1 or val/mae."
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    keep: Literal["best", "last"] = Field(
+        "best", description="The weights a run ends with: best (the epoch the monitor liked best on validation) or "
+        "last (the final epoch: a fixed schedule chosen elsewhere, e.g. by cross-validation, when the validation "
+        "split cannot place the epoch; run.json's best_epoch is then the last). Validation still fits the temperature "
+        "and the unknown threshold.")
     progress_bar: bool = Field(True, description="Show each epoch's progress (loss, metric, images/s): a bar on a "
                                "terminal, a line every 10 s in a log.")
     channels_last: Literal["auto", "on", "off"] = Field(
@@ -403,6 +412,14 @@ class TrainingConfig(_Section):
         if self.loss != "auto":
             return self.loss
         return "cross_entropy" if task == "classification" else "mse"
+
+    @model_validator(mode="after")
+    def _keep_last_without_early_stopping(self) -> TrainingConfig:
+        if self.keep == "last" and self.early_stopping.patience is not None:
+            raise ValueError(f"training.keep: last keeps the final epoch of a fixed schedule; "
+                             f"training.early_stopping.patience ({self.early_stopping.patience}) would end it on "
+                             f"validation: set one of them (patience null, or keep best)")
+        return self
 
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> TrainingConfig:

@@ -43,11 +43,12 @@ from plantpheno.training.callbacks import ReplicaCheck
 from plantpheno.training.checkpoint import checkpoint_to_use, resume_checkpoint
 from plantpheno.training.doctor_features import check_before_training
 from plantpheno.training.feature_store import FeatureStore
-from plantpheno.training.job import TrainingJob, job_loaders, job_meta, job_summary, new_run_dir, open_job_tracking
+from plantpheno.training.job import (TrainingJob, job_loaders, job_meta, job_network, job_summary, new_run_dir,
+                                    open_job_tracking)
 from plantpheno.training.loop import NonFiniteLossError, TrainState
 from plantpheno.training.objectives import Classification, Regression
 from plantpheno.training.outcome import non_finite_error, record_end, what_is_safe
-from plantpheno.training.phases import FrozenFeatures, check_phases, plan_phases
+from plantpheno.training.phases import check_phases, plan_phases
 from plantpheno.training.unknowns import check_can_fit, detect_unknowns, kept_split
 
 
@@ -90,10 +91,8 @@ def _setup(config: Config, *, manifest: Path | None, load_pretrained: bool, repo
                           device=device, dist=dist, splits=splits, reporter=reporter if main else None)
     meta = job_meta(prepared, config.data, backbone=config.model.backbone, task=task, model=model, mean=mean,
                     std=std, parent=parent)
-    model = model.to(device)
-    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
-                               reporter=reporter if main else None, store=feature_store)
-                if config.training.feature_cache else None)
+    model, features = job_network(model, config, prepared, loaders, mean=mean, std=std, device=device,
+                                  new_run=load_pretrained, reporter=reporter if main else None, store=feature_store)
     return TrainingJob(config, prepared, task, model, loaders, device, meta, dist, reporter,
                        plan_phases(config.training), features)
 

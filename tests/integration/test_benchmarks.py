@@ -296,3 +296,29 @@ def test_eval_pass_times_two_passes_against_one_side_by_side_and_finds_the_same_
     # the same logits and pooled features from either route (float32 rounding at most)
     assert report["max_abs_difference"]["logits"] < 1e-4 and report["max_abs_difference"]["pooled_features"] < 1e-4
     assert "speed-up" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_adapt_cv_chooses_on_the_ten_labelled_images_alone_and_keeps_the_last_epoch(tmp_path):
+    """--cv 2: no field validation split; the CV runs' validation rows are held-out labelled field images, the
+    final run's the lab model's; it keeps its last epoch; the field test images appear in no run's manifest."""
+    out = tmp_path / "adapt_cv.json"
+    work = tmp_path / "work"
+    _run("adapt.py", "--quick", "--cv", "2", "--work", str(work), "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "adapt_cv" and report["machine"]["cpu_model"] and report["quick"] is True
+    (row,) = report["cv"]["seeds"]
+    assert row["folds"] == 2 and row["chosen"] in report["cv"]["candidates"]
+    assert 1 <= row["epochs"] <= report["cv"]["max_epochs"] and row["low"] <= row["field_accuracy"] <= row["high"]
+    for name, per_fold in row["cv_nll_per_fold"].items():
+        assert len(per_fold) == 2 and all(len(curve) == report["cv"]["max_epochs"] for curve in per_fold), name
+    test_images = {line.split(",")[0] for line in (work / "field_test.csv").read_text().splitlines()[1:]}
+    for manifest in work.glob("*_s0*.csv"):
+        used = {line.split(",")[0] for line in manifest.read_text().splitlines()[1:]}
+        assert not used & test_images, manifest.name
+        val = [line for line in manifest.read_text().splitlines() if line.endswith(",val")]
+        assert val and all(("/field/" in line) == manifest.name.startswith("cv_") for line in val), manifest.name
+    final = next((work / "runs" / "adapt").glob("final_*"))
+    assert json.loads((final / "run.json").read_text())["best_epoch"] == row["epochs"]  # training.keep: last
+    md = out.with_suffix(".md").read_text()
+    assert "10 labelled field images a class IN TOTAL" in md and ("MET" in md or "NOT met" in md)

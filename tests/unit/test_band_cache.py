@@ -101,4 +101,4 @@ def test_the_feature_store_key_names_the_bands_and_their_scaling() -> None:
     plain = FrozenFeatures(None, PreparedData("classification", {}, ["a", "b"], "f"), None,  # type: ignore[arg-type]
                            rgb, mean=(0.5,) * 3, std=(0.2,) * 3, device=torch.device("cpu"), reporter=None,
                            store=FeatureStore())._store_key("pooled")
-    assert plain is not None and len(plain) == 9  # RGB: the key as it was (with the parent model, init_from)
+    assert plain is not None and len(plain) == 10  # RGB: the key as it was (+ init_from, model.bn_stats)

@@ -37,6 +37,8 @@ WHOLE_CONFIG = {
     "tracking/lifecycle.py": {"open_run_tracking"},
     # the frozen-feature cache of a job's phases reads model, data and training settings
     "training/phases.py": {"__init__"},
+    # a job's network and its frozen-feature cache (the cache above takes the whole config; model.bn_stats besides)
+    "training/job.py": {"job_network"},
     # tuning applies a trial's values to a whole config: it is a client of train(config)
     "tuning/plan.py": {"make_plan", "_check_metric", "_natural_direction"},
     "tuning/space.py": {"check_space"},

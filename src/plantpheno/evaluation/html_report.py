@@ -158,7 +158,8 @@ def _curves(run: RunDir, config: Any, status: dict[str, Any], ev: Evaluation) ->
     best = status.get("best_epoch") or ev.checkpoint_epoch
     change = fine_tune_start(history)
     uri = figures.training_curves(history, metric=metric, best_epoch=best, phase_change=change)
-    note = f"Best epoch {best} by {config.monitor[0]}"
+    note = (f"Best epoch {best} by {config.monitor[0]}" if config.training.keep == "best" else
+            f"The last epoch ({best}) kept (training.keep: last: a fixed schedule, not chosen on validation)")
     if change is not None:
         note += f"; the fine-tune phase starts after epoch {change}"
     elif config.training.fine_tune.epochs > 0 and not any("phase" in r for r in history):

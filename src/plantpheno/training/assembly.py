@@ -75,7 +75,8 @@ def _builtin(job: TrainingJob, run: RunDir, replicas: ReplicaCheck | None, phase
     what = {"train": "the head phase" if later else "training", "fine_tune": "the fine-tune phase"}[phase.name]
     then = "; the fine-tune phase starts from it" if "fine_tune" in later else ""
     builtin: list[object] = [EarlyStopping(patience=patience.patience, min_delta=patience.min_delta, phase=what,
-                                           then=then, reporter=job.main_reporter)]
+                                           then=then, reporter=job.main_reporter,
+                                           keep_last=job.config.training.keep == "last")]
     if replicas is not None:
         builtin.insert(0, replicas)
     if job.dist.is_main:  # only rank 0 writes files and prints

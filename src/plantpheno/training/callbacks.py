@@ -24,18 +24,22 @@ if TYPE_CHECKING:
 
 class EarlyStopping:
     """Tracks the best value of the monitored metric; stops after ``patience`` epochs without improvement, and
-    says so through ``reporter`` (rank 0's; None on the other ranks)."""
+    says so through ``reporter`` (rank 0's; None on the other ranks).
+
+    ``keep_last`` (``training.keep: last``): every finished epoch is the one kept (``best_epoch``, ``best.pt``), so
+    the run ends with its final weights and the next phase starts from them; the config refuses a patience then."""
 
     def __init__(self, *, patience: int | None, min_delta: float, reporter: Reporter | None = None,
-                 phase: str = "training", then: str = "") -> None:
+                 phase: str = "training", then: str = "", keep_last: bool = False) -> None:
         self.patience, self.min_delta, self.reporter = patience, min_delta, reporter
         self.phase, self.then = phase, then  # for the message: what ends, and what comes next (if anything)
+        self.keep_last = keep_last
 
     def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         name, mode = trainer.monitor
         value, state = metrics[name], trainer.state
         best = state.best_value
-        improved = math.isfinite(value) and (
+        improved = self.keep_last or math.isfinite(value) and (
             best is None or (value > best + self.min_delta if mode == "max" else value < best - self.min_delta)
         )
         if improved:

@@ -26,6 +26,7 @@ from plantpheno.reporting import Reporter
 from plantpheno.run.folder import create_run_dir
 from plantpheno.tracking.lifecycle import open_run_tracking
 from plantpheno.tracking.session import SystemMonitor, TrackerSet
+from plantpheno.training.bn_stats import apply_bn_stats
 from plantpheno.training.callbacks import ReplicaCheck, TrackerCallback
 from plantpheno.training.objectives import Classification, Regression
 from plantpheno.training.optim import effective_lr
@@ -35,6 +36,7 @@ from plantpheno.version import __version__
 
 if TYPE_CHECKING:
     from plantpheno.run.folder import RunDir
+    from plantpheno.training.feature_store import FeatureStore
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,19 @@ def job_loaders(prepared: PreparedData, data: DataConfig, *, seed: int, output_d
                                   reporter=reporter, **shard)
     return build_loaders(prepared, data, seed=seed, output_dir=output_dir, mean=mean, std=std,
                          device_type=device.type, reporter=reporter, **shard)
+
+
+def job_network(model: nn.Module, config: Config, prepared: PreparedData, loaders: Loaders, *, mean: Sequence[float],
+                std: Sequence[float], device: torch.device, new_run: bool, reporter: Reporter | None,
+                store: FeatureStore | None) -> tuple[nn.Module, FrozenFeatures | None]:
+    """The network on ``device``, its BatchNorm statistics re-estimated on the training images where
+    ``model.bn_stats`` asks (a new run only, before any cached pass), and with ``training.feature_cache`` the
+    phases' cached inputs."""
+    model = apply_bn_stats(model.to(device), config.model, config.data, prepared, loaders, device=device,
+                           new_run=new_run, reporter=reporter)
+    features = (FrozenFeatures(model, prepared, loaders, config, mean=mean, std=std, device=device,
+                               reporter=reporter, store=store) if config.training.feature_cache else None)
+    return model, features
 
 
 def job_meta(prepared: PreparedData, data: DataConfig, *, backbone: str, task: Classification | Regression,

@@ -27,6 +27,7 @@ from plantpheno.config import Config, FineTuneConfig, TrainingConfig
 from plantpheno.data.datasets import Loaders
 from plantpheno.data.prepared import PreparedData
 from plantpheno.reporting import Reporter
+from plantpheno.training.bn_stats import training_images_digest
 from plantpheno.training.feature_store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ class FrozenFeatures:
             return None
         # init_from: the parent's weights replace the pretrained ones (runs started from one parent share a pass)
         bands = config.data.bands, (self.prepared.band_norm if config.data.bands is not None else None)
-        return (where, config.model.backbone, str(config.model.pretrained), config.model.init_from,
+        # model.bn_stats: recompute: the BatchNorm statistics come from this run's training images
+        bn = ("bn", training_images_digest(self.prepared)) if config.model.bn_stats == "recompute" else ("bn", "kept")
+        return (where, config.model.backbone, str(config.model.pretrained), config.model.init_from, bn,
                 config.data.image_size, config.data.resize, tuple(self.mean), tuple(self.std), self.device.type,
                 *((tuple(b.model_dump_json() for b in bands[0]), bands[1]) if bands[0] is not None else ()))
