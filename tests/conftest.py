@@ -170,6 +170,21 @@ class StopAt:
             trainer.stop_requested = "SIGINT"
 
 
+def load_benchmark(name: str) -> Any:
+    """The script ``benchmarks/<name>.py`` as a module (its folder on the path while it loads, for its own imports)."""
+    import importlib.util
+
+    bench = str(REPO / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(bench)
+
+
 def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     """Stop a server started with ``start_new_session=True`` and all its workers: SIGTERM to its process
     group, SIGKILL if it has not ended after ``timeout`` seconds."""

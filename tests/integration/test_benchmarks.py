@@ -15,20 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 BENCH = REPO / "benchmarks"
-
-
-def _module(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def _run(script: str, *args: str, timeout: int = 1200) -> None:
@@ -57,7 +46,7 @@ def tiny_manifest(tmp_path_factory) -> Path:
 
 
 def test_machine_record_names_the_cpu_its_isa_cores_memory_and_versions():
-    machine = _module("machine")
+    machine = load_benchmark("machine")
     info = machine.machine()
     assert info["cpu_model"] and info["cpus_online"] >= 1 and info["memory"]["total_gib"] > 0
     assert set(info["isa_flags"]) <= set(machine.ISA_FLAGS)
@@ -67,7 +56,7 @@ def test_machine_record_names_the_cpu_its_isa_cores_memory_and_versions():
 
 
 def test_recipe_choice_takes_the_cheapest_candidate_tied_with_the_best_on_validation():
-    choose = _module("recipe_choice").choose
+    choose = load_benchmark("recipe_choice").choose
     summary = {"10 epochs": {"val_accuracy_mean": 0.9751, "val_accuracy_se": 0.0012, "wall_s_mean": 130,
                              "val_loss_mean": 0.09},
                "6 epochs": {"val_accuracy_mean": 0.9745, "val_accuracy_se": 0.0015, "wall_s_mean": 95,
@@ -80,7 +69,7 @@ def test_recipe_choice_takes_the_cheapest_candidate_tied_with_the_best_on_valida
 
 
 def test_recipe_choice_reuses_only_runs_made_with_the_same_manifest_and_common_overrides(tmp_path):
-    earlier_runs = _module("recipe_choice")._earlier_runs
+    earlier_runs = load_benchmark("recipe_choice")._earlier_runs
     run = {"overrides": ["seed=1", "evaluation.split=val", "training.fine_tune.epochs=6"], "val_accuracy": 0.97,
            "reused": "an older file"}
     path = tmp_path / "recipe_choice.json"
@@ -95,7 +84,7 @@ def test_recipe_choice_reuses_only_runs_made_with_the_same_manifest_and_common_o
 
 
 def test_recipe_choice_folds_validate_every_train_and_val_image_once_and_keep_groups_together(tmp_path):
-    fold_manifests = _module("recipe_choice").fold_manifests
+    fold_manifests = load_benchmark("recipe_choice").fold_manifests
     manifest = tmp_path / "data" / "splits.csv"
     manifest.parent.mkdir()
     rows = [(f"{label}/{i}.jpg", label, "test" if i % 10 == 9 else ("val" if i % 10 == 8 else "train"),
@@ -198,14 +187,14 @@ def test_backbone_pass_times_each_batch_and_memory_format_against_the_old_settin
     assert rows["prefix batch 64"]["vs_before"] == 1.0  # the settings the pipeline used before
     assert rows["mapping batch 128, contiguous input"]["vs_before"] == 1.0
     # the shipped cut at 64 px: blocks.5's input (two blocks fine-tuned) or blocks.6's (one)
-    shipped = _module("machine").shipped_fine_tune_blocks()
+    shipped = load_benchmark("machine").shipped_fine_tune_blocks()
     assert report["activation"] == {2: [112, 4, 4], 1: [192, 2, 2]}[shipped] and report["machine"]["cpu_model"]
 
 
 @pytest.mark.slow
 def test_fine_tune_profile_reports_cost_op_shares_modules_and_variants(tmp_path):
     out = tmp_path / "profile"
-    shipped = _module("machine").shipped_fine_tune_blocks()  # the default cut: the shipped recipe's
+    shipped = load_benchmark("machine").shipped_fine_tune_blocks()  # the default cut: the shipped recipe's
     other = f"blocks={3 - shipped}"
     _run("fine_tune_profile.py", "--image-size", "64", "--batch-size", "8", "--steps", "1", "--rounds", "1",
          "--variants", other, "contiguous", "loop", "bf16", "--out", str(out))

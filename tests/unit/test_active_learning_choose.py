@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
-from conftest import REPO
-
-BENCH = REPO / "benchmarks"
+from conftest import load_benchmark
 
 
 def _choose():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("active_learning", BENCH / "active_learning.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.choose
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("active_learning").choose
 
 
 def _summary(**strategies: tuple[float, float, float | None]) -> dict:

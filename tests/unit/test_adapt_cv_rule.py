@@ -3,26 +3,15 @@ and the first candidate within one standard error of the best (candidate, epochs
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-
-BENCH = REPO / "benchmarks"
+from conftest import load_benchmark
 
 
 def _module():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("adapt_cv", BENCH / "adapt_cv.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("adapt_cv")
 
 
 def test_folds_are_stratified_disjoint_and_cover_the_labelled_images():
