@@ -26,6 +26,10 @@ on the lab model's validation images (no field label spent on choosing; results/
 candidate and its number of epochs chosen by K-fold cross-validation on those 10 alone, then retrained on all 10 with
 ``training.keep: last`` and evaluated on the field test images (results/adapt_cv.md).
 
+``--cv-ensemble [K]`` (default K 5; benchmarks/adapt_ensemble.py states the rule): the same 10 a class, the shipped
+recipe trained once per fold (its epoch kept on the held-out fold), the ensemble of the K fold models (mean of their
+temperature-scaled probabilities) evaluated on the field test images (results/adapt_ensemble.md).
+
 The frozen backbone's pass is shared by every fine-tuning run of one process (a feature store; they start from the
 same parent), so a run costs its head and block training. Writes each run's field accuracy with its bootstrap
 interval, medians over seeds, the share of the drop recovered ((acc_k - acc_0) / drop) and the lab test accuracy
@@ -124,6 +128,9 @@ def main() -> None:
     parser.add_argument("--cv", type=int, nargs="?", const=5, metavar="K",
                         help="10 labelled field images a class in all: choose the candidate and its epochs by K-fold "
                              "cross-validation on them (K default 5), retrain on all 10, evaluate (adapt_cv.py)")
+    parser.add_argument("--cv-ensemble", type=int, nargs="?", const=5, metavar="K",
+                        help="10 labelled field images a class in all: the ensemble of the K fold models of the shipped "
+                             "recipe (K default 5; adapt_ensemble.py)")
     parser.add_argument("--candidates", nargs="+", choices=[*EXPLORED, *CV_CANDIDATES],
                         help=f"default: {' '.join(DEFAULT)} (quick: {' '.join(QUICK)})")
     parser.add_argument("--fixed", choices=list(EXPLORED), metavar="CANDIDATE",
@@ -133,9 +140,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.cv is not None and (args.fixed or args.cv < 2):
         parser.error(f"--cv needs 2 folds or more and no --fixed: got --cv {args.cv}, --fixed {args.fixed}")
-    if args.cv is not None:
+    if args.cv_ensemble is not None and (args.fixed or args.cv is not None or args.cv_ensemble < 2):
+        parser.error(f"--cv-ensemble needs 2 folds or more, no --cv and no --fixed: got --cv-ensemble "
+                     f"{args.cv_ensemble}, --cv {args.cv}, --fixed {args.fixed}")
+    if args.cv is not None or args.cv_ensemble is not None:
         args.field_val = 0  # every field label trains or cross-validates; no field validation split
-    args.out = args.out or HERE / "results" / ("adapt_cv.json" if args.cv else "adapt.json")
+    args.out = args.out or HERE / "results" / ("adapt_cv.json" if args.cv else "adapt_ensemble.json"
+                                               if args.cv_ensemble else "adapt.json")
 
     import shutil
 
@@ -165,6 +176,10 @@ def main() -> None:
     zero = api.evaluate(lab_run, data=field_test, name="field", calibrate_on=field_val_csv, verbose=False)
     drop = zero["shift"]["drop"]["accuracy"]
     store = FeatureStore(max_passes=2)  # every fine-tuning run starts from the same parent: one pass for all
+    if args.cv_ensemble is not None:
+        import adapt_ensemble
+
+        return adapt_ensemble.write(args, lab_run, lab_cfg, pool, test_rows, zero, drop, store, start=start)
     if args.cv is not None:
         return _cross_validated(args, lab_run, lab_cfg, pool, field_test, zero, drop, store, start=start)
     tune = functools.partial(_fine_tune, args, lab_run, pool, field_val, store=store)
