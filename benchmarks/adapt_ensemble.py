@@ -70,7 +70,7 @@ def _probabilities(run_dir: Path, rows: list[Row], classes: list[str]) -> tuple[
     from plantpheno import api
 
     with api.load_model(run_dir, device="cpu") as model:
-        if list(model.class_names or []) != classes:
+        if sorted(model.class_names or []) != sorted(classes):  # columns are taken by name, in ``classes`` order
             raise ValueError(f"{run_dir}: classes {model.class_names}, expected {classes}")
         found = model.predict([str(p) for p, _, _ in rows], batch_size=64)
         temperature = float(model.metadata.applied_temperature)

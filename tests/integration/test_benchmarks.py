@@ -311,3 +311,35 @@ def test_adapt_cv_chooses_on_the_ten_labelled_images_alone_and_keeps_the_last_ep
     assert json.loads((final / "run.json").read_text())["best_epoch"] == row["epochs"]  # training.keep: last
     md = out.with_suffix(".md").read_text()
     assert "10 labelled field images a class IN TOTAL" in md and ("MET" in md or "NOT met" in md)
+
+
+@pytest.mark.slow
+def test_adapt_cv_ensemble_trains_one_model_a_fold_and_reports_their_mean(tmp_path):
+    """--cv-ensemble 2: every labelled field image validates exactly one fold run and trains the other; the field
+    test images appear in no run's manifest; the ensemble's figures and each fold model's are written."""
+    out = tmp_path / "adapt_ensemble.json"
+    work = tmp_path / "work"
+    _run("adapt.py", "--quick", "--cv-ensemble", "2", "--work", str(work), "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "adapt_ensemble" and report["machine"]["cpu_model"] and report["quick"] is True
+    assert "--cv-ensemble 2" in report["command"]
+    (row,) = report["ensemble"]["seeds"]
+    assert row["folds"] == 2 and len(row["fold_models"]) == 2
+    field = row["field"]
+    assert field["low"] <= field["accuracy"] <= field["high"] and field["images"] == report["setup"]["field_test_images"]
+    assert 0 <= field["ece"]["estimate"] <= 1 and 0 <= row["lab_test_after"]["accuracy"] <= 1
+    test_images = {line.split(",")[0] for line in (work / "field_test.csv").read_text().splitlines()[1:]}
+    labelled = set(row["labelled"])
+    assert len(labelled) == 10 * 4 and not labelled & test_images
+    held = [path for fold in row["fold_models"] for path in fold["val_images"]]
+    assert sorted(held) == sorted(labelled)  # each labelled image in exactly one fold's validation split
+    manifests = sorted(work.glob("ens_s0_f*.csv"))
+    assert len(manifests) == 2
+    for manifest in manifests:
+        rows = [line.rsplit(",", 2) for line in manifest.read_text().splitlines()[1:]]
+        assert not {path for path, _, _ in rows} & test_images, manifest.name
+        val = {path for path, _, split in rows if split == "val"}
+        train_field = {path for path, _, split in rows if split == "train"} & labelled
+        assert val and val <= labelled and train_field == labelled - val, manifest.name
+    md = out.with_suffix(".md").read_text()
+    assert "10 labelled field images a class IN TOTAL" in md and ("MET" in md or "NOT met" in md)
